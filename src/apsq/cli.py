@@ -29,6 +29,11 @@ COMMAND_MODULES = (
 )
 
 
+@app.callback()
+def _main() -> None:
+    """APSQ: PSUM-aware quantization (DAC 2025) — quantize, train, measure energy, build the RAE engine."""
+
+
 def _register_all() -> None:
     for mod_name in COMMAND_MODULES:
         try:

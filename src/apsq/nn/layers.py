@@ -126,13 +126,16 @@ class QuantLinear(nn.Linear, _QuantMixin):
         if self._calib is not None:
             self._record(_rows_subsample(x, self.in_features, self._calib_rows))
             return F.linear(x, self.weight, self.bias)
-        if self.qcfg.mode == "none":
-            y = F.linear(self.act_quant(x), self.weight_quant(self.weight))
-        else:
-            y = self.psum(self.partials(x))
+        y = self.accumulate(x)
         if self.bias is not None:
             y = y + self.bias
         return self._finish_output(y, lambda: F.linear(x, self.weight, self.bias))
+
+    def accumulate(self, x: torch.Tensor) -> torch.Tensor:
+        """The quantized reduction without bias (what :func:`apsq.integer.integer_forward` computes)."""
+        if self.qcfg.mode == "none":
+            return F.linear(self.act_quant(x), self.weight_quant(self.weight))
+        return self.psum(self.partials(x))
 
     @torch.no_grad()
     def finish_calibration(self) -> None:
@@ -191,14 +194,17 @@ class QuantConv2d(nn.Conv2d, _QuantMixin):
             if have * per_image < self._calib_rows:
                 self._record(x[: max(1, -(-self._calib_rows // per_image))])
             return self._fp(x)
-        if self.qcfg.mode == "none":
-            y = F.conv2d(self.act_quant(x), self.weight_quant(self.weight), None, self.stride, self.padding,
-                         self.dilation, self.groups)
-        else:
-            y = self.psum(self.partials(x))
+        y = self.accumulate(x)
         if self.bias is not None:
             y = y + self.bias.reshape(1, -1, 1, 1)
         return self._finish_output(y, lambda: self._fp(x))
+
+    def accumulate(self, x: torch.Tensor) -> torch.Tensor:
+        """The quantized reduction without bias."""
+        if self.qcfg.mode == "none":
+            return F.conv2d(self.act_quant(x), self.weight_quant(self.weight), None, self.stride, self.padding,
+                            self.dilation, self.groups)
+        return self.psum(self.partials(x))
 
     @torch.no_grad()
     def finish_calibration(self) -> None:
@@ -247,15 +253,20 @@ class QuantMatmul(nn.Module, _QuantMixin):
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         self._check("a", a)
         self._check("b", b)
+        if self._recorder is not None:  # K of AV is the sequence length of this batch
+            self.stats.k = a.shape[-1]
+            self.stats.n_tiles = num_tiles(a.shape[-1], self.qcfg.tile)
         if self._calib is not None:
             if not self._calib:
                 self._record(a, b)
             return a @ b
+        return self._finish_output(self.accumulate(a, b), lambda: a @ b)
+
+    def accumulate(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The quantized ``a @ b``."""
         if self.qcfg.mode == "none":
-            y = self.a_quant(a) @ self.b_quant(b)
-        else:
-            y = self.psum(self.partials(a, b))
-        return self._finish_output(y, lambda: a @ b)
+            return self.a_quant(a) @ self.b_quant(b)
+        return self.psum(self.partials(a, b))
 
     @torch.no_grad()
     def finish_calibration(self) -> None:

@@ -62,9 +62,16 @@ def conv2d_im2col(
     padding: tuple[int, int],
     dilation: tuple[int, int],
 ) -> tuple[torch.Tensor, tuple[int, int]]:
-    """im2col columns ``[B, Ci*kh*kw, L]`` (reduction order ``(c, u, v)``) and the output size."""
+    """im2col columns ``[B, Ci*kh*kw, L]`` (reduction order ``(c, u, v)``) and the output size.
+
+    Integer inputs (codes) are moved through float64 — im2col is pure data movement, and every int
+    code below 2^53 is carried exactly — and come back as the same integer dtype.
+    """
     if x.dim() != 4:
         raise APSQError(f"Conv2d input must be [B, C, H, W], got shape {tuple(x.shape)}")
+    if not x.dtype.is_floating_point:
+        cols, hw = conv2d_im2col(x.to(torch.float64), kernel_size, stride, padding, dilation)
+        return cols.to(x.dtype), hw
     cols = F.unfold(x, kernel_size, dilation=dilation, padding=padding, stride=stride)
     h = (x.shape[2] + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) // stride[0] + 1
     w = (x.shape[3] + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) // stride[1] + 1

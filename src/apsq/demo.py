@@ -1,0 +1,134 @@
+"""``apsq demo``: the main job on its embedded default.
+
+Loads the real all-MiniLM-L6-v2, quantizes it W8A8 with PSUMs in every mode (INT32 ``none``,
+``psq`` INT8, ``apsq`` INT8 with gs = 1..4), calibrates each on real sentences, runs held-out
+sentences through it and reports the output error against full precision.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+import apsq
+
+# Movie-review sentences used when the review corpus has not been fetched (the demo must run offline).
+CALIBRATION_SENTENCES = (
+    "A gripping, beautifully shot story that never loses its nerve.",
+    "The plot is thin and the jokes land with a thud.",
+    "Its performances are so natural that you forget you are watching actors.",
+    "Two hours of noise, explosions and nothing else.",
+    "A small film with a big heart and a sharp sense of humour.",
+    "The director seems to have lost interest halfway through.",
+    "Every frame is packed with detail, and the score is haunting.",
+    "Predictable, overlong and strangely joyless.",
+)
+EVALUATION_SENTENCES = (
+    "An intelligent, moving drama that earns every one of its tears.",
+    "The dialogue is clumsy and the characters are cardboard cut-outs.",
+    "Funny, warm and surprisingly wise about growing older.",
+    "I kept checking my watch, waiting for something to happen.",
+    "A bold experiment that mostly pays off.",
+    "The sequel repeats the original's mistakes and adds a few of its own.",
+    "Visually stunning, though the story never quite catches fire.",
+    "One of the most charming films of the year.",
+)
+
+
+@dataclass
+class DemoRow:
+    """One quantization variant: relative error of the hidden states and embedding similarity."""
+
+    variant: str
+    mode: str
+    gs: int
+    rel_error: float
+    cosine: float
+    psum_saturation: float
+    max_tiles: int
+
+
+def _variants() -> list[tuple[str, apsq.APSQConfig]]:
+    base = dict(attention_matmuls=True)
+    out = [("W8A8, INT32 PSUM", apsq.APSQConfig(mode="none", **base)),
+           ("W8A8, PSQ INT8", apsq.APSQConfig(mode="psq", **base))]
+    out += [(f"W8A8, APSQ INT8 gs={g}", apsq.APSQConfig(mode="apsq", gs=g, **base)) for g in (1, 2, 3, 4)]
+    return out
+
+
+def _mean_pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(h.dtype)
+    return (h * m).sum(1) / m.sum(1)
+
+
+def run_calibration_demo(max_rows: int = 512, progress: bool = True) -> list[DemoRow]:
+    """Quantize MiniLM in each mode, calibrate on one set of sentences, evaluate on another."""
+    from apsq.models.minilm import load_minilm
+
+    fp, tok = load_minilm()
+    fp.eval()
+    calib = tok(list(CALIBRATION_SENTENCES), padding=True, return_tensors="pt")
+    evalb = tok(list(EVALUATION_SENTENCES), padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = fp(**evalb).last_hidden_state
+    ref_emb = _mean_pool(ref, evalb["attention_mask"])
+    rows = []
+    variants = _variants()
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("quantize + calibrate MiniLM", total=len(variants))
+        for name, cfg in variants:
+            model, _ = load_minilm()
+            model.eval()
+            apsq.quantize_(model, cfg)
+            apsq.calibrate(model, [calib], max_rows=max_rows)
+            with torch.no_grad(), apsq.track_stats(model) as stats:
+                h = model(**evalb).last_hidden_state
+            emb = _mean_pool(h, evalb["attention_mask"])
+            n_val = sum(s.psum_values for s in stats)
+            rows.append(DemoRow(
+                variant=name, mode=cfg.mode, gs=cfg.gs,
+                rel_error=float((h - ref).norm() / ref.norm()),
+                cosine=float(torch.nn.functional.cosine_similarity(emb, ref_emb).mean()),
+                psum_saturation=(sum(s.psum_saturated for s in stats) / n_val) if n_val else 0.0,
+                max_tiles=max(s.n_tiles for s in stats),
+            ))
+            bar.advance(task)
+    return rows
+
+
+def print_rows(rows: list[DemoRow], console: Console) -> None:
+    t = Table(title="all-MiniLM-L6-v2, calibration only (no training): output vs full precision")
+    for col in ("variant", "rel. error (hidden)", "cosine (embedding)", "PSUM saturation"):
+        t.add_column(col, justify="left" if col == "variant" else "right")
+    for r in rows:
+        t.add_row(r.variant, f"{r.rel_error:.4f}", f"{r.cosine:.4f}", f"{r.psum_saturation:.2e}")
+    console.print(t)
+
+
+def demo(
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the results as JSON to this file."),
+    threads: int = typer.Option(0, help="torch CPU threads (0: torch's default)."),
+) -> None:
+    """Quantize the real all-MiniLM-L6-v2 with INT32 / PSQ / APSQ(gs=1..4) PSUMs and compare outputs."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    console = Console()
+    rows = run_calibration_demo()
+    print_rows(rows, console)
+    if json_out:
+        json_out.write_text(json.dumps([asdict(r) for r in rows], indent=2))
+        console.print(f"wrote {json_out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)

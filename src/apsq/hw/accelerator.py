@@ -1,0 +1,190 @@
+"""Typed, validated accelerator description for the energy model (loaded from YAML).
+
+Every field states its unit and meaning. The default constants (``configs/accel_28nm_int8.yaml``)
+are derived from published figures, not fitted to the APSQ paper:
+
+- Logic energy: Horowitz, "Computing's energy problem", ISSCC 2014 (45 nm, 0.9 V): 8-bit integer
+  multiply 0.2 pJ, 32-bit integer add 0.1 pJ. An INT8 MAC with an INT32 accumulator is therefore
+  0.3 pJ at 45 nm.
+- SRAM: the same paper gives 10 pJ (8 KB), 20 pJ (32 KB) and 100 pJ (1 MB) per 64-bit access. These
+  three points follow ``E64 = 10 pJ * sqrt(S / 8 KiB)`` within 13 %; :func:`sram_pj_per_bit` applies it
+  to the size of one bank (an access touches one bank).
+- Node scaling 45 nm -> 28 nm: dynamic energy C*V^2 with C proportional to feature size at the same
+  0.9 V supply, i.e. a factor 28/45 = 0.622 (:func:`node_scale`). First-order on purpose; edit the YAML
+  with foundry numbers when you have them.
+- PE registers: Eyeriss (Chen, Emer, Sze, ISCA 2016) normalises a register-file access of a 16-bit
+  word to 1x the energy of a MAC, so one register bit costs ``mac_pj / 16``.
+- DRAM: Horowitz 2014 gives 1.3-2.6 nJ per 64-bit access; we take the low end, 1.3 nJ / 64 bit =
+  20.3 pJ/bit, not node-scaled (DRAM is a separate chip). Bandwidth: one LPDDR4-3200 x32 channel,
+  12.8 GB/s.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from apsq.errors import APSQError
+
+__all__ = [
+    "Accelerator",
+    "Buffer",
+    "DRAM",
+    "PEArray",
+    "DEFAULT_ACCELERATOR",
+    "default_accelerator",
+    "load_accelerator",
+    "node_scale",
+    "sram_pj_per_bit",
+    "mac_pj",
+]
+
+DEFAULT_ACCELERATOR = "accel_28nm_int8.yaml"
+HOROWITZ_NODE_NM = 45.0
+HOROWITZ_MUL8_PJ = 0.2  # 8-bit int multiply, 45 nm (Horowitz ISSCC 2014)
+HOROWITZ_ADD32_PJ = 0.1  # 32-bit int add, 45 nm (Horowitz ISSCC 2014)
+HOROWITZ_SRAM8K_PJ_PER_64B = 10.0  # 8 KB SRAM, 64-bit access, 45 nm (Horowitz ISSCC 2014)
+
+
+def node_scale(node_nm: float, ref_nm: float = HOROWITZ_NODE_NM) -> float:
+    """First-order dynamic-energy scale factor from ``ref_nm`` to ``node_nm`` (C ~ L, same V)."""
+    if node_nm <= 0 or ref_nm <= 0:
+        raise APSQError(f"technology node must be > 0 nm, got {node_nm} (reference {ref_nm})")
+    return node_nm / ref_nm
+
+
+def mac_pj(node_nm: float) -> float:
+    """INT8 x INT8 multiply + INT32 accumulate energy (pJ) at ``node_nm`` (Horowitz 2014, scaled)."""
+    return (HOROWITZ_MUL8_PJ + HOROWITZ_ADD32_PJ) * node_scale(node_nm)
+
+
+def sram_pj_per_bit(bank_kib: float, node_nm: float) -> float:
+    """SRAM access energy per bit (pJ/bit) of one bank of ``bank_kib`` KiB at ``node_nm``.
+
+    ``E64 = 10 pJ * sqrt(S / 8 KiB)`` per 64-bit access at 45 nm (fits Horowitz's 8 KB / 32 KB / 1 MB
+    points within 13 %), divided by 64 bits and scaled by :func:`node_scale`.
+    """
+    if bank_kib <= 0:
+        raise APSQError(f"bank size must be > 0 KiB, got {bank_kib}")
+    return HOROWITZ_SRAM8K_PJ_PER_64B * math.sqrt(bank_kib / 8.0) / 64.0 * node_scale(node_nm)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PEArray(_Strict):
+    """The MAC array. In IS/WS its ``rows`` reduce K (the PSUM tile); in OS rows map output rows (M)."""
+
+    rows: int = Field(gt=0, description="PE rows; the reduction depth (K elements per PSUM step) in IS/WS")
+    cols: int = Field(gt=0, description="PE columns; parallel outputs per step (N in WS, M in IS, N in OS)")
+    mac_pj: float = Field(ge=0, description="energy of one INT8 multiply + INT32 accumulate, pJ")
+    reg_pj_per_bit: float = Field(ge=0, description="PE register (pipeline/stationary/accumulator) access, pJ/bit")
+
+
+class Buffer(_Strict):
+    """One on-chip SRAM buffer (banked)."""
+
+    capacity_kib: float = Field(ge=0, description="capacity, KiB (1 KiB = 8192 bits)")
+    banks: int = Field(gt=0, description="independent banks; one access touches one bank")
+    word_bits: int = Field(gt=0, description="bits per bank access (port width)")
+    read_pj_per_bit: float = Field(ge=0, description="read energy, pJ/bit")
+    write_pj_per_bit: float = Field(ge=0, description="write energy, pJ/bit")
+
+    @property
+    def capacity_bits(self) -> float:
+        return self.capacity_kib * 8192.0
+
+    @property
+    def bits_per_cycle(self) -> int:
+        """Peak bandwidth, bits per clock cycle (all banks in parallel)."""
+        return self.banks * self.word_bits
+
+
+class DRAM(_Strict):
+    """Off-chip memory."""
+
+    read_pj_per_bit: float = Field(ge=0, description="read energy incl. I/O, pJ/bit")
+    write_pj_per_bit: float = Field(ge=0, description="write energy incl. I/O, pJ/bit")
+    bandwidth_gbs: float = Field(gt=0, description="sustained bandwidth, GB/s (1e9 bytes/s)")
+
+
+class Buffers(_Strict):
+    """The four operand buffers."""
+
+    input: Buffer = Field(description="input (activation) buffer")
+    weight: Buffer = Field(description="weight buffer")
+    psum: Buffer = Field(description="PSUM buffer (the RAE's banks in APSQ mode)")
+    output: Buffer = Field(description="output buffer (final INT8 activations)")
+
+
+class Accelerator(_Strict):
+    """A PE array with per-operand buffers and DRAM; everything the energy model needs."""
+
+    name: str = Field(description="a label for reports")
+    technology_nm: float = Field(gt=0, description="process node, nm (documentation; constants are explicit)")
+    clock_mhz: float = Field(gt=0, description="clock frequency, MHz")
+    act_bits: int = Field(ge=1, le=32, description="activation (input/output) width, bits")
+    weight_bits: int = Field(ge=1, le=32, description="weight width, bits")
+    acc_bits: int = Field(ge=1, le=64, description="in-PE accumulator and baseline PSUM width, bits (INT32)")
+    pe_array: PEArray
+    buffers: Buffers
+    dram: DRAM
+
+    @model_validator(mode="after")
+    def _acc_wide_enough(self) -> Accelerator:
+        if self.acc_bits < self.act_bits + self.weight_bits:
+            raise ValueError(
+                f"acc_bits ({self.acc_bits}) must be >= act_bits + weight_bits "
+                f"({self.act_bits + self.weight_bits}) to hold one product"
+            )
+        return self
+
+    @property
+    def dram_bits_per_cycle(self) -> float:
+        return self.dram.bandwidth_gbs * 8e9 / (self.clock_mhz * 1e6)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "accelerator") -> Accelerator:
+        """Validate a mapping; errors name the offending field (dotted path)."""
+        if not isinstance(data, dict):
+            raise APSQError(f"{source}: an accelerator description must be a mapping, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            lines = []
+            for err in exc.errors():
+                loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+                lines.append(f"field '{loc}': {err['msg']}")
+            raise APSQError(f"{source}: invalid accelerator description: " + "; ".join(lines)) from None
+
+
+def _configs_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "configs"
+
+
+def load_accelerator(path: str | Path | None = None) -> Accelerator:
+    """Load an accelerator YAML; ``None`` loads the packaged default 28 nm INT8 accelerator."""
+    p = _configs_dir() / DEFAULT_ACCELERATOR if path is None else Path(path)
+    if not p.is_file():
+        raise APSQError(f"accelerator file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise APSQError(f"accelerator file {str(p)!r} is not valid YAML: {exc}") from None
+    return Accelerator.from_dict(data, source=f"accelerator file {str(p)!r}")
+
+
+_DEFAULT: Accelerator | None = None
+
+
+def default_accelerator() -> Accelerator:
+    """The packaged default (cached; the object is immutable)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = load_accelerator(None)
+    return _DEFAULT

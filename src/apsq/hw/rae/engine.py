@@ -1,0 +1,264 @@
+"""The Reconfigurable APSQ Engine (RAE) as synthesizable Amaranth RTL.
+
+Method doc section 7; encodings, pipeline and bank schedule are documented in ``docs/rae.md``.
+Per lane the engine computes exactly :func:`apsq.integer.psum.psum_accumulate_int` (``mode='apsq'``):
+
+* a plain step (``s2 = 0``) quantizes the tile sum, ``c = clamp(floor(T / 2^e + 1/2))``, and writes
+  the pending code to bank ``slot`` (the tile's position in its group);
+* a group-closing step (``s2 = 1``, forced when ``slot == gs - 1`` or on the layer's last step) reads
+  the ``slot`` pending codes and the previous ``A`` (bank ``gs - 1``), aligns every stored code by a
+  left shift of its own exponent, adds them with the tile sum in a two-stage adder and requantizes
+  with a round-half-up right shift and a clamp; the code is written back to bank ``gs - 1`` as ``A``.
+
+Alignment: every value is carried with ``FB = frac_bits`` fraction bits (a static grid): the tile sum
+enters as ``T << FB``, a code stored with exponent ``e_j`` as ``c << (e_j + FB)``, and requantizing is
+a right shift by ``e + FB``. All shift amounts are ``shift_bits``-bit unsigned signals, so the engine
+accepts exponents ``e`` in ``[-FB, 2^shift_bits - 1 - FB]`` (default ``[-8, 23]``). Because every
+term is an exact integer on that grid, the result equals the golden model's (which uses
+``F = max(0, -min e)`` fraction bits) bit for bit: both compute ``clamp(floor(V / 2^e + 1/2))`` of the
+same exact dyadic value ``V``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from apsq.errors import APSQError, check_bits, check_int
+
+__all__ = ["RAEParams", "RAE", "NUM_BANKS", "PIPELINE_LATENCY"]
+
+NUM_BANKS = 4
+"""SRAM banks: ``gs - 1`` pending codes plus the running ``A`` -> ``gs <= 4``."""
+
+PIPELINE_LATENCY = 3
+"""Cycles from an accepted input beat to its output code: bank read, adder stage 1, adder stage 2 +
+requantize (the output register is loaded at the end of the third cycle)."""
+
+
+@dataclass(frozen=True)
+class RAEParams:
+    """Static (elaboration-time) parameters of one engine instance.
+
+    Attributes:
+        lanes: parallel output lanes ``L`` (PE-array columns).
+        depth: words per SRAM bank (output positions held at once); a word is ``L`` codes.
+        bits: PSUM code width (INT``bits``, 2..16).
+        tile_bits: width of the signed tile-sum inputs (32 in the paper).
+        frac_bits: fraction bits ``FB`` of the internal grid: the most negative exponent is ``-FB``.
+        shift_bits: width of every shift amount ``e + FB``: the largest exponent is
+            ``2^shift_bits - 1 - FB``.
+    """
+
+    lanes: int = 4
+    depth: int = 16
+    bits: int = 8
+    tile_bits: int = 32
+    frac_bits: int = 8
+    shift_bits: int = 5
+
+    def __post_init__(self) -> None:
+        check_int("lanes", self.lanes, lo=1, hi=1024)
+        check_int("depth", self.depth, lo=2, hi=1 << 16)
+        check_bits("bits", self.bits)
+        check_int("tile_bits", self.tile_bits, lo=2, hi=64)
+        check_int("shift_bits", self.shift_bits, lo=1, hi=7)
+        check_int("frac_bits", self.frac_bits, lo=0, hi=(1 << self.shift_bits) - 1)
+
+    @property
+    def exp_min(self) -> int:
+        """Smallest accepted per-step exponent ``e`` (a left shift by ``-e``)."""
+        return -self.frac_bits
+
+    @property
+    def exp_max(self) -> int:
+        """Largest accepted per-step exponent ``e`` (a right shift by ``e``)."""
+        return (1 << self.shift_bits) - 1 - self.frac_bits
+
+    @property
+    def exp_width(self) -> int:
+        """Width of the signed exponent field of the input payload."""
+        return max(self.exp_min.bit_length(), self.exp_max.bit_length()) + 1
+
+    @property
+    def tile_min(self) -> int:
+        return -(1 << (self.tile_bits - 1))
+
+    @property
+    def tile_max(self) -> int:
+        return (1 << (self.tile_bits - 1)) - 1
+
+    @property
+    def acc_width(self) -> int:
+        """Signed width of the internal sum ``V * 2^FB``: one tile sum plus four aligned codes."""
+        max_shift = (1 << self.shift_bits) - 1
+        mag = (1 << (self.tile_bits - 1 + self.frac_bits)) + NUM_BANKS * (1 << (self.bits - 1 + max_shift))
+        return mag.bit_length() + 1
+
+    def in_layout(self) -> data.StructLayout:
+        """Input beat: ``tile`` [L] signed tile sums, ``exp`` (signed), ``s2`` (closing), ``last``."""
+        return data.StructLayout({
+            "tile": data.ArrayLayout(signed(self.tile_bits), self.lanes),
+            "exp": signed(self.exp_width),
+            "s2": unsigned(1),
+            "last": unsigned(1),
+        })
+
+    def out_layout(self) -> data.StructLayout:
+        """Output beat: the layer's final codes, ``code`` [L] signed ``bits``."""
+        return data.StructLayout({"code": data.ArrayLayout(signed(self.bits), self.lanes)})
+
+
+class RAE(wiring.Component):
+    """Reconfigurable APSQ Engine: L lanes, four code banks, shifters, two-stage adder.
+
+    Ports (besides ``clk``/``rst``):
+        s0, s1: static group-size encoding, ``gs = 1 + s0 + 2 * s1`` (change only while idle).
+        last_pos: static, number of output positions per step minus one (``M - 1``, ``M <= depth``).
+        i: stream of input beats (one per position per step, positions ``0..M-1`` in order, steps in
+            order); ``i.ready`` may depend combinationally on ``i.valid``/``i.payload`` (hazard stall).
+        o: stream of output beats, one per position of the layer's last step (``last = 1``).
+        busy: a beat is in flight (the pipeline or the output register holds one).
+    """
+
+    def __init__(self, params: RAEParams | None = None, **kwargs: int) -> None:
+        if params is None:
+            params = RAEParams(**kwargs)
+        elif kwargs:
+            raise APSQError("pass either params or keyword parameters, not both")
+        self.params = params
+        p = params
+        word = data.ArrayLayout(signed(p.bits), p.lanes)
+        self.banks = [memory.Memory(shape=word, depth=p.depth, init=[]) for _ in range(NUM_BANKS)]
+        super().__init__({
+            "s0": In(1),
+            "s1": In(1),
+            "last_pos": In(range(p.depth)),
+            "i": In(stream.Signature(p.in_layout())),
+            "o": Out(stream.Signature(p.out_layout())),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform: object) -> Module:  # noqa: PLR0915 - one datapath, kept together
+        p = self.params
+        m = Module()
+        lanes, sb, fb = p.lanes, p.shift_bits, p.frac_bits
+        qn, qp = -(1 << (p.bits - 1)), (1 << (p.bits - 1)) - 1
+        w = p.acc_width
+
+        # ---- banks: one write port, one read port (transparent for the write port) each ----
+        wports, rports = [], []
+        for k, mem in enumerate(self.banks):
+            m.submodules[f"bank{k}"] = mem
+            wp = mem.write_port()
+            rp = mem.read_port(domain="sync", transparent_for=(wp,))
+            wports.append(wp)
+            rports.append(rp)
+
+        gs_m1 = Signal(2)  # gs - 1, from the static encodings s1 s0
+        m.d.comb += gs_m1.eq(Cat(self.s0, self.s1))
+
+        # ---- step-level state (advances when the last position of a step is accepted) ----
+        pos = Signal(range(p.depth))  # position (bank address) of the next input beat
+        slot = Signal(2)  # position of the current step in its group
+        have_a = Signal()  # an A from an earlier group is stored (A_{-1} = 0 otherwise)
+        bsh = [Signal(sb, name=f"bank{k}_shift") for k in range(NUM_BANKS)]  # e + FB of bank contents
+
+        # ---- pipeline registers ----
+        v1, v2 = Signal(), Signal()
+        pos1, pos2 = Signal.like(pos), Signal.like(pos)
+        tile1 = [Signal(signed(p.tile_bits), name=f"tile1_{lane}") for lane in range(lanes)]
+        sh1, sh2 = Signal(sb), Signal(sb)
+        rsh1 = [Signal(sb, name=f"rsh1_{k}") for k in range(NUM_BANKS)]
+        rmask1 = Signal(NUM_BANKS)
+        wbank1, wbank2 = Signal(2), Signal(2)
+        last1, last2 = Signal(), Signal()
+        p0 = [Signal(signed(w), name=f"p0_{lane}") for lane in range(lanes)]
+        p1 = [Signal(signed(w), name=f"p1_{lane}") for lane in range(lanes)]
+
+        # ---- stage 0: accept, hazard check, bank read issue ----
+        pay = self.i.payload
+        sh0 = Signal(sb)
+        m.d.comb += sh0.eq(pay.exp + fb)  # truncated to shift_bits: exponent range checked by the driver
+        closing0 = Signal()
+        m.d.comb += closing0.eq(pay.s2 | pay.last | (slot == gs_m1))
+        rmask0 = Signal(NUM_BANKS)
+        for k in range(NUM_BANKS):
+            pending = (Const(k, 2) < slot) if k < NUM_BANKS - 1 else Const(0, 1)  # slot <= 3: no CMPCONST
+            m.d.comb += rmask0[k].eq(closing0 & (pending | ((gs_m1 == k) & have_a)))
+        wbank0 = Signal(2)
+        m.d.comb += wbank0.eq(Mux(closing0, gs_m1, slot))
+
+        adv = Signal()  # the whole pipeline advances (the output register can take a beat)
+        m.d.comb += adv.eq(~self.o.valid | self.o.ready)
+        hazard = Signal()  # a closing read of a word the beat in stage 1 has yet to write
+        m.d.comb += hazard.eq(closing0 & v1 & (pos1 == pos))
+        m.d.comb += self.i.ready.eq(adv & ~hazard)
+        accept = Signal()
+        m.d.comb += accept.eq(self.i.valid & self.i.ready)
+        for rp in rports:
+            m.d.comb += [rp.addr.eq(pos), rp.en.eq(adv)]
+
+        step_end = Signal()
+        m.d.comb += step_end.eq(pos == self.last_pos)
+        with m.If(accept):
+            with m.If(step_end):
+                m.d.sync += pos.eq(0)
+                for k in range(NUM_BANKS):
+                    with m.If(wbank0 == k):
+                        m.d.sync += bsh[k].eq(sh0)
+                with m.If(pay.last):
+                    m.d.sync += [slot.eq(0), have_a.eq(0)]
+                with m.Elif(closing0):
+                    m.d.sync += [slot.eq(0), have_a.eq(1)]
+                with m.Else():
+                    m.d.sync += slot.eq(slot + 1)
+            with m.Else():
+                m.d.sync += pos.eq(pos + 1)
+
+        with m.If(adv):
+            m.d.sync += v1.eq(accept)
+        with m.If(accept):
+            m.d.sync += [pos1.eq(pos), sh1.eq(sh0), rmask1.eq(rmask0), wbank1.eq(wbank0), last1.eq(pay.last)]
+            m.d.sync += [tile1[lane].eq(pay.tile[lane]) for lane in range(lanes)]
+            m.d.sync += [rsh1[k].eq(bsh[k]) for k in range(NUM_BANKS)]
+
+        # ---- stage 1: align (left shifts) and first adder level ----
+        with m.If(adv):
+            m.d.sync += [v2.eq(v1), pos2.eq(pos1), sh2.eq(sh1), wbank2.eq(wbank1), last2.eq(last1)]
+            for lane in range(lanes):
+                x = []
+                for k in range(NUM_BANKS):
+                    code = rports[k].data[lane]
+                    x.append(Mux(rmask1[k], code << rsh1[k], 0))
+                m.d.sync += [
+                    p0[lane].eq((tile1[lane] << fb) + x[0] + x[1]),
+                    p1[lane].eq(x[2] + x[3]),
+                ]
+
+        # ---- stage 2: second adder level, round-half-up right shift, clamp, write back ----
+        codes = []
+        for lane in range(lanes):
+            v = Signal(signed(w + 1), name=f"v_{lane}")
+            r = Signal(signed(w + 2), name=f"r_{lane}")
+            c = Signal(signed(p.bits), name=f"code_{lane}")
+            # floor(v / 2^sh + 1/2) = (((2v) >> sh) + 1) >> 1, valid for every sh >= 0
+            m.d.comb += [
+                v.eq(p0[lane] + p1[lane]),
+                r.eq((((v << 1) >> sh2) + 1) >> 1),
+                c.eq(Mux(r > qp, qp, Mux(r < qn, qn, r))),
+            ]
+            codes.append(c)
+        for k, wp in enumerate(wports):
+            m.d.comb += [wp.addr.eq(pos2), wp.en.eq(v2 & adv & (wbank2 == k))]
+            m.d.comb += [wp.data[lane].eq(codes[lane]) for lane in range(lanes)]
+
+        # ---- output register ----
+        with m.If(adv):
+            m.d.sync += self.o.valid.eq(v2 & last2)
+            m.d.sync += [self.o.payload.code[lane].eq(codes[lane]) for lane in range(lanes)]
+        m.d.comb += self.busy.eq(v1 | v2 | self.o.valid)
+        return m

@@ -1,0 +1,107 @@
+"""GEMM layer shapes: the unit the energy model works on.
+
+Every layer is ``count`` independent GEMMs ``Y[M, N] = X[M, K] · W[N, K]ᵀ`` (X: the streamed
+activations, W: the second operand — weights for Linear/Conv2d, an activation for attention's
+``QKᵀ`` (W = K) and ``AV`` (W = Vᵀ)). A Conv2d is its im2col GEMM: ``M = B·Ho·Wo``,
+``K = Ci/groups·kh·kw``, ``N = Co/groups``, ``count = groups`` (a depthwise conv has K = kh·kw).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from apsq.errors import APSQError, check_int
+
+__all__ = ["Layer", "Workload", "LAYER_KINDS"]
+
+LAYER_KINDS = ("linear", "conv2d", "conv1d", "matmul")
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One GEMM layer (shapes in elements)."""
+
+    name: str
+    kind: str
+    m: int
+    """rows of X and Y (tokens, or output pixels x batch)."""
+    k: int
+    """reduction length (split into ceil(K / rows) PSUM tiles)."""
+    n: int
+    """columns of Y (output features / channels per group)."""
+    count: int = 1
+    """independent GEMMs of this shape (heads x batch for attention, groups for grouped convs)."""
+    w_is_weight: bool = True
+    """True when W is a stored parameter (weight width); False when it is an activation."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in LAYER_KINDS:
+            raise APSQError(f"layer {self.name!r}: kind must be one of {', '.join(LAYER_KINDS)}; got {self.kind!r}")
+        for f in ("m", "k", "n", "count"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise APSQError(f"layer {self.name!r}: {f} must be a positive integer, got {v!r}")
+
+    @property
+    def macs(self) -> int:
+        return self.m * self.k * self.n * self.count
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A model's GEMM layers, in execution order, with the options it was built with."""
+
+    name: str
+    layers: tuple[Layer, ...]
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise APSQError(f"workload {self.name!r} has no GEMM layers (Linear, Conv, matmul) to evaluate")
+        object.__setattr__(self, "layers", tuple(self.layers))
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    @cached_property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Column arrays (int64 / bool) over layers: m, k, n, count, w_is_weight."""
+        return {
+            "m": np.array([ly.m for ly in self.layers], dtype=np.int64),
+            "k": np.array([ly.k for ly in self.layers], dtype=np.int64),
+            "n": np.array([ly.n for ly in self.layers], dtype=np.int64),
+            "count": np.array([ly.count for ly in self.layers], dtype=np.int64),
+            "w_is_weight": np.array([ly.w_is_weight for ly in self.layers], dtype=bool),
+        }
+
+    @property
+    def macs(self) -> int:
+        return int(sum(ly.macs for ly in self.layers))
+
+    def gs_array(self, gs: int | Mapping[str, int] | Sequence[int], default: int = 1) -> np.ndarray:
+        """Per-layer APSQ group sizes.
+
+        ``gs`` is one int for every layer, a sequence with one value per layer, or a mapping of
+        layer-name patterns (fnmatch; later patterns win) to group sizes, with ``default`` elsewhere.
+        """
+        if isinstance(gs, Mapping):
+            check_int("gs", default, lo=1)
+            out = np.full(len(self.layers), default, dtype=np.int64)
+            for pattern, value in gs.items():
+                check_int(f"gs[{pattern!r}]", value, lo=1)
+                hit = [i for i, ly in enumerate(self.layers) if fnmatch.fnmatchcase(ly.name, pattern)]
+                out[hit] = value
+            return out
+        if isinstance(gs, Sequence) and not isinstance(gs, str):
+            if len(gs) != len(self.layers):
+                raise APSQError(f"gs has {len(gs)} values but workload {self.name!r} has {len(self.layers)} layers")
+            for i, v in enumerate(gs):
+                check_int(f"gs[{i}]", v, lo=1)
+            return np.asarray(gs, dtype=np.int64)
+        return np.full(len(self.layers), check_int("gs", gs, lo=1), dtype=np.int64)

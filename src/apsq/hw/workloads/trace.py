@@ -1,0 +1,143 @@
+"""Trace the GEMM layers of any PyTorch model for one input (meta device: no memory, no compute).
+
+Forward pre/post hooks on every module keep the name of the module currently running; a
+:class:`~torch.overrides.TorchFunctionMode` records each GEMM-shaped call (``F.linear``,
+``F.conv1d/2d``, ``matmul``/``@``, ``bmm``, ``mm``, ``addmm``, ``baddbmm``) and expands
+``F.scaled_dot_product_attention`` into its two matmuls, ``QKᵀ`` (suffix ``.qk``) and ``AV``
+(suffix ``.av``). Attention is counted in full (no causal-mask savings): the array computes every
+score, masking happens afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from apsq.errors import APSQError
+from apsq.hw.workloads.base import Layer, Workload
+
+__all__ = ["trace", "trace_factory"]
+
+_MATMULS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm, torch.mm,
+            torch.Tensor.mm}
+_ADDMMS = {torch.addmm, torch.baddbmm, torch.Tensor.addmm, torch.Tensor.baddbmm}
+
+
+def _prod(xs: Any) -> int:
+    return int(math.prod(int(x) for x in xs))
+
+
+class _GemmRecorder(TorchFunctionMode):
+    def __init__(self, stack: list[str]) -> None:
+        super().__init__()
+        self.stack = stack
+        self.layers: list[Layer] = []
+        self._seen: Counter[str] = Counter()
+
+    def _name(self, suffix: str = "") -> str:
+        base = (self.stack[-1] if self.stack else "") or "model"
+        name = base + suffix
+        self._seen[name] += 1
+        return name if self._seen[name] == 1 else f"{name}#{self._seen[name]}"
+
+    def _add(self, kind: str, m: int, k: int, n: int, count: int, w_is_weight: bool, suffix: str = "") -> None:
+        if min(m, k, n, count) < 1:
+            return  # empty GEMM (e.g. zero-length input): nothing to map
+        self.layers.append(Layer(self._name(suffix), kind, int(m), int(k), int(n), int(count), w_is_weight))
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        try:
+            self._record(func, args, kwargs, out)
+        except (IndexError, AttributeError, TypeError):  # an unusual call signature: skip, never break the model
+            pass
+        return out
+
+    def _record(self, func, args, kwargs, out) -> None:  # noqa: ANN001
+        if func is F.linear:
+            x, w = args[0], args[1] if len(args) > 1 else kwargs["weight"]
+            self._add("linear", x.numel() // max(1, x.shape[-1]), w.shape[1], w.shape[0], 1, True)
+        elif func in (F.conv2d, F.conv1d):
+            x, w = args[0], args[1] if len(args) > 1 else kwargs["weight"]
+            groups = x.shape[1] // w.shape[1] if x.dim() == w.dim() else 1
+            spatial = _prod(out.shape[2:]) * out.shape[0]
+            kind = "conv2d" if func is F.conv2d else "conv1d"
+            self._add(kind, spatial, _prod(w.shape[1:]), w.shape[0] // groups, groups, True)
+        elif func in _MATMULS or func in _ADDMMS:
+            a, b = (args[1], args[2]) if func in _ADDMMS else (args[0], args[1])
+            if a.dim() < 2 or b.dim() < 2:
+                m = 1 if a.dim() == 1 else a.shape[-2]
+                n = 1 if b.dim() == 1 else b.shape[-1]
+                self._add("matmul", m, a.shape[-1], n, max(1, out.numel() // max(1, m * n)), False)
+                return
+            count = _prod(out.shape[:-2]) if out.dim() > 2 else 1
+            self._add("matmul", a.shape[-2], a.shape[-1], b.shape[-1], count, isinstance(b, nn.Parameter))
+        elif func is F.scaled_dot_product_attention:
+            q, k, v = args[0], args[1] if len(args) > 1 else kwargs["key"], args[2] if len(args) > 2 else kwargs["value"]
+            count = _prod(q.shape[:-2])
+            self._add("matmul", q.shape[-2], q.shape[-1], k.shape[-2], count, False, ".qk")
+            self._add("matmul", q.shape[-2], k.shape[-2], v.shape[-1], count, False, ".av")
+
+
+def trace(model: nn.Module, *args: Any, name: str | None = None, options: dict | None = None,
+          **kwargs: Any) -> Workload:
+    """Run ``model(*args, **kwargs)`` once under ``no_grad`` and return its GEMM layers in order.
+
+    Put the model and inputs on the meta device to trace without memory or compute.
+    """
+    if not isinstance(model, nn.Module):
+        raise APSQError(f"trace needs a torch.nn.Module, got {type(model).__name__}")
+    stack: list[str] = []
+    names = {id(mod): n for n, mod in model.named_modules()}
+    handles = []
+
+    def pre(mod: nn.Module, _inp: Any) -> None:
+        stack.append(names.get(id(mod), type(mod).__name__))
+
+    def post(_mod: nn.Module, _inp: Any, _out: Any) -> None:
+        if stack:
+            stack.pop()
+
+    for mod in model.modules():
+        handles.append(mod.register_forward_pre_hook(pre))
+        handles.append(mod.register_forward_hook(post, always_call=True))
+    recorder = _GemmRecorder(stack)
+    try:
+        with torch.no_grad(), recorder:
+            model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return Workload(name or type(model).__name__, tuple(recorder.layers), dict(options or {}))
+
+
+def trace_factory(factory: Callable[[], Any], name: str | None = None) -> Workload:
+    """Build with ``factory()`` on the meta device and trace it.
+
+    ``factory`` returns a :class:`Workload`, or ``(model, inputs)`` where inputs is a tuple of
+    positional arguments or a dict of keyword arguments.
+    """
+    with torch.device("meta"):
+        made = factory()
+        if isinstance(made, Workload):
+            return made
+        if not (isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], nn.Module)):
+            raise APSQError(
+                f"factory {getattr(factory, '__name__', factory)!r} must return a Workload or (model, inputs); "
+                f"got {type(made).__name__}"
+            )
+        model, inputs = made
+        fname = name or getattr(factory, "__name__", type(model).__name__)
+        if isinstance(inputs, dict):
+            return trace(model, name=fname, **inputs)
+        if not isinstance(inputs, tuple):
+            inputs = (inputs,)
+        return trace(model, *inputs, name=fname)

@@ -1,0 +1,1 @@
+"""Model code the project owns (architectures not importable from installed libraries)."""

@@ -1,0 +1,118 @@
+"""Atomic, pickle-free checkpoints: tensors in one safetensors file, everything else as JSON.
+
+A checkpoint is a single ``.safetensors`` file written to a temporary name in the same folder and
+moved over the old one with :func:`os.replace` (atomic on POSIX and Windows), so a crash leaves the
+previous checkpoint intact. Tensors: ``model/<name>`` (the state dict) and ``optim/<param index>/<key>``
+(optimizer state). The JSON ``state`` (step, stage, config fingerprint, optimizer hyper-parameters and
+non-tensor state) is stored in the safetensors header metadata. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from apsq.errors import APSQError
+
+FORMAT = "apsq-checkpoint-v1"
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
+    """Write ``tensors`` (+ JSON ``meta`` in the header) to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    try:
+        save_file(flat, str(tmp), metadata={"format": FORMAT, "state": json.dumps(meta or {})})
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(tensors, meta)`` of a file written by :func:`atomic_save_tensors`; clear error if corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise APSQError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise APSQError(f"checkpoint {path} is corrupt or not a safetensors file ({exc}); "
+                        "delete it or point --output elsewhere") from exc
+    if header.get("format") != FORMAT:
+        raise APSQError(f"checkpoint {path} is not an apsq checkpoint (format {header.get('format')!r}, "
+                        f"expected {FORMAT!r})")
+    try:
+        meta = json.loads(header.get("state", "{}"))
+    except json.JSONDecodeError as exc:
+        raise APSQError(f"checkpoint {path} has a corrupt JSON state ({exc})") from exc
+    return tensors, meta
+
+
+def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state dict into tensors (``optim/<i>/<key>``) and JSON-able rest."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for key, val in st.items():
+            if isinstance(val, torch.Tensor):
+                tensors[f"optim/{idx}/{key}"] = val
+            else:
+                scalars.setdefault(str(idx), {})[key] = val
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                        source: Path) -> None:
+    """Restore what :func:`optimizer_to_flat` split (validates the parameter layout)."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, t in tensors.items():
+        if name.startswith("optim/"):
+            _, idx, key = name.split("/", 2)
+            state.setdefault(int(idx), {})[key] = t
+    for idx, vals in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(vals)
+    groups = meta.get("param_groups")
+    mine = opt.state_dict()["param_groups"]
+    if not isinstance(groups, list) or [len(g["params"]) for g in groups] != [len(g["params"]) for g in mine]:
+        raise APSQError(f"checkpoint {source}: optimizer parameter groups do not match this model "
+                        "(a different model or config wrote it)")
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def load_model_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path,
+                     prefix: str = "model/") -> None:
+    """Load ``prefix``-ed tensors into ``model`` strictly; a clear error names missing / extra keys."""
+    sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    extra = sorted(set(sd) - set(own))
+    bad_shape = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
+    if missing or extra or bad_shape:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", bad_shape)):
+            if keys:
+                parts.append(f"{len(keys)} {label} (e.g. {keys[:3]})")
+        raise APSQError(f"checkpoint {source} does not match the model: " + ", ".join(parts))
+    model.load_state_dict(sd, strict=True)

