@@ -40,12 +40,27 @@ def apsq_attention_forward(
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     scores = module.apsq_qk(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        scores = scores + attention_mask[..., : key.shape[-2]]
+    scores = _apply_mask(scores, attention_mask, causal=bool(getattr(module, "is_causal", False)))
     probs = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     probs = nn.functional.dropout(probs, p=dropout, training=module.training)
     out = module.apsq_av(probs, value)
     return out.transpose(1, 2).contiguous(), probs
+
+
+def _apply_mask(scores: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+    """Additive float masks are added, boolean masks (True = attend) fill with the dtype's minimum;
+    with no mask a causal module (LLaMA under ``sdpa`` mask creation) gets the causal mask."""
+    q_len, k_len = scores.shape[-2], scores.shape[-1]
+    neg = torch.finfo(scores.dtype).min
+    if mask is not None:
+        mask = mask[..., :k_len]
+        if mask.dtype == torch.bool:
+            return scores.masked_fill(~mask, neg)
+        return scores + mask
+    if causal and q_len > 1:
+        keep = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).tril(k_len - q_len)
+        return scores.masked_fill(~keep, neg)
+    return scores
 
 
 def _register() -> None:
