@@ -11,7 +11,8 @@ dimension ``dim = 16``, MBConv expansion 4, BatchNorm + Hardswish.
   "LiteMLA", with ReLU kernels and a 5x5 multi-scale token aggregation, followed by an MBConv), widths
   128, 256;
 - segmentation head (ADE20K config): 1x1 projections of stages 4/3/2 to width 64, upsampled to stride 8
-  and added, 3 residual MBConv blocks (expand 4), a 1x1 conv to 64x4 = 256 and a 1x1 classifier.
+  and added, 3 residual MBConv blocks (expand 4), a 1x1 classifier to 150 classes (the ADE20K head has
+  no final expansion conv; the Cityscapes one expands to 4 x 64 first: ``final_expand=4``).
 
 The ReLU linear attention computes, per head, ``vk = [V; 1] · Kᵀ`` (a (d+1) x d matrix, reduced over
 the H·W tokens) and ``out = vk · Q``: two matmuls that the energy tracer records.
@@ -33,8 +34,17 @@ B1_DIM = 16
 class ConvBNAct(nn.Sequential):
     """Conv2d ('same' padding) + optional BatchNorm + optional Hardswish."""
 
-    def __init__(self, cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, bias: bool = False,
-                 norm: bool = True, act: bool = True) -> None:
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        k: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        bias: bool = False,
+        norm: bool = True,
+        act: bool = True,
+    ) -> None:
         layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=bias)]
         if norm:
             layers.append(nn.BatchNorm2d(cout))
@@ -134,8 +144,14 @@ class EfficientViTBlock(nn.Module):
 class EfficientViTBackbone(nn.Module):
     """Returns the feature maps of stages 1-4 (strides 4, 8, 16, 32) and the stem (stride 2)."""
 
-    def __init__(self, widths: tuple[int, ...] = B1_WIDTHS, depths: tuple[int, ...] = B1_DEPTHS, dim: int = B1_DIM,
-                 expand: float = 4, in_channels: int = 3) -> None:
+    def __init__(
+        self,
+        widths: tuple[int, ...] = B1_WIDTHS,
+        depths: tuple[int, ...] = B1_DEPTHS,
+        dim: int = B1_DIM,
+        expand: float = 4,
+        in_channels: int = 3,
+    ) -> None:
         super().__init__()
         stem: list[nn.Module] = [ConvBNAct(in_channels, widths[0], 3, 2)]
         stem += [Residual(DSConv(widths[0], widths[0])) for _ in range(depths[0])]
@@ -169,16 +185,25 @@ class EfficientViTBackbone(nn.Module):
 class SegHead(nn.Module):
     """EfficientViT segmentation head: fuse stages 4/3/2 at stride 8, MBConv middle, 1x1 classifier."""
 
-    def __init__(self, in_channels: tuple[int, ...] = (256, 128, 64), strides: tuple[int, ...] = (32, 16, 8),
-                 head_stride: int = 8, width: int = 64, depth: int = 3, expand: float = 4, final_expand: int = 4,
-                 num_classes: int = 150) -> None:
+    def __init__(
+        self,
+        in_channels: tuple[int, ...] = (256, 128, 64),
+        strides: tuple[int, ...] = (32, 16, 8),
+        head_stride: int = 8,
+        width: int = 64,
+        depth: int = 3,
+        expand: float = 4,
+        final_expand: int | None = None,
+        num_classes: int = 150,
+    ) -> None:
         super().__init__()
         self.fids = ("stage4", "stage3", "stage2")
         self.inputs = nn.ModuleList(ConvBNAct(c, width, 1, act=False) for c in in_channels)
         self.factors = tuple(s // head_stride for s in strides)
         self.middle = nn.Sequential(*[Residual(MBConv(width, width, 1, expand)) for _ in range(depth)])
-        self.final = ConvBNAct(width, width * final_expand, 1)
-        self.classifier = nn.Conv2d(width * final_expand, num_classes, 1, bias=True)
+        out = width * (final_expand or 1)
+        self.final = ConvBNAct(width, out, 1) if final_expand else nn.Identity()
+        self.classifier = nn.Conv2d(out, num_classes, 1, bias=True)
 
     def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         x = None
@@ -202,7 +227,12 @@ class EfficientViTSeg(nn.Module):
         return self.head(self.backbone(x))
 
 
-def efficientvit_b1_seg(num_classes: int = 150) -> EfficientViTSeg:
-    """EfficientViT-B1 with the ADE20K segmentation head (150 classes by default)."""
+def efficientvit_b1_seg(num_classes: int = 150, dataset: str = "ade20k") -> EfficientViTSeg:
+    """EfficientViT-B1 with its segmentation head: ``ade20k`` (150 classes, no final expansion) or
+    ``cityscapes`` (final 1x1 expansion to 4 x 64; pass ``num_classes=19``)."""
+    from apsq.errors import check_choice
+
+    check_choice("dataset", dataset, ("ade20k", "cityscapes"))
     backbone = EfficientViTBackbone(B1_WIDTHS, B1_DEPTHS, B1_DIM)
-    return EfficientViTSeg(backbone, SegHead(num_classes=num_classes))
+    head = SegHead(num_classes=num_classes, final_expand=4 if dataset == "cityscapes" else None)
+    return EfficientViTSeg(backbone, head)

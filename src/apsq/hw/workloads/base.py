@@ -53,6 +53,15 @@ class Layer:
         return self.m * self.k * self.n * self.count
 
 
+def _config_name(layer_name: str) -> str:
+    """The module name an APSQConfig pattern sees for a traced layer."""
+    name = layer_name.split("#", 1)[0]
+    for short, full in ((".qk", ".apsq_qk"), (".av", ".apsq_av")):
+        if name.endswith(short):
+            return name[: -len(short)] + full
+    return name
+
+
 @dataclass(frozen=True)
 class Workload:
     """A model's GEMM layers, in execution order, with the options it was built with."""
@@ -87,9 +96,13 @@ class Workload:
     def gs_array(self, gs: int | Mapping[str, int] | Sequence[int], default: int = 1) -> np.ndarray:
         """Per-layer APSQ group sizes.
 
-        ``gs`` is one int for every layer, a sequence with one value per layer, or a mapping of
-        layer-name patterns (fnmatch; later patterns win) to group sizes, with ``default`` elsewhere.
+        ``gs`` is one int for every layer, a sequence with one value per layer, a mapping of
+        layer-name patterns (fnmatch; later patterns win) to group sizes, with ``default`` elsewhere, or
+        an :class:`apsq.APSQConfig` (each layer's ``for_module(name).gs``, overrides applied; traced
+        attention matmuls ``*.qk`` / ``*.av`` are looked up as ``*.apsq_qk`` / ``*.apsq_av``).
         """
+        if hasattr(gs, "for_module"):
+            return np.array([gs.for_module(_config_name(ly.name)).gs for ly in self.layers], dtype=np.int64)
         if isinstance(gs, Mapping):
             check_int("gs", default, lo=1)
             out = np.full(len(self.layers), default, dtype=np.int64)

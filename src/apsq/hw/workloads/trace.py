@@ -1,11 +1,15 @@
 """Trace the GEMM layers of any PyTorch model for one input (meta device: no memory, no compute).
 
-Forward pre/post hooks on every module keep the name of the module currently running; a
-:class:`~torch.overrides.TorchFunctionMode` records each GEMM-shaped call (``F.linear``,
+Forward hooks on every module keep the name of the module currently running. GEMM modules
+(``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` and their subclasses, e.g. apsq's ``QuantLinear`` /
+``QuantConv2d``, and apsq's ``QuantMatmul``) are recorded as one layer each from their forward hook,
+whatever they compute inside (a quantized layer's per-tile matmuls are not separate layers). Outside
+them a :class:`~torch.overrides.TorchFunctionMode` records each GEMM-shaped call (``F.linear``,
 ``F.conv1d/2d``, ``matmul``/``@``, ``bmm``, ``mm``, ``addmm``, ``baddbmm``) and expands
 ``F.scaled_dot_product_attention`` into its two matmuls, ``QKᵀ`` (suffix ``.qk``) and ``AV``
 (suffix ``.av``). Attention is counted in full (no causal-mask savings): the array computes every
-score, masking happens afterwards.
+score, masking happens afterwards. Not seen: GEMMs inside a single fused call other than SDPA
+(e.g. ``F.multi_head_attention_forward``).
 """
 
 from __future__ import annotations
@@ -25,13 +29,24 @@ from apsq.hw.workloads.base import Layer, Workload
 
 __all__ = ["trace", "trace_factory"]
 
-_MATMULS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm, torch.mm,
-            torch.Tensor.mm}
+_MATMULS = {
+    torch.matmul,
+    torch.Tensor.matmul,
+    torch.Tensor.__matmul__,
+    torch.bmm,
+    torch.Tensor.bmm,
+    torch.mm,
+    torch.Tensor.mm,
+}
 _ADDMMS = {torch.addmm, torch.baddbmm, torch.Tensor.addmm, torch.Tensor.baddbmm}
 
 
 def _prod(xs: Any) -> int:
     return int(math.prod(int(x) for x in xs))
+
+
+def _is_gemm_module(mod: nn.Module) -> bool:
+    return isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d)) or type(mod).__name__ == "QuantMatmul"
 
 
 class _GemmRecorder(TorchFunctionMode):
@@ -40,6 +55,24 @@ class _GemmRecorder(TorchFunctionMode):
         self.stack = stack
         self.layers: list[Layer] = []
         self._seen: Counter[str] = Counter()
+        self.inside_gemm_module = 0
+
+    def record_module(self, mod: nn.Module, args: tuple, out: Any) -> None:
+        """One layer for a GEMM module, from its weight and its input / output shapes."""
+        if not isinstance(out, torch.Tensor) or not args or not isinstance(args[0], torch.Tensor):
+            return
+        x = args[0]
+        if isinstance(mod, nn.Linear):
+            self._add("linear", x.numel() // max(1, mod.in_features), mod.in_features, mod.out_features, 1, True)
+        elif isinstance(mod, (nn.Conv1d, nn.Conv2d)):
+            g = mod.groups
+            k = (mod.in_channels // g) * _prod(mod.kernel_size)
+            kind = "conv2d" if isinstance(mod, nn.Conv2d) else "conv1d"
+            self._add(kind, out.shape[0] * _prod(out.shape[2:]), k, mod.out_channels // g, g, True)
+        elif len(args) > 1 and isinstance(args[1], torch.Tensor):  # QuantMatmul(a, b)
+            a, b = args[0], args[1]
+            count = _prod(out.shape[:-2]) if out.dim() > 2 else 1
+            self._add("matmul", a.shape[-2], a.shape[-1], b.shape[-1], count, False)
 
     def _name(self, suffix: str = "") -> str:
         base = (self.stack[-1] if self.stack else "") or "model"
@@ -55,6 +88,8 @@ class _GemmRecorder(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if self.inside_gemm_module:
+            return out  # recorded once by the module's hook
         try:
             self._record(func, args, kwargs, out)
         except (IndexError, AttributeError, TypeError):  # an unusual call signature: skip, never break the model
@@ -81,14 +116,19 @@ class _GemmRecorder(TorchFunctionMode):
             count = _prod(out.shape[:-2]) if out.dim() > 2 else 1
             self._add("matmul", a.shape[-2], a.shape[-1], b.shape[-1], count, isinstance(b, nn.Parameter))
         elif func is F.scaled_dot_product_attention:
-            q, k, v = args[0], args[1] if len(args) > 1 else kwargs["key"], args[2] if len(args) > 2 else kwargs["value"]
+            q, k, v = (
+                args[0],
+                args[1] if len(args) > 1 else kwargs["key"],
+                args[2] if len(args) > 2 else kwargs["value"],
+            )
             count = _prod(q.shape[:-2])
             self._add("matmul", q.shape[-2], q.shape[-1], k.shape[-2], count, False, ".qk")
             self._add("matmul", q.shape[-2], k.shape[-2], v.shape[-1], count, False, ".av")
 
 
-def trace(model: nn.Module, *args: Any, name: str | None = None, options: dict | None = None,
-          **kwargs: Any) -> Workload:
+def trace(
+    model: nn.Module, *args: Any, name: str | None = None, options: dict | None = None, **kwargs: Any
+) -> Workload:
     """Run ``model(*args, **kwargs)`` once under ``no_grad`` and return its GEMM layers in order.
 
     Put the model and inputs on the meta device to trace without memory or compute.
@@ -98,18 +138,24 @@ def trace(model: nn.Module, *args: Any, name: str | None = None, options: dict |
     stack: list[str] = []
     names = {id(mod): n for n, mod in model.named_modules()}
     handles = []
+    recorder = _GemmRecorder(stack)
 
     def pre(mod: nn.Module, _inp: Any) -> None:
         stack.append(names.get(id(mod), type(mod).__name__))
+        if _is_gemm_module(mod):
+            recorder.inside_gemm_module += 1
 
-    def post(_mod: nn.Module, _inp: Any, _out: Any) -> None:
+    def post(mod: nn.Module, inp: Any, out: Any) -> None:
+        if _is_gemm_module(mod):
+            recorder.inside_gemm_module -= 1
+            if recorder.inside_gemm_module == 0:
+                recorder.record_module(mod, inp, out)
         if stack:
             stack.pop()
 
     for mod in model.modules():
         handles.append(mod.register_forward_pre_hook(pre))
         handles.append(mod.register_forward_hook(post, always_call=True))
-    recorder = _GemmRecorder(stack)
     try:
         with torch.no_grad(), recorder:
             model(*args, **kwargs)

@@ -1,0 +1,206 @@
+"""What every dataflow shares: PSUM traffic per accumulation mode, refetch and spill rules, assembly.
+
+Arrays run over layers (numpy, int64/float64), so one call evaluates a whole workload.
+
+PSUM traffic per output element over ``n = ceil(K / rows)`` tile steps (method doc §3; the last step's
+result never returns to the PSUM buffer: it goes through the requantizer to the output buffer):
+
+- ``none`` (INT32 baseline): step 0 writes, steps 1..n-2 read-modify-write, step n-1 reads:
+  ``n-1`` reads and ``n-1`` writes of ``acc_bits``; one live slot.
+- ``psq``: every tile's code is stored until the end (``Y = Σ Q(Tp_i)``, no running requantization):
+  ``n-1`` writes, the last step reads the ``n-1`` codes; ``n-1`` live slots of ``psum_bits``.
+- ``apsq`` (group size gs, G = ceil(n/gs) groups): a non-closing tile writes its code once; a closing tile
+  reads the group's pending codes and the previous A, and (unless it is the last) writes A.
+  Reads = Σ_g (|g|-1) + (G-1) = n-1, writes = (n-G) + (G-1) = n-1, of ``psum_bits`` each.
+  Live slots = the most codes held at once: ``n-1`` if G = 1, ``max(gs-1, n-gs)`` if G = 2, else ``gs``
+  (A_{g-1} plus gs-1 pending) — the method doc's "gs x 8 bits per live output" once n > 2·gs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from apsq.errors import PSUM_MODES, APSQError, check_bits, check_choice
+
+__all__ = [
+    "OPERANDS",
+    "LEVELS",
+    "PsumPlan",
+    "psum_plan",
+    "refetch_fraction",
+    "GemmShapes",
+    "DataflowTerms",
+    "AccessCounts",
+    "assemble",
+    "ceil_div",
+]
+
+OPERANDS = ("input", "weight", "psum", "output")
+LEVELS = ("reg", "sram", "dram")
+IN, WT, PS, OUT = range(4)
+REG, SRAM, DRAM = range(3)
+
+
+def ceil_div(a: np.ndarray, b: int | np.ndarray) -> np.ndarray:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class PsumPlan:
+    """Stored-PSUM traffic per output element (arrays over layers)."""
+
+    mode: str
+    steps: np.ndarray  # n = ceil(K / rows)
+    reads: np.ndarray  # stored-PSUM reads per output element
+    writes: np.ndarray  # stored-PSUM writes per output element
+    slots: np.ndarray  # live stored PSUM codes per output element (peak)
+    bits: int  # width of one stored PSUM code
+
+
+def psum_plan(steps: np.ndarray, mode: str, gs: np.ndarray | int, psum_bits: int, acc_bits: int) -> PsumPlan:
+    """Reads, writes and live slots per output element for ``mode`` (see the module docstring).
+
+    ``psum_bits`` is the stored width in ``psq``/``apsq``; ``none`` stores ``acc_bits``.
+    """
+    check_choice("mode", mode, PSUM_MODES)
+    check_bits("psum_bits", psum_bits, lo=1, hi=64)
+    steps = np.asarray(steps, dtype=np.int64)
+    gs = np.broadcast_to(np.asarray(gs, dtype=np.int64), steps.shape)
+    if (gs < 1).any():
+        raise APSQError(f"gs must be >= 1, got {int(gs.min())}")
+    if (steps < 1).any():
+        raise APSQError("every layer needs at least one reduction step (K >= 1)")
+    rw = steps - 1
+    if mode == "none":
+        return PsumPlan(mode, steps, rw, rw, (steps > 1).astype(np.int64), acc_bits)
+    if mode == "psq":
+        return PsumPlan(mode, steps, rw, rw, rw, psum_bits)
+    groups = ceil_div(steps, gs)
+    slots = np.where(groups == 1, steps - 1, np.where(groups == 2, np.maximum(gs - 1, steps - gs), gs))
+    return PsumPlan(mode, steps, rw, rw, slots, psum_bits)
+
+
+def refetch_fraction(footprint_bits: np.ndarray, capacity_bits: float) -> np.ndarray:
+    """Share of a reused operand's (or live PSUMs') accesses that miss the buffer and go to DRAM.
+
+    A static allocation pins ``capacity`` bits of a ``footprint``-bit working set on chip; the rest lives
+    in DRAM: ``f = max(0, 1 - capacity / footprint)``.
+    """
+    fp = np.asarray(footprint_bits, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = np.where(fp > 0, 1.0 - capacity_bits / np.where(fp > 0, fp, 1.0), 0.0)
+    return np.clip(f, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class GemmShapes:
+    """Per-layer GEMM shapes and operand widths (arrays)."""
+
+    m: np.ndarray
+    k: np.ndarray
+    n: np.ndarray
+    count: np.ndarray
+    w_bits: np.ndarray
+    act_bits: int
+
+    @property
+    def macs(self) -> np.ndarray:
+        return self.m * self.k * self.n * self.count
+
+
+@dataclass(frozen=True)
+class DataflowTerms:
+    """What a dataflow decides, per GEMM instance (arrays over layers; elements, not bits)."""
+
+    in_sram_reads: np.ndarray
+    in_dram_reads: np.ndarray
+    in_reg_writes: np.ndarray
+    w_sram_reads: np.ndarray
+    w_dram_reads: np.ndarray
+    w_reg_writes: np.ndarray
+    psum_live_outputs: np.ndarray  # outputs whose running PSUM is held in the PSUM buffer at once
+    psum_lanes: np.ndarray  # outputs produced per array step (the smallest PSUM working set)
+    compute_cycles: np.ndarray
+    stores_psums: bool = True  # False: sums stay in the PEs (OS), no stored-PSUM traffic at all
+
+
+@dataclass(frozen=True)
+class AccessCounts:
+    """Element accesses and bit widths per layer x operand x level, plus MACs, cycles and spills."""
+
+    reads: np.ndarray  # [L, 4, 3] elements
+    writes: np.ndarray  # [L, 4, 3] elements
+    bits: np.ndarray  # [L, 4, 3] bits per element
+    macs: np.ndarray  # [L]
+    cycles: np.ndarray  # [L] max(compute, each buffer's and DRAM's bandwidth bound)
+    compute_cycles: np.ndarray  # [L]
+    psum_footprint_bits: np.ndarray  # [L] live PSUM bits of one GEMM instance
+    psum_spill: np.ndarray  # [L] share of stored-PSUM accesses that go to DRAM
+
+
+def assemble(name: str, g: GemmShapes, t: DataflowTerms, plan: PsumPlan, acc, layer_names) -> AccessCounts:  # noqa: ANN001
+    """Fill the [layer, operand, level] tables from a dataflow's terms and the PSUM plan."""
+    L = len(g.m)
+    reads = np.zeros((L, 4, 3))
+    writes = np.zeros((L, 4, 3))
+    bits = np.zeros((L, 4, 3))
+    c = g.count.astype(np.float64)
+    macs = g.macs.astype(np.float64)
+    outputs = (g.m * g.n).astype(np.float64) * c
+
+    # inputs and weights: DRAM -> SRAM (fill) -> PE registers; every MAC reads both from registers
+    reads[:, IN, DRAM] = t.in_dram_reads * c
+    writes[:, IN, SRAM] = t.in_dram_reads * c
+    reads[:, IN, SRAM] = t.in_sram_reads * c
+    writes[:, IN, REG] = t.in_reg_writes * c
+    reads[:, IN, REG] = macs
+    reads[:, WT, DRAM] = t.w_dram_reads * c
+    writes[:, WT, SRAM] = t.w_dram_reads * c
+    reads[:, WT, SRAM] = t.w_sram_reads * c
+    writes[:, WT, REG] = t.w_reg_writes * c
+    reads[:, WT, REG] = macs
+    # PSUMs: the in-PE accumulator is read and written once per MAC (INT32 in every mode)
+    reads[:, PS, REG] = macs
+    writes[:, PS, REG] = macs
+    # stored PSUMs: the plan's traffic, split between the PSUM buffer and DRAM by the spill fraction
+    cap = acc.buffers.psum.capacity_bits
+    if not t.stores_psums:
+        plan = PsumPlan(plan.mode, plan.steps, plan.reads * 0, plan.writes * 0, plan.slots * 0, plan.bits)
+    live_bits = t.psum_live_outputs * plan.slots * plan.bits
+    need = t.psum_lanes * plan.slots * plan.bits
+    bad = (t.psum_live_outputs > 0) & (plan.slots > 0) & (need > cap)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise APSQError(
+            f"{name}: the PSUM buffer ({acc.buffers.psum.capacity_kib} KiB) cannot hold even one PE-array tile of "
+            f"layer {layer_names[i]!r}: {int(t.psum_lanes[i])} outputs x {int(plan.slots[i])} slot(s) x "
+            f"{plan.bits} bits "
+            f"= {need[i] / 8192:.3f} KiB; enlarge buffers.psum.capacity_kib or lower gs / psum bits"
+        )
+    spill = refetch_fraction(live_bits, cap)
+    ps_r = outputs * plan.reads
+    ps_w = outputs * plan.writes
+    reads[:, PS, SRAM] = ps_r * (1 - spill)
+    writes[:, PS, SRAM] = ps_w * (1 - spill)
+    reads[:, PS, DRAM] = ps_r * spill
+    writes[:, PS, DRAM] = ps_w * spill
+    # outputs: requantized result -> output buffer -> DRAM
+    writes[:, OUT, SRAM] = outputs
+    reads[:, OUT, SRAM] = outputs
+    writes[:, OUT, DRAM] = outputs
+
+    bits[:, IN, :] = g.act_bits
+    bits[:, WT, :] = g.w_bits[:, None]
+    bits[:, PS, REG] = acc.acc_bits
+    bits[:, PS, SRAM] = plan.bits
+    bits[:, PS, DRAM] = plan.bits
+    bits[:, OUT, :] = g.act_bits
+
+    traffic = (reads + writes) * bits  # [L, 4, 3] bits moved
+    bounds = [t.compute_cycles * c, traffic[:, :, DRAM].sum(axis=1) / acc.dram_bits_per_cycle]
+    for op, buf in zip(OPERANDS, (acc.buffers.input, acc.buffers.weight, acc.buffers.psum, acc.buffers.output)):
+        bounds.append(traffic[:, OPERANDS.index(op), SRAM] / buf.bits_per_cycle)
+    cycles = np.max(np.stack(bounds), axis=0)
+    return AccessCounts(reads, writes, bits, macs, cycles, t.compute_cycles * c, live_bits.astype(np.float64), spill)

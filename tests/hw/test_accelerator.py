@@ -1,0 +1,109 @@
+"""The accelerator description: defaults traceable to their sources, and clear errors for bad files."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from apsq.errors import APSQError
+from apsq.hw.accelerator import (
+    Accelerator,
+    default_accelerator,
+    load_accelerator,
+    mac_pj,
+    node_scale,
+    sram_pj_per_bit,
+)
+
+CONFIGS = Path(__file__).resolve().parents[2] / "src" / "apsq" / "configs"
+
+
+def test_default_loads_and_is_packaged():
+    acc = default_accelerator()
+    assert acc.technology_nm == 28
+    assert (acc.pe_array.rows, acc.pe_array.cols) == (32, 32)
+    assert acc.acc_bits == 32 and acc.act_bits == 8
+    assert acc is default_accelerator()  # cached
+    assert load_accelerator(CONFIGS / "accel_28nm_int8.yaml") == acc
+
+
+def test_horowitz_sram_rule_fits_the_published_points():
+    # Horowitz ISSCC 2014, 45 nm, 64-bit access: 8 KB 10 pJ, 32 KB 20 pJ, 1 MB 100 pJ (within 13 %)
+    for kib, pj in ((8, 10.0), (32, 20.0), (1024, 100.0)):
+        got = sram_pj_per_bit(kib, 45) * 64
+        assert abs(got - pj) / pj < 0.14
+
+
+def test_default_constants_follow_their_stated_derivation():
+    acc = default_accelerator()
+    assert node_scale(28) == pytest.approx(28 / 45)
+    assert acc.pe_array.mac_pj == pytest.approx(mac_pj(28), rel=2e-3)
+    assert acc.pe_array.reg_pj_per_bit == pytest.approx(mac_pj(28) / 16, rel=2e-3)
+    for buf in (acc.buffers.input, acc.buffers.weight, acc.buffers.psum, acc.buffers.output):
+        bank = buf.capacity_kib / buf.banks
+        assert buf.read_pj_per_bit == pytest.approx(sram_pj_per_bit(bank, 28), rel=2e-3)
+        assert buf.write_pj_per_bit == buf.read_pj_per_bit
+    assert acc.dram.read_pj_per_bit == pytest.approx(1300 / 64, rel=2e-3)  # 1.3 nJ per 64 bits
+    assert acc.buffers.psum.banks == 4  # the RAE's four banks
+    assert acc.dram_bits_per_cycle == pytest.approx(12.8e9 * 8 / 500e6)
+
+
+def _write(tmp_path, data) -> Path:
+    p = tmp_path / "acc.yaml"
+    p.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return p
+
+
+def _default_dict() -> dict:
+    return yaml.safe_load((CONFIGS / "accel_28nm_int8.yaml").read_text())
+
+
+def test_malformed_yaml(tmp_path):
+    with pytest.raises(APSQError, match="not valid YAML"):
+        load_accelerator(_write(tmp_path, "name: [unclosed\n  pe_array: {rows: 3"))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(APSQError, match="does not exist"):
+        load_accelerator(tmp_path / "nope.yaml")
+
+
+def test_not_a_mapping(tmp_path):
+    with pytest.raises(APSQError, match="must be a mapping"):
+        load_accelerator(_write(tmp_path, "- 1\n- 2\n"))
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (("buffers", "psum", "capacity_kib"), -1, "buffers.psum.capacity_kib"),
+        (("pe_array", "rows"), 0, "pe_array.rows"),
+        (("pe_array", "mac_pj"), -0.1, "pe_array.mac_pj"),
+        (("dram", "bandwidth_gbs"), 0, "dram.bandwidth_gbs"),
+        (("buffers", "input", "banks"), "four", "buffers.input.banks"),
+    ],
+)
+def test_bad_field_is_named(tmp_path, path, value, field):
+    d = _default_dict()
+    node = d
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(APSQError, match=f"field '{field}'"):
+        load_accelerator(_write(tmp_path, d))
+
+
+def test_missing_and_unknown_fields_are_named(tmp_path):
+    d = _default_dict()
+    del d["buffers"]["weight"]
+    d["pe_array"]["colz"] = 3
+    with pytest.raises(APSQError) as exc:
+        load_accelerator(_write(tmp_path, d))
+    assert "buffers.weight" in str(exc.value) and "pe_array.colz" in str(exc.value)
+
+
+def test_accumulator_must_hold_a_product():
+    d = _default_dict()
+    d["acc_bits"] = 12
+    with pytest.raises(APSQError, match="acc_bits"):
+        Accelerator.from_dict(d)

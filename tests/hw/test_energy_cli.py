@@ -1,0 +1,146 @@
+"""``apsq energy`` and ``apsq energy sweep`` through typer's test runner."""
+
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from apsq.hw.energy_cli import register
+
+KEYS = {"baseline_pj", "apsq_pj", "reduction", "psum_reduction", "psum_share_baseline", "breakdown"}
+
+
+@pytest.fixture(scope="module")
+def app():
+    a = typer.Typer()
+    register(a)
+
+    @a.command("noop")  # a second command keeps "energy" a named sub-app, as in the real CLI
+    def _noop() -> None:
+        pass
+
+    return a
+
+
+def _run(app, *args):
+    return CliRunner().invoke(app, ["energy", *args])
+
+
+@pytest.mark.parametrize("dataflow", ["is", "ws", "os"])
+def test_json_for_a_builtin(app, dataflow):
+    r = _run(app, "--model", "efficientvit-b1", "--image-size", "128", "--dataflow", dataflow, "--gs", "2", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert KEYS <= set(out)
+    assert set(out["breakdown"]) == {"baseline", "apsq"}
+    b = out["breakdown"]["baseline"]
+    assert set(b["by_operand"]) == {"input", "weight", "psum", "output", "mac"}
+    assert set(b["by_level"]) == {"reg", "sram", "dram", "mac"}
+    assert sum(b["by_operand"].values()) == pytest.approx(out["baseline_pj"])
+    assert sum(b["by_level"].values()) == pytest.approx(out["baseline_pj"])
+    assert out["reduction"] == pytest.approx(1 - out["apsq_pj"] / out["baseline_pj"])
+    if dataflow == "os":
+        assert out["reduction"] == 0 and out["psum_share_baseline"] == 0
+    else:
+        assert 0 < out["reduction"] < 1 and 0 < out["psum_reduction"] <= 1
+
+
+def test_text_per_layer_and_plot(app, tmp_path):
+    png = tmp_path / "bd.png"
+    r = _run(app, "--model", "bert-base", "--seq-len", "32", "-d", "is", "--per-layer", "--plot", str(png))
+    assert r.exit_code == 0, r.output
+    assert "reduction" in r.output and "per layer" in r.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_json_per_layer_and_psum_bits(app):
+    r = _run(
+        app,
+        "--model",
+        "llama2-7b",
+        "--phase",
+        "decode",
+        "--context",
+        "64",
+        "-d",
+        "ws",
+        "--psum-bits",
+        "16",
+        "--json",
+        "--per-layer",
+    )
+    out = json.loads(r.output)
+    assert out["psum_bits"] == 16 and len(out["layers"]["apsq"]) == 32 * 9 + 1
+    assert out["psum_reduction"] == pytest.approx(0.5)  # beta 4 -> 2, no spill in decode
+
+
+def test_trace_factory_file(app, tmp_path):
+    f = tmp_path / "mymodel.py"
+    f.write_text(
+        "import torch\nfrom torch import nn\n"
+        "def make():\n    return nn.Sequential(nn.Linear(256, 64), nn.Linear(64, 8)), (torch.zeros(128, 256),)\n"
+    )
+    r = _run(app, "--trace", f"{f}:make", "-d", "ws", "--json", "--per-layer")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert [ly["name"] for ly in out["layers"]["baseline"]] == ["0", "1"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--model", "gpt-2"], "'bert-base', 'segformer-b0', 'efficientvit-b1', 'llama2-7b'"),
+        (["--model", "bert-base", "-d", "rs"], "'is', 'ws', 'os'"),
+        (["--model", "bert-base", "--gs", "0"], "gs must be in [1, inf]"),
+        (["-d", "ws"], "exactly one of --model"),
+        (["--trace", "nomodule_xyz:f"], "cannot import module"),
+        (["--model", "bert-base", "--accelerator", "/nonexistent.yaml"], "does not exist"),
+    ],
+)
+def test_errors_exit_2_with_a_message(app, args, needle):
+    r = _run(app, *args)
+    assert r.exit_code == 2
+    assert needle in " ".join(r.output.split())
+
+
+def test_sweep_marks_spills(app, tmp_path):
+    png = tmp_path / "sweep.png"
+    r = _run(app, "sweep", "--model", "bert-base", "-d", "ws", "--values", "256,1024", "--json", "--plot", str(png))
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["option"] == "seq_len" and len(out["rows"]) == 2 * 5
+    # WS live PSUMs: seq x 32 outputs; 64 KiB holds 512 INT32 rows, 2048 one-slot INT8 rows
+    assert out["first_spill"]["baseline"] == 1024 and out["first_spill"]["gs=1"] is None
+    assert png.exists()
+    r = _run(app, "sweep", "--model", "bert-base", "--values", "a,b")
+    assert r.exit_code == 2 and "comma-separated integers" in r.output
+
+
+def test_per_layer_gs_from_an_apsq_config(app, tmp_path):
+    cfg = tmp_path / "apsq.yaml"
+    cfg.write_text("gs: 3\noverrides:\n  '*.intermediate.dense': {gs: 1}\n")
+    r = _run(app, "-m", "bert-base", "--seq-len", "16", "--gs-config", str(cfg), "--json", "--per-layer")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    gs = {ly["name"]: ly["gs"] for ly in out["layers"]["apsq"]}
+    assert gs["bert.encoder.layer.0.intermediate.dense"] == 1 and gs["bert.encoder.layer.0.output.dense"] == 3
+    assert out["gs"] == list(gs.values())  # mixed group sizes are reported per layer
+    cfg.write_text("gs: 0\n")
+    r = _run(app, "-m", "bert-base", "--gs-config", str(cfg))
+    assert r.exit_code == 2 and "gs" in r.output
+
+
+def test_trace_errors(app, tmp_path):
+    f = tmp_path / "bad.py"
+    f.write_text(
+        "import torch\nfrom torch import nn\nclass M(nn.Module):\n    def forward(self, x):\n"
+        "        return nn.functional.linear(x, torch.ones(3, 4)) * x.sum().item()\n"
+        "def make():\n    return M(), (torch.zeros(2, 4),)\n"
+    )
+    r = _run(app, "--trace", f"{f}:make", "--json")
+    assert r.exit_code == 2 and "tracing on the meta device failed" in " ".join(r.output.split())
+    r = _run(app, "--trace", f"{f}:make", "--seq-len", "8")
+    assert r.exit_code == 2 and "built-in models only" in " ".join(r.output.split())
+    r = _run(app, "--trace", f"{f}:nothere")
+    assert r.exit_code == 2 and "no attribute 'nothere'" in " ".join(r.output.split())

@@ -1,0 +1,146 @@
+"""Optional cross-check of one WS GEMM against ZigZag (zigzag-dse 3.9.1), an independent analytical model.
+
+Same 32x32 array, same loop order (spatial: K-out over D1, C (reduction) over D2; temporal, innermost
+first: B, C, K), a per-PE 8-bit weight register, a per-PE **32-bit** output register (the stock
+tpu_like.yaml has a 16-bit one that cannot hold an INT32 PSUM), one SRAM for inputs and PSUMs, DRAM.
+All SRAM ports are 32 bits wide so ZigZag's word counts convert to bits exactly.
+Findings (docs/energy-model.md, "Cross-check"): input, weight and output traffic agree exactly; ZigZag
+counts n PSUM reads and n PSUM writes per output at PSUM width where we count n-1 of each (the first
+read of a zero and the last write, which we send to the output path at 8 bits); both scale the PSUM
+traffic exactly by beta (32 -> 8 bits: /4).
+"""
+
+import logging
+
+import pytest
+
+from apsq.hw.accelerator import Accelerator, default_accelerator
+from apsq.hw.dataflow import LEVELS, OPERANDS, access_counts
+from apsq.hw.workloads import Layer, Workload
+
+zigzag_api = pytest.importorskip("zigzag.api")
+yaml = pytest.importorskip("yaml")
+
+pytestmark = pytest.mark.optional
+
+M, K, N = 128, 256, 64
+PORT = "bandwidth_min: 32, bandwidth_max: 32"
+HW = f"""
+name: apsq_ws_check
+memories:
+  rf_w:
+    {{size: 8, r_cost: 0, w_cost: 0, area: 0, latency: 1, auto_cost_extraction: False, operands: [I2],
+      served_dimensions: [],
+      ports: [{{name: r_port_1, type: read, bandwidth_min: 8, bandwidth_max: 8, allocation: ["I2, tl"]}},
+              {{name: w_port_1, type: write, bandwidth_min: 8, bandwidth_max: 8, allocation: ["I2, fh"]}}]}}
+  rf_o:
+    {{size: 32, r_cost: 0, w_cost: 0, area: 0, latency: 1, auto_cost_extraction: False, operands: [O],
+      served_dimensions: [],
+      ports: [{{name: r_port_1, type: read, bandwidth_min: 32, bandwidth_max: 32, allocation: ["O, tl"]}},
+              {{name: r_port_2, type: read, bandwidth_min: 32, bandwidth_max: 32, allocation: ["O, th"]}},
+              {{name: w_port_1, type: write, bandwidth_min: 32, bandwidth_max: 32, allocation: ["O, fh"]}},
+              {{name: w_port_2, type: write, bandwidth_min: 32, bandwidth_max: 32, allocation: ["O, fl"]}}]}}
+  sram:
+    {{size: 8388608, r_cost: 1, w_cost: 1, area: 0, latency: 1, auto_cost_extraction: False, operands: [I1, O],
+      served_dimensions: [D1, D2],
+      ports: [{{name: r_port_1, type: read, {PORT}, allocation: ["I1, tl", "O, tl", "O, th"]}},
+              {{name: w_port_1, type: write, {PORT}, allocation: ["I1, fh", "O, fh", "O, fl"]}}]}}
+  dram:
+    {{size: 10000000000, r_cost: 100, w_cost: 100, area: 0, latency: 1, auto_cost_extraction: False,
+      operands: [I1, I2, O], served_dimensions: [D1, D2],
+      ports: [{{name: rw_port_1, type: read_write, {PORT},
+               allocation: ["I1, fh", "I1, tl", "I2, fh", "I2, tl", "O, fh", "O, tl", "O, fl", "O, th"]}}]}}
+operational_array: {{unit_energy: 0, unit_area: 1, dimensions: [D1, D2], sizes: [32, 32]}}
+"""
+
+
+def _zigzag(tmp_path, psum_bits: int) -> dict:
+    hw = tmp_path / "hw.yaml"
+    hw.write_text(HW)
+    mp = tmp_path / "map.yaml"
+    mp.write_text(
+        yaml.safe_dump(
+            [
+                {
+                    "name": "default",
+                    "spatial_mapping": {"D1": ["K, 32"], "D2": ["C, 32"]},
+                    "temporal_ordering": [["B", M], ["C", K // 32], ["K", N // 32]],
+                    "memory_operand_links": {"O": "O", "W": "I2", "I": "I1"},
+                }
+            ]
+        )
+    )
+    wl = [
+        {
+            "id": 0,
+            "name": "gemm",
+            "operator_type": "Gemm",
+            "equation": "O[b][k]+=I[b][c]*W[k][c]",
+            "loop_dims": ["B", "K", "C"],
+            "loop_sizes": [M, N, K],
+            "operand_precision": {"I": 8, "W": 8, "O": psum_bits, "O_final": 8},
+            "operand_source": {"I": 0, "W": 0},
+        }
+    ]
+    logging.disable(logging.CRITICAL)
+    try:
+        _, _, cmes = zigzag_api.get_hardware_performance_zigzag(
+            wl,
+            str(hw),
+            str(mp),
+            opt="energy",
+            dump_folder=str(tmp_path / f"out{psum_bits}"),
+            loma_show_progress_bar=False,
+        )
+    finally:
+        logging.disable(logging.NOTSET)
+    cme = cmes[0][0]
+    acc = {str(op): [lv.__jsonrepr__() for lv in lvs] for op, lvs in cme.memory_word_access.items()}
+    # levels per operand: O: rf_o, sram, dram; I: sram, dram; W: rf_w, dram. 32-bit words except rf_w (8).
+    return {
+        "psum_sram_bits": 32 * (acc["O"][1]["rd_out_to_low"] + acc["O"][1]["wr_in_by_low"]),
+        "in_sram_read_bits": 32 * acc["I"][0]["rd_out_to_low"],
+        "in_dram_read_bits": 32 * acc["I"][1]["rd_out_to_low"],
+        "w_dram_read_bits": 32 * acc["W"][1]["rd_out_to_low"],
+        "w_reg_write_bits": 8 * acc["W"][0]["wr_in_by_high"],
+        "out_dram_write_bits": 32 * acc["O"][2]["wr_in_by_low"],
+    }
+
+
+def _ours(psum_bits: int) -> dict:
+    d = default_accelerator().model_dump()
+    for b in d["buffers"].values():
+        b["capacity_kib"] = 1024  # ZigZag's SRAM is 1 MiB and shared; nothing spills in either model
+    acc = Accelerator.from_dict(d)
+    w = Workload("gemm", (Layer("gemm", "linear", M, K, N),))
+    mode = "none" if psum_bits == 32 else "apsq"
+    c = access_counts(w, acc, "ws", mode, 1, psum_bits)
+    b = c.bits[0]
+    i, wt, ps, out = (OPERANDS.index(x) for x in ("input", "weight", "psum", "output"))
+    reg, sram, dram = (LEVELS.index(x) for x in ("reg", "sram", "dram"))
+    return {
+        "psum_sram_bits": (c.reads[0, ps, sram] + c.writes[0, ps, sram]) * b[ps, sram],
+        "in_sram_read_bits": c.reads[0, i, sram] * b[i, sram],
+        "in_dram_read_bits": c.reads[0, i, dram] * b[i, dram],
+        "w_dram_read_bits": c.reads[0, wt, dram] * b[wt, dram],
+        "w_reg_write_bits": c.writes[0, wt, reg] * b[wt, reg],
+        "out_dram_write_bits": c.writes[0, out, dram] * b[out, dram],
+    }
+
+
+def test_ws_gemm_matches_zigzag(tmp_path):
+    n = K // 32
+    zz = {bits: _zigzag(tmp_path, bits) for bits in (32, 8)}
+    for bits in (32, 8):
+        z, o = zz[bits], _ours(bits)
+        for key in (
+            "in_sram_read_bits",
+            "in_dram_read_bits",
+            "w_dram_read_bits",
+            "w_reg_write_bits",
+            "out_dram_write_bits",
+        ):
+            assert z[key] == o[key], (bits, key, z[key], o[key])
+        # ZigZag: n reads + n writes per output at PSUM width; ours: n-1 of each
+        assert z["psum_sram_bits"] == pytest.approx(o["psum_sram_bits"] * n / (n - 1)), bits
+    assert zz[32]["psum_sram_bits"] == 4 * zz[8]["psum_sram_bits"]  # beta: 32 -> 8 bits
