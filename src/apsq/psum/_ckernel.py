@@ -1,0 +1,398 @@
+"""The fused PSUM chunk kernel in C, compiled with the system C compiler on first use (ctypes).
+
+One pass per chunk: for a block of output elements the kernel walks the n tile steps in order and
+keeps the running values in registers / L1, instead of one torch op (one memory pass) per step.
+It needs no Python or torch headers — only ``cc`` — and builds in well under a second; the shared
+object is cached in ``$APSQ_CACHE_DIR`` (default ``~/.cache/apsq``) under a hash of the source, the
+compiler and the CPU. Without a working compiler :func:`available` is False and
+:mod:`apsq.psum.fused` uses its vectorised-torch kernels (same results).
+
+Exactness: compiled with ``-O3 -fno-fast-math -ffp-contract=off`` (plus ``-fno-trapping-math``,
+which lets ``floor`` vectorise and changes no result) so every ``+`` and ``*`` is one
+IEEE operation in the tensor's precision, in the reference's order. The steps are powers of two, so
+``x * (1/s)`` is the same correctly rounded number as the reference's ``x / s`` whenever ``1/s`` is
+representable (checked by the caller; otherwise it uses the torch kernels). Step-size gradients are
+accumulated in double.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+__all__ = ["available", "build_error", "forward", "backward", "SOURCE"]
+
+SOURCE = r"""
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define BLK 512
+
+static inline long lmin(long a, long b) { return a < b ? a : b; }
+
+static inline void bad_load(int16_t *dst, const void *lb, int lb8, long e0, long be) {
+    if (lb8) { const uint8_t *src = (const uint8_t *)lb + e0; for (long k = 0; k < be; k++) dst[k] = src[k]; }
+    else { const int16_t *src = (const int16_t *)lb + e0; for (long k = 0; k < be; k++) dst[k] = src[k]; }
+}
+static inline void bad_store(void *lb, int lb8, long e0, long be, const int16_t *src) {
+    if (lb8) { uint8_t *dst = (uint8_t *)lb + e0; for (long k = 0; k < be; k++) dst[k] = (uint8_t)src[k]; }
+    else { int16_t *dst = (int16_t *)lb + e0; for (long k = 0; k < be; k++) dst[k] = src[k]; }
+}
+/* Sum of t[0..be) with 16 independent double accumulators (vectorisable, no reassociation). */
+static inline double block_sum(const double *t, long be) {
+    double part[16] = {0};
+    long k = 0;
+    for (; k + 16 <= be; k += 16)
+        for (int q = 0; q < 16; q++) part[q] += t[k + q];
+    for (; k < be; k++) part[0] += t[k];
+    double s = 0.0;
+    for (int q = 0; q < 16; q++) s += part[q];
+    return s;
+}
+
+#define DEFINE_KERNELS(T, FLOOR, SUF)                                                                 \
+void apsq_fwd_##SUF(const T *p, long n, long E, const double *sd, const double *si, int apsq, int gs,  \
+                    int qn, int qp, T *out, void *lb, int lb8, int nthreads) {                        \
+    long nblk = (E + BLK - 1) / BLK;                                                                  \
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                               \
+    for (long b = 0; b < nblk; b++) {                                                                 \
+        long e0 = b * BLK, be = lmin(BLK, E - e0);                                                    \
+        T acc[BLK], pend[BLK];                                                                        \
+        int16_t bad[BLK];                                                                             \
+        const T fqn = (T)qn, fqp = (T)qp, half = (T)0.5;                                              \
+        if (!apsq) {                                                                                  \
+            for (long i = 0; i < n; i++) {                                                            \
+                const T s = (T)sd[i], is = (T)si[i];                                                           \
+                const T *row = p + i * E + e0;                                                        \
+                for (long k = 0; k < be; k++) {                                                       \
+                    T r = FLOOR(row[k] * is + half);                                                   \
+                    r = r < fqn ? fqn : (r > fqp ? fqp : r);                                          \
+                    T q = r * s;                                                                      \
+                    acc[k] = i == 0 ? q : acc[k] + q;                                                 \
+                }                                                                                     \
+            }                                                                                         \
+            memcpy(out + e0, acc, be * sizeof(T));                                                    \
+            continue;                                                                                 \
+        }                                                                                             \
+        memset(bad, 0, sizeof(bad));                                                                  \
+        int h = 0;                                                                                    \
+        for (long g0 = 0; g0 < n; g0 += gs, h++) {                                                    \
+            long l = lmin(g0 + gs, n) - 1;                                                            \
+            for (long j = g0; j < l; j++) {                                                           \
+                const T s = (T)sd[j], is = (T)si[j];                                                           \
+                const T *row = p + j * E + e0;                                                        \
+                for (long k = 0; k < be; k++) {                                                       \
+                    T r = FLOOR(row[k] * is + half);                                                   \
+                    r = r < fqn ? fqn : (r > fqp ? fqp : r);                                          \
+                    T q = r * s;                                                                      \
+                    pend[k] = j == g0 ? q : pend[k] + q;                                              \
+                }                                                                                     \
+            }                                                                                         \
+            const T s = (T)sd[l], is = (T)si[l];                                                               \
+            const T *row = p + l * E + e0;                                                            \
+            const int hp = l > g0, ha = h > 0;                                                        \
+            for (long k = 0; k < be; k++) {                                                           \
+                T v = row[k];                                                                         \
+                if (hp) v = v + pend[k];                                                              \
+                if (ha) v = v + acc[k];                                                               \
+                T r = FLOOR(v * is + half);                                                            \
+                if (r < fqn || r > fqp) bad[k] = (int16_t)(h + 1);                                    \
+                r = r < fqn ? fqn : (r > fqp ? fqp : r);                                              \
+                acc[k] = r * s;                                                                       \
+            }                                                                                         \
+        }                                                                                             \
+        memcpy(out + e0, acc, be * sizeof(T));                                                        \
+        bad_store(lb, lb8, e0, be, bad);                                                              \
+    }                                                                                                 \
+}                                                                                                     \
+                                                                                                      \
+void apsq_bwd_##SUF(const T *p, long n, long E, const double *sd, const double *si, int apsq, int gs,  \
+                    int qn, int qp, const T *g, const void *lb, int lb8, T *gp, double *gsc,          \
+                    int nthreads) {                                                                   \
+    long nblk = (E + BLK - 1) / BLK;                                                                  \
+    memset(gsc, 0, n * sizeof(double));                                                               \
+    _Pragma("omp parallel num_threads(nthreads)")                                                    \
+    {                                                                                                 \
+    double loc[n];                                                                                    \
+    memset(loc, 0, n * sizeof(double));                                                               \
+    _Pragma("omp for schedule(static)")                                                               \
+    for (long b = 0; b < nblk; b++) {                                                                 \
+        long e0 = b * BLK, be = lmin(BLK, E - e0);                                                    \
+        T acc[BLK], pend[BLK], gv[BLK], ga[BLK];                                                      \
+        double tb[BLK];                                                                               \
+        int16_t bb[BLK];                                                                              \
+        const T fqn = (T)qn, fqp = (T)qp, half = (T)0.5, zero = (T)0;                                 \
+        const T *gb = g + e0;                                                                         \
+        if (!apsq) {                                                                                  \
+            for (long i = 0; i < n; i++) {                                                            \
+                const T s = (T)sd[i], is = (T)si[i];                                                           \
+                const T *row = p + i * E + e0;                                                        \
+                T *grow = gp + i * E + e0;                                                            \
+                for (long k = 0; k < be; k++) {                                                       \
+                    T u = row[k] * is;                                                               \
+                    T r = FLOOR(u + half);                                                            \
+                    int m = r >= fqn && r <= fqp;                                                     \
+                    T c = r < fqn ? fqn : (r > fqp ? fqp : r);                                        \
+                    grow[k] = m ? gb[k] : zero;                                                       \
+                    tb[k] = (double)gb[k] * ((double)c - (m ? (double)u : 0.0));                      \
+                }                                                                                     \
+                loc[i] += block_sum(tb, be);                                                          \
+            }                                                                                         \
+            continue;                                                                                 \
+        }                                                                                             \
+        bad_load(bb, lb, lb8, e0, be);                                                                \
+        int h = 0;                                                                                    \
+        for (long g0 = 0; g0 < n; g0 += gs, h++) {                                                    \
+            long l = lmin(g0 + gs, n) - 1;                                                            \
+            for (long k = 0; k < be; k++) {                                                           \
+                gv[k] = bb[k] <= h ? gb[k] : zero;                                                    \
+                ga[k] = bb[k] <= h + 1 ? gb[k] : zero;                                                \
+            }                                                                                         \
+            for (long j = g0; j < l; j++) {                                                           \
+                const T s = (T)sd[j], is = (T)si[j];                                                           \
+                const T *row = p + j * E + e0;                                                        \
+                T *grow = gp + j * E + e0;                                                            \
+                for (long k = 0; k < be; k++) {                                                       \
+                    T u = row[k] * is;                                                               \
+                    T r = FLOOR(u + half);                                                            \
+                    int m = r >= fqn && r <= fqp;                                                     \
+                    T c = r < fqn ? fqn : (r > fqp ? fqp : r);                                        \
+                    grow[k] = m ? gv[k] : zero;                                                       \
+                    tb[k] = (double)gv[k] * ((double)c - (m ? (double)u : 0.0));                      \
+                    T q = c * s;                                                                      \
+                    pend[k] = j == g0 ? q : pend[k] + q;                                              \
+                }                                                                                     \
+                loc[j] += block_sum(tb, be);                                                          \
+            }                                                                                         \
+            const T s = (T)sd[l], is = (T)si[l];                                                               \
+            const T *row = p + l * E + e0;                                                            \
+            T *grow = gp + l * E + e0;                                                                \
+            const int hp = l > g0, ha = h > 0;                                                        \
+            for (long k = 0; k < be; k++) {                                                           \
+                T v = row[k];                                                                         \
+                if (hp) v = v + pend[k];                                                              \
+                if (ha) v = v + acc[k];                                                               \
+                T u = v * is;                                                                        \
+                T r = FLOOR(u + half);                                                                \
+                int m = r >= fqn && r <= fqp;                                                         \
+                T c = r < fqn ? fqn : (r > fqp ? fqp : r);                                            \
+                grow[k] = gv[k];                                                                      \
+                tb[k] = (double)ga[k] * ((double)c - (m ? (double)u : 0.0));                          \
+                acc[k] = c * s;                                                                       \
+            }                                                                                         \
+            loc[l] += block_sum(tb, be);                                                              \
+        }                                                                                             \
+    }                                                                                                 \
+    _Pragma("omp critical")                                                                          \
+    for (long i = 0; i < n; i++) gsc[i] += loc[i];                                                    \
+    }                                                                                                 \
+}
+
+DEFINE_KERNELS(float, floorf, f32)
+DEFINE_KERNELS(double, floor, f64)
+"""
+
+_FLAGS_BASE = ["-O3", "-fno-fast-math", "-ffp-contract=off", "-fno-trapping-math", "-fPIC", "-shared", "-std=c11"]
+_FLAG_SETS = [
+    ["-march=native", "-fopenmp"],
+    ["-fopenmp"],
+    ["-march=native"],
+    [],
+]
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_error: str | None = None
+_tried = False
+
+
+def _compiler() -> str | None:
+    for cc in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if cc and shutil.which(cc):
+            return cc
+    return None
+
+
+def _cpu_id() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "flags")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _cache_dir() -> Path:
+    """``$APSQ_CACHE_DIR``, else ``~/.cache/apsq``; a per-user temp folder when that is not writable."""
+    root = Path(os.environ.get("APSQ_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "apsq"))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if os.access(root, os.W_OK):
+            return root
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir()) / f"apsq-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+
+
+def _build() -> ctypes.CDLL:
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RuntimeError(f"{cc} --version failed: {exc}") from exc
+    errors = []
+    for extra in _FLAG_SETS:
+        key = hashlib.sha256("\0".join([SOURCE, version, _cpu_id(), *extra]).encode()).hexdigest()[:16]
+        target = _cache_dir() / f"psum_kernel_{key}.so"
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                src = Path(tmp) / "psum_kernel.c"
+                src.write_text(SOURCE)
+                out = Path(tmp) / "psum_kernel.so"
+                res = subprocess.run([cc, *_FLAGS_BASE, *extra, str(src), "-o", str(out), "-lm"],
+                                     capture_output=True, text=True, timeout=120)
+                if res.returncode != 0:
+                    errors.append(f"{' '.join(extra) or 'plain'}: {res.stderr.strip()[-400:]}")
+                    continue
+                tmp_target = target.with_suffix(f".{os.getpid()}.tmp")
+                shutil.copyfile(out, tmp_target)
+                os.replace(tmp_target, target)  # atomic: concurrent builders agree
+        try:
+            lib = ctypes.CDLL(str(target))
+        except OSError as exc:
+            errors.append(f"{' '.join(extra) or 'plain'}: cannot load: {exc}")
+            continue
+        _declare(lib)
+        return lib
+    raise RuntimeError("; ".join(errors))
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    vp, lg, it = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+    for suf in ("f32", "f64"):
+        f = getattr(lib, f"apsq_fwd_{suf}")
+        f.argtypes = [vp, lg, lg, vp, vp, it, it, it, it, vp, vp, it, it]
+        f.restype = None
+        b = getattr(lib, f"apsq_bwd_{suf}")
+        b.argtypes = [vp, lg, lg, vp, vp, it, it, it, it, vp, vp, it, vp, vp, it]
+        b.restype = None
+
+
+def _load() -> ctypes.CDLL | None:
+    global _lib, _error, _tried
+    with _lock:
+        if not _tried:
+            _tried = True
+            if os.environ.get("APSQ_NO_CKERNEL"):
+                _error = "disabled by APSQ_NO_CKERNEL"
+            else:
+                try:
+                    _lib = _build()
+                except Exception as exc:  # noqa: BLE001 - any failure means: use the torch kernels
+                    _error = str(exc)
+    return _lib
+
+
+def available() -> bool:
+    """True when the kernel compiled (or was cached) and loaded."""
+    return _load() is not None
+
+
+def build_error() -> str | None:
+    """Why the kernel is unavailable (None when it is available or not yet tried)."""
+    _load()
+    return _error
+
+
+def _suffix(t: torch.Tensor) -> str:
+    if t.dtype == torch.float32:
+        return "f32"
+    if t.dtype == torch.float64:
+        return "f64"
+    raise TypeError(f"the C kernel handles float32/float64, got {t.dtype}")
+
+
+def reciprocals_exact(s: list[float], dtype: torch.dtype) -> bool:
+    """True when every ``1/s_i`` is exactly representable in ``dtype`` (so ``x * (1/s) == x / s``)."""
+    try:
+        inv = torch.tensor([1.0 / v for v in s], dtype=torch.float64)
+    except (OverflowError, ZeroDivisionError):
+        return False
+    back = inv.to(dtype).to(torch.float64)
+    exact = inv * torch.tensor(s, dtype=torch.float64) == 1
+    return bool(torch.isfinite(back).all() and (back == inv).all() and exact.all())
+
+
+def _steps(s: list[float]):
+    n = len(s)
+    return (ctypes.c_double * n)(*s), (ctypes.c_double * n)(*[1.0 / v for v in s])
+
+
+def _check_out(t: torch.Tensor | None, numel: int, dtype: torch.dtype) -> torch.Tensor:
+    if t is None:
+        return torch.empty(numel, dtype=dtype)
+    if not t.is_contiguous() or t.numel() != numel or t.dtype != dtype:
+        raise ValueError(f"output buffer must be contiguous {dtype} with {numel} elements")
+    return t
+
+
+def forward(
+    p: torch.Tensor, s: list[float], plan, out: torch.Tensor | None = None, last_bad: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Chunk forward: ``p [n, E]`` tile partial sums -> output ``[E]`` and ``last_bad [E]`` (apsq).
+
+    ``out`` / ``last_bad``: optional contiguous buffers to write into (e.g. rows of the layer output).
+    """
+    lib = _load()
+    p = p.contiguous()
+    n, e = p.shape
+    out = _check_out(out, e, p.dtype)
+    apsq = plan.mode == "apsq"
+    lb = _check_out(last_bad, e, plan.bad_dtype) if apsq else None
+    sd, si = _steps(s)
+    getattr(lib, f"apsq_fwd_{_suffix(p)}")(
+        p.data_ptr(), n, e, sd, si, int(apsq), plan.gs, plan.qn, plan.qp, out.data_ptr(),
+        lb.data_ptr() if lb is not None else None, int(plan.bad_dtype == torch.uint8), torch.get_num_threads(),
+    )
+    return out, lb
+
+
+def backward(
+    p: torch.Tensor, s: list[float], g: torch.Tensor, last_bad: torch.Tensor | None, plan,
+    grad_p: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunk backward: gradient to ``p [n, E]`` and to the n steps (float64 ``[n]``).
+
+    ``grad_p``: optional contiguous ``[n, E]`` buffer for the gradient (may be ``p`` itself: each
+    element is read before it is written).
+    """
+    lib = _load()
+    p = p.contiguous()
+    g = g.to(p.dtype).contiguous()
+    n, e = p.shape
+    grad_p = torch.empty_like(p) if grad_p is None else _check_out(grad_p.view(-1), n * e, p.dtype).view(n, e)
+    grad_s = torch.empty(n, dtype=torch.float64)
+    apsq = plan.mode == "apsq"
+    if apsq:
+        last_bad = last_bad.contiguous()
+    sd, si = _steps(s)
+    getattr(lib, f"apsq_bwd_{_suffix(p)}")(
+        p.data_ptr(), n, e, sd, si, int(apsq), plan.gs, plan.qn, plan.qp, g.data_ptr(),
+        last_bad.data_ptr() if apsq else None, int(plan.bad_dtype == torch.uint8), grad_p.data_ptr(),
+        grad_s.data_ptr(), torch.get_num_threads(),
+    )
+    return grad_p, grad_s

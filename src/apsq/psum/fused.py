@@ -1,0 +1,495 @@
+"""Fast, memory-light PSUM accumulation with a hand-written backward (the training path).
+
+Computes exactly what :func:`apsq.psum.accumulate.psum_accumulate` (the reference loop) computes —
+``docs/apsq-method.md`` section 3 — with the same gradients, but
+
+* works on chunks of output rows (:data:`CHUNK_ELEMENTS` partial sums at a time): each chunk's
+  tile partial sums ``Tp_i`` come from one batched matmul into a reused buffer, so the
+  ``[n, M, N]`` partial-sum tensor is never materialised (:func:`linear_psum`, :func:`conv2d_psum`);
+* runs the recursive quantization of a chunk in one pass: a small C kernel (:mod:`apsq.psum._ckernel`,
+  compiled with the system C compiler on first use and cached; it walks blocks of 512 elements
+  through all n steps in L1) or, where none builds, vectorised torch (psq: all tiles in one op;
+  apsq: a group's pending tiles in one op, then its closing step);
+* saves for backward only the operands (the layer keeps them anyway) and, for apsq, one small
+  integer per output element; the backward recomputes the partial sums chunk by chunk.
+
+Gradients (the reference's autograd through ``Q_s(x) = clamp(floor_ste(x/s + 1/2), qn, qp) * s``):
+with ``u = x/s``, ``r = floor(u + 1/2)``, in-range mask ``m = (qn <= r <= qp)``, code ``c = clamp(r)``
+and the gradient ``g`` arriving at ``Q_s(x)``:
+
+* ``dL/dx = g * m`` (straight-through inside the range, zero where clamped);
+* ``dL/ds = sum(g * (c - m * u))`` — LSQ: ``round(u) - u`` in range, ``qn``/``qp`` when clamped.
+
+For ``apsq`` the closing step of group ``h`` quantizes ``v_h = Tp_l + sum P_j + A_{h-1}``, so the
+gradient reaching ``A_h`` is ``g_out * M_{h+1}`` with ``M_h = m_h * m_{h+1} * ... * m_{G-1}`` (every
+later requantization in range; ``M_G = 1``) and the gradient reaching ``v_h`` (hence ``Tp_l``, every
+pending ``P_j`` of the group and ``A_{h-1}``) is ``g_out * M_h``. ``M_h`` is stored as one integer per
+element: ``last_bad`` = 1 + the last group whose closing step saturated (0 if none), ``M_h = last_bad
+<= h``. A pending tile ``j`` of group ``h`` gets ``g_out * M_h * m_j``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from apsq.errors import PSUM_MODES, APSQError, check_bits, check_choice, check_int
+from apsq.psum.tiling import conv2d_im2col, num_tiles, pad_to_tiles
+from apsq.quant.ops import is_power_of_two, qrange
+
+__all__ = [
+    "psum_accumulate_fused",
+    "linear_psum",
+    "conv2d_psum",
+    "kernel_backend",
+    "CHUNK_ELEMENTS",
+]
+
+Observer = Callable[[torch.Tensor, torch.Tensor], None]
+
+CHUNK_ELEMENTS = 1 << 22
+"""Target number of tile partial sums (n x chunk elements) computed per chunk: 16 MiB in float32.
+
+Larger chunks make the per-tile batched matmuls (reduction depth = tile) more efficient and cost
+transient memory; ``APSQ_FUSED_CHUNK`` overrides it (benchmarks/bench_layer.py, docs/performance.md)."""
+
+BACKENDS = ("auto", "c", "torch")
+
+
+def kernel_backend() -> str:
+    """``"c"`` when the compiled kernel is usable, else ``"torch"``; ``APSQ_FUSED_BACKEND`` forces one."""
+    want = os.environ.get("APSQ_FUSED_BACKEND", "auto")
+    check_choice("APSQ_FUSED_BACKEND", want, BACKENDS)
+    if want == "torch":
+        return "torch"
+    from apsq.psum import _ckernel
+
+    ok = _ckernel.available()
+    if want == "c" and not ok:
+        raise APSQError(f"APSQ_FUSED_BACKEND=c but the C kernel did not build: {_ckernel.build_error()}")
+    return "c" if ok else "torch"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Static description of one accumulation: mode, tiles, groups (first tile, closing tile)."""
+
+    mode: str
+    n: int
+    gs: int
+    bits: int
+
+    def __post_init__(self) -> None:
+        if len(self.groups) > 32766:
+            raise APSQError(f"at most 32766 PSUM groups are supported, got n={self.n} tiles with gs={self.gs}")
+
+    @property
+    def qn(self) -> int:
+        return qrange(self.bits)[0]
+
+    @property
+    def qp(self) -> int:
+        return qrange(self.bits)[1]
+
+    @property
+    def groups(self) -> list[tuple[int, int]]:
+        """``(first, closing)`` tile of every APSQ group."""
+        return [(g0, min(g0 + self.gs, self.n) - 1) for g0 in range(0, self.n, self.gs)]
+
+    @property
+    def bad_dtype(self) -> torch.dtype:
+        """Smallest integer type holding ``last_bad`` in ``0 .. G``."""
+        return torch.uint8 if len(self.groups) < 255 else torch.int16
+
+
+def _check_args(mode: str, gs: int, bits: int) -> None:
+    check_choice("mode", mode, PSUM_MODES)
+    check_int("gs", gs, lo=1)
+    check_bits("bits", bits)
+
+
+def _check_scales(scales: torch.Tensor | None, n: int, mode: str) -> None:
+    if scales is None:
+        raise APSQError(f"scales are required for mode={mode!r}")
+    if scales.dim() != 1 or scales.shape[0] != n:
+        raise APSQError(
+            f"scales must be a 1-D tensor with one step size per tile (n={n}), got shape {tuple(scales.shape)}"
+        )
+    if not bool(is_power_of_two(scales).all()):
+        bad = scales.detach()[~is_power_of_two(scales)][:4].tolist()
+        raise APSQError(f"scales must be positive powers of two (2^e, integer e); got {bad}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Chunk kernels (torch). ``p`` is a scratch [n, E] tensor holding the chunk's tile partial sums; it is
+# overwritten. ``s`` holds the n steps as python floats, ``scol`` as an [n, 1] tensor of p's dtype.
+# --------------------------------------------------------------------------------------------------
+def _quantize_(v: torch.Tensor, s: torch.Tensor | float, qn: int, qp: int) -> torch.Tensor:
+    """In place: ``v <- s * clamp(floor(v/s + 1/2), qn, qp)`` (the reference's op order)."""
+    return v.div_(s).add_(0.5).floor_().clamp_(qn, qp).mul_(s)
+
+
+def _pending_sum_(q: torch.Tensor) -> torch.Tensor:
+    """``((q_0 + q_1) + q_2) + ...`` accumulated into ``q[0]`` (the reference's order)."""
+    for k in range(1, q.shape[0]):
+        q[0].add_(q[k])
+    return q[0]
+
+
+def _fwd_torch(
+    p: torch.Tensor, s: list[float], scol: torch.Tensor, plan: Plan, observe: Observer | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    qn, qp = plan.qn, plan.qp
+    if plan.mode == "psq":
+        if observe is not None:
+            observe(p.clone(), scol)
+        _quantize_(p, scol, qn, qp)
+        return _pending_sum_(p), None
+    last_bad = torch.zeros(p.shape[1], dtype=plan.bad_dtype)
+    acc = None
+    for h, (j0, l) in enumerate(plan.groups):
+        v = p[l]
+        if l > j0:
+            pj = p[j0:l]
+            if observe is not None:
+                observe(pj.clone(), scol[j0:l])
+            v.add_(_pending_sum_(_quantize_(pj, scol[j0:l], qn, qp)))
+        if acc is not None:
+            v.add_(acc)
+        if observe is not None:
+            observe(v.clone(), scol[l, 0])
+        v.div_(s[l]).add_(0.5).floor_()
+        last_bad.masked_fill_((v < qn) | (v > qp), h + 1)
+        acc = v.clamp_(qn, qp).mul_(s[l])
+    return acc, last_bad
+
+
+def _lsq_parts(
+    u: torch.Tensor, qn: int, qp: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """From ``u = x/s`` (consumed): in-range mask ``m``, code ``c`` and the LSQ term ``c - m*u``."""
+    c = torch.add(u, 0.5).floor_()
+    m = (c >= qn) & (c <= qp)
+    c.clamp_(qn, qp)
+    term = torch.sub(c, u.mul_(m))
+    return m, c, term
+
+
+def _bwd_torch(
+    p: torch.Tensor, s: list[float], scol: torch.Tensor, g: torch.Tensor, last_bad: torch.Tensor | None, plan: Plan
+) -> tuple[torch.Tensor, torch.Tensor]:
+    qn, qp = plan.qn, plan.qp
+    if plan.mode == "psq":
+        m, _, term = _lsq_parts(p.div_(scol), qn, qp)
+        return m * g, term @ g
+    grad_p = torch.empty_like(p)
+    grad_s = torch.zeros(plan.n, dtype=p.dtype)
+    acc = None
+    for h, (j0, l) in enumerate(plan.groups):
+        gv = torch.where(last_bad <= h, g, 0.0)  # gradient reaching v_h (and A_{h-1})
+        ga = torch.where(last_bad <= h + 1, g, 0.0)  # gradient reaching A_h
+        v = p[l]
+        if l > j0:
+            sj = scol[j0:l]
+            m, c, term = _lsq_parts(p[j0:l].div_(sj), qn, qp)
+            torch.mul(m, gv, out=grad_p[j0:l])
+            grad_s[j0:l] = term @ gv
+            v.add_(_pending_sum_(c.mul_(sj)))
+        if acc is not None:
+            v.add_(acc)
+        m, c, term = _lsq_parts(v.div_(s[l]), qn, qp)
+        grad_p[l] = gv
+        grad_s[l] = term @ ga
+        acc = c.mul_(s[l])
+    return grad_p, grad_s
+
+
+def _fwd_chunk(backend: str, p, s, scol, plan, observe):
+    if backend == "c" and observe is None:
+        from apsq.psum import _ckernel
+
+        return _ckernel.forward(p, s, plan)
+    return _fwd_torch(p, s, scol, plan, observe)
+
+
+def _bwd_chunk(backend: str, p, s, scol, g, last_bad, plan):
+    if backend == "c":
+        from apsq.psum import _ckernel
+
+        return _ckernel.backward(p, s, g, last_bad, plan)
+    return _bwd_torch(p, s, scol, g, last_bad, plan)
+
+
+def _steps(scales: torch.Tensor, dtype: torch.dtype) -> tuple[list[float], torch.Tensor]:
+    sd = scales.detach().to(dtype)
+    return sd.tolist(), sd.reshape(-1, 1)
+
+
+def _effective_backend(backend: str, s: list[float], dtype: torch.dtype) -> str:
+    """The C kernel multiplies by ``1/s``; use torch when a reciprocal is not exact (extreme steps)."""
+    if backend == "c":
+        from apsq.psum import _ckernel
+
+        if not _ckernel.reciprocals_exact(s, dtype):
+            return "torch"
+    return backend
+
+
+def _chunk_elements() -> int:
+    return int(os.environ.get("APSQ_FUSED_CHUNK", CHUNK_ELEMENTS))
+
+
+# --------------------------------------------------------------------------------------------------
+# Partials-level accumulation: the same contract as the reference psum_accumulate.
+# --------------------------------------------------------------------------------------------------
+class _FusedAccumulate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, partials, scales, plan: Plan, observe, backend: str):  # noqa: D102
+        n = plan.n
+        p2 = partials.detach().reshape(n, -1)
+        s, scol = _steps(scales, partials.dtype)
+        backend = _effective_backend(backend, s, partials.dtype)
+        if backend == "c" and observe is None:  # the kernel blocks the elements itself, reads p2 only
+            out, last_bad = _fwd_chunk(backend, p2.contiguous(), s, scol, plan, None)
+        else:
+            e = p2.shape[1]
+            step = max(1, _chunk_elements() // n)
+            out = torch.empty(e, dtype=partials.dtype)
+            last_bad = None if plan.mode == "psq" else torch.empty(e, dtype=plan.bad_dtype)
+            for e0 in range(0, e, step):
+                y, lb = _fwd_chunk(backend, p2[:, e0 : e0 + step].clone(), s, scol, plan, observe)
+                out[e0 : e0 + step] = y
+                if last_bad is not None:
+                    last_bad[e0 : e0 + step] = lb
+        ctx.plan, ctx.backend = plan, backend
+        ctx.save_for_backward(partials, scales, last_bad)
+        return out.reshape(partials.shape[1:])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):  # noqa: D102
+        partials, scales, last_bad = ctx.saved_tensors
+        plan, backend = ctx.plan, ctx.backend
+        n = plan.n
+        p2 = partials.detach().reshape(n, -1)
+        g2 = grad_out.reshape(-1).to(partials.dtype).contiguous()
+        s, scol = _steps(scales, partials.dtype)
+        if backend == "c":
+            grad_p, grad_s = _bwd_chunk(backend, p2.contiguous(), s, scol, g2, last_bad, plan)
+        else:
+            e = p2.shape[1]
+            step = max(1, _chunk_elements() // n)
+            grad_p = torch.empty_like(p2)
+            grad_s = torch.zeros(n, dtype=torch.float64)
+            for e0 in range(0, e, step):
+                lb = None if last_bad is None else last_bad[e0 : e0 + step]
+                gp, gsc = _bwd_chunk(backend, p2[:, e0 : e0 + step].clone(), s, scol, g2[e0 : e0 + step], lb, plan)
+                grad_p[:, e0 : e0 + step] = gp
+                grad_s += gsc.to(torch.float64)
+        return grad_p.reshape(partials.shape), grad_s.to(scales.dtype), None, None, None
+
+
+def psum_accumulate_fused(
+    partials: torch.Tensor,
+    scales: torch.Tensor | None = None,
+    *,
+    mode: str,
+    gs: int = 1,
+    bits: int = 8,
+    observe: Observer | None = None,
+) -> torch.Tensor:
+    """Drop-in fast twin of :func:`apsq.psum.accumulate.psum_accumulate` (same arguments, values, gradients).
+
+    Saves only ``partials`` (and for apsq one small integer per output element) for backward,
+    instead of the reference's per-step float copies. Unlike the reference it does not scan
+    ``partials`` for NaN/Inf (the quantized layers check their inputs).
+    """
+    _check_args(mode, gs, bits)
+    if partials.dim() < 1 or partials.shape[0] < 1:
+        raise APSQError(f"partials must be [n, *shape] with n >= 1, got shape {tuple(partials.shape)}")
+    if mode == "none":
+        return partials.sum(0)
+    n = partials.shape[0]
+    _check_scales(scales, n, mode)
+    if partials.dtype not in (torch.float32, torch.float64) or partials.device.type != "cpu":
+        from apsq.psum.accumulate import psum_accumulate
+
+        return psum_accumulate(partials, scales, mode=mode, gs=gs, bits=bits, observe=observe)
+    plan = Plan(mode, n, gs, bits)
+    return _FusedAccumulate.apply(partials, scales.to(partials.dtype), plan, observe, kernel_backend())
+
+
+# --------------------------------------------------------------------------------------------------
+# Operand-level: y = PSUM-accumulate(x @ w.T tiles) without materialising [n, M, N].
+# --------------------------------------------------------------------------------------------------
+def _tiles(x2: torch.Tensor, w: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``xt [n, M, t]`` (a view) and ``wt [n, t, N]`` (contiguous: faster batched matmuls) of the padded operands."""
+    n = num_tiles(x2.shape[-1], tile)
+    xt = pad_to_tiles(x2, tile).reshape(-1, n, tile).transpose(0, 1)
+    wt = pad_to_tiles(w, tile).reshape(w.shape[0], n, tile).permute(1, 2, 0).contiguous()
+    return xt, wt
+
+
+class _FusedLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x2, w, scales, tile: int, plan: Plan, observe, backend: str):  # noqa: D102
+        xt, wt = _tiles(x2.detach(), w.detach(), tile)
+        n, m_rows, big_n = plan.n, x2.shape[0], w.shape[0]
+        rows = max(1, _chunk_elements() // (n * big_n))
+        s, scol = _steps(scales, x2.dtype)
+        backend = _effective_backend(backend, s, x2.dtype)
+        use_c = backend == "c" and observe is None
+        out = torch.empty(m_rows, big_n, dtype=x2.dtype)
+        last_bad = None if plan.mode == "psq" else torch.empty(m_rows, big_n, dtype=plan.bad_dtype)
+        buf = torch.empty(n * min(rows, m_rows) * big_n, dtype=x2.dtype)  # one chunk of tiles, reused
+        for m0 in range(0, m_rows, rows):
+            mc = min(rows, m_rows - m0)
+            p = torch.bmm(xt[:, m0 : m0 + mc], wt, out=buf[: n * mc * big_n].view(n, mc, big_n))
+            if use_c:
+                from apsq.psum import _ckernel
+
+                _ckernel.forward(p.view(n, -1), s, plan, out=out[m0 : m0 + mc].view(-1),
+                                 last_bad=None if last_bad is None else last_bad[m0 : m0 + mc].view(-1))
+                continue
+            y, lb = _fwd_torch(p.view(n, -1), s, scol, plan, observe)
+            out[m0 : m0 + mc] = y.view(mc, big_n)
+            if last_bad is not None:
+                last_bad[m0 : m0 + mc] = lb.view(mc, big_n)
+        ctx.tile, ctx.plan, ctx.backend = tile, plan, backend
+        ctx.save_for_backward(x2, w, scales, last_bad)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):  # noqa: D102
+        x2, w, scales, last_bad = ctx.saved_tensors
+        plan, backend, tile = ctx.plan, ctx.backend, ctx.tile
+        xt, wt = _tiles(x2.detach(), w.detach(), tile)
+        n, m_rows, big_n, k = plan.n, x2.shape[0], w.shape[0], x2.shape[1]
+        s, scol = _steps(scales, x2.dtype)
+        g2 = grad_out.to(x2.dtype).contiguous()
+        need = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        rows = max(1, _chunk_elements() // (n * big_n))
+        grads = _linear_backward_by_rows(xt, wt, s, scol, g2, last_bad, plan, backend, rows, need)
+        gxt, gwt, grad_s = grads
+        gx = gxt.transpose(0, 1).reshape(m_rows, n * tile)[:, :k] if need[0] else None
+        gw = gwt.permute(2, 0, 1).reshape(big_n, n * tile)[:, :k] if need[1] else None
+        return gx, gw, grad_s.to(scales.dtype), None, None, None, None
+
+
+def _chunk_backward(p, s, scol, g, lb, plan, backend):
+    """Gradient to a chunk's tiles ``p [n, E]`` (in place for the C kernel) and to the steps."""
+    if backend == "c":
+        from apsq.psum import _ckernel
+
+        return _ckernel.backward(p, s, g, lb, plan, grad_p=p)
+    return _bwd_torch(p, s, scol, g, lb, plan)
+
+
+def _linear_backward_by_rows(xt, wt, s, scol, g2, last_bad, plan, backend, rows, need):
+    n, m_rows, tile = xt.shape
+    big_n = wt.shape[2]
+    gxt = torch.empty(n, m_rows, tile, dtype=xt.dtype) if need[0] else None
+    gwt = torch.zeros(n, tile, big_n, dtype=xt.dtype) if need[1] else None
+    wt_t = wt.transpose(1, 2)  # [n, N, t]
+    grad_s = torch.zeros(n, dtype=torch.float64)
+    buf = torch.empty(n * min(rows, m_rows) * big_n, dtype=xt.dtype)
+    for m0 in range(0, m_rows, rows):
+        mc = min(rows, m_rows - m0)
+        xc = xt[:, m0 : m0 + mc]
+        p = torch.bmm(xc, wt, out=buf[: n * mc * big_n].view(n, mc, big_n))
+        lb = None if last_bad is None else last_bad[m0 : m0 + mc].reshape(-1)
+        gp, gsc = _chunk_backward(p.view(n, -1), s, scol, g2[m0 : m0 + mc].reshape(-1), lb, plan, backend)
+        grad_s += gsc.to(torch.float64)
+        gp = gp.view(n, mc, big_n)
+        if need[0]:
+            torch.bmm(gp, wt_t, out=gxt[:, m0 : m0 + mc]) if mc == m_rows else gxt[:, m0 : m0 + mc].copy_(
+                torch.bmm(gp, wt_t))
+        if need[1]:
+            gwt.baddbmm_(xc.transpose(1, 2), gp)
+    return gxt, gwt, grad_s
+
+
+def linear_psum(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scales: torch.Tensor | None,
+    tile: int,
+    *,
+    mode: str,
+    gs: int = 1,
+    bits: int = 8,
+    observe: Observer | None = None,
+) -> torch.Tensor:
+    """``psum_accumulate(linear_partials(x, weight, tile), scales, ...)`` without the ``[n, ..., N]`` tensor.
+
+    ``x``: ``[..., K]``, ``weight``: ``[N, K]`` (already fake-quantized operands) -> ``[..., N]``.
+    Values equal the reference whenever the tile partial sums are computed exactly (quantized
+    operands) — each chunk's tiles come from the same batched matmul as :func:`linear_partials`.
+    ``mode='none'`` is the plain ``F.linear`` (exact INT32 accumulation).
+    """
+    _check_args(mode, gs, bits)
+    check_int("tile", tile, lo=1)
+    if x.shape[-1] != weight.shape[-1]:
+        raise APSQError(
+            f"x has K={x.shape[-1]} input features but weight has K={weight.shape[-1]}; they must match"
+        )
+    if mode == "none":
+        return F.linear(x, weight)
+    n = num_tiles(x.shape[-1], tile)
+    _check_scales(scales, n, mode)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    if x.dtype not in (torch.float32, torch.float64) or x.device.type != "cpu" or weight.dtype != x.dtype:
+        from apsq.psum.accumulate import psum_accumulate
+        from apsq.psum.tiling import linear_partials
+
+        y = psum_accumulate(linear_partials(x2, weight, tile), scales, mode=mode, gs=gs, bits=bits, observe=observe)
+        return y.reshape(*lead, weight.shape[0])
+    plan = Plan(mode, n, gs, bits)
+    y = _FusedLinear.apply(x2, weight, scales.to(x.dtype), tile, plan, observe, kernel_backend())
+    return y.reshape(*lead, weight.shape[0])
+
+
+def conv2d_psum(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scales: torch.Tensor | None,
+    tile: int,
+    stride: tuple[int, int] = (1, 1),
+    padding: tuple[int, int] = (0, 0),
+    dilation: tuple[int, int] = (1, 1),
+    groups: int = 1,
+    *,
+    mode: str,
+    gs: int = 1,
+    bits: int = 8,
+    observe: Observer | None = None,
+) -> torch.Tensor:
+    """Conv2d (no bias) with tiled PSUM accumulation: im2col rows through :func:`linear_psum`.
+
+    The same reduction order as :func:`apsq.psum.tiling.conv2d_partials` (``(c, u, v)``); grouped
+    convolutions accumulate each group separately. Returns ``[B, Co, Ho, Wo]``.
+    """
+    co, cig, kh, kw = weight.shape
+    if x.dim() != 4 or x.shape[1] != cig * groups:
+        raise APSQError(
+            f"Conv2d input must be [B, {cig * groups}, H, W] (Ci = {cig} x groups {groups}), got {tuple(x.shape)}"
+        )
+    cols, (h, w_out) = conv2d_im2col(x, (kh, kw), stride, padding, dilation)  # [B, G*Kg, L]
+    b, _, length = cols.shape
+    kg, cog = cig * kh * kw, co // groups
+    cols = cols.reshape(b, groups, kg, length)
+    wg = weight.reshape(groups, cog, kg)
+    outs = []
+    for gi in range(groups):
+        rows = cols[:, gi].transpose(1, 2).reshape(b * length, kg)
+        outs.append(linear_psum(rows, wg[gi], scales, tile, mode=mode, gs=gs, bits=bits, observe=observe))
+    y = torch.stack(outs, 1) if groups > 1 else outs[0].unsqueeze(1)  # [B*L, G, Cog]
+    return y.reshape(b, length, co).transpose(1, 2).reshape(b, co, h, w_out)
+
