@@ -1,12 +1,14 @@
 """The Reconfigurable APSQ Engine (RAE): Amaranth RTL, co-simulation, Verilog export and area.
 
 ``RAE``/``RAEParams``: the design (:mod:`apsq.hw.rae.engine`); :func:`simulate`: bit-exact
-co-simulation against :func:`apsq.integer.psum.psum_accumulate_int`; :func:`to_verilog`; area with
-Yosys in :mod:`apsq.hw.rae.area`. See ``docs/rae.md``.
+co-simulation against :func:`apsq.integer.psum.psum_accumulate_int`; :func:`to_verilog`; the exported
+Verilog in Icarus (:mod:`apsq.hw.rae.icarus`); area with Yosys in :mod:`apsq.hw.rae.area`. See
+``docs/rae.md``.
 """
 
 from apsq.hw.rae.engine import NUM_BANKS, PIPELINE_LATENCY, RAE, RAEParams
 from apsq.hw.rae.sim import LayerJob, RunStats, run_layers, simulate, validate_layer
+from apsq.hw.rae.verilog import to_verilog, write_verilog
 
 __all__ = [
     "NUM_BANKS",
@@ -18,4 +20,6 @@ __all__ = [
     "run_layers",
     "simulate",
     "validate_layer",
+    "to_verilog",
+    "write_verilog",
 ]

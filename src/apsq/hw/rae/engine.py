@@ -3,12 +3,14 @@
 Method doc section 7; encodings, pipeline and bank schedule are documented in ``docs/rae.md``.
 Per lane the engine computes exactly :func:`apsq.integer.psum.psum_accumulate_int` (``mode='apsq'``):
 
+* the four banks form ``floor(4 / gs)`` sets of ``gs`` banks (set ``b`` = banks ``b*gs .. b*gs+gs-1``);
+  output position ``q`` lives in set ``q // depth`` at address ``q % depth``;
 * a plain step (``s2 = 0``) quantizes the tile sum, ``c = clamp(floor(T / 2^e + 1/2))``, and writes
-  the pending code to bank ``slot`` (the tile's position in its group);
+  the pending code to bank ``slot`` of its set (the tile's position in its group);
 * a group-closing step (``s2 = 1``, forced when ``slot == gs - 1`` or on the layer's last step) reads
-  the ``slot`` pending codes and the previous ``A`` (bank ``gs - 1``), aligns every stored code by a
-  left shift of its own exponent, adds them with the tile sum in a two-stage adder and requantizes
-  with a round-half-up right shift and a clamp; the code is written back to bank ``gs - 1`` as ``A``.
+  the ``slot`` pending codes and the previous ``A`` (bank ``gs - 1`` of the set), aligns every stored
+  code by a left shift of its own exponent, adds them with the tile sum in a two-stage adder and
+  requantizes with a round-half-up right shift and a clamp; the code is written back as ``A``.
 
 Alignment: every value is carried with ``FB = frac_bits`` fraction bits (a static grid): the tile sum
 enters as ``T << FB``, a code stored with exponent ``e_j`` as ``c << (e_j + FB)``, and requantizing is
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -45,7 +47,8 @@ class RAEParams:
 
     Attributes:
         lanes: parallel output lanes ``L`` (PE-array columns).
-        depth: words per SRAM bank (output positions held at once); a word is ``L`` codes.
+        depth: words per SRAM bank; a word is ``L`` codes. The engine holds
+            :meth:`capacity` ``= floor(4 / gs) * depth`` output positions at once.
         bits: PSUM code width (INT``bits``, 2..16).
         tile_bits: width of the signed tile-sum inputs (32 in the paper).
         frac_bits: fraction bits ``FB`` of the internal grid: the most negative exponent is ``-FB``.
@@ -98,6 +101,15 @@ class RAEParams:
         mag = (1 << (self.tile_bits - 1 + self.frac_bits)) + NUM_BANKS * (1 << (self.bits - 1 + max_shift))
         return mag.bit_length() + 1
 
+    def capacity(self, gs: int) -> int:
+        """Output positions the banks hold at group size ``gs``: ``floor(4 / gs) * depth``.
+
+        A group needs ``gs`` banks (``gs - 1`` pending codes + ``A``), so the four banks form
+        ``floor(4 / gs)`` independent sets — the PSUM storage per output is ``gs`` codes.
+        """
+        check_int("gs", gs, lo=1, hi=NUM_BANKS)
+        return (NUM_BANKS // gs) * self.depth
+
     def in_layout(self) -> data.StructLayout:
         """Input beat: ``tile`` [L] signed tile sums, ``exp`` (signed), ``s2`` (closing), ``last``."""
         return data.StructLayout({
@@ -117,7 +129,9 @@ class RAE(wiring.Component):
 
     Ports (besides ``clk``/``rst``):
         s0, s1: static group-size encoding, ``gs = 1 + s0 + 2 * s1`` (change only while idle).
-        last_pos: static, number of output positions per step minus one (``M - 1``, ``M <= depth``).
+        last_pos: static, number of output positions per step minus one (``M - 1``,
+            ``M <= capacity(gs) = floor(4 / gs) * depth``: banks a group does not use hold more
+            positions — position ``q`` uses bank set ``q // depth``, address ``q % depth``).
         i: stream of input beats (one per position per step, positions ``0..M-1`` in order, steps in
             order); ``i.ready`` may depend combinationally on ``i.valid``/``i.payload`` (hazard stall).
         o: stream of output beats, one per position of the layer's last step (``last = 1``).
@@ -131,12 +145,11 @@ class RAE(wiring.Component):
             raise APSQError("pass either params or keyword parameters, not both")
         self.params = params
         p = params
-        word = data.ArrayLayout(signed(p.bits), p.lanes)
-        self.banks = [memory.Memory(shape=word, depth=p.depth, init=[]) for _ in range(NUM_BANKS)]
+        self.banks: list[memory.Memory] = []  # the four code banks, created by elaborate()
         super().__init__({
             "s0": In(1),
             "s1": In(1),
-            "last_pos": In(range(p.depth)),
+            "last_pos": In(range(NUM_BANKS * p.depth)),
             "i": In(stream.Signature(p.in_layout())),
             "o": Out(stream.Signature(p.out_layout())),
             "busy": Out(1),
@@ -150,6 +163,8 @@ class RAE(wiring.Component):
         w = p.acc_width
 
         # ---- banks: one write port, one read port (transparent for the write port) each ----
+        word = data.ArrayLayout(signed(p.bits), p.lanes)
+        self.banks = [memory.Memory(shape=word, depth=p.depth, init=[]) for _ in range(NUM_BANKS)]
         wports, rports = [], []
         for k, mem in enumerate(self.banks):
             m.submodules[f"bank{k}"] = mem
@@ -162,14 +177,18 @@ class RAE(wiring.Component):
         m.d.comb += gs_m1.eq(Cat(self.s0, self.s1))
 
         # ---- step-level state (advances when the last position of a step is accepted) ----
-        pos = Signal(range(p.depth))  # position (bank address) of the next input beat
+        # position of the next input beat, and the same as (bank set, bank address): pos = bset*depth + addr
+        pos = Signal(range(NUM_BANKS * p.depth))
+        addr = Signal(range(p.depth))
+        bset = Signal(2)
         slot = Signal(2)  # position of the current step in its group
         have_a = Signal()  # an A from an earlier group is stored (A_{-1} = 0 otherwise)
         bsh = [Signal(sb, name=f"bank{k}_shift") for k in range(NUM_BANKS)]  # e + FB of bank contents
 
         # ---- pipeline registers ----
         v1, v2 = Signal(), Signal()
-        pos1, pos2 = Signal.like(pos), Signal.like(pos)
+        pos1 = Signal.like(pos)
+        addr1, addr2 = Signal.like(addr), Signal.like(addr)
         tile1 = [Signal(signed(p.tile_bits), name=f"tile1_{lane}") for lane in range(lanes)]
         sh1, sh2 = Signal(sb), Signal(sb)
         rsh1 = [Signal(sb, name=f"rsh1_{k}") for k in range(NUM_BANKS)]
@@ -185,12 +204,22 @@ class RAE(wiring.Component):
         m.d.comb += sh0.eq(pay.exp + fb)  # truncated to shift_bits: exponent range checked by the driver
         closing0 = Signal()
         m.d.comb += closing0.eq(pay.s2 | pay.last | (slot == gs_m1))
+        # bank set: gs = 1 -> 4 sets of 1 bank, gs = 2 -> 2 sets of 2, gs = 3, 4 -> 1 set (base 0)
+        base0 = Signal(2)
+        m.d.comb += base0.eq(Mux(gs_m1 == 0, bset, Mux(gs_m1 == 1, bset << 1, 0)))
+        pend_end = Signal(3)  # pending codes of this group sit in banks base0 .. pend_end - 1
+        m.d.comb += pend_end.eq(base0 + slot)
+        a_bank = Signal(3)  # the running A of this group's set
+        m.d.comb += a_bank.eq(base0 + gs_m1)
         rmask0 = Signal(NUM_BANKS)
         for k in range(NUM_BANKS):
-            pending = (Const(k, 2) < slot) if k < NUM_BANKS - 1 else Const(0, 1)  # slot <= 3: no CMPCONST
-            m.d.comb += rmask0[k].eq(closing0 & (pending | ((gs_m1 == k) & have_a)))
+            from_base = (base0 <= k) if k < NUM_BANKS - 1 else Const(1, 1)  # base0 <= 3: no CMPCONST
+            pending = from_base & (Const(k, 3) < pend_end)
+            m.d.comb += rmask0[k].eq(closing0 & (pending | ((a_bank == k) & have_a)))
+        wslot0 = Signal(2)  # bank within the set: the A bank when closing, else the next pending slot
+        m.d.comb += wslot0.eq(Mux(closing0, gs_m1, slot))
         wbank0 = Signal(2)
-        m.d.comb += wbank0.eq(Mux(closing0, gs_m1, slot))
+        m.d.comb += wbank0.eq(base0 + wslot0)
 
         adv = Signal()  # the whole pipeline advances (the output register can take a beat)
         m.d.comb += adv.eq(~self.o.valid | self.o.ready)
@@ -200,15 +229,16 @@ class RAE(wiring.Component):
         accept = Signal()
         m.d.comb += accept.eq(self.i.valid & self.i.ready)
         for rp in rports:
-            m.d.comb += [rp.addr.eq(pos), rp.en.eq(adv)]
+            m.d.comb += [rp.addr.eq(addr), rp.en.eq(adv)]
 
         step_end = Signal()
         m.d.comb += step_end.eq(pos == self.last_pos)
         with m.If(accept):
             with m.If(step_end):
-                m.d.sync += pos.eq(0)
-                for k in range(NUM_BANKS):
-                    with m.If(wbank0 == k):
+                m.d.sync += [pos.eq(0), addr.eq(0), bset.eq(0)]
+                for k in range(NUM_BANKS):  # the step wrote slot wslot0 of every set: bank k = wslot0 (mod gs)
+                    k_mod_gs = Array([Const(k % g, 2) for g in range(1, NUM_BANKS + 1)])[gs_m1]
+                    with m.If(k_mod_gs == wslot0):
                         m.d.sync += bsh[k].eq(sh0)
                 with m.If(pay.last):
                     m.d.sync += [slot.eq(0), have_a.eq(0)]
@@ -218,17 +248,22 @@ class RAE(wiring.Component):
                     m.d.sync += slot.eq(slot + 1)
             with m.Else():
                 m.d.sync += pos.eq(pos + 1)
+                with m.If(addr == p.depth - 1):
+                    m.d.sync += [addr.eq(0), bset.eq(bset + 1)]
+                with m.Else():
+                    m.d.sync += addr.eq(addr + 1)
 
         with m.If(adv):
             m.d.sync += v1.eq(accept)
         with m.If(accept):
-            m.d.sync += [pos1.eq(pos), sh1.eq(sh0), rmask1.eq(rmask0), wbank1.eq(wbank0), last1.eq(pay.last)]
+            m.d.sync += [pos1.eq(pos), addr1.eq(addr), sh1.eq(sh0), rmask1.eq(rmask0), wbank1.eq(wbank0)]
+            m.d.sync += last1.eq(pay.last)
             m.d.sync += [tile1[lane].eq(pay.tile[lane]) for lane in range(lanes)]
             m.d.sync += [rsh1[k].eq(bsh[k]) for k in range(NUM_BANKS)]
 
         # ---- stage 1: align (left shifts) and first adder level ----
         with m.If(adv):
-            m.d.sync += [v2.eq(v1), pos2.eq(pos1), sh2.eq(sh1), wbank2.eq(wbank1), last2.eq(last1)]
+            m.d.sync += [v2.eq(v1), addr2.eq(addr1), sh2.eq(sh1), wbank2.eq(wbank1), last2.eq(last1)]
             for lane in range(lanes):
                 x = []
                 for k in range(NUM_BANKS):
@@ -253,7 +288,7 @@ class RAE(wiring.Component):
             ]
             codes.append(c)
         for k, wp in enumerate(wports):
-            m.d.comb += [wp.addr.eq(pos2), wp.en.eq(v2 & adv & (wbank2 == k))]
+            m.d.comb += [wp.addr.eq(addr2), wp.en.eq(v2 & adv & (wbank2 == k))]
             m.d.comb += [wp.data[lane].eq(codes[lane]) for lane in range(lanes)]
 
         # ---- output register ----

@@ -5,10 +5,11 @@ runs several layers back to back on one engine instance (amortising elaboration)
 random valid/ready back-pressure, and reports cycle counts.
 
 Mapping of a layer onto the engine: the ``L`` output columns are cut into blocks of ``lanes``
-(zero-padded); block ``b`` is output position ``b`` (bank address). For each step ``i`` the driver
+(zero-padded); block ``b`` is output position ``b`` of its pass (bank set ``b // depth``, address
+``b % depth``). For each step ``i`` the driver
 sends one beat per position (``exponent e_i``, ``s2 = closing_steps(n, gs)[i]``, ``last`` on step
 ``n - 1``), so a layer of ``n`` steps and ``M`` positions is ``n * M`` input beats and ``M`` output
-beats. Positions beyond the bank depth run as further passes (``ceil(M / depth)`` passes).
+beats. Positions beyond the banks' capacity (``floor(4 / gs) * depth``) run as further passes.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from apsq.errors import APSQError, check_bits, check_int
 from apsq.hw.rae.engine import NUM_BANKS, PIPELINE_LATENCY, RAE, RAEParams
 from apsq.psum.accumulate import closing_steps
 
-__all__ = ["LayerJob", "RunStats", "simulate", "run_layers", "validate_layer"]
+__all__ = ["LayerJob", "RunStats", "simulate", "run_layers", "validate_layer", "build_schedule", "scatter_outputs"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,8 @@ class RunStats:
     valid beat because the word it must read was still in the pipeline (read-after-write);
     ``backpressure_stalls``: cycles it refused one because the output was not taken;
     ``idle_in``: cycles the producer offered nothing (random gaps, or draining before a
-    reconfiguration); ``wall_s``: simulation wall time; ``cycles_per_s``: simulation speed.
+    reconfiguration); ``per_pass_cycles``: input-side cycles of each pass (layer, or part of a
+    layer wider than ``lanes * depth``); ``wall_s``: simulation wall time; ``cycles_per_s``: speed.
     """
 
     cycles: int = 0
@@ -57,7 +59,7 @@ class RunStats:
     backpressure_stalls: int = 0
     idle_in: int = 0
     wall_s: float = 0.0
-    per_layer_cycles: list[int] = field(default_factory=list)
+    per_pass_cycles: list[int] = field(default_factory=list)
 
     @property
     def cycles_per_s(self) -> float:
@@ -133,7 +135,50 @@ def _unpack_out(params: RAEParams, word: int) -> list[int]:
 def _passes(job: LayerJob, params: RAEParams) -> list[tuple[int, int]]:
     """Column blocks of one layer: ``[(first position, positions in this pass), ...]``."""
     blocks = math.ceil(job.partials.shape[1] / params.lanes)
-    return [(b0, min(params.depth, blocks - b0)) for b0 in range(0, blocks, params.depth)]
+    cap = params.capacity(job.gs)
+    return [(b0, min(cap, blocks - b0)) for b0 in range(0, blocks, cap)]
+
+
+Pass = tuple[int, int, int, int, list[int]]
+"""One engine pass: (layer index, gs, first position, positions M, packed input beats)."""
+
+
+def build_schedule(jobs: Sequence[LayerJob], params: RAEParams) -> list[Pass]:
+    """The passes and packed input beats of ``jobs`` (WS order: for each step, every position)."""
+    lanes = params.lanes
+    schedule: list[Pass] = []
+    for li, job in enumerate(jobs):
+        n, cols = job.partials.shape
+        blocks = math.ceil(cols / lanes)
+        padded = np.zeros((n, blocks * lanes), dtype=np.int64)
+        padded[:, :cols] = job.partials
+        closing = closing_steps(n, job.gs)
+        for b0, m in _passes(job, params):
+            beats = []
+            for i in range(n):
+                e = int(job.exponents[i])
+                for pos in range(m):
+                    cols_b = padded[i, (b0 + pos) * lanes:(b0 + pos + 1) * lanes]
+                    beats.append(_pack_in(params, cols_b.tolist(), e, int(closing[i]), int(i == n - 1)))
+            schedule.append((li, job.gs, b0, m, beats))
+    return schedule
+
+
+def scatter_outputs(
+    schedule: Sequence[Pass], outputs: Sequence[Sequence[int]], jobs: Sequence[LayerJob], params: RAEParams
+) -> list[np.ndarray]:
+    """Reassemble the output beats (in order) into each layer's codes ``[L]``."""
+    lanes = params.lanes
+    total = sum(m for *_, m, _ in schedule)
+    if len(outputs) != total:
+        raise APSQError(f"the engine produced {len(outputs)} output beats, expected {total}")
+    results = [np.zeros(math.ceil(j.partials.shape[1] / lanes) * lanes, dtype=np.int64) for j in jobs]
+    k = 0
+    for li, _gs, b0, m, _beats in schedule:
+        for pos in range(m):
+            results[li][(b0 + pos) * lanes:(b0 + pos + 1) * lanes] = outputs[k]
+            k += 1
+    return [r[: j.partials.shape[1]] for r, j in zip(results, jobs, strict=True)]
 
 
 def run_layers(
@@ -157,26 +202,7 @@ def run_layers(
     if not 0.0 <= backpressure < 1.0:
         raise APSQError(f"backpressure must be a probability in [0, 1), got {backpressure}")
     dut = RAE(params)
-    lanes = params.lanes
-    # Per pass: config, beats, and where its output codes go.
-    schedule = []
-    for li, job in enumerate(jobs):
-        n, cols = job.partials.shape
-        blocks = math.ceil(cols / lanes)
-        padded = np.zeros((n, blocks * lanes), dtype=np.int64)
-        padded[:, :cols] = job.partials
-        closing = closing_steps(n, job.gs)
-        for b0, m in _passes(job, params):
-            beats = []
-            for i in range(n):
-                e = int(job.exponents[i])
-                for pos in range(m):
-                    cols_b = padded[i, (b0 + pos) * lanes:(b0 + pos + 1) * lanes]
-                    beats.append(_pack_in(params, cols_b.tolist(), e, int(closing[i]), int(i == n - 1)))
-            schedule.append((li, job.gs, b0, m, beats))
-
-    results = [np.zeros(blocks_cols, dtype=np.int64) for blocks_cols in
-               (math.ceil(j.partials.shape[1] / lanes) * lanes for j in jobs)]
+    schedule = build_schedule(jobs, params)
     stats = RunStats()
     rng = random.Random(seed)
     outputs: list[list[int]] = []  # per pass, filled by the consumer
@@ -185,7 +211,7 @@ def run_layers(
 
     async def producer(ctx):
         cyc = 0
-        for li, gs, _b0, m, beats in schedule:
+        for _li, gs, _b0, m, beats in schedule:
             # reconfigure only when the engine is idle and all outputs of the previous pass are taken
             while ctx.get(dut.busy) or len(outputs) < taken["expected"]:
                 await ctx.tick()
@@ -215,7 +241,7 @@ def run_layers(
                 stats.beats_in += 1
             ctx.set(dut.i.valid, 0)
             taken["expected"] += m
-            stats.per_layer_cycles.append(cyc - start)
+            stats.per_pass_cycles.append(cyc - start)
 
     async def consumer(ctx):
         cyc = 0
@@ -236,12 +262,7 @@ def run_layers(
     sim.run()
     stats.wall_s = time.perf_counter() - t0
 
-    k = 0
-    for li, _gs, b0, m, _beats in schedule:
-        for pos in range(m):
-            results[li][(b0 + pos) * lanes:(b0 + pos + 1) * lanes] = outputs[k]
-            k += 1
-    codes = [r[: j.partials.shape[1]] for r, j in zip(results, jobs, strict=True)]
+    codes = scatter_outputs(schedule, outputs, jobs, params)
     return codes, stats
 
 
@@ -267,7 +288,7 @@ def simulate(
         bits: code width of the engine.
         lanes: engine width; ``None`` uses ``L`` (one position). Smaller values cut the ``L``
             columns into ``ceil(L / lanes)`` positions (bank addresses).
-        depth: bank depth (positions held at once).
+        depth: bank depth (the engine holds ``floor(4 / gs) * depth`` positions at once).
         backpressure, seed: random valid/ready gaps (see :func:`run_layers`).
         return_stats: also return the :class:`RunStats`.
 

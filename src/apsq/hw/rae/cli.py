@@ -1,0 +1,177 @@
+"""``apsq rae``: Verilog export, Yosys area and a co-simulation check of the RAE."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from apsq.errors import APSQError
+
+__all__ = ["register", "rae_app"]
+
+rae_app = typer.Typer(
+    name="rae",
+    help="The Reconfigurable APSQ Engine (RTL): Verilog, area, co-simulation.",
+    no_args_is_help=True,
+)
+
+Lanes = Annotated[int, typer.Option("--lanes", "-L", help="parallel output lanes L")]
+Depth = Annotated[int, typer.Option("--depth", "-D", help="words per SRAM bank")]
+Bits = Annotated[int, typer.Option("--bits", help="PSUM code width")]
+
+
+def _params(lanes: int, depth: int, bits: int):
+    from apsq.hw.rae.engine import RAEParams
+
+    return RAEParams(lanes=lanes, depth=depth, bits=bits)
+
+
+def _fail(exc: APSQError) -> None:
+    Console(stderr=True).print(f"[red]error:[/red] {exc}")
+    raise typer.Exit(2) from exc
+
+
+@rae_app.command("verilog")
+def verilog_cmd(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Verilog file to write")] = Path("rae.v"),
+    lanes: Lanes = 4,
+    depth: Depth = 16,
+    bits: Bits = 8,
+    lint: Annotated[bool, typer.Option(help="also lint with iverilog and verilator when installed")] = False,
+) -> None:
+    """Write the engine as Verilog (Amaranth back end, top module ``rae``)."""
+    from apsq.hw.rae import verilog
+
+    console = Console()
+    try:
+        path = verilog.write_verilog(output, _params(lanes, depth, bits))
+    except APSQError as exc:
+        _fail(exc)
+    n_lines = path.read_text().count("\n")
+    console.print(f"wrote {path} ({n_lines} lines; L={lanes}, D={depth}, INT{bits})")
+    if lint:
+        for tool in ("iverilog", "verilator"):
+            try:
+                res = verilog.lint(path, tool)
+            except APSQError as exc:
+                console.print(f"[yellow]{tool}: skipped[/yellow] ({exc})")
+                continue
+            status = "[green]clean[/green]" if res.returncode == 0 and not res.stderr.strip() else "[red]issues[/red]"
+            console.print(f"{tool}: {status} (exit {res.returncode})")
+            if res.stderr.strip():
+                console.print(res.stderr.strip()[-2000:])
+            if res.returncode != 0:
+                raise typer.Exit(1)
+
+
+@rae_app.command("area")
+def area_cmd(
+    lanes: Lanes = 4,
+    depth: Depth = 16,
+    bits: Bits = 8,
+    banks: Annotated[str, typer.Option(help="macro (logic only, banks as SRAM macros), flops, or both")] = "both",
+    to_nm: Annotated[float, typer.Option(help="node for the square-law scaled estimate")] = 28.0,
+    yosys: Annotated[str, typer.Option(help="Yosys executable")] = "yosys",
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the reports as JSON")] = None,
+) -> None:
+    """Synthesize with Yosys onto the area-only SKY130 HD liberty; cells and µm² (+ scaled estimate)."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from apsq.hw.rae.area import BANK_MODES, PAPER_AREA_UM2, scale_area, synthesize_area
+
+    modes = BANK_MODES if banks == "both" else (banks,)
+    console = Console()
+    reports = []
+    try:
+        params = _params(lanes, depth, bits)
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                      transient=True) as prog:
+            for mode in modes:
+                task = prog.add_task(f"yosys: L={lanes} D={depth} banks={mode}", total=None)
+                reports.append(synthesize_area(params, banks=mode, yosys=yosys))
+                prog.remove_task(task)
+    except APSQError as exc:
+        _fail(exc)
+    table = Table(title=f"RAE area, L={lanes}, D={depth}, INT{bits} (Yosys + sky130_fd_sc_hd footprints)")
+    for col in ("banks", "cells", "FFs", "SRAM bits", "µm² 130nm", "kGE", f"µm² {to_nm:g}nm*", "yosys s"):
+        table.add_column(col, justify="right")
+    for r in reports:
+        table.add_row(
+            r.banks, f"{r.cells:,}", f"{r.flops:,}", f"{r.macro_bits:,}" if r.macros else "-",
+            f"{r.area_um2:,.0f}", f"{r.gate_equivalents / 1e3:.1f}",
+            f"{scale_area(r.area_um2, to_nm=to_nm):,.0f}", f"{r.yosys_s:.1f}",
+        )
+    console.print(table)
+    console.print(
+        f"* scaled = µm²(130 nm) x ({to_nm:g}/130)^2 (ideal square-law assumption); "
+        f"paper: {PAPER_AREA_UM2:,.0f} µm² at 28 nm. macro rows exclude the SRAM banks."
+    )
+    if json_out:
+        json_out.write_text(json.dumps([r.to_dict() for r in reports], indent=2))
+        console.print(f"wrote {json_out}")
+
+
+@rae_app.command("simulate")
+def simulate_cmd(
+    lanes: Lanes = 4,
+    steps: Annotated[int, typer.Option(help="tile steps n of the random layer")] = 64,
+    gs: Annotated[int, typer.Option(help="APSQ group size 1..4")] = 2,
+    bits: Bits = 8,
+    positions: Annotated[int, typer.Option(help="output positions (bank words) per step")] = 1,
+    backpressure: Annotated[float, typer.Option(help="probability of a random valid/ready gap")] = 0.0,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    icarus: Annotated[bool, typer.Option(help="also run the exported Verilog in Icarus Verilog")] = False,
+) -> None:
+    """Run a random layer through the RTL and compare with the integer golden model."""
+    import numpy as np
+    import torch
+
+    from apsq.hw.rae.sim import simulate
+    from apsq.integer.psum import psum_accumulate_int
+
+    console = Console()
+    rng = np.random.default_rng(seed)
+    cols = lanes * positions
+    try:
+        t = rng.integers(-(1 << 19), 1 << 19, size=(steps, cols))
+        e = rng.integers(8, 14, size=steps)
+        codes, stats = simulate(t, e, gs=gs, bits=bits, lanes=lanes, depth=max(2, positions),
+                                backpressure=backpressure, seed=seed, return_stats=True)
+        gold = psum_accumulate_int(torch.tensor(t), torch.tensor(e), mode="apsq", gs=gs, bits=bits).code.numpy()
+    except APSQError as exc:
+        _fail(exc)
+    ok = bool(np.array_equal(codes, gold))
+    console.print(f"RTL == golden model: {'[green]yes[/green]' if ok else '[red]NO[/red]'} ({cols} outputs)")
+    if icarus:
+        from apsq.hw.rae.engine import RAEParams
+        from apsq.hw.rae.icarus import run_layers_icarus
+        from apsq.hw.rae.sim import validate_layer
+
+        params = RAEParams(lanes=lanes, depth=max(2, positions), bits=bits)
+        try:
+            (v_codes,), v_cycles = run_layers_icarus([validate_layer(t, e, gs, params)], params)
+        except APSQError as exc:
+            _fail(exc)
+        v_ok = bool(np.array_equal(v_codes, gold))
+        ok = ok and v_ok
+        console.print(
+            f"Verilog in Icarus == golden model: {'[green]yes[/green]' if v_ok else '[red]NO[/red]'} "
+            f"({v_cycles:,} cycles)"
+        )
+    console.print(
+        f"cycles {stats.cycles:,} for {stats.beats_in:,} input beats (ideal {stats.beats_in + stats.fill:,}): "
+        f"hazard stalls {stats.hazard_stalls:,}, back-pressure stalls {stats.backpressure_stalls:,}, "
+        f"idle {stats.idle_in:,}; simulation {stats.wall_s:.2f} s = {stats.cycles_per_s:,.0f} cycles/s"
+    )
+    if not ok:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``rae`` sub-app to the ``apsq`` command line."""
+    app.add_typer(rae_app, name="rae")
