@@ -61,7 +61,7 @@ def integer_forward(layer: torch.nn.Module, *inputs: torch.Tensor) -> IntPSUM:
     t, unit = tile_sums(layer, *inputs)
     q = layer.qcfg
     if q.mode == "none":
-        r = psum_accumulate_int(t, mode="none")
+        r = psum_accumulate_int(t, mode="none", acc_bits=q.acc_bits)
         return IntPSUM(r.code, unit)
     n = t.shape[0]
     psum_e = layer.psum.exponents(n)

@@ -68,6 +68,7 @@ def psum_accumulate_int(
     mode: str,
     gs: int = 1,
     bits: int = 8,
+    acc_bits: int | None = None,
 ) -> IntPSUM:
     """Integer twin of :func:`apsq.functional.psum_accumulate`.
 
@@ -75,6 +76,8 @@ def psum_accumulate_int(
         tile_sums: integer ``[n, *shape]``, exact tile sums ``T_i`` (units of ``s_x * s_w``).
         exponents: integer ``[n]`` or ``[n, *shape']`` broadcastable to ``tile_sums``: ``e_i``.
         mode, gs, bits: as for the float path.
+        acc_bits: ``mode="none"`` only: saturate the running sum to a signed ``acc_bits`` integer
+            at every step (twin of :func:`apsq.psum.accumulate.saturating_accumulate`).
 
     Returns:
         :class:`IntPSUM`. For ``apsq`` the code is the INT ``bits`` code of ``A_{G-1}`` and the
@@ -88,7 +91,14 @@ def psum_accumulate_int(
     t = tile_sums.to(torch.int64)
     n = t.shape[0]
     if mode == "none":
-        return IntPSUM(t.sum(0), torch.zeros((), dtype=torch.int64))
+        if acc_bits is None:
+            return IntPSUM(t.sum(0), torch.zeros((), dtype=torch.int64))
+        check_int("acc_bits", acc_bits, lo=2, hi=63)
+        lo, hi = -(1 << (acc_bits - 1)), (1 << (acc_bits - 1)) - 1
+        acc = torch.zeros_like(t[0])
+        for i in range(n):
+            acc = torch.clamp(acc + t[i], lo, hi)
+        return IntPSUM(acc, torch.zeros((), dtype=torch.int64))
     if exponents is None:
         raise APSQError(f"exponents are required for mode={mode!r}")
     _check_int_tensor("exponents", exponents)

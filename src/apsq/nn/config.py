@@ -13,7 +13,9 @@ import yaml
 from apsq.errors import PSUM_MODES, APSQError, check_bits, check_choice, check_int
 
 LAYER_TYPES = ("linear", "conv2d")
-LAYER_FIELDS = ("tile", "mode", "gs", "psum_bits", "weight_bits", "act_bits", "weight_per_channel", "enabled")
+LAYER_FIELDS = ("tile", "mode", "gs", "psum_bits", "weight_bits", "act_bits", "weight_per_channel", "enabled",
+                "acc_bits")
+ACC_BITS_MAX = 64
 
 
 @dataclass(frozen=True)
@@ -36,9 +38,19 @@ class LayerQuantConfig:
     """One power-of-two weight step per output channel (else per tensor)."""
     enabled: bool = True
     """False leaves the layer in full precision."""
+    acc_bits: int | None = None
+    """Baseline only (``mode="none"``): width of a narrow integer PSUM accumulator that saturates at
+    every tile step (units of ``s_x * s_w``); ``None`` is exact accumulation."""
 
     def __post_init__(self) -> None:
         check_int("tile", self.tile, lo=1)
+        if self.acc_bits is not None:
+            check_int("acc_bits", self.acc_bits, lo=2, hi=ACC_BITS_MAX)
+            if self.mode != "none":
+                raise APSQError(
+                    f"acc_bits models a narrow baseline accumulator and applies to mode 'none' only; "
+                    f"got mode={self.mode!r} (use psum_bits for psq/apsq)"
+                )
         check_choice("mode", self.mode, PSUM_MODES)
         check_int("gs", self.gs, lo=1)
         check_bits("psum_bits", self.psum_bits)

@@ -18,6 +18,7 @@ from apsq.errors import check_finite
 from apsq.nn.config import LayerQuantConfig
 from apsq.nn.psum_quantizer import PSUMQuantizer
 from apsq.nn.stats import LayerStats, StatsRecorder
+from apsq.psum.accumulate import saturating_accumulate
 from apsq.psum.tiling import conv2d_partials, linear_partials, num_tiles
 from apsq.quant.lsq import LSQQuantizer
 
@@ -134,6 +135,9 @@ class QuantLinear(nn.Linear, _QuantMixin):
     def accumulate(self, x: torch.Tensor) -> torch.Tensor:
         """The quantized reduction without bias (what :func:`apsq.integer.integer_forward` computes)."""
         if self.qcfg.mode == "none":
+            if self.qcfg.acc_bits is not None:
+                unit = self.act_quant.scale() * self.weight_quant.scale()  # [N] or [1]
+                return saturating_accumulate(self.partials(x), unit, self.qcfg.acc_bits)
             return F.linear(self.act_quant(x), self.weight_quant(self.weight))
         return self.psum.linear(self.act_quant(x), self.weight_quant(self.weight), self.qcfg.tile)
 
@@ -202,6 +206,9 @@ class QuantConv2d(nn.Conv2d, _QuantMixin):
     def accumulate(self, x: torch.Tensor) -> torch.Tensor:
         """The quantized reduction without bias."""
         if self.qcfg.mode == "none":
+            if self.qcfg.acc_bits is not None:
+                unit = (self.act_quant.scale() * self.weight_quant.scale()).reshape(-1, 1, 1)
+                return saturating_accumulate(self.partials(x), unit, self.qcfg.acc_bits)
             return F.conv2d(self.act_quant(x), self.weight_quant(self.weight), None, self.stride, self.padding,
                             self.dilation, self.groups)
         return self.psum.conv2d(self.act_quant(x), self.weight_quant(self.weight), self.qcfg.tile, self.stride,
@@ -266,6 +273,9 @@ class QuantMatmul(nn.Module, _QuantMixin):
     def accumulate(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """The quantized ``a @ b``."""
         if self.qcfg.mode == "none":
+            if self.qcfg.acc_bits is not None:
+                unit = (self.a_quant.scale() * self.b_quant.scale()).reshape(())
+                return saturating_accumulate(self.partials(a, b), unit, self.qcfg.acc_bits)
             return self.a_quant(a) @ self.b_quant(b)
         return self.psum(self.partials(a, b))
 

@@ -20,7 +20,7 @@ import torch
 from apsq.errors import PSUM_MODES, APSQError, check_bits, check_choice, check_finite, check_int
 from apsq.quant.ops import fake_quantize, is_power_of_two
 
-__all__ = ["psum_accumulate", "closing_steps", "validate_psum_args"]
+__all__ = ["psum_accumulate", "closing_steps", "validate_psum_args", "saturating_accumulate"]
 
 
 def closing_steps(n: int, gs: int) -> list[bool]:
@@ -98,4 +98,22 @@ def psum_accumulate(
             pending = torch.zeros_like(pending)
         else:
             pending = pending + fake_quantize(v, s_i, bits)
+    return acc
+
+
+def saturating_accumulate(partials: torch.Tensor, unit: torch.Tensor, acc_bits: int) -> torch.Tensor:
+    """Baseline with a narrow accumulator: ``A_i = clamp(A_{i-1} + Tp_i, -2^(B-1) u, (2^(B-1) - 1) u)``.
+
+    Models INT ``B`` PSUM storage (``B = acc_bits``) that saturates, never wraps, at every tile step;
+    ``unit`` (``u = s_x * s_w``, broadcastable to ``partials[0]``) is the value of one integer LSB.
+    With ``B >= 16 + log2(K)`` (INT8 operands) nothing can saturate and this equals ``mode="none"``.
+    Gradient: identity where the running sum stays in range, zero where it saturates.
+    """
+    check_int("acc_bits", acc_bits, lo=2, hi=64)
+    check_finite("partials", partials)
+    unit = unit.to(partials.dtype)
+    lo, hi = -(2.0 ** (acc_bits - 1)) * unit, (2.0 ** (acc_bits - 1) - 1) * unit
+    acc = torch.zeros_like(partials[0])
+    for i in range(partials.shape[0]):
+        acc = torch.clamp(acc + partials[i], lo, hi)
     return acc
