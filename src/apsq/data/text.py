@@ -40,6 +40,10 @@ class TokenizedText:
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    def lengths(self) -> list[int]:
+        """Tokens per example (after truncation)."""
+        return [len(r) for r in self.input_ids]
+
     def batch(self, idx: Sequence[int]) -> dict[str, torch.Tensor]:
         """``input_ids``, ``attention_mask`` (and ``token_type_ids``), ``labels`` for rows ``idx``."""
         idx = [int(i) for i in idx]

@@ -44,9 +44,9 @@ class DataConfig(_Strict):
     """A local file in the dataset's format instead of the cache / hub (rt: the ground-truth TSV;
     glue: JSON lines)."""
     train_limit: int | None = Field(None, ge=1)
-    """Use only the first N training examples."""
+    """Use only N training examples (a fixed-seed random subset)."""
     eval_limit: int | None = Field(None, ge=1)
-    """Evaluate on the first N examples of the evaluation split."""
+    """Evaluate on N examples of the evaluation split (a fixed-seed random subset)."""
     eval_split: str = "test"
 
     @field_validator("eval_split")
@@ -95,6 +95,8 @@ class EvalConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     every: int = Field(0, ge=0)
     """Evaluate every N steps during training (0: only at the end of each stage)."""
+    after_calibration: bool = False
+    """Also evaluate the quantized model right after calibration, before QAT."""
 
 
 class TrainConfig(_Strict):

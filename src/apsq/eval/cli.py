@@ -1,0 +1,120 @@
+"""``apsq sweep`` (the gs sweep of a training config) and ``apsq eval llm-ppl | lm-eval``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("sweep")
+    def sweep_cmd(
+        config: Path = typer.Option(..., "--config", "-c", help="Training YAML with an `apsq:` section."),
+        gs: str = typer.Option("1,2,3,4", help="Comma-separated APSQ group sizes."),
+        output: Path = typer.Option(None, "--output", "-o", help="Sweep folder (default runs/sweep_<config>)."),
+        baselines: bool = typer.Option(True, help="Also W8A8 with INT32 PSUMs and psq."),
+        energy: bool = typer.Option(True, help="Add the energy reduction of the traced model (IS, WS)."),
+        json_out: Path = typer.Option(None, "--json", help="Result JSON (default <output>/sweep.json)."),
+        png_out: Path = typer.Option(None, "--png", help="Plot (default <output>/sweep.png)."),
+    ) -> None:
+        """Train every PSUM variant (reusing finished runs, resuming interrupted ones) and report."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from apsq.errors import APSQError
+        from apsq.eval.sweep import sweep
+        from apsq.train.config import load_config
+
+        console = Console()
+        gs_values = _ints(gs, "--gs")
+        try:
+            cfg = load_config(config)
+            out = output or Path("runs") / f"sweep_{config.stem}"
+            table = sweep(cfg, out, gs_values, baselines=baselines, json_path=json_out, png_path=png_out,
+                          energy=energy)
+        except APSQError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from exc
+        t = Table(title=f"gs sweep ({table['eval_split']} accuracy)")
+        t.add_column("variant")
+        t.add_column("accuracy", justify="right")
+        t.add_column("energy red. IS / WS", justify="right")
+        er = table.get("energy_reduction", {})
+        for key in ("fp32", "w8a8", "psq"):
+            if table.get(key) is not None:
+                t.add_row(key, f"{100 * table[key]:.2f} %", "")
+        for g, acc in table["apsq"].items():
+            e = ""
+            if "total" in er:
+                e = " / ".join(f"{100 * er['total'][df][g]:.1f} %" for df in er["total"])
+            t.add_row(f"apsq gs={g}", f"{100 * acc:.2f} %", e)
+        console.print(t)
+
+    eval_app = typer.Typer(help="Evaluate quantized language models.", no_args_is_help=True)
+
+    @eval_app.command("llm-ppl")
+    def llm_ppl(
+        gs: str = typer.Option("1,2,3,4", help="Comma-separated APSQ group sizes."),
+        train_steps: int = typer.Option(800, help="FP32 training steps of the small LLaMA."),
+        qat_steps: int = typer.Option(0, help="QAT + KD steps per variant (0: calibration only)."),
+        json_out: Path = typer.Option(Path("runs/llm_ppl.json"), "--json", help="Result JSON."),
+        save_model: Path = typer.Option(None, help="Keep the trained FP model + tokenizer here."),
+        threads: int = typer.Option(None, help="torch threads."),
+    ) -> None:
+        """Small LLaMA trained on the review/tweet/news sentences: test perplexity per PSUM variant."""
+        import shlex
+        import sys
+
+        import torch
+
+        from apsq.eval.llm import LLMSettings, llm_sweep
+
+        if threads:
+            torch.set_num_threads(threads)
+        res = llm_sweep(LLMSettings(train_steps=train_steps, qat_steps=qat_steps), _ints(gs, "--gs"),
+                        save_dir=save_model)
+        res["command"] = shlex.join(["apsq", *sys.argv[1:]])
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(res, indent=1) + "\n")
+        typer.echo(json.dumps({k: res[k] for k in ("fp32", "w8a8", "psq", "apsq")}))
+
+    @eval_app.command("lm-eval")
+    def lm_eval_cmd(
+        model: str = typer.Option(..., "--model", help="Hugging Face causal LM folder or hub id."),
+        tasks: str = typer.Option(..., "--tasks", help="Comma-separated lm-eval tasks, e.g. piqa,hellaswag."),
+        mode: str = typer.Option("apsq", help="PSUM mode: none, psq, apsq; 'fp' leaves the model unquantized."),
+        gs: int = typer.Option(2, help="APSQ group size."),
+        tile: int = typer.Option(32, help="PE-array reduction depth."),
+        limit: int = typer.Option(None, help="Examples per task (for a quick look)."),
+        batch_size: int = typer.Option(8),
+        include_path: Path = typer.Option(None, help="Folder of extra (local) lm-eval task YAMLs."),
+        json_out: Path = typer.Option(None, "--json", help="Write the results here."),
+    ) -> None:
+        """lm-eval zero-shot tasks on an APSQ-quantized Hugging Face model."""
+        import apsq
+        from apsq.errors import APSQError
+        from apsq.eval.lm_eval_adapter import run_lm_eval
+
+        try:
+            cfg = None if mode == "fp" else apsq.APSQConfig(mode=mode, gs=gs, tile=tile)
+            res = run_lm_eval(model, [t for t in tasks.split(",") if t], cfg, limit=limit, batch_size=batch_size,
+                              include_path=include_path)
+        except APSQError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        text = json.dumps(res, indent=1, default=str)
+        if json_out:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(text + "\n")
+        typer.echo(json.dumps(res["results"], indent=1, default=str))
+
+    app.add_typer(eval_app, name="eval")
+
+
+def _ints(text: str, name: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{name} must be comma-separated integers, got {text!r}") from None

@@ -1,0 +1,126 @@
+"""The gs sweep: train every PSUM variant of one config, report accuracy beside energy reduction.
+
+Variants: W8A8 with INT32 PSUMs (``none``), ``psq`` (optional baselines) and APSQ with each gs. A
+variant whose run folder already holds a finished run of the same config is reused; one with a
+checkpoint is resumed — so variants can also be trained in parallel with ``apsq train`` into
+``<output>/<variant>`` and collected here.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from apsq.errors import APSQError
+from apsq.eval.report import accuracy_table, plot_accuracy_vs_gs
+from apsq.train.checkpoint import atomic_write_text
+from apsq.train.config import TrainConfig, parse_config
+from apsq.train.loop import CKPT, FP32, RESULT, train
+
+
+def sweep_variants(base: TrainConfig, gs_values: Sequence[int], baselines: bool = True) -> dict[str, TrainConfig]:
+    """``{name: config}``: ``w8a8`` (mode none), ``psq`` and ``apsq_gs<g>``, all else from ``base``."""
+    if base.apsq is None:
+        raise APSQError("the sweep needs a config with an `apsq:` section (the quantization settings)")
+    out: dict[str, TrainConfig] = {}
+    variants = ([("w8a8", "none", 1), ("psq", "psq", 1)] if baselines else []) + [
+        (f"apsq_gs{g}", "apsq", int(g)) for g in gs_values]
+    for name, mode, gs in variants:
+        data = base.model_dump(mode="json")
+        data["apsq"] = {**base.apsq, "mode": mode, "gs": gs}
+        out[name] = parse_config(data, f"sweep variant {name}")
+    return out
+
+
+def _finished(run: Path, cfg: TrainConfig) -> dict[str, Any] | None:
+    res, conf = run / RESULT, run / "config.json"
+    if res.exists() and conf.exists():
+        if parse_config(json.loads(conf.read_text())).fingerprint() == cfg.fingerprint():
+            return json.loads(res.read_text())
+        raise APSQError(f"{run} holds a run of a different config; remove it or choose another --output")
+    return None
+
+
+def energy_reductions(cfg: TrainConfig, gs_values: Sequence[int], dataflows: Sequence[str] = ("is", "ws"),
+                      seq_len: int | None = None) -> dict[str, Any]:
+    """Energy reduction vs INT32 PSUMs per dataflow and gs for the config's model, traced on the
+    meta device at ``seq_len`` tokens (default ``model.max_len``) with :mod:`apsq.hw.energy`."""
+    import torch
+
+    from apsq.hw.energy import compare
+    from apsq.hw.workloads.trace import trace_factory
+    from apsq.train.models import build_model
+
+    qcfg = cfg.apsq_config()
+    length = seq_len or cfg.model.max_len
+
+    def factory():
+        model = build_model(cfg, weights=False)
+        return model, {"input_ids": torch.zeros(1, length, dtype=torch.long)}
+
+    if cfg.model.name == "digits-cnn":
+        def factory():  # noqa: F811
+            return build_model(cfg), (torch.zeros(1, 1, 8, 8),)
+    wl = trace_factory(factory, name=f"{cfg.model.name}@{length}")
+    out: dict[str, Any] = {"workload": wl.name, "psum_bits": qcfg.psum_bits, "total": {}, "psum": {}}
+    for df in dataflows:
+        out["total"][df], out["psum"][df] = {}, {}
+        for g in gs_values:
+            c = compare(wl, df, gs=int(g), psum_bits=qcfg.psum_bits)
+            out["total"][df][str(g)] = round(float(c.reduction), 6)
+            out["psum"][df][str(g)] = round(float(c.psum_reduction), 6)
+    return out
+
+
+def sweep(base: TrainConfig, output: str | Path, gs_values: Sequence[int] = (1, 2, 3, 4), *, baselines: bool = True,
+          json_path: str | Path | None = None, png_path: str | Path | None = None, energy: bool = True,
+          progress: bool = True, command: str | None = None) -> dict[str, Any]:
+    """Run (or reuse / resume) every variant; write ``sweep.json`` / ``sweep.png`` (or the given paths)."""
+    output = Path(output)
+    runs: dict[str, dict[str, Any]] = {}
+    if base.finetune.init is None and base.finetune.steps > 0:  # fine-tune once, share it
+        fp_cfg = parse_config({**base.model_dump(mode="json"), "apsq": None})
+        fp_run = output / "fp32"
+        if _finished(fp_run, fp_cfg) is None:
+            train(fp_cfg, fp_run, resume=(fp_run / CKPT).exists(), progress=progress)
+        data = base.model_dump(mode="json")
+        data["finetune"] = {**data["finetune"], "steps": 0, "init": str(fp_run / FP32)}
+        base = parse_config(data)
+    for name, cfg in sweep_variants(base, gs_values, baselines).items():
+        run = output / name
+        res = _finished(run, cfg)
+        if res is None:
+            res = train(cfg, run, resume=(run / CKPT).exists(), progress=progress)
+            res.pop("model", None)
+        runs[name] = res
+    fp32 = next((r["fp32_accuracy"] for r in runs.values() if r.get("fp32_accuracy") is not None), None)
+    table = accuracy_table(fp32, runs)
+    table["calibrated_only"] = {n: r.get("calibrated_accuracy") for n, r in runs.items()}
+    first = next(iter(runs.values()))
+    table.update(seeds=[base.seed], eval_split=first["eval_split"], qat_steps=base.qat.steps,
+                 qat_batch_size=base.qat.batch_size, finetune_steps=first.get("finetune_steps"),
+                 model=base.model.name, dataset=base.data.name, apsq_config=base.apsq_config().to_dict(),
+                 run_seconds={n: r.get("seconds") for n, r in runs.items()})
+    if energy:
+        try:
+            table["energy_reduction"] = energy_reductions(base, gs_values)
+        except Exception as exc:  # the energy model is optional for the accuracy sweep
+            table["energy_reduction"] = {"error": f"{type(exc).__name__}: {exc}"}
+    table["command"] = command or shlex.join(["apsq", *sys.argv[1:]])
+    json_path = Path(json_path) if json_path else output / "sweep.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json_path, json.dumps(table, indent=1) + "\n")
+    calibrated = {str(r["apsq"]["gs"]): r.get("calibrated_accuracy") for r in runs.values()
+                  if r["apsq"]["mode"] == "apsq"}
+    er = table.get("energy_reduction", {})
+    plot_accuracy_vs_gs(table, png_path or output / "sweep.png",
+                        title=f"{base.model.name} on {base.data.name}: {base.qat.steps} QAT+KD steps, "
+                              f"W{base.apsq_config().weight_bits}A{base.apsq_config().act_bits}, "
+                              f"INT{base.apsq_config().psum_bits} PSUM",
+                        energy=er.get("total") if isinstance(er, dict) and "total" in er else None,
+                        calibrated=calibrated)
+    return table

@@ -1,0 +1,43 @@
+"""``apsq train --config FILE [--resume] [--output DIR]``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train")
+    def train_cmd(
+        config: Path = typer.Option(..., "--config", "-c", help="Training YAML (see configs/)."),
+        output: Path = typer.Option(None, "--output", "-o", help="Run folder (default runs/<config name>)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its checkpoint."),
+    ) -> None:
+        """Fine-tune in full precision, quantize with APSQ, calibrate, then QAT + distillation.
+
+        Runs on one CPU as is, or on several processes / GPUs under `accelerate launch`.
+        """
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        from rich.console import Console
+
+        from apsq.errors import APSQError
+        from apsq.train.config import load_config
+        from apsq.train.loop import train
+
+        console = Console(stderr=True)
+        out = output or Path("runs") / config.stem
+        try:
+            cfg = load_config(config)
+            res = train(cfg, out, resume=resume)
+        except APSQError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from exc
+        res.pop("model", None)
+        if res.get("processes", 1) == 1 or int(os.environ.get("RANK", "0")) == 0:
+            acc = res.get("accuracy")
+            msg = f"fp32 {res['eval_split']} accuracy {res['fp32_accuracy']:.4f}"
+            if acc is not None:
+                msg += f", quantized {acc:.4f}"
+            console.print(f"{msg}; results in {out / 'result.json'}")

@@ -1,0 +1,394 @@
+"""``train(config, output)``: full-precision fine-tuning, then QAT with distillation, on accelerate.
+
+Run layout in ``output``:
+
+* ``checkpoint.safetensors`` — the latest checkpoint (atomic; see :mod:`apsq.train.checkpoint`);
+* ``fp32.safetensors`` — the fine-tuned full-precision model (the distillation teacher);
+* ``metrics.jsonl`` — one JSON object per logged step / evaluation;
+* ``result.json`` — accuracies and the run's settings, written at the end;
+* ``config.json`` — the validated config.
+
+Determinism: the global batch of step ``t`` is a fixed slice of seeded permutations of the training
+set, and the RNG is reseeded from ``(seed, stage, t, rank)`` before every step, so a resumed run
+repeats exactly the steps an uninterrupted one would take (same batches, same dropout masks).
+With ``P`` processes every process takes ``batch_size / P`` rows of the global batch and
+gradients are averaged by DDP.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from apsq.errors import APSQError
+from apsq.train.checkpoint import (
+    atomic_save_tensors,
+    atomic_write_text,
+    load_model_state,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    read_tensors,
+)
+from apsq.train.config import ScheduleConfig, TrainConfig
+from apsq.train.tasks import BatchSource, Task, build_task
+
+STAGES = ("finetune", "qat")
+SCALE_PARAM_NAMES = ("log2_scale", "log2_scales")
+CKPT, FP32, METRICS, RESULT = "checkpoint.safetensors", "fp32.safetensors", "metrics.jsonl", "result.json"
+
+StepHook = Callable[[str, int], None]
+
+
+# --- small pure helpers ------------------------------------------------------------------------
+def step_seed(seed: int, stage: str, step: int, rank: int = 0) -> int:
+    """The RNG seed of one step (a hash, so nearby steps are unrelated)."""
+    h = hashlib.sha256(f"{seed}:{stage}:{step}:{rank}".encode()).hexdigest()
+    return int(h[:15], 16)
+
+
+def global_batch(n: int, batch: int, step: int, seed: int, stage: str) -> list[int]:
+    """Row indices of global batch ``step``: consecutive slices of seeded permutations (one per epoch)."""
+    out: list[int] = []
+    pos = step * batch
+    while len(out) < batch:
+        epoch, off = divmod(pos, n)
+        g = torch.Generator().manual_seed(step_seed(seed, stage, -1 - epoch))
+        perm = torch.randperm(n, generator=g)
+        take = min(batch - len(out), n - off)
+        out.extend(perm[off: off + take].tolist())
+        pos += take
+    return out
+
+
+def lr_factor(step: int, sched: ScheduleConfig) -> float:
+    """Linear warm-up over ``warmup * steps`` steps, then linear decay to 0."""
+    warm = int(sched.warmup * sched.steps)
+    if step < warm:
+        return (step + 1) / warm
+    return max(0.0, (sched.steps - step) / max(1, sched.steps - warm))
+
+
+def param_groups(model: nn.Module, sched: ScheduleConfig) -> list[dict[str, Any]]:
+    """AdamW groups: decayed weights, undecayed (bias / norm), quantizer step sizes (own lr)."""
+    decay, no_decay, scales = [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.rsplit(".", 1)[-1] in SCALE_PARAM_NAMES:
+            scales.append(p)
+        elif p.dim() < 2 or "LayerNorm" in name or "norm" in name.lower():
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [
+        {"params": decay, "weight_decay": sched.weight_decay, "base_lr": sched.lr, "name": "weights"},
+        {"params": no_decay, "weight_decay": 0.0, "base_lr": sched.lr, "name": "no_decay"},
+        {"params": scales, "weight_decay": 0.0, "base_lr": sched.scale_lr, "name": "step_sizes"},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def freeze_unused_psum_scales(model: nn.Module) -> None:
+    """PSUM step sizes of ``mode: none`` layers take no part in the forward pass: freeze them (DDP
+    requires every trainable parameter to get a gradient)."""
+    from apsq.nn.psum_quantizer import PSUMQuantizer
+
+    for m in model.modules():
+        if isinstance(m, PSUMQuantizer) and m.mode == "none":
+            m.log2_scales.requires_grad_(False)
+
+
+def logits_of(out: Any) -> torch.Tensor:
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+def distill_loss(student: Any, teacher: Any, labels: torch.Tensor, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """``kd * T^2 KL(p_t || p_s) + ce * CE(s, y) + hidden * mean_l MSE(h_s^l, h_t^l)`` (Hinton et al. 2015)."""
+    d = cfg.distill
+    s, t = logits_of(student), logits_of(teacher).detach()
+    temp = d.temperature
+    kd = F.kl_div(F.log_softmax(s / temp, -1), F.log_softmax(t / temp, -1), log_target=True,
+                  reduction="batchmean") * temp * temp
+    parts = {"kd": kd}
+    total = d.kd_weight * kd
+    if d.ce_weight > 0:
+        parts["ce"] = F.cross_entropy(s, labels)
+        total = total + d.ce_weight * parts["ce"]
+    if d.hidden_weight > 0:
+        hs, ht = student.hidden_states, teacher.hidden_states
+        parts["hidden"] = torch.stack([F.mse_loss(a, b.detach()) for a, b in zip(hs, ht)]).mean()
+        total = total + d.hidden_weight * parts["hidden"]
+    parts["loss"] = total
+    return parts
+
+
+def _inputs(batch: dict[str, torch.Tensor], device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    labels = batch["labels"].to(device)
+    return {k: v.to(device) for k, v in batch.items() if k != "labels"}, labels
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: BatchSource, batch_size: int = 64, rank: int = 0, world: int = 1,
+             device: torch.device | str = "cpu", reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             desc: str = "eval", progress: bool = True) -> float:
+    """Accuracy (fraction) of ``model`` on ``data``; rows are sharded over ``world`` processes."""
+    was = model.training
+    model.eval()
+    mine = list(range(rank, len(data), world))
+    lengths = getattr(data, "lengths", None)
+    if lengths is not None:  # similar lengths batched together: less padding, same accuracy
+        lens = lengths()
+        mine.sort(key=lambda i: lens[i])
+    counts = torch.zeros(2, dtype=torch.float64, device=device)
+    for i in tqdm(range(0, len(mine), batch_size), desc=desc, disable=not progress, leave=False):
+        inputs, labels = _inputs(data.batch(mine[i: i + batch_size]), torch.device(device))
+        pred = logits_of(model(**inputs)).argmax(-1)
+        counts[0] += (pred == labels).sum()
+        counts[1] += labels.numel()
+    if reduce is not None:
+        counts = reduce(counts)
+    model.train(was)
+    return float(counts[0] / counts[1])
+
+
+class MetricsLog:
+    """JSON lines, appended by the main process; on resume, lines after the checkpoint are dropped."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+
+    def truncate_after(self, stage: str, step: int) -> None:
+        if not self.enabled or not self.path.exists():
+            return
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by the crash
+            if (STAGES.index(rec.get("stage", "finetune")), rec.get("step", 0)) <= (STAGES.index(stage), step):
+                keep.append(line)
+        atomic_write_text(self.path, "".join(k + "\n" for k in keep))
+
+    def log(self, **rec: Any) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+
+# --- the run ------------------------------------------------------------------------------------
+class _Run:
+    def __init__(self, cfg: TrainConfig, output: Path, resume: bool, on_step: StepHook | None, progress: bool,
+                 accelerator: Any = None) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        self.cfg, self.out, self.on_step = cfg, Path(output), on_step
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        # cpu=True without CUDA: lets `accelerate launch --multi_gpu --num_processes N` (torchrun) run N
+        # CPU processes with gloo (accelerate's `--cpu` launcher needs mpirun for N > 1).
+        self.acc = accelerator or Accelerator(
+            cpu=not torch.cuda.is_available(),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+        self.main = self.acc.is_main_process
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        self.progress = progress and self.main
+        for name, s in (("finetune", cfg.finetune), ("qat", cfg.qat)):
+            if s.batch_size % self.world:
+                raise APSQError(f"{name}.batch_size ({s.batch_size}) must be a multiple of the number of "
+                                f"processes ({self.world})")
+        self.state: dict[str, Any] = {"stage": "finetune", "step": 0}
+        self.tensors: dict[str, torch.Tensor] = {}
+        self._check_output(resume)
+        self.metrics = MetricsLog(self.out / METRICS, self.main)
+
+    def _check_output(self, resume: bool) -> None:
+        ck = self.out / CKPT
+        if resume:
+            if not ck.exists():
+                raise APSQError(f"--resume: no checkpoint in {self.out} (expected {CKPT}); start without --resume")
+            self.tensors, self.state = read_tensors(ck)
+            fp = self.state.get("fingerprint")
+            if fp != self.cfg.fingerprint():
+                old = self.state.get("config", {})
+                new = self.cfg.model_dump(exclude={"save_every", "eval", "threads"})
+                diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+                raise APSQError(f"checkpoint {ck} was written by a different config (differs in: "
+                                f"{', '.join(diff) or 'unknown'}); use the original config or a new --output")
+            if self.state.get("stage") not in STAGES or not isinstance(self.state.get("step"), int):
+                raise APSQError(f"checkpoint {ck} has an invalid state {self.state!r}")
+        elif any((self.out / f).exists() for f in (CKPT, FP32, RESULT)):
+            raise APSQError(f"{self.out} already holds a run; pass --resume to continue it or choose another --output "
+                            "(nothing was overwritten)")
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "config.json", self.cfg.model_dump_json(indent=1))
+        self.acc.wait_for_everyone()
+
+    # -- checkpoints --
+    def _save(self, stage: str, step: int, model: nn.Module, opt: torch.optim.Optimizer | None, **extra: Any) -> None:
+        base = {k: v for k, v in self.state.items() if k != "optimizer"}
+        self.state = {**base, **extra, "stage": stage, "step": step, "fingerprint": self.cfg.fingerprint(),
+                      "config": self.cfg.model_dump(mode="json", exclude={"save_every", "eval", "threads"})}
+        if self.main:
+            tensors = {f"model/{k}": v for k, v in self.acc.unwrap_model(model).state_dict().items()}
+            meta = dict(self.state)
+            if opt is not None:
+                ot, ometa = optimizer_to_flat(opt)
+                tensors.update(ot)
+                meta["optimizer"] = ometa
+            atomic_save_tensors(self.out / CKPT, tensors, meta)
+        self.acc.wait_for_everyone()
+
+    # -- one stage --
+    def _stage(self, stage: str, sched: ScheduleConfig, model: nn.Module, teacher: nn.Module | None,
+               data: BatchSource) -> nn.Module:
+        opt = torch.optim.AdamW(param_groups(model, sched), lr=sched.lr)
+        start = 0
+        if self.state["stage"] == stage and self.tensors:
+            load_model_state(model, self.tensors, self.out / CKPT)
+            if "optimizer" in self.state:
+                optimizer_from_flat(opt, self.tensors, self.state["optimizer"], self.out / CKPT)
+            start = self.state["step"]
+            self.tensors = {}
+        wrapped, wopt = self.acc.prepare(model, opt)
+        per = sched.batch_size // self.world
+        bar = tqdm(total=sched.steps, initial=start, desc=stage, disable=not self.progress, dynamic_ncols=True)
+        wrapped.train()
+        if teacher is not None:
+            teacher.to(self.acc.device).eval()
+        t0 = time.time()
+        for step in range(start, sched.steps):
+            torch.manual_seed(step_seed(self.cfg.seed, stage, step, self.rank))
+            for g in wopt.param_groups:
+                g["lr"] = g["base_lr"] * lr_factor(step, sched)
+            idx = global_batch(len(data), sched.batch_size, step, self.cfg.seed, stage)
+            inputs, labels = _inputs(data.batch(idx[self.rank * per:(self.rank + 1) * per]), self.acc.device)
+            hidden = teacher is not None and self.cfg.distill.hidden_weight > 0
+            out = wrapped(**inputs, output_hidden_states=True) if hidden else wrapped(**inputs)
+            if teacher is None:
+                parts = {"loss": F.cross_entropy(logits_of(out), labels)}
+            else:
+                with torch.no_grad():
+                    tout = teacher(**inputs, output_hidden_states=True) if hidden else teacher(**inputs)
+                parts = distill_loss(out, tout, labels, self.cfg)
+            if not torch.isfinite(parts["loss"]):
+                raise APSQError(f"{stage} step {step}: the loss is {float(parts['loss'])}; lower the learning rate")
+            wopt.zero_grad(set_to_none=True)
+            self.acc.backward(parts["loss"])
+            self.acc.clip_grad_norm_(wrapped.parameters(), 1.0)
+            wopt.step()
+            done = step + 1
+            rec = {k: round(float(v.detach()), 6) for k, v in parts.items()}
+            self.metrics.log(stage=stage, step=done, lr=wopt.param_groups[0]["lr"], sec=round(time.time() - t0, 3),
+                             **rec)
+            bar.update(1)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}")
+            ev = self.cfg.eval.every
+            if ev and done % ev == 0 and done < sched.steps:
+                self._eval(model, stage, done)
+            if done % self.cfg.save_every == 0 or done == sched.steps:
+                self._save(stage, done, model, opt)
+            if self.on_step is not None:
+                self.on_step(stage, done)
+        bar.close()
+        if sched.steps == 0 or start == sched.steps:
+            self._save(stage, sched.steps, model, opt)
+        return self.acc.unwrap_model(wrapped)
+
+    def _eval(self, model: nn.Module, stage: str, step: int) -> float:
+        acc = evaluate(self.acc.unwrap_model(model), self.task.eval, self.cfg.eval.batch_size, self.rank, self.world,
+                       self.acc.device, reduce=lambda t: self.acc.reduce(t, "sum"), desc=f"eval {stage}",
+                       progress=self.progress)
+        self.metrics.log(stage=stage, step=step, split=self.task.eval_split, accuracy=acc)
+        return acc
+
+    def run(self) -> dict[str, Any]:
+        import apsq
+        from apsq.train.models import build_model, load_tokenizer
+
+        cfg = self.cfg
+        t_start = time.time()
+        tok = None if cfg.model.name == "digits-cnn" else load_tokenizer(cfg)
+        self.task: Task = build_task(cfg, tok)
+        model = build_model(cfg)
+        self.metrics.truncate_after(self.state["stage"], self.state["step"])
+        # stage 1: full precision
+        if self.state["stage"] == "finetune":
+            if cfg.finetune.init:
+                t, _ = read_tensors(Path(cfg.finetune.init))
+                load_model_state(model, t, Path(cfg.finetune.init))
+                if cfg.finetune.steps:
+                    raise APSQError("finetune.init and finetune.steps > 0 both given; set finetune.steps: 0 to reuse "
+                                    "a fine-tuned model")
+            model = self._stage("finetune", cfg.finetune, model, None, self.task.train)
+            if self.main:
+                atomic_save_tensors(self.out / FP32, {f"model/{k}": v for k, v in model.state_dict().items()},
+                                    {"fingerprint": cfg.fingerprint()})
+            fp32_acc = self._eval(model, "finetune", cfg.finetune.steps)
+            self.state["fp32_accuracy"] = fp32_acc
+            self._save("finetune", cfg.finetune.steps, model, None)
+        else:
+            t, _ = read_tensors(self.out / FP32)
+            load_model_state(model, t, self.out / FP32)
+        result: dict[str, Any] = {"fp32_accuracy": self.state["fp32_accuracy"], "eval_split": self.task.eval_split,
+                                  "seed": cfg.seed, "finetune_steps": cfg.finetune.steps, "processes": self.world}
+        qcfg = cfg.apsq_config()
+        if qcfg is not None:
+            teacher = copy.deepcopy(model).eval()
+            teacher.requires_grad_(False)
+            apsq.quantize_(model, qcfg)
+            freeze_unused_psum_scales(model)
+            if self.state["stage"] == "finetune":  # fresh QAT: initialise every step size
+                n = len(self.task.train)
+                bs = cfg.qat.batch_size
+                batches = [_inputs(self.task.train.batch(global_batch(n, bs, i, cfg.seed, "calib")), torch.device("cpu"))[0]
+                           for i in range(cfg.qat.calib_batches)]
+                apsq.calibrate(model, batches)
+                self.state.update(stage="qat", step=0)
+            if cfg.eval.after_calibration:
+                if self.state["step"] == 0:
+                    self.state["calibrated_accuracy"] = self._eval(model, "qat", 0)
+                result["calibrated_accuracy"] = self.state.get("calibrated_accuracy")
+            model = self._stage("qat", cfg.qat, model, teacher, self.task.train)
+            result.update(accuracy=self._eval(model, "qat", cfg.qat.steps), qat_steps=cfg.qat.steps,
+                          apsq=qcfg.to_dict())
+        result["replica_max_abs_diff"] = self._replica_diff(model)
+        result["seconds"] = round(time.time() - t_start, 1)
+        if self.main:
+            atomic_write_text(self.out / RESULT, json.dumps(result, indent=1))
+        self.acc.wait_for_everyone()
+        result["model"] = model
+        return result
+
+    def _replica_diff(self, model: nn.Module) -> float:
+        """Largest difference between processes of a few float64 fingerprints of all parameters."""
+        g = torch.Generator().manual_seed(0)
+        vec = torch.zeros(3, dtype=torch.float64)
+        for p in model.parameters():
+            x = p.detach().double().flatten().cpu()
+            w = torch.rand(x.numel(), generator=g, dtype=torch.float64)
+            vec += torch.stack([x.sum(), (x * x).sum(), (w * x).sum()])
+        allv = self.acc.gather(vec.to(self.acc.device).unsqueeze(0)).cpu()
+        return float((allv - allv[0]).abs().max()) if math.isfinite(float(allv.abs().sum())) else float("inf")
+
+
+def train(cfg: TrainConfig, output: str | Path, resume: bool = False, *, on_step: StepHook | None = None,
+          progress: bool = True, accelerator: Any = None) -> dict[str, Any]:
+    """Run (or, with ``resume``, continue) the config; returns the result dict (plus the final ``model``).
+
+    ``on_step(stage, step)`` is called after every optimizer step (and after a checkpoint due at that step).
+    """
+    return _Run(cfg, Path(output), resume, on_step, progress, accelerator).run()
