@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from apsq.errors import PSUM_MODES, check_bits, check_choice
+from apsq.errors import PSUM_MODES, APSQError, check_bits, check_choice
 from apsq.hw.accelerator import Accelerator, default_accelerator
 from apsq.hw.dataflow import DATAFLOWS, LEVELS, OPERANDS, AccessCounts, access_counts
 from apsq.hw.workloads.base import Workload
@@ -116,17 +116,27 @@ def evaluate(
     gs: int | Mapping[str, int] | Sequence[int] = 1,
     psum_bits: int = 8,
     accelerator: Accelerator | None = None,
+    baseline_bits: int | Sequence[int] | None = None,
 ) -> EnergyReport:
     """Energy of ``workload`` under ``dataflow`` (``is``/``ws``/``os``) and PSUM ``mode``.
 
     ``gs``: APSQ group size, one int or per layer (see :meth:`Workload.gs_array`); ``psum_bits``: the
-    stored PSUM width in ``psq``/``apsq`` (``none`` stores the accelerator's ``acc_bits``).
+    stored PSUM width in ``psq``/``apsq`` (``none`` stores the accelerator's ``acc_bits``, or
+    ``baseline_bits``: one width or one per layer; the in-PE register stays ``acc_bits`` wide).
     """
     acc = accelerator or default_accelerator()
     check_choice("dataflow", dataflow, tuple(DATAFLOWS))
     check_choice("mode", mode, PSUM_MODES)
     check_bits("psum_bits", psum_bits, lo=1, hi=64)
-    counts = access_counts(workload, acc, dataflow, mode, gs, psum_bits)
+    if baseline_bits is not None:
+        if mode != "none":
+            raise APSQError(f"baseline_bits applies to mode 'none' only, got mode={mode!r}")
+        if np.ndim(baseline_bits) == 0:
+            check_bits("baseline_bits", int(baseline_bits), lo=1, hi=64)
+        elif len(baseline_bits) != len(workload.layers):
+            raise APSQError(f"baseline_bits has {len(baseline_bits)} values but workload {workload.name!r} has "
+                            f"{len(workload.layers)} layers")
+    counts = access_counts(workload, acc, dataflow, mode, gs, psum_bits, baseline_bits)
     er, ew = energy_per_bit(acc)
     energy = (counts.reads * er + counts.writes * ew) * counts.bits
     mac = counts.macs * acc.pe_array.mac_pj

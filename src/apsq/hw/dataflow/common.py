@@ -56,13 +56,15 @@ class PsumPlan:
     reads: np.ndarray  # stored-PSUM reads per output element
     writes: np.ndarray  # stored-PSUM writes per output element
     slots: np.ndarray  # live stored PSUM codes per output element (peak)
-    bits: int  # width of one stored PSUM code
+    bits: int | np.ndarray  # width of one stored PSUM code (per layer for a per-layer baseline width)
 
 
-def psum_plan(steps: np.ndarray, mode: str, gs: np.ndarray | int, psum_bits: int, acc_bits: int) -> PsumPlan:
+def psum_plan(steps: np.ndarray, mode: str, gs: np.ndarray | int, psum_bits: int,
+              acc_bits: int | np.ndarray) -> PsumPlan:
     """Reads, writes and live slots per output element for ``mode`` (see the module docstring).
 
-    ``psum_bits`` is the stored width in ``psq``/``apsq``; ``none`` stores ``acc_bits``.
+    ``psum_bits`` is the stored width in ``psq``/``apsq``; ``none`` stores ``acc_bits`` (one width, or
+    one per layer, e.g. the exact width ``16 + ceil(log2 K)``).
     """
     check_choice("mode", mode, PSUM_MODES)
     check_bits("psum_bits", psum_bits, lo=1, hi=64)
@@ -74,6 +76,10 @@ def psum_plan(steps: np.ndarray, mode: str, gs: np.ndarray | int, psum_bits: int
         raise APSQError("every layer needs at least one reduction step (K >= 1)")
     rw = steps - 1
     if mode == "none":
+        if np.ndim(acc_bits):
+            acc_bits = np.broadcast_to(np.asarray(acc_bits, dtype=np.int64), steps.shape)
+            if (acc_bits < 1).any() or (acc_bits > 64).any():
+                raise APSQError(f"baseline PSUM bits must be in 1..64, got {acc_bits.tolist()}")
         return PsumPlan(mode, steps, rw, rw, (steps > 1).astype(np.int64), acc_bits)
     if mode == "psq":
         return PsumPlan(mode, steps, rw, rw, rw, psum_bits)
@@ -176,7 +182,7 @@ def assemble(name: str, g: GemmShapes, t: DataflowTerms, plan: PsumPlan, acc, la
         raise APSQError(
             f"{name}: the PSUM buffer ({acc.buffers.psum.capacity_kib} KiB) cannot hold even one PE-array tile of "
             f"layer {layer_names[i]!r}: {int(t.psum_lanes[i])} outputs x {int(plan.slots[i])} slot(s) x "
-            f"{plan.bits} bits "
+            f"{np.broadcast_to(plan.bits, bad.shape)[i]} bits "
             f"= {need[i] / 8192:.3f} KiB; enlarge buffers.psum.capacity_kib or lower gs / psum bits"
         )
     spill = refetch_fraction(live_bits, cap)

@@ -1,0 +1,170 @@
+"""The accumulator-aware baseline: brevitas A2Q / A2Q+ weight quantizers on the same model and task.
+
+A2Q (Colbert et al., ICCV 2023) bounds each output channel's integer weight l1-norm so that a
+``P``-bit accumulator can never overflow for ``N``-bit inputs; A2Q+ (2024) zero-centres the weights
+and relaxes the bound. Here every ``nn.Linear`` / ``nn.Conv2d`` (except excluded heads) becomes a brevitas
+``QuantLinear`` / ``QuantConv2d`` with ``Int8AccumulatorAwareWeightQuant`` (A2Q) or
+``Int8AccumulatorAwareZeroCenterWeightQuant`` (A2Q+) at ``weight_accumulator_bit_width = P`` and an
+8-bit per-tensor input quantizer (``Int8ActPerTensorFloat``): W8A8 with a P-bit accumulator.
+
+All variants, APSQ included, are trained by the same short QAT + KD loop (:func:`qat_kd`), so the
+comparison differs only in the quantizer.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from apsq.beyond.runner import Setup
+from apsq.errors import APSQError, check_int
+from apsq.tune.profile import Metrics, logits_on, metrics_of
+
+
+def a2q_quantize_(model: nn.Module, acc_bits: int, plus: bool = False, exclude: Sequence[str] = ()) -> nn.Module:
+    """Replace every ``nn.Linear`` not matching ``exclude`` (fnmatch on module names) in place."""
+    import brevitas.nn as qnn
+    from brevitas.quant.scaled_int import (
+        Int8AccumulatorAwareWeightQuant,
+        Int8AccumulatorAwareZeroCenterWeightQuant,
+        Int8ActPerTensorFloat,
+    )
+
+    check_int("acc_bits", acc_bits, lo=2, hi=64)
+    wq = Int8AccumulatorAwareZeroCenterWeightQuant if plus else Int8AccumulatorAwareWeightQuant
+    targets = [(n, m) for n, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)
+               and not any(fnmatch.fnmatchcase(n, p) for p in exclude)]
+    if not targets:
+        raise APSQError("a2q_quantize_: the model has no nn.Linear / nn.Conv2d to quantize")
+    kw = {"weight_quant": wq, "weight_accumulator_bit_width": acc_bits, "input_quant": Int8ActPerTensorFloat,
+          "return_quant_tensor": False}
+    for name, lin in targets:
+        if isinstance(lin, nn.Linear):
+            q = qnn.QuantLinear(lin.in_features, lin.out_features, bias=lin.bias is not None, **kw)
+        else:
+            if lin.padding_mode != "zeros":
+                raise APSQError(f"a2q_quantize_: conv {name!r} uses padding_mode={lin.padding_mode!r}; only 'zeros'")
+            q = qnn.QuantConv2d(lin.in_channels, lin.out_channels, lin.kernel_size, stride=lin.stride,
+                                padding=lin.padding, dilation=lin.dilation, groups=lin.groups,
+                                bias=lin.bias is not None, **kw)
+        q.load_state_dict(lin.state_dict(), strict=False)  # weight/bias; quantizer state initialises itself
+        a2q_init_scales_(q, plus)
+        parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+        setattr(parent, name.rsplit(".", 1)[-1], q)
+    return model
+
+
+@torch.no_grad()
+def a2q_init_scales_(q: nn.Module, plus: bool, input_bits: int = 8) -> None:
+    """Post-training start for A2Q: raise each channel's post-scale ``s`` to ``||w||_1 / T``.
+
+    brevitas initialises ``s = max|w| / 127`` and clamps the norm ``g/s`` at the l1 bound ``T``, which
+    shrinks every dequantized weight by ``T·s/||w||_1`` (50x for K = 384 at P = 16: the output
+    collapses). With ``s >= ||w||_1 / T`` the clamp is inactive at start: the weights keep their
+    magnitude and the integer l1-norm ``||w||_1 / s <= T`` still meets the accumulator bound.
+    """
+    tq = q.weight_quant.tensor_quant
+    w = q.weight.detach().flatten(1)
+    if plus:
+        w = w - w.mean(1, keepdim=True)
+    d_w = w.abs().sum(1, keepdim=True)
+    t = tq.pre_scaling_impl.calc_max_l1_norm(torch.tensor(float(input_bits)), True)
+    for impl in (tq.scaling_impl, tq.pre_scaling_impl.scaling_impl):
+        v = impl.value  # log2 of s, [out, 1]
+        v.copy_(torch.maximum(v, torch.log2(d_w / t).view_as(v)))
+
+
+@torch.no_grad()
+def a2q_calibrate(model: nn.Module, batches: Sequence[Any]) -> None:
+    """Collect the input quantizers' statistics (brevitas calibration mode) on ``batches``."""
+    from brevitas.graph.calibrate import calibration_mode
+
+    model.eval()
+    with calibration_mode(model):
+        for b in batches:
+            model(**b) if isinstance(b, dict) else model(b)
+
+
+def qat_kd(model: nn.Module, teacher: nn.Module, setup: Setup, steps: int,
+           progress: Callable[[str], None] | None = None) -> nn.Module:
+    """``steps`` AdamW steps of KD (+CE) from ``teacher`` with the setup config's ``qat``/``distill``
+    settings; quantizer parameters (names with ``quant``/``log2_scale``) use ``qat.scale_lr``."""
+    from apsq.train.loop import _inputs, distill_loss, global_batch, lr_factor, step_seed
+
+    cfg, sched = setup.cfg, setup.cfg.qat
+    scale = [p for n, p in model.named_parameters() if p.requires_grad and ("quant" in n or "log2_scale" in n)]
+    ids = {id(p) for p in scale}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    opt = torch.optim.AdamW([{"params": rest, "lr": sched.lr, "base_lr": sched.lr},
+                             {"params": scale, "lr": sched.scale_lr, "base_lr": sched.scale_lr, "weight_decay": 0.0}],
+                            weight_decay=sched.weight_decay)
+    data = setup.task.train
+    model.train()
+    teacher.eval()
+    for step in range(steps):
+        torch.manual_seed(step_seed(cfg.seed, "qat", step))
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * lr_factor(step, sched.model_copy(update={"steps": steps}))
+        inputs, labels = _inputs(data.batch(global_batch(len(data), sched.batch_size, step, cfg.seed, "qat")),
+                                 torch.device("cpu"))
+        out = model(**inputs)
+        with torch.no_grad():
+            tout = teacher(**inputs)
+        loss = distill_loss(out, tout, labels, cfg)["loss"]
+        if not torch.isfinite(loss):
+            raise APSQError(f"QAT step {step}: loss is {float(loss)}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if progress and (step + 1) % 10 == 0:
+            progress(f"  step {step + 1}/{steps} loss {float(loss.detach()):.4f}")
+    model.eval()
+    return model
+
+
+def build_variant(setup: Setup, spec: dict[str, Any]) -> nn.Module:
+    """A quantized, calibrated copy of the setup's FP32 model for ``spec``:
+    ``{"kind": "a2q", "acc_bits": P, "plus": bool}`` or ``{"kind": "apsq", "apsq": {APSQConfig mapping}}``."""
+    import apsq
+
+    m = copy.deepcopy(setup.model)
+    exclude = tuple((setup.cfg.apsq or {}).get("exclude", ("classifier",)))
+    if spec["kind"] == "a2q":
+        a2q_quantize_(m, int(spec["acc_bits"]), bool(spec.get("plus", False)), exclude)
+        a2q_calibrate(m, setup.calib)
+    elif spec["kind"] == "apsq":
+        apsq.quantize_(m, apsq.APSQConfig.from_dict(dict(spec["apsq"])))
+        from apsq.train.loop import freeze_unused_psum_scales
+
+        freeze_unused_psum_scales(m)
+        apsq.calibrate(m, setup.calib)
+    else:
+        raise APSQError(f"variant kind must be 'a2q' or 'apsq', got {spec['kind']!r}")
+    return m
+
+
+def run_a2q_study(setup: Setup, specs: dict[str, dict[str, Any]], qat_steps: int,
+                  progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+    """PTQ (calibrated) and QAT metrics of every variant, all through the same loop."""
+    fp = logits_on(setup.model, setup.eval)
+    labels = torch.cat([y for _, y in setup.eval])
+    teacher = copy.deepcopy(setup.model).eval().requires_grad_(False)
+    out: dict[str, dict[str, Any]] = {}
+    for name, spec in specs.items():
+        if progress:
+            progress(f"{name}: calibrate")
+        m = build_variant(setup, spec)
+        ptq: Metrics = metrics_of(logits_on(m, setup.eval), fp, labels)
+        out[name] = {"spec": spec, "ptq": ptq.to_dict()}
+        if qat_steps > 0:
+            if progress:
+                progress(f"{name}: QAT {qat_steps} steps")
+            qat_kd(m, teacher, setup, qat_steps, progress)
+            out[name]["qat"] = metrics_of(logits_on(m, setup.eval), fp, labels).to_dict()
+    return out

@@ -1,0 +1,177 @@
+"""``apsq beyond baseline | low-bit | a2q``: the studies of docs/beyond-the-paper.md."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from apsq.errors import APSQError
+
+
+def _fail(exc: Exception) -> None:
+    Console(stderr=True).print(f"[red]error:[/red] {exc}")
+    raise typer.Exit(2)
+
+
+def _command() -> str:
+    return "apsq " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _write(path: Path | None, data: dict[str, Any]) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1))
+
+
+def _write_keyed(path: Path | None, key: str | None, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path``, or with ``key`` merge it as ``{key: data}`` into the file's mapping."""
+    if path is None or key is None:
+        _write(path, data)
+        return
+    old: dict[str, Any] = {}
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise APSQError(f"--json {path}: not valid JSON ({exc}); cannot merge --key {key!r}") from None
+    old[key] = data
+    _write(path, old)
+
+
+def _ints(name: str, text: str) -> tuple[int, ...]:
+    from apsq.tune.cli import parse_ints
+
+    return parse_ints(name, text)
+
+
+def register(app: typer.Typer) -> None:
+    beyond = typer.Typer(help="Studies beyond the paper: baseline PSUM width, sub-8-bit, A2Q baseline.")
+
+    @beyond.command("baseline")
+    def baseline_cmd(
+        config: Path | None = typer.Option(None, "--config", "-c", help="training config for the accuracy part"),
+        fp32: Path | None = typer.Option(None, "--fp32", help="FP32 checkpoint (default: finetune.init)"),
+        acc_bits: str = typer.Option("16,20,24", "--acc-bits", help="narrow baseline widths to evaluate"),
+        eval_limit: int | None = typer.Option(256, "--eval-limit", help="evaluation examples (0: all)"),
+        threads: int = typer.Option(1, "--threads"),
+        json_path: Path | None = typer.Option(None, "--json"),
+    ) -> None:
+        """Energy of 16/24/32-bit and exact-width (16 + ceil(log2 K)) baseline PSUMs vs APSQ, built-in
+        workloads, IS and WS; with --config, PTQ accuracy of saturating narrow baselines."""
+        import torch
+
+        from apsq.beyond.baseline import baseline_study
+
+        try:
+            torch.set_num_threads(threads)
+            res: dict[str, Any] = {"command": _command(), "energy": baseline_study()}
+            if config is not None:
+                from apsq.beyond.runner import load_setup
+                from apsq.beyond.variants import run_variants
+
+                s = load_setup(config, fp32, eval_limit or None)
+                base = dict(s.cfg.apsq or {})
+                keep = {k: v for k, v in base.items() if k not in ("mode", "gs", "psum_bits", "acc_bits")}
+                variants = {"none_exact": {**keep, "mode": "none"}}
+                for b in _ints("--acc-bits", acc_bits):
+                    variants[f"none_acc{b}"] = {**keep, "mode": "none", "acc_bits": b}
+                variants["apsq_gs2_int8"] = {**keep, "mode": "apsq", "gs": 2, "psum_bits": 8}
+                from apsq.beyond.baseline import baseline_energy
+                from apsq.beyond.runner import workload_of
+
+                log = Console(stderr=True).log
+                wl = workload_of(s.cfg)
+                res["accuracy"] = {"config": str(config), "eval_examples": sum(len(y) for _, y in s.eval),
+                                   "variants": run_variants(s, variants, progress=log),
+                                   "energy": [baseline_energy(wl, df) for df in ("is", "ws")]}
+        except APSQError as exc:
+            _fail(exc)
+            return
+        _write(json_path, res)
+        t = Table(title="total energy (µJ) by baseline PSUM width; APSQ gs=2 INT8 saving vs each")
+        for col in ("workload", "df", "16", "24", "32", "exact", "APSQ gs2", "save vs 32", "vs exact", "vs 16"):
+            t.add_column(col, justify="right")
+        for r in res["energy"]:
+            b, a = r["baseline"], r["apsq"]["2"]
+            t.add_row(r["workload"], r["dataflow"], *(f"{b[k]['total_uj']:,.0f}" for k in ("16", "24", "32", "exact")),
+                      f"{a['total_uj']:,.0f}", *(f"{100 * a['reduction_vs'][k]:.1f}%" for k in ("32", "exact", "16")))
+        Console().print(t)
+        if "accuracy" in res:
+            for k, v in res["accuracy"]["variants"].items():
+                Console().print(f"{k}: PTQ accuracy {v['ptq']['accuracy']:.4f}, KL {v['ptq']['kl']:.5f}")
+
+    @beyond.command("low-bit")
+    def lowbit_cmd(
+        config: Path = typer.Option(..., "--config", "-c", help="training config (model, data, apsq base)"),
+        fp32: Path | None = typer.Option(None, "--fp32", help="FP32 checkpoint (default: finetune.init)"),
+        gs: int = typer.Option(2, "--gs", help="APSQ group size of every variant"),
+        psum_bits: str = typer.Option("8,6,4", "--psum-bits"),
+        qat_steps: int = typer.Option(0, "--qat-steps", help="also QAT+KD each variant for N steps (0: PTQ only)"),
+        only: str | None = typer.Option(None, "--only", help="comma-separated variant names to run"),
+        run_dir: Path = typer.Option(Path("runs/beyond/low_bit"), "--run-dir", help="QAT run folders"),
+        dataflow: str = typer.Option("is,ws", "--dataflows"),
+        seq_len: int | None = typer.Option(None, "--seq-len", help="tokens of the energy workload"),
+        eval_limit: int | None = typer.Option(256, "--eval-limit", help="evaluation examples (0: all)"),
+        threads: int = typer.Option(1, "--threads"),
+        json_path: Path | None = typer.Option(None, "--json"),
+        key: str | None = typer.Option(None, "--key", help="merge into --json under this key (e.g. the task)"),
+    ) -> None:
+        """W4A4 / W4A8 with APSQ PSUMs at 8/6/4 bits: accuracy (PTQ, optional QAT) and energy."""
+        import torch
+
+        from apsq.beyond.lowbit import lowbit_variants, variant_energy
+        from apsq.beyond.runner import load_setup, workload_of
+        from apsq.beyond.variants import run_variants
+        from apsq.hw.energy import evaluate
+
+        try:
+            torch.set_num_threads(threads)
+            s = load_setup(config, fp32, eval_limit or None)
+            variants = lowbit_variants(dict(s.cfg.apsq or {}), gs, psum_bits=_ints("--psum-bits", psum_bits))
+            if only:
+                names = [n.strip() for n in only.split(",")]
+                bad = [n for n in names if n not in variants]
+                if bad:
+                    raise APSQError(f"--only: unknown variants {bad}; allowed: {', '.join(variants)}")
+                variants = {n: variants[n] for n in names}
+            path = fp32 or s.cfg.finetune.init
+            res = run_variants(s, variants, qat_steps=qat_steps, fp32=path, run_dir=run_dir,
+                               qat_eval_limit=eval_limit or None, progress=Console(stderr=True).log)
+            wl = workload_of(s.cfg, seq_len)
+            for df in dataflow.split(","):
+                ref = evaluate(wl, df, "none", 1, 8).total_pj / 1e6
+                for name, v in variants.items():
+                    res[name].setdefault("energy", {})[df] = variant_energy(wl, df, v, ref_uj=ref)
+        except APSQError as exc:
+            _fail(exc)
+            return
+        out = {"command": _command(), "config": str(config), "workload": wl.name, "gs": gs,
+               "eval_examples": sum(len(y) for _, y in s.eval), "qat_steps": qat_steps, "variants": res}
+        try:
+            _write_keyed(json_path, key, out)
+        except APSQError as exc:
+            _fail(exc)
+        t = Table(title=f"low-bit variants, {config} ({out['eval_examples']} eval examples)")
+        for col in ("variant", "PTQ acc", "PTQ KL", "QAT acc", *(f"E {d} µJ" for d in dataflow.split(","))):
+            t.add_column(col, justify="left" if col == "variant" else "right")
+        for n, r in res.items():
+            q = r.get("qat", {}).get("accuracy")
+            t.add_row(n, f"{r['ptq']['accuracy']:.4f}", f"{r['ptq']['kl']:.4f}", "-" if q is None else f"{q:.4f}",
+                      *(f"{r['energy'][d]['total_uj']:,.2f}" for d in dataflow.split(",")))
+        Console().print(t)
+
+    try:
+        from apsq.beyond.a2q_cli import register_a2q
+    except ModuleNotFoundError as exc:  # pragma: no cover
+        if exc.name != "apsq.beyond.a2q_cli":
+            raise
+    else:
+        register_a2q(beyond)
+    app.add_typer(beyond, name="beyond")

@@ -1,0 +1,89 @@
+"""Model, data and workload of a training config, for post-training studies (no training here).
+
+Reuses :mod:`apsq.train` (task builders, model builders, checkpoints) read-only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from apsq.errors import APSQError
+from apsq.hw.workloads.base import Workload
+from apsq.train.config import TrainConfig, load_config, parse_config
+from apsq.train.tasks import Task, build_task, subset
+
+__all__ = ["Setup", "load_setup", "workload_of"]
+
+
+class Setup:
+    """A config's FP32 model (weights from ``fp32``), its task, and calibration / evaluation batches."""
+
+    def __init__(self, cfg: TrainConfig, fp32: str | Path | None, eval_limit: int | None = None,
+                 calib_batches: int | None = None) -> None:
+        from apsq.train.checkpoint import load_model_state, read_tensors
+        from apsq.train.loop import _inputs, global_batch
+        from apsq.train.models import build_model, load_tokenizer
+
+        self.cfg = cfg
+        path = Path(fp32) if fp32 else (Path(cfg.finetune.init) if cfg.finetune.init else None)
+        if path is None or not path.is_file():
+            raise APSQError(f"--fp32: need a fine-tuned FP32 checkpoint (fp32.safetensors of an `apsq train` run); "
+                            f"got {str(path)!r}")
+        tok = None if cfg.model.name == "digits-cnn" else load_tokenizer(cfg)
+        self.task: Task = build_task(cfg, tok)
+        self.model: nn.Module = build_model(cfg)
+        t, _ = read_tensors(path)
+        load_model_state(self.model, t, path)
+        self.model.eval()
+        n, bs = len(self.task.train), cfg.qat.batch_size
+        nb = calib_batches or cfg.qat.calib_batches
+        self.calib = [_inputs(self.task.train.batch(global_batch(n, bs, i, cfg.seed, "calib")),
+                              torch.device("cpu"))[0] for i in range(nb)]
+        ev = self.task.eval
+        rows = subset(len(ev), eval_limit)
+        lengths = getattr(ev, "lengths", None)
+        if lengths is not None:  # batch similar lengths together (less padding, same result)
+            lens = lengths()
+            rows.sort(key=lambda i: lens[i])
+        ebs = cfg.eval.batch_size
+        self.eval: list[tuple[Any, torch.Tensor]] = []
+        for i in range(0, len(rows), ebs):
+            x, y = _inputs(ev.batch(rows[i:i + ebs]), torch.device("cpu"))
+            self.eval.append((x, y))
+
+
+def load_setup(config: str | Path | dict, fp32: str | Path | None = None, eval_limit: int | None = None,
+               calib_batches: int | None = None) -> Setup:
+    cfg = parse_config(config) if isinstance(config, dict) else load_config(config)
+    return Setup(cfg, fp32, eval_limit, calib_batches)
+
+
+def workload_of(cfg: TrainConfig, seq_len: int | None = None) -> Workload:
+    """The config's model traced on the meta device (text: ``seq_len`` tokens, default ``max_len``;
+    digits: one 8x8 image), as :func:`apsq.eval.sweep.energy_reductions` does."""
+    from apsq.hw.workloads.trace import trace_factory
+    from apsq.train.models import build_model
+
+    length = seq_len or cfg.model.max_len
+    if cfg.model.name == "digits-cnn":
+        def factory():  # noqa: ANN202
+            return build_model(cfg), (torch.zeros(1, 1, 8, 8),)
+        return trace_factory(factory, name="digits-cnn")
+
+    def factory():  # noqa: ANN202, F811
+        return build_model(cfg, weights=False), {"input_ids": torch.zeros(1, length, dtype=torch.long)}
+
+    return trace_factory(factory, name=f"{cfg.model.name}@{length}")
+
+
+def minilm_factory():  # noqa: ANN201
+    """``(model, inputs)`` of the MiniLM sentiment model at 64 tokens, for ``apsq energy --trace
+    apsq.beyond.runner:minilm_factory`` (layer names match ``apsq tune-gs`` configs)."""
+    from apsq.train.models import build_model
+
+    cfg = parse_config({"model": {"name": "minilm", "num_labels": 2, "max_len": 64}})
+    return build_model(cfg, weights=False), {"input_ids": torch.zeros(1, 64, dtype=torch.long)}

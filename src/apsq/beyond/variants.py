@@ -1,0 +1,77 @@
+"""Evaluate quantization variants of one model: post-training (calibrated) and, optionally, short QAT.
+
+A variant is an :class:`apsq.APSQConfig` mapping. PTQ: quantize a copy of the FP32 model, calibrate on
+the setup's calibration batches, evaluate (:func:`apsq.tune.profile.metrics_of`). QAT: a run of
+:func:`apsq.train.loop.train` from the FP32 checkpoint (finished runs are reused).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from apsq.beyond.runner import Setup
+from apsq.errors import APSQError
+from apsq.nn.config import APSQConfig
+from apsq.nn.transform import calibrate, quantize_
+from apsq.train.config import parse_config
+from apsq.tune.profile import Metrics, logits_on, metrics_of
+
+
+def ptq_metrics(setup: Setup, qcfg: APSQConfig, fp_logits=None) -> Metrics:  # noqa: ANN001
+    """Calibrated-only metrics of ``qcfg`` on the setup's evaluation batches."""
+    import torch
+
+    fp = fp_logits if fp_logits is not None else logits_on(setup.model, setup.eval)
+    labels = torch.cat([y for _, y in setup.eval])
+    m = quantize_(copy.deepcopy(setup.model), qcfg)
+    calibrate(m, setup.calib)
+    return metrics_of(logits_on(m, setup.eval), fp, labels)
+
+
+def qat_accuracy(setup: Setup, fp32: str | Path, qcfg: Mapping[str, Any], steps: int, output: Path,
+                 eval_limit: int | None = None, progress: bool = False) -> dict[str, Any]:
+    """Accuracy after ``steps`` QAT+KD steps of the setup's config with ``apsq: qcfg`` (a run in ``output``)."""
+    from apsq.train.loop import train
+
+    d = setup.cfg.model_dump(mode="json")
+    d["apsq"] = dict(qcfg)
+    d["finetune"] = {**d["finetune"], "steps": 0, "init": str(fp32)}
+    d["qat"] = {**d["qat"], "steps": int(steps)}
+    d["eval"] = {**d["eval"], "after_calibration": True}
+    if eval_limit:
+        d["data"] = {**d["data"], "eval_limit": int(eval_limit)}
+    cfg = parse_config(d, "qat variant")
+    res_path, conf_path = output / "result.json", output / "config.json"
+    if res_path.exists() and conf_path.exists():
+        if parse_config(json.loads(conf_path.read_text())).fingerprint() == cfg.fingerprint():
+            r = json.loads(res_path.read_text())
+            return {"accuracy": r["accuracy"], "calibrated_accuracy": r.get("calibrated_accuracy"),
+                    "qat_steps": steps, "run": str(output)}
+        raise APSQError(f"{output} holds a different run; remove it")
+    r = train(cfg, output, progress=progress)
+    return {"accuracy": r["accuracy"], "calibrated_accuracy": r.get("calibrated_accuracy"), "qat_steps": steps,
+            "run": str(output)}
+
+
+def run_variants(setup: Setup, variants: Mapping[str, Mapping[str, Any]], *, qat_steps: int = 0,
+                 fp32: str | Path | None = None, run_dir: Path | None = None, qat_eval_limit: int | None = None,
+                 progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+    """PTQ metrics (and QAT accuracy when ``qat_steps`` > 0) of every named variant."""
+    fp = logits_on(setup.model, setup.eval)
+    out: dict[str, dict[str, Any]] = {}
+    for name, v in variants.items():
+        if progress:
+            progress(f"variant {name}: PTQ")
+        q = APSQConfig.from_dict(dict(v))
+        out[name] = {"config": dict(v), "ptq": ptq_metrics(setup, q, fp).to_dict()}
+        if qat_steps > 0:
+            if fp32 is None or run_dir is None:
+                raise APSQError("QAT needs fp32 and run_dir")
+            if progress:
+                progress(f"variant {name}: QAT {qat_steps} steps")
+            out[name]["qat"] = qat_accuracy(setup, fp32, v, qat_steps, run_dir / name, qat_eval_limit)
+    return out

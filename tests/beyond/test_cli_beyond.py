@@ -1,0 +1,92 @@
+"""CLI end to end on the digits CNN (small): tune-gs, beyond low-bit, beyond a2q, beyond baseline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from apsq.beyond.lowbit import lowbit_variants, variant_energy
+from apsq.beyond.runner import workload_of
+from apsq.cli import app
+from apsq.hw.energy import evaluate
+from apsq.nn.config import APSQConfig
+from apsq.train.config import parse_config
+
+def test_tune_gs_cli(setup_files, runner, digits_cfg):
+    d = setup_files
+    r = runner.invoke(app, ["tune-gs", "-c", str(d / "cfg.yaml"), "--fp32", str(d / "fp32.safetensors"),
+                            "--gs", "1,2,4", "--psum-kib", "1", "--eval-limit", "0", "--max-points", "4",
+                            "--json", str(d / "t.json"), "--out-yaml", str(d / "t.yaml"),
+                            "--train-yaml", str(d / "train.yaml"), "--png", str(d / "t.png")])
+    assert r.exit_code == 0, r.output
+    res = json.loads((d / "t.json").read_text())
+    assert res["layers"] == ["features.3", "features.7"]  # K = 144, 288: more than one 16-row tile
+    assert res["evaluations"] >= 3 and (d / "t.png").stat().st_size > 1000
+    cfg = APSQConfig.from_yaml(d / "t.yaml")
+    chosen = res["chosen"]
+    assert {n: cfg.for_module(n).gs for n in res["layers"]} == chosen["gs"]
+    assert chosen["energy_uj"] <= res["budget_uj"] * (1 + 1e-9)
+    # the written config reproduces the chosen energy in the energy model (the --gs-config path)
+    from apsq.tune.cli import _accelerator
+
+    wl = workload_of(parse_config(digits_cfg))
+    e = evaluate(wl, "is", "apsq", cfg, 8, _accelerator(None, 1)).total_pj / 1e6
+    assert e == pytest.approx(chosen["energy_uj"], rel=1e-9)
+    # the training config carries it too
+    assert parse_config(yaml.safe_load((d / "train.yaml").read_text())).apsq_config() == cfg
+    # uniform energies rise with gs once the 1 KiB PSUM buffer spills
+    ue = [p["energy_uj"] for p in res["uniform"]]
+    assert ue == sorted(ue) and ue[0] < ue[-1]
+
+
+def test_tune_gs_cli_errors(setup_files, runner, digits_cfg):
+    d = setup_files
+    r = runner.invoke(app, ["tune-gs", "-c", str(d / "cfg.yaml"), "--fp32", str(d / "nope.safetensors")])
+    assert r.exit_code == 2 and "fp32" in r.output
+    r = runner.invoke(app, ["tune-gs", "-c", str(d / "cfg.yaml"), "--fp32", str(d / "fp32.safetensors"),
+                            "--gs", "1,x"])
+    assert r.exit_code == 2 and "--gs" in r.output
+
+
+def test_lowbit_variants_and_energy(runner, digits_cfg):
+    v = lowbit_variants({"tile": 16, "gs": 3, "exclude": ["classifier"]}, gs=2)
+    assert set(v) == {"w8a8_none", "w8a8_apsq8", "w4a4_none", "w4a4_apsq8", "w4a4_apsq6", "w4a4_apsq4",
+                      "w4a8_none", "w4a8_apsq8", "w4a8_apsq6", "w4a8_apsq4"}
+    for cfg in v.values():
+        APSQConfig.from_dict(cfg)
+    assert v["w4a8_apsq6"]["psum_bits"] == 6 and v["w4a8_apsq6"]["act_bits"] == 8
+    wl = workload_of(parse_config(digits_cfg))
+    e8 = variant_energy(wl, "is", v["w4a4_apsq8"])
+    e4 = variant_energy(wl, "is", v["w4a4_apsq4"])
+    ref = variant_energy(wl, "is", v["w8a8_none"])
+    assert e4["psum_uj"] == pytest.approx(e8["psum_uj"] / 2)  # stored PSUM energy is linear in its width
+    assert e8["total_uj"] < ref["total_uj"]
+
+
+def test_lowbit_cli_merges(setup_files, runner, digits_cfg):
+    d = setup_files
+    out = d / "lb.json"
+    for key in ("a", "b"):
+        r = runner.invoke(app, ["beyond", "low-bit", "-c", str(d / "cfg.yaml"), "--fp32", str(d / "fp32.safetensors"),
+                                "--only", "w8a8_none,w4a4_apsq4", "--eval-limit", "0", "--json", str(out),
+                                "--key", key])
+        assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    assert set(res) == {"a", "b"} and res["a"]["variants"] == res["b"]["variants"]
+    assert set(res["a"]["variants"]) == {"w8a8_none", "w4a4_apsq4"}
+    r = runner.invoke(app, ["beyond", "low-bit", "-c", str(d / "cfg.yaml"), "--fp32", str(d / "fp32.safetensors"),
+                            "--only", "w3a3"])
+    assert r.exit_code == 2 and "unknown variants" in r.output
+
+
+def test_baseline_cli(tmp_path, runner, digits_cfg):
+    out = tmp_path / "b.json"
+    r = runner.invoke(app, ["beyond", "baseline", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    assert len(res["energy"]) == 8  # four built-in workloads x IS, WS
+    for row in res["energy"]:
+        b = row["baseline"]
+        assert b["16"]["total_uj"] <= b["exact"]["total_uj"] <= b["32"]["total_uj"]
