@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 
 BITS_MIN, BITS_MAX = 2, 16
 PSUM_MODES = ("none", "psq", "apsq")
@@ -52,3 +55,14 @@ def check_finite(name: str, x: torch.Tensor) -> torch.Tensor:
             "quantized layers accept finite inputs only"
         )
     return x
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """Parse the YAML file ``path``; a missing file or bad YAML raises :class:`APSQError` naming ``what``."""
+    p = Path(path)
+    if not p.is_file():
+        raise APSQError(f"{what} {str(p)!r} does not exist")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise APSQError(f"{what} {str(p)!r} is not valid YAML: {exc}") from None

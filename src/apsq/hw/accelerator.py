@@ -25,10 +25,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from apsq.errors import APSQError
+from apsq.errors import APSQError, read_yaml
 
 __all__ = [
     "Accelerator",
@@ -170,12 +169,7 @@ def _configs_dir() -> Path:
 def load_accelerator(path: str | Path | None = None) -> Accelerator:
     """Load an accelerator YAML; ``None`` loads the packaged default 28 nm INT8 accelerator."""
     p = _configs_dir() / DEFAULT_ACCELERATOR if path is None else Path(path)
-    if not p.is_file():
-        raise APSQError(f"accelerator file {str(p)!r} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise APSQError(f"accelerator file {str(p)!r} is not valid YAML: {exc}") from None
+    data = read_yaml(p, "accelerator file")
     return Accelerator.from_dict(data, source=f"accelerator file {str(p)!r}")
 
 

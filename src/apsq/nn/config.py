@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from apsq.errors import PSUM_MODES, APSQError, check_bits, check_choice, check_int
+from apsq.errors import PSUM_MODES, APSQError, check_bits, check_choice, check_int, read_yaml
 
 LAYER_TYPES = ("linear", "conv2d")
 LAYER_FIELDS = ("tile", "mode", "gs", "psum_bits", "weight_bits", "act_bits", "weight_per_channel", "enabled",
@@ -137,8 +136,4 @@ class APSQConfig(LayerQuantConfig):
     @classmethod
     def from_yaml(cls, path: str | Path) -> APSQConfig:
         """Load from a YAML file (a mapping of the fields above)."""
-        try:
-            data = yaml.safe_load(Path(path).read_text())
-        except yaml.YAMLError as exc:
-            raise APSQError(f"{path}: not valid YAML ({exc})") from exc
-        return cls.from_dict(data or {})
+        return cls.from_dict(read_yaml(path, "APSQ config file") or {})

@@ -12,10 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from apsq.errors import APSQError
+from apsq.errors import APSQError, read_yaml
 from apsq.nn.config import APSQConfig
 
 
@@ -159,10 +158,4 @@ def parse_config(data: Any, source: str = "config") -> TrainConfig:
 def load_config(path: str | Path) -> TrainConfig:
     """Read and validate a YAML training config."""
     p = Path(path)
-    if not p.is_file():
-        raise APSQError(f"config file {p} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise APSQError(f"{p}: not valid YAML ({exc})") from exc
-    return parse_config(data, str(p))
+    return parse_config(read_yaml(p, "config file"), str(p))
