@@ -117,15 +117,19 @@ def print_rows(rows: list[DemoRow], console: Console) -> None:
 def _qat_table(res: dict, console: Console) -> None:
     energy = res.get("energy_reduction", {})
     total = energy.get("total", {}) if isinstance(energy, dict) else {}
-    t = Table(title=f"all-MiniLM-L6-v2 on Rotten Tomatoes sentences: FP32 accuracy {res['fp32']:.4f}")
-    for col in ("variant", "accuracy (QAT+KD)", "calibration only", "energy saved IS", "energy saved WS"):
+    with_cal = any(r.get("calibrated_accuracy") is not None for r in res["variants"].values())
+    t = Table(title=f"all-MiniLM-L6-v2, movie-review sentences (FP32 accuracy {res['fp32']:.4f})")
+    cols = ["variant", "QAT+KD acc."] + (["calib. acc."] if with_cal else []) + ["energy saved IS", "energy saved WS"]
+    for col in cols:
         t.add_column(col, justify="left" if col == "variant" else "right")
     for name, row in res["variants"].items():
-        e_is = total.get("is", {}).get(str(row["gs"])) if row["mode"] == "apsq" else None
-        e_ws = total.get("ws", {}).get(str(row["gs"])) if row["mode"] == "apsq" else None
-        cal = row.get("calibrated_accuracy")
-        t.add_row(name, f"{row['accuracy']:.4f}", "-" if cal is None else f"{cal:.4f}",
-                  "-" if e_is is None else f"{100 * e_is:.1f} %", "-" if e_ws is None else f"{100 * e_ws:.1f} %")
+        saved = [total.get(df, {}).get(str(row["gs"])) if row["mode"] == "apsq" else None for df in ("is", "ws")]
+        cells = [name, f"{row['accuracy']:.4f}"]
+        if with_cal:
+            cal = row.get("calibrated_accuracy")
+            cells.append("-" if cal is None else f"{cal:.4f}")
+        cells += ["-" if e is None else f"{100 * e:.1f} %" for e in saved]
+        t.add_row(*cells)
     console.print(t)
 
 
@@ -142,6 +146,7 @@ def _qat_report(res: dict, out: Path) -> None:
         else:
             table["apsq"][str(row["gs"])] = row["accuracy"]
             calibrated[str(row["gs"])] = row.get("calibrated_accuracy")
+    calibrated = {g: a for g, a in calibrated.items() if a is not None} or None
     energy = res.get("energy_reduction", {})
     total = energy.get("total") if isinstance(energy, dict) else None
     plot_accuracy_vs_gs(table, out / "demo.png", title="apsq demo: MiniLM, movie-review sentences",

@@ -1,0 +1,27 @@
+"""Vision output error per PSUM variant on real photos (random-init models, calibration only)."""
+
+import pytest
+import torch
+
+from apsq.errors import APSQError
+from apsq.eval.vision import sample_photos, vision_output_error
+
+
+def test_sample_photos_are_normalised_real_images():
+    x = sample_photos(64)
+    assert x.shape == (2, 3, 64, 64)
+    assert -3 < float(x.mean()) < 3 and float(x.std()) > 0.3
+    assert not torch.allclose(x[0], x[1])
+
+
+def test_output_error_is_measured_per_variant():
+    res = vision_output_error("efficientvit-b1", 64, variants=(("w8a8", "none", 1), ("apsq_gs1", "apsq", 1)))
+    rows = res["variants"]
+    for row in rows.values():
+        assert 0 < row["rel_error"] < 2 and 0 <= row["changed_pixels"] <= 1
+    assert rows["w8a8"]["rel_error"] < 1.0
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(APSQError, match="segformer-b0"):
+        vision_output_error("resnet50", 64)
