@@ -1,4 +1,4 @@
-"""``apsq sweep`` (the gs sweep of a training config) and ``apsq eval llm-ppl | lm-eval``."""
+"""``apsq sweep`` (the gs sweep of a training config) and ``apsq eval llm-ppl | llm-mc | lm-eval``."""
 
 from __future__ import annotations
 
@@ -76,6 +76,50 @@ def register(app: typer.Typer) -> None:
         res = llm_sweep(LLMSettings(train_steps=train_steps, qat_steps=qat_steps), _ints(gs, "--gs"),
                         save_dir=save_model)
         res["command"] = shlex.join(["apsq", *sys.argv[1:]])
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(res, indent=1) + "\n")
+        typer.echo(json.dumps({k: res[k] for k in ("fp32", "w8a8", "psq", "apsq")}))
+
+    @eval_app.command("llm-mc")
+    def llm_mc(
+        model: Path = typer.Option(Path("runs/llm_tiny"), "--model",
+                                   help="Small LLaMA saved by `apsq eval llm-ppl --save-model`."),
+        items: int = typer.Option(400, help="Sentence-completion items from the held-out movie-review sentences."),
+        seed: int = typer.Option(0, help="Item-generation seed (sentences, distractors, choice order)."),
+        gs: str = typer.Option("1,2,3,4", help="Comma-separated APSQ group sizes."),
+        tile: int = typer.Option(32, help="PE-array reduction depth."),
+        calib: int = typer.Option(16, help="Training-split movie-review sentences used for calibration."),
+        batch_size: int = typer.Option(32),
+        task_dir: Path = typer.Option(Path("runs/llm_mc_task"), help="Where the JSONL + task YAML are written."),
+        json_out: Path = typer.Option(Path("runs/llm_mc.json"), "--json", help="Result JSON."),
+        threads: int = typer.Option(None, help="torch threads."),
+    ) -> None:
+        """Local lm-eval multiple-choice task (sentence completion, 4 choices) per PSUM variant."""
+        import random
+        import shlex
+        import sys
+
+        import torch
+
+        from apsq.errors import APSQError
+        from apsq.eval.lm_eval_adapter import MC_TASK, completion_items, mc_sweep, write_mc_task
+        from apsq.eval.llm import load_corpus
+
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            corpus = load_corpus(names=("movies",))
+            mc = completion_items(corpus["test"], items, seed)
+            calibration = random.Random(seed).sample(corpus["train"], calib)
+            write_mc_task(mc, task_dir)
+            res = mc_sweep(str(model), task_dir, _ints(gs, "--gs"), tile=tile, calibration=calibration,
+                           batch_size=batch_size)
+        except APSQError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        res.update(task=MC_TASK, items=len(mc), choices=4, item_seed=seed, source="movies test split",
+                   calibration_sentences=calib, tile=tile, model=str(model), example=mc[0],
+                   command=shlex.join(["apsq", *sys.argv[1:]]))
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(res, indent=1) + "\n")
         typer.echo(json.dumps({k: res[k] for k in ("fp32", "w8a8", "psq", "apsq")}))

@@ -53,10 +53,10 @@ class LLMSettings:
     seed: int = 0
 
 
-def load_corpus(fetch: bool = True) -> dict[str, list[str]]:
-    """All sentences of the four files, by split."""
+def load_corpus(fetch: bool = True, names: Sequence[str] = tuple(CORPORA)) -> dict[str, list[str]]:
+    """All sentences of the files ``names`` (default: all four), by split."""
     out: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
-    for name in CORPORA:
+    for name in names:
         text = corpus_path(name, fetch=fetch).read_bytes().decode("utf-8", errors="replace")
         for line in text.splitlines():
             parts = line.split("\t", 2)

@@ -9,11 +9,14 @@ tested offline). ``lm-eval`` is an optional dependency (``pip install apsq[eval]
 
 from __future__ import annotations
 
+import json
+import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 import apsq
 from apsq.errors import APSQError
@@ -31,10 +34,23 @@ def with_head_excluded(config: apsq.APSQConfig) -> apsq.APSQConfig:
     return config if config.exclude else config.replace(exclude=("lm_head",))
 
 
+def prepend_bos(tok: Any) -> Any:
+    """Make a fast tokenizer that adds no special tokens put ``bos_token`` first (how the small LLaMA
+    of :mod:`apsq.eval.llm` saw every sentence in training)."""
+    from tokenizers.processors import TemplateProcessing
+
+    if tok.bos_token_id is None:
+        raise APSQError("add_bos needs a tokenizer with a bos_token")
+    if tok("a")["input_ids"][:1] != [tok.bos_token_id]:
+        tok._tokenizer.post_processor = TemplateProcessing(
+            single=f"{tok.bos_token} $A", special_tokens=[(tok.bos_token, tok.bos_token_id)])
+    return tok
+
+
 def quantized_causal_lm(model_path: str, config: apsq.APSQConfig | None, calibration: Sequence[str] = CALIBRATION_TEXT,
-                        dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+                        dtype: torch.dtype = torch.float32, add_bos: bool = False) -> tuple[Any, Any]:
     """``(model, tokenizer)``: the causal LM at ``model_path``, quantized and calibrated (``config``
-    ``None``: left in full precision)."""
+    ``None``: left in full precision). ``add_bos``: see :func:`prepend_bos`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -42,6 +58,8 @@ def quantized_causal_lm(model_path: str, config: apsq.APSQConfig | None, calibra
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
     except OSError as exc:
         raise APSQError(f"could not load a causal LM from {model_path!r} ({exc})") from exc
+    if add_bos:
+        prepend_bos(tok)
     if config is not None:
         apsq.quantize_(model, with_head_excluded(config))
         enc = tok(list(calibration), return_tensors="pt", padding=tok.pad_token is not None)
@@ -56,18 +74,21 @@ def quantized_causal_lm(model_path: str, config: apsq.APSQConfig | None, calibra
 
 def run_lm_eval(model_path: str, tasks: Sequence[str], config: apsq.APSQConfig | None, *, limit: int | None = None,
                 batch_size: int = 8, include_path: str | Path | None = None, num_fewshot: int = 0,
-                include_defaults: bool = True) -> dict[str, Any]:
+                include_defaults: bool = True, calibration: Sequence[str] = CALIBRATION_TEXT,
+                add_bos: bool = False) -> dict[str, Any]:
     """lm-eval results (``{"results": {task: metrics}}``) of the quantized model.
 
-    ``include_defaults=False`` skips indexing lm-eval's built-in tasks (only ``include_path``'s)."""
+    ``include_defaults=False`` skips indexing lm-eval's built-in tasks (only ``include_path``'s);
+    ``add_bos`` prepends the tokenizer's BOS to every context (:func:`prepend_bos`)."""
     try:
         import lm_eval
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
     except ImportError as exc:  # pragma: no cover
         raise APSQError("apsq eval lm-eval needs lm-eval: pip install 'apsq[eval]'") from exc
-    model, tok = quantized_causal_lm(model_path, config)
-    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size)
+    model, tok = quantized_causal_lm(model_path, config, calibration, add_bos=add_bos)
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size,
+              add_bos_token=True if add_bos else None)
     tm = TaskManager(include_path=str(include_path) if include_path else None, include_defaults=include_defaults)
     res = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit,
                                   task_manager=tm, bootstrap_iters=0, random_seed=0, numpy_random_seed=0,
@@ -76,3 +97,77 @@ def run_lm_eval(model_path: str, tasks: Sequence[str], config: apsq.APSQConfig |
         raise APSQError("lm-eval returned no results")
     return {"results": res["results"], "config": None if config is None else with_head_excluded(config).to_dict(),
             "model": model_path, "tasks": list(tasks), "limit": limit}
+
+
+# --- a local multiple-choice task: sentence completion on held-out sentences ---------------------------
+
+MC_TASK = "apsq_sentence_completion"
+
+
+def completion_items(sentences: Sequence[str], n: int, seed: int = 0, n_choices: int = 4,
+                     min_words: int = 6) -> list[dict[str, Any]]:
+    """``n`` sentence-completion items: the first half (in words) of a sentence as ``context``, its
+    true second half among ``n_choices - 1`` second halves of other sentences as ``choices``,
+    ``label`` the index of the true one. Sentences under ``min_words`` words are skipped; the draw,
+    distractors and choice order come from ``random.Random(seed)``."""
+    if n < 1 or n_choices < 2:
+        raise APSQError(f"n must be >= 1 and n_choices >= 2, got n={n}, n_choices={n_choices}")
+    pool = sorted({" ".join(s.split()) for s in sentences if len(s.split()) >= min_words})
+    halves = [(" ".join(w[: len(w) // 2]), " ".join(w[len(w) // 2:])) for w in (s.split() for s in pool)]
+    endings = sorted({e for _, e in halves})
+    if n > len(pool) or len(endings) < n_choices:
+        raise APSQError(f"n={n} items need at least n sentences of >= {min_words} words; {len(pool)} available")
+    rng = random.Random(seed)
+    items = []
+    for k, i in enumerate(rng.sample(range(len(pool)), n)):
+        context, true = halves[i]
+        choices = [true]
+        while len(choices) < n_choices:
+            e = endings[rng.randrange(len(endings))]
+            if e not in choices:
+                choices.append(e)
+        rng.shuffle(choices)
+        items.append({"id": k, "context": context, "choices": choices, "label": choices.index(true)})
+    return items
+
+
+def write_mc_task(items: Sequence[dict[str, Any]], folder: str | Path, task: str = MC_TASK) -> Path:
+    """Write ``items`` as JSONL plus an lm-eval task YAML (``acc``, ``acc_norm``) into ``folder``,
+    the folder to hand to ``include_path``."""
+    folder = Path(folder).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / f"{task}.jsonl"
+    data.write_text("".join(json.dumps(it) + "\n" for it in items))
+    metrics = "".join(f"  - metric: {m}\n    aggregation: mean\n    higher_is_better: true\n"
+                      for m in ("acc", "acc_norm"))
+    (folder / f"{task}.yaml").write_text(
+        f"task: {task}\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {json.dumps(str(data))}\n"
+        "test_split: test\n"
+        "output_type: multiple_choice\n"
+        "doc_to_text: '{{context}}'\n"
+        "doc_to_choice: '{{choices}}'\n"
+        "doc_to_target: label\n"
+        f"metric_list:\n{metrics}")
+    return folder
+
+
+def mc_sweep(model_path: str, task_dir: str | Path, gs_values: Sequence[int] = (1, 2, 3, 4), *, tile: int = 32,
+             calibration: Sequence[str] = CALIBRATION_TEXT, batch_size: int = 32, add_bos: bool = True,
+             task: str = MC_TASK, progress: bool = True) -> dict[str, Any]:
+    """``acc`` / ``acc_norm`` of the task in ``task_dir`` for FP32, W8A8 (INT32 PSUM), psq and APSQ
+    per gs (calibration only): ``{"fp32": {...}, "w8a8": {...}, "psq": {...}, "apsq": {"<gs>": {...}}}``."""
+    variants: list[tuple[str, apsq.APSQConfig | None]] = [("fp32", None)]
+    variants += [(m, apsq.APSQConfig(mode=mode, tile=tile)) for m, mode in (("w8a8", "none"), ("psq", "psq"))]
+    variants += [(str(g), apsq.APSQConfig(mode="apsq", gs=g, tile=tile)) for g in gs_values]
+    out: dict[str, Any] = {"apsq": {}}
+    for name, cfg in tqdm(variants, desc="lm-eval variants", disable=not progress):
+        res = run_lm_eval(model_path, [task], cfg, batch_size=batch_size, include_path=task_dir,
+                          include_defaults=False, calibration=calibration, add_bos=add_bos)["results"][task]
+        score = {"acc": float(res["acc,none"]), "acc_norm": float(res["acc_norm,none"])}
+        if name.isdigit():
+            out["apsq"][name] = score
+        else:
+            out[name] = score
+    return out
