@@ -25,3 +25,12 @@ def test_output_error_is_measured_per_variant():
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(APSQError, match="segformer-b0"):
         vision_output_error("resnet50", 64)
+
+
+def test_cli_rejects_unknown_model():
+    from typer.testing import CliRunner
+
+    from apsq.cli import app
+
+    res = CliRunner().invoke(app, ["eval", "vision", "--models", "alexnet", "--image-size", "64"])
+    assert res.exit_code == 1 and "segformer-b0" in res.output

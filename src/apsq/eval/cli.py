@@ -86,6 +86,7 @@ def register(app: typer.Typer) -> None:
                                    help="Small LLaMA saved by `apsq eval llm-ppl --save-model`."),
         items: int = typer.Option(400, help="Sentence-completion items from the held-out movie-review sentences."),
         seed: int = typer.Option(0, help="Item-generation seed (sentences, distractors, choice order)."),
+        ending_words: int = typer.Option(3, help="Words in each ending to pick (0: the sentence's second half)."),
         gs: str = typer.Option("1,2,3,4", help="Comma-separated APSQ group sizes."),
         tile: int = typer.Option(32, help="PE-array reduction depth."),
         calib: int = typer.Option(16, help="Training-split movie-review sentences used for calibration."),
@@ -109,7 +110,7 @@ def register(app: typer.Typer) -> None:
             torch.set_num_threads(threads)
         try:
             corpus = load_corpus(names=("movies",))
-            mc = completion_items(corpus["test"], items, seed)
+            mc = completion_items(corpus["test"], items, seed, ending_words=ending_words or None)
             calibration = random.Random(seed).sample(corpus["train"], calib)
             write_mc_task(mc, task_dir)
             res = mc_sweep(str(model), task_dir, _ints(gs, "--gs"), tile=tile, calibration=calibration,
@@ -117,8 +118,8 @@ def register(app: typer.Typer) -> None:
         except APSQError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from exc
-        res.update(task=MC_TASK, items=len(mc), choices=4, item_seed=seed, source="movies test split",
-                   calibration_sentences=calib, tile=tile, model=str(model), example=mc[0],
+        res.update(task=MC_TASK, items=len(mc), choices=4, item_seed=seed, ending_words=ending_words or "half",
+                   source="movies test split", calibration_sentences=calib, tile=tile, model=str(model), example=mc[0],
                    command=shlex.join(["apsq", *sys.argv[1:]]))
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(res, indent=1) + "\n")
@@ -153,6 +154,27 @@ def register(app: typer.Typer) -> None:
             json_out.parent.mkdir(parents=True, exist_ok=True)
             json_out.write_text(text + "\n")
         typer.echo(json.dumps(res["results"], indent=1, default=str))
+
+    @eval_app.command("vision")
+    def vision(
+        models: str = typer.Option("segformer-b0,efficientvit-b1", help="Comma-separated: segformer-b0, efficientvit-b1."),
+        image_size: int = typer.Option(512, help="Square input size in pixels."),
+        seed: int = typer.Option(0, help="Weight-initialisation and crop seed."),
+        json_out: Path = typer.Option(None, "--json", help="Write the results here."),
+        png_out: Path = typer.Option(None, "--png", help="Plot the relative errors here."),
+    ) -> None:
+        """Output error vs full precision per PSUM variant of random-init Segformer-B0 / EfficientViT-B1 on real photos."""
+        from apsq.errors import APSQError
+        from apsq.eval.vision import run_vision
+
+        try:
+            results = run_vision([m for m in models.split(",") if m], image_size, seed, json_out, png_out)
+        except APSQError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        for res in results:
+            rows = ", ".join(f"{k} {100 * v['rel_error']:.1f}%" for k, v in res["variants"].items())
+            typer.echo(f"{res['model']} @ {res['image_size']}px: {rows}")
 
     app.add_typer(eval_app, name="eval")
 

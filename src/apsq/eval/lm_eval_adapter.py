@@ -105,18 +105,22 @@ MC_TASK = "apsq_sentence_completion"
 
 
 def completion_items(sentences: Sequence[str], n: int, seed: int = 0, n_choices: int = 4,
-                     min_words: int = 6) -> list[dict[str, Any]]:
-    """``n`` sentence-completion items: the first half (in words) of a sentence as ``context``, its
-    true second half among ``n_choices - 1`` second halves of other sentences as ``choices``,
-    ``label`` the index of the true one. Sentences under ``min_words`` words are skipped; the draw,
-    distractors and choice order come from ``random.Random(seed)``."""
+                     min_words: int = 6, ending_words: int | None = None) -> list[dict[str, Any]]:
+    """``n`` sentence-completion items: a sentence's ending (its last ``ending_words`` words; ``None``:
+    its second half) to pick, after its beginning as ``context``, among ``n_choices - 1`` endings of
+    other sentences (``choices``; ``label`` the index of the true one). Sentences under ``min_words``
+    words are skipped; the draw, distractors and choice order come from ``random.Random(seed)``."""
     if n < 1 or n_choices < 2:
         raise APSQError(f"n must be >= 1 and n_choices >= 2, got n={n}, n_choices={n_choices}")
+    if ending_words is not None and not 1 <= ending_words < min_words:
+        raise APSQError(f"ending_words must be None or in [1, min_words={min_words}), got {ending_words}")
     pool = sorted({" ".join(s.split()) for s in sentences if len(s.split()) >= min_words})
-    halves = [(" ".join(w[: len(w) // 2]), " ".join(w[len(w) // 2:])) for w in (s.split() for s in pool)]
+    cut = (lambda w: len(w) // 2) if ending_words is None else (lambda w: len(w) - ending_words)
+    halves = [(" ".join(w[: cut(w)]), " ".join(w[cut(w):])) for w in (s.split() for s in pool)]
     endings = sorted({e for _, e in halves})
     if n > len(pool) or len(endings) < n_choices:
-        raise APSQError(f"n={n} items need at least n sentences of >= {min_words} words; {len(pool)} available")
+        raise APSQError(f"n={n} items with n_choices={n_choices} need n sentences of >= {min_words} words and "
+                        f"n_choices distinct endings; {len(pool)} sentences, {len(endings)} endings available")
     rng = random.Random(seed)
     items = []
     for k, i in enumerate(rng.sample(range(len(pool)), n)):
