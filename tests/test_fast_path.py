@@ -123,13 +123,20 @@ def _grid(shape, gen, scale, lo=-40, hi=40):
 @pytest.mark.parametrize("mode,gs", [("psq", 1), ("apsq", 1), ("apsq", 2), ("apsq", 3), ("apsq", 7)])
 @pytest.mark.parametrize("k", [64, 70])  # 70: a zero-padded short last tile
 @pytest.mark.parametrize("chunk", [300, 10**6])  # several row blocks / one
-def test_linear_psum_equals_partials_path(backend, mode, gs, k, chunk, monkeypatch):
+@pytest.mark.parametrize("split", ["dense", "sparse", "tilewise"])  # C backend's operand-gradient paths
+@pytest.mark.parametrize("shift", [0.0, -3.0])  # step exponent offset; -3: many tiles and sums saturate
+def test_linear_psum_equals_partials_path(backend, mode, gs, k, chunk, split, shift, monkeypatch):
+    if backend == "torch" and split != "dense":
+        pytest.skip("the operand-gradient split is the C backend's")
     monkeypatch.setattr("apsq.psum.fused.CHUNK_ELEMENTS", chunk)
+    # full GEMMs with g plus a correction (per chunk: dense matmuls or gathered entries), or tile-wise
+    monkeypatch.setattr("apsq.psum.fused.SPARSE_FRACTION", 1.0 if split == "sparse" else 0.0)
+    monkeypatch.setattr("apsq.psum.fused.TILEWISE_FRACTION", 0.0 if split == "tilewise" else 1.0)
     gen = torch.Generator().manual_seed(k + gs)
     x = _grid((2, 9, k), gen, 2.0**-4)
     w = _grid((11, k), gen, 2.0**-5)
     n = -(-k // 16)
-    scales = torch.exp2(torch.tensor([-1.0, 0.0, 1.0, 0.0, 2.0][:n], dtype=torch.float64))
+    scales = torch.exp2(torch.tensor([-1.0, 0.0, 1.0, 0.0, 2.0][:n], dtype=torch.float64) + shift)
     g = torch.randn(2, 9, 11, generator=gen, dtype=torch.float64)
     leaves = [t.clone().requires_grad_() for t in (x, w, scales)]
     y_ref = psum_accumulate(linear_partials(leaves[0], leaves[1], 16), leaves[2], mode=mode, gs=gs, bits=6)

@@ -118,7 +118,7 @@ void apsq_fwd_##SUF(const T *p, long n, long E, const double *sd, const double *
                                                                                                       \
 void apsq_bwd_##SUF(const T *p, long n, long E, const double *sd, const double *si, int apsq, int gs,  \
                     int qn, int qp, const T *g, const void *lb, int lb8, T *gp, double *gsc,          \
-                    int nthreads) {                                                                   \
+                    uint8_t *flag, int nthreads) {                                                    \
     long nblk = (E + BLK - 1) / BLK;                                                                  \
     memset(gsc, 0, n * sizeof(double));                                                               \
     _Pragma("omp parallel num_threads(nthreads)")                                                    \
@@ -131,26 +131,31 @@ void apsq_bwd_##SUF(const T *p, long n, long E, const double *sd, const double *
         T acc[BLK], pend[BLK], gv[BLK], ga[BLK];                                                      \
         double tb[BLK];                                                                               \
         int16_t bb[BLK];                                                                              \
+        uint8_t fl[BLK];                                                                              \
         const T fqn = (T)qn, fqp = (T)qp, half = (T)0.5, zero = (T)0;                                 \
         const T *gb = g + e0;                                                                         \
+        memset(fl, 0, sizeof(fl));                                                                    \
         if (!apsq) {                                                                                  \
             for (long i = 0; i < n; i++) {                                                            \
                 const T s = (T)sd[i], is = (T)si[i];                                                           \
                 const T *row = p + i * E + e0;                                                        \
-                T *grow = gp + i * E + e0;                                                            \
+                T *grow = gp ? gp + i * E + e0 : 0;                                                   \
                 for (long k = 0; k < be; k++) {                                                       \
                     T u = row[k] * is;                                                               \
                     T r = FLOOR(u + half);                                                            \
                     int m = r >= fqn && r <= fqp;                                                     \
                     T c = r < fqn ? fqn : (r > fqp ? fqp : r);                                        \
-                    grow[k] = m ? gb[k] : zero;                                                       \
+                    if (gp) grow[k] = m ? gb[k] : zero;                                               \
+                    fl[k] |= (uint8_t)!m;                                                             \
                     tb[k] = (double)gb[k] * ((double)c - (m ? (double)u : 0.0));                      \
                 }                                                                                     \
                 loc[i] += block_sum(tb, be);                                                          \
             }                                                                                         \
+            if (flag) memcpy(flag + e0, fl, be);                                                      \
             continue;                                                                                 \
         }                                                                                             \
         bad_load(bb, lb, lb8, e0, be);                                                                \
+        for (long k = 0; k < be; k++) fl[k] = bb[k] != 0;                                             \
         int h = 0;                                                                                    \
         for (long g0 = 0; g0 < n; g0 += gs, h++) {                                                    \
             long l = lmin(g0 + gs, n) - 1;                                                            \
@@ -161,13 +166,14 @@ void apsq_bwd_##SUF(const T *p, long n, long E, const double *sd, const double *
             for (long j = g0; j < l; j++) {                                                           \
                 const T s = (T)sd[j], is = (T)si[j];                                                           \
                 const T *row = p + j * E + e0;                                                        \
-                T *grow = gp + j * E + e0;                                                            \
+                T *grow = gp ? gp + j * E + e0 : 0;                                                   \
                 for (long k = 0; k < be; k++) {                                                       \
                     T u = row[k] * is;                                                               \
                     T r = FLOOR(u + half);                                                            \
                     int m = r >= fqn && r <= fqp;                                                     \
                     T c = r < fqn ? fqn : (r > fqp ? fqp : r);                                        \
-                    grow[k] = m ? gv[k] : zero;                                                       \
+                    if (gp) grow[k] = m ? gv[k] : zero;                                               \
+                    fl[k] |= (uint8_t)!m;                                                             \
                     tb[k] = (double)gv[k] * ((double)c - (m ? (double)u : 0.0));                      \
                     T q = c * s;                                                                      \
                     pend[k] = j == g0 ? q : pend[k] + q;                                              \
@@ -176,7 +182,7 @@ void apsq_bwd_##SUF(const T *p, long n, long E, const double *sd, const double *
             }                                                                                         \
             const T s = (T)sd[l], is = (T)si[l];                                                               \
             const T *row = p + l * E + e0;                                                            \
-            T *grow = gp + l * E + e0;                                                                \
+            T *grow = gp ? gp + l * E + e0 : 0;                                                       \
             const int hp = l > g0, ha = h > 0;                                                        \
             for (long k = 0; k < be; k++) {                                                           \
                 T v = row[k];                                                                         \
@@ -186,12 +192,13 @@ void apsq_bwd_##SUF(const T *p, long n, long E, const double *sd, const double *
                 T r = FLOOR(u + half);                                                                \
                 int m = r >= fqn && r <= fqp;                                                         \
                 T c = r < fqn ? fqn : (r > fqp ? fqp : r);                                            \
-                grow[k] = gv[k];                                                                      \
+                if (gp) grow[k] = gv[k];                                                              \
                 tb[k] = (double)ga[k] * ((double)c - (m ? (double)u : 0.0));                          \
                 acc[k] = c * s;                                                                       \
             }                                                                                         \
             loc[l] += block_sum(tb, be);                                                              \
         }                                                                                             \
+        if (flag) memcpy(flag + e0, fl, be);                                                          \
     }                                                                                                 \
     _Pragma("omp critical")                                                                          \
     for (long i = 0; i < n; i++) gsc[i] += loc[i];                                                    \
@@ -288,7 +295,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         f.argtypes = [vp, lg, lg, vp, vp, it, it, it, it, vp, vp, it, it]
         f.restype = None
         b = getattr(lib, f"apsq_bwd_{suf}")
-        b.argtypes = [vp, lg, lg, vp, vp, it, it, it, it, vp, vp, it, vp, vp, it]
+        b.argtypes = [vp, lg, lg, vp, vp, it, it, it, it, vp, vp, it, vp, vp, vp, it]
         b.restype = None
 
 
@@ -373,18 +380,27 @@ def forward(
 
 def backward(
     p: torch.Tensor, s: list[float], g: torch.Tensor, last_bad: torch.Tensor | None, plan,
-    grad_p: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    grad_p: torch.Tensor | None = None, flag: torch.Tensor | None = None, write_grad_p: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Chunk backward: gradient to ``p [n, E]`` and to the n steps (float64 ``[n]``).
 
     ``grad_p``: optional contiguous ``[n, E]`` buffer for the gradient (may be ``p`` itself: each
-    element is read before it is written).
+    element is read before it is written). ``write_grad_p=False`` skips it (returns None for it).
+    ``flag``: optional contiguous uint8 ``[E]`` buffer, set to 1 where some tile's gradient is not
+    the output gradient itself (a tile or a later closing step saturated), else 0.
     """
     lib = _load()
     p = p.contiguous()
     g = g.to(p.dtype).contiguous()
     n, e = p.shape
-    grad_p = torch.empty_like(p) if grad_p is None else _check_out(grad_p.view(-1), n * e, p.dtype).view(n, e)
+    if not write_grad_p:
+        grad_p = None
+    elif grad_p is None:
+        grad_p = torch.empty_like(p)
+    else:
+        grad_p = _check_out(grad_p.view(-1), n * e, p.dtype).view(n, e)
+    if flag is not None:
+        flag = _check_out(flag, e, torch.uint8)
     grad_s = torch.empty(n, dtype=torch.float64)
     apsq = plan.mode == "apsq"
     if apsq:
@@ -392,7 +408,8 @@ def backward(
     sd, si = _steps(s)
     getattr(lib, f"apsq_bwd_{_suffix(p)}")(
         p.data_ptr(), n, e, sd, si, int(apsq), plan.gs, plan.qn, plan.qp, g.data_ptr(),
-        last_bad.data_ptr() if apsq else None, int(plan.bad_dtype == torch.uint8), grad_p.data_ptr(),
-        grad_s.data_ptr(), torch.get_num_threads(),
+        last_bad.data_ptr() if apsq else None, int(plan.bad_dtype == torch.uint8),
+        None if grad_p is None else grad_p.data_ptr(), grad_s.data_ptr(),
+        None if flag is None else flag.data_ptr(), torch.get_num_threads(),
     )
     return grad_p, grad_s

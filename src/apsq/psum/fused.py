@@ -375,6 +375,12 @@ class _FusedLinear(torch.autograd.Function):
         g2 = grad_out.to(x2.dtype).contiguous()
         need = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         rows = max(1, _chunk_elements() // (n * big_n))
+        if backend == "c" and not _mostly_saturated(last_bad):
+            xp, wp = pad_to_tiles(x2.detach(), tile), pad_to_tiles(w.detach(), tile)
+            gxp, gwp, grad_s = _linear_backward_gemm(xt, wt, xp, wp, s, g2, last_bad, plan, rows, need)
+            gx = gxp[:, :k] if need[0] else None
+            gw = gwp[:, :k] if need[1] else None
+            return gx, gw, grad_s.to(scales.dtype), None, None, None, None
         grads = _linear_backward_by_rows(xt, wt, s, scol, g2, last_bad, plan, backend, rows, need)
         gxt, gwt, grad_s = grads
         gx = gxt.transpose(0, 1).reshape(m_rows, n * tile)[:, :k] if need[0] else None
@@ -389,6 +395,85 @@ def _chunk_backward(p, s, scol, g, lb, plan, backend):
 
         return _ckernel.backward(p, s, g, lb, plan, grad_p=p)
     return _bwd_torch(p, s, scol, g, lb, plan)
+
+
+SPARSE_FRACTION = 1 / 64
+"""Largest fraction of a chunk's ``n x E`` tile gradients differing from ``g`` for which the
+operand-gradient correction is gathered entry by entry (``index_add_``, ~60x the cost per entry of a
+batched matmul on this machine); above it one dense batched matmul per operand is used."""
+
+
+TILEWISE_FRACTION = 1 / 64
+"""Above this fraction of apsq outputs with a saturated closing step (``last_bad != 0``) the
+corrections would be dense in most chunks and cost more than the tile-wise operand matmuls, which
+are used instead."""
+
+
+def _mostly_saturated(last_bad: torch.Tensor | None) -> bool:
+    return last_bad is not None and int(torch.count_nonzero(last_bad)) > TILEWISE_FRACTION * last_bad.numel()
+
+
+def _linear_backward_gemm(xt, wt, xp, wp, s, g2, last_bad, plan, rows, need):
+    """C-kernel backward: operand gradients as full GEMMs with ``g`` plus a correction for saturation.
+
+    The gradient reaching tile ``i`` of output ``(m, o)`` is ``g[m, o] * mask_i[m, o]`` with mask 1
+    unless a tile or a later closing step saturated, so ``grad_x = g @ W + sum_i D_i @ W_i`` and
+    ``grad_W = g^T @ x + sum_i D_i^T @ x_i`` with ``D_i = g * (mask_i - 1)``, non-zero only where the
+    kernel flags the element. The recomputed tiles are still needed (LSQ step gradients); the
+    tile-wise operand matmuls are not. ``xp [M, n*t]``, ``wp [N, n*t]``: zero-padded operands.
+    Returns ``grad_x [M, n*t]``, ``grad_W [N, n*t]`` (None where not needed), ``grad_s`` float64.
+    """
+    from apsq.psum import _ckernel
+
+    n, m_rows, tile = xt.shape
+    big_n = wt.shape[2]
+    gxp = torch.mm(g2, wp) if need[0] else None
+    gwp = torch.mm(g2.t(), xp) if need[1] else None
+    wr = wp.reshape(big_n * n, tile)  # row o*n + i: W[o, tile i]
+    xr = xp.reshape(m_rows * n, tile)  # row m*n + i: x[m, tile i]
+    wt_t = wt.transpose(1, 2)  # [n, N, t]
+    grad_s = torch.zeros(n, dtype=torch.float64)
+    buf = torch.empty(n * min(rows, m_rows) * big_n, dtype=xt.dtype)
+    flag = torch.empty(min(rows, m_rows) * big_n, dtype=torch.uint8)
+    gwt_corr = None  # dense corrections to grad_W in the tile layout [n, t, N]
+    for m0 in range(0, m_rows, rows):
+        mc = min(rows, m_rows - m0)
+        e = mc * big_n
+        xc = xt[:, m0 : m0 + mc]
+        p = torch.bmm(xc, wt, out=buf[: n * e].view(n, mc, big_n)).view(n, e)
+        lb = None if last_bad is None else last_bad[m0 : m0 + mc].reshape(-1)
+        gc = g2[m0 : m0 + mc].reshape(-1)
+        fl = flag[:e]
+        _, gsc = _ckernel.backward(p, s, gc, lb, plan, flag=fl, write_grad_p=False)
+        grad_s += gsc
+        idx = fl.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            continue
+        # tile gradients of the flagged outputs only: the kernel again on their gathered tiles
+        d, _ = _ckernel.backward(p.index_select(1, idx), s, gc[idx], None if lb is None else lb[idx], plan)
+        d.sub_(gc[idx])  # [n, F]: D_i at the flagged outputs
+        ti, fi = d.nonzero(as_tuple=True)
+        if ti.numel() <= SPARSE_FRACTION * n * e:
+            val = d[ti, fi].unsqueeze(1)
+            row = torch.div(idx, big_n, rounding_mode="floor")
+            r = (row[fi] + m0) * n + ti
+            c = (idx - row * big_n)[fi] * n + ti
+            if need[0]:
+                gxp.view(m_rows * n, tile).index_add_(0, r, wr.index_select(0, c).mul_(val))
+            if need[1]:
+                gwp.view(big_n * n, tile).index_add_(0, c, xr.index_select(0, r).mul_(val))
+            continue
+        gp, _ = _ckernel.backward(p, s, gc, lb, plan, grad_p=p)
+        dd = gp.sub_(gc).view(n, mc, big_n)  # D_i, dense
+        if need[0]:
+            gxp[m0 : m0 + mc].view(mc, n, tile).add_(torch.bmm(dd, wt_t).transpose(0, 1))
+        if need[1]:
+            if gwt_corr is None:
+                gwt_corr = torch.zeros(n, tile, big_n, dtype=xt.dtype)
+            gwt_corr.baddbmm_(xc.transpose(1, 2), dd)
+    if gwt_corr is not None:
+        gwp.view(big_n, n, tile).add_(gwt_corr.permute(2, 0, 1))
+    return gxp, gwp, grad_s
 
 
 def _linear_backward_by_rows(xt, wt, s, scol, g2, last_bad, plan, backend, rows, need):
