@@ -123,11 +123,12 @@ def _grid(shape, gen, scale, lo=-40, hi=40):
 @pytest.mark.parametrize("mode,gs", [("psq", 1), ("apsq", 1), ("apsq", 2), ("apsq", 3), ("apsq", 7)])
 @pytest.mark.parametrize("k", [64, 70])  # 70: a zero-padded short last tile
 @pytest.mark.parametrize("chunk", [300, 10**6])  # several row blocks / one
-@pytest.mark.parametrize("split", ["dense", "sparse", "tilewise"])  # C backend's operand-gradient paths
+# the operand-gradient split (dense / sparse correction, or tile-wise) exists on the C backend only
+@pytest.mark.parametrize("backend,split", [("torch", "dense")] + [("c", s) for s in ("dense", "sparse", "tilewise")
+                                                                   if "c" in BACKENDS])
 @pytest.mark.parametrize("shift", [0.0, -3.0])  # step exponent offset; -3: many tiles and sums saturate
 def test_linear_psum_equals_partials_path(backend, mode, gs, k, chunk, split, shift, monkeypatch):
-    if backend == "torch" and split != "dense":
-        pytest.skip("the operand-gradient split is the C backend's")
+    monkeypatch.setenv("APSQ_FUSED_BACKEND", backend)
     monkeypatch.setattr("apsq.psum.fused.CHUNK_ELEMENTS", chunk)
     # full GEMMs with g plus a correction (per chunk: dense matmuls or gathered entries), or tile-wise
     monkeypatch.setattr("apsq.psum.fused.SPARSE_FRACTION", 1.0 if split == "sparse" else 0.0)
