@@ -59,19 +59,14 @@ def register_a2q(beyond: typer.Typer) -> None:
         import torch
 
         from apsq.beyond.a2q import run_a2q_study
-        from apsq.beyond.runner import load_setup, workload_of
+        from apsq.beyond.runner import load_setup, select_variants, workload_of
         from apsq.tune.cli import parse_ints
 
         try:
             torch.set_num_threads(threads)
             s = load_setup(config, fp32, eval_limit or None)
             specs = a2q_specs(dict(s.cfg.apsq or {}), parse_ints("--acc-bits", acc_bits), gs)
-            if only:
-                names = [n.strip() for n in only.split(",")]
-                bad = [n for n in names if n not in specs]
-                if bad:
-                    raise APSQError(f"--only: unknown variants {bad}; allowed: {', '.join(specs)}")
-                specs = {n: specs[n] for n in names}
+            specs = select_variants(specs, only)
             res = run_a2q_study(s, specs, qat_steps, progress=Console(stderr=True).log)
             wl = workload_of(s.cfg, seq_len)
             for name, spec in specs.items():

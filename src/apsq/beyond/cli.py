@@ -127,7 +127,7 @@ def register(app: typer.Typer) -> None:
         import torch
 
         from apsq.beyond.lowbit import lowbit_variants, variant_energy
-        from apsq.beyond.runner import load_setup, workload_of
+        from apsq.beyond.runner import load_setup, select_variants, workload_of
         from apsq.beyond.variants import run_variants
         from apsq.hw.energy import evaluate
 
@@ -135,12 +135,7 @@ def register(app: typer.Typer) -> None:
             torch.set_num_threads(threads)
             s = load_setup(config, fp32, eval_limit or None)
             variants = lowbit_variants(dict(s.cfg.apsq or {}), gs, psum_bits=_ints("--psum-bits", psum_bits))
-            if only:
-                names = [n.strip() for n in only.split(",")]
-                bad = [n for n in names if n not in variants]
-                if bad:
-                    raise APSQError(f"--only: unknown variants {bad}; allowed: {', '.join(variants)}")
-                variants = {n: variants[n] for n in names}
+            variants = select_variants(variants, only)
             path = fp32 or s.cfg.finetune.init
             res = run_variants(s, variants, qat_steps=qat_steps, fp32=path, run_dir=run_dir,
                                qat_eval_limit=eval_limit or None, progress=Console(stderr=True).log)

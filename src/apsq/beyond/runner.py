@@ -87,3 +87,14 @@ def minilm_factory():  # noqa: ANN201
 
     cfg = parse_config({"model": {"name": "minilm", "num_labels": 2, "max_len": 64}})
     return build_model(cfg, weights=False), {"input_ids": torch.zeros(1, 64, dtype=torch.long)}
+
+
+def select_variants(variants: dict[str, Any], only: str | None) -> dict[str, Any]:
+    """The variants named in ``only`` (comma-separated; empty or None: all); unknown names are an error."""
+    if not only:
+        return variants
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    bad = [n for n in names if n not in variants]
+    if bad:
+        raise APSQError(f"--only: unknown variants {bad}; allowed: {', '.join(variants)}")
+    return {n: variants[n] for n in names}
