@@ -19,6 +19,7 @@ from apsq.nn.config import LayerQuantConfig
 from apsq.nn.layers import QuantConv2d, QuantLinear, QuantMatmul, matmul_partials
 from apsq.nn.psum_quantizer import PSUMQuantizer, set_psum_impl
 from apsq.nn.stats import LayerStats, StatsRecorder
+from apsq import _cbuild
 from apsq.psum import _ckernel
 from apsq.psum.accumulate import psum_accumulate
 from apsq.psum.fused import conv2d_psum, kernel_backend, linear_psum, psum_accumulate_fused
@@ -284,7 +285,7 @@ def test_matmul_partials_through_fused_accumulate():
 
 def test_kernel_builds_from_scratch(tmp_path, monkeypatch):
     """A fresh cache folder: the C kernel compiles (well under a minute) and loads."""
-    if _ckernel._compiler() is None:
+    if _cbuild._compiler() is None:
         pytest.skip("no C compiler on this machine: the torch kernels are used")
     monkeypatch.setenv("APSQ_CACHE_DIR", str(tmp_path))
     lib = _ckernel._build()
@@ -292,7 +293,7 @@ def test_kernel_builds_from_scratch(tmp_path, monkeypatch):
 
 
 def test_without_compiler_the_torch_kernels_are_used(monkeypatch):
-    monkeypatch.setattr(_ckernel, "_compiler", lambda: None)
+    monkeypatch.setattr(_cbuild, "_compiler", lambda: None)
     with pytest.raises(RuntimeError, match="no C compiler"):
         _ckernel._build()
     monkeypatch.setattr(_ckernel, "available", lambda: False)

@@ -139,7 +139,8 @@ class QuantLinear(nn.Linear, _QuantMixin):
                 unit = self.act_quant.scale() * self.weight_quant.scale()  # [N] or [1]
                 return saturating_accumulate(self.partials(x), unit, self.qcfg.acc_bits)
             return F.linear(self.act_quant(x), self.weight_quant(self.weight))
-        return self.psum.linear(self.act_quant(x), self.weight_quant(self.weight), self.qcfg.tile)
+        return self.psum.linear(self.act_quant(x), self.weight_quant(self.weight), self.qcfg.tile,
+                                x_step=self.act_quant.scale(), w_step=self.weight_quant.scale())
 
     @torch.no_grad()
     def finish_calibration(self) -> None:
@@ -212,7 +213,8 @@ class QuantConv2d(nn.Conv2d, _QuantMixin):
             return F.conv2d(self.act_quant(x), self.weight_quant(self.weight), None, self.stride, self.padding,
                             self.dilation, self.groups)
         return self.psum.conv2d(self.act_quant(x), self.weight_quant(self.weight), self.qcfg.tile, self.stride,
-                                self.padding, self.dilation, self.groups)
+                                self.padding, self.dilation, self.groups, x_step=self.act_quant.scale(),
+                                w_step=self.weight_quant.scale())
 
     @torch.no_grad()
     def finish_calibration(self) -> None:

@@ -79,19 +79,26 @@ class PSUMQuantizer(nn.Module):
         return fn(partials, self._steps(n, partials[0].numel()), mode=self.mode, gs=self.gs, bits=self.bits,
                   observe=self.observe)
 
-    def linear(self, x: torch.Tensor, weight: torch.Tensor, tile: int) -> torch.Tensor:
-        """``self(linear_partials(x, weight, tile))`` — fused: without materialising the tiles."""
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, tile: int, x_step: torch.Tensor | None = None,
+               w_step: torch.Tensor | None = None) -> torch.Tensor:
+        """``self(linear_partials(x, weight, tile))`` — fused: without materialising the tiles.
+
+        ``x_step`` / ``w_step``: the operands' quantization steps (scalar / per output row); with
+        them the fused path computes the tile products from integer codes inside its kernel.
+        """
         if self.mode == "none" or not self._use_fused() or not bool(self.initialized):
             return self(linear_partials(x, weight, tile))
         n = -(-x.shape[-1] // tile)
         self._check_n(n)
         numel = x.numel() // x.shape[-1] * weight.shape[0]
         return linear_psum(x, weight, self._steps(n, numel), tile, mode=self.mode, gs=self.gs, bits=self.bits,
-                           observe=self.observe)
+                           observe=self.observe, x_step=x_step, w_step=w_step)
 
     def conv2d(self, x: torch.Tensor, weight: torch.Tensor, tile: int, stride: tuple[int, int],
-               padding: tuple[int, int], dilation: tuple[int, int], groups: int) -> torch.Tensor:
-        """``self(conv2d_partials(x, weight, tile, ...))`` — fused: im2col rows, tiles never materialised."""
+               padding: tuple[int, int], dilation: tuple[int, int], groups: int,
+               x_step: torch.Tensor | None = None, w_step: torch.Tensor | None = None) -> torch.Tensor:
+        """``self(conv2d_partials(x, weight, tile, ...))`` — fused: im2col rows, tiles never materialised
+        (``x_step`` / ``w_step`` as in :meth:`linear`)."""
         if self.mode == "none" or not self._use_fused() or not bool(self.initialized):
             return self(conv2d_partials(x, weight, tile, stride, padding, dilation, groups))
         co, cig, kh, kw = weight.shape
@@ -99,7 +106,8 @@ class PSUMQuantizer(nn.Module):
         h = (x.shape[2] + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
         w = (x.shape[3] + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
         return conv2d_psum(x, weight, self._steps(n, x.shape[0] * co * h * w), tile, stride, padding, dilation,
-                           groups, mode=self.mode, gs=self.gs, bits=self.bits, observe=self.observe)
+                           groups, mode=self.mode, gs=self.gs, bits=self.bits, observe=self.observe,
+                           x_step=x_step, w_step=w_step)
 
     @torch.no_grad()
     def init_from(self, partials: torch.Tensor) -> None:

@@ -18,16 +18,10 @@ accumulated in double.
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import threading
-from pathlib import Path
 
 import torch
+
+from apsq._cbuild import LazyLibrary, build_library
 
 __all__ = ["available", "build_error", "forward", "backward", "SOURCE"]
 
@@ -209,83 +203,7 @@ DEFINE_KERNELS(float, floorf, f32)
 DEFINE_KERNELS(double, floor, f64)
 """
 
-_FLAGS_BASE = ["-O3", "-fno-fast-math", "-ffp-contract=off", "-fno-trapping-math", "-fPIC", "-shared", "-std=c11"]
-_FLAG_SETS = [
-    ["-march=native", "-fopenmp"],
-    ["-fopenmp"],
-    ["-march=native"],
-    [],
-]
-
-_lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_error: str | None = None
-_tried = False
-
-
-def _compiler() -> str | None:
-    for cc in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if cc and shutil.which(cc):
-            return cc
-    return None
-
-
-def _cpu_id() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags")):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def _cache_dir() -> Path:
-    """``$APSQ_CACHE_DIR``, else ``~/.cache/apsq``; a per-user temp folder when that is not writable."""
-    root = Path(os.environ.get("APSQ_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "apsq"))
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        if os.access(root, os.W_OK):
-            return root
-    except OSError:
-        pass
-    return Path(tempfile.gettempdir()) / f"apsq-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
-
-
-def _build() -> ctypes.CDLL:
-    cc = _compiler()
-    if cc is None:
-        raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
-    try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise RuntimeError(f"{cc} --version failed: {exc}") from exc
-    errors = []
-    for extra in _FLAG_SETS:
-        key = hashlib.sha256("\0".join([SOURCE, version, _cpu_id(), *extra]).encode()).hexdigest()[:16]
-        target = _cache_dir() / f"psum_kernel_{key}.so"
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory() as tmp:
-                src = Path(tmp) / "psum_kernel.c"
-                src.write_text(SOURCE)
-                out = Path(tmp) / "psum_kernel.so"
-                res = subprocess.run([cc, *_FLAGS_BASE, *extra, str(src), "-o", str(out), "-lm"],
-                                     capture_output=True, text=True, timeout=120)
-                if res.returncode != 0:
-                    errors.append(f"{' '.join(extra) or 'plain'}: {res.stderr.strip()[-400:]}")
-                    continue
-                tmp_target = target.with_suffix(f".{os.getpid()}.tmp")
-                shutil.copyfile(out, tmp_target)
-                os.replace(tmp_target, target)  # atomic: concurrent builders agree
-        try:
-            lib = ctypes.CDLL(str(target))
-        except OSError as exc:
-            errors.append(f"{' '.join(extra) or 'plain'}: cannot load: {exc}")
-            continue
-        _declare(lib)
-        return lib
-    raise RuntimeError("; ".join(errors))
+_LIB = LazyLibrary("psum_kernel", lambda: SOURCE, lambda lib: _declare(lib))
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -299,19 +217,15 @@ def _declare(lib: ctypes.CDLL) -> None:
         b.restype = None
 
 
+def _build() -> ctypes.CDLL:
+    """Compile (or load from the cache) and declare; raises RuntimeError when it cannot."""
+    lib = build_library("psum_kernel", SOURCE)
+    _declare(lib)
+    return lib
+
+
 def _load() -> ctypes.CDLL | None:
-    global _lib, _error, _tried
-    with _lock:
-        if not _tried:
-            _tried = True
-            if os.environ.get("APSQ_NO_CKERNEL"):
-                _error = "disabled by APSQ_NO_CKERNEL"
-            else:
-                try:
-                    _lib = _build()
-                except Exception as exc:  # noqa: BLE001 - any failure means: use the torch kernels
-                    _error = str(exc)
-    return _lib
+    return _LIB.get()
 
 
 def available() -> bool:
@@ -322,7 +236,7 @@ def available() -> bool:
 def build_error() -> str | None:
     """Why the kernel is unavailable (None when it is available or not yet tried)."""
     _load()
-    return _error
+    return _LIB.error
 
 
 def _suffix(t: torch.Tensor) -> str:

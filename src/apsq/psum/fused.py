@@ -335,17 +335,39 @@ def _tiles(x2: torch.Tensor, w: torch.Tensor, tile: int) -> tuple[torch.Tensor, 
     return xt, wt
 
 
+INT_GEMM = ("auto", "off")
+
+
+def _int_operands(x2, w, tile, steps):
+    """The fused integer kernel's operands when it applies (``APSQ_INT_GEMM=off`` disables it)."""
+    mode = os.environ.get("APSQ_INT_GEMM", "auto")
+    check_choice("APSQ_INT_GEMM", mode, INT_GEMM)
+    if mode == "off" or steps is None:
+        return None
+    from apsq.psum import _cgemm
+
+    return _cgemm.int_operands(x2.detach(), w.detach(), tile, *steps)
+
+
 class _FusedLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x2, w, scales, tile: int, plan: Plan, observe, backend: str):  # noqa: D102
-        xt, wt = _tiles(x2.detach(), w.detach(), tile)
+    def forward(ctx, x2, w, scales, tile: int, plan: Plan, observe, backend: str, steps):  # noqa: D102
         n, m_rows, big_n = plan.n, x2.shape[0], w.shape[0]
-        rows = max(1, _chunk_elements() // (n * big_n))
         s, scol = _steps(scales, x2.dtype)
         backend = _effective_backend(backend, s, x2.dtype)
         use_c = backend == "c" and observe is None
         out = torch.empty(m_rows, big_n, dtype=x2.dtype)
         last_bad = None if plan.mode == "psq" else torch.empty(m_rows, big_n, dtype=plan.bad_dtype)
+        ops = _int_operands(x2, w, tile, steps) if use_c else None
+        ctx.tile, ctx.plan, ctx.backend, ctx.steps = tile, plan, backend, steps if ops is not None else None
+        ctx.save_for_backward(x2, w, scales, last_bad)
+        if ops is not None:  # tile products inside the kernel, from the integer codes
+            from apsq.psum import _cgemm
+
+            _cgemm.forward(ops, s, plan, out, last_bad)
+            return out
+        xt, wt = _tiles(x2.detach(), w.detach(), tile)
+        rows = max(1, _chunk_elements() // (n * big_n))
         buf = torch.empty(n * min(rows, m_rows) * big_n, dtype=x2.dtype)  # one chunk of tiles, reused
         for m0 in range(0, m_rows, rows):
             mc = min(rows, m_rows - m0)
@@ -360,8 +382,6 @@ class _FusedLinear(torch.autograd.Function):
             out[m0 : m0 + mc] = y.view(mc, big_n)
             if last_bad is not None:
                 last_bad[m0 : m0 + mc] = lb.view(mc, big_n)
-        ctx.tile, ctx.plan, ctx.backend = tile, plan, backend
-        ctx.save_for_backward(x2, w, scales, last_bad)
         return out
 
     @staticmethod
@@ -369,23 +389,46 @@ class _FusedLinear(torch.autograd.Function):
     def backward(ctx, grad_out):  # noqa: D102
         x2, w, scales, last_bad = ctx.saved_tensors
         plan, backend, tile = ctx.plan, ctx.backend, ctx.tile
-        xt, wt = _tiles(x2.detach(), w.detach(), tile)
         n, m_rows, big_n, k = plan.n, x2.shape[0], w.shape[0], x2.shape[1]
         s, scol = _steps(scales, x2.dtype)
         g2 = grad_out.to(x2.dtype).contiguous()
         need = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        ops = _int_operands(x2, w, tile, ctx.steps) if ctx.steps is not None else None
+        if ops is not None:
+            gxp, gwp, grad_s = _linear_backward_int(ops, x2.detach(), w.detach(), s, g2, last_bad, plan, tile, need)
+            gx = gxp[:, :k] if need[0] else None
+            gw = gwp[:, :k] if need[1] else None
+            return gx, gw, grad_s.to(scales.dtype), None, None, None, None, None
+        xt, wt = _tiles(x2.detach(), w.detach(), tile)
         rows = max(1, _chunk_elements() // (n * big_n))
         if backend == "c" and not _mostly_saturated(last_bad):
             xp, wp = pad_to_tiles(x2.detach(), tile), pad_to_tiles(w.detach(), tile)
             gxp, gwp, grad_s = _linear_backward_gemm(xt, wt, xp, wp, s, g2, last_bad, plan, rows, need)
             gx = gxp[:, :k] if need[0] else None
             gw = gwp[:, :k] if need[1] else None
-            return gx, gw, grad_s.to(scales.dtype), None, None, None, None
+            return gx, gw, grad_s.to(scales.dtype), None, None, None, None, None
         grads = _linear_backward_by_rows(xt, wt, s, scol, g2, last_bad, plan, backend, rows, need)
         gxt, gwt, grad_s = grads
         gx = gxt.transpose(0, 1).reshape(m_rows, n * tile)[:, :k] if need[0] else None
         gw = gwt.permute(2, 0, 1).reshape(big_n, n * tile)[:, :k] if need[1] else None
-        return gx, gw, grad_s.to(scales.dtype), None, None, None, None
+        return gx, gw, grad_s.to(scales.dtype), None, None, None, None, None
+
+
+def _linear_backward_int(ops, x2, w, s, g2, last_bad, plan, tile, need):
+    """Integer-kernel backward: ``grad_x = g @ W``, ``grad_W = g^T @ x`` (full GEMMs, as if every tile
+    received ``g``), the kernel's step gradients and flags, then the kernel's in-place correction at
+    the flagged outputs (the terms of tiles whose gradient is 0). Returns ``grad_x [M, n*t]``,
+    ``grad_W [N, n*t]`` (None where not needed) and ``grad_s`` (float64)."""
+    from apsq.psum import _cgemm
+
+    xp, wp = pad_to_tiles(x2, tile).contiguous(), pad_to_tiles(w, tile).contiguous()
+    gxp = torch.mm(g2, wp) if need[0] else None
+    gwp = torch.mm(g2.t(), xp) if need[1] else None
+    grad_s, flag = _cgemm.backward(ops, s, plan, g2, last_bad)
+    idx = flag.view(-1).nonzero().squeeze(1)
+    if idx.numel() and (need[0] or need[1]):
+        _cgemm.correct(ops, s, plan, tile, g2, last_bad, idx, xp, wp, gxp, gwp)
+    return gxp, gwp, grad_s
 
 
 def _chunk_backward(p, s, scol, g, lb, plan, backend):
@@ -510,12 +553,18 @@ def linear_psum(
     gs: int = 1,
     bits: int = 8,
     observe: Observer | None = None,
+    x_step: torch.Tensor | None = None,
+    w_step: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``psum_accumulate(linear_partials(x, weight, tile), scales, ...)`` without the ``[n, ..., N]`` tensor.
 
     ``x``: ``[..., K]``, ``weight``: ``[N, K]`` (already fake-quantized operands) -> ``[..., N]``.
     Values equal the reference whenever the tile partial sums are computed exactly (quantized
     operands) — each chunk's tiles come from the same batched matmul as :func:`linear_partials`.
+    ``x_step`` (one power of two) and ``w_step`` (one per output row, or one) are the steps the
+    operands were quantized with: when given, and ``x / x_step``, ``weight / w_step`` are small
+    integers (:func:`apsq.psum._cgemm.int_operands`), the tile products are computed from those
+    codes inside the C kernel (exact, so the same values; much faster).
     ``mode='none'`` is the plain ``F.linear`` (exact INT32 accumulation).
     """
     _check_args(mode, gs, bits)
@@ -537,7 +586,8 @@ def linear_psum(
         y = psum_accumulate(linear_partials(x2, weight, tile), scales, mode=mode, gs=gs, bits=bits, observe=observe)
         return y.reshape(*lead, weight.shape[0])
     plan = Plan(mode, n, gs, bits)
-    y = _FusedLinear.apply(x2, weight, scales.to(x.dtype), tile, plan, observe, kernel_backend())
+    steps = None if x_step is None or w_step is None else (x_step.detach(), w_step.detach())
+    y = _FusedLinear.apply(x2, weight, scales.to(x.dtype), tile, plan, observe, kernel_backend(), steps)
     return y.reshape(*lead, weight.shape[0])
 
 
@@ -555,11 +605,14 @@ def conv2d_psum(
     gs: int = 1,
     bits: int = 8,
     observe: Observer | None = None,
+    x_step: torch.Tensor | None = None,
+    w_step: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Conv2d (no bias) with tiled PSUM accumulation: im2col rows through :func:`linear_psum`.
 
     The same reduction order as :func:`apsq.psum.tiling.conv2d_partials` (``(c, u, v)``); grouped
-    convolutions accumulate each group separately. Returns ``[B, Co, Ho, Wo]``.
+    convolutions accumulate each group separately. ``x_step`` / ``w_step`` (one, or one per output
+    channel) as in :func:`linear_psum`. Returns ``[B, Co, Ho, Wo]``.
     """
     co, cig, kh, kw = weight.shape
     if x.dim() != 4 or x.shape[1] != cig * groups:
@@ -572,9 +625,13 @@ def conv2d_psum(
     cols = cols.reshape(b, groups, kg, length)
     wg = weight.reshape(groups, cog, kg)
     outs = []
+    sw = None
+    if w_step is not None and w_step.numel() in (1, co):
+        sw = w_step.reshape(-1).expand(co).reshape(groups, cog)
     for gi in range(groups):
         rows = cols[:, gi].transpose(1, 2).reshape(b * length, kg)
-        outs.append(linear_psum(rows, wg[gi], scales, tile, mode=mode, gs=gs, bits=bits, observe=observe))
+        outs.append(linear_psum(rows, wg[gi], scales, tile, mode=mode, gs=gs, bits=bits, observe=observe,
+                                x_step=x_step, w_step=None if sw is None else sw[gi]))
     y = torch.stack(outs, 1) if groups > 1 else outs[0].unsqueeze(1)  # [B*L, G, Cog]
     return y.reshape(b, length, co).transpose(1, 2).reshape(b, co, h, w_out)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from apsq.quant import _clsq
 from apsq.quant.ops import fake_quantize, grad_scale, lsq_grad_factor, pow2_ste, qrange, quantize_codes
 from apsq.quant.search import best_pow2_exponent
 
@@ -63,7 +64,10 @@ class LSQQuantizer(nn.Module):
         log2_s = self.log2_scale
         if self.training and log2_s.requires_grad:
             log2_s = grad_scale(log2_s, lsq_grad_factor(x.numel() // log2_s.numel(), self.bits))
-        return fake_quantize(x, self._broadcast(pow2_ste(log2_s), x), self.bits)
+        step = self._broadcast(pow2_ste(log2_s), x)
+        if _clsq.applicable(x, step, self.channel_axis):  # one pass each way, same values and gradients
+            return _clsq.lsq_fake_quantize(x, step, self.bits, self.channel_axis)
+        return fake_quantize(x, step, self.bits)
 
     @torch.no_grad()
     def codes(self, x: torch.Tensor) -> torch.Tensor:

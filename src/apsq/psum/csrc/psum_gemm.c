@@ -1,0 +1,173 @@
+/* Tiled PSUM accumulation fused with its matmul, on integer operand codes.
+ *
+ * The W8A8 operands of a quantized layer are integer codes times power-of-two steps:
+ * x[m, k] = cx[m, k] * sx and W[o, k] = cw[o, k] * sw[o]. The tile partial sum
+ *     Tp_i[m, o] = sum_{k in tile i} x[m, k] W[o, k] = unit[o] * sum_{k in tile i} cx[m, k] cw[o, k]
+ * (unit[o] = sx * sw[o]) is then an exact integer times a power of two: the caller checks that
+ * |cx| max * |cw| max * tile fits the float mantissa, so the float matmul of the reference path
+ * gives exactly this value in any summation order, and so does this kernel. Each `t`-deep tile
+ * product is computed here in int16 x int16 -> int32 arithmetic (AVX-512 VNNI / BW when the
+ * compiler targets them, plain C otherwise) straight into registers, and the recursive PSUM
+ * quantization runs on it at once: the [n, M, N] tile tensor never exists, in the forward or in
+ * the backward's recomputation.
+ *
+ * Layout: codes are int16 row-major [rows][n * te], each tile zero-padded to an even depth te.
+ * They are packed per block of MR rows (activations) / NR columns (weights) into int16 pairs
+ * (k even, k odd) held in one int32, [Kp / 2][MR or NR]; a block of MR x NR outputs keeps its
+ * running sums in L1 while the kernel walks the n tiles.
+ *
+ * The dtype-generic functions (forward, backward, correction) are in psum_gemm_body.c, included
+ * once per dtype by the Python loader (apsq.psum._cgemm). */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && !defined(APSQ_PORTABLE)
+#include <immintrin.h>
+#define APSQ_SIMD 1
+#define MR 8
+#define NR 32
+#else
+#define APSQ_SIMD 0
+#define MR 4
+#define NR 16
+#endif
+#define MT (MR * NR)
+
+static inline long lmin(long a, long b) { return a < b ? a : b; }
+
+/* Which micro-kernel this build uses: 2 = AVX-512 VNNI, 1 = AVX-512 BW, 0 = portable C. */
+int apsq_gemm_isa(void) {
+#if APSQ_SIMD && defined(__AVX512VNNI__)
+    return 2;
+#elif APSQ_SIMD
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+static inline int32_t pair16(int16_t lo, int16_t hi) {
+    return (int32_t)((uint32_t)(uint16_t)lo | ((uint32_t)(uint16_t)hi << 16));
+}
+
+/* Rows [r0, r0 + width) of the int16 [R][Kp] matrix as int32 pairs [Kp / 2][width] (zero past R). */
+static void pack_pairs(const int16_t *src, long R, long Kp, long r0, int width, int32_t *dst) {
+    long kp2 = Kp / 2;
+    for (int r = 0; r < width; r++) {
+        long row = r0 + r;
+        if (row < R) {
+            const int16_t *s = src + row * Kp;
+            for (long kk = 0; kk < kp2; kk++) dst[kk * width + r] = pair16(s[2 * kk], s[2 * kk + 1]);
+        } else {
+            for (long kk = 0; kk < kp2; kk++) dst[kk * width + r] = 0;
+        }
+    }
+}
+
+static void *alloc64(size_t bytes) {
+    size_t b = (bytes + 63) / 64 * 64;
+    return aligned_alloc(64, b ? b : 64);
+}
+
+/* Packs every MR-row block of xa and every NR-column block of wb; returns 0 when out of memory. */
+static int pack_operands(const int16_t *xa, const int16_t *wb, long M, long N, long Kp, int32_t **ap,
+                         int32_t **bp, int nthreads) {
+    long nrt = (M + MR - 1) / MR, nct = (N + NR - 1) / NR, kp2 = Kp / 2;
+    *ap = (int32_t *)alloc64((size_t)nrt * kp2 * MR * sizeof(int32_t));
+    *bp = (int32_t *)alloc64((size_t)nct * kp2 * NR * sizeof(int32_t));
+    if (!*ap || !*bp) {
+        free(*ap);
+        free(*bp);
+        return 0;
+    }
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (long rt = 0; rt < nrt; rt++) pack_pairs(xa, M, Kp, rt * MR, MR, *ap + rt * kp2 * MR);
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (long ct = 0; ct < nct; ct++) pack_pairs(wb, N, Kp, ct * NR, NR, *bp + ct * kp2 * NR);
+    return 1;
+}
+
+/* c[MR][NR] = the int32 products of a tile: a [kp2][MR] and b [kp2][NR] packed pairs. */
+#if APSQ_SIMD
+#ifdef __AVX512VNNI__
+#define DPW(c, a, b) _mm512_dpwssd_epi32((c), (a), (b))
+#else
+#define DPW(c, a, b) _mm512_add_epi32((c), _mm512_madd_epi16((a), (b)))
+#endif
+static inline void tile_product(const int32_t *a, const int32_t *b, long kp2, int32_t *c) {
+    __m512i c00 = _mm512_setzero_si512(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
+            c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00,
+            c70 = c00, c71 = c00;
+    for (long kk = 0; kk < kp2; kk++) {
+        const __m512i b0 = _mm512_loadu_si512((const void *)(b + kk * NR));
+        const __m512i b1 = _mm512_loadu_si512((const void *)(b + kk * NR + 16));
+        const int32_t *ak = a + kk * MR;
+        __m512i av;
+        av = _mm512_set1_epi32(ak[0]); c00 = DPW(c00, av, b0); c01 = DPW(c01, av, b1);
+        av = _mm512_set1_epi32(ak[1]); c10 = DPW(c10, av, b0); c11 = DPW(c11, av, b1);
+        av = _mm512_set1_epi32(ak[2]); c20 = DPW(c20, av, b0); c21 = DPW(c21, av, b1);
+        av = _mm512_set1_epi32(ak[3]); c30 = DPW(c30, av, b0); c31 = DPW(c31, av, b1);
+        av = _mm512_set1_epi32(ak[4]); c40 = DPW(c40, av, b0); c41 = DPW(c41, av, b1);
+        av = _mm512_set1_epi32(ak[5]); c50 = DPW(c50, av, b0); c51 = DPW(c51, av, b1);
+        av = _mm512_set1_epi32(ak[6]); c60 = DPW(c60, av, b0); c61 = DPW(c61, av, b1);
+        av = _mm512_set1_epi32(ak[7]); c70 = DPW(c70, av, b0); c71 = DPW(c71, av, b1);
+    }
+    _mm512_storeu_si512((void *)(c + 0 * NR), c00); _mm512_storeu_si512((void *)(c + 0 * NR + 16), c01);
+    _mm512_storeu_si512((void *)(c + 1 * NR), c10); _mm512_storeu_si512((void *)(c + 1 * NR + 16), c11);
+    _mm512_storeu_si512((void *)(c + 2 * NR), c20); _mm512_storeu_si512((void *)(c + 2 * NR + 16), c21);
+    _mm512_storeu_si512((void *)(c + 3 * NR), c30); _mm512_storeu_si512((void *)(c + 3 * NR + 16), c31);
+    _mm512_storeu_si512((void *)(c + 4 * NR), c40); _mm512_storeu_si512((void *)(c + 4 * NR + 16), c41);
+    _mm512_storeu_si512((void *)(c + 5 * NR), c50); _mm512_storeu_si512((void *)(c + 5 * NR + 16), c51);
+    _mm512_storeu_si512((void *)(c + 6 * NR), c60); _mm512_storeu_si512((void *)(c + 6 * NR + 16), c61);
+    _mm512_storeu_si512((void *)(c + 7 * NR), c70); _mm512_storeu_si512((void *)(c + 7 * NR + 16), c71);
+}
+#else
+static inline void tile_product(const int32_t *a, const int32_t *b, long kp2, int32_t *c) {
+    int32_t acc[MT];
+    memset(acc, 0, sizeof(acc));
+    for (long kk = 0; kk < kp2; kk++) {
+        const int32_t *ak = a + kk * MR, *bk = b + kk * NR;
+        for (int r = 0; r < MR; r++) {
+            const int32_t a0 = (int16_t)(ak[r] & 0xffff), a1 = (int16_t)((uint32_t)ak[r] >> 16);
+            for (int j = 0; j < NR; j++) {
+                const int32_t b0 = (int16_t)(bk[j] & 0xffff), b1 = (int16_t)((uint32_t)bk[j] >> 16);
+                acc[r * NR + j] += a0 * b0 + a1 * b1;
+            }
+        }
+    }
+    memcpy(c, acc, sizeof(acc));
+}
+#endif
+
+/* One tile's integer dot product of two int16 rows (the correction's recomputation). */
+static inline int32_t dot16(const int16_t *a, const int16_t *b, long te) {
+    int32_t s = 0;
+    for (long k = 0; k < te; k++) s += (int32_t)a[k] * (int32_t)b[k];
+    return s;
+}
+
+/* Sum of t[0..MT) with 16 independent double accumulators (vectorisable; MT is a multiple of 16). */
+static inline double block_sum(const double *t) {
+    double part[16] = {0};
+    for (long k = 0; k < MT; k += 16)
+        for (int q = 0; q < 16; q++) part[q] += t[k + q];
+    double s = 0.0;
+    for (int q = 0; q < 16; q++) s += part[q];
+    return s;
+}
+
+/* First index f in the ascending idx[0..F) with idx[f] >= key. */
+static inline long lower_bound(const int64_t *idx, long F, int64_t key) {
+    long lo = 0, hi = F;
+    while (lo < hi) {
+        long mid = lo + (hi - lo) / 2;
+        if (idx[mid] < key) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+}
+
+static inline int bad_at(const void *lb, int lb8, long e) {
+    return lb8 ? ((const uint8_t *)lb)[e] : ((const int16_t *)lb)[e];
+}

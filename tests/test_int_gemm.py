@@ -1,0 +1,193 @@
+"""The fused integer kernel (apsq.psum._cgemm): tile products from operand codes inside the kernel.
+
+When a layer passes its operand steps, ``linear_psum`` computes each tile's partial sum from int16
+codes in registers and quantizes it at once. The values must be the reference's bit for bit (the
+tile sums are exact integers times a power of two), the gradients equal up to summation order, and
+the path must refuse operands for which it would not be exact.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from apsq.nn.config import LayerQuantConfig
+from apsq.nn.layers import QuantConv2d, QuantLinear
+from apsq.nn.psum_quantizer import set_psum_impl
+from apsq.psum import _cgemm
+from apsq.psum.accumulate import psum_accumulate
+from apsq.psum.fused import Plan, conv2d_psum, linear_psum
+from apsq.psum.tiling import conv2d_partials, linear_partials
+
+pytestmark = pytest.mark.skipif(not _cgemm.available(), reason=f"C kernel unavailable: {_cgemm.build_error()}")
+
+
+@pytest.fixture(params=["native", "portable"])
+def variant(request, monkeypatch):
+    """The SIMD micro-kernel this machine compiles, and the plain-C one (other CPUs)."""
+    if request.param == "portable":
+        monkeypatch.setenv("APSQ_GEMM_PORTABLE", "1")
+        assert _cgemm.isa() == "portable"
+    else:
+        monkeypatch.delenv("APSQ_GEMM_PORTABLE", raising=False)
+    return request.param
+
+
+def _operands(gen, m, k, n_out, x_bits, w_bits, per_row, dtype):
+    sx = torch.tensor(2.0 ** int(torch.randint(-6, 0, (1,), generator=gen)))
+    sw = torch.exp2(torch.randint(-9, -3, (n_out if per_row else 1,), generator=gen).double())
+    hx, hw = 2 ** (x_bits - 1), 2 ** (w_bits - 1)
+    x = torch.randint(-hx, hx, (m, k), generator=gen).double() * sx
+    w = torch.randint(-hw, hw, (n_out, k), generator=gen).double() * sw.reshape(-1, 1)
+    return x.to(dtype), w.to(dtype), sx.to(dtype), sw.to(dtype)
+
+
+def _run(fn, x, w, scales, g):
+    leaves = [t.clone().requires_grad_() for t in (x, w, scales)]
+    y = fn(*leaves)
+    return (y, *torch.autograd.grad(y, leaves, g))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_int_path_equals_reference(variant, dtype, data):
+    m, n_out = data.draw(st.integers(1, 19)), data.draw(st.integers(1, 40))  # edges of the MR x NR blocks
+    tile = data.draw(st.sampled_from([1, 3, 8, 16]))  # odd tiles are zero-padded to an even depth
+    k = data.draw(st.integers(1, 6 * tile))
+    mode = data.draw(st.sampled_from(["psq", "apsq"]))
+    gs = data.draw(st.integers(1, 4))
+    bits = data.draw(st.sampled_from([3, 6, 8]))
+    per_row = data.draw(st.booleans())
+    shift = data.draw(st.sampled_from([0.0, -3.0, 2.0]))  # -3: heavy saturation of tiles and sums
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    x, w, sx, sw = _operands(gen, m, k, n_out, 8, 8, per_row, dtype)
+    assert _cgemm.int_operands(x, w, tile, sx, sw) is not None  # the integer path is the one tested
+    parts = linear_partials(x, w, tile)
+    n = parts.shape[0]
+    mag = parts.abs().reshape(n, -1).amax(1).clamp_min(1e-30).double()
+    scales = torch.exp2(torch.round(torch.log2(mag / 2 ** (bits - 1))) + shift).to(dtype)
+    g = torch.randn(m, n_out, generator=gen, dtype=torch.float64).to(dtype)
+    ref = _run(lambda a, b, s: psum_accumulate(linear_partials(a, b, tile), s, mode=mode, gs=gs, bits=bits),
+               x, w, scales, g)
+    got = _run(lambda a, b, s: linear_psum(a, b, s, tile, mode=mode, gs=gs, bits=bits, x_step=sx, w_step=sw),
+               x, w, scales, g)
+    assert torch.equal(got[0], ref[0])
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    for a, b in zip(got[1:3], ref[1:3]):  # operand gradients: the same terms, summed in another order
+        assert torch.allclose(a, b, rtol=tol, atol=tol * float(b.abs().max().clamp_min(1.0)))
+    bound = float(g.abs().sum()) * 2 ** (bits - 1) * n  # step gradients: sums over all outputs
+    assert torch.all((got[3] - ref[3]).abs() <= (1e-13 if dtype == torch.float64 else 1e-6) * bound + 1e-12)
+
+
+def test_the_layers_take_the_integer_path(monkeypatch):
+    calls = []
+    real = _cgemm.forward
+    monkeypatch.setattr(_cgemm, "forward", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    torch.manual_seed(0)
+    cfg = LayerQuantConfig(tile=16, mode="apsq", gs=2)
+    lin = QuantLinear(70, 24, qcfg=cfg)
+    conv = QuantConv2d(4, 6, 3, padding=1, groups=2, qcfg=cfg)
+    for layer, x in ((lin, torch.randn(5, 70)), (conv, torch.randn(2, 4, 5, 5))):
+        layer(x)  # initialises the steps (reference path)
+        calls.clear()
+        layer(x)
+        assert calls, type(layer).__name__
+
+
+@pytest.mark.parametrize("mode,gs", [("psq", 1), ("apsq", 1), ("apsq", 3)])
+def test_quant_layers_integer_path_matches_reference(variant, mode, gs):
+    """Linear and grouped Conv2d in training, calibrated steps: fused == reference (float64, so the
+    gradients, whose terms the two paths sum in different orders, agree to 1e-9)."""
+    torch.manual_seed(3)
+    cfg = LayerQuantConfig(tile=8, mode=mode, gs=gs)
+    cases = [(QuantLinear(45, 20, qcfg=cfg), torch.randn(3, 6, 45)),
+             (QuantConv2d(6, 8, 3, padding=1, groups=2, qcfg=cfg), torch.randn(2, 6, 7, 7))]
+    for layer, x in cases:
+        layer.double().train()
+        x = x.double()
+        layer(x)
+        g = torch.randn_like(layer(x))
+        outs = {}
+        for impl in ("reference", "fused"):
+            set_psum_impl(layer, impl)
+            xi = x.clone().requires_grad_()
+            y = layer(xi)
+            params = [p for p in layer.parameters() if p.requires_grad]
+            outs[impl] = (y, *torch.autograd.grad(y, [xi, *params], g))
+        assert torch.equal(outs["fused"][0], outs["reference"][0])
+        for a, b in zip(outs["fused"][1:], outs["reference"][1:]):
+            assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_conv2d_psum_with_steps_equals_partials_path():
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randint(-50, 50, (2, 4, 6, 5), generator=gen).double() * 2.0**-3
+    sw = torch.exp2(torch.tensor([-4.0, -5.0, -4.0, -6.0, -5.0, -4.0], dtype=torch.float64))
+    w = torch.randint(-100, 100, (6, 2, 3, 3), generator=gen).double() * sw.reshape(-1, 1, 1, 1)
+    scales = torch.exp2(torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64))
+    args = (8, (1, 2), (1, 1), (1, 1), 2)
+    ref = conv2d_partials(x, w, *args)
+    y_ref = psum_accumulate(ref, scales, mode="apsq", gs=2, bits=6)
+    assert _cgemm.int_operands(x[0, :2].reshape(2, -1).t().contiguous(), w[:3].reshape(3, -1)[:, :2], 8,
+                               torch.tensor(2.0**-3), sw[:3]) is not None
+    y = conv2d_psum(x, w, scales, *args, mode="apsq", gs=2, bits=6, x_step=torch.tensor(2.0**-3), w_step=sw)
+    assert torch.equal(y, y_ref)
+
+
+def test_operands_that_would_not_be_exact_are_refused():
+    gen = torch.Generator().manual_seed(1)
+    x, w, sx, sw = _operands(gen, 4, 40, 5, 8, 8, True, torch.float32)
+    assert _cgemm.int_operands(x, w, 8, sx, sw) is not None
+    assert _cgemm.int_operands(x + 1e-3, w, 8, sx, sw) is None  # not on the step's grid
+    assert _cgemm.int_operands(x, w, 8, sx * 3, sw) is None  # not a power of two
+    assert _cgemm.int_operands(x, w, 8, sx.repeat(2), sw) is None  # activation step must be one value
+    assert _cgemm.int_operands(x, w, 8, sx, sw[:2]) is None  # one weight step per output row, or one
+    assert _cgemm.int_operands(x, w, 8, sx / 2**12, sw) is None  # codes beyond 15 bits
+    # 15-bit codes (step / 2^7): max|cx| max|cw| tile = 2^14 * 2^7 * 16 > 2^24, float32 sums inexact
+    assert float((x / (sx / 2**7)).abs().max()) > 2**13
+    assert _cgemm.int_operands(x, w, 16, sx / 2**7, sw) is None
+    assert _cgemm.int_operands(x.double(), w.double(), 16, sx.double() / 2**7, sw.double()) is not None
+    nan = x.clone()
+    nan[1, 3] = float("nan")
+    assert _cgemm.int_operands(nan, w, 8, sx, sw) is None
+    # a refused operand still gives the reference's values (batched-matmul path)
+    s = torch.ones(5)
+    y = linear_psum(x + 1e-3, w, s, 8, mode="apsq", gs=2, x_step=sx, w_step=sw)
+    assert torch.equal(y, psum_accumulate(linear_partials(x + 1e-3, w, 8), s, mode="apsq", gs=2))
+
+
+def test_codes_layout_pads_each_tile():
+    x = torch.arange(1.0, 8.0).reshape(1, 7) * 0.5
+    ops = _cgemm.int_operands(x, torch.ones(1, 7), 3, torch.tensor(0.5), torch.tensor(1.0))
+    assert ops.te == 4
+    assert ops.xa.tolist() == [[1, 2, 3, 0, 4, 5, 6, 0, 7, 0, 0, 0]]
+    assert ops.wb.tolist() == [[1, 1, 1, 0, 1, 1, 1, 0, 1, 0, 0, 0]]
+
+
+def test_correction_does_not_depend_on_thread_count():
+    gen = torch.Generator().manual_seed(4)
+    x, w, sx, sw = _operands(gen, 30, 96, 50, 8, 8, True, torch.float32)
+    ops = _cgemm.int_operands(x, w, 16, sx, sw)
+    plan = Plan("apsq", 6, 2, 5)
+    s = [2.0**-3] * 6  # small steps: most outputs saturate
+    out, lb = torch.empty(30, 50), torch.empty(30, 50, dtype=plan.bad_dtype)
+    _cgemm.forward(ops, s, plan, out, lb)
+    g = torch.randn(30, 50, generator=gen)
+    results = []
+    for threads in (1, 2):
+        prev = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            _, flag = _cgemm.backward(ops, s, plan, g, lb)
+            idx = flag.view(-1).nonzero().squeeze(1)
+            gx, gw = torch.zeros(30, 96), torch.zeros(50, 96)
+            _cgemm.correct(ops, s, plan, 16, g, lb, idx, x, w, gx, gw)
+        finally:
+            torch.set_num_threads(prev)
+        results.append((idx.numel(), gx, gw))
+    assert results[0][0] > 100
+    assert torch.equal(results[0][1], results[1][1]) and torch.equal(results[0][2], results[1][2])
