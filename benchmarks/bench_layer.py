@@ -30,6 +30,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -63,6 +64,22 @@ class Variant:
     walls: dict[str, list[float]] = field(default_factory=dict)  # wall-clock seconds
     peak: dict[str, int] = field(default_factory=dict)
     saved: dict[str, int] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # switches set while this variant runs
+
+
+@contextlib.contextmanager
+def _env(values: dict[str, str]):
+    """Set environment switches (``APSQ_INT_GEMM``, ``APSQ_FUSED_LSQ``) for one variant's step."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _ours(mode: str, gs: int = 1, impl: str = "fused") -> Callable[[int, int], nn.Module]:
@@ -88,7 +105,16 @@ def _brevitas() -> Callable[[int, int], nn.Module] | None:
     return make
 
 
-def variants(reference: bool) -> tuple[list[Variant], list[str]]:
+ABLATIONS = [
+    # the previous fast path: tiles from a batched matmul, chunk kernel, autograd LSQ quantizers
+    Variant("apsq_gs2_bmm_tiles", _ours("apsq", 2), env={"APSQ_INT_GEMM": "off", "APSQ_FUSED_LSQ": "off"}),
+    # the integer kernel, autograd LSQ quantizers
+    Variant("apsq_gs2_autograd_lsq", _ours("apsq", 2), env={"APSQ_FUSED_LSQ": "off"}),
+    Variant("w8a8_autograd_lsq", _ours("none"), env={"APSQ_FUSED_LSQ": "off"}),
+]
+
+
+def variants(reference: bool, ablation: bool = False) -> tuple[list[Variant], list[str]]:
     notes = []
     out = [Variant("fp32", lambda k, n: nn.Linear(k, n))]
     brev = _brevitas()
@@ -101,6 +127,8 @@ def variants(reference: bool) -> tuple[list[Variant], list[str]]:
     out += [Variant(f"apsq_gs{gs}", _ours("apsq", gs)) for gs in (1, 2, 3, 4)]
     if reference:
         out.append(Variant("apsq_gs2_reference", _ours("apsq", 2, "reference")))
+    if ablation:
+        out += [Variant(v.name, v.make, env=dict(v.env)) for v in ABLATIONS]
     return out, notes
 
 
@@ -158,18 +186,20 @@ def bench_layers(vs: list[Variant], reps: int, seed: int = 0) -> None:
         x = x0.clone().requires_grad_()
         for v in vs:  # warm-up, memory
             layer = layers[v.name]
-            _step(layer, x, g)
-            v.peak[key] = peak_bytes(lambda layer=layer: _step(layer, x, g))
-            v.saved[key] = saved_bytes(lambda layer=layer: layer(x))
+            with _env(v.env):
+                _step(layer, x, g)
+                v.peak[key] = peak_bytes(lambda layer=layer: _step(layer, x, g))
+                v.saved[key] = saved_bytes(lambda layer=layer: layer(x))
             v.times[key], v.walls[key] = [], []
         for r in range(reps):
             order = vs[r % len(vs):] + vs[: r % len(vs)]  # rotate so no variant always runs first
             for v in order:
                 layer = layers[v.name]
-                c0, t0 = time.process_time(), time.perf_counter()
-                _step(layer, x, g)
-                v.walls[key].append(time.perf_counter() - t0)
-                v.times[key].append(time.process_time() - c0)
+                with _env(v.env):
+                    c0, t0 = time.process_time(), time.perf_counter()
+                    _step(layer, x, g)
+                    v.walls[key].append(time.perf_counter() - t0)
+                    v.times[key].append(time.process_time() - c0)
         print(f"  {key}: done", file=sys.stderr)
 
 
@@ -204,7 +234,7 @@ def layer_results(vs: list[Variant]) -> dict[str, dict]:
 
 
 # ------------------------------------------------------------------------------------------------
-def bench_minilm(reps: int, batch: int, seq: int, gs: int) -> dict:
+def bench_minilm(reps: int, batch: int, seq: int, gs: int, ablation: bool = False) -> dict:
     """One training step of all-MiniLM-L6-v2: fp32 vs W8A8 (no PSUMs) vs APSQ, interleaved medians."""
     import copy
 
@@ -220,7 +250,12 @@ def bench_minilm(reps: int, batch: int, seq: int, gs: int) -> dict:
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     labels = torch.randint(0, 2, (batch,))
     models = {"fp32": copy.deepcopy(base)}
-    for name, cfg in (("w8a8", apsq.APSQConfig(mode="none")), (f"apsq_gs{gs}", apsq.APSQConfig(mode="apsq", gs=gs))):
+    envs: dict[str, dict[str, str]] = {}
+    quantized = [("w8a8", apsq.APSQConfig(mode="none")), (f"apsq_gs{gs}", apsq.APSQConfig(mode="apsq", gs=gs))]
+    if ablation:
+        quantized.append((f"apsq_gs{gs}_bmm_tiles", apsq.APSQConfig(mode="apsq", gs=gs)))
+        envs[f"apsq_gs{gs}_bmm_tiles"] = {"APSQ_INT_GEMM": "off", "APSQ_FUSED_LSQ": "off"}
+    for name, cfg in quantized:
         m = copy.deepcopy(base)
         apsq.quantize_(m, cfg)
         apsq.calibrate(m, [inputs])
@@ -231,8 +266,9 @@ def bench_minilm(reps: int, batch: int, seq: int, gs: int) -> dict:
         m, opt = models[name], opts[name]
         m.train()
         opt.zero_grad(set_to_none=True)
-        out = m(**inputs, labels=labels)
-        out.loss.backward()
+        with _env(envs.get(name, {})):
+            out = m(**inputs, labels=labels)
+            out.loss.backward()
         opt.step()
 
     times = {k: [] for k in models}
@@ -256,6 +292,7 @@ def bench_minilm(reps: int, batch: int, seq: int, gs: int) -> dict:
         "ratio_apsq_vs_fp32": round(med[key] / med["fp32"], 3),
         "ratio_apsq_vs_w8a8": round(med[key] / med["w8a8"], 3),
         "ratio_w8a8_vs_fp32": round(med["w8a8"] / med["fp32"], 3),
+        **({f"ratio_{key}_bmm_tiles_vs_fp32": round(med[f"{key}_bmm_tiles"] / med["fp32"], 3)} if ablation else {}),
     }
 
 
@@ -278,18 +315,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     ap.add_argument("--json", action="store_true", help="print one JSON object: an entry per variant")
     ap.add_argument("--reference", action="store_true", help="also time apsq gs=2 through the reference loop")
+    ap.add_argument("--ablation", action="store_true",
+                    help="also time apsq gs=2 / w8a8 with the previous paths (batched-matmul tiles, autograd LSQ)")
     ap.add_argument("--minilm", action="store_true", help="also time one MiniLM training step")
     ap.add_argument("--minilm-batch", type=int, default=8)
     ap.add_argument("--minilm-seq", type=int, default=128)
     ap.add_argument("--minilm-reps", type=int, default=5)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    vs, notes = variants(args.reference)
+    vs, notes = variants(args.reference, args.ablation)
     bench_layers(vs, args.reps)
     res = layer_results(vs)
     if args.minilm:
         print("  MiniLM training steps ...", file=sys.stderr)
-        res["minilm_train_step"] = bench_minilm(args.minilm_reps, args.minilm_batch, args.minilm_seq, gs=2)
+        res["minilm_train_step"] = bench_minilm(args.minilm_reps, args.minilm_batch, args.minilm_seq, gs=2,
+                                                    ablation=args.ablation)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0

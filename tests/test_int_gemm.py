@@ -191,3 +191,15 @@ def test_correction_does_not_depend_on_thread_count():
         results.append((idx.numel(), gx, gw))
     assert results[0][0] > 100
     assert torch.equal(results[0][1], results[1][1]) and torch.equal(results[0][2], results[1][2])
+
+
+def test_int_path_saves_only_operands_and_one_byte_per_output():
+    from test_fast_path import _saved_bytes  # tests/ is on sys.path (pytest prepend import mode)
+
+    gen = torch.Generator().manual_seed(2)
+    x, w, sx, sw = _operands(gen, 64, 256, 96, 8, 8, True, torch.float32)
+    x.requires_grad_()
+    w.requires_grad_()
+    s = torch.ones(8, requires_grad=True)
+    saved = _saved_bytes(lambda: linear_psum(x, w, s, 32, mode="apsq", gs=2, x_step=sx, w_step=sw))
+    assert saved <= (x.numel() + w.numel()) * 4 + 64 * 96 + 64

@@ -1,0 +1,34 @@
+"""The layer benchmark runs end to end (tiny shapes; no timing is asserted — ratios live in benchmarks/)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_layer", ROOT / "benchmarks" / "bench_layer.py")
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_layer", mod)  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "SHAPES", [(64, 48)])
+    monkeypatch.setattr(mod, "M_TOKENS", 16)
+    return mod
+
+
+def test_layer_benchmark_reports_every_variant(bench):
+    vs, _ = bench.variants(reference=True, ablation=True)
+    bench.bench_layers(vs, reps=1)
+    res = bench.layer_results(vs)
+    for name in ("fp32", "w8a8", "psq", "apsq_gs1", "apsq_gs2", "apsq_gs3", "apsq_gs4", "apsq_gs2_reference",
+                 "apsq_gs2_bmm_tiles", "apsq_gs2_autograd_lsq"):
+        entry = res[name]
+        assert entry["ratio_vs_fp32"] > 0 and entry["peak_mem_ratio_vs_w8a8"] > 0
+        assert set(entry["shapes"]) == {"M16_K64_N48"}
+    assert res["fp32"]["ratio_vs_fp32"] == 1.0 and res["w8a8"]["peak_mem_ratio_vs_w8a8"] == 1.0
