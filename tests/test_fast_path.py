@@ -16,7 +16,8 @@ from torch import nn
 
 from apsq.errors import APSQError
 from apsq.nn.config import LayerQuantConfig
-from apsq.nn.layers import QuantConv2d, QuantLinear, QuantMatmul, matmul_partials
+from apsq.nn.layers import QuantConv2d, QuantLinear, QuantMatmul
+from apsq.psum.tiling import matmul_partials
 from apsq.nn.psum_quantizer import PSUMQuantizer, set_psum_impl
 from apsq.nn.stats import LayerStats, StatsRecorder
 from apsq import _cbuild

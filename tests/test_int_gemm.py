@@ -14,12 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from apsq.nn.config import LayerQuantConfig
-from apsq.nn.layers import QuantConv2d, QuantLinear
+from apsq.nn.layers import QuantConv2d, QuantLinear, QuantMatmul
 from apsq.nn.psum_quantizer import set_psum_impl
 from apsq.psum import _cgemm
 from apsq.psum.accumulate import psum_accumulate
-from apsq.psum.fused import Plan, conv2d_psum, linear_psum
-from apsq.psum.tiling import conv2d_partials, linear_partials
+from apsq.psum.fused import Plan, conv2d_psum, linear_psum, matmul_psum
+from apsq.psum.tiling import conv2d_partials, linear_partials, matmul_partials
 
 pytestmark = pytest.mark.skipif(not _cgemm.available(), reason=f"C kernel unavailable: {_cgemm.build_error()}")
 
@@ -91,10 +91,13 @@ def test_the_layers_take_the_integer_path(monkeypatch):
     cfg = LayerQuantConfig(tile=16, mode="apsq", gs=2)
     lin = QuantLinear(70, 24, qcfg=cfg)
     conv = QuantConv2d(4, 6, 3, padding=1, groups=2, qcfg=cfg)
-    for layer, x in ((lin, torch.randn(5, 70)), (conv, torch.randn(2, 4, 5, 5))):
-        layer(x)  # initialises the steps (reference path)
+    mm = QuantMatmul(40, cfg)
+    cases = [(lin, (torch.randn(5, 70),)), (conv, (torch.randn(2, 4, 5, 5),)),
+             (mm, (torch.randn(2, 3, 5, 40), torch.randn(2, 3, 40, 9)))]
+    for layer, inputs in cases:
+        layer(*inputs)  # initialises the steps (reference path)
         calls.clear()
-        layer(x)
+        layer(*inputs)
         assert calls, type(layer).__name__
 
 
@@ -203,3 +206,39 @@ def test_int_path_saves_only_operands_and_one_byte_per_output():
     s = torch.ones(8, requires_grad=True)
     saved = _saved_bytes(lambda: linear_psum(x, w, s, 32, mode="apsq", gs=2, x_step=sx, w_step=sw))
     assert saved <= (x.numel() + w.numel()) * 4 + 64 * 96 + 64
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_batched_matmul_equals_reference(variant, data):
+    """Attention-shaped products [B, H, M, K] @ [B, H, K, N]: each of the B*H products in the kernel."""
+    lead = tuple(data.draw(st.lists(st.integers(1, 3), min_size=1, max_size=2)))
+    m, k, n_out = data.draw(st.integers(1, 12)), data.draw(st.integers(1, 40)), data.draw(st.integers(1, 35))
+    tile = data.draw(st.sampled_from([3, 8, 16]))
+    mode, gs = data.draw(st.sampled_from([("psq", 1), ("apsq", 1), ("apsq", 2), ("apsq", 3)]))
+    shift = data.draw(st.sampled_from([0.0, -3.0]))
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    sa, sb = torch.tensor(2.0**-4, dtype=torch.float64), torch.tensor(2.0**-6, dtype=torch.float64)
+    a = torch.randint(-128, 128, (*lead, m, k), generator=gen).double() * sa
+    b = torch.randint(-128, 128, (*lead, k, n_out), generator=gen).double() * sb
+    parts = matmul_partials(a, b, tile)
+    n = parts.shape[0]
+    mag = parts.abs().reshape(n, -1).amax(1).clamp_min(1e-30)
+    scales = torch.exp2(torch.round(torch.log2(mag / 128)) + shift)
+    g = torch.randn(*lead, m, n_out, generator=gen, dtype=torch.float64)
+    ref = _run(lambda x, y, s: psum_accumulate(matmul_partials(x, y, tile), s, mode=mode, gs=gs, bits=8),
+               a, b, scales, g)
+    got = _run(lambda x, y, s: matmul_psum(x, y, s, tile, mode=mode, gs=gs, bits=8, a_step=sa, b_step=sb),
+               a, b, scales, g)
+    assert torch.equal(got[0], ref[0])
+    for x, y in zip(got[1:3], ref[1:3]):
+        assert torch.allclose(x, y, rtol=1e-12, atol=1e-12 * float(y.abs().max().clamp_min(1.0)))
+    assert torch.allclose(got[3], ref[3], rtol=1e-10, atol=1e-10)
+
+
+def test_matmul_broadcast_batch_uses_the_partials_path():
+    a = torch.randint(-9, 9, (2, 3, 4, 16)).double() / 4
+    b = torch.randint(-9, 9, (1, 3, 16, 5)).double() / 8  # broadcast over the first batch dimension
+    s = torch.ones(2, dtype=torch.float64)
+    y = matmul_psum(a, b, s, 8, mode="apsq", gs=2, a_step=torch.tensor(0.25), b_step=torch.tensor(0.125))
+    assert torch.equal(y, psum_accumulate(matmul_partials(a, b, 8), s, mode="apsq", gs=2))

@@ -15,7 +15,8 @@ import torch
 
 from apsq.errors import APSQError, check_finite
 from apsq.integer.psum import IntPSUM, psum_accumulate_int
-from apsq.nn.layers import QuantConv2d, QuantLinear, QuantMatmul, matmul_partials
+from apsq.nn.layers import QuantConv2d, QuantLinear, QuantMatmul
+from apsq.psum.tiling import matmul_partials
 from apsq.psum.tiling import conv2d_partials, linear_partials
 
 __all__ = ["integer_forward", "tile_sums"]

@@ -19,7 +19,7 @@ from apsq.nn.config import LayerQuantConfig
 from apsq.nn.psum_quantizer import PSUMQuantizer
 from apsq.nn.stats import LayerStats, StatsRecorder
 from apsq.psum.accumulate import saturating_accumulate
-from apsq.psum.tiling import conv2d_partials, linear_partials, num_tiles
+from apsq.psum.tiling import conv2d_partials, linear_partials, matmul_partials, num_tiles
 from apsq.quant.lsq import LSQQuantizer
 
 DEFAULT_CALIB_ROWS = 1024
@@ -226,17 +226,6 @@ class QuantConv2d(nn.Conv2d, _QuantMixin):
             self.psum.init_from(self.partials(xs))
 
 
-def matmul_partials(a: torch.Tensor, b: torch.Tensor, tile: int) -> torch.Tensor:
-    """PSUM tiles of ``a @ b`` along K: ``a [..., M, K]``, ``b [..., K, N]`` -> ``[n, ..., M, N]``."""
-    from apsq.psum.tiling import pad_to_tiles
-
-    k = a.shape[-1]
-    n = num_tiles(k, tile)
-    ap = pad_to_tiles(a, tile).reshape(*a.shape[:-1], n, tile)  # [..., M, n, t]
-    bp = pad_to_tiles(b.transpose(-1, -2), tile).reshape(*b.shape[:-2], b.shape[-1], n, tile)  # [..., N, n, t]
-    return torch.einsum("...mnt,...knt->n...mk", ap, bp)
-
-
 class QuantMatmul(nn.Module, _QuantMixin):
     """An activation x activation matmul (attention's ``QK^T`` or ``AV``) with tiled PSUMs.
 
@@ -279,7 +268,8 @@ class QuantMatmul(nn.Module, _QuantMixin):
                 unit = (self.a_quant.scale() * self.b_quant.scale()).reshape(())
                 return saturating_accumulate(self.partials(a, b), unit, self.qcfg.acc_bits)
             return self.a_quant(a) @ self.b_quant(b)
-        return self.psum(self.partials(a, b))
+        return self.psum.matmul(self.a_quant(a), self.b_quant(b), self.qcfg.tile, a_step=self.a_quant.scale(),
+                                b_step=self.b_quant.scale())
 
     @torch.no_grad()
     def finish_calibration(self) -> None:

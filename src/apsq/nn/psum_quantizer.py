@@ -7,8 +7,8 @@ from torch import nn
 
 from apsq.errors import APSQError, check_choice
 from apsq.psum.accumulate import closing_steps, psum_accumulate
-from apsq.psum.fused import conv2d_psum, linear_psum, psum_accumulate_fused
-from apsq.psum.tiling import conv2d_partials, linear_partials
+from apsq.psum.fused import conv2d_psum, linear_psum, matmul_psum, psum_accumulate_fused
+from apsq.psum.tiling import conv2d_partials, linear_partials, matmul_partials
 from apsq.quant.ops import fake_quantize, grad_scale, lsq_grad_factor, pow2_ste, qrange
 from apsq.quant.search import best_pow2_exponent
 
@@ -108,6 +108,18 @@ class PSUMQuantizer(nn.Module):
         return conv2d_psum(x, weight, self._steps(n, x.shape[0] * co * h * w), tile, stride, padding, dilation,
                            groups, mode=self.mode, gs=self.gs, bits=self.bits, observe=self.observe,
                            x_step=x_step, w_step=w_step)
+
+    def matmul(self, a: torch.Tensor, b: torch.Tensor, tile: int, a_step: torch.Tensor | None = None,
+               b_step: torch.Tensor | None = None) -> torch.Tensor:
+        """``self(matmul_partials(a, b, tile))`` — fused: with the operand steps, through the integer
+        kernel without materialising the tiles."""
+        if self.mode == "none" or not self._use_fused() or not bool(self.initialized):
+            return self(matmul_partials(a, b, tile))
+        n = -(-a.shape[-1] // tile)
+        self._check_n(n)
+        numel = a.numel() // a.shape[-1] * b.shape[-1]
+        return matmul_psum(a, b, self._steps(n, numel), tile, mode=self.mode, gs=self.gs, bits=self.bits,
+                           observe=self.observe, a_step=a_step, b_step=b_step)
 
     @torch.no_grad()
     def init_from(self, partials: torch.Tensor) -> None:

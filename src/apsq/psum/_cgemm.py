@@ -43,15 +43,15 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.apsq_gemm_isa.argtypes, lib.apsq_gemm_isa.restype = [], it
     for suf in DTYPE_SUFFIXES:
         f = getattr(lib, f"apsq_gemm_fwd_{suf}")
-        f.argtypes = [vp, vp, lg, lg, lg, lg, vp, vp, vp, it, it, it, it, vp, vp, it, it]
+        f.argtypes = [vp, vp, lg, lg, lg, lg, lg, vp, vp, vp, it, it, it, it, vp, vp, it, it]
         f.restype = it
         b = getattr(lib, f"apsq_gemm_bwd_{suf}")
-        b.argtypes = [vp, vp, lg, lg, lg, lg, vp, vp, vp, it, it, it, it, vp, vp, it, vp, vp, it]
+        b.argtypes = [vp, vp, lg, lg, lg, lg, lg, vp, vp, vp, it, it, it, it, vp, vp, it, vp, vp, it]
         b.restype = it
         k = getattr(lib, f"apsq_codes16_{suf}")
         k.argtypes, k.restype = [vp, lg, lg, lg, lg, vp, it, vp, it], lg
         c = getattr(lib, f"apsq_gemm_correct_{suf}")
-        c.argtypes = [vp, vp, lg, lg, lg, lg, lg, vp, vp, it, it, it, it, vp, vp, it, vp, lg, vp, vp, vp, vp, it]
+        c.argtypes = [vp, vp, lg, lg, lg, lg, lg, lg, vp, vp, it, it, it, it, vp, vp, it, vp, lg, vp, vp, vp, vp, it]
         c.restype = it
 
 
@@ -88,13 +88,20 @@ def isa() -> str:
 
 @dataclass(frozen=True)
 class IntOperands:
-    """int16 codes ``xa [M, n*te]``, ``wb [N, n*te]`` (each tile zero-padded to even depth ``te``)
-    and ``unit [N]`` (the operands' dtype): ``x @ W.T`` tile ``i`` = ``unit * (xa_i @ wb_i.T)``."""
+    """int16 codes ``xa [B*M, n*te]``, ``wb [B*N, n*te]`` (``batch`` = B stacked products, each tile
+    zero-padded to even depth ``te``) and ``unit [N]`` (the operands' dtype): tile ``i`` of product ``b``
+    is ``unit * (xa_b,i @ wb_b,i.T)``."""
 
     xa: torch.Tensor
     wb: torch.Tensor
     unit: torch.Tensor
     te: int
+    batch: int = 1
+
+    @property
+    def dims(self) -> tuple[int, int, int]:
+        """``(B, M, N)``."""
+        return self.batch, self.xa.shape[0] // self.batch, self.wb.shape[0] // self.batch
 
 
 def _codes16(v: torch.Tensor, step: torch.Tensor, tile: int, te: int) -> tuple[torch.Tensor, int] | None:
@@ -115,33 +122,38 @@ def _codes16(v: torch.Tensor, step: torch.Tensor, tile: int, te: int) -> tuple[t
 
 
 def int_operands(x2: torch.Tensor, w: torch.Tensor, tile: int, x_step: torch.Tensor | None,
-                 w_step: torch.Tensor | None) -> IntOperands | None:
-    """The kernel's operands for ``x2 [M, K] @ w [N, K].T``, or None when the integer path would not
-    be exact (or the kernel is unavailable): ``x_step`` a single power of two, ``w_step`` one per
-    output row (or a single one), ``x2 / x_step`` and ``w / w_step`` integers of at most 15 bits with
-    ``max|cx| max|cw| tile`` within the exact-sum bound (module docstring)."""
+                 w_step: torch.Tensor | None, batch: int = 1) -> IntOperands | None:
+    """The kernel's operands for ``x2 [B*M, K] @ w [B*N, K].T`` (``batch`` = B independent products),
+    or None when the integer path would not be exact (or the kernel is unavailable): ``x_step`` a
+    single power of two, ``w_step`` one per output row ``N`` (or a single one), ``x2 / x_step`` and
+    ``w / w_step`` integers of at most 15 bits with ``max|cx| max|cw| tile`` within the exact-sum
+    bound (module docstring)."""
     if x_step is None or w_step is None or x2.dtype not in (torch.float32, torch.float64) or not available():
+        return None
+    if x2.shape[0] % batch or w.shape[0] % batch:
         return None
     sx = x_step.detach().to(torch.float64).reshape(-1)
     sw = w_step.detach().to(torch.float64).reshape(-1)
-    n_out = w.shape[0]
+    n_out = w.shape[0] // batch
     if sx.numel() != 1 or sw.numel() not in (1, n_out):
         return None
     if not (bool(is_power_of_two(sx).all()) and bool(is_power_of_two(sw).all())):
         return None
     te = tile + (tile % 2)
+    sw = sw.expand(n_out)
     cx = _codes16(x2.detach(), sx, tile, te)
-    cw = _codes16(w.detach(), sw.expand(n_out) if sw.numel() == 1 else sw, tile, te)
+    row_steps = sw[:1] if bool((sw == sw[0]).all()) else sw.repeat(batch)  # one per row of w, or one
+    cw = _codes16(w.detach(), row_steps, tile, te)
     if cx is None or cw is None:
         return None
     limit = 2**24 if x2.dtype == torch.float32 else 2**31 - 1
     if cx[1] * cw[1] * tile > limit:
         return None
-    unit = (sx * sw).expand(n_out)
+    unit = sx * sw
     info = torch.finfo(x2.dtype)
     if float(unit.min()) < info.tiny or float(unit.max()) * limit > info.max:
         return None
-    return IntOperands(cx[0], cw[0], unit.to(x2.dtype).contiguous(), te)
+    return IntOperands(cx[0], cw[0], unit.to(x2.dtype).contiguous(), te, batch)
 
 
 def _suffix(dtype: torch.dtype) -> str:
@@ -160,12 +172,12 @@ def _ok(rc: int) -> None:
 
 def forward(ops: IntOperands, s: list[float], plan, out: torch.Tensor,
             last_bad: torch.Tensor | None) -> None:
-    """Writes the accumulated output ``out [M, N]`` and, for apsq, ``last_bad [M, N]``."""
+    """Writes the accumulated output ``out [B, M, N]`` and, for apsq, ``last_bad [B, M, N]`` (contiguous)."""
     lib = library()
-    (m, kp), n_out = ops.xa.shape, ops.wb.shape[0]
+    b, m, n_out = ops.dims
     sd, si = _steps(s)
     _ok(getattr(lib, f"apsq_gemm_fwd_{_suffix(out.dtype)}")(
-        ops.xa.data_ptr(), ops.wb.data_ptr(), m, n_out, plan.n, ops.te, ops.unit.data_ptr(), sd, si,
+        ops.xa.data_ptr(), ops.wb.data_ptr(), b, m, n_out, plan.n, ops.te, ops.unit.data_ptr(), sd, si,
         int(plan.mode == "apsq"), plan.gs, plan.qn, plan.qp, out.data_ptr(),
         None if last_bad is None else last_bad.data_ptr(), int(plan.bad_dtype == torch.uint8),
         torch.get_num_threads()))
@@ -173,14 +185,15 @@ def forward(ops: IntOperands, s: list[float], plan, out: torch.Tensor,
 
 def backward(ops: IntOperands, s: list[float], plan, g: torch.Tensor,
              last_bad: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step-size gradients (float64 ``[n]``) and the uint8 ``[M, N]`` flags of outputs needing a correction."""
+    """Step-size gradients (float64 ``[n]``) and the uint8 ``[B, M, N]`` flags of outputs needing a
+    correction; ``g [B, M, N]`` contiguous."""
     lib = library()
-    (m, kp), n_out = ops.xa.shape, ops.wb.shape[0]
+    b, m, n_out = ops.dims
     grad_s = torch.empty(plan.n, dtype=torch.float64)
-    flag = torch.empty(m, n_out, dtype=torch.uint8)
+    flag = torch.empty(b, m, n_out, dtype=torch.uint8)
     sd, si = _steps(s)
     _ok(getattr(lib, f"apsq_gemm_bwd_{_suffix(g.dtype)}")(
-        ops.xa.data_ptr(), ops.wb.data_ptr(), m, n_out, plan.n, ops.te, ops.unit.data_ptr(), sd, si,
+        ops.xa.data_ptr(), ops.wb.data_ptr(), b, m, n_out, plan.n, ops.te, ops.unit.data_ptr(), sd, si,
         int(plan.mode == "apsq"), plan.gs, plan.qn, plan.qp, g.data_ptr(),
         None if last_bad is None else last_bad.data_ptr(), int(plan.bad_dtype == torch.uint8),
         grad_s.data_ptr(), flag.data_ptr(), torch.get_num_threads()))
@@ -190,14 +203,15 @@ def backward(ops: IntOperands, s: list[float], plan, g: torch.Tensor,
 def correct(ops: IntOperands, s: list[float], plan, tile: int, g: torch.Tensor, last_bad: torch.Tensor | None,
             idx: torch.Tensor, xp: torch.Tensor, wp: torch.Tensor, gxp: torch.Tensor | None,
             gwp: torch.Tensor | None) -> None:
-    """In place: removes from ``gxp [M, n*t]`` / ``gwp [N, n*t]`` (``g @ W`` / ``g^T @ x``) the terms of
-    the tiles whose gradient is 0 at the flagged outputs ``idx`` (ascending flat indices)."""
+    """In place: removes from ``gxp [B*M, n*t]`` / ``gwp [B*N, n*t]`` (``g @ W`` / ``g^T @ x`` per product)
+    the terms of the tiles whose gradient is 0 at the flagged outputs ``idx`` (ascending flat indices
+    into ``[B, M, N]``); ``xp`` / ``wp`` are the float operands in the same layout."""
     lib = library()
-    (m, kp), n_out = ops.xa.shape, ops.wb.shape[0]
+    b, m, n_out = ops.dims
     idx = idx.to(torch.int64).contiguous()
     _, si = _steps(s)
     _ok(getattr(lib, f"apsq_gemm_correct_{_suffix(g.dtype)}")(
-        ops.xa.data_ptr(), ops.wb.data_ptr(), m, n_out, plan.n, ops.te, tile, ops.unit.data_ptr(), si,
+        ops.xa.data_ptr(), ops.wb.data_ptr(), b, m, n_out, plan.n, ops.te, tile, ops.unit.data_ptr(), si,
         int(plan.mode == "apsq"), plan.gs, plan.qn, plan.qp, g.data_ptr(),
         None if last_bad is None else last_bad.data_ptr(), int(plan.bad_dtype == torch.uint8),
         idx.data_ptr(), idx.numel(), xp.data_ptr(), wp.data_ptr(),

@@ -39,13 +39,15 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from apsq.errors import PSUM_MODES, APSQError, check_bits, check_choice, check_int
-from apsq.psum.tiling import conv2d_im2col, num_tiles, pad_to_tiles
+from apsq.psum.fused_int import int_gemm_psum
+from apsq.psum.tiling import conv2d_im2col, matmul_partials, num_tiles, pad_to_tiles
 from apsq.quant.ops import is_power_of_two, qrange
 
 __all__ = [
     "psum_accumulate_fused",
     "linear_psum",
     "conv2d_psum",
+    "matmul_psum",
     "kernel_backend",
     "CHUNK_ELEMENTS",
 ]
@@ -335,37 +337,17 @@ def _tiles(x2: torch.Tensor, w: torch.Tensor, tile: int) -> tuple[torch.Tensor, 
     return xt, wt
 
 
-INT_GEMM = ("auto", "off")
-
-
-def _int_operands(x2, w, tile, steps):
-    """The fused integer kernel's operands when it applies (``APSQ_INT_GEMM=off`` disables it)."""
-    mode = os.environ.get("APSQ_INT_GEMM", "auto")
-    check_choice("APSQ_INT_GEMM", mode, INT_GEMM)
-    if mode == "off" or steps is None:
-        return None
-    from apsq.psum import _cgemm
-
-    return _cgemm.int_operands(x2.detach(), w.detach(), tile, *steps)
-
-
 class _FusedLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x2, w, scales, tile: int, plan: Plan, observe, backend: str, steps):  # noqa: D102
+    def forward(ctx, x2, w, scales, tile: int, plan: Plan, observe, backend: str):  # noqa: D102
         n, m_rows, big_n = plan.n, x2.shape[0], w.shape[0]
         s, scol = _steps(scales, x2.dtype)
         backend = _effective_backend(backend, s, x2.dtype)
         use_c = backend == "c" and observe is None
         out = torch.empty(m_rows, big_n, dtype=x2.dtype)
         last_bad = None if plan.mode == "psq" else torch.empty(m_rows, big_n, dtype=plan.bad_dtype)
-        ops = _int_operands(x2, w, tile, steps) if use_c else None
-        ctx.tile, ctx.plan, ctx.backend, ctx.steps = tile, plan, backend, steps if ops is not None else None
+        ctx.tile, ctx.plan, ctx.backend = tile, plan, backend
         ctx.save_for_backward(x2, w, scales, last_bad)
-        if ops is not None:  # tile products inside the kernel, from the integer codes
-            from apsq.psum import _cgemm
-
-            _cgemm.forward(ops, s, plan, out, last_bad)
-            return out
         xt, wt = _tiles(x2.detach(), w.detach(), tile)
         rows = max(1, _chunk_elements() // (n * big_n))
         buf = torch.empty(n * min(rows, m_rows) * big_n, dtype=x2.dtype)  # one chunk of tiles, reused
@@ -393,12 +375,6 @@ class _FusedLinear(torch.autograd.Function):
         s, scol = _steps(scales, x2.dtype)
         g2 = grad_out.to(x2.dtype).contiguous()
         need = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        ops = _int_operands(x2, w, tile, ctx.steps) if ctx.steps is not None else None
-        if ops is not None:
-            gxp, gwp, grad_s = _linear_backward_int(ops, x2.detach(), w.detach(), s, g2, last_bad, plan, tile, need)
-            gx = gxp[:, :k] if need[0] else None
-            gw = gwp[:, :k] if need[1] else None
-            return gx, gw, grad_s.to(scales.dtype), None, None, None, None, None
         xt, wt = _tiles(x2.detach(), w.detach(), tile)
         rows = max(1, _chunk_elements() // (n * big_n))
         if backend == "c" and not _mostly_saturated(last_bad):
@@ -406,29 +382,12 @@ class _FusedLinear(torch.autograd.Function):
             gxp, gwp, grad_s = _linear_backward_gemm(xt, wt, xp, wp, s, g2, last_bad, plan, rows, need)
             gx = gxp[:, :k] if need[0] else None
             gw = gwp[:, :k] if need[1] else None
-            return gx, gw, grad_s.to(scales.dtype), None, None, None, None, None
+            return gx, gw, grad_s.to(scales.dtype), None, None, None, None
         grads = _linear_backward_by_rows(xt, wt, s, scol, g2, last_bad, plan, backend, rows, need)
         gxt, gwt, grad_s = grads
         gx = gxt.transpose(0, 1).reshape(m_rows, n * tile)[:, :k] if need[0] else None
         gw = gwt.permute(2, 0, 1).reshape(big_n, n * tile)[:, :k] if need[1] else None
-        return gx, gw, grad_s.to(scales.dtype), None, None, None, None, None
-
-
-def _linear_backward_int(ops, x2, w, s, g2, last_bad, plan, tile, need):
-    """Integer-kernel backward: ``grad_x = g @ W``, ``grad_W = g^T @ x`` (full GEMMs, as if every tile
-    received ``g``), the kernel's step gradients and flags, then the kernel's in-place correction at
-    the flagged outputs (the terms of tiles whose gradient is 0). Returns ``grad_x [M, n*t]``,
-    ``grad_W [N, n*t]`` (None where not needed) and ``grad_s`` (float64)."""
-    from apsq.psum import _cgemm
-
-    xp, wp = pad_to_tiles(x2, tile).contiguous(), pad_to_tiles(w, tile).contiguous()
-    gxp = torch.mm(g2, wp) if need[0] else None
-    gwp = torch.mm(g2.t(), xp) if need[1] else None
-    grad_s, flag = _cgemm.backward(ops, s, plan, g2, last_bad)
-    idx = flag.view(-1).nonzero().squeeze(1)
-    if idx.numel() and (need[0] or need[1]):
-        _cgemm.correct(ops, s, plan, tile, g2, last_bad, idx, xp, wp, gxp, gwp)
-    return gxp, gwp, grad_s
+        return gx, gw, grad_s.to(scales.dtype), None, None, None, None
 
 
 def _chunk_backward(p, s, scol, g, lb, plan, backend):
@@ -543,6 +502,17 @@ def _linear_backward_by_rows(xt, wt, s, scol, g2, last_bad, plan, backend, rows,
     return gxt, gwt, grad_s
 
 
+def _try_int_gemm(x3: torch.Tensor, w3: torch.Tensor, scales: torch.Tensor, tile: int, plan: Plan,
+                  observe: Observer | None, x_step: torch.Tensor | None, w_step: torch.Tensor | None):
+    """``[B, M, N]`` from the integer kernel (:mod:`apsq.psum.fused_int`), or None where it does not
+    apply: no operand steps, statistics observed, not CPU float32/float64, no C kernel, inexact codes."""
+    if x_step is None or w_step is None or observe is not None or x3.dtype != w3.dtype:
+        return None
+    if x3.dtype not in (torch.float32, torch.float64) or x3.device.type != "cpu" or kernel_backend() != "c":
+        return None
+    return int_gemm_psum(x3, w3, scales.to(x3.dtype), tile, plan, (x_step.detach(), w_step.detach()))
+
+
 def linear_psum(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -564,7 +534,7 @@ def linear_psum(
     ``x_step`` (one power of two) and ``w_step`` (one per output row, or one) are the steps the
     operands were quantized with: when given, and ``x / x_step``, ``weight / w_step`` are small
     integers (:func:`apsq.psum._cgemm.int_operands`), the tile products are computed from those
-    codes inside the C kernel (exact, so the same values; much faster).
+    codes inside the C kernel (:mod:`apsq.psum.fused_int`; exact, so the same values; much faster).
     ``mode='none'`` is the plain ``F.linear`` (exact INT32 accumulation).
     """
     _check_args(mode, gs, bits)
@@ -586,8 +556,10 @@ def linear_psum(
         y = psum_accumulate(linear_partials(x2, weight, tile), scales, mode=mode, gs=gs, bits=bits, observe=observe)
         return y.reshape(*lead, weight.shape[0])
     plan = Plan(mode, n, gs, bits)
-    steps = None if x_step is None or w_step is None else (x_step.detach(), w_step.detach())
-    y = _FusedLinear.apply(x2, weight, scales.to(x.dtype), tile, plan, observe, kernel_backend(), steps)
+    y = _try_int_gemm(x2.unsqueeze(0), weight.unsqueeze(0), scales, tile, plan, observe, x_step, w_step)
+    if y is not None:
+        return y.reshape(*lead, weight.shape[0])
+    y = _FusedLinear.apply(x2, weight, scales.to(x.dtype), tile, plan, observe, kernel_backend())
     return y.reshape(*lead, weight.shape[0])
 
 
@@ -635,3 +607,41 @@ def conv2d_psum(
     y = torch.stack(outs, 1) if groups > 1 else outs[0].unsqueeze(1)  # [B*L, G, Cog]
     return y.reshape(b, length, co).transpose(1, 2).reshape(b, co, h, w_out)
 
+
+
+def matmul_psum(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scales: torch.Tensor | None,
+    tile: int,
+    *,
+    mode: str,
+    gs: int = 1,
+    bits: int = 8,
+    observe: Observer | None = None,
+    a_step: torch.Tensor | None = None,
+    b_step: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``psum_accumulate(matmul_partials(a, b, tile), scales, ...)``: ``a [..., M, K] @ b [..., K, N]``
+    (attention's ``QK^T`` / ``AV``) -> ``[..., M, N]``.
+
+    With ``a_step`` / ``b_step`` (one power of two each) and exact codes, every product of the batch
+    goes through the integer kernel (:mod:`apsq.psum.fused_int`) without materialising the tiles;
+    otherwise (or with broadcast batch dimensions) the tiles are materialised and accumulated by
+    :func:`psum_accumulate_fused`. Same values as the reference either way.
+    """
+    _check_args(mode, gs, bits)
+    check_int("tile", tile, lo=1)
+    if a.dim() < 2 or b.dim() < 2 or a.shape[-1] != b.shape[-2]:
+        raise APSQError(f"matmul operands must be [..., M, K] and [..., K, N], got {tuple(a.shape)} and {tuple(b.shape)}")
+    if mode == "none":
+        return a @ b
+    n = num_tiles(a.shape[-1], tile)
+    _check_scales(scales, n, mode)
+    lead, (m, k, n_out) = a.shape[:-2], (a.shape[-2], a.shape[-1], b.shape[-1])
+    if b.shape[:-2] == lead:  # broadcast batches take the partials path
+        y = _try_int_gemm(a.reshape(-1, m, k), b.reshape(-1, k, n_out).transpose(1, 2), scales, tile,
+                          Plan(mode, n, gs, bits), observe, a_step, b_step)
+        if y is not None:
+            return y.reshape(*lead, m, n_out)
+    return psum_accumulate_fused(matmul_partials(a, b, tile), scales, mode=mode, gs=gs, bits=bits, observe=observe)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from apsq.errors import APSQError, check_int
 
-__all__ = ["num_tiles", "pad_to_tiles", "linear_partials", "conv2d_partials", "conv2d_im2col"]
+__all__ = ["num_tiles", "pad_to_tiles", "linear_partials", "conv2d_partials", "conv2d_im2col", "matmul_partials"]
 
 
 def num_tiles(k: int, tile: int) -> int:
@@ -107,3 +107,12 @@ def conv2d_partials(
     p = torch.stack(parts, dim=3)  # [n, B, L, G, Cog]
     n = p.shape[0]
     return p.reshape(n, b, length, co).transpose(2, 3).reshape(n, b, co, h, w)
+
+
+def matmul_partials(a: torch.Tensor, b: torch.Tensor, tile: int) -> torch.Tensor:
+    """PSUM tiles of ``a @ b`` along K: ``a [..., M, K]``, ``b [..., K, N]`` -> ``[n, ..., M, N]``."""
+    k = a.shape[-1]
+    n = num_tiles(k, tile)
+    ap = pad_to_tiles(a, tile).reshape(*a.shape[:-1], n, tile)  # [..., M, n, t]
+    bp = pad_to_tiles(b.transpose(-1, -2), tile).reshape(*b.shape[:-2], b.shape[-1], n, tile)  # [..., N, n, t]
+    return torch.einsum("...mnt,...knt->n...mk", ap, bp)

@@ -11,7 +11,8 @@
  * quantization runs on it at once: the [n, M, N] tile tensor never exists, in the forward or in
  * the backward's recomputation.
  *
- * Layout: codes are int16 row-major [rows][n * te], each tile zero-padded to an even depth te.
+ * Layout: codes are int16 row-major [rows][n * te], each tile zero-padded to an even depth te; a
+ * batch of B independent products (attention's per-head matmuls) stacks B matrices of each operand.
  * They are packed per block of MR rows (activations) / NR columns (weights) into int16 pairs
  * (k even, k odd) held in one int32, [Kp / 2][MR or NR]; a block of MR x NR outputs keeps its
  * running sums in L1 while the kernel walks the n tiles.
@@ -71,21 +72,24 @@ static void *alloc64(size_t bytes) {
     return aligned_alloc(64, b ? b : 64);
 }
 
-/* Packs every MR-row block of xa and every NR-column block of wb; returns 0 when out of memory. */
-static int pack_operands(const int16_t *xa, const int16_t *wb, long M, long N, long Kp, int32_t **ap,
+/* Packs every MR-row block of each of the B matrices in xa ([B][M][Kp]) and every NR-row block of
+ * each in wb ([B][N][Kp]); returns 0 when out of memory. */
+static int pack_operands(const int16_t *xa, const int16_t *wb, long B, long M, long N, long Kp, int32_t **ap,
                          int32_t **bp, int nthreads) {
     long nrt = (M + MR - 1) / MR, nct = (N + NR - 1) / NR, kp2 = Kp / 2;
-    *ap = (int32_t *)alloc64((size_t)nrt * kp2 * MR * sizeof(int32_t));
-    *bp = (int32_t *)alloc64((size_t)nct * kp2 * NR * sizeof(int32_t));
+    *ap = (int32_t *)alloc64((size_t)B * nrt * kp2 * MR * sizeof(int32_t));
+    *bp = (int32_t *)alloc64((size_t)B * nct * kp2 * NR * sizeof(int32_t));
     if (!*ap || !*bp) {
         free(*ap);
         free(*bp);
         return 0;
     }
 #pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (long rt = 0; rt < nrt; rt++) pack_pairs(xa, M, Kp, rt * MR, MR, *ap + rt * kp2 * MR);
+    for (long j = 0; j < B * nrt; j++)
+        pack_pairs(xa + (j / nrt) * M * Kp, M, Kp, (j % nrt) * MR, MR, *ap + j * kp2 * MR);
 #pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (long ct = 0; ct < nct; ct++) pack_pairs(wb, N, Kp, ct * NR, NR, *bp + ct * kp2 * NR);
+    for (long j = 0; j < B * nct; j++)
+        pack_pairs(wb + (j / nct) * N * Kp, N, Kp, (j % nct) * NR, NR, *bp + j * kp2 * NR);
     return 1;
 }
 

@@ -5,8 +5,10 @@
  * the reference loop): x * (1/s) for x / s (exact for the power-of-two steps the caller admits),
  * floor(u + 1/2), clamp, the pending sum ((P_0 + P_1) + ...), v = (Tp_l + pending) + A_{h-1}.
  * Arguments shared by the three functions:
- *   xa [M][n*te], wb [N][n*te]  int16 operand codes, tile i = columns [i*te, (i+1)*te)
- *   unit [N]                    value of one code product for output column o (sx * sw[o])
+ *   xa [B][M][n*te], wb [B][N][n*te]  int16 operand codes, tile i = columns [i*te, (i+1)*te);
+ *                               output (b, m, o) = sum over k of xa[b][m][k] wb[b][o][k], stored at
+ *                               e = (b * M + m) * N + o in out, last_bad, g and flag
+ *   unit [N]                    value of one code product for output column o (sx * sw[o]), every batch
  *   sd, si [n]                  steps s_i and their reciprocals
  *   apsq, gs, qn, qp            mode (0 = psq), group size, code range
  *   lb, lb8                     last_bad [M][N] (uint8 when lb8, else int16): 1 + last group whose
@@ -22,17 +24,18 @@ static inline T SUF(closing_value)(int32_t c, T unit, T pend, T acc, int hp, int
 }
 
 /* Forward: out [M][N] and, for apsq, last_bad. Returns 0 when out of memory. */
-int SUF(apsq_gemm_fwd)(const int16_t *xa, const int16_t *wb, long M, long N, long n, long te, const T *unit,
+int SUF(apsq_gemm_fwd)(const int16_t *xa, const int16_t *wb, long B, long M, long N, long n, long te, const T *unit,
                        const double *sd, const double *si, int apsq, int gs, int qn, int qp, T *out, void *lb,
                        int lb8, int nthreads) {
     const long Kp = n * te, kp2 = Kp / 2, tp2 = te / 2;
     const long nrt = (M + MR - 1) / MR, nct = (N + NR - 1) / NR;
     int32_t *ap, *bp;
-    if (!pack_operands(xa, wb, M, N, Kp, &ap, &bp, nthreads)) return 0;
+    if (!pack_operands(xa, wb, B, M, N, Kp, &ap, &bp, nthreads)) return 0;
 #pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (long job = 0; job < nrt * nct; job++) {
-        const long ct = job / nrt, rt = job % nrt, m0 = rt * MR, o0 = ct * NR;
-        const int32_t *a = ap + rt * kp2 * MR, *b = bp + ct * kp2 * NR;
+    for (long job = 0; job < B * nrt * nct; job++) {
+        const long bi = job / (nrt * nct), ct = job % (nrt * nct) / nrt, rt = job % nrt;
+        const long m0 = rt * MR, o0 = ct * NR, base = bi * M * N;
+        const int32_t *a = ap + (bi * nrt + rt) * kp2 * MR, *b = bp + (bi * nct + ct) * kp2 * NR;
         int32_t c[MT] __attribute__((aligned(64)));
         T acc[MT], pend[MT], un[NR];
         int16_t bad[MT];
@@ -73,10 +76,10 @@ int SUF(apsq_gemm_fwd)(const int16_t *xa, const int16_t *wb, long M, long N, lon
         }
         const int rows = (int)lmin(MR, M - m0), cols = (int)lmin(NR, N - o0);
         for (int r = 0; r < rows; r++) {
-            memcpy(out + (m0 + r) * N + o0, acc + r * NR, cols * sizeof(T));
+            memcpy(out + base + (m0 + r) * N + o0, acc + r * NR, cols * sizeof(T));
             if (!apsq) continue;
             for (int j = 0; j < cols; j++) {
-                const long e = (m0 + r) * N + o0 + j;
+                const long e = base + (m0 + r) * N + o0 + j;
                 if (lb8) ((uint8_t *)lb)[e] = (uint8_t)bad[r * NR + j];
                 else ((int16_t *)lb)[e] = bad[r * NR + j];
             }
@@ -92,22 +95,23 @@ int SUF(apsq_gemm_fwd)(const int16_t *xa, const int16_t *wb, long M, long N, lon
  * later closing step saturated). With u = v/s, r = floor(u + 1/2), m = (qn <= r <= qp),
  * c = clamp(r): dL/ds_i = sum g_i * (c - m * u) over every element, g_i the gradient reaching
  * step i's quantizer. Returns 0 when out of memory. */
-int SUF(apsq_gemm_bwd)(const int16_t *xa, const int16_t *wb, long M, long N, long n, long te, const T *unit,
+int SUF(apsq_gemm_bwd)(const int16_t *xa, const int16_t *wb, long B, long M, long N, long n, long te, const T *unit,
                        const double *sd, const double *si, int apsq, int gs, int qn, int qp, const T *g,
                        const void *lb, int lb8, double *gsc, uint8_t *flag, int nthreads) {
     const long Kp = n * te, kp2 = Kp / 2, tp2 = te / 2;
     const long nrt = (M + MR - 1) / MR, nct = (N + NR - 1) / NR;
     int32_t *ap, *bp;
-    if (!pack_operands(xa, wb, M, N, Kp, &ap, &bp, nthreads)) return 0;
+    if (!pack_operands(xa, wb, B, M, N, Kp, &ap, &bp, nthreads)) return 0;
     memset(gsc, 0, n * sizeof(double));
 #pragma omp parallel num_threads(nthreads)
     {
         double *loc = (double *)calloc(n, sizeof(double));
 #pragma omp for schedule(static)
-        for (long job = 0; job < nrt * nct; job++) {
-            const long ct = job / nrt, rt = job % nrt, m0 = rt * MR, o0 = ct * NR;
+        for (long job = 0; job < B * nrt * nct; job++) {
+            const long bi = job / (nrt * nct), ct = job % (nrt * nct) / nrt, rt = job % nrt;
+            const long m0 = rt * MR, o0 = ct * NR, base = bi * M * N;
             const int rows = (int)lmin(MR, M - m0), cols = (int)lmin(NR, N - o0);
-            const int32_t *a = ap + rt * kp2 * MR, *b = bp + ct * kp2 * NR;
+            const int32_t *a = ap + (bi * nrt + rt) * kp2 * MR, *b = bp + (bi * nct + ct) * kp2 * NR;
             int32_t c[MT] __attribute__((aligned(64)));
             T acc[MT], pend[MT], gt[MT], gv[MT], ga[MT], un[NR];
             double tb[MT];
@@ -118,7 +122,7 @@ int SUF(apsq_gemm_bwd)(const int16_t *xa, const int16_t *wb, long M, long N, lon
             for (int r = 0; r < MR; r++)
                 for (int j = 0; j < NR; j++) {
                     const int e = r * NR + j, in = r < rows && j < cols;
-                    const long ge = (m0 + r) * N + o0 + j;
+                    const long ge = base + (m0 + r) * N + o0 + j;
                     gt[e] = in ? g[ge] : zero;
                     bb[e] = (int16_t)(in && apsq ? bad_at(lb, lb8, ge) : 0);
                     fl[e] = bb[e] != 0;
@@ -166,7 +170,7 @@ int SUF(apsq_gemm_bwd)(const int16_t *xa, const int16_t *wb, long M, long N, lon
                 g0 = l + 1;
                 h++;
             }
-            for (int r = 0; r < rows; r++) memcpy(flag + (m0 + r) * N + o0, fl + r * NR, cols);
+            for (int r = 0; r < rows; r++) memcpy(flag + base + (m0 + r) * N + o0, fl + r * NR, cols);
         }
 #pragma omp critical
         for (long i = 0; i < n; i++) gsc[i] += loc[i];
@@ -185,14 +189,14 @@ int SUF(apsq_gemm_bwd)(const int16_t *xa, const int16_t *wb, long M, long N, lon
  * and gx, gw the gradients (same layout; either may be NULL). Rows of gx are updated by one thread
  * each, in f order; rows of gw likewise, in f order within a column: the result does not depend on
  * the thread count. Returns 0 when out of memory. */
-int SUF(apsq_gemm_correct)(const int16_t *xa, const int16_t *wb, long M, long N, long n, long te, long t,
+int SUF(apsq_gemm_correct)(const int16_t *xa, const int16_t *wb, long B, long M, long N, long n, long te, long t,
                            const T *unit, const double *si, int apsq, int gs, int qn, int qp, const T *g,
                            const void *lb, int lb8, const int64_t *idx, long F, const T *xf, const T *wf, T *gx,
                            T *gw, int nthreads) {
     const long Kp = n * te, Kt = n * t, W = (n + 63) / 64;
     const T fqn = (T)qn, fqp = (T)qp, half = (T)0.5;
     uint64_t *zm = (uint64_t *)calloc((size_t)(F ? F : 1) * W, sizeof(uint64_t));
-    long *colptr = (long *)calloc(N + 1, sizeof(long));
+    long *colptr = (long *)calloc(B * N + 1, sizeof(long));
     long *perm = (long *)malloc((size_t)(F ? F : 1) * sizeof(long));
     if (!zm || !colptr || !perm) {
         free(zm);
@@ -203,7 +207,7 @@ int SUF(apsq_gemm_correct)(const int16_t *xa, const int16_t *wb, long M, long N,
     /* zero-gradient tiles of every flagged output, one bit per tile */
 #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (long f = 0; f < F; f++) {
-        const long e = idx[f], m = e / N, o = e % N;
+        const long e = idx[f], m = e / N, o = (e / (M * N)) * N + e % N; /* rows of xa / wb */
         const int bad = apsq ? bad_at(lb, lb8, e) : 0;
         uint64_t *bits = zm + f * W;
         for (long i = 0; i < n; i++) {
@@ -212,7 +216,7 @@ int SUF(apsq_gemm_correct)(const int16_t *xa, const int16_t *wb, long M, long N,
             if (apsq && h < bad) zero = 1;
             else if (apsq && i == l) zero = 0;
             else {
-                const T u = ((T)dot16(xa + m * Kp + i * te, wb + o * Kp + i * te, te) * unit[o]) * (T)si[i];
+                const T u = ((T)dot16(xa + m * Kp + i * te, wb + o * Kp + i * te, te) * unit[o % N]) * (T)si[i];
                 const T x = FLOOR(u + half);
                 zero = !(x >= fqn && x <= fqp);
             }
@@ -221,10 +225,10 @@ int SUF(apsq_gemm_correct)(const int16_t *xa, const int16_t *wb, long M, long N,
     }
     if (gx) {
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 16)
-        for (long m = 0; m < M; m++) {
+        for (long m = 0; m < B * M; m++) {
             const long f1 = lower_bound(idx, F, (int64_t)(m + 1) * N);
             for (long f = lower_bound(idx, F, (int64_t)m * N); f < f1; f++) {
-                const long o = idx[f] % N;
+                const long o = (idx[f] / (M * N)) * N + idx[f] % N;
                 const T ge = g[idx[f]];
                 for (long i = 0; i < n; i++) {
                     if (!((zm[f * W + i / 64] >> (i % 64)) & 1)) continue;
@@ -236,22 +240,22 @@ int SUF(apsq_gemm_correct)(const int16_t *xa, const int16_t *wb, long M, long N,
         }
     }
     if (gw) {
-        for (long f = 0; f < F; f++) colptr[idx[f] % N + 1]++;
-        for (long o = 0; o < N; o++) colptr[o + 1] += colptr[o];
+        for (long f = 0; f < F; f++) colptr[(idx[f] / (M * N)) * N + idx[f] % N + 1]++;
+        for (long o = 0; o < B * N; o++) colptr[o + 1] += colptr[o];
         {
-            long *fill = (long *)malloc((size_t)N * sizeof(long));
+            long *fill = (long *)malloc((size_t)(B * N) * sizeof(long));
             if (!fill) {
                 free(zm);
                 free(colptr);
                 free(perm);
                 return 0;
             }
-            memcpy(fill, colptr, (size_t)N * sizeof(long));
-            for (long f = 0; f < F; f++) perm[fill[idx[f] % N]++] = f; /* stable: f order per column */
+            memcpy(fill, colptr, (size_t)(B * N) * sizeof(long));
+            for (long f = 0; f < F; f++) perm[fill[(idx[f] / (M * N)) * N + idx[f] % N]++] = f; /* stable */
             free(fill);
         }
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 16)
-        for (long o = 0; o < N; o++) {
+        for (long o = 0; o < B * N; o++) {
             for (long q = colptr[o]; q < colptr[o + 1]; q++) {
                 const long f = perm[q], m = idx[f] / N;
                 const T ge = g[idx[f]];

@@ -1,0 +1,101 @@
+"""The integer fused path: PSUM accumulation with the tile products computed from operand codes.
+
+``y[b] = PSUM-accumulate(x[b] @ w[b].T tiles)`` for B stacked products (B = 1 for Linear / Conv2d,
+batch x heads for attention), where ``x = cx * sx`` and ``w = cw * sw`` are fake-quantized with
+power-of-two steps. The C kernel (:mod:`apsq.psum._cgemm`) computes each tile's partial sum in
+integer arithmetic inside the accumulation (exact, hence bit-identical to the reference), and its
+backward as documented in ``docs/performance.md``:
+
+* ``grad_x = g @ W``, ``grad_W = g^T @ x`` as full GEMMs, as if every tile received ``g``;
+* one kernel pass for the LSQ step-size gradients (float64) and the outputs with a zero-gradient tile;
+* one kernel pass subtracting those tiles' terms from the operand gradients.
+
+Saved for backward: the operands (a matmul keeps them anyway) and ``last_bad``, one small integer
+per output; the codes are recomputed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from apsq.errors import check_choice
+from apsq.psum import _cgemm
+from apsq.psum.tiling import pad_to_tiles
+
+__all__ = ["int_operands", "int_gemm_psum", "INT_GEMM"]
+
+INT_GEMM = ("auto", "off")
+
+
+def int_operands(x2: torch.Tensor, w2: torch.Tensor, tile: int, steps, batch: int = 1) -> _cgemm.IntOperands | None:
+    """The kernel's operands when the integer path applies (``APSQ_INT_GEMM=off`` disables it)."""
+    mode = os.environ.get("APSQ_INT_GEMM", "auto")
+    check_choice("APSQ_INT_GEMM", mode, INT_GEMM)
+    if mode == "off" or steps is None:
+        return None
+    return _cgemm.int_operands(x2.detach(), w2.detach(), tile, *steps, batch=batch)
+
+
+def _steps(scales: torch.Tensor) -> list[float]:
+    return scales.detach().to(torch.float64).tolist()
+
+
+class _IntGemmPsum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x3, w3, scales, tile: int, plan, steps, ops):  # noqa: D102
+        b, m, _ = x3.shape
+        n_out = w3.shape[1]
+        out = torch.empty(b, m, n_out, dtype=x3.dtype)
+        last_bad = None if plan.mode == "psq" else torch.empty(b, m, n_out, dtype=plan.bad_dtype)
+        _cgemm.forward(ops, _steps(scales), plan, out, last_bad)
+        ctx.tile, ctx.plan, ctx.steps = tile, plan, steps
+        ctx.save_for_backward(x3, w3, scales, last_bad)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):  # noqa: D102
+        x3, w3, scales, last_bad = ctx.saved_tensors
+        tile, plan = ctx.tile, ctx.plan
+        b, m, k = x3.shape
+        n_out = w3.shape[1]
+        need = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        x2, w2 = x3.detach().reshape(b * m, k), w3.detach().reshape(b * n_out, k)
+        ops = int_operands(x2, w2, tile, ctx.steps, b)
+        if ops is None:  # the operands were checked in forward; they cannot have changed
+            raise RuntimeError("the integer PSUM path lost its operands between forward and backward")
+        s = _steps(scales)
+        g = grad_out.to(x3.dtype).contiguous()
+        xp = pad_to_tiles(x2, tile).contiguous()
+        wp = pad_to_tiles(w2, tile).contiguous()
+        kt = xp.shape[1]
+        gxp = gwp = None
+        if b == 1:
+            gxp = torch.mm(g[0], wp) if need[0] else None
+            gwp = torch.mm(g[0].t(), xp) if need[1] else None
+        else:
+            gxp = torch.bmm(g, wp.view(b, n_out, kt)).view(b * m, kt) if need[0] else None
+            gwp = torch.bmm(g.transpose(1, 2), xp.view(b, m, kt)).view(b * n_out, kt) if need[1] else None
+        grad_s, flag = _cgemm.backward(ops, s, plan, g, last_bad)
+        idx = flag.view(-1).nonzero().squeeze(1)
+        if idx.numel() and (need[0] or need[1]):
+            _cgemm.correct(ops, s, plan, tile, g, last_bad, idx, xp, wp, gxp, gwp)
+        gx = gxp[:, :k].reshape(b, m, k) if need[0] else None
+        gw = gwp[:, :k].reshape(b, n_out, k) if need[1] else None
+        return gx, gw, grad_s.to(scales.dtype), None, None, None, None
+
+
+def int_gemm_psum(x3: torch.Tensor, w3: torch.Tensor, scales: torch.Tensor, tile: int, plan, steps) -> torch.Tensor | None:
+    """``[B, M, N]`` PSUM-accumulated ``x3 [B, M, K] @ w3 [B, N, K]^T`` through the integer kernel, or
+    None when it does not apply (steps missing, operands not exact codes, kernel unavailable, disabled).
+    ``steps = (x_step, w_step)``: one activation step, one weight step per row of ``w3[b]`` or one."""
+    if steps is None:
+        return None
+    b, m, k = x3.shape
+    ops = int_operands(x3.reshape(b * m, k), w3.reshape(-1, k), tile, steps, b)
+    if ops is None:
+        return None
+    return _IntGemmPsum.apply(x3, w3, scales, tile, plan, steps, ops)
