@@ -242,3 +242,44 @@ def test_matmul_broadcast_batch_uses_the_partials_path():
     s = torch.ones(2, dtype=torch.float64)
     y = matmul_psum(a, b, s, 8, mode="apsq", gs=2, a_step=torch.tensor(0.25), b_step=torch.tensor(0.125))
     assert torch.equal(y, psum_accumulate(matmul_partials(a, b, 8), s, mode="apsq", gs=2))
+
+
+@pytest.mark.parametrize("mode,gs", [("psq", 1), ("apsq", 1), ("apsq", 2), ("apsq", 3)])
+@pytest.mark.parametrize("shift", [0.0, -3.0])
+def test_gradients_bit_identical_when_every_sum_is_exact(variant, mode, gs, shift, monkeypatch):
+    """float64, operands and output gradient on dyadic grids: every product and partial sum of both
+    paths is exact, so their different summation orders must give the same bits — the gradients of
+    the integer path are the reference's gradients, not approximations of them."""
+    gen = torch.Generator().manual_seed(11)
+    x, w, sx, sw = _operands(gen, 13, 50, 37, 8, 8, True, torch.float64)
+    tile = 8
+    parts = linear_partials(x, w, tile)
+    n = parts.shape[0]
+    scales = torch.exp2(torch.round(torch.log2(parts.abs().reshape(n, -1).amax(1) / 128)) + shift)
+    g = torch.randint(-64, 64, (13, 37), generator=gen).double() / 16
+    ref = _run(lambda a, b, s: psum_accumulate(linear_partials(a, b, tile), s, mode=mode, gs=gs, bits=8),
+               x, w, scales, g)
+    corrected = []
+    real = _cgemm.correct
+    monkeypatch.setattr(_cgemm, "correct", lambda *a, **kw: corrected.append(a[6].numel()) or real(*a, **kw))
+    got = _run(lambda a, b, s: linear_psum(a, b, s, tile, mode=mode, gs=gs, bits=8, x_step=sx, w_step=sw),
+               x, w, scales, g)
+    for a, b in zip(got, ref):
+        assert torch.equal(a, b)
+    if shift < 0:  # saturation: the correction kernel ran on many outputs
+        assert corrected and corrected[0] > 100
+
+
+@pytest.mark.parametrize("mode,gs", [("psq", 1), ("apsq", 2)])
+def test_batched_gradients_bit_identical_when_every_sum_is_exact(variant, mode, gs):
+    gen = torch.Generator().manual_seed(12)
+    sa, sb = torch.tensor(2.0**-3, dtype=torch.float64), torch.tensor(2.0**-5, dtype=torch.float64)
+    a = torch.randint(-128, 128, (2, 3, 9, 40), generator=gen).double() * sa
+    b = torch.randint(-128, 128, (2, 3, 40, 11), generator=gen).double() * sb
+    parts = matmul_partials(a, b, 8)
+    scales = torch.exp2(torch.round(torch.log2(parts.abs().reshape(5, -1).amax(1) / 128)) - 2)  # saturating
+    g = torch.randint(-64, 64, (2, 3, 9, 11), generator=gen).double() / 16
+    ref = _run(lambda x, y, s: psum_accumulate(matmul_partials(x, y, 8), s, mode=mode, gs=gs, bits=8), a, b, scales, g)
+    got = _run(lambda x, y, s: matmul_psum(x, y, s, 8, mode=mode, gs=gs, bits=8, a_step=sa, b_step=sb), a, b, scales, g)
+    for x, y in zip(got, ref):
+        assert torch.equal(x, y)
