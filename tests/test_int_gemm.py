@@ -13,6 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from apsq.errors import APSQError
 from apsq.nn.config import LayerQuantConfig
 from apsq.nn.layers import QuantConv2d, QuantLinear, QuantMatmul
 from apsq.nn.psum_quantizer import set_psum_impl
@@ -24,14 +25,21 @@ from apsq.psum.tiling import conv2d_partials, linear_partials, matmul_partials
 pytestmark = pytest.mark.skipif(not _cgemm.available(), reason=f"C kernel unavailable: {_cgemm.build_error()}")
 
 
-@pytest.fixture(params=["native", "portable"])
+def _cpu_has(flag: str) -> bool:
+    try:
+        return flag in open("/proc/cpuinfo").read().split()
+    except OSError:
+        return False
+
+
+@pytest.fixture(params=["native", "avx512bw", "avx2", "portable"])
 def variant(request, monkeypatch):
-    """The SIMD micro-kernel this machine compiles, and the plain-C one (other CPUs)."""
-    if request.param == "portable":
-        monkeypatch.setenv("APSQ_GEMM_PORTABLE", "1")
-        assert _cgemm.isa() == "portable"
-    else:
-        monkeypatch.delenv("APSQ_GEMM_PORTABLE", raising=False)
+    """The micro-kernel this machine compiles, AVX-512 BW without VNNI, AVX2 and plain C (other CPUs)."""
+    if request.param in ("avx512bw", "avx2") and not _cpu_has(request.param):
+        pytest.skip(f"this CPU has no {request.param}")
+    monkeypatch.setenv("APSQ_GEMM_ISA", request.param)
+    expect = {"avx512bw": "avx512-bw", "avx2": "avx2", "portable": "portable"}.get(request.param)
+    assert expect is None or _cgemm.isa() == expect
     return request.param
 
 
@@ -283,3 +291,17 @@ def test_batched_gradients_bit_identical_when_every_sum_is_exact(variant, mode, 
     got = _run(lambda x, y, s: matmul_psum(x, y, s, 8, mode=mode, gs=gs, bits=8, a_step=sa, b_step=sb), a, b, scales, g)
     for x, y in zip(got, ref):
         assert torch.equal(x, y)
+
+
+def test_automatic_choice_skips_the_plain_c_build(monkeypatch):
+    """Left to itself, the integer path runs only with a SIMD micro-kernel (plain C is ~20x slower
+    than the float-tile path); asked for explicitly (tests), the plain-C build runs."""
+    gen = torch.Generator().manual_seed(3)
+    x, w, sx, sw = _operands(gen, 4, 16, 5, 8, 8, False, torch.float32)
+    monkeypatch.setattr(_cgemm, "isa", lambda: "portable")
+    assert _cgemm.int_operands(x, w, 8, sx, sw) is None
+    monkeypatch.setenv("APSQ_GEMM_ISA", "portable")
+    assert _cgemm.int_operands(x, w, 8, sx, sw) is not None
+    monkeypatch.setenv("APSQ_GEMM_ISA", "sse")
+    with pytest.raises(APSQError, match="APSQ_GEMM_ISA"):
+        _cgemm.library()

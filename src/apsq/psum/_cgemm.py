@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from apsq._cbuild import DTYPE_SUFFIXES, LazyLibrary, instantiate
+from apsq.errors import check_choice
 from apsq.psum.tiling import num_tiles
 from apsq.quant.ops import is_power_of_two
 
@@ -55,18 +56,26 @@ def _declare(lib: ctypes.CDLL) -> None:
         c.restype = it
 
 
-_LIBS = {False: LazyLibrary("psum_gemm", source, lambda lib: _declare(lib)),
-         True: LazyLibrary("psum_gemm", source, lambda lib: _declare(lib), ["-DAPSQ_PORTABLE"])}
+GEMM_ISAS = {"native": [], "avx512bw": ["-mno-avx512vnni"], "avx2": ["-mno-avx512f"], "portable": ["-DAPSQ_PORTABLE"]}
+"""Builds of the kernel: what ``-march=native`` gives (AVX-512 VNNI here), AVX-512 BW without VNNI
+(``vpmaddwd`` + add), AVX2 (``vpmaddwd`` on 256 bits), and the plain-C micro-kernel (any CPU, about
+20x slower). ``APSQ_GEMM_ISA`` picks one (default ``native``); the tests run all four. Left to
+itself (``native``), the integer path is used only where the build has a SIMD micro-kernel: on a
+CPU with neither AVX-512 nor AVX2 the float-tile path is faster."""
+
+_LIBS = {name: LazyLibrary("psum_gemm", source, lambda lib: _declare(lib), flags) for name, flags in GEMM_ISAS.items()}
 
 
-def _portable() -> bool:
-    return bool(os.environ.get("APSQ_GEMM_PORTABLE"))
+def _isa_choice() -> str:
+    want = os.environ.get("APSQ_GEMM_ISA", "native")
+    check_choice("APSQ_GEMM_ISA", want, tuple(GEMM_ISAS))
+    return want
 
 
-def library(portable: bool | None = None) -> ctypes.CDLL | None:
-    """The loaded kernel (None if it does not build). ``portable=True``: the plain-C micro-kernel
-    (no SIMD intrinsics); default from ``APSQ_GEMM_PORTABLE``. ``APSQ_NO_CKERNEL`` disables both."""
-    return _LIBS[_portable() if portable is None else portable].get()
+def library(variant: str | None = None) -> ctypes.CDLL | None:
+    """The loaded kernel build ``variant`` (:data:`GEMM_ISAS`; default ``APSQ_GEMM_ISA``), None if it
+    does not build. ``APSQ_NO_CKERNEL`` disables all."""
+    return _LIBS[_isa_choice() if variant is None else variant].get()
 
 
 def available() -> bool:
@@ -77,13 +86,13 @@ def available() -> bool:
 def build_error() -> str | None:
     """Why the kernel is unavailable (None when it is available)."""
     library()
-    return _LIBS[_portable()].error
+    return _LIBS[_isa_choice()].error
 
 
 def isa() -> str:
-    """The micro-kernel in use: ``avx512-vnni``, ``avx512-bw`` or ``portable``."""
+    """The micro-kernel in use: ``avx512-vnni``, ``avx512-bw``, ``avx2`` or ``portable``."""
     lib = library()
-    return ("portable", "avx512-bw", "avx512-vnni")[lib.apsq_gemm_isa()] if lib is not None else "unavailable"
+    return ("portable", "avx512-bw", "avx512-vnni", "avx2")[lib.apsq_gemm_isa()] if lib is not None else "unavailable"
 
 
 @dataclass(frozen=True)
@@ -129,6 +138,8 @@ def int_operands(x2: torch.Tensor, w: torch.Tensor, tile: int, x_step: torch.Ten
     ``w / w_step`` integers of at most 15 bits with ``max|cx| max|cw| tile`` within the exact-sum
     bound (module docstring)."""
     if x_step is None or w_step is None or x2.dtype not in (torch.float32, torch.float64) or not available():
+        return None
+    if isa() == "portable" and _isa_choice() == "native":  # no SIMD here: the float-tile path is faster
         return None
     if x2.shape[0] % batch or w.shape[0] % batch:
         return None

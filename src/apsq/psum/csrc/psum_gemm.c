@@ -6,8 +6,8 @@
  * (unit[o] = sx * sw[o]) is then an exact integer times a power of two: the caller checks that
  * |cx| max * |cw| max * tile fits the float mantissa, so the float matmul of the reference path
  * gives exactly this value in any summation order, and so does this kernel. Each `t`-deep tile
- * product is computed here in int16 x int16 -> int32 arithmetic (AVX-512 VNNI / BW when the
- * compiler targets them, plain C otherwise) straight into registers, and the recursive PSUM
+ * product is computed here in int16 x int16 -> int32 arithmetic (AVX-512 VNNI / BW or AVX2 when
+ * the compiler targets them, plain C otherwise) straight into registers, and the recursive PSUM
  * quantization runs on it at once: the [n, M, N] tile tensor never exists, in the forward or in
  * the backward's recomputation.
  *
@@ -29,6 +29,11 @@
 #define APSQ_SIMD 1
 #define MR 8
 #define NR 32
+#elif defined(__AVX2__) && !defined(APSQ_PORTABLE)
+#include <immintrin.h>
+#define APSQ_SIMD 2
+#define MR 6
+#define NR 16
 #else
 #define APSQ_SIMD 0
 #define MR 4
@@ -38,12 +43,14 @@
 
 static inline long lmin(long a, long b) { return a < b ? a : b; }
 
-/* Which micro-kernel this build uses: 2 = AVX-512 VNNI, 1 = AVX-512 BW, 0 = portable C. */
+/* Which micro-kernel this build uses: 2 = AVX-512 VNNI, 1 = AVX-512 BW, 3 = AVX2, 0 = portable C. */
 int apsq_gemm_isa(void) {
-#if APSQ_SIMD && defined(__AVX512VNNI__)
+#if APSQ_SIMD == 1 && defined(__AVX512VNNI__)
     return 2;
-#elif APSQ_SIMD
+#elif APSQ_SIMD == 1
     return 1;
+#elif APSQ_SIMD == 2
+    return 3;
 #else
     return 0;
 #endif
@@ -94,7 +101,7 @@ static int pack_operands(const int16_t *xa, const int16_t *wb, long B, long M, l
 }
 
 /* c[MR][NR] = the int32 products of a tile: a [kp2][MR] and b [kp2][NR] packed pairs. */
-#if APSQ_SIMD
+#if APSQ_SIMD == 1
 #ifdef __AVX512VNNI__
 #define DPW(c, a, b) _mm512_dpwssd_epi32((c), (a), (b))
 #else
@@ -126,6 +133,31 @@ static inline void tile_product(const int32_t *a, const int32_t *b, long kp2, in
     _mm512_storeu_si512((void *)(c + 5 * NR), c50); _mm512_storeu_si512((void *)(c + 5 * NR + 16), c51);
     _mm512_storeu_si512((void *)(c + 6 * NR), c60); _mm512_storeu_si512((void *)(c + 6 * NR + 16), c61);
     _mm512_storeu_si512((void *)(c + 7 * NR), c70); _mm512_storeu_si512((void *)(c + 7 * NR + 16), c71);
+}
+#elif APSQ_SIMD == 2
+/* AVX2: 6 rows x 16 columns in 12 ymm accumulators; vpmaddwd does two k per lane. */
+#define DPW2(c, a, b) _mm256_add_epi32((c), _mm256_madd_epi16((a), (b)))
+static inline void tile_product(const int32_t *a, const int32_t *b, long kp2, int32_t *c) {
+    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
+            c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    for (long kk = 0; kk < kp2; kk++) {
+        const __m256i b0 = _mm256_loadu_si256((const __m256i *)(b + kk * NR));
+        const __m256i b1 = _mm256_loadu_si256((const __m256i *)(b + kk * NR + 8));
+        const int32_t *ak = a + kk * MR;
+        __m256i av;
+        av = _mm256_set1_epi32(ak[0]); c00 = DPW2(c00, av, b0); c01 = DPW2(c01, av, b1);
+        av = _mm256_set1_epi32(ak[1]); c10 = DPW2(c10, av, b0); c11 = DPW2(c11, av, b1);
+        av = _mm256_set1_epi32(ak[2]); c20 = DPW2(c20, av, b0); c21 = DPW2(c21, av, b1);
+        av = _mm256_set1_epi32(ak[3]); c30 = DPW2(c30, av, b0); c31 = DPW2(c31, av, b1);
+        av = _mm256_set1_epi32(ak[4]); c40 = DPW2(c40, av, b0); c41 = DPW2(c41, av, b1);
+        av = _mm256_set1_epi32(ak[5]); c50 = DPW2(c50, av, b0); c51 = DPW2(c51, av, b1);
+    }
+    _mm256_storeu_si256((__m256i *)(c + 0 * NR), c00); _mm256_storeu_si256((__m256i *)(c + 0 * NR + 8), c01);
+    _mm256_storeu_si256((__m256i *)(c + 1 * NR), c10); _mm256_storeu_si256((__m256i *)(c + 1 * NR + 8), c11);
+    _mm256_storeu_si256((__m256i *)(c + 2 * NR), c20); _mm256_storeu_si256((__m256i *)(c + 2 * NR + 8), c21);
+    _mm256_storeu_si256((__m256i *)(c + 3 * NR), c30); _mm256_storeu_si256((__m256i *)(c + 3 * NR + 8), c31);
+    _mm256_storeu_si256((__m256i *)(c + 4 * NR), c40); _mm256_storeu_si256((__m256i *)(c + 4 * NR + 8), c41);
+    _mm256_storeu_si256((__m256i *)(c + 5 * NR), c50); _mm256_storeu_si256((__m256i *)(c + 5 * NR + 8), c51);
 }
 #else
 static inline void tile_product(const int32_t *a, const int32_t *b, long kp2, int32_t *c) {

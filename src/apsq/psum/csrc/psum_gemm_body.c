@@ -38,10 +38,12 @@ int SUF(apsq_gemm_fwd)(const int16_t *xa, const int16_t *wb, long B, long M, lon
         const int32_t *a = ap + (bi * nrt + rt) * kp2 * MR, *b = bp + (bi * nct + ct) * kp2 * NR;
         int32_t c[MT] __attribute__((aligned(64)));
         T acc[MT], pend[MT], un[NR];
-        int16_t bad[MT];
+        int32_t bad[MT]; /* int32: selects as wide as the float masks vectorise on every ISA */
         const T fqn = (T)qn, fqp = (T)qp, half = (T)0.5;
         for (int j = 0; j < NR; j++) un[j] = o0 + j < N ? unit[o0 + j] : (T)0;
         memset(bad, 0, sizeof(bad));
+        memset(acc, 0, sizeof(acc)); /* read (not used) by the first tile's select */
+        memset(pend, 0, sizeof(pend));
         long g0 = 0, h = 0;
         for (long i = 0; i < n; i++) {
             tile_product(a + i * tp2 * MR, b + i * tp2 * NR, tp2, c);
@@ -49,25 +51,26 @@ int SUF(apsq_gemm_fwd)(const int16_t *xa, const int16_t *wb, long B, long M, lon
             /* psq quantizes every tile on its own into one sum; apsq a group's pending tiles */
             const long l = apsq ? lmin(g0 + gs, n) - 1 : n;
             if (i < l) {
-                T *sum = apsq ? pend : acc;
-                const int first = i == g0;
+                T *restrict sum = apsq ? pend : acc;
+                const T keep = i == g0 ? (T)0 : (T)1; /* the first tile of a sum starts it */
                 for (int r = 0; r < MR; r++)
                     for (int j = 0; j < NR; j++) {
                         const int e = r * NR + j;
                         T x = FLOOR(((T)c[e] * un[j]) * is + half);
                         x = x < fqn ? fqn : (x > fqp ? fqp : x);
                         const T q = x * s;
-                        sum[e] = first ? q : sum[e] + q;
+                        sum[e] = keep != (T)0 ? sum[e] + q : q;
                     }
                 continue;
             }
             const int hp = l > g0, ha = h > 0; /* the closing tile of group h */
+            const int32_t hp1 = (int32_t)(h + 1);
             for (int r = 0; r < MR; r++)
                 for (int j = 0; j < NR; j++) {
                     const int e = r * NR + j;
                     const T v = SUF(closing_value)(c[e], un[j], pend[e], acc[e], hp, ha);
                     T x = FLOOR(v * is + half);
-                    if (x < fqn || x > fqp) bad[e] = (int16_t)(h + 1);
+                    bad[e] = x < fqn || x > fqp ? hp1 : bad[e];
                     x = x < fqn ? fqn : (x > fqp ? fqp : x);
                     acc[e] = x * s;
                 }
@@ -81,7 +84,7 @@ int SUF(apsq_gemm_fwd)(const int16_t *xa, const int16_t *wb, long B, long M, lon
             for (int j = 0; j < cols; j++) {
                 const long e = base + (m0 + r) * N + o0 + j;
                 if (lb8) ((uint8_t *)lb)[e] = (uint8_t)bad[r * NR + j];
-                else ((int16_t *)lb)[e] = bad[r * NR + j];
+                else ((int16_t *)lb)[e] = (int16_t)bad[r * NR + j];
             }
         }
     }
