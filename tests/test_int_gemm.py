@@ -305,3 +305,17 @@ def test_automatic_choice_skips_the_plain_c_build(monkeypatch):
     monkeypatch.setenv("APSQ_GEMM_ISA", "sse")
     with pytest.raises(APSQError, match="APSQ_GEMM_ISA"):
         _cgemm.library()
+
+
+def test_psum_steps_without_exact_reciprocals_leave_the_integer_path():
+    """float32 PSUM step 2^-140: 1/s overflows float32, so the kernel's x * (1/s) would give NaN for a
+    zero partial sum where the reference's x / s gives 0; the float path (torch kernels) is used."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randint(-8, 8, (3, 16), generator=gen).float() * 2.0**-60
+    x[1] = 0
+    w = torch.randint(-8, 8, (4, 16), generator=gen).float() * 2.0**-60
+    s = torch.tensor([2.0**-140, 2.0**-138])
+    steps = {"x_step": torch.tensor(2.0**-60), "w_step": torch.tensor(2.0**-60)}
+    assert _cgemm.int_operands(x, w, 8, steps["x_step"], steps["w_step"]) is not None  # the operands qualify
+    y = linear_psum(x, w, s, 8, mode="apsq", gs=2, **steps)
+    assert torch.equal(y, psum_accumulate(linear_partials(x, w, 8), s, mode="apsq", gs=2))

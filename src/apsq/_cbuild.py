@@ -26,7 +26,10 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["build_library", "LazyLibrary", "FLAG_SETS"]
+import torch
+
+__all__ = ["build_library", "LazyLibrary", "FLAG_SETS", "instantiate", "dtype_suffix", "step_arrays",
+           "reciprocals_exact"]
 
 FLAGS_BASE = ["-O3", "-fno-fast-math", "-ffp-contract=off", "-fno-trapping-math", "-fPIC", "-shared", "-std=c11"]
 FLAG_SETS: list[list[str]] = [
@@ -128,12 +131,16 @@ class LazyLibrary:
                     self.error = "disabled by APSQ_NO_CKERNEL"
                 else:
                     try:
-                        lib = build_library(self.name, self._source(), self.extra_flags)
-                        self._declare(lib)
-                        self._lib = lib
+                        self._lib = self.build()
                     except Exception as exc:  # noqa: BLE001 - any failure means: use the torch code
                         self.error = str(exc)
         return self._lib
+
+    def build(self) -> ctypes.CDLL:
+        """Compile (or load from the cache) and declare, raising on failure; does not remember it."""
+        lib = build_library(self.name, self._source(), self.extra_flags)
+        self._declare(lib)
+        return lib
 
 
 DTYPE_SUFFIXES = {"f32": ("float", "floorf"), "f64": ("double", "floor")}
@@ -148,3 +155,34 @@ def instantiate(prologue: str, body: str) -> str:
         text.append(body)
         text.append("\n#undef T\n#undef FLOOR\n#undef SUF\n")
     return "".join(text)
+
+
+# ------------------------------------------------------------------------------------------------
+# What every kernel wrapper needs: the dtype suffix of its functions, its steps as C arrays, and
+# whether multiplying by 1/s (what the kernels do) is exactly dividing by s.
+# ------------------------------------------------------------------------------------------------
+def dtype_suffix(dtype: torch.dtype) -> str:
+    """``f32`` / ``f64``: the suffix of a kernel function for tensors of ``dtype``."""
+    if dtype == torch.float32:
+        return "f32"
+    if dtype == torch.float64:
+        return "f64"
+    raise TypeError(f"the C kernels handle float32/float64, got {dtype}")
+
+
+def step_arrays(steps: Sequence[float]):
+    """``(s, 1/s)`` as two ``double[n]`` C arrays."""
+    n = len(steps)
+    return (ctypes.c_double * n)(*steps), (ctypes.c_double * n)(*[1.0 / v for v in steps])
+
+
+def reciprocals_exact(steps: Sequence[float], dtype: torch.dtype) -> bool:
+    """True when every step is positive and ``1/s`` is exactly representable in ``dtype``, so that
+    ``x * (1/s)`` (the kernels) is the same number as ``x / s`` (the reference) for power-of-two steps."""
+    try:
+        inv = torch.tensor([1.0 / v for v in steps], dtype=torch.float64)
+    except (OverflowError, ZeroDivisionError):
+        return False
+    s = torch.tensor(list(steps), dtype=torch.float64)
+    back = inv.to(dtype).to(torch.float64)
+    return bool((s > 0).all() and torch.isfinite(back).all() and (back == inv).all() and (inv * s == 1).all())

@@ -67,6 +67,11 @@ class PSUMQuantizer(nn.Module):
         check_choice("impl", impl, self.IMPLS)
         return impl == "fused"
 
+    def _operand_path(self) -> bool:
+        """Whether :meth:`linear` / :meth:`conv2d` / :meth:`matmul` can skip the partials: the fused
+        implementation, steps already initialised (initialisation needs the partials), PSUMs modelled."""
+        return self.mode != "none" and self._use_fused() and bool(self.initialized)
+
     def forward(self, partials: torch.Tensor) -> torch.Tensor:
         """``partials [n, *shape]`` -> dequantized output ``[*shape]``."""
         n = partials.shape[0]
@@ -86,7 +91,7 @@ class PSUMQuantizer(nn.Module):
         ``x_step`` / ``w_step``: the operands' quantization steps (scalar / per output row); with
         them the fused path computes the tile products from integer codes inside its kernel.
         """
-        if self.mode == "none" or not self._use_fused() or not bool(self.initialized):
+        if not self._operand_path():
             return self(linear_partials(x, weight, tile))
         n = -(-x.shape[-1] // tile)
         self._check_n(n)
@@ -99,7 +104,7 @@ class PSUMQuantizer(nn.Module):
                x_step: torch.Tensor | None = None, w_step: torch.Tensor | None = None) -> torch.Tensor:
         """``self(conv2d_partials(x, weight, tile, ...))`` — fused: im2col rows, tiles never materialised
         (``x_step`` / ``w_step`` as in :meth:`linear`)."""
-        if self.mode == "none" or not self._use_fused() or not bool(self.initialized):
+        if not self._operand_path():
             return self(conv2d_partials(x, weight, tile, stride, padding, dilation, groups))
         co, cig, kh, kw = weight.shape
         n = -(-(cig * kh * kw) // tile)
@@ -113,7 +118,7 @@ class PSUMQuantizer(nn.Module):
                b_step: torch.Tensor | None = None) -> torch.Tensor:
         """``self(matmul_partials(a, b, tile))`` — fused: with the operand steps, through the integer
         kernel without materialising the tiles."""
-        if self.mode == "none" or not self._use_fused() or not bool(self.initialized):
+        if not self._operand_path():
             return self(matmul_partials(a, b, tile))
         n = -(-a.shape[-1] // tile)
         self._check_n(n)

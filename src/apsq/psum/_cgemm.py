@@ -17,14 +17,13 @@ order, and equals the kernel's ``(float)sum(cx cw) * unit[o]``.
 from __future__ import annotations
 
 import ctypes
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from apsq._cbuild import DTYPE_SUFFIXES, LazyLibrary, instantiate
+from apsq._cbuild import DTYPE_SUFFIXES, LazyLibrary, dtype_suffix, instantiate, reciprocals_exact, step_arrays
 from apsq.errors import check_choice
 from apsq.psum.tiling import num_tiles
 from apsq.quant.ops import is_power_of_two
@@ -120,13 +119,12 @@ def _codes16(v: torch.Tensor, step: torch.Tensor, tile: int, te: int) -> tuple[t
     v = v.contiguous()
     rows, k = v.shape
     steps = step.reshape(-1).tolist()
-    inv = [1.0 / e for e in steps]
-    if not all(math.isfinite(i) and i * e == 1.0 for i, e in zip(inv, steps)):
+    if not reciprocals_exact(steps, v.dtype):
         return None
+    _, inv = step_arrays(steps)
     out = torch.empty(rows, num_tiles(k, tile) * te, dtype=torch.int16)
-    mx = getattr(library(), f"apsq_codes16_{_suffix(v.dtype)}")(
-        v.data_ptr(), rows, k, tile, te, (ctypes.c_double * len(inv))(*inv), int(len(inv) > 1), out.data_ptr(),
-        torch.get_num_threads())
+    mx = getattr(library(), f"apsq_codes16_{dtype_suffix(v.dtype)}")(
+        v.data_ptr(), rows, k, tile, te, inv, int(len(steps) > 1), out.data_ptr(), torch.get_num_threads())
     return None if mx < 0 else (out, mx)
 
 
@@ -167,15 +165,6 @@ def int_operands(x2: torch.Tensor, w: torch.Tensor, tile: int, x_step: torch.Ten
     return IntOperands(cx[0], cw[0], unit.to(x2.dtype).contiguous(), te, batch)
 
 
-def _suffix(dtype: torch.dtype) -> str:
-    return {torch.float32: "f32", torch.float64: "f64"}[dtype]
-
-
-def _steps(s: list[float]):
-    n = len(s)
-    return (ctypes.c_double * n)(*s), (ctypes.c_double * n)(*[1.0 / v for v in s])
-
-
 def _ok(rc: int) -> None:
     if not rc:
         raise MemoryError("the fused PSUM kernel could not allocate its packed operands")
@@ -186,8 +175,8 @@ def forward(ops: IntOperands, s: list[float], plan, out: torch.Tensor,
     """Writes the accumulated output ``out [B, M, N]`` and, for apsq, ``last_bad [B, M, N]`` (contiguous)."""
     lib = library()
     b, m, n_out = ops.dims
-    sd, si = _steps(s)
-    _ok(getattr(lib, f"apsq_gemm_fwd_{_suffix(out.dtype)}")(
+    sd, si = step_arrays(s)
+    _ok(getattr(lib, f"apsq_gemm_fwd_{dtype_suffix(out.dtype)}")(
         ops.xa.data_ptr(), ops.wb.data_ptr(), b, m, n_out, plan.n, ops.te, ops.unit.data_ptr(), sd, si,
         int(plan.mode == "apsq"), plan.gs, plan.qn, plan.qp, out.data_ptr(),
         None if last_bad is None else last_bad.data_ptr(), int(plan.bad_dtype == torch.uint8),
@@ -202,8 +191,8 @@ def backward(ops: IntOperands, s: list[float], plan, g: torch.Tensor,
     b, m, n_out = ops.dims
     grad_s = torch.empty(plan.n, dtype=torch.float64)
     flag = torch.empty(b, m, n_out, dtype=torch.uint8)
-    sd, si = _steps(s)
-    _ok(getattr(lib, f"apsq_gemm_bwd_{_suffix(g.dtype)}")(
+    sd, si = step_arrays(s)
+    _ok(getattr(lib, f"apsq_gemm_bwd_{dtype_suffix(g.dtype)}")(
         ops.xa.data_ptr(), ops.wb.data_ptr(), b, m, n_out, plan.n, ops.te, ops.unit.data_ptr(), sd, si,
         int(plan.mode == "apsq"), plan.gs, plan.qn, plan.qp, g.data_ptr(),
         None if last_bad is None else last_bad.data_ptr(), int(plan.bad_dtype == torch.uint8),
@@ -220,8 +209,8 @@ def correct(ops: IntOperands, s: list[float], plan, tile: int, g: torch.Tensor, 
     lib = library()
     b, m, n_out = ops.dims
     idx = idx.to(torch.int64).contiguous()
-    _, si = _steps(s)
-    _ok(getattr(lib, f"apsq_gemm_correct_{_suffix(g.dtype)}")(
+    _, si = step_arrays(s)
+    _ok(getattr(lib, f"apsq_gemm_correct_{dtype_suffix(g.dtype)}")(
         ops.xa.data_ptr(), ops.wb.data_ptr(), b, m, n_out, plan.n, ops.te, tile, ops.unit.data_ptr(), si,
         int(plan.mode == "apsq"), plan.gs, plan.qn, plan.qp, g.data_ptr(),
         None if last_bad is None else last_bad.data_ptr(), int(plan.bad_dtype == torch.uint8),

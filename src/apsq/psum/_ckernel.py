@@ -21,9 +21,9 @@ import ctypes
 
 import torch
 
-from apsq._cbuild import LazyLibrary, build_library
+from apsq._cbuild import LazyLibrary, dtype_suffix, reciprocals_exact, step_arrays
 
-__all__ = ["available", "build_error", "forward", "backward", "SOURCE"]
+__all__ = ["available", "build_error", "forward", "backward", "reciprocals_exact", "SOURCE"]
 
 SOURCE = r"""
 #include <math.h>
@@ -219,9 +219,7 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 def _build() -> ctypes.CDLL:
     """Compile (or load from the cache) and declare; raises RuntimeError when it cannot."""
-    lib = build_library("psum_kernel", SOURCE)
-    _declare(lib)
-    return lib
+    return _LIB.build()
 
 
 def _load() -> ctypes.CDLL | None:
@@ -237,30 +235,6 @@ def build_error() -> str | None:
     """Why the kernel is unavailable (None when it is available or not yet tried)."""
     _load()
     return _LIB.error
-
-
-def _suffix(t: torch.Tensor) -> str:
-    if t.dtype == torch.float32:
-        return "f32"
-    if t.dtype == torch.float64:
-        return "f64"
-    raise TypeError(f"the C kernel handles float32/float64, got {t.dtype}")
-
-
-def reciprocals_exact(s: list[float], dtype: torch.dtype) -> bool:
-    """True when every ``1/s_i`` is exactly representable in ``dtype`` (so ``x * (1/s) == x / s``)."""
-    try:
-        inv = torch.tensor([1.0 / v for v in s], dtype=torch.float64)
-    except (OverflowError, ZeroDivisionError):
-        return False
-    back = inv.to(dtype).to(torch.float64)
-    exact = inv * torch.tensor(s, dtype=torch.float64) == 1
-    return bool(torch.isfinite(back).all() and (back == inv).all() and exact.all())
-
-
-def _steps(s: list[float]):
-    n = len(s)
-    return (ctypes.c_double * n)(*s), (ctypes.c_double * n)(*[1.0 / v for v in s])
 
 
 def _check_out(t: torch.Tensor | None, numel: int, dtype: torch.dtype) -> torch.Tensor:
@@ -284,8 +258,8 @@ def forward(
     out = _check_out(out, e, p.dtype)
     apsq = plan.mode == "apsq"
     lb = _check_out(last_bad, e, plan.bad_dtype) if apsq else None
-    sd, si = _steps(s)
-    getattr(lib, f"apsq_fwd_{_suffix(p)}")(
+    sd, si = step_arrays(s)
+    getattr(lib, f"apsq_fwd_{dtype_suffix(p.dtype)}")(
         p.data_ptr(), n, e, sd, si, int(apsq), plan.gs, plan.qn, plan.qp, out.data_ptr(),
         lb.data_ptr() if lb is not None else None, int(plan.bad_dtype == torch.uint8), torch.get_num_threads(),
     )
@@ -319,8 +293,8 @@ def backward(
     apsq = plan.mode == "apsq"
     if apsq:
         last_bad = last_bad.contiguous()
-    sd, si = _steps(s)
-    getattr(lib, f"apsq_bwd_{_suffix(p)}")(
+    sd, si = step_arrays(s)
+    getattr(lib, f"apsq_bwd_{dtype_suffix(p.dtype)}")(
         p.data_ptr(), n, e, sd, si, int(apsq), plan.gs, plan.qn, plan.qp, g.data_ptr(),
         last_bad.data_ptr() if apsq else None, int(plan.bad_dtype == torch.uint8),
         None if grad_p is None else grad_p.data_ptr(), grad_s.data_ptr(),

@@ -422,10 +422,13 @@ def _linear_backward_by_rows(xt, wt, s, scol, g2, last_bad, plan, backend, rows,
 def _try_int_gemm(x3: torch.Tensor, w3: torch.Tensor, scales: torch.Tensor, tile: int, plan: Plan,
                   observe: Observer | None, x_step: torch.Tensor | None, w_step: torch.Tensor | None):
     """``[B, M, N]`` from the integer kernel (:mod:`apsq.psum.fused_int`), or None where it does not
-    apply: no operand steps, statistics observed, not CPU float32/float64, no C kernel, inexact codes."""
+    apply: no operand steps, statistics observed, not CPU float32/float64, no C kernel, a PSUM step
+    whose reciprocal is not exact in the dtype, inexact codes."""
     if x_step is None or w_step is None or observe is not None or x3.dtype != w3.dtype:
         return None
     if x3.dtype not in (torch.float32, torch.float64) or x3.device.type != "cpu" or kernel_backend() != "c":
+        return None
+    if _effective_backend("c", _steps(scales, x3.dtype)[0], x3.dtype) != "c":  # 1/s not exact: extreme steps
         return None
     return int_gemm_psum(x3, w3, scales.to(x3.dtype), tile, plan, (x_step.detach(), w_step.detach()))
 
@@ -523,7 +526,6 @@ def conv2d_psum(
                                 x_step=x_step, w_step=None if sw is None else sw[gi]))
     y = torch.stack(outs, 1) if groups > 1 else outs[0].unsqueeze(1)  # [B*L, G, Cog]
     return y.reshape(b, length, co).transpose(1, 2).reshape(b, co, h, w_out)
-
 
 
 def matmul_psum(

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from torch.autograd.function import once_differentiable
 
-from apsq._cbuild import DTYPE_SUFFIXES, LazyLibrary, instantiate
+from apsq._cbuild import DTYPE_SUFFIXES, LazyLibrary, dtype_suffix, instantiate, reciprocals_exact, step_arrays
+from apsq.errors import check_choice
 from apsq.quant.ops import is_power_of_two, qrange
 
 __all__ = ["available", "applicable", "lsq_fake_quantize", "FUSED_LSQ"]
@@ -46,19 +47,8 @@ def available() -> bool:
     return _LIB.get() is not None
 
 
-def _steps(step: torch.Tensor):
-    s = step.detach().reshape(-1).to(torch.float64).tolist()
-    inv = [1.0 / v for v in s]
-    return (ctypes.c_double * len(s))(*s), (ctypes.c_double * len(s))(*inv), s, inv
-
-
-def _exact_reciprocals(step: torch.Tensor, dtype: torch.dtype) -> bool:
-    """Every ``1/s`` representable in ``dtype`` (so ``x * (1/s)`` is ``x / s``) and every ``s`` as well."""
-    s = step.detach().to(torch.float64).reshape(-1)
-    inv = 1.0 / s
-    back = inv.to(dtype).to(torch.float64)
-    return bool((s > 0).all() and torch.isfinite(back).all() and (back == inv).all()
-                and (s.to(dtype).to(torch.float64) == s).all() and ((inv * s) == 1).all())
+def _steps(step: torch.Tensor) -> list[float]:
+    return step.detach().reshape(-1).to(torch.float64).tolist()
 
 
 def applicable(x: torch.Tensor, step: torch.Tensor, channel_axis: int | None) -> bool:
@@ -66,10 +56,7 @@ def applicable(x: torch.Tensor, step: torch.Tensor, channel_axis: int | None) ->
     step or one per channel along axis 0, power-of-two steps with exact reciprocals, the kernel built
     and ``APSQ_FUSED_LSQ`` not ``off``."""
     mode = os.environ.get("APSQ_FUSED_LSQ", "auto")
-    if mode not in FUSED_LSQ:
-        from apsq.errors import APSQError
-
-        raise APSQError(f"APSQ_FUSED_LSQ must be one of {FUSED_LSQ}, got {mode!r}")
+    check_choice("APSQ_FUSED_LSQ", mode, FUSED_LSQ)
     if mode == "off" or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return False
     if step.device.type != "cpu" or x.dim() == 0:
@@ -79,7 +66,7 @@ def applicable(x: torch.Tensor, step: torch.Tensor, channel_axis: int | None) ->
             return False
     elif channel_axis % x.dim() != 0 or step.numel() != x.shape[0]:
         return False
-    return available() and bool(is_power_of_two(step).all()) and _exact_reciprocals(step, x.dtype)
+    return available() and bool(is_power_of_two(step).all()) and reciprocals_exact(_steps(step), x.dtype)
 
 
 class _LSQFakeQuant(torch.autograd.Function):
@@ -87,9 +74,9 @@ class _LSQFakeQuant(torch.autograd.Function):
     def forward(ctx, x, step, bits: int, channels: int):  # noqa: D102
         qn, qp = qrange(bits)
         xc = x.detach().contiguous()
-        sd, si, _, _ = _steps(step)
+        sd, si = step_arrays(_steps(step))
         y = torch.empty_like(xc)
-        getattr(_LIB.get(), f"lsq_fwd_{_suffix(x.dtype)}")(
+        getattr(_LIB.get(), f"lsq_fwd_{dtype_suffix(x.dtype)}")(
             xc.data_ptr(), channels, xc.numel() // channels, sd, si, qn, qp, y.data_ptr(), torch.get_num_threads())
         ctx.bits, ctx.channels = bits, channels
         ctx.save_for_backward(xc, step)
@@ -104,17 +91,13 @@ class _LSQFakeQuant(torch.autograd.Function):
         need_x = ctx.needs_input_grad[0]
         gx = torch.empty_like(xc) if need_x else None
         gs = torch.empty(ctx.channels, dtype=torch.float64)
-        sd, si, _, _ = _steps(step)
-        ok = getattr(_LIB.get(), f"lsq_bwd_{_suffix(xc.dtype)}")(
+        sd, si = step_arrays(_steps(step))
+        ok = getattr(_LIB.get(), f"lsq_bwd_{dtype_suffix(xc.dtype)}")(
             xc.data_ptr(), g.data_ptr(), ctx.channels, xc.numel() // ctx.channels, sd, si, qn, qp,
             None if gx is None else gx.data_ptr(), gs.data_ptr(), torch.get_num_threads())
         if not ok:
             raise MemoryError("the LSQ kernel could not allocate its partial sums")
         return gx, gs.to(step.dtype).reshape(step.shape), None, None
-
-
-def _suffix(dtype: torch.dtype) -> str:
-    return {torch.float32: "f32", torch.float64: "f64"}[dtype]
 
 
 def lsq_fake_quantize(x: torch.Tensor, step: torch.Tensor, bits: int, channel_axis: int | None) -> torch.Tensor:
