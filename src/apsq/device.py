@@ -1,0 +1,58 @@
+"""Moving batches to a model's device: the one helper every command uses.
+
+A batch may be a tensor, a mapping (``{"input_ids": ..., "labels": ...}``), a list / tuple of
+batches, or anything else (returned as it is). Tensors move with ``non_blocking`` where the target
+is CUDA; floating tensors optionally take the model's floating dtype (bf16 / fp16 models).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["module_device", "module_dtype", "to_device"]
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device of the module's first parameter or buffer (CPU for a module with neither)."""
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def module_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of the module's first floating parameter (float32 for a module with none)."""
+    for t in module.parameters():
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
+def to_device(batch: Any, device: torch.device | str, dtype: torch.dtype | None = None) -> Any:
+    """``batch`` with every tensor on ``device`` (floating tensors cast to ``dtype`` when given).
+
+    Mappings keep their keys and type where it can be rebuilt from a dict; lists and tuples keep
+    their type. Integer tensors (token ids, labels) never change dtype.
+    """
+    device = torch.device(device)
+    if isinstance(batch, torch.Tensor):
+        cast = dtype if dtype is not None and batch.is_floating_point() else None
+        if batch.device == device and cast in (None, batch.dtype):
+            return batch
+        return batch.to(device=device, dtype=cast, non_blocking=device.type == "cuda")
+    if isinstance(batch, Mapping):
+        moved = {k: to_device(v, device, dtype) for k, v in batch.items()}
+        try:
+            return type(batch)(moved)
+        except TypeError:
+            return moved
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(to_device(v, device, dtype) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device, dtype) for v in batch)
+    return batch
