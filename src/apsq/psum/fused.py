@@ -234,6 +234,10 @@ def psum_accumulate_fused(
     if mode == "none":
         return partials.sum(0)
     n = partials.shape[0]
+    if scales is not None and scales.dim() >= 2:  # per-channel steps: the kernels take per-tensor steps only
+        from apsq.psum.accumulate import psum_accumulate
+
+        return psum_accumulate(partials, scales, mode=mode, gs=gs, bits=bits, observe=observe)
     _check_scales(scales, n, mode)
     if partials.dtype not in (torch.float32, torch.float64) or partials.device.type != "cpu":
         from apsq.psum.accumulate import psum_accumulate
@@ -466,6 +470,11 @@ def linear_psum(
     if mode == "none":
         return F.linear(x, weight)
     n = num_tiles(x.shape[-1], tile)
+    if scales is not None and scales.dim() >= 2:  # per-channel steps: the kernels take per-tensor steps only
+        from apsq.psum.accumulate import psum_accumulate
+        from apsq.psum.tiling import linear_partials
+
+        return psum_accumulate(linear_partials(x, weight, tile), scales, mode=mode, gs=gs, bits=bits, observe=observe)
     _check_scales(scales, n, mode)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
@@ -511,6 +520,12 @@ def conv2d_psum(
         raise APSQError(
             f"Conv2d input must be [B, {cig * groups}, H, W] (Ci = {cig} x groups {groups}), got {tuple(x.shape)}"
         )
+    if scales is not None and scales.dim() >= 2:  # per-channel steps: the kernels take per-tensor steps only
+        from apsq.psum.accumulate import psum_accumulate
+        from apsq.psum.tiling import conv2d_partials
+
+        return psum_accumulate(conv2d_partials(x, weight, tile, stride, padding, dilation, groups), scales, mode=mode,
+                               gs=gs, bits=bits, observe=observe)
     cols, (h, w_out) = conv2d_im2col(x, (kh, kw), stride, padding, dilation)  # [B, G*Kg, L]
     b, _, length = cols.shape
     kg, cog = cig * kh * kw, co // groups
@@ -556,6 +571,10 @@ def matmul_psum(
     if mode == "none":
         return a @ b
     n = num_tiles(a.shape[-1], tile)
+    if scales is not None and scales.dim() >= 2:  # per-channel steps: the kernels take per-tensor steps only
+        from apsq.psum.accumulate import psum_accumulate
+
+        return psum_accumulate(matmul_partials(a, b, tile), scales, mode=mode, gs=gs, bits=bits, observe=observe)
     _check_scales(scales, n, mode)
     lead, (m, k, n_out) = a.shape[:-2], (a.shape[-2], a.shape[-1], b.shape[-1])
     if b.shape[:-2] == lead:  # broadcast batches take the partials path
