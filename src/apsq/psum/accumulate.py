@@ -9,6 +9,12 @@ fast paths are tested against. With ``Q_s(v) = s * clamp(floor(v/s + 1/2), qn, q
   group's last is stored as ``P_j = Q_{s_j}(Tp_j)``; the group's last tile ``l`` closes it with
   ``A_g = Q_{s_l}(Tp_l + sum_{j in g, j != l} P_j + A_{g-1})``, ``A_{-1} = 0``; ``Y = A_{G-1}``.
   With ``gs = 1`` this is the paper's Eq. (10), ``AP_i = Q(Tp_i + alpha_{i-1} AP_{i-1})``.
+
+Step sizes are per tile step (``scales [n]``: one shift per step for the whole PE-array output) or per
+tile step *and* output lane (``scales [n, *lane]``, e.g. ``[n, N]`` for a Linear / matmul whose output
+channel is the last dim, ``[n, Co, 1, 1]`` for a Conv2d's ``[B, Co, Ho, Wo]``: a shift amount per lane
+in hardware, ``docs/per-channel.md``). ``lane`` broadcasts against ``partials.shape[1:]`` by the usual
+(right-aligned) rules.
 """
 
 from __future__ import annotations
@@ -19,8 +25,19 @@ import torch
 
 from apsq.errors import PSUM_MODES, APSQError, check_bits, check_choice, check_finite, check_int
 from apsq.quant.ops import fake_quantize, is_power_of_two
+from apsq.quant.search import best_pow2_exponent
 
-__all__ = ["psum_accumulate", "closing_steps", "validate_psum_args", "saturating_accumulate"]
+__all__ = [
+    "psum_accumulate",
+    "calibrate_psum_exponents",
+    "closing_steps",
+    "validate_psum_args",
+    "saturating_accumulate",
+    "lane_steps",
+]
+
+StepAt = Callable[[int, torch.Tensor], torch.Tensor]
+"""``step_at(i, v)``: the PSUM step of tile step ``i`` given the value ``v`` it quantizes."""
 
 
 def closing_steps(n: int, gs: int) -> list[bool]:
@@ -43,14 +60,59 @@ def validate_psum_args(
     if scales is None:
         raise APSQError(f"scales are required for mode={mode!r}")
     n = partials.shape[0]
-    if scales.dim() != 1 or scales.shape[0] != n:
+    lane = tuple(scales.shape[1:])
+    if scales.dim() < 1 or scales.shape[0] != n or not _broadcasts(lane, tuple(partials.shape[1:])):
         raise APSQError(
-            f"scales must be a 1-D tensor with one step size per tile (n={n}), got shape "
+            f"scales must be [n] (one step size per tile, n={n}) or [n, *lane] with lane broadcasting against "
+            f"the output shape {tuple(partials.shape[1:])} (per-channel steps, e.g. [n, N]); got shape "
             f"{tuple(scales.shape)}"
         )
     if not bool(is_power_of_two(scales).all()):
         bad = scales.detach()[~is_power_of_two(scales)][:4].tolist()
         raise APSQError(f"scales must be positive powers of two (2^e, integer e); got {bad}")
+
+
+def _broadcasts(lane: tuple[int, ...], out: tuple[int, ...]) -> bool:
+    """Whether ``lane`` broadcasts against ``out`` without changing ``out``'s shape."""
+    if len(lane) > len(out):
+        return False
+    return all(a in (1, b) for a, b in zip(reversed(lane), reversed(out)))
+
+
+def lane_steps(scales: torch.Tensor, ndim: int) -> torch.Tensor:
+    """``scales [n]`` or ``[n, *lane]`` reshaped to ``[n, 1, ..., *lane]`` with ``ndim`` dims in all, so
+    that row ``i`` broadcasts against one tile ``partials[i]`` (``ndim = partials.dim()``)."""
+    n = scales.shape[0]
+    if scales.dim() == 1:
+        return scales.reshape(n, *([1] * (ndim - 1)))
+    return scales.reshape(n, *([1] * (ndim - scales.dim())), *scales.shape[1:])
+
+
+def _accumulate(
+    partials: torch.Tensor,
+    step_at: StepAt,
+    mode: str,
+    gs: int,
+    bits: int,
+    observe: Callable[[torch.Tensor, torch.Tensor], None] | None,
+) -> torch.Tensor:
+    """The recursion of section 3, one tile step at a time (``psq``: no closing step, the sum of the
+    stored codes; ``apsq``: groups of ``gs``). ``step_at(i, v)`` gives the step of tile ``i``."""
+    n = partials.shape[0]
+    closing = closing_steps(n, gs) if mode == "apsq" else [False] * n
+    acc = torch.zeros_like(partials[0])  # A_{-1}
+    pending = torch.zeros_like(partials[0])  # sum of the group's stored P_j (psq: of all tiles)
+    for i in range(n):
+        v = partials[i] + pending + acc if closing[i] else partials[i]
+        s_i = step_at(i, v)
+        if observe is not None:
+            observe(v.detach(), s_i)
+        if closing[i]:
+            acc = fake_quantize(v, s_i, bits)
+            pending = torch.zeros_like(pending)
+        else:
+            pending = pending + fake_quantize(v, s_i, bits)
+    return acc if mode == "apsq" else pending
 
 
 def psum_accumulate(
@@ -66,7 +128,9 @@ def psum_accumulate(
 
     Args:
         partials: float tile partial sums ``Tp_0 .. Tp_{n-1}``.
-        scales: 1-D tensor of ``n`` power-of-two PSUM step sizes ``s_i`` (ignored for ``none``).
+        scales: power-of-two PSUM step sizes ``s_i`` (ignored for ``none``): ``[n]`` per tile step, or
+            ``[n, *lane]`` per tile step and output lane (``lane`` broadcasting against
+            ``partials.shape[1:]``, e.g. ``[n, N]``).
         mode: ``"none" | "psq" | "apsq"``.
         gs: APSQ group size, ``>= 1``; may exceed ``n`` (one group, the last one short).
         bits: PSUM code width, 2..16.
@@ -75,30 +139,66 @@ def psum_accumulate(
 
     Differentiable: STE through every rounding, LSQ's gradient to ``scales`` (unscaled; modules
     apply LSQ's gradient scaling).
+
+    Raises:
+        APSQError: bad mode / gs / bits, scales of the wrong shape or not powers of two, NaN/Inf.
     """
     validate_psum_args(partials, scales, mode, gs, bits)
     if mode == "none":
         return partials.sum(0)
-    n = partials.shape[0]
+    steps = scales.to(partials.dtype)
     if mode == "psq":
-        s = scales.to(partials.dtype).reshape(n, *([1] * (partials.dim() - 1)))
+        s = lane_steps(steps, partials.dim())
         if observe is not None:
             observe(partials.detach(), s)
         return fake_quantize(partials, s, bits).sum(0)
-    closing = closing_steps(n, gs)
-    acc = torch.zeros_like(partials[0])  # A_{-1}
-    pending = torch.zeros_like(partials[0])  # sum of the group's stored P_j
-    for i in range(n):
-        s_i = scales[i].to(partials.dtype)
-        v = partials[i] + pending + acc if closing[i] else partials[i]
-        if observe is not None:
-            observe(v.detach(), s_i)
-        if closing[i]:
-            acc = fake_quantize(v, s_i, bits)
-            pending = torch.zeros_like(pending)
-        else:
-            pending = pending + fake_quantize(v, s_i, bits)
-    return acc
+    if steps.dim() > 1:
+        steps = lane_steps(steps, partials.dim())
+    return _accumulate(partials, lambda i, v: steps[i], mode, gs, bits, observe)
+
+
+@torch.no_grad()
+def calibrate_psum_exponents(
+    partials: torch.Tensor,
+    *,
+    mode: str,
+    gs: int = 1,
+    bits: int = 8,
+    channel_axis: int | None = None,
+) -> torch.Tensor:
+    """Greedy calibration of the PSUM exponents along the accumulation (running-sum statistics).
+
+    Runs the reference recursion (float32) and gives step ``i`` the MSE-optimal power of two
+    (:func:`apsq.quant.search.best_pow2_exponent`) for the value it actually quantizes: ``Tp_i`` for
+    ``psq`` and for APSQ's pending tiles, ``Tp_l + sum P_j + A_{g-1}`` — built from the
+    already-quantized history — for a group-closing tile.
+
+    Args:
+        partials: ``[n, *shape]`` tile partial sums.
+        mode: ``"psq" | "apsq"``; gs, bits: as for :func:`psum_accumulate`.
+        channel_axis: ``None``: one exponent per tile step (result ``[n]``); else the axis of
+            ``partials[0]`` holding the output channel, counted from the end (``-1`` for Linear /
+            matmul outputs, ``-3`` for Conv2d ``[B, Co, Ho, Wo]``): one exponent per step and
+            channel (result ``[n, C]``).
+
+    Returns:
+        float32 integer-valued exponents ``e`` (``s_i = 2^e_i``); all-zero data gets ``e = 0``.
+    """
+    check_choice("mode", mode, ("psq", "apsq"))
+    validate_psum_args(partials, torch.ones(max(1, partials.shape[0] if partials.dim() else 1)), mode, gs, bits)
+    p = partials.detach().to(torch.float32)
+    if channel_axis is not None:
+        check_int("channel_axis", channel_axis, lo=-(p.dim() - 1), hi=-1)
+    trail = [1] * (-channel_axis - 1) if channel_axis is not None else []
+    exps: list[torch.Tensor] = []
+
+    def choose(i: int, v: torch.Tensor) -> torch.Tensor:
+        e = best_pow2_exponent(v, bits, channel_axis)
+        exps.append(e)
+        return torch.exp2(e).reshape(-1, *trail) if channel_axis is not None else torch.exp2(e)
+
+    _accumulate(p, choose, mode, gs, bits, None)
+    return torch.stack(exps)
 
 
 def saturating_accumulate(partials: torch.Tensor, unit: torch.Tensor, acc_bits: int) -> torch.Tensor:
