@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("brevitas")
 
 from apsq.beyond.a2q import a2q_calibrate, a2q_quantize_  # noqa: E402
-from apsq.beyond.runner import workload_of  # noqa: E402
+from apsq.eval.setup import workload_of  # noqa: E402
 from apsq.cli import app  # noqa: E402
 from apsq.hw.energy import evaluate  # noqa: E402
 from apsq.train.config import parse_config  # noqa: E402

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from apsq.beyond.lowbit import lowbit_variants, variant_energy
-from apsq.beyond.runner import workload_of
+from apsq.eval.setup import workload_of
 from apsq.cli import app
 from apsq.hw.energy import evaluate
 from apsq.nn.config import APSQConfig
@@ -29,7 +29,7 @@ def test_tune_gs_cli(setup_files, runner, digits_cfg):
     assert {n: cfg.for_module(n).gs for n in res["layers"]} == chosen["gs"]
     assert chosen["energy_uj"] <= res["budget_uj"] * (1 + 1e-9)
     # the written config reproduces the chosen energy in the energy model (the --gs-config path)
-    from apsq.tune.cli import _accelerator
+    from apsq.cli.tune import _accelerator
 
     wl = workload_of(parse_config(digits_cfg))
     e = evaluate(wl, "is", "apsq", cfg, 8, _accelerator(None, 1)).total_pj / 1e6

@@ -18,7 +18,8 @@ from apsq.hw.workloads.base import Layer, Workload
 from apsq.nn.config import APSQConfig
 from apsq.nn.transform import calibrate, quantize_
 from apsq.tune.energy_table import energy_table
-from apsq.tune.profile import Metrics, profile_gs
+from apsq.eval.metrics import Metrics
+from apsq.tune.profile import profile_gs
 from apsq.tune.search import (
     SearchPoint,
     choice_config,

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from apsq.beyond.runner import Setup
 from apsq.errors import APSQError, check_int
-from apsq.tune.profile import Metrics, logits_on, metrics_of
+from apsq.eval.metrics import Metrics, logits_on, metrics_of
+from apsq.eval.setup import Setup
 
 
 def a2q_quantize_(model: nn.Module, acc_bits: int, plus: bool = False, exclude: Sequence[str] = ()) -> nn.Module:
@@ -94,7 +94,13 @@ def qat_kd(model: nn.Module, teacher: nn.Module, setup: Setup, steps: int,
            progress: Callable[[str], None] | None = None) -> nn.Module:
     """``steps`` AdamW steps of KD (+CE) from ``teacher`` with the setup config's ``qat``/``distill``
     settings; quantizer parameters (names with ``quant``/``log2_scale``) use ``qat.scale_lr``."""
-    from apsq.train.loop import _inputs, distill_loss, global_batch, lr_factor, step_seed
+    from apsq.train.loop import (
+        _inputs,
+        distill_loss,
+        global_batch,
+        lr_factor,
+        step_seed,
+    )
 
     cfg, sched = setup.cfg, setup.cfg.qat
     scale = [p for n, p in model.named_parameters() if p.requires_grad and ("quant" in n or "log2_scale" in n)]
@@ -168,3 +174,34 @@ def run_a2q_study(setup: Setup, specs: dict[str, dict[str, Any]], qat_steps: int
             qat_kd(m, teacher, setup, qat_steps, progress)
             out[name]["qat"] = metrics_of(logits_on(m, setup.eval), fp, labels).to_dict()
     return out
+
+
+def a2q_specs(base: dict[str, Any], acc_bits: tuple[int, ...], gs: int) -> dict[str, dict[str, Any]]:
+    keep = {k: v for k, v in base.items() if k not in ("mode", "gs", "psum_bits", "acc_bits")}
+    specs: dict[str, dict[str, Any]] = {
+        "w8a8_int32": {"kind": "apsq", "apsq": {**keep, "mode": "none"}},
+        f"apsq_gs{gs}_int8": {"kind": "apsq", "apsq": {**keep, "mode": "apsq", "gs": gs, "psum_bits": 8}},
+    }
+    for p in acc_bits:
+        specs[f"a2q_acc{p}"] = {"kind": "a2q", "acc_bits": p, "plus": False}
+        specs[f"a2q+_acc{p}"] = {"kind": "a2q", "acc_bits": p, "plus": True}
+    return specs
+
+
+def energy_of(workload, spec: dict[str, Any], dataflow: str) -> dict[str, float]:  # noqa: ANN001
+    """A2Q: the baseline dataflow with stored PSUMs ``acc_bits`` wide; APSQ / W8A8: as configured."""
+    from apsq.hw.energy import evaluate
+
+    ref = evaluate(workload, dataflow, "none", 1, 8)
+    if spec["kind"] == "a2q":
+        r = evaluate(workload, dataflow, "none", 1, 8, baseline_bits=int(spec["acc_bits"]))
+    else:
+        a = spec["apsq"]
+        r = evaluate(workload, dataflow, a.get("mode", "apsq"), int(a.get("gs", 2)), int(a.get("psum_bits", 8)))
+    return {"total_uj": r.total_pj / 1e6, "psum_uj": r.psum_pj / 1e6, "reduction_vs_int32": 1 - r.total_pj / ref.total_pj}
+
+
+def fp32_accuracy(setup: Setup) -> float:
+    """Accuracy of the setup's full-precision model on its evaluation batches."""
+    labels = torch.cat([y for _, y in setup.eval])
+    return float((logits_on(setup.model, setup.eval).argmax(-1) == labels).double().mean())

@@ -1,7 +1,7 @@
 """Evaluate quantization variants of one model: post-training (calibrated) and, optionally, short QAT.
 
 A variant is an :class:`apsq.APSQConfig` mapping. PTQ: quantize a copy of the FP32 model, calibrate on
-the setup's calibration batches, evaluate (:func:`apsq.tune.profile.metrics_of`). QAT: a run of
+the setup's calibration batches, evaluate (:func:`apsq.eval.metrics.metrics_of`). QAT: a run of
 :func:`apsq.train.loop.train` from the FP32 checkpoint (finished runs are reused).
 """
 
@@ -13,12 +13,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from apsq.beyond.runner import Setup
 from apsq.errors import APSQError
+from apsq.eval.metrics import Metrics, logits_on, metrics_of
+from apsq.eval.setup import Setup
 from apsq.nn.config import APSQConfig
 from apsq.nn.transform import calibrate, quantize_
 from apsq.train.config import parse_config
-from apsq.tune.profile import Metrics, logits_on, metrics_of
 
 
 def ptq_metrics(setup: Setup, qcfg: APSQConfig, fp_logits=None) -> Metrics:  # noqa: ANN001

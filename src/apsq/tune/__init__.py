@@ -5,9 +5,16 @@
 :mod:`apsq.tune.search` chooses gs per layer, by a statistics predictor or a measured search.
 """
 
+from apsq.eval.metrics import Metrics
 from apsq.tune.energy_table import EnergyTable, energy_table
-from apsq.tune.profile import GsProfile, Metrics, profile_gs
-from apsq.tune.search import SearchPoint, choice_config, measured_search, pareto_front, predictor_search
+from apsq.tune.profile import GsProfile, profile_gs
+from apsq.tune.search import (
+    SearchPoint,
+    choice_config,
+    measured_search,
+    pareto_front,
+    predictor_search,
+)
 
 __all__ = [
     "EnergyTable",

@@ -16,53 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from apsq.errors import APSQError, check_int
+from apsq.eval.metrics import Batch, Metrics, call_model, logits_on, metrics_of
 from apsq.nn.config import APSQConfig
 from apsq.nn.transform import calibrate, quant_layers, quantize_, track_stats
-
-Batch = tuple[Any, torch.Tensor]  # (model inputs: dict / tuple / tensor, labels)
-
-
-def _call(model: nn.Module, inputs: Any) -> torch.Tensor:
-    if isinstance(inputs, Mapping):
-        out = model(**inputs)
-    elif isinstance(inputs, (tuple, list)):
-        out = model(*inputs)
-    else:
-        out = model(inputs)
-    return out if isinstance(out, torch.Tensor) else out.logits
-
-
-@dataclass(frozen=True)
-class Metrics:
-    """Task metrics of a quantized model on the evaluation batches.
-
-    ``accuracy``: fraction correct; ``kl``: mean ``KL(p_fp || p_q)`` of the class distributions
-    (nats per example) vs the full-precision model; ``agreement``: fraction of FP predictions kept.
-    """
-
-    accuracy: float
-    kl: float
-    agreement: float
-
-    def to_dict(self) -> dict[str, float]:
-        return dataclasses.asdict(self)
-
-
-@torch.no_grad()
-def logits_on(model: nn.Module, batches: Sequence[Batch]) -> torch.Tensor:
-    model.eval()
-    return torch.cat([_call(model, x).float() for x, _ in batches])
-
-
-def metrics_of(logits: torch.Tensor, fp_logits: torch.Tensor, labels: torch.Tensor) -> Metrics:
-    lp, lq = F.log_softmax(fp_logits.double(), -1), F.log_softmax(logits.double(), -1)
-    kl = float((lp.exp() * (lp - lq)).sum(-1).mean())
-    pred = logits.argmax(-1)
-    return Metrics(float((pred == labels).double().mean()), kl, float((pred == fp_logits.argmax(-1)).double().mean()))
 
 
 @dataclass
@@ -147,7 +106,7 @@ def profile_gs(
                 raise APSQError("no layer has more than one PSUM tile in APSQ mode: nothing to tune")
         with torch.no_grad(), track_stats(m) as st:
             for b in calib_batches:
-                _call(m, b)
+                call_model(m, b)
         by_name = {s.name: s for s in st}
         stats[g] = {n: {"rel_error": by_name[n].rel_error, "saturation_rate": by_name[n].saturation_rate,
                         "n_tiles": by_name[n].n_tiles, "k": by_name[n].k} for n in layers}

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from apsq.errors import APSQError
+from apsq.eval.metrics import Metrics
 from apsq.nn.config import APSQConfig
 from apsq.tune.energy_table import EnergyTable
-from apsq.tune.profile import GsProfile, Metrics
+from apsq.tune.profile import GsProfile
 
 
 @dataclass(frozen=True)

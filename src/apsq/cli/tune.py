@@ -1,7 +1,4 @@
-"""``apsq tune-gs``: per-layer APSQ group size under an energy / PSUM-buffer budget.
-
-Also registers the studies of :mod:`apsq.beyond` (``apsq beyond ...``).
-"""
+"""``apsq tune-gs``: per-layer APSQ group size under an energy / PSUM-buffer budget."""
 
 from __future__ import annotations
 
@@ -10,15 +7,10 @@ from pathlib import Path
 
 import typer
 import yaml
-from rich.console import Console
 from rich.table import Table
 
+from apsq.cli.common import console, fail, parse_ints
 from apsq.errors import APSQError
-
-
-def _fail(exc: Exception) -> None:
-    Console(stderr=True).print(f"[red]error:[/red] {exc}")
-    raise typer.Exit(2)
 
 
 def _accelerator(path: Path | None, psum_kib: float | None):  # noqa: ANN202
@@ -32,16 +24,6 @@ def _accelerator(path: Path | None, psum_kib: float | None):  # noqa: ANN202
     d = acc.model_dump()
     d["buffers"]["psum"]["capacity_kib"] = psum_kib
     return Accelerator.from_dict(d, source="--psum-kib")
-
-
-def parse_ints(name: str, text: str) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise APSQError(f"{name} must be comma-separated integers, got {text!r}") from None
-    if not vals:
-        raise APSQError(f"{name} is empty")
-    return vals
 
 
 def register(app: typer.Typer) -> None:
@@ -71,13 +53,13 @@ def register(app: typer.Typer) -> None:
         """Choose gs per layer (predictor vs measured search) under an energy budget; see docs/beyond-the-paper.md."""
         import torch
 
-        from apsq.beyond.runner import load_setup, workload_of
+        from apsq.eval.setup import load_setup, workload_of
         from apsq.tune.run import plot_tune, tune_gs
 
-        con = Console(stderr=True)
+        con = console(stderr=True)
         if replot is not None:
             if png is None or not replot.is_file():
-                _fail(APSQError(f"--replot needs an existing result JSON (got {str(replot)!r}) and --png"))
+                fail(APSQError(f"--replot needs an existing result JSON (got {str(replot)!r}) and --png"))
             plot_tune(json.loads(replot.read_text()), str(png))
             return
         try:
@@ -93,7 +75,7 @@ def register(app: typer.Typer) -> None:
                           accelerator=acc, method=method, budget_uj=budget_uj, budget_frac=budget_frac,
                           max_points=max_points, progress=lambda m: con.log(m))
         except APSQError as exc:
-            _fail(exc)
+            fail(exc)
             return
         cfg = res.pop("config")
         res["command"] = ("apsq tune-gs --config {} --gs {} --dataflow {} --method {} --eval-limit {}".format(
@@ -124,12 +106,4 @@ def register(app: typer.Typer) -> None:
         for p in rows + [dict(res["chosen"], method="[b]chosen: " + res["chosen"]["method"] + "[/b]")]:
             t.add_row(p["method"], f"{p['energy_uj']:.3f}", f"{p['accuracy']:.4f}", f"{p['kl']:.5f}",
                       f"{p['predicted_degradation']:.5f}")
-        Console().print(t)
-
-    try:
-        from apsq.beyond.cli import register as register_beyond
-    except ModuleNotFoundError as exc:  # pragma: no cover - area not built
-        if exc.name != "apsq.beyond.cli":
-            raise
-    else:
-        register_beyond(app)
+        console().print(t)

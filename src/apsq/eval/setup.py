@@ -1,4 +1,4 @@
-"""Model, data and workload of a training config, for post-training studies (no training here).
+"""Model, data and workload of a training config, for the studies and runners (no training here).
 
 Reuses :mod:`apsq.train` (task builders, model builders, checkpoints) read-only.
 """
@@ -16,7 +16,13 @@ from apsq.hw.workloads.base import Workload
 from apsq.train.config import TrainConfig, load_config, parse_config
 from apsq.train.tasks import Task, build_task, subset
 
-__all__ = ["Setup", "load_setup", "workload_of"]
+__all__ = ["Setup", "load_setup", "select_variants", "split_labels", "workload_of"]
+
+
+def split_labels(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """``(model inputs, labels)`` of a task batch (a mapping with a ``labels`` entry)."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    return inputs, batch["labels"]
 
 
 class Setup:
@@ -25,7 +31,7 @@ class Setup:
     def __init__(self, cfg: TrainConfig, fp32: str | Path | None, eval_limit: int | None = None,
                  calib_batches: int | None = None) -> None:
         from apsq.train.checkpoint import load_model_state, read_tensors
-        from apsq.train.loop import _inputs, global_batch
+        from apsq.train.loop import global_batch
         from apsq.train.models import build_model, load_tokenizer
 
         self.cfg = cfg
@@ -41,8 +47,8 @@ class Setup:
         self.model.eval()
         n, bs = len(self.task.train), cfg.qat.batch_size
         nb = calib_batches or cfg.qat.calib_batches
-        self.calib = [_inputs(self.task.train.batch(global_batch(n, bs, i, cfg.seed, "calib")),
-                              torch.device("cpu"))[0] for i in range(nb)]
+        self.calib = [split_labels(self.task.train.batch(global_batch(n, bs, i, cfg.seed, "calib")))[0]
+                      for i in range(nb)]
         ev = self.task.eval
         rows = subset(len(ev), eval_limit)
         lengths = getattr(ev, "lengths", None)
@@ -52,8 +58,7 @@ class Setup:
         ebs = cfg.eval.batch_size
         self.eval: list[tuple[Any, torch.Tensor]] = []
         for i in range(0, len(rows), ebs):
-            x, y = _inputs(ev.batch(rows[i:i + ebs]), torch.device("cpu"))
-            self.eval.append((x, y))
+            self.eval.append(split_labels(ev.batch(rows[i:i + ebs])))
 
 
 def load_setup(config: str | Path | dict, fp32: str | Path | None = None, eval_limit: int | None = None,
@@ -82,7 +87,7 @@ def workload_of(cfg: TrainConfig, seq_len: int | None = None) -> Workload:
 
 def minilm_factory():  # noqa: ANN201
     """``(model, inputs)`` of the MiniLM sentiment model at 64 tokens, for ``apsq energy --trace
-    apsq.beyond.runner:minilm_factory`` (layer names match ``apsq tune-gs`` configs)."""
+    apsq.eval.setup:minilm_factory`` (layer names match ``apsq tune-gs`` configs)."""
     from apsq.train.models import build_model
 
     cfg = parse_config({"model": {"name": "minilm", "num_labels": 2, "max_len": 64}})

@@ -25,7 +25,8 @@ COMMAND_MODULES = (
     "apsq.data.cli",  # apsq data fetch
     "apsq.train.cli",  # apsq train
     "apsq.eval.cli",  # apsq eval, apsq sweep
-    "apsq.tune.cli",  # apsq tune-gs
+    "apsq.cli.tune",  # apsq tune-gs
+    "apsq.cli.beyond",  # apsq beyond baseline | low-bit | a2q
 )
 
 

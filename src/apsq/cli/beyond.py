@@ -9,15 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from apsq.cli.common import console, fail, parse_ints
 from apsq.errors import APSQError
-
-
-def _fail(exc: Exception) -> None:
-    Console(stderr=True).print(f"[red]error:[/red] {exc}")
-    raise typer.Exit(2)
 
 
 def _command() -> str:
@@ -45,12 +40,6 @@ def _write_keyed(path: Path | None, key: str | None, data: dict[str, Any]) -> No
     _write(path, old)
 
 
-def _ints(name: str, text: str) -> tuple[int, ...]:
-    from apsq.tune.cli import parse_ints
-
-    return parse_ints(name, text)
-
-
 def register(app: typer.Typer) -> None:
     beyond = typer.Typer(help="Studies beyond the paper: baseline PSUM width, sub-8-bit, A2Q baseline.")
 
@@ -73,26 +62,26 @@ def register(app: typer.Typer) -> None:
             torch.set_num_threads(threads)
             res: dict[str, Any] = {"command": _command(), "energy": baseline_study()}
             if config is not None:
-                from apsq.beyond.runner import load_setup
                 from apsq.beyond.variants import run_variants
+                from apsq.eval.setup import load_setup
 
                 s = load_setup(config, fp32, eval_limit or None)
                 base = dict(s.cfg.apsq or {})
                 keep = {k: v for k, v in base.items() if k not in ("mode", "gs", "psum_bits", "acc_bits")}
                 variants = {"none_exact": {**keep, "mode": "none"}}
-                for b in _ints("--acc-bits", acc_bits):
+                for b in parse_ints("--acc-bits", acc_bits):
                     variants[f"none_acc{b}"] = {**keep, "mode": "none", "acc_bits": b}
                 variants["apsq_gs2_int8"] = {**keep, "mode": "apsq", "gs": 2, "psum_bits": 8}
                 from apsq.beyond.baseline import baseline_energy
-                from apsq.beyond.runner import workload_of
+                from apsq.eval.setup import workload_of
 
-                log = Console(stderr=True).log
+                log = console(stderr=True).log
                 wl = workload_of(s.cfg)
                 res["accuracy"] = {"config": str(config), "eval_examples": sum(len(y) for _, y in s.eval),
                                    "variants": run_variants(s, variants, progress=log),
                                    "energy": [baseline_energy(wl, df) for df in ("is", "ws")]}
         except APSQError as exc:
-            _fail(exc)
+            fail(exc)
             return
         _write(json_path, res)
         t = Table(title="total energy (µJ) by baseline PSUM width; APSQ gs=2 INT8 saving vs each")
@@ -102,10 +91,10 @@ def register(app: typer.Typer) -> None:
             b, a = r["baseline"], r["apsq"]["2"]
             t.add_row(r["workload"], r["dataflow"], *(f"{b[k]['total_uj']:,.0f}" for k in ("16", "24", "32", "exact")),
                       f"{a['total_uj']:,.0f}", *(f"{100 * a['reduction_vs'][k]:.1f}%" for k in ("32", "exact", "16")))
-        Console().print(t)
+        console().print(t)
         if "accuracy" in res:
             for k, v in res["accuracy"]["variants"].items():
-                Console().print(f"{k}: PTQ accuracy {v['ptq']['accuracy']:.4f}, KL {v['ptq']['kl']:.5f}")
+                console().print(f"{k}: PTQ accuracy {v['ptq']['accuracy']:.4f}, KL {v['ptq']['kl']:.5f}")
 
     @beyond.command("low-bit")
     def lowbit_cmd(
@@ -127,32 +116,32 @@ def register(app: typer.Typer) -> None:
         import torch
 
         from apsq.beyond.lowbit import lowbit_variants, variant_energy
-        from apsq.beyond.runner import load_setup, select_variants, workload_of
         from apsq.beyond.variants import run_variants
+        from apsq.eval.setup import load_setup, select_variants, workload_of
         from apsq.hw.energy import evaluate
 
         try:
             torch.set_num_threads(threads)
             s = load_setup(config, fp32, eval_limit or None)
-            variants = lowbit_variants(dict(s.cfg.apsq or {}), gs, psum_bits=_ints("--psum-bits", psum_bits))
+            variants = lowbit_variants(dict(s.cfg.apsq or {}), gs, psum_bits=parse_ints("--psum-bits", psum_bits))
             variants = select_variants(variants, only)
             path = fp32 or s.cfg.finetune.init
             res = run_variants(s, variants, qat_steps=qat_steps, fp32=path, run_dir=run_dir,
-                               qat_eval_limit=eval_limit or None, progress=Console(stderr=True).log)
+                               qat_eval_limit=eval_limit or None, progress=console(stderr=True).log)
             wl = workload_of(s.cfg, seq_len)
             for df in dataflow.split(","):
                 ref = evaluate(wl, df, "none", 1, 8).total_pj / 1e6
                 for name, v in variants.items():
                     res[name].setdefault("energy", {})[df] = variant_energy(wl, df, v, ref_uj=ref)
         except APSQError as exc:
-            _fail(exc)
+            fail(exc)
             return
         out = {"command": _command(), "config": str(config), "workload": wl.name, "gs": gs,
                "eval_examples": sum(len(y) for _, y in s.eval), "qat_steps": qat_steps, "variants": res}
         try:
             _write_keyed(json_path, key, out)
         except APSQError as exc:
-            _fail(exc)
+            fail(exc)
         t = Table(title=f"low-bit variants, {config} ({out['eval_examples']} eval examples)")
         for col in ("variant", "PTQ acc", "PTQ KL", "QAT acc", *(f"E {d} µJ" for d in dataflow.split(","))):
             t.add_column(col, justify="left" if col == "variant" else "right")
@@ -160,13 +149,58 @@ def register(app: typer.Typer) -> None:
             q = r.get("qat", {}).get("accuracy")
             t.add_row(n, f"{r['ptq']['accuracy']:.4f}", f"{r['ptq']['kl']:.4f}", "-" if q is None else f"{q:.4f}",
                       *(f"{r['energy'][d]['total_uj']:,.2f}" for d in dataflow.split(",")))
-        Console().print(t)
+        console().print(t)
 
-    try:
-        from apsq.beyond.a2q_cli import register_a2q
-    except ModuleNotFoundError as exc:  # pragma: no cover
-        if exc.name != "apsq.beyond.a2q_cli":
-            raise
-    else:
-        register_a2q(beyond)
+    _register_a2q(beyond)
     app.add_typer(beyond, name="beyond")
+
+
+def _register_a2q(beyond: typer.Typer) -> None:
+    @beyond.command("a2q")
+    def a2q_cmd(
+        config: Path = typer.Option(..., "--config", "-c", help="training config (model, data, qat, distill)"),
+        fp32: Path | None = typer.Option(None, "--fp32", help="FP32 checkpoint (default: finetune.init)"),
+        acc_bits: str = typer.Option("16,12", "--acc-bits", help="A2Q accumulator widths"),
+        gs: int = typer.Option(2, "--gs", help="APSQ group size of the APSQ INT8 variant"),
+        qat_steps: int = typer.Option(30, "--qat-steps", help="QAT+KD steps of every variant (0: PTQ only)"),
+        only: str | None = typer.Option(None, "--only", help="comma-separated variant names"),
+        dataflows: str = typer.Option("is,ws", "--dataflows"),
+        seq_len: int | None = typer.Option(None, "--seq-len"),
+        eval_limit: int | None = typer.Option(256, "--eval-limit", help="evaluation examples (0: all)"),
+        threads: int = typer.Option(1, "--threads"),
+        json_path: Path | None = typer.Option(None, "--json"),
+    ) -> None:
+        """A2Q / A2Q+ (brevitas) vs APSQ INT8 PSUMs vs W8A8 INT32: accuracy after the same QAT, and energy."""
+        import torch
+
+        from apsq.beyond.a2q import a2q_specs, energy_of, fp32_accuracy, run_a2q_study
+        from apsq.eval.setup import load_setup, select_variants, workload_of
+
+        try:
+            torch.set_num_threads(threads)
+            s = load_setup(config, fp32, eval_limit or None)
+            specs = a2q_specs(dict(s.cfg.apsq or {}), parse_ints("--acc-bits", acc_bits), gs)
+            specs = select_variants(specs, only)
+            res = run_a2q_study(s, specs, qat_steps, progress=console(stderr=True).log)
+            wl = workload_of(s.cfg, seq_len)
+            for name, spec in specs.items():
+                res[name]["energy"] = {df: energy_of(wl, spec, df) for df in dataflows.split(",")}
+        except APSQError as exc:
+            fail(exc)
+        out = {"command": _command(), "config": str(config),
+               "workload": wl.name, "qat_steps": qat_steps, "eval_examples": sum(len(y) for _, y in s.eval),
+               "fp32_accuracy": fp32_accuracy(s),
+               "variants": res}
+        if json_path:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(out, indent=1))
+        t = Table(title=f"A2Q vs APSQ ({out['eval_examples']} eval examples, {qat_steps} QAT steps)")
+        dfs = dataflows.split(",")
+        for col in ("variant", "PTQ acc", "QAT acc", "QAT KL", *(f"save {d}" for d in dfs)):
+            t.add_column(col, justify="left" if col == "variant" else "right")
+        for n, r in res.items():
+            q = r.get("qat")
+            t.add_row(n, f"{r['ptq']['accuracy']:.4f}", "-" if q is None else f"{q['accuracy']:.4f}",
+                      "-" if q is None else f"{q['kl']:.4f}",
+                      *(f"{100 * r['energy'][d]['reduction_vs_int32']:.1f}%" for d in dfs))
+        console().print(t)
