@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a tensor is checked, so that `apsq --help` starts fast
+    import torch
+
 import yaml
 
 BITS_MIN, BITS_MAX = 2, 16
@@ -26,15 +28,55 @@ def check_int(name: str, value: object, *, lo: int | None = None, hi: int | None
     if isinstance(value, bool) or not isinstance(value, int):
         raise APSQError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
-        lo_s = "-inf" if lo is None else str(lo)
-        hi_s = "inf" if hi is None else str(hi)
-        raise APSQError(f"{name} must be in [{lo_s}, {hi_s}], got {value}")
+        if hi is None:
+            allowed = f"≥ {lo}"
+        elif lo is None:
+            allowed = f"≤ {hi}"
+        else:
+            allowed = f"in [{lo}, {hi}]"
+        raise APSQError(f"{name} must be {allowed}, got {value}")
     return value
 
 
 def check_bits(name: str, bits: object, lo: int = BITS_MIN, hi: int = BITS_MAX) -> int:
     """Bit widths are integers in ``[2, 16]`` unless a caller narrows the range."""
     return check_int(name, bits, lo=lo, hi=hi)
+
+
+def check_bool(name: str, value: object, *, where: str = "") -> bool:
+    """``value`` must be a real ``bool``: the strings ``"false"`` / ``"no"`` and the ints 0 / 1 are refused
+    (a non-empty string would otherwise read as true). ``where`` names the layer or file for the message."""
+    if not isinstance(value, bool):
+        at = f" ({where})" if where else ""
+        raise APSQError(f"{name}{at} must be true or false (a YAML boolean, unquoted), got {value!r} "
+                        f"({type(value).__name__})")
+    return value
+
+
+def check_str_list(name: str, value: object, *, where: str = "", allowed: Iterable[str] | None = None
+                   ) -> tuple[str, ...]:
+    """A list of strings (patterns, names) as a tuple; a single string is ONE element, never its letters.
+
+    ``exclude: classifier`` therefore means ``("classifier",)``. Anything else that is not a list / tuple
+    of strings (a mapping, a number, a list holding a number) raises :class:`APSQError` naming ``name``
+    (and ``where``: the layer or file); with ``allowed`` every element must be one of those values.
+    """
+    at = f" ({where})" if where else ""
+    if isinstance(value, str):
+        items: tuple[object, ...] = (value,)
+    elif isinstance(value, (list, tuple)):
+        items = tuple(value)
+    else:
+        raise APSQError(f"{name}{at} must be a list of strings, got {value!r} ({type(value).__name__})")
+    bad = [v for v in items if not isinstance(v, str)]
+    if bad:
+        raise APSQError(f"{name}{at} must be a list of strings; {bad[0]!r} ({type(bad[0]).__name__}) is not one")
+    if allowed is not None:
+        allowed = tuple(allowed)
+        for v in items:
+            if v not in allowed:
+                raise APSQError(f"{name}{at} entries must be among {', '.join(map(repr, allowed))}; got {v!r}")
+    return items  # type: ignore[return-value]
 
 
 def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
@@ -47,6 +89,8 @@ def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
 
 def check_finite(name: str, x: torch.Tensor) -> torch.Tensor:
     """Raise :class:`NonFiniteInputError` if ``x`` holds NaN or Inf."""
+    import torch
+
     if not bool(torch.isfinite(x).all()):
         n_nan = int(torch.isnan(x).sum())
         n_inf = int(torch.isinf(x).sum())
@@ -61,8 +105,43 @@ def read_yaml(path: str | Path, what: str) -> Any:
     """Parse the YAML file ``path``; a missing file or bad YAML raises :class:`APSQError` naming ``what``."""
     p = Path(path)
     if not p.is_file():
-        raise APSQError(f"{what} {str(p)!r} does not exist")
+        raise APSQError(f"{what} {str(p)!r} does not exist" + (" (it is a folder)" if p.is_dir() else ""))
     try:
-        return yaml.safe_load(p.read_text())
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise APSQError(f"{what} {str(p)!r} cannot be read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise APSQError(f"{what} {str(p)!r} is not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 1]!r}); "
+                        "save it as UTF-8 YAML") from None
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise APSQError(f"{what} {str(p)!r} is not valid YAML: {exc}") from None
+
+
+def literal(text: object) -> str:
+    """``text`` escaped for rich markup, so user-supplied names, paths and shapes such as ``[n, L]`` or
+    ``[bold]x`` are printed as written instead of being read as style tags."""
+    from rich.markup import escape
+
+    return escape(str(text))
+
+
+def print_error(exc: BaseException | str, *, console: Any = None, prefix: str = "error:",
+                file: IO[str] | None = None) -> None:
+    """Print ``prefix`` in red and the message of ``exc`` literally (never as markup) to ``console``
+    (a :class:`rich.console.Console`; default: a new one on stderr). The one way CLI commands report
+    an :class:`APSQError`."""
+    from rich.console import Console
+    from rich.text import Text
+
+    if console is None:
+        console = Console(stderr=file is None, file=file)
+    line = Text()
+    if prefix:
+        line.append(prefix, style="red")
+        line.append(" ")
+    line.append(str(exc))
+    console.print(line)

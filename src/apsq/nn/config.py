@@ -9,12 +9,27 @@ from pathlib import Path
 from typing import Any
 
 
-from apsq.errors import PSUM_MODES, APSQError, check_bits, check_choice, check_int, read_yaml
+from apsq.errors import (
+    PSUM_MODES,
+    APSQError,
+    check_bits,
+    check_bool,
+    check_choice,
+    check_int,
+    check_str_list,
+    read_yaml,
+)
 
 LAYER_TYPES = ("linear", "conv2d")
 LAYER_FIELDS = ("tile", "mode", "gs", "psum_bits", "weight_bits", "act_bits", "weight_per_channel", "enabled",
-                "acc_bits")
+                "acc_bits", "psum_granularity")
+PSUM_GRANULARITIES = ("tensor", "channel")
+"""PSUM step granularity: one step per tile step, or one per tile step and output channel."""
 ACC_BITS_MAX = 64
+TILE_MAX = 1 << 16
+"""Largest PE-array reduction depth accepted (65,536 K elements per PSUM step)."""
+GS_MAX = 1 << 16
+"""Largest APSQ group size accepted (tiles per additive requantization)."""
 
 
 @dataclass(frozen=True)
@@ -40,9 +55,13 @@ class LayerQuantConfig:
     acc_bits: int | None = None
     """Baseline only (``mode="none"``): width of a narrow integer PSUM accumulator that saturates at
     every tile step (units of ``s_x * s_w``); ``None`` is exact accumulation."""
+    psum_granularity: str = "tensor"
+    """PSUM steps: ``tensor`` — one power of two per tile step (``[n]``, one shift for the whole PE-array
+    output); ``channel`` — one per tile step and output channel (``[n, N]``, a shift amount per lane;
+    ``docs/per-channel.md``). Ignored for ``mode="none"``."""
 
     def __post_init__(self) -> None:
-        check_int("tile", self.tile, lo=1)
+        check_int("tile", self.tile, lo=1, hi=TILE_MAX)
         if self.acc_bits is not None:
             check_int("acc_bits", self.acc_bits, lo=2, hi=ACC_BITS_MAX)
             if self.mode != "none":
@@ -51,13 +70,13 @@ class LayerQuantConfig:
                     f"got mode={self.mode!r} (use psum_bits for psq/apsq)"
                 )
         check_choice("mode", self.mode, PSUM_MODES)
-        check_int("gs", self.gs, lo=1)
+        check_choice("psum_granularity", self.psum_granularity, PSUM_GRANULARITIES)
+        check_int("gs", self.gs, lo=1, hi=GS_MAX)
         check_bits("psum_bits", self.psum_bits)
         check_bits("weight_bits", self.weight_bits)
         check_bits("act_bits", self.act_bits)
         for name in ("weight_per_channel", "enabled"):
-            if not isinstance(getattr(self, name), bool):
-                raise APSQError(f"{name} must be true or false, got {getattr(self, name)!r}")
+            check_bool(name, getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -81,13 +100,16 @@ class APSQConfig(LayerQuantConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        object.__setattr__(self, "layer_types", tuple(self.layer_types))
-        object.__setattr__(self, "exclude", tuple(self.exclude))
-        for t in self.layer_types:
-            check_choice("layer_types", t, LAYER_TYPES)
+        # a single string is one element (never its letters): exclude="classifier" -> ("classifier",)
+        object.__setattr__(self, "layer_types", check_str_list("layer_types", self.layer_types, allowed=LAYER_TYPES))
+        object.__setattr__(self, "exclude", check_str_list("exclude", self.exclude))
+        check_bool("attention_matmuls", self.attention_matmuls)
+        check_bool("check_finite", self.check_finite)
         if not isinstance(self.overrides, dict):
             raise APSQError(f"overrides must be a mapping pattern -> settings, got {type(self.overrides).__name__}")
         for pattern, values in self.overrides.items():
+            if not isinstance(pattern, str):
+                raise APSQError(f"overrides keys must be module-name patterns (strings), got {pattern!r}")
             if not isinstance(values, dict):
                 raise APSQError(f"overrides[{pattern!r}] must be a mapping of settings, got {values!r}")
             unknown = set(values) - set(LAYER_FIELDS)
@@ -95,7 +117,10 @@ class APSQConfig(LayerQuantConfig):
                 raise APSQError(
                     f"overrides[{pattern!r}] has unknown keys {sorted(unknown)}; allowed: {', '.join(LAYER_FIELDS)}"
                 )
-            self._layer(values)  # validates the values
+            try:
+                self._layer(values)  # validates the values
+            except APSQError as exc:
+                raise APSQError(f"overrides[{pattern!r}]: {exc}") from None
 
     def _layer(self, changes: dict[str, Any]) -> LayerQuantConfig:
         base = {f: getattr(self, f) for f in LAYER_FIELDS}

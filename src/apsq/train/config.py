@@ -9,17 +9,58 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from apsq.data.registry import IMAGE, TEXT, dataset_info, dataset_names
 from apsq.errors import APSQError, read_yaml
 from apsq.nn.config import APSQConfig
 
+BUILTIN_MODELS = {"minilm": TEXT, "bert-tiny": TEXT, "digits-cnn": IMAGE}
+"""Built-in model names -> the modality they take; any other name is a Hugging Face text model
+(a local folder holding ``config.json``, or a hub id such as ``bert-base-uncased``)."""
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+
+
+def check_model_name(name: str) -> str:
+    """The modality of ``model.name``; a missing local folder or a malformed name raises APSQError."""
+    if name in BUILTIN_MODELS:
+        return BUILTIN_MODELS[name]
+    allowed = f"allowed: {', '.join(BUILTIN_MODELS)}, a local model folder (with config.json) or a hub id"
+    p = Path(name).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise APSQError(f"model.name {name!r} is not a Hugging Face model folder (no config.json in it); {allowed}")
+        return TEXT
+    if name.startswith((".", "/", "~")) or "\\" in name or ".." in name or not _HUB_ID.match(name):
+        raise APSQError(f"model.name {name!r}: no such folder, and not a built-in model or a hub id; {allowed}")
+    return TEXT
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, v: Any, info: ValidationInfo) -> Any:
+        """``true`` is not a number: a YAML bool in a numeric or text field is refused (pydantic reads it as 1)."""
+        if isinstance(v, bool):
+            ann = cls.model_fields[info.field_name].annotation
+            if ann is not bool and bool not in get_args(ann):
+                raise ValueError(f"expected a number or text, got the boolean {v!r}")
+        return v
 
 
 class ModelConfig(_Strict):
@@ -94,7 +135,7 @@ class EvalConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     every: int = Field(0, ge=0)
     """Evaluate every N steps during training (0: only at the end of each stage)."""
-    after_calibration: bool = False
+    after_calibration: StrictBool = False
     """Also evaluate the quantized model right after calibration, before QAT."""
 
 
@@ -123,6 +164,24 @@ class TrainConfig(_Strict):
                 raise ValueError(str(exc)) from exc
         return v
 
+    @model_validator(mode="after")
+    def _pairing(self) -> TrainConfig:
+        """Model and data must fit: known names, the same modality, a head with the data's classes."""
+        try:
+            info = dataset_info(self.data.name)
+            modality = check_model_name(self.model.name)
+        except APSQError as exc:
+            raise ValueError(str(exc)) from None
+        if modality != info.modality:
+            fits = [n for n, m in BUILTIN_MODELS.items() if m == info.modality]
+            raise ValueError(f"model {self.model.name!r} takes {modality} but data {info.name!r} is {info.modality}; "
+                             f"for {info.name!r} use model.name {' or '.join(map(repr, fits))}"
+                             + (" (or a Hugging Face text model)" if info.modality == TEXT else ""))
+        if self.model.num_labels != info.num_classes:
+            raise ValueError(f"model.num_labels is {self.model.num_labels} but data {info.name!r} has "
+                             f"{info.num_classes} classes; set model.num_labels: {info.num_classes}")
+        return self
+
     def apsq_config(self) -> APSQConfig | None:
         return None if self.apsq is None else APSQConfig.from_dict(dict(self.apsq))
 
@@ -139,7 +198,7 @@ def _format_error(exc: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             lines.append(f"unknown key {loc!r}")
         else:
-            lines.append(f"{loc}: {e['msg']}")
+            lines.append(f"{loc}: {e['msg'].removeprefix('Value error, ')}")
     return f"{source}: invalid training config: " + "; ".join(lines)
 
 
@@ -156,6 +215,13 @@ def parse_config(data: Any, source: str = "config") -> TrainConfig:
 
 
 def load_config(path: str | Path) -> TrainConfig:
-    """Read and validate a YAML training config."""
+    """Read and validate a YAML training config; it must name its ``model`` and ``data`` (no silent defaults)."""
     p = Path(path)
-    return parse_config(read_yaml(p, "config file"), str(p))
+    data = read_yaml(p, "config file")
+    if isinstance(data, dict):
+        missing = [k for k in ("model", "data") if k not in data]
+        if missing:
+            raise APSQError(f"{p}: a training config must name its {' and '.join(missing)} (e.g. model: {{name: minilm, "
+                            f"num_labels: 2}}, data: {{name: rt-sentences}}); models: {', '.join(BUILTIN_MODELS)} or a "
+                            f"Hugging Face model; data: {', '.join(dataset_names())}")
+    return parse_config(data, str(p))

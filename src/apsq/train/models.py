@@ -25,7 +25,11 @@ def load_tokenizer(cfg: TrainConfig):
 
     name = cfg.model.name
     path = minilm_path() if name in ("minilm", "bert-tiny") else name
-    return AutoTokenizer.from_pretrained(path)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise APSQError(f"could not load the tokenizer of model {name!r} ({exc}); give 'minilm', 'bert-tiny', "
+                        "'digits-cnn', a local model folder or a hub id (the hub needs network access)") from exc
 
 
 class DigitsCNN(nn.Module):

@@ -1,0 +1,55 @@
+"""What each dataset name of a training config is: its modality and its number of classes.
+
+The training config validates a model / data pairing against this table before anything is loaded
+or fetched (:func:`apsq.train.config.TrainConfig`), so a wrong head size or a text model on images
+is refused with the allowed values named instead of failing deep inside a forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from apsq.errors import APSQError
+
+TEXT, IMAGE = "text", "image"
+
+GLUE_CLASSES: dict[str, int | None] = {
+    "cola": 2, "sst2": 2, "mrpc": 2, "qqp": 2, "stsb": None, "mnli": 3, "qnli": 2, "rte": 2, "wnli": 2,
+}
+"""GLUE task -> number of classes (``None``: a regression task, which the classification trainer refuses)."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """One dataset of a training config."""
+
+    name: str
+    modality: str
+    """``text`` (sentences: needs a tokenizer and a text model) or ``image`` (pixel tensors)."""
+    num_classes: int
+    """Classes of its labels (the model head must have exactly this many outputs)."""
+
+
+_FIXED = {
+    "rt-sentences": DatasetInfo("rt-sentences", TEXT, 2),
+    "digits": DatasetInfo("digits", IMAGE, 10),
+}
+
+
+def dataset_names() -> tuple[str, ...]:
+    """Every accepted ``data.name``: the offline sets and the ``glue-<task>`` classification tasks."""
+    return (*_FIXED, *(f"glue-{t}" for t, n in GLUE_CLASSES.items() if n is not None))
+
+
+def dataset_info(name: object) -> DatasetInfo:
+    """The :class:`DatasetInfo` of ``name``; an unknown name raises :class:`APSQError` listing all names."""
+    if isinstance(name, str):
+        if name in _FIXED:
+            return _FIXED[name]
+        if name.startswith("glue-") and name[len("glue-"):] in GLUE_CLASSES:
+            n = GLUE_CLASSES[name[len("glue-"):]]
+            if n is None:
+                raise APSQError(f"data.name {name!r} is a regression task; the trainer classifies. "
+                                f"Allowed: {', '.join(dataset_names())}")
+            return DatasetInfo(name, TEXT, n)
+    raise APSQError(f"data.name must be one of {', '.join(dataset_names())}; got {name!r}")
