@@ -73,26 +73,34 @@ def sram_pj_per_bit(bank_kib: float, node_nm: float) -> float:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # finite numbers only: `.inf` / `.nan` in a YAML file are refused (they made latency NaN)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+MAX_PES = 1 << 16
+"""Upper bound of PE rows / columns, banks and port widths (sane finite ranges for input files)."""
+MAX_PJ = 1e6
+"""Upper bound of any per-operation / per-bit energy, pJ."""
 
 
 class PEArray(_Strict):
     """The MAC array. In IS/WS its ``rows`` reduce K (the PSUM tile); in OS rows map output rows (M)."""
 
-    rows: int = Field(gt=0, description="PE rows; the reduction depth (K elements per PSUM step) in IS/WS")
-    cols: int = Field(gt=0, description="PE columns; parallel outputs per step (N in WS, M in IS, N in OS)")
-    mac_pj: float = Field(ge=0, description="energy of one INT8 multiply + INT32 accumulate, pJ")
-    reg_pj_per_bit: float = Field(ge=0, description="PE register (pipeline/stationary/accumulator) access, pJ/bit")
+    rows: int = Field(gt=0, le=MAX_PES, description="PE rows; the reduction depth (K elements per PSUM step) in IS/WS")
+    cols: int = Field(gt=0, le=MAX_PES, description="PE columns; parallel outputs per step (N in WS, M in IS, N in OS)")
+    mac_pj: float = Field(ge=0, le=MAX_PJ, description="energy of one INT8 multiply + INT32 accumulate, pJ")
+    reg_pj_per_bit: float = Field(ge=0, le=MAX_PJ,
+                                  description="PE register (pipeline/stationary/accumulator) access, pJ/bit")
 
 
 class Buffer(_Strict):
     """One on-chip SRAM buffer (banked)."""
 
-    capacity_kib: float = Field(ge=0, description="capacity, KiB (1 KiB = 8192 bits)")
-    banks: int = Field(gt=0, description="independent banks; one access touches one bank")
-    word_bits: int = Field(gt=0, description="bits per bank access (port width)")
-    read_pj_per_bit: float = Field(ge=0, description="read energy, pJ/bit")
-    write_pj_per_bit: float = Field(ge=0, description="write energy, pJ/bit")
+    capacity_kib: float = Field(ge=0, le=1 << 30, description="capacity, KiB (1 KiB = 8192 bits; at most 1 TiB)")
+    banks: int = Field(gt=0, le=MAX_PES, description="independent banks; one access touches one bank")
+    word_bits: int = Field(gt=0, le=MAX_PES, description="bits per bank access (port width)")
+    read_pj_per_bit: float = Field(ge=0, le=MAX_PJ, description="read energy, pJ/bit")
+    write_pj_per_bit: float = Field(ge=0, le=MAX_PJ, description="write energy, pJ/bit")
 
     @property
     def capacity_bits(self) -> float:
@@ -107,9 +115,9 @@ class Buffer(_Strict):
 class DRAM(_Strict):
     """Off-chip memory."""
 
-    read_pj_per_bit: float = Field(ge=0, description="read energy incl. I/O, pJ/bit")
-    write_pj_per_bit: float = Field(ge=0, description="write energy incl. I/O, pJ/bit")
-    bandwidth_gbs: float = Field(gt=0, description="sustained bandwidth, GB/s (1e9 bytes/s)")
+    read_pj_per_bit: float = Field(ge=0, le=MAX_PJ, description="read energy incl. I/O, pJ/bit")
+    write_pj_per_bit: float = Field(ge=0, le=MAX_PJ, description="write energy incl. I/O, pJ/bit")
+    bandwidth_gbs: float = Field(gt=0, le=1e6, description="sustained bandwidth, GB/s (1e9 bytes/s)")
 
 
 class Buffers(_Strict):
@@ -125,8 +133,8 @@ class Accelerator(_Strict):
     """A PE array with per-operand buffers and DRAM; everything the energy model needs."""
 
     name: str = Field(description="a label for reports")
-    technology_nm: float = Field(gt=0, description="process node, nm (documentation; constants are explicit)")
-    clock_mhz: float = Field(gt=0, description="clock frequency, MHz")
+    technology_nm: float = Field(gt=0, le=10_000, description="process node, nm (documentation; constants are explicit)")
+    clock_mhz: float = Field(ge=1e-3, le=1e5, description="clock frequency, MHz (1 kHz .. 100 GHz)")
     act_bits: int = Field(ge=1, le=32, description="activation (input/output) width, bits")
     weight_bits: int = Field(ge=1, le=32, description="weight width, bits")
     acc_bits: int = Field(ge=1, le=64, description="in-PE accumulator and baseline PSUM width, bits (INT32)")
