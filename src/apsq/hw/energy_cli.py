@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from apsq.errors import APSQError, check_choice, check_int
+from apsq.errors import APSQError, check_choice, check_int, literal, print_error
 from apsq.hw.accelerator import Accelerator, load_accelerator
 from apsq.hw.dataflow import DATAFLOWS, LEVELS, OPERANDS
 from apsq.hw.energy import Comparison, EnergyReport, compare, evaluate
@@ -69,7 +69,7 @@ def load_workload(model: str | None, trace: str | None, **options: Any) -> Workl
 
 
 def _report_table(cmp: Comparison) -> Table:
-    t = Table(title=f"{cmp.baseline.workload} — {cmp.baseline.dataflow.upper()} — energy (µJ)")
+    t = Table(title=f"{literal(cmp.baseline.workload)} — {cmp.baseline.dataflow.upper()} — energy (µJ)")
     t.add_column("operand")
     t.add_column("level")
     t.add_column("baseline (INT32 PSUM)", justify="right")
@@ -97,7 +97,7 @@ def _layer_table(cmp: Comparison, w: Workload) -> Table:
         t.add_column(col, justify="left" if col == "layer" else "right")
     for ly, b, a in zip(w.layers, cmp.baseline.per_layer(), cmp.apsq.per_layer()):
         t.add_row(
-            ly.name,
+            literal(ly.name),
             str(ly.m),
             str(ly.k),
             str(ly.n),
@@ -229,7 +229,7 @@ def plot_sweep(result: dict[str, Any], out: str) -> None:
 
 
 def _fail(exc: Exception) -> None:
-    Console(stderr=True).print(f"[red]error:[/red] {exc}")
+    print_error(exc)  # the message literally: user file / model names are never read as markup
     raise typer.Exit(2)
 
 
@@ -296,7 +296,7 @@ def register(app: typer.Typer) -> None:
             f"latency {cmp.baseline.latency_us:,.1f} / {cmp.apsq.latency_us:,.1f} µs"
         )
         if plot is not None:
-            con.print(f"wrote {plot}")
+            con.print(f"wrote {literal(plot)}")
 
     @energy.command("sweep")
     def energy_sweep(
@@ -332,7 +332,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(res, indent=2))
             return
-        t = Table(title=f"{model} {dataflow.upper()}: total energy (µJ); * = PSUMs spill to DRAM")
+        t = Table(title=f"{literal(model)} {dataflow.upper()}: total energy (µJ); * = PSUMs spill to DRAM")
         t.add_column(option, justify="right")
         cfgs = ["baseline"] + [f"gs={g}" for g in GS_RANGE]
         for c in cfgs:
@@ -347,7 +347,7 @@ def register(app: typer.Typer) -> None:
         con.print(t)
         con.print("first size that spills: " + ", ".join(f"{c}: {s}" for c, s in res["first_spill"].items()))
         if plot is not None:
-            con.print(f"wrote {plot}")
+            con.print(f"wrote {literal(plot)}")
 
     app.add_typer(energy, name="energy")
 

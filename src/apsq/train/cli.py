@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         from rich.console import Console
 
-        from apsq.errors import APSQError
+        from apsq.errors import APSQError, literal, print_error
         from apsq.train.config import load_config
         from apsq.train.loop import train
 
@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
             cfg = load_config(config)
             res = train(cfg, out, resume=resume)
         except APSQError as exc:
-            console.print(f"[red]error:[/red] {exc}")
+            print_error(exc, console=console)
             raise typer.Exit(1) from exc
         res.pop("model", None)
         if res.get("processes", 1) == 1 or int(os.environ.get("RANK", "0")) == 0:
@@ -40,4 +40,4 @@ def register(app: typer.Typer) -> None:
             msg = f"fp32 {res['eval_split']} accuracy {res['fp32_accuracy']:.4f}"
             if acc is not None:
                 msg += f", quantized {acc:.4f}"
-            console.print(f"{msg}; results in {out / 'result.json'}")
+            console.print(f"{msg}; results in {literal(out / 'result.json')}")

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from apsq.errors import APSQError
+from apsq.errors import APSQError, literal, print_error
 
 __all__ = ["register", "rae_app"]
 
@@ -32,7 +32,7 @@ def _params(lanes: int, depth: int, bits: int):
 
 
 def _fail(exc: APSQError) -> None:
-    Console(stderr=True).print(f"[red]error:[/red] {exc}")
+    print_error(exc)  # literally: shapes such as [n, L] are not markup
     raise typer.Exit(2) from exc
 
 
@@ -53,18 +53,18 @@ def verilog_cmd(
     except APSQError as exc:
         _fail(exc)
     n_lines = path.read_text().count("\n")
-    console.print(f"wrote {path} ({n_lines} lines; L={lanes}, D={depth}, INT{bits})")
+    console.print(f"wrote {literal(path)} ({n_lines} lines; L={lanes}, D={depth}, INT{bits})")
     if lint:
         for tool in ("iverilog", "verilator"):
             try:
                 res = verilog.lint(path, tool)
             except APSQError as exc:
-                console.print(f"[yellow]{tool}: skipped[/yellow] ({exc})")
+                console.print(f"[yellow]{tool}: skipped[/yellow] ({literal(exc)})")
                 continue
             status = "[green]clean[/green]" if res.returncode == 0 and not res.stderr.strip() else "[red]issues[/red]"
             console.print(f"{tool}: {status} (exit {res.returncode})")
             if res.stderr.strip():
-                console.print(res.stderr.strip()[-2000:])
+                console.print(literal(res.stderr.strip()[-2000:]))
             if res.returncode != 0:
                 raise typer.Exit(1)
 
@@ -113,7 +113,7 @@ def area_cmd(
     )
     if json_out:
         json_out.write_text(json.dumps([r.to_dict() for r in reports], indent=2))
-        console.print(f"wrote {json_out}")
+        console.print(f"wrote {literal(json_out)}")
 
 
 @rae_app.command("simulate")
