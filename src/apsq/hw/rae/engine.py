@@ -19,6 +19,13 @@ accepts exponents ``e`` in ``[-FB, 2^shift_bits - 1 - FB]`` (default ``[-8, 23]`
 term is an exact integer on that grid, the result equals the golden model's (which uses
 ``F = max(0, -min e)`` fraction bits) bit for bit: both compute ``clamp(floor(V / 2^e + 1/2))`` of the
 same exact dyadic value ``V``.
+
+Exponents per step (``lane_exponents=False``, per-tensor PSUM steps): the input beat carries one
+exponent, and each bank's exponent is one ``shift_bits`` register shared by all lanes and positions.
+Per lane (``lane_exponents=True``, per-channel PSUM steps, one exponent per tile step and output
+channel): the beat carries one exponent per lane, every lane requantizes with its own shift, and each
+bank gets a twin *exponent bank* (``depth x L x shift_bits`` bits) written with the code, because the
+positions of a step hold different output channels and so different exponents.
 """
 
 from __future__ import annotations
@@ -54,6 +61,9 @@ class RAEParams:
         frac_bits: fraction bits ``FB`` of the internal grid: the most negative exponent is ``-FB``.
         shift_bits: width of every shift amount ``e + FB``: the largest exponent is
             ``2^shift_bits - 1 - FB``.
+        lane_exponents: one exponent per lane and step (per-channel PSUM steps) instead of one per
+            step; adds the exponent banks (``4 x depth x L x shift_bits`` bits) and per-lane shift
+            registers.
     """
 
     lanes: int = 4
@@ -62,6 +72,7 @@ class RAEParams:
     tile_bits: int = 32
     frac_bits: int = 8
     shift_bits: int = 5
+    lane_exponents: bool = False
 
     def __post_init__(self) -> None:
         check_int("lanes", self.lanes, lo=1, hi=1024)
@@ -70,6 +81,8 @@ class RAEParams:
         check_int("tile_bits", self.tile_bits, lo=2, hi=64)
         check_int("shift_bits", self.shift_bits, lo=1, hi=7)
         check_int("frac_bits", self.frac_bits, lo=0, hi=(1 << self.shift_bits) - 1)
+        if not isinstance(self.lane_exponents, bool):
+            raise APSQError(f"lane_exponents must be True or False, got {self.lane_exponents!r}")
 
     @property
     def exp_min(self) -> int:
@@ -110,11 +123,19 @@ class RAEParams:
         check_int("gs", gs, lo=1, hi=NUM_BANKS)
         return (NUM_BANKS // gs) * self.depth
 
+    @property
+    def bank_bits(self) -> int:
+        """SRAM bits of the four code banks plus, with ``lane_exponents``, the four exponent banks."""
+        per_word = self.lanes * (self.bits + (self.shift_bits if self.lane_exponents else 0))
+        return NUM_BANKS * self.depth * per_word
+
     def in_layout(self) -> data.StructLayout:
-        """Input beat: ``tile`` [L] signed tile sums, ``exp`` (signed), ``s2`` (closing), ``last``."""
+        """Input beat: ``tile`` [L] signed tile sums, ``exp`` (signed; [L] with ``lane_exponents``),
+        ``s2`` (closing), ``last``."""
+        exp = data.ArrayLayout(signed(self.exp_width), self.lanes) if self.lane_exponents else signed(self.exp_width)
         return data.StructLayout({
             "tile": data.ArrayLayout(signed(self.tile_bits), self.lanes),
-            "exp": signed(self.exp_width),
+            "exp": exp,
             "s2": unsigned(1),
             "last": unsigned(1),
         })
@@ -146,6 +167,7 @@ class RAE(wiring.Component):
         self.params = params
         p = params
         self.banks: list[memory.Memory] = []  # the four code banks, created by elaborate()
+        self.exp_banks: list[memory.Memory] = []  # their exponent twins (lane_exponents only)
         super().__init__({
             "s0": In(1),
             "s1": In(1),
@@ -172,6 +194,16 @@ class RAE(wiring.Component):
             rp = mem.read_port(domain="sync", transparent_for=(wp,))
             wports.append(wp)
             rports.append(rp)
+        # per-lane exponents: each code bank has a twin holding e + FB of every stored code
+        ewports, erports = [], []
+        if p.lane_exponents:
+            eword = data.ArrayLayout(unsigned(sb), p.lanes)
+            self.exp_banks = [memory.Memory(shape=eword, depth=p.depth, init=[]) for _ in range(NUM_BANKS)]
+            for k, mem in enumerate(self.exp_banks):
+                m.submodules[f"exp_bank{k}"] = mem
+                wp = mem.write_port()
+                ewports.append(wp)
+                erports.append(mem.read_port(domain="sync", transparent_for=(wp,)))
 
         gs_m1 = Signal(2)  # gs - 1, from the static encodings s1 s0
         m.d.comb += gs_m1.eq(Cat(self.s0, self.s1))
@@ -183,15 +215,18 @@ class RAE(wiring.Component):
         bset = Signal(2)
         slot = Signal(2)  # position of the current step in its group
         have_a = Signal()  # an A from an earlier group is stored (A_{-1} = 0 otherwise)
-        bsh = [Signal(sb, name=f"bank{k}_shift") for k in range(NUM_BANKS)]  # e + FB of bank contents
+        # per step: e + FB of each bank's contents (one register per bank; per lane, the exponent banks)
+        bsh = [] if p.lane_exponents else [Signal(sb, name=f"bank{k}_shift") for k in range(NUM_BANKS)]
+        n_sh = lanes if p.lane_exponents else 1  # shift amounts carried per beat
 
         # ---- pipeline registers ----
         v1, v2 = Signal(), Signal()
         pos1 = Signal.like(pos)
         addr1, addr2 = Signal.like(addr), Signal.like(addr)
         tile1 = [Signal(signed(p.tile_bits), name=f"tile1_{lane}") for lane in range(lanes)]
-        sh1, sh2 = Signal(sb), Signal(sb)
-        rsh1 = [Signal(sb, name=f"rsh1_{k}") for k in range(NUM_BANKS)]
+        sh1 = [Signal(sb, name=f"sh1_{j}") for j in range(n_sh)]
+        sh2 = [Signal(sb, name=f"sh2_{j}") for j in range(n_sh)]
+        rsh1 = [Signal(sb, name=f"rsh1_{k}") for k in range(len(bsh))]
         rmask1 = Signal(NUM_BANKS)
         wbank1, wbank2 = Signal(2), Signal(2)
         last1, last2 = Signal(), Signal()
@@ -200,8 +235,9 @@ class RAE(wiring.Component):
 
         # ---- stage 0: accept, hazard check, bank read issue ----
         pay = self.i.payload
-        sh0 = Signal(sb)
-        m.d.comb += sh0.eq(pay.exp + fb)  # truncated to shift_bits: exponent range checked by the driver
+        sh0 = [Signal(sb, name=f"sh0_{j}") for j in range(n_sh)]
+        for j in range(n_sh):  # truncated to shift_bits: exponent range checked by the driver
+            m.d.comb += sh0[j].eq((pay.exp[j] if p.lane_exponents else pay.exp) + fb)
         closing0 = Signal()
         m.d.comb += closing0.eq(pay.s2 | pay.last | (slot == gs_m1))
         # bank set: gs = 1 -> 4 sets of 1 bank, gs = 2 -> 2 sets of 2, gs = 3, 4 -> 1 set (base 0)
@@ -228,7 +264,7 @@ class RAE(wiring.Component):
         m.d.comb += self.i.ready.eq(adv & ~hazard)
         accept = Signal()
         m.d.comb += accept.eq(self.i.valid & self.i.ready)
-        for rp in rports:
+        for rp in rports + erports:
             m.d.comb += [rp.addr.eq(addr), rp.en.eq(adv)]
 
         step_end = Signal()
@@ -236,10 +272,10 @@ class RAE(wiring.Component):
         with m.If(accept):
             with m.If(step_end):
                 m.d.sync += [pos.eq(0), addr.eq(0), bset.eq(0)]
-                for k in range(NUM_BANKS):  # the step wrote slot wslot0 of every set: bank k = wslot0 (mod gs)
+                for k in range(len(bsh)):  # the step wrote slot wslot0 of every set: bank k = wslot0 (mod gs)
                     k_mod_gs = Array([Const(k % g, 2) for g in range(1, NUM_BANKS + 1)])[gs_m1]
                     with m.If(k_mod_gs == wslot0):
-                        m.d.sync += bsh[k].eq(sh0)
+                        m.d.sync += bsh[k].eq(sh0[0])
                 with m.If(pay.last):
                     m.d.sync += [slot.eq(0), have_a.eq(0)]
                 with m.Elif(closing0):
@@ -256,19 +292,22 @@ class RAE(wiring.Component):
         with m.If(adv):
             m.d.sync += v1.eq(accept)
         with m.If(accept):
-            m.d.sync += [pos1.eq(pos), addr1.eq(addr), sh1.eq(sh0), rmask1.eq(rmask0), wbank1.eq(wbank0)]
+            m.d.sync += [pos1.eq(pos), addr1.eq(addr), rmask1.eq(rmask0), wbank1.eq(wbank0)]
+            m.d.sync += [sh1[j].eq(sh0[j]) for j in range(n_sh)]
             m.d.sync += last1.eq(pay.last)
             m.d.sync += [tile1[lane].eq(pay.tile[lane]) for lane in range(lanes)]
-            m.d.sync += [rsh1[k].eq(bsh[k]) for k in range(NUM_BANKS)]
+            m.d.sync += [rsh1[k].eq(bsh[k]) for k in range(len(bsh))]
 
         # ---- stage 1: align (left shifts) and first adder level ----
         with m.If(adv):
-            m.d.sync += [v2.eq(v1), addr2.eq(addr1), sh2.eq(sh1), wbank2.eq(wbank1), last2.eq(last1)]
+            m.d.sync += [v2.eq(v1), addr2.eq(addr1), wbank2.eq(wbank1), last2.eq(last1)]
+            m.d.sync += [sh2[j].eq(sh1[j]) for j in range(n_sh)]
             for lane in range(lanes):
                 x = []
                 for k in range(NUM_BANKS):
                     code = rports[k].data[lane]
-                    x.append(Mux(rmask1[k], code << rsh1[k], 0))
+                    shift = erports[k].data[lane] if p.lane_exponents else rsh1[k]
+                    x.append(Mux(rmask1[k], code << shift, 0))
                 m.d.sync += [
                     p0[lane].eq((tile1[lane] << fb) + x[0] + x[1]),
                     p1[lane].eq(x[2] + x[3]),
@@ -283,13 +322,16 @@ class RAE(wiring.Component):
             # floor(v / 2^sh + 1/2) = (((2v) >> sh) + 1) >> 1, valid for every sh >= 0
             m.d.comb += [
                 v.eq(p0[lane] + p1[lane]),
-                r.eq((((v << 1) >> sh2) + 1) >> 1),
+                r.eq((((v << 1) >> sh2[lane if p.lane_exponents else 0]) + 1) >> 1),
                 c.eq(Mux(r > qp, qp, Mux(r < qn, qn, r))),
             ]
             codes.append(c)
         for k, wp in enumerate(wports):
             m.d.comb += [wp.addr.eq(addr2), wp.en.eq(v2 & adv & (wbank2 == k))]
             m.d.comb += [wp.data[lane].eq(codes[lane]) for lane in range(lanes)]
+        for k, wp in enumerate(ewports):
+            m.d.comb += [wp.addr.eq(addr2), wp.en.eq(v2 & adv & (wbank2 == k))]
+            m.d.comb += [wp.data[lane].eq(sh2[lane]) for lane in range(lanes)]
 
         # ---- output register ----
         with m.If(adv):

@@ -30,7 +30,14 @@ from apsq.hw.rae.engine import NUM_BANKS, RAEParams
 from apsq.hw.rae.sim import LayerJob, _unpack_out, build_schedule, scatter_outputs
 from apsq.hw.rae.verilog import TOP_NAME, write_verilog
 
-__all__ = ["testbench_text", "run_layers_icarus"]
+__all__ = ["testbench_text", "run_layers_icarus", "check_icarus"]
+
+
+def check_icarus() -> None:
+    """Raise :class:`APSQError` unless ``iverilog`` and ``vvp`` are on ``PATH``."""
+    for tool in ("iverilog", "vvp"):
+        if shutil.which(tool) is None:
+            raise APSQError(f"{tool} is not installed (Debian: apt-get install iverilog); --icarus needs it")
 
 
 def testbench_text(params: RAEParams, n_beats: int, n_passes: int, n_out: int, backpressure: bool) -> str:
@@ -116,12 +123,10 @@ def run_layers_icarus(
 
     Raises :class:`APSQError` when ``iverilog``/``vvp`` are missing or the simulation fails.
     """
-    for tool in ("iverilog", "vvp"):
-        if shutil.which(tool) is None:
-            raise APSQError(f"{tool} is not installed (Debian: apt-get install iverilog)")
+    check_icarus()
     schedule = build_schedule(jobs, params)
-    beats = [b for *_, bs in schedule for b in bs]
-    n_out = sum(m for *_, m, _ in schedule)
+    beats = [b for ps in schedule for b in ps.beats()]
+    n_out = sum(ps.positions for ps in schedule)
     iw = params.in_layout().size
     with tempfile.TemporaryDirectory() as tmp:
         wd = Path(workdir) if workdir else Path(tmp)
@@ -129,7 +134,7 @@ def run_layers_icarus(
         write_verilog(wd / "rae.v", params)
         (wd / "beats.hex").write_text("".join(f"{b:0{(iw + 3) // 4}x}\n" for b in beats))
         (wd / "cfg.hex").write_text(
-            "".join(f"{gs - 1:08x}\n{m - 1:08x}\n{len(bs):08x}\n" for _li, gs, _b0, m, bs in schedule)
+            "".join(f"{ps.gs - 1:08x}\n{ps.positions - 1:08x}\n{len(ps.words):08x}\n" for ps in schedule)
         )
         (wd / "tb.v").write_text(testbench_text(params, len(beats), len(schedule), n_out, backpressure))
         comp = subprocess.run(["iverilog", "-g2005", "-o", "sim.vvp", "tb.v", "rae.v"], cwd=wd,

@@ -23,16 +23,32 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from apsq.errors import APSQError, check_bits, check_int
+from apsq.errors import APSQError, check_bits, check_choice, check_int
 from apsq.hw.rae.engine import NUM_BANKS, PIPELINE_LATENCY, RAE, RAEParams
 from apsq.psum.accumulate import closing_steps
 
-__all__ = ["LayerJob", "RunStats", "simulate", "run_layers", "validate_layer", "build_schedule", "scatter_outputs"]
+__all__ = [
+    "BACKENDS",
+    "EnginePass",
+    "LayerJob",
+    "RunStats",
+    "simulate",
+    "run_layers",
+    "validate_layer",
+    "build_schedule",
+    "scatter_outputs",
+    "pack_beats",
+    "unpack_codes",
+]
+
+BACKENDS = ("amaranth", "verilator")
+"""Simulators behind :func:`run_layers`: Amaranth's Python simulator (the RTL as written) or Verilator
+(the exported Verilog compiled to C++, :mod:`apsq.hw.rae.verilator`)."""
 
 
 @dataclass(frozen=True)
 class LayerJob:
-    """One layer for the engine: integer tile sums ``[n, L]``, exponents ``[n]``, group size."""
+    """One layer for the engine: integer tile sums ``[n, L]``, exponents ``[n]`` or ``[n, L]``, group size."""
 
     partials: np.ndarray
     exponents: np.ndarray
@@ -85,16 +101,28 @@ def _as_int_array(name: str, x: object) -> np.ndarray:
 def validate_layer(partials: object, exponents: object, gs: int, params: RAEParams) -> LayerJob:
     """Check one layer against the engine's limits; raise :class:`APSQError` before simulating.
 
-    ``gs`` must be 1..4 (four banks), exponents within the shifter range
-    ``[params.exp_min, params.exp_max]``, tile sums within ``tile_bits`` signed bits.
+    ``partials`` integer ``[n, L]``; ``exponents`` integer ``[n]`` (one per step) or ``[n, L]`` (one per
+    step and lane/output channel, needs ``params.lane_exponents``). ``gs`` must be 1..4 (four banks),
+    exponents within the shifter range ``[params.exp_min, params.exp_max]``, tile sums within
+    ``tile_bits`` signed bits.
     """
     check_int("gs", gs, lo=1, hi=NUM_BANKS)
     t = _as_int_array("partials", partials)
     if t.ndim != 2 or t.shape[0] < 1 or t.shape[1] < 1:
         raise APSQError(f"partials must be [n, L] with n >= 1 steps and L >= 1 lanes, got shape {t.shape}")
     e = _as_int_array("exponents", exponents)
-    if e.ndim != 1 or e.shape[0] != t.shape[0]:
-        raise APSQError(f"exponents must be [n] with one exponent per step (n={t.shape[0]}), got shape {e.shape}")
+    n, cols = t.shape
+    if e.ndim == 2 and e.shape == (n, cols):
+        if not params.lane_exponents:
+            raise APSQError(
+                f"exponents of shape [n, L] = {e.shape} (one per lane) need an engine with per-lane shifts: "
+                "RAEParams(lane_exponents=True); this engine takes exponents [n]"
+            )
+    elif e.ndim != 1 or e.shape[0] != n:
+        raise APSQError(
+            f"exponents must be [n] (one per step) or [n, L] (one per step and lane) with n={n}, L={cols}; "
+            f"got shape {e.shape}"
+        )
     lo, hi = int(e.min()), int(e.max())
     if lo < params.exp_min or hi > params.exp_max:
         raise APSQError(
@@ -110,26 +138,74 @@ def validate_layer(partials: object, exponents: object, gs: int, params: RAEPara
     return LayerJob(t, e, gs)
 
 
-def _pack_in(params: RAEParams, tiles: Sequence[int], exp: int, s2: int, last: int) -> int:
-    """The input payload as one integer (struct fields LSB first, lanes LSB first)."""
-    tb, ew = params.tile_bits, params.exp_width
-    v = 0
-    for lane, t in enumerate(tiles):
-        v |= (int(t) & ((1 << tb) - 1)) << (lane * tb)
-    off = params.lanes * tb
-    v |= (exp & ((1 << ew) - 1)) << off
-    v |= (s2 & 1) << (off + ew)
-    v |= (last & 1) << (off + ew + 1)
-    return v
+_M32 = np.uint64(0xFFFFFFFF)
+
+
+def _put_field(words: np.ndarray, values: np.ndarray, width: int, offset: int) -> None:
+    """OR the low ``width`` bits of ``values`` [B] into the uint64 word array ``words`` [B, W] (32-bit
+    words) at bit ``offset`` (two's complement for negative values)."""
+    v = values.astype(np.int64).view(np.uint64)
+    if width < 64:
+        v = v & np.uint64((1 << width) - 1)
+    bit, idx = offset % 32, offset // 32
+    for t in range(-(-(bit + width) // 32)):
+        chunk = (v << np.uint64(bit)) if t == 0 else (v >> np.uint64(32 * t - bit))
+        words[:, idx + t] |= chunk & _M32
+
+
+def pack_beats(params: RAEParams, tiles: np.ndarray, exps: np.ndarray, s2: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Input payloads as 32-bit words, LSB first: ``uint32 [B, ceil(width / 32)]``.
+
+    ``tiles`` [B, L], ``exps`` [B] (or [B, L] with ``lane_exponents``), ``s2``/``last`` [B]; the field
+    order is :meth:`RAEParams.in_layout` (lane ``l``'s tile at bit ``l * tile_bits``, then the
+    exponent(s), ``s2``, ``last``). Vectorised: one numpy pass per field.
+    """
+    tb, ew, lanes = params.tile_bits, params.exp_width, params.lanes
+    width = params.in_layout().size
+    words = np.zeros((tiles.shape[0], -(-width // 32)), dtype=np.uint64)
+    for lane in range(lanes):
+        _put_field(words, tiles[:, lane], tb, lane * tb)
+    off = lanes * tb
+    if params.lane_exponents:
+        for lane in range(lanes):
+            _put_field(words, exps[:, lane], ew, off + lane * ew)
+        off += lanes * ew
+    else:
+        _put_field(words, exps, ew, off)
+        off += ew
+    _put_field(words, s2, 1, off)
+    _put_field(words, last, 1, off + 1)
+    return words.astype(np.uint32)
+
+
+def words_to_int(row: np.ndarray) -> int:
+    """One packed beat (uint32 words, LSB first) as a Python integer."""
+    return int.from_bytes(np.ascontiguousarray(row, dtype="<u4").tobytes(), "little")
+
+
+def int_to_words(value: int, n_words: int) -> np.ndarray:
+    """Inverse of :func:`words_to_int`."""
+    return np.frombuffer(value.to_bytes(4 * n_words, "little"), dtype="<u4").astype(np.uint32)
+
+
+def unpack_codes(params: RAEParams, words: np.ndarray) -> np.ndarray:
+    """Output payloads ``uint32 [B, ceil(L * bits / 32)]`` -> signed codes ``int64 [B, L]``."""
+    b = params.bits
+    w = np.concatenate([words.astype(np.uint64), np.zeros((words.shape[0], 1), dtype=np.uint64)], axis=1)
+    out = np.empty((words.shape[0], params.lanes), dtype=np.int64)
+    mask = np.uint64((1 << b) - 1)
+    for lane in range(params.lanes):
+        bit, idx = (lane * b) % 32, (lane * b) // 32
+        v = ((w[:, idx] >> np.uint64(bit)) | (w[:, idx + 1] << np.uint64(32 - bit))) & mask
+        c = v.astype(np.int64)
+        out[:, lane] = np.where(c >> (b - 1) != 0, c - (1 << b), c)
+    return out
 
 
 def _unpack_out(params: RAEParams, word: int) -> list[int]:
-    b = params.bits
-    out = []
-    for lane in range(params.lanes):
-        c = (word >> (lane * b)) & ((1 << b) - 1)
-        out.append(c - (1 << b) if c >> (b - 1) else c)
-    return out
+    """One output payload (Python integer) -> the ``L`` signed codes."""
+    n_words = -(-params.out_layout().size // 32)
+    return unpack_codes(params, int_to_words(word, n_words)[None, :])[0].tolist()
 
 
 def _passes(job: LayerJob, params: RAEParams) -> list[tuple[int, int]]:
@@ -139,45 +215,64 @@ def _passes(job: LayerJob, params: RAEParams) -> list[tuple[int, int]]:
     return [(b0, min(cap, blocks - b0)) for b0 in range(0, blocks, cap)]
 
 
-Pass = tuple[int, int, int, int, list[int]]
-"""One engine pass: (layer index, gs, first position, positions M, packed input beats)."""
+@dataclass(frozen=True)
+class EnginePass:
+    """One engine pass: layer index, gs, first position, positions ``M``, packed input beats
+    ``words`` (uint32 ``[n * M, W]``, WS order: for each step, every position)."""
+
+    layer: int
+    gs: int
+    first: int
+    positions: int
+    words: np.ndarray
+
+    def beats(self) -> list[int]:
+        """The input beats as Python integers (for the Amaranth and Icarus drivers)."""
+        return [words_to_int(r) for r in self.words]
 
 
-def build_schedule(jobs: Sequence[LayerJob], params: RAEParams) -> list[Pass]:
-    """The passes and packed input beats of ``jobs`` (WS order: for each step, every position)."""
+def build_schedule(jobs: Sequence[LayerJob], params: RAEParams) -> list[EnginePass]:
+    """The passes and packed input beats of ``jobs`` (vectorised; exponents ``[n]`` are broadcast to
+    all lanes on an engine with ``lane_exponents``)."""
     lanes = params.lanes
-    schedule: list[Pass] = []
+    schedule: list[EnginePass] = []
     for li, job in enumerate(jobs):
         n, cols = job.partials.shape
         blocks = math.ceil(cols / lanes)
         padded = np.zeros((n, blocks * lanes), dtype=np.int64)
         padded[:, :cols] = job.partials
-        closing = closing_steps(n, job.gs)
+        e = job.exponents
+        if params.lane_exponents:
+            pe = np.zeros((n, blocks * lanes), dtype=np.int64)  # padding lanes: exponent 0 (in range)
+            pe[:, :cols] = e if e.ndim == 2 else e[:, None]
+        closing = np.array(closing_steps(n, job.gs), dtype=np.int64)
+        last = (np.arange(n) == n - 1).astype(np.int64)
         for b0, m in _passes(job, params):
-            beats = []
-            for i in range(n):
-                e = int(job.exponents[i])
-                for pos in range(m):
-                    cols_b = padded[i, (b0 + pos) * lanes:(b0 + pos + 1) * lanes]
-                    beats.append(_pack_in(params, cols_b.tolist(), e, int(closing[i]), int(i == n - 1)))
-            schedule.append((li, job.gs, b0, m, beats))
+            tiles = padded[:, b0 * lanes:(b0 + m) * lanes].reshape(n * m, lanes)
+            if params.lane_exponents:
+                exps = pe[:, b0 * lanes:(b0 + m) * lanes].reshape(n * m, lanes)
+            else:
+                exps = np.repeat(e, m)
+            words = pack_beats(params, tiles, exps, np.repeat(closing, m), np.repeat(last, m))
+            schedule.append(EnginePass(li, job.gs, b0, m, words))
     return schedule
 
 
 def scatter_outputs(
-    schedule: Sequence[Pass], outputs: Sequence[Sequence[int]], jobs: Sequence[LayerJob], params: RAEParams
+    schedule: Sequence[EnginePass], outputs: np.ndarray | Sequence[Sequence[int]], jobs: Sequence[LayerJob],
+    params: RAEParams,
 ) -> list[np.ndarray]:
-    """Reassemble the output beats (in order) into each layer's codes ``[L]``."""
+    """Reassemble the output beats (in order, codes ``[beats, L]``) into each layer's codes ``[L]``."""
     lanes = params.lanes
-    total = sum(m for *_, m, _ in schedule)
-    if len(outputs) != total:
-        raise APSQError(f"the engine produced {len(outputs)} output beats, expected {total}")
+    out = np.asarray(outputs, dtype=np.int64).reshape(-1, lanes)
+    total = sum(p.positions for p in schedule)
+    if out.shape[0] != total:
+        raise APSQError(f"the engine produced {out.shape[0]} output beats, expected {total}")
     results = [np.zeros(math.ceil(j.partials.shape[1] / lanes) * lanes, dtype=np.int64) for j in jobs]
     k = 0
-    for li, _gs, b0, m, _beats in schedule:
-        for pos in range(m):
-            results[li][(b0 + pos) * lanes:(b0 + pos + 1) * lanes] = outputs[k]
-            k += 1
+    for p in schedule:
+        results[p.layer][p.first * lanes:(p.first + p.positions) * lanes] = out[k:k + p.positions].reshape(-1)
+        k += p.positions
     return [r[: j.partials.shape[1]] for r, j in zip(results, jobs, strict=True)]
 
 
@@ -187,6 +282,7 @@ def run_layers(
     *,
     backpressure: float = 0.0,
     seed: int = 0,
+    backend: str = "amaranth",
 ) -> tuple[list[np.ndarray], RunStats]:
     """Run ``jobs`` back to back on one RAE instance; return each layer's final codes ``[L]``.
 
@@ -195,23 +291,33 @@ def run_layers(
         params: the engine instance's parameters.
         backpressure: probability (0..1) that the producer inserts an idle cycle before a beat and,
             independently, that the consumer holds ``o.ready`` low in a cycle.
-        seed: seed of the back-pressure pattern.
-    """
-    from amaranth.sim import Simulator
+        seed: seed of the back-pressure pattern (the two backends draw different patterns).
+        backend: ``"amaranth"`` (Python simulator) or ``"verilator"`` (compiled; needs ``verilator``
+            and a C++ compiler; the build is cached).
 
+    Raises:
+        APSQError: bad ``backpressure`` or ``backend``, or the simulator is missing or fails.
+    """
+    check_choice("backend", backend, BACKENDS)
     if not 0.0 <= backpressure < 1.0:
         raise APSQError(f"backpressure must be a probability in [0, 1), got {backpressure}")
+    if backend == "verilator":
+        from apsq.hw.rae.verilator import run_layers_verilator
+
+        return run_layers_verilator(jobs, params, backpressure=backpressure, seed=seed)
+    from amaranth.sim import Simulator
     dut = RAE(params)
     schedule = build_schedule(jobs, params)
     stats = RunStats()
     rng = random.Random(seed)
     outputs: list[list[int]] = []  # per pass, filled by the consumer
-    total_out = sum(m for _, _, _, m, _ in schedule)
+    total_out = sum(p.positions for p in schedule)
     taken = {"expected": 0}  # outputs the producer has sent beats for (waits for them before a reconfiguration)
 
     async def producer(ctx):
         cyc = 0
-        for _li, gs, _b0, m, beats in schedule:
+        for ps in schedule:
+            gs, m = ps.gs, ps.positions
             # reconfigure only when the engine is idle and all outputs of the previous pass are taken
             while ctx.get(dut.busy) or len(outputs) < taken["expected"]:
                 await ctx.tick()
@@ -221,7 +327,7 @@ def run_layers(
             ctx.set(dut.s0, (gs - 1) & 1)
             ctx.set(dut.s1, (gs - 1) >> 1)
             ctx.set(dut.last_pos, m - 1)
-            for word in beats:
+            for word in ps.beats():
                 while backpressure and rng.random() < backpressure:
                     ctx.set(dut.i.valid, 0)
                     await ctx.tick()
@@ -277,13 +383,16 @@ def simulate(
     backpressure: float = 0.0,
     seed: int = 0,
     return_stats: bool = False,
+    backend: str = "amaranth",
 ) -> np.ndarray | tuple[np.ndarray, RunStats]:
     """Run one layer through the RAE RTL; return its final INT``bits`` codes ``[L]`` (int64).
 
     Args:
         partials: integer tile sums ``[n, L]`` (units of ``s_x * s_w``), ``|T| < 2^31``.
-        exponents: integer ``[n]``, step ``i``'s PSUM step is ``s_i = 2^e_i`` tile-sum units;
-            ``e_i`` in ``[-8, 23]`` (the default shifter range).
+        exponents: integer ``[n]``, step ``i``'s PSUM step is ``s_i = 2^e_i`` tile-sum units, or
+            ``[n, L]``, one exponent per step and output column (per-channel PSUM steps: the engine is
+            built with per-lane shifts, ``RAEParams(lane_exponents=True)``); ``e`` in ``[-8, 23]``
+            (the default shifter range).
         gs: APSQ group size, 1..4 (static encodings ``s1 s0 = gs - 1``).
         bits: code width of the engine.
         lanes: engine width; ``None`` uses ``L`` (one position). Smaller values cut the ``L``
@@ -291,14 +400,17 @@ def simulate(
         depth: bank depth (the engine holds ``floor(4 / gs) * depth`` positions at once).
         backpressure, seed: random valid/ready gaps (see :func:`run_layers`).
         return_stats: also return the :class:`RunStats`.
+        backend: ``"amaranth"`` or ``"verilator"`` (see :func:`run_layers`).
 
-    Equals ``psum_accumulate_int(partials, exponents, mode='apsq', gs=gs, bits=bits).code`` bit for bit.
+    Equals ``psum_accumulate_int(partials, exponents, mode='apsq', gs=gs, bits=bits).code`` bit for bit
+    (per lane when the exponents are ``[n, L]``).
     """
     check_bits("bits", bits)
+    check_choice("backend", backend, BACKENDS)
     shape = np.shape(partials)
     if lanes is None:
         lanes = shape[1] if len(shape) == 2 else 1
-    params = RAEParams(lanes=lanes, depth=depth, bits=bits)
+    params = RAEParams(lanes=lanes, depth=depth, bits=bits, lane_exponents=np.ndim(exponents) == 2)
     job = validate_layer(partials, exponents, gs, params)
-    (codes,), stats = run_layers([job], params, backpressure=backpressure, seed=seed)
+    (codes,), stats = run_layers([job], params, backpressure=backpressure, seed=seed, backend=backend)
     return (codes, stats) if return_stats else codes
