@@ -122,8 +122,11 @@ def read_yaml(path: str | Path, what: str) -> Any:
 
 
 def literal(text: object) -> str:
-    """``text`` escaped for rich markup, so user-supplied names, paths and shapes such as ``[n, L]`` or
-    ``[bold]x`` are printed as written instead of being read as style tags."""
+    """``text`` escaped for rich markup (:func:`rich.markup.escape`), so user-supplied names, paths and
+    shapes such as ``[n, L]`` or ``[bold]x`` are printed as written instead of being read as style tags.
+
+    Exact for text without backslashes; a message that may hold anything is printed with
+    :func:`print_error` (a :class:`rich.text.Text`, never parsed)."""
     from rich.markup import escape
 
     return escape(str(text))
@@ -144,4 +147,4 @@ def print_error(exc: BaseException | str, *, console: Any = None, prefix: str = 
         line.append(prefix, style="red")
         line.append(" ")
     line.append(str(exc))
-    console.print(line)
+    console.print(line, soft_wrap=True)  # no line breaks inserted into file names when piped
