@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from apsq.errors import PSUM_MODES, APSQError, check_bits, check_choice, check_int
-from apsq.psum.accumulate import closing_steps
+from apsq.psum.accumulate import closing_steps, lane_steps
 
 __all__ = ["IntPSUM", "shift_round_clamp", "psum_accumulate_int"]
 
@@ -74,7 +74,9 @@ def psum_accumulate_int(
 
     Args:
         tile_sums: integer ``[n, *shape]``, exact tile sums ``T_i`` (units of ``s_x * s_w``).
-        exponents: integer ``[n]`` or ``[n, *shape']`` broadcastable to ``tile_sums``: ``e_i``.
+        exponents: integer ``e_i``: ``[n]`` (one per tile step) or ``[n, *lane]`` per tile step and
+            lane, ``lane`` broadcasting (right-aligned, as in the float path) against
+            ``tile_sums.shape[1:]`` — e.g. ``[n, N]`` per output channel (a shift amount per lane).
         mode, gs, bits: as for the float path.
         acc_bits: ``mode="none"`` only: saturate the running sum to a signed ``acc_bits`` integer
             at every step (twin of :func:`apsq.psum.accumulate.saturating_accumulate`).
@@ -103,9 +105,15 @@ def psum_accumulate_int(
         raise APSQError(f"exponents are required for mode={mode!r}")
     _check_int_tensor("exponents", exponents)
     e = exponents.to(torch.int64)
-    if e.shape[0] != n:
-        raise APSQError(f"exponents must have one entry per tile (n={n}), got shape {tuple(e.shape)}")
-    e = e.reshape(n, *e.shape[1:], *([1] * (t.dim() - e.dim())))
+    if e.dim() < 1 or e.shape[0] != n or e.dim() > t.dim():
+        raise APSQError(f"exponents must be [n] or [n, *lane] with one entry per tile (n={n}), got shape "
+                        f"{tuple(e.shape)} for tile sums {tuple(t.shape)}")
+    e = lane_steps(e, t.dim())
+    try:
+        torch.broadcast_shapes(e.shape[1:], t.shape[1:])
+    except RuntimeError:
+        raise APSQError(f"exponents {tuple(exponents.shape)} do not broadcast against the tile sums "
+                        f"{tuple(t.shape)} (lanes are matched from the last dim)") from None
     frac = torch.clamp(-e.amin(0), min=0)  # F per lane
     if mode == "psq":
         codes = shift_round_clamp(t << frac, e + frac, bits)

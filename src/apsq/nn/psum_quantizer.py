@@ -1,16 +1,16 @@
-"""The PSUM quantizer module: one learned power-of-two step per tile step."""
+"""The PSUM quantizer module: one learned power-of-two step per tile step (and output channel)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from apsq.errors import APSQError, check_choice
-from apsq.psum.accumulate import closing_steps, psum_accumulate
+from apsq.errors import APSQError, check_choice, check_int
+from apsq.nn.config import PSUM_GRANULARITIES
+from apsq.psum.accumulate import calibrate_psum_exponents, lane_steps, psum_accumulate
 from apsq.psum.fused import conv2d_psum, linear_psum, matmul_psum, psum_accumulate_fused
 from apsq.psum.tiling import conv2d_partials, linear_partials, matmul_partials
-from apsq.quant.ops import fake_quantize, grad_scale, lsq_grad_factor, pow2_ste, qrange
-from apsq.quant.search import best_pow2_exponent
+from apsq.quant.ops import grad_scale, lsq_grad_factor, pow2_ste, qrange
 
 
 class PSUMQuantizer(nn.Module):
@@ -23,44 +23,89 @@ class PSUMQuantizer(nn.Module):
         impl: ``"fused"`` (default: :mod:`apsq.psum.fused`, chunked kernel with a hand-written
             backward) or ``"reference"`` (the plain loop of :mod:`apsq.psum.accumulate`). Both give
             the same values and gradients; the attribute can be changed at any time.
+        granularity: ``"tensor"`` (``log2_scales [max_tiles]``) or ``"channel"`` (``[max_tiles,
+            channels]``: one step per tile step and output channel, a shift amount per lane in
+            hardware; ``docs/per-channel.md``). Per-channel steps always run the reference loop
+            (the fused kernels take per-tensor steps only).
+        channels: number of output channels ``C`` (``"channel"`` only).
+        channel_axis: where the channel lies in one output tile ``partials[i]``, counted from the end:
+            ``-1`` for Linear / matmul outputs ``[..., N]``, ``-3`` for Conv2d ``[B, Co, Ho, Wo]``.
+
+    Raises:
+        APSQError: bad bits / impl / granularity / channels / channel_axis.
     """
 
     IMPLS = ("fused", "reference")
 
-    def __init__(self, max_tiles: int, mode: str = "apsq", gs: int = 2, bits: int = 8, impl: str = "fused") -> None:
+    def __init__(self, max_tiles: int, mode: str = "apsq", gs: int = 2, bits: int = 8, impl: str = "fused",
+                 granularity: str = "tensor", channels: int = 1, channel_axis: int = -1) -> None:
         super().__init__()
         qrange(bits)
         check_choice("impl", impl, self.IMPLS)
+        check_choice("granularity", granularity, PSUM_GRANULARITIES)
+        check_int("channels", channels, lo=1)
+        check_int("channel_axis", channel_axis, hi=-1)
         self.mode, self.gs, self.bits, self.impl = mode, gs, bits, impl
-        self.log2_scales = nn.Parameter(torch.zeros(max_tiles))
+        self.granularity, self.channel_axis = granularity, channel_axis
+        shape = (max_tiles, channels) if granularity == "channel" else (max_tiles,)
+        if mode == "none":  # never used by the forward: a buffer, so DDP sees no unused parameter
+            self.register_buffer("log2_scales", torch.zeros(shape))
+        else:
+            self.log2_scales = nn.Parameter(torch.zeros(shape))
         self.register_buffer("initialized", torch.tensor(mode == "none"))
         self.observe = None  # set by statistics tracking
 
+    @property
+    def per_channel(self) -> bool:
+        """Whether the steps are per tile step and output channel (``log2_scales [max_tiles, C]``)."""
+        return getattr(self, "granularity", "tensor") == "channel"  # modules pickled before it existed
+
+    @property
+    def channels(self) -> int:
+        """Number of output channels with their own steps (1 for per-tensor steps)."""
+        return self.log2_scales.shape[1] if self.per_channel else 1
+
     def extra_repr(self) -> str:
-        return f"tiles={self.log2_scales.numel()}, mode={self.mode}, gs={self.gs}, bits={self.bits}, impl={self.impl}"
+        return (f"tiles={self.log2_scales.shape[0]}, mode={self.mode}, gs={self.gs}, bits={self.bits}, "
+                f"impl={self.impl}, granularity={getattr(self, 'granularity', 'tensor')}, channels={self.channels}")
 
     def _check_n(self, n: int) -> None:
-        if n > self.log2_scales.numel():
+        if n > self.log2_scales.shape[0]:
             raise APSQError(
-                f"this layer has PSUM step sizes for at most {self.log2_scales.numel()} tiles, got n={n} "
+                f"this layer has PSUM step sizes for at most {self.log2_scales.shape[0]} tiles, got n={n} "
                 "(a longer sequence than the quantizer was built for: raise max_tiles)"
             )
 
+    def _check_channels(self, size: int) -> None:
+        if self.per_channel and size != self.channels:
+            raise APSQError(
+                f"this layer has per-channel PSUM steps for {self.channels} output channels, got an output with "
+                f"{size} along axis {self.channel_axis} (psum_granularity 'channel' needs a fixed output width)"
+            )
+
     def scales(self, n: int) -> torch.Tensor:
-        """The first ``n`` power-of-two steps, detached."""
+        """The first ``n`` power-of-two steps, detached: ``[n]``, or ``[n, C]`` per channel."""
         return torch.exp2(torch.floor(self.log2_scales.detach()[:n] + 0.5))
 
     def exponents(self, n: int) -> torch.Tensor:
-        """Integer exponents ``e_i`` (int64) of the first ``n`` steps."""
+        """Integer exponents ``e_i`` (int64) of the first ``n`` steps: ``[n]``, or ``[n, C]`` per channel."""
         return torch.floor(self.log2_scales.detach()[:n] + 0.5).to(torch.int64)
 
+    def lanes(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-step values ``[n]`` / ``[n, C]`` shaped to broadcast (right-aligned) against one output
+        tile: ``[n]`` unchanged, ``[n, C]`` -> ``[n, C, 1, ...]`` with ``-channel_axis - 1`` trailing ones."""
+        if not self.per_channel:
+            return t
+        return t.reshape(*t.shape, *([1] * (-self.channel_axis - 1)))
+
     def _steps(self, n: int, numel: int) -> torch.Tensor:
-        """The first ``n`` steps as a differentiable tensor (STE rounding, LSQ gradient scaling)."""
+        """The first ``n`` steps as a differentiable tensor (STE rounding, LSQ gradient scaling; per
+        channel, ``numel`` counts the values sharing one step: ``numel / C``). Shaped by :meth:`lanes`."""
         self._check_n(n)
         log2_s = self.log2_scales[:n]
         if self.training and log2_s.requires_grad:
-            log2_s = grad_scale(log2_s, lsq_grad_factor(numel, self.bits))
-        return pow2_ste(log2_s)
+            log2_s = grad_scale(log2_s, lsq_grad_factor(max(1, numel // self.channels), self.bits))
+        return self.lanes(pow2_ste(log2_s))
 
     def _use_fused(self) -> bool:
         impl = getattr(self, "impl", "fused")  # modules pickled before ``impl`` existed
@@ -70,7 +115,7 @@ class PSUMQuantizer(nn.Module):
     def _operand_path(self) -> bool:
         """Whether :meth:`linear` / :meth:`conv2d` / :meth:`matmul` can skip the partials: the fused
         implementation, steps already initialised (initialisation needs the partials), PSUMs modelled."""
-        return self.mode != "none" and self._use_fused() and bool(self.initialized)
+        return self.mode != "none" and self._use_fused() and not self.per_channel and bool(self.initialized)
 
     def forward(self, partials: torch.Tensor) -> torch.Tensor:
         """``partials [n, *shape]`` -> dequantized output ``[*shape]``."""
@@ -78,9 +123,11 @@ class PSUMQuantizer(nn.Module):
         if self.mode == "none":
             return psum_accumulate(partials, mode="none")
         self._check_n(n)
+        if self.per_channel:
+            self._check_channels(partials.shape[self.channel_axis])
         if not bool(self.initialized):
             self.init_from(partials)
-        fn = psum_accumulate_fused if self._use_fused() else psum_accumulate
+        fn = psum_accumulate_fused if self._use_fused() and not self.per_channel else psum_accumulate
         return fn(partials, self._steps(n, partials[0].numel()), mode=self.mode, gs=self.gs, bits=self.bits,
                   observe=self.observe)
 
@@ -132,23 +179,17 @@ class PSUMQuantizer(nn.Module):
 
         Step ``i`` gets the MSE-optimal power of two for the value it actually quantizes: ``Tp_i``
         for ``psq`` and for APSQ's pending tiles, ``Tp_l + sum P_j + A_{g-1}`` — the running sum
-        built from the already-quantized history — for a group-closing tile.
+        built from the already-quantized history — for a group-closing tile
+        (:func:`apsq.psum.accumulate.calibrate_psum_exponents`, the reference recursion); per channel
+        each output channel gets its own.
         """
         n = partials.shape[0]
         self._check_n(n)
-        p = partials.detach().to(torch.float32)
-        closing = closing_steps(n, self.gs) if self.mode == "apsq" else [False] * n
-        acc = torch.zeros_like(p[0])
-        pending = torch.zeros_like(p[0])
-        for i in range(n):
-            v = p[i] + pending + acc if closing[i] else p[i]
-            e = best_pow2_exponent(v, self.bits)
-            self.log2_scales[i] = e
-            q = fake_quantize(v, torch.exp2(e), self.bits)
-            if closing[i]:
-                acc, pending = q, torch.zeros_like(pending)
-            else:
-                pending = pending + q
+        if self.per_channel:
+            self._check_channels(partials.shape[self.channel_axis])
+        axis = self.channel_axis if self.per_channel else None
+        e = calibrate_psum_exponents(partials, mode=self.mode, gs=self.gs, bits=self.bits, channel_axis=axis)
+        self.log2_scales[:n] = e.to(self.log2_scales.dtype)
         self.log2_scales[n:] = self.log2_scales[n - 1]  # longer inputs (attention AV) reuse the last step
         self.initialized.fill_(True)
 
