@@ -116,7 +116,14 @@ class FinetuneConfig(ScheduleConfig):
 
 
 class QATConfig(ScheduleConfig):
-    lr: float = Field(2e-5, gt=0)
+    """QAT schedule. Defaults: the recipe of ``docs/training-recipe.md`` — weights at ``lr = 3e-5``, the
+    ``log2`` step sizes at ``scale_lr = 5e-2`` (an exponent changes only after its ``log2`` parameter
+    moved by 0.5, and Adam moves it by at most ``scale_lr`` per step), no weight decay on step sizes,
+    clipped apart from the weights (:func:`apsq.train.loop.param_groups`)."""
+
+    lr: float = Field(3e-5, gt=0)
+    scale_lr: float = Field(5e-2, gt=0)
+    """Learning rate of the ``log2`` step sizes (Adam: at most about this much ``log2`` movement per step)."""
     calib_batches: int = Field(4, ge=1)
     """Training batches used by :func:`apsq.calibrate` before QAT."""
 

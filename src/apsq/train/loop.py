@@ -79,24 +79,74 @@ def lr_factor(step: int, sched: ScheduleConfig) -> float:
     return max(0.0, (sched.steps - step) / max(1, sched.steps - warm))
 
 
+STEP_SIZE_EPS = 1e-20
+"""Adam's ``eps`` for the step-size group. A ``log2`` step's gradient is LSQ's (scaled by
+``1/sqrt(numel * qp)``, Esser et al. 2020, Eq. 4) times ``s * ln 2``: 1e-9..1e-6 on MiniLM, at or
+below AdamW's default ``eps = 1e-8``, which would then shrink its update instead of normalising it."""
+
+MAX_GRAD_NORM = 1.0
+"""Gradient-norm limit of each clip group: the weights (with biases and norms) together, the step
+sizes on their own."""
+
+
+def is_step_size(name: str) -> bool:
+    """Whether parameter ``name`` is a quantizer's ``log2`` step size (``log2_scale`` / ``log2_scales``)."""
+    return name.rsplit(".", 1)[-1] in SCALE_PARAM_NAMES
+
+
 def param_groups(model: nn.Module, sched: ScheduleConfig) -> list[dict[str, Any]]:
-    """AdamW groups: decayed weights, undecayed (bias / norm), quantizer step sizes (own lr)."""
+    """AdamW parameter groups, the one rule every trainer in apsq uses.
+
+    * ``weights``: matrices, ``lr``, ``weight_decay``;
+    * ``no_decay``: biases and norms, ``lr``, no decay;
+    * ``step_sizes``: the quantizers' ``log2`` step sizes, ``scale_lr``, no decay, ``eps`` =
+      :data:`STEP_SIZE_EPS` (their gradients are far smaller than AdamW's default 1e-8).
+
+    Each group carries ``base_lr`` (the schedule multiplies it), ``max_grad_norm`` and ``clip_group``:
+    :func:`clip_grad_norms_` clips the weights (both weight groups together) and the step sizes
+    separately, so the weights' large gradient norm never scales the step sizes' gradients down.
+    ``lr`` is set to ``base_lr``. Groups without parameters are left out.
+    """
     decay, no_decay, scales = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if name.rsplit(".", 1)[-1] in SCALE_PARAM_NAMES:
+        if is_step_size(name):
             scales.append(p)
         elif p.dim() < 2 or "LayerNorm" in name or "norm" in name.lower():
             no_decay.append(p)
         else:
             decay.append(p)
     groups = [
-        {"params": decay, "weight_decay": sched.weight_decay, "base_lr": sched.lr, "name": "weights"},
-        {"params": no_decay, "weight_decay": 0.0, "base_lr": sched.lr, "name": "no_decay"},
-        {"params": scales, "weight_decay": 0.0, "base_lr": sched.scale_lr, "name": "step_sizes"},
+        {"params": decay, "weight_decay": sched.weight_decay, "base_lr": sched.lr, "name": "weights",
+         "max_grad_norm": MAX_GRAD_NORM, "clip_group": "weights"},
+        {"params": no_decay, "weight_decay": 0.0, "base_lr": sched.lr, "name": "no_decay",
+         "max_grad_norm": MAX_GRAD_NORM, "clip_group": "weights"},
+        {"params": scales, "weight_decay": 0.0, "base_lr": sched.scale_lr, "name": "step_sizes",
+         "eps": STEP_SIZE_EPS, "max_grad_norm": MAX_GRAD_NORM, "clip_group": "step_sizes"},
     ]
-    return [g for g in groups if g["params"]]
+    return [{**g, "lr": g["base_lr"]} for g in groups if g["params"]]
+
+
+def make_optimizer(model: nn.Module, sched: ScheduleConfig) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups` (``lr`` per group; the schedule scales ``base_lr``)."""
+    return torch.optim.AdamW(param_groups(model, sched), lr=sched.lr)
+
+
+def clip_grad_norms_(groups: list[dict[str, Any]], clip: Callable[..., Any] | None = None) -> dict[str, float]:
+    """Clip the gradients of each ``clip_group`` (groups sharing the name are clipped together) to
+    its ``max_grad_norm``; groups without ``max_grad_norm`` are not clipped. Returns the total norms
+    before clipping by clip group. ``clip(params, max_norm)`` defaults to
+    :func:`torch.nn.utils.clip_grad_norm_` (pass ``accelerator.clip_grad_norm_`` under DDP)."""
+    clip = clip or torch.nn.utils.clip_grad_norm_
+    members: dict[str, tuple[float, list[torch.Tensor]]] = {}
+    for i, g in enumerate(groups):
+        if g.get("max_grad_norm") is None:
+            continue
+        key = str(g.get("clip_group", g.get("name", i)))
+        limit, params = members.setdefault(key, (float(g["max_grad_norm"]), []))
+        params.extend(g["params"])
+    return {key: float(clip(params, limit)) for key, (limit, params) in members.items()}
 
 
 def freeze_unused_psum_scales(model: nn.Module) -> None:
@@ -107,6 +157,22 @@ def freeze_unused_psum_scales(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, PSUMQuantizer) and m.mode == "none":
             m.log2_scales.requires_grad_(False)
+
+
+def eval_key(cfg: TrainConfig) -> str:
+    """Hash of what an FP32 model's accuracy depends on besides its weights: the model settings and
+    the evaluation data (not the training subset, schedule or seed)."""
+    d = {"model": cfg.model.model_dump(), "data": cfg.data.model_dump(exclude={"train_limit"})}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cached_fp32_accuracy(meta: dict[str, Any], cfg: TrainConfig) -> float | None:
+    """The accuracy stored with an ``fp32.safetensors`` (``meta``) if it was measured on the same
+    evaluation data as ``cfg``'s (:func:`eval_key`); ``None`` otherwise (evaluate again)."""
+    acc = meta.get("fp32_accuracy")
+    if isinstance(acc, (int, float)) and meta.get("eval_key") == eval_key(cfg):
+        return float(acc)
+    return None
 
 
 def logits_of(out: Any) -> torch.Tensor:
@@ -255,7 +321,7 @@ class _Run:
     # -- one stage --
     def _stage(self, stage: str, sched: ScheduleConfig, model: nn.Module, teacher: nn.Module | None,
                data: BatchSource) -> nn.Module:
-        opt = torch.optim.AdamW(param_groups(model, sched), lr=sched.lr)
+        opt = make_optimizer(model, sched)
         start = 0
         if self.state["stage"] == stage and self.tensors:
             load_model_state(model, self.tensors, self.out / CKPT)
@@ -288,7 +354,7 @@ class _Run:
                 raise APSQError(f"{stage} step {step}: the loss is {float(parts['loss'])}; lower the learning rate")
             wopt.zero_grad(set_to_none=True)
             self.acc.backward(parts["loss"])
-            self.acc.clip_grad_norm_(wrapped.parameters(), 1.0)
+            clip_grad_norms_(wopt.param_groups, self.acc.clip_grad_norm_)
             wopt.step()
             done = step + 1
             rec = {k: round(float(v.detach()), 6) for k, v in parts.items()}
@@ -327,17 +393,24 @@ class _Run:
         self.metrics.truncate_after(self.state["stage"], self.state["step"])
         # stage 1: full precision
         if self.state["stage"] == "finetune":
+            init_meta: dict[str, Any] = {}
             if cfg.finetune.init:
-                t, _ = read_tensors(Path(cfg.finetune.init))
-                load_model_state(model, t, Path(cfg.finetune.init))
                 if cfg.finetune.steps:
                     raise APSQError("finetune.init and finetune.steps > 0 both given; set finetune.steps: 0 to reuse "
                                     "a fine-tuned model")
+                t, init_meta = read_tensors(Path(cfg.finetune.init))
+                load_model_state(model, t, Path(cfg.finetune.init))
             model = self._stage("finetune", cfg.finetune, model, None, self.task.train)
+            fp32_acc = cached_fp32_accuracy(init_meta, cfg) if cfg.finetune.init else None
+            if fp32_acc is None:
+                fp32_acc = self._eval(model, "finetune", cfg.finetune.steps)
+            else:
+                self.metrics.log(stage="finetune", step=0, split=self.task.eval_split, accuracy=fp32_acc,
+                                 source=str(cfg.finetune.init))
             if self.main:
                 atomic_save_tensors(self.out / FP32, {f"model/{k}": v for k, v in model.state_dict().items()},
-                                    {"fingerprint": cfg.fingerprint()})
-            fp32_acc = self._eval(model, "finetune", cfg.finetune.steps)
+                                    {"fingerprint": cfg.fingerprint(), "fp32_accuracy": fp32_acc,
+                                     "eval_key": eval_key(cfg)})
             self.state["fp32_accuracy"] = fp32_acc
             self._save("finetune", cfg.finetune.steps, model, None)
         else:

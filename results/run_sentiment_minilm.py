@@ -1,0 +1,166 @@
+"""Experiment 1 over seeds: all-MiniLM-L6-v2 on the movie-review sentences, every PSUM variant.
+
+For each seed: the FP32 fine-tune (``configs/train_minilm_fp32.yaml``), then the QAT + KD runs of
+``configs/train_minilm_{w8a8,psq,apsq_gs1..4}.yaml`` from it (the library's default QAT rates), at
+most ``--workers`` processes at a time, one thread each, in priority order (so that a cut-short
+budget still has every seed's FP32 / W8A8 / APSQ gs=2 first). Finished runs are reused, interrupted
+ones resumed. ``--collect`` writes ``results/sentiment_minilm.json`` from whatever has finished.
+
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python results/run_sentiment_minilm.py --seeds 0 1 2 --workers 2
+    python results/run_sentiment_minilm.py --seeds 0 1 2 --collect
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+VARIANTS = ("w8a8", "apsq_gs2", "apsq_gs1", "apsq_gs4", "psq", "apsq_gs3")
+"""Priority order within a seed."""
+
+
+def write_config(name: str, seed: int, root: Path) -> Path:
+    data = yaml.safe_load(Path(f"configs/train_minilm_{name}.yaml").read_text())
+    data["seed"] = seed
+    if name != "fp32":
+        data["finetune"] = {"steps": 0, "init": str(root / f"seed{seed}" / "fp32" / "fp32.safetensors")}
+    path = root / "configs" / f"{name}_seed{seed}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def stamp_fp32(root: Path, seed: int) -> None:
+    """Store the measured FP32 accuracy (and what it was measured on) in the seed's ``fp32.safetensors``
+    if its writer did not, so that the QAT runs reuse it instead of evaluating the teacher again."""
+    from apsq.train.checkpoint import atomic_save_tensors, read_tensors
+    from apsq.train.config import load_config
+    from apsq.train.loop import eval_key
+
+    run = root / f"seed{seed}" / "fp32"
+    tensors, meta = read_tensors(run / "fp32.safetensors")
+    if "eval_key" in meta:
+        return
+    acc = json.loads((run / "result.json").read_text())["fp32_accuracy"]
+    cfg = load_config(run.parent.parent / "configs" / f"fp32_seed{seed}.yaml")
+    atomic_save_tensors(run / "fp32.safetensors", tensors, {**meta, "fp32_accuracy": acc, "eval_key": eval_key(cfg)})
+
+
+def jobs(seeds: list[int]) -> list[tuple[int, str]]:
+    """FP32 of every seed first, then round-robin over seeds in variant priority order."""
+    return [(s, "fp32") for s in seeds] + [(s, v) for v in VARIANTS for s in seeds]
+
+
+def done(root: Path, seed: int, name: str) -> bool:
+    return (root / f"seed{seed}" / name / "result.json").exists()
+
+
+def run_all(seeds: list[int], root: Path, workers: int, only: set[str] | None, deadline: float | None) -> None:
+    todo = [j for j in jobs(seeds) if (only is None or j[1] in only or j[1] == "fp32") and not done(root, *j)]
+    running: dict[tuple[int, str], subprocess.Popen] = {}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    (root / "logs").mkdir(parents=True, exist_ok=True)
+    while todo or running:
+        for j, p in list(running.items()):
+            if p.poll() is not None:
+                print(f"{time.strftime('%H:%M:%S')} seed {j[0]} {j[1]}: exit {p.returncode}", flush=True)
+                del running[j]
+        ready = [j for j in todo if j[1] == "fp32" or done(root, j[0], "fp32")]
+        while ready and len(running) < workers and (deadline is None or time.time() < deadline):
+            j = ready.pop(0)
+            todo.remove(j)
+            if j[1] != "fp32":
+                write_config("fp32", j[0], root)
+                stamp_fp32(root, j[0])
+            out = root / f"seed{j[0]}" / j[1]
+            cmd = [sys.executable, "-m", "apsq.cli", "train", "--config", str(write_config(j[1], j[0], root)),
+                   "--output", str(out)] + (["--resume"] if (out / "checkpoint.safetensors").exists() else [])
+            log = open(root / "logs" / f"seed{j[0]}_{j[1]}.log", "a")
+            running[j] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            print(f"{time.strftime('%H:%M:%S')} start {' '.join(cmd)}", flush=True)
+        if deadline is not None and time.time() >= deadline and not running:
+            break
+        time.sleep(10)
+
+
+def collect(seeds: list[int], root: Path, out: Path, command: str) -> dict:
+    per: dict[str, dict[str, float]] = {}
+    steps: dict[str, int] = {}
+    seconds: dict[str, dict[str, float]] = {}
+    for s in seeds:
+        fp = root / f"seed{s}" / "fp32" / "result.json"
+        if fp.exists():
+            per.setdefault("fp32", {})[str(s)] = json.loads(fp.read_text())["fp32_accuracy"]
+        for v in VARIANTS:
+            f = root / f"seed{s}" / v / "result.json"
+            if f.exists():
+                r = json.loads(f.read_text())
+                per.setdefault(v, {})[str(s)] = r["accuracy"]
+                steps[v] = r["qat_steps"]
+                seconds.setdefault(v, {})[str(s)] = r.get("seconds")
+
+    def stats(v: str) -> dict | None:
+        vals = list(per.get(v, {}).values())
+        if not vals:
+            return None
+        return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else None,
+                "n": len(vals), "per_seed": per[v]}
+
+    table = {name: stats(name) for name in ("fp32", *VARIANTS)}
+    mean = {k: (v["mean"] if v else None) for k, v in table.items()}
+    qat = yaml.safe_load(Path("configs/train_minilm_apsq_gs2.yaml").read_text())["qat"]
+    fp = yaml.safe_load(Path("configs/train_minilm_fp32.yaml").read_text())["finetune"]
+    from apsq.train.config import QATConfig
+
+    d = QATConfig()
+    res = {
+        "fp32": mean["fp32"], "w8a8": mean["w8a8"], "psq": mean["psq"],
+        "apsq": {str(g): mean[f"apsq_gs{g}"] for g in (1, 2, 3, 4)},
+        "std": {k: (v["std"] if v else None) for k, v in table.items()},
+        "per_seed": {k: (v["per_seed"] if v else {}) for k, v in table.items()},
+        "n_seeds": {k: (v["n"] if v else 0) for k, v in table.items()},
+        "seeds": seeds, "eval_split": "test", "eval_sentences": 1041,
+        "qat_steps": qat["steps"], "qat_batch_size": qat["batch_size"],
+        "qat_lr": qat.get("lr", d.lr), "qat_scale_lr": qat.get("scale_lr", d.scale_lr),
+        "finetune_steps": fp["steps"], "finetune_batch_size": fp["batch_size"],
+        "model": "minilm", "dataset": "rt-sentences", "run_seconds": seconds,
+        "command": command,
+        "note": "means over the seeds in per_seed (n_seeds each); one thread per run, two runs at a time, on a "
+                "shared 2-core CPU",
+    }
+    out.write_text(json.dumps(res, indent=1) + "\n")
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--root", type=Path, default=Path("runs/sentiment_seeds"))
+    ap.add_argument("--only", nargs="*", default=None, help="variants to run (FP32 always)")
+    ap.add_argument("--deadline", default=None, help="HH:MM (UTC): start no run after it")
+    ap.add_argument("--collect", action="store_true", help="only write the JSON from finished runs")
+    ap.add_argument("--json", type=Path, default=Path("results/sentiment_minilm.json"))
+    a = ap.parse_args()
+    deadline = None
+    if a.deadline:
+        h, m = map(int, a.deadline.split(":"))
+        now = time.gmtime()
+        deadline = time.time() + ((h * 60 + m) - (now.tm_hour * 60 + now.tm_min)) * 60 - now.tm_sec
+    if not a.collect:
+        run_all(a.seeds, a.root, a.workers, set(a.only) if a.only else None, deadline)
+    cmd = f"python results/run_sentiment_minilm.py --seeds {' '.join(map(str, a.seeds))} --workers {a.workers}"
+    print(json.dumps(collect(a.seeds, a.root, a.json, cmd), indent=1))
+
+
+if __name__ == "__main__":
+    main()
