@@ -1,22 +1,39 @@
-"""Quantized layers that model tiled PSUM accumulation: ``QuantLinear``, ``QuantConv2d``, ``QuantMatmul``.
+"""Quantized layers that model tiled PSUM accumulation.
+
+``QuantLinear`` (``nn.Linear``), ``QuantTransposedLinear`` (Hugging Face's GPT-2 ``Conv1D``, a
+Linear whose weight is stored ``[in, out]``), ``QuantConv1d`` / ``QuantConv2d`` (every padding mode
+and form torch accepts) and ``QuantMatmul`` (attention's activation x activation products).
 
 Each layer fake-quantizes its operands (power-of-two LSQ, W8A8 by default), splits the reduction
 dimension K into ``tile``-sized steps (:mod:`apsq.psum.tiling`) and accumulates the tile partial
 sums with its :class:`~apsq.nn.psum_quantizer.PSUMQuantizer`. The bias is added after the reduction
 (in full precision, like the output rescale of an accelerator's post-processing unit).
+
+Precision: quantization and accumulation run in float32 for float16 / bfloat16 layers (every code
+and tile sum of at most 24 bits is exact there), and in float64 wherever the layer's steps could
+make float32 round (:mod:`apsq.nn.exactness`); the output is cast once to the input's dtype. So
+``accumulate(x)`` is the integer golden model's result (:func:`apsq.integer.integer_forward`)
+rounded once to the dtype -- bit for bit equal to it whenever that result fits the dtype.
+
+Initialisation: :func:`apsq.calibrate` (a content-keyed subsample of all calibration batches,
+:mod:`apsq.nn.sampling`), or lazily before the first quantized forward, from that batch -- before
+any autograd graph is built, so a checkpointed forward recomputes the same graph.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from apsq.errors import check_finite
+from apsq.errors import APSQError, check_finite
 from apsq.nn.config import LayerQuantConfig
+from apsq.nn.exactness import exact_dtype, psum_bound_bits
 from apsq.nn.psum_quantizer import PSUMQuantizer
+from apsq.nn.sampling import ContentSample
 from apsq.nn.stats import LayerStats, StatsRecorder
 from apsq.psum.accumulate import saturating_accumulate
 from apsq.psum.tiling import conv2d_partials, linear_partials, matmul_partials, num_tiles
@@ -26,8 +43,45 @@ DEFAULT_CALIB_ROWS = 1024
 """Rows (tokens / pixels) of layer input kept per layer for calibration."""
 
 
+class _Calibration:
+    """Content-keyed subsamples of one layer's calibration inputs, one per input shape."""
+
+    def __init__(self, max_rows: int, rows_per_item: Callable[[tuple[int, ...]], int]) -> None:
+        self.max_rows = max_rows
+        self.rows_per_item = rows_per_item
+        self.groups: dict[tuple[int, ...], ContentSample] = {}
+        self.calls = 0
+        self.shapes: list[tuple[int, ...]] = []
+
+    def add(self, items: torch.Tensor, key: tuple[int, ...] | None = None) -> None:
+        """Offer ``items [R, ...]``; ``key`` (default: the item shape) names the group they join."""
+        self.calls += 1
+        if len(self.shapes) < 4:
+            self.shapes.append(tuple(items.shape))
+        key = tuple(items.shape[1:]) if key is None else key
+        if key not in self.groups:
+            per = max(1, self.rows_per_item(key))
+            self.groups[key] = ContentSample(max(1, math.ceil(self.max_rows / per)))
+        self.groups[key].add(items)
+
+    def samples(self) -> list[tuple[tuple[int, ...], torch.Tensor]]:
+        """``(key, kept items)`` per group, keys in sorted order (independent of arrival order)."""
+        return [(k, g.tensor()) for k, g in sorted(self.groups.items()) if len(g)]
+
+    @property
+    def rows(self) -> int:
+        return sum(g.offered for g in self.groups.values())
+
+
+def _empty_error(layer: str, kind: str, shape: tuple[int, ...]) -> APSQError:
+    return APSQError(
+        f"{kind} layer {layer or '?'}: its quantization steps are not initialised and its input is empty "
+        f"(shape {shape}); initialise them with apsq.calibrate(model, batches) on non-empty batches"
+    )
+
+
 class _QuantMixin:
-    """Shared machinery: calibration capture, statistics, finite-input checks."""
+    """Shared machinery: calibration capture, lazy initialisation, statistics, finite-input checks."""
 
     qcfg: LayerQuantConfig
     psum: PSUMQuantizer
@@ -36,20 +90,77 @@ class _QuantMixin:
     def _setup_common(self, qcfg: LayerQuantConfig, check: bool) -> None:
         self.qcfg = qcfg
         self.check_finite = check
-        self._calib: list[torch.Tensor] | None = None
-        self._calib_rows = 0
+        self._calib: _Calibration | None = None
         self._recorder: StatsRecorder | None = None
         self.layer_name = ""
 
     # --- calibration ---------------------------------------------------------------------------
     def start_calibration(self, max_rows: int = DEFAULT_CALIB_ROWS) -> None:
-        """Record (a subsample of) the inputs of the next forward passes, which run unquantized."""
-        self._calib = []
-        self._calib_rows = max_rows
+        """Sample the inputs of the next forward passes (which run unquantized): up to ``max_rows``
+        rows per input shape, chosen by content (:mod:`apsq.nn.sampling`)."""
+        self._calib = _Calibration(max_rows, self._rows_per_item)
 
-    def _record(self, *xs: torch.Tensor) -> None:
-        assert self._calib is not None
-        self._calib.append(tuple(x.detach() for x in xs))
+    def stop_calibration(self) -> None:
+        """Drop what was recorded without changing any step."""
+        self._calib = None
+
+    @property
+    def calibration_rows(self) -> int:
+        """Rows (tokens / pixels / matmul rows) offered since :meth:`start_calibration`."""
+        return 0 if self._calib is None else self._calib.rows
+
+    @property
+    def calibration_calls(self) -> int:
+        """Forward calls since :meth:`start_calibration`."""
+        return 0 if self._calib is None else self._calib.calls
+
+    @torch.no_grad()
+    def finish_calibration(self) -> None:
+        """Initialise every step from the recorded sample; :class:`APSQError` if it holds no rows."""
+        calib = self._calib
+        if calib is None:
+            raise APSQError(f"{self.kind} layer {self.layer_name or '?'}: start_calibration was not called")
+        samples = calib.samples()
+        if not samples:
+            raise _empty_error(self.layer_name, self.kind, calib.shapes[0] if calib.shapes else ())
+        self._calib = None
+        self._init_steps(samples)
+
+    def _rows_per_item(self, item_shape: tuple[int, ...]) -> int:
+        return 1
+
+    def _init_steps(self, samples: list[tuple[tuple[int, ...], torch.Tensor]]) -> None:
+        """Initialise every step from ``(group key, items)`` samples."""
+        raise NotImplementedError
+
+    def _quantizers(self) -> tuple[LSQQuantizer, ...]:
+        raise NotImplementedError
+
+    def needs_init(self) -> bool:
+        """Whether some step is not initialised yet (no calibration, no forward)."""
+        if any(not bool(q.initialized) for q in self._quantizers()):
+            return True
+        return self.qcfg.mode != "none" and not bool(self.psum.initialized)
+
+    def _ensure_initialized(self, items: torch.Tensor, key: tuple[int, ...] | None = None) -> None:
+        """Lazy initialisation from this batch, before any graph is built (identical recomputation
+        under activation checkpointing)."""
+        if not self.needs_init():
+            return
+        if items.shape[0] == 0 or items.numel() == 0:
+            raise _empty_error(self.layer_name, self.kind, tuple(items.shape))
+        with torch.no_grad():
+            self._init_steps([(tuple(items.shape[1:]) if key is None else key, items.detach())])
+
+    # --- precision -------------------------------------------------------------------------------
+    def _tile_units(self, a_bits: int, b_bits: int) -> float:
+        return float(self.qcfg.tile) * 2.0 ** (a_bits - 1) * 2.0 ** (b_bits - 1)
+
+    def _psum_dtype(self, dtype: torch.dtype, unit_e: torch.Tensor, n: int, a_bits: int, b_bits: int) -> torch.dtype:
+        """Accumulation dtype for psq / apsq (:mod:`apsq.nn.exactness`)."""
+        span = psum_bound_bits(unit_e, self.psum.exponents(n), mode=self.qcfg.mode, gs=self.qcfg.gs,
+                               bits=self.qcfg.psum_bits, tile_units=self._tile_units(a_bits, b_bits))
+        return exact_dtype(span, dtype, self.layer_name)
 
     # --- statistics ----------------------------------------------------------------------------
     def track_stats(self, on: bool = True) -> None:
@@ -79,17 +190,47 @@ class _QuantMixin:
         return num_tiles(self._k(), self.qcfg.tile)
 
 
-def _rows_subsample(x: torch.Tensor, k: int, max_rows: int, seed: int = 0) -> torch.Tensor:
-    rows = x.reshape(-1, k)
-    if rows.shape[0] <= max_rows:
-        return rows
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(rows.shape[0], generator=g)[:max_rows]
-    return rows[idx.to(rows.device)]
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float16 / bfloat16 layers quantize and accumulate in float32."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def per_channel_matmul_error(name: str) -> APSQError:
+    """The refusal of per-channel PSUM steps on a matmul without a fixed output width (QK^T)."""
+    return APSQError(
+        f"matmul layer {name or '?'}: psum_granularity 'channel' needs a fixed output width, and this "
+        "product's output width is the key length; use psum_granularity 'tensor' for it (an override "
+        f"{{{name!r}: {{'psum_granularity': 'tensor'}}}}) or exclude it"
+    )
+
+
+def _psum_quantizer(n: int, qcfg: LayerQuantConfig, channels: int | None, channel_axis: int) -> PSUMQuantizer:
+    """The layer's PSUM quantizer: per tensor, or per tile step and output channel."""
+    gran = getattr(qcfg, "psum_granularity", "tensor")
+    if gran == "tensor" or qcfg.mode == "none":
+        return PSUMQuantizer(n, qcfg.mode, qcfg.gs, qcfg.psum_bits)
+    return PSUMQuantizer(n, qcfg.mode, qcfg.gs, qcfg.psum_bits, granularity=gran, channels=int(channels),
+                         channel_axis=channel_axis)
+
+
+def _make_quantizers(layer: _QuantMixin, qcfg: LayerQuantConfig, channels: int, dtype: torch.dtype | None,
+                     device, channel_axis: int = -1) -> None:  # noqa: ANN001
+    layer.act_quant = LSQQuantizer(qcfg.act_bits)
+    layer.weight_quant = (
+        LSQQuantizer(qcfg.weight_bits, channel_axis=0, num_channels=channels)
+        if qcfg.weight_per_channel
+        else LSQQuantizer(qcfg.weight_bits)
+    )
+    layer.psum = _psum_quantizer(layer._n(), qcfg, channels, channel_axis)
+    for q in (layer.act_quant, layer.weight_quant, layer.psum):
+        q.to(device=device, dtype=dtype)  # quantizers follow the layer's dtype (issue 15 item 5)
 
 
 class QuantLinear(nn.Linear, _QuantMixin):
-    """``nn.Linear`` with W/A fake quantization and tiled PSUM accumulation (K = in_features)."""
+    """``nn.Linear`` with W/A fake quantization and tiled PSUM accumulation (K = in_features).
+
+    Input ``[..., K]``, output ``[..., N]`` in the input's dtype.
+    """
 
     kind = "linear"
 
@@ -97,133 +238,268 @@ class QuantLinear(nn.Linear, _QuantMixin):
                  check_finite: bool = True, device=None, dtype=None) -> None:
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self._setup_common(qcfg, check_finite)
-        self.act_quant = LSQQuantizer(qcfg.act_bits)
-        self.weight_quant = (
-            LSQQuantizer(qcfg.weight_bits, channel_axis=0, num_channels=out_features)
-            if qcfg.weight_per_channel
-            else LSQQuantizer(qcfg.weight_bits)
-        )
-        self.psum = PSUMQuantizer(self._n(), qcfg.mode, qcfg.gs, qcfg.psum_bits)
-        self.to(device=device)
+        _make_quantizers(self, qcfg, out_features, dtype, device)
 
     @classmethod
     def from_float(cls, mod: nn.Linear, qcfg: LayerQuantConfig, check_finite: bool = True) -> QuantLinear:
-        """A quantized twin of ``mod`` sharing its weight and bias parameters."""
+        """A quantized twin of ``mod`` sharing its weight and bias parameters (and dtype, device)."""
         q = cls(mod.in_features, mod.out_features, mod.bias is not None, qcfg=qcfg, check_finite=check_finite,
-                device=mod.weight.device)
+                device=mod.weight.device, dtype=mod.weight.dtype)
         q.weight = mod.weight
         q.bias = mod.bias
         return q
+
+    def linear_weight(self) -> torch.Tensor:
+        """The weight as ``[N, K]`` (``out_features x in_features``)."""
+        return self.weight
 
     def _k(self) -> int:
         return self.in_features
 
+    def _quantizers(self) -> tuple[LSQQuantizer, ...]:
+        return (self.act_quant, self.weight_quant)
+
+    def _operands(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        dt = dtype or _work_dtype(x.dtype)
+        return self.act_quant(x.to(dt)), self.weight_quant(self.linear_weight().to(dt))
+
     def partials(self, x: torch.Tensor) -> torch.Tensor:
-        """Quantized PSUM tiles ``[n, *x.shape[:-1], out_features]`` (no bias)."""
-        return linear_partials(self.act_quant(x), self.weight_quant(self.weight), self.qcfg.tile)
+        """Quantized PSUM tiles ``[n, *x.shape[:-1], out_features]`` (no bias; float32 or wider)."""
+        xq, wq = self._operands(x)
+        return linear_partials(xq, wq, self.qcfg.tile)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check("x", x)
         if self._calib is not None:
-            self._record(_rows_subsample(x, self.in_features, self._calib_rows))
-            return F.linear(x, self.weight, self.bias)
+            self._calib.add(x.detach().reshape(-1, self.in_features))
+            return F.linear(x, self.linear_weight(), self.bias)
+        self._ensure_initialized(x.reshape(-1, self.in_features))
         y = self.accumulate(x)
         if self.bias is not None:
             y = y + self.bias
-        return self._finish_output(y, lambda: F.linear(x, self.weight, self.bias))
+        return self._finish_output(y, lambda: F.linear(x, self.linear_weight(), self.bias))
+
+    def _dtype_none(self, x: torch.Tensor) -> torch.dtype:
+        """Accumulation dtype for ``mode='none'``: float32 while ``max_row sum|x codes| * 2^(w-1)``
+        (a bound on every running sum, in units) fits 24 bits, else float64."""
+        dt = _work_dtype(x.dtype)
+        static = math.log2(self.in_features) + self.qcfg.act_bits - 1 + self.qcfg.weight_bits - 1
+        if static <= 24 or dt == torch.float64:
+            return dt
+        with torch.no_grad():
+            codes = self.act_quant.codes(x.detach().to(dt).reshape(-1, self.in_features))
+            row = float(codes.abs().sum(1).amax()) if codes.numel() else 0.0
+        return exact_dtype(math.log2(max(row, 1.0)) + self.qcfg.weight_bits - 1, dt, self.layer_name)
 
     def accumulate(self, x: torch.Tensor) -> torch.Tensor:
-        """The quantized reduction without bias (what :func:`apsq.integer.integer_forward` computes)."""
-        if self.qcfg.mode == "none":
-            if self.qcfg.acc_bits is not None:
-                unit = self.act_quant.scale() * self.weight_quant.scale()  # [N] or [1]
-                return saturating_accumulate(self.partials(x), unit, self.qcfg.acc_bits)
-            return F.linear(self.act_quant(x), self.weight_quant(self.weight))
-        return self.psum.linear(self.act_quant(x), self.weight_quant(self.weight), self.qcfg.tile,
-                                x_step=self.act_quant.scale(), w_step=self.weight_quant.scale())
+        """The quantized reduction without bias (what :func:`apsq.integer.integer_forward` computes,
+        rounded once to ``x.dtype``)."""
+        q = self.qcfg
+        if q.mode == "none":
+            dt = self._dtype_none(x)
+            xq, wq = self._operands(x, dt)
+            if q.acc_bits is not None:
+                unit = (self.act_quant.scale() * self.weight_quant.scale()).to(dt)  # [N] or [1]
+                y = saturating_accumulate(linear_partials(xq, wq, q.tile), unit, q.acc_bits)
+            else:
+                y = F.linear(xq, wq)
+            return y.to(x.dtype)
+        unit_e = self.act_quant.exponent().reshape(()) + self.weight_quant.exponent().reshape(-1)
+        dt = self._psum_dtype(x.dtype, unit_e, self._n(), q.act_bits, q.weight_bits)
+        xq, wq = self._operands(x, dt)
+        y = self.psum.linear(xq, wq, q.tile, x_step=self.act_quant.scale().to(dt),
+                             w_step=self.weight_quant.scale().to(dt))
+        return y.to(x.dtype)
 
     @torch.no_grad()
-    def finish_calibration(self) -> None:
-        """Initialise activation, weight and PSUM steps from the recorded inputs."""
-        rows = torch.cat([r[0] for r in self._calib], 0)[: self._calib_rows]
-        self._calib = None
+    def _init_steps(self, samples: list[tuple[tuple[int, ...], torch.Tensor]]) -> None:
+        rows = torch.cat([s.reshape(-1, self.in_features) for _, s in samples], 0)
+        dt = _work_dtype(rows.dtype)
+        rows = rows.to(dt)
         self.act_quant.init_from(rows)
-        self.weight_quant.init_from(self.weight)
+        self.weight_quant.init_from(self.linear_weight().detach().to(dt))
         if self.qcfg.mode != "none":
             self.psum.init_from(self.partials(rows))
 
 
-class QuantConv2d(nn.Conv2d, _QuantMixin):
-    """``nn.Conv2d`` (im2col, K = Ci/groups * kh * kw) with W/A fake quantization and tiled PSUMs."""
-
-    kind = "conv2d"
-
-    def __init__(self, *args, qcfg: LayerQuantConfig, check_finite: bool = True, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        if self.padding_mode != "zeros" or isinstance(self.padding, str):
-            raise NotImplementedError("QuantConv2d supports numeric zero padding only")
-        self._setup_common(qcfg, check_finite)
-        self.act_quant = LSQQuantizer(qcfg.act_bits)
-        self.weight_quant = (
-            LSQQuantizer(qcfg.weight_bits, channel_axis=0, num_channels=self.out_channels)
-            if qcfg.weight_per_channel
-            else LSQQuantizer(qcfg.weight_bits)
-        )
-        self.psum = PSUMQuantizer(self._n(), qcfg.mode, qcfg.gs, qcfg.psum_bits)
+class QuantTransposedLinear(QuantLinear):
+    """Hugging Face's ``Conv1D`` (GPT-2, GPT, ...): a Linear whose weight is stored ``[in, out]``
+    (``y = x @ W + b``); quantized as the Linear ``W^T`` (per-channel steps per output feature)."""
 
     @classmethod
-    def from_float(cls, mod: nn.Conv2d, qcfg: LayerQuantConfig, check_finite: bool = True) -> QuantConv2d:
-        q = cls(mod.in_channels, mod.out_channels, mod.kernel_size, stride=mod.stride, padding=mod.padding,
-                dilation=mod.dilation, groups=mod.groups, bias=mod.bias is not None, qcfg=qcfg,
-                check_finite=check_finite, device=mod.weight.device)
+    def from_float(cls, mod: nn.Module, qcfg: LayerQuantConfig, check_finite: bool = True) -> QuantTransposedLinear:
+        """A quantized twin of a ``transformers.pytorch_utils.Conv1D`` sharing its parameters."""
+        k, n = mod.weight.shape
+        q = cls(k, n, mod.bias is not None, qcfg=qcfg, check_finite=check_finite, device=mod.weight.device,
+                dtype=mod.weight.dtype)
         q.weight = mod.weight
         q.bias = mod.bias
+        q.nf, q.nx = n, k
         return q
 
+    def linear_weight(self) -> torch.Tensor:
+        return self.weight.t()
+
+
+class _QuantConvNd(_QuantMixin):
+    """Shared by :class:`QuantConv1d` / :class:`QuantConv2d`: padding, 2-D lowering, calibration."""
+
+    _spatial = 2
+
+    def _setup_conv(self, qcfg: LayerQuantConfig, check: bool, device, dtype) -> None:  # noqa: ANN001
+        self._setup_common(qcfg, check)
+        _make_quantizers(self, qcfg, self.out_channels, dtype, device, channel_axis=-3)  # [B, Co, Ho, Wo]
+
     def _k(self) -> int:
-        return (self.in_channels // self.groups) * self.kernel_size[0] * self.kernel_size[1]
+        return (self.in_channels // self.groups) * math.prod(self.kernel_size)
+
+    def _quantizers(self) -> tuple[LSQQuantizer, ...]:
+        return (self.act_quant, self.weight_quant)
+
+    def _rows_per_item(self, item_shape: tuple[int, ...]) -> int:
+        return math.prod(item_shape[1:])  # pixels of one image
+
+    def pad_input(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """``(x padded as the float conv pads it, padding left for the convolution itself)``.
+
+        Numeric zero padding is left to the convolution; every other form -- ``padding_mode``
+        ``reflect`` / ``replicate`` / ``circular``, ``padding="same"`` (asymmetric for even kernels)
+        and ``"valid"`` -- is applied here with :func:`torch.nn.functional.pad`, as ``nn.Conv*d`` does.
+        """
+        zeros = (0,) * self._spatial
+        if self.padding_mode == "zeros" and not isinstance(self.padding, str):
+            return x, tuple(self.padding)
+        pads = self._reversed_padding_repeated_twice
+        if any(pads):
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            x = F.pad(x, pads, mode=mode)
+        return x, zeros
+
+    def conv2d_args(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """``(x4 [B, C, H, W], w4 [Co, Ci/g, kh, kw], dict(stride, padding, dilation, groups))``: the
+        padded input and weight as a Conv2d (a Conv1d is a Conv2d of height 1)."""
+        xp, pad = self.pad_input(x)
+        w = self.weight
+        if self._spatial == 1:
+            return xp.unsqueeze(2), w.unsqueeze(2), dict(stride=(1, self.stride[0]), padding=(0, pad[0]),
+                                                         dilation=(1, self.dilation[0]), groups=self.groups)
+        return xp, w, dict(stride=tuple(self.stride), padding=pad, dilation=tuple(self.dilation), groups=self.groups)
+
+    def _from2d(self, y: torch.Tensor) -> torch.Tensor:
+        return y.squeeze(2) if self._spatial == 1 else y
 
     def _fp(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return self._conv_forward(x, self.weight, self.bias)  # torch's own padding handling
 
     def partials(self, x: torch.Tensor) -> torch.Tensor:
-        """Quantized PSUM tiles ``[n, B, Co, Ho, Wo]`` (no bias)."""
-        return conv2d_partials(self.act_quant(x), self.weight_quant(self.weight), self.qcfg.tile,
-                               self.stride, self.padding, self.dilation, self.groups)
+        """Quantized PSUM tiles ``[n, B, Co, *spatial_out]`` (no bias; float32 or wider)."""
+        dt = _work_dtype(x.dtype)
+        x4, w4, a = self.conv2d_args(self.act_quant(x.to(dt)))
+        p = conv2d_partials(x4, self.weight_quant(w4.to(dt)), self.qcfg.tile, a["stride"], a["padding"],
+                            a["dilation"], a["groups"])
+        return p.squeeze(3) if self._spatial == 1 else p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check("x", x)
         if self._calib is not None:
-            have = sum(r[0].shape[0] for r in self._calib)
-            per_image = x.shape[-1] * x.shape[-2]
-            if have * per_image < self._calib_rows:
-                self._record(x[: max(1, -(-self._calib_rows // per_image))])
+            self._calib.add(x.detach())
             return self._fp(x)
+        self._ensure_initialized(x)
         y = self.accumulate(x)
         if self.bias is not None:
-            y = y + self.bias.reshape(1, -1, 1, 1)
+            y = y + self.bias.reshape(1, -1, *([1] * self._spatial))
         return self._finish_output(y, lambda: self._fp(x))
 
+    def _dtype_none(self, x: torch.Tensor) -> torch.dtype:
+        dt = _work_dtype(x.dtype)
+        static = math.log2(self._k()) + self.qcfg.act_bits - 1 + self.qcfg.weight_bits - 1
+        if static <= 24 or dt == torch.float64:
+            return dt
+        with torch.no_grad():
+            cmax = float(self.act_quant.codes(x.detach().to(dt)).abs().amax()) if x.numel() else 0.0
+        return exact_dtype(math.log2(max(cmax * self._k(), 1.0)) + self.qcfg.weight_bits - 1, dt, self.layer_name)
+
     def accumulate(self, x: torch.Tensor) -> torch.Tensor:
-        """The quantized reduction without bias."""
-        if self.qcfg.mode == "none":
-            if self.qcfg.acc_bits is not None:
-                unit = (self.act_quant.scale() * self.weight_quant.scale()).reshape(-1, 1, 1)
-                return saturating_accumulate(self.partials(x), unit, self.qcfg.acc_bits)
-            return F.conv2d(self.act_quant(x), self.weight_quant(self.weight), None, self.stride, self.padding,
-                            self.dilation, self.groups)
-        return self.psum.conv2d(self.act_quant(x), self.weight_quant(self.weight), self.qcfg.tile, self.stride,
-                                self.padding, self.dilation, self.groups, x_step=self.act_quant.scale(),
-                                w_step=self.weight_quant.scale())
+        """The quantized reduction without bias, ``[B, Co, *spatial_out]`` in ``x.dtype``."""
+        q = self.qcfg
+        if q.mode == "none":
+            dt = self._dtype_none(x)
+        else:
+            unit_e = self.act_quant.exponent().reshape(()) + self.weight_quant.exponent().reshape(-1)
+            dt = self._psum_dtype(x.dtype, unit_e, self._n(), q.act_bits, q.weight_bits)
+        x4, w4, a = self.conv2d_args(self.act_quant(x.to(dt)))
+        w4 = self.weight_quant(w4.to(dt))
+        if q.mode == "none":
+            if q.acc_bits is not None:
+                unit = (self.act_quant.scale() * self.weight_quant.scale()).to(dt).reshape(-1, 1, 1)
+                y = saturating_accumulate(conv2d_partials(x4, w4, q.tile, **a), unit, q.acc_bits)
+            else:
+                y = F.conv2d(x4, w4, None, **a)
+        else:
+            y = self.psum.conv2d(x4, w4, q.tile, a["stride"], a["padding"], a["dilation"], a["groups"],
+                                 x_step=self.act_quant.scale().to(dt), w_step=self.weight_quant.scale().to(dt))
+        return self._from2d(y).to(x.dtype)
 
     @torch.no_grad()
-    def finish_calibration(self) -> None:
-        xs = torch.cat([r[0] for r in self._calib], 0)
-        self._calib = None
-        self.act_quant.init_from(xs)
-        self.weight_quant.init_from(self.weight)
+    def _init_steps(self, samples: list[tuple[tuple[int, ...], torch.Tensor]]) -> None:
+        dt = _work_dtype(samples[0][1].dtype)
+        self.act_quant.init_from(torch.cat([s.reshape(-1) for _, s in samples]).to(dt))
+        self.weight_quant.init_from(self.weight.detach().to(dt))
         if self.qcfg.mode != "none":
-            self.psum.init_from(self.partials(xs))
+            parts = [self.partials(s) for _, s in samples]
+            n = parts[0].shape[0]
+            if self.psum.per_channel:  # [n, B, Co, *spatial] -> [n, Co, rows, 1]: the channel at axis -3
+                self.psum.init_from(torch.cat([p.transpose(1, 2).reshape(n, p.shape[2], -1, 1) for p in parts], 2))
+            else:
+                self.psum.init_from(torch.cat([p.reshape(n, -1) for p in parts], 1))
+
+
+class QuantConv2d(_QuantConvNd, nn.Conv2d):
+    """``nn.Conv2d`` (im2col, K = Ci/groups * kh * kw) with W/A fake quantization and tiled PSUMs.
+
+    Every ``padding_mode`` (zeros, reflect, replicate, circular) and padding form (int, tuple,
+    ``"same"``, ``"valid"``) of ``nn.Conv2d``. Input ``[B, Ci, H, W]``, output ``[B, Co, Ho, Wo]``.
+    """
+
+    kind = "conv2d"
+    _spatial = 2
+
+    def __init__(self, *args, qcfg: LayerQuantConfig, check_finite: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._setup_conv(qcfg, check_finite, kwargs.get("device"), kwargs.get("dtype"))
+
+    @classmethod
+    def from_float(cls, mod: nn.Conv2d, qcfg: LayerQuantConfig, check_finite: bool = True) -> QuantConv2d:
+        """A quantized twin of ``mod`` sharing its parameters (padding mode, dtype and device kept)."""
+        q = cls(mod.in_channels, mod.out_channels, mod.kernel_size, stride=mod.stride, padding=mod.padding,
+                dilation=mod.dilation, groups=mod.groups, bias=mod.bias is not None, padding_mode=mod.padding_mode,
+                qcfg=qcfg, check_finite=check_finite, device=mod.weight.device, dtype=mod.weight.dtype)
+        q.weight = mod.weight
+        q.bias = mod.bias
+        return q
+
+
+class QuantConv1d(_QuantConvNd, nn.Conv1d):
+    """``nn.Conv1d`` (K = Ci/groups * k) with W/A fake quantization and tiled PSUMs, lowered to a
+    Conv2d of height 1. Every padding mode and form of ``nn.Conv1d``. Input ``[B, Ci, L]``, output
+    ``[B, Co, Lo]``."""
+
+    kind = "conv1d"
+    _spatial = 1
+
+    def __init__(self, *args, qcfg: LayerQuantConfig, check_finite: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._setup_conv(qcfg, check_finite, kwargs.get("device"), kwargs.get("dtype"))
+
+    @classmethod
+    def from_float(cls, mod: nn.Conv1d, qcfg: LayerQuantConfig, check_finite: bool = True) -> QuantConv1d:
+        """A quantized twin of ``mod`` sharing its parameters (padding mode, dtype and device kept)."""
+        q = cls(mod.in_channels, mod.out_channels, mod.kernel_size, stride=mod.stride, padding=mod.padding,
+                dilation=mod.dilation, groups=mod.groups, bias=mod.bias is not None, padding_mode=mod.padding_mode,
+                qcfg=qcfg, check_finite=check_finite, device=mod.weight.device, dtype=mod.weight.dtype)
+        q.weight = mod.weight
+        q.bias = mod.bias
+        return q
 
 
 class QuantMatmul(nn.Module, _QuantMixin):
@@ -231,23 +507,55 @@ class QuantMatmul(nn.Module, _QuantMixin):
 
     Both operands are quantized per tensor with ``act_bits``. ``max_k`` bounds the reduction length
     (for ``AV`` it is the sequence length), which fixes how many PSUM steps are learned.
+    ``a [..., M, K] @ b [..., K, N] -> [..., M, N]`` in ``a``'s dtype.
     """
 
     kind = "matmul"
 
-    def __init__(self, max_k: int, qcfg: LayerQuantConfig, check_finite: bool = True) -> None:
+    def __init__(self, max_k: int, qcfg: LayerQuantConfig, check_finite: bool = True, *,
+                 out_features: int | None = None, name: str = "") -> None:
+        if (getattr(qcfg, "psum_granularity", "tensor") == "channel" and qcfg.mode != "none"
+                and out_features is None):
+            raise per_channel_matmul_error(name)
         super().__init__()
         self.max_k = max_k
         self._setup_common(qcfg, check_finite)
+        self.layer_name = name
         self.a_quant = LSQQuantizer(qcfg.act_bits)
         self.b_quant = LSQQuantizer(qcfg.act_bits)
-        self.psum = PSUMQuantizer(self._n(), qcfg.mode, qcfg.gs, qcfg.psum_bits)
+        self.psum = _psum_quantizer(self._n(), qcfg, out_features, -1)
 
     def _k(self) -> int:
         return self.max_k
 
+    def _quantizers(self) -> tuple[LSQQuantizer, ...]:
+        return (self.a_quant, self.b_quant)
+
+    def _rows_per_item(self, key: tuple[int, ...]) -> int:
+        return key[0]  # rows M of one (a, b) pair; key = (M, K, N)
+
+    def _operands(self, a: torch.Tensor, b: torch.Tensor, dt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.a_quant(a.to(dt)), self.b_quant(b.to(dt))
+
     def partials(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return matmul_partials(self.a_quant(a), self.b_quant(b), self.qcfg.tile)
+        """Quantized PSUM tiles ``[n, ..., M, N]`` (float32 or wider)."""
+        return matmul_partials(*self._operands(a, b, _work_dtype(a.dtype)), self.qcfg.tile)
+
+    @staticmethod
+    def _pairs(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """One item per (broadcast) leading index: ``[R, M + N, K]`` holding ``a`` and ``b^T``, and
+        the group key ``(M, K, N)``."""
+        m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+        lead = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        a3 = a.detach().expand(*lead, m, k).reshape(-1, m, k)
+        b3 = b.detach().to(a.dtype).expand(*lead, k, n).reshape(-1, k, n).transpose(1, 2)
+        return torch.cat([a3, b3], 1), (m, k, n)
+
+    @staticmethod
+    def _split(key: tuple[int, ...], items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inverse of :meth:`_pairs`: ``a [R, M, K]``, ``b [R, K, N]``."""
+        m = key[0]
+        return items[:, :m], items[:, m:].transpose(1, 2)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         self._check("a", a)
@@ -256,29 +564,50 @@ class QuantMatmul(nn.Module, _QuantMixin):
             self.stats.k = a.shape[-1]
             self.stats.n_tiles = num_tiles(a.shape[-1], self.qcfg.tile)
         if self._calib is not None:
-            if not self._calib:
-                self._record(a, b)
+            self._calib.add(*self._pairs(a, b))
             return a @ b
+        if self.needs_init():
+            self._ensure_initialized(*self._pairs(a, b))
         return self._finish_output(self.accumulate(a, b), lambda: a @ b)
 
     def accumulate(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """The quantized ``a @ b``."""
-        if self.qcfg.mode == "none":
-            if self.qcfg.acc_bits is not None:
-                unit = (self.a_quant.scale() * self.b_quant.scale()).reshape(())
-                return saturating_accumulate(self.partials(a, b), unit, self.qcfg.acc_bits)
-            return self.a_quant(a) @ self.b_quant(b)
-        return self.psum.matmul(self.a_quant(a), self.b_quant(b), self.qcfg.tile, a_step=self.a_quant.scale(),
-                                b_step=self.b_quant.scale())
+        """The quantized ``a @ b`` (in ``a.dtype``)."""
+        q = self.qcfg
+        k = a.shape[-1]
+        if q.mode == "none":
+            dt = _work_dtype(a.dtype)
+            if math.log2(k) + 2 * (q.act_bits - 1) > 24 and dt != torch.float64:
+                with torch.no_grad():
+                    ca = float(self.a_quant.codes(a.detach().to(dt)).abs().amax()) if a.numel() else 0.0
+                    cb = float(self.b_quant.codes(b.detach().to(dt)).abs().amax()) if b.numel() else 0.0
+                dt = exact_dtype(math.log2(max(ca * cb * k, 1.0)), dt, self.layer_name)
+            aq, bq = self._operands(a, b, dt)
+            if q.acc_bits is not None:
+                unit = (self.a_quant.scale() * self.b_quant.scale()).reshape(()).to(dt)
+                return saturating_accumulate(matmul_partials(aq, bq, q.tile), unit, q.acc_bits).to(a.dtype)
+            return (aq @ bq).to(a.dtype)
+        unit_e = (self.a_quant.exponent() + self.b_quant.exponent()).reshape(())
+        dt = self._psum_dtype(a.dtype, unit_e, num_tiles(k, q.tile), q.act_bits, q.act_bits)
+        aq, bq = self._operands(a, b, dt)
+        y = self.psum.matmul(aq, bq, q.tile, a_step=self.a_quant.scale().to(dt), b_step=self.b_quant.scale().to(dt))
+        return y.to(a.dtype)
 
     @torch.no_grad()
-    def finish_calibration(self) -> None:
-        a, b = self._calib[0]
-        self._calib = None
-        self.a_quant.init_from(a)
-        self.b_quant.init_from(b)
-        if self.qcfg.mode != "none":
-            self.psum.init_from(self.partials(a, b))
+    def _init_steps(self, samples: list[tuple[tuple[int, ...], torch.Tensor]]) -> None:
+        """Operand steps from every kept pair; PSUM steps from their tiles (pairs with fewer tiles
+        than the longest contribute zero tiles beyond their end)."""
+        dt = _work_dtype(samples[0][1].dtype)
+        pairs = [self._split(key, s) for key, s in samples]
+        self.a_quant.init_from(torch.cat([a.reshape(-1) for a, _ in pairs]).to(dt))
+        self.b_quant.init_from(torch.cat([b.reshape(-1) for _, b in pairs]).to(dt))
+        if self.qcfg.mode == "none":
+            return
+        parts = [self.partials(a, b) for a, b in pairs]
+        n = max(p.shape[0] for p in parts)
+        lane = parts[0].shape[-1] if self.psum.per_channel else 1  # per-channel steps keep the output columns
+        flat = [torch.cat([p.reshape(p.shape[0], -1, lane), p.new_zeros(n - p.shape[0], p[0].numel() // lane, lane)], 0)
+                for p in parts]
+        self.psum.init_from(torch.cat(flat, 1) if self.psum.per_channel else torch.cat(flat, 1).squeeze(-1))
 
 
-QUANT_LAYER_TYPES = (QuantLinear, QuantConv2d, QuantMatmul)
+QUANT_LAYER_TYPES = (QuantLinear, QuantConv1d, QuantConv2d, QuantMatmul)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -11,51 +13,222 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from apsq.device import module_device, module_dtype, to_device
 from apsq.errors import APSQError
 from apsq.nn.attention import attach_attention_matmuls, is_supported_attention
-from apsq.nn.config import APSQConfig
-from apsq.nn.layers import DEFAULT_CALIB_ROWS, QUANT_LAYER_TYPES, QuantConv2d, QuantLinear
+from apsq.nn.config import APSQConfig, LayerQuantConfig
+from apsq.nn.layers import (
+    DEFAULT_CALIB_ROWS,
+    QUANT_LAYER_TYPES,
+    QuantConv1d,
+    QuantConv2d,
+    QuantLinear,
+    QuantTransposedLinear,
+    per_channel_matmul_error,
+)
 from apsq.nn.stats import LayerStats
 
 _SWAPS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
     "linear": (nn.Linear, QuantLinear),
+    "conv1d": (nn.Conv1d, QuantConv1d),
     "conv2d": (nn.Conv2d, QuantConv2d),
 }
 
+# Layer types with a reduction (a GEMM inside) that apsq does not swap, and why.
+_UNSUPPORTED: tuple[tuple[type[nn.Module], str], ...] = (
+    (nn.MultiheadAttention, "its projections run inside F.multi_head_attention_forward, which apsq cannot "
+                            "tile (use a Hugging Face attention with attention_matmuls, or nn.Linear layers)"),
+    (nn.RNNBase, "recurrent cells (RNN / LSTM / GRU) have no PSUM-tiled twin in apsq"),
+    (nn.RNNCellBase, "recurrent cells (RNN / LSTM / GRU) have no PSUM-tiled twin in apsq"),
+    (nn.Conv3d, "apsq has no quantized Conv3d"),
+    (nn.ConvTranspose1d, "apsq has no quantized transposed convolution"),
+    (nn.ConvTranspose2d, "apsq has no quantized transposed convolution"),
+    (nn.ConvTranspose3d, "apsq has no quantized transposed convolution"),
+    (nn.Bilinear, "apsq has no quantized nn.Bilinear"),
+)
+_NO_REDUCTION = (nn.Embedding, nn.EmbeddingBag)
+
+
+@dataclass(frozen=True)
+class SkippedLayer:
+    """A layer with a reduction that :func:`quantize_` left in full precision."""
+
+    name: str
+    """Module path (the first one, for a module reachable under several names)."""
+    type: str
+    """Class name."""
+    reason: str
+    """Why it was left alone and what to do about it."""
+
+
+@dataclass(frozen=True)
+class QuantizeReport:
+    """What :func:`quantize_` did; kept on the model as ``model.apsq_report``."""
+
+    quantized: tuple[str, ...] = ()
+    """Names of the swapped layers (one per module, its first name)."""
+    skipped: tuple[SkippedLayer, ...] = ()
+    """Layers with a reduction left in full precision (excluded, type not enabled, or unsupported)."""
+
+    def describe(self, limit: int = 8) -> str:
+        """``name (Type): reason; ...`` for the first ``limit`` skipped layers."""
+        parts = [f"{s.name} ({s.type}): {s.reason}" for s in self.skipped[:limit]]
+        more = len(self.skipped) - limit
+        return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def _is_hf_conv1d(mod: nn.Module) -> bool:
+    """Hugging Face's ``Conv1D`` (GPT-2 and relatives): a Linear with its weight stored ``[in, out]``."""
+    return (type(mod).__name__ == "Conv1D" and type(mod).__module__.startswith("transformers")
+            and isinstance(getattr(mod, "weight", None), torch.Tensor) and mod.weight.dim() == 2)
+
+
+def _quant_class(mod: nn.Module, layer_types: tuple[str, ...]) -> tuple[type[nn.Module] | None, str | None]:
+    """``(quantized class, None)`` for a module apsq swaps under ``layer_types``; ``(None, reason)`` for a
+    layer with a reduction it leaves alone; ``(None, None)`` for anything else."""
+    if _is_hf_conv1d(mod):
+        if "linear" in layer_types:
+            return QuantTransposedLinear, None
+        return None, "transformers Conv1D (a Linear) is quantized with layer_types 'linear', which is not enabled"
+    for t, (float_cls, quant_cls) in _SWAPS.items():
+        if type(mod) is float_cls:
+            if t in layer_types:
+                return quant_cls, None
+            return None, f"layer type {t!r} is not in layer_types {list(layer_types)}"
+    if isinstance(mod, QUANT_LAYER_TYPES):
+        return None, None
+    for cls, why in _UNSUPPORTED:
+        if isinstance(mod, cls):
+            return None, why
+    for float_cls in (nn.Linear, nn.Conv1d, nn.Conv2d):
+        if isinstance(mod, float_cls):
+            return None, (f"a subclass of nn.{float_cls.__name__} (its forward may differ); apsq swaps exact "
+                          f"nn.{float_cls.__name__} modules only")
+    if isinstance(mod, _NO_REDUCTION):
+        return None, None
+    big = [n for n, p in mod.named_parameters(recurse=False) if p.dim() >= 2]
+    if big:
+        return None, f"unknown layer type with a {big[0]!r} parameter of {mod.get_parameter(big[0]).dim()} dims; apsq does not know its reduction"
+    return None, None
+
+
+@dataclass
+class _Use:
+    module: nn.Module
+    names: list[str] = field(default_factory=list)
+    places: list[tuple[nn.Module, str]] = field(default_factory=list)
+
+
+def _uses(model: nn.Module) -> list[_Use]:
+    """Every module below ``model`` with all its names and (parent, attribute) places, in order."""
+    uses: dict[int, _Use] = {}
+    for pname, parent in model.named_modules():
+        for attr, child in parent._modules.items():
+            if child is None:
+                continue
+            full = f"{pname}.{attr}" if pname else attr
+            u = uses.setdefault(id(child), _Use(child))
+            u.names.append(full)
+            u.places.append((parent, attr))
+    return list(uses.values())
+
 
 def quantize_(model: nn.Module, config: APSQConfig | None = None) -> nn.Module:
-    """Replace ``nn.Linear`` / ``nn.Conv2d`` (and, if asked, attention matmuls) in ``model`` in place.
+    """Replace ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` and Hugging Face's ``Conv1D`` (and, if asked,
+    attention matmuls) in ``model`` in place.
 
     Quantized layers share the original parameters. Their step sizes are initialised by
-    :func:`calibrate` (or lazily from the first batch). Returns ``model``.
+    :func:`calibrate` (or lazily from the first batch). A module used at several places (``nn.Sequential
+    (lin, act, lin)``, or one module under two parents) becomes one quantized module used at all of them.
+    Layers with a reduction that stay in full precision (excluded, type not in ``layer_types``, or a type
+    apsq has no twin for) are listed in ``model.apsq_report`` (:class:`QuantizeReport`); unsupported
+    types also raise one warning. Returns ``model``.
+
+    Raises:
+        APSQError: a bad config; ``model`` itself a quantized layer; a shared module whose names get
+            different settings; settings a layer cannot take. Raised before the model is changed.
     """
     config = config or APSQConfig()
     if not isinstance(config, APSQConfig):
         raise APSQError(f"config must be an APSQConfig, got {type(config).__name__}")
     if isinstance(model, QUANT_LAYER_TYPES):
         raise APSQError("model is already a quantized layer; pass its parent")
-    for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            full = f"{name}.{child_name}" if name else child_name
-            for t in config.layer_types:
-                float_cls, quant_cls = _SWAPS[t]
-                if type(child) is float_cls:
-                    lcfg = config.for_module(full)
-                    if lcfg.enabled:
-                        q = quant_cls.from_float(child, lcfg, config.check_finite)
-                        q.layer_name = full
-                        setattr(module, child_name, q)
-        if config.attention_matmuls and is_supported_attention(module):
-            qk = config.for_module(f"{name}.qk_matmul")
-            av = config.for_module(f"{name}.av_matmul")
-            if qk.enabled or av.enabled:
-                attach_attention_matmuls(module, qk, av, config.check_finite)
-                module.apsq_qk.layer_name = f"{name}.qk_matmul"
-                module.apsq_av.layer_name = f"{name}.av_matmul"
-                for q, c in ((module.apsq_qk, qk), (module.apsq_av, av)):
-                    if not c.enabled:  # keep exact (mode none, 16-bit operands would still quantize)
-                        q.qcfg = c.__class__(**{**c.__dict__, "enabled": True, "mode": "none"})
+    _check_attention_granularity(model, config)
+    swaps: list[tuple[_Use, nn.Module]] = []
+    skipped: list[SkippedLayer] = []
+    unsupported: set[int] = set()
+    root_cls, root_why = _quant_class(model, config.layer_types)
+    if root_cls is not None or root_why is not None:
+        skipped.append(SkippedLayer("(model)", type(model).__name__, "the model itself is a single layer; wrap it "
+                                    "(e.g. nn.Sequential(layer)) so quantize_ can replace it"))
+    for use in _uses(model):
+        if any(id(p) in unsupported for p, _ in use.places):
+            unsupported.add(id(use.module))  # inside a skipped layer: reported with it
+            continue
+        quant_cls, why = _quant_class(use.module, config.layer_types)
+        name = use.names[0]
+        if quant_cls is None:
+            if why is not None:
+                skipped.append(SkippedLayer(name, type(use.module).__name__, why))
+                unsupported.add(id(use.module))
+            continue
+        cfgs = {config.for_module(n) for n in use.names}
+        if len(cfgs) > 1:
+            raise APSQError(
+                f"module {type(use.module).__name__} is used as {', '.join(use.names)}, and those names get "
+                "different settings (exclude / overrides); one module is one quantized layer: give all its "
+                "names the same settings"
+            )
+        lcfg: LayerQuantConfig = cfgs.pop()
+        if not lcfg.enabled:
+            skipped.append(SkippedLayer(name, type(use.module).__name__, "excluded by the config (exclude / enabled: false)"))
+            continue
+        q = quant_cls.from_float(use.module, lcfg, config.check_finite)
+        q.layer_name = name
+        swaps.append((use, q))
+    # --- nothing above changed the model; apply ---------------------------------------------------
+    for use, q in swaps:
+        for parent, attr in use.places:
+            parent._modules[attr] = q
+    if config.attention_matmuls:
+        for name, module in list(model.named_modules()):
+            if is_supported_attention(module) and not hasattr(module, "apsq_qk"):
+                _attach(module, name, config)
+    report = QuantizeReport(tuple(u.names[0] for u, _ in swaps), tuple(skipped))
+    model.apsq_report = report
+    bad = [s for s in skipped if not s.reason.startswith("excluded")]
+    if bad:
+        warnings.warn(
+            f"apsq.quantize_ left {len(bad)} layer(s) with a reduction in full precision: "
+            f"{QuantizeReport(skipped=tuple(bad)).describe()} (all of them: model.apsq_report.skipped)",
+            stacklevel=2,
+        )
     return model
+
+
+def _attach(module: nn.Module, name: str, config: APSQConfig) -> None:
+    qk = config.for_module(f"{name}.qk_matmul")
+    av = config.for_module(f"{name}.av_matmul")
+    if not (qk.enabled or av.enabled):
+        return
+    attach_attention_matmuls(module, qk, av, config.check_finite, name=name)
+    module.apsq_qk.layer_name = f"{name}.qk_matmul"
+    module.apsq_av.layer_name = f"{name}.av_matmul"
+    for q, c in ((module.apsq_qk, qk), (module.apsq_av, av)):
+        if not c.enabled:  # keep exact (mode none, 16-bit operands would still quantize)
+            q.qcfg = c.__class__(**{**c.__dict__, "enabled": True, "mode": "none"})
+
+
+def _check_attention_granularity(model: nn.Module, config: APSQConfig) -> None:
+    """Refuse per-channel PSUM steps on attention's QK^T (its output width is the key length) before
+    any layer is swapped."""
+    if not config.attention_matmuls:
+        return
+    for name, module in model.named_modules():
+        if is_supported_attention(module):
+            qk = config.for_module(f"{name}.qk_matmul")
+            if qk.enabled and qk.mode != "none" and qk.psum_granularity == "channel":
+                raise per_channel_matmul_error(f"{name}.qk_matmul")
 
 
 def quant_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
@@ -73,6 +246,19 @@ def _default_forward(model: nn.Module, batch: Any) -> Any:
     return model(batch)
 
 
+def _nothing_quantized(model: nn.Module) -> APSQError:
+    report = getattr(model, "apsq_report", None)
+    if isinstance(report, QuantizeReport):
+        if report.skipped:
+            return APSQError(
+                f"calibrate: apsq.quantize_ swapped no layer of this model; it left {len(report.skipped)} in full "
+                f"precision: {report.describe()}. Change exclude / layer_types, or quantize a model with "
+                "nn.Linear / nn.Conv1d / nn.Conv2d / transformers Conv1D layers"
+            )
+        return APSQError("calibrate: apsq.quantize_ found no layer with a reduction in this model; nothing to calibrate")
+    return APSQError("calibrate: the model has no quantized layers (call apsq.quantize_(model, config) first)")
+
+
 @torch.no_grad()
 def calibrate(
     model: nn.Module,
@@ -82,35 +268,47 @@ def calibrate(
 ) -> nn.Module:
     """Initialise every step size from a few batches.
 
-    The batches run once through the model in full precision while each quantized layer keeps a
-    subsample of its inputs (``max_rows`` rows); then activation and weight steps are set to their
-    MSE-optimal powers of two and the PSUM steps greedily along the accumulation
-    (:meth:`~apsq.nn.psum_quantizer.PSUMQuantizer.init_from`).
+    The batches (moved to the model's device, floating tensors cast to its dtype:
+    :func:`apsq.device.to_device`) run once through the model in full precision while each quantized
+    layer keeps a subsample of its inputs: the ``max_rows`` rows (tokens / pixels; whole images for
+    convolutions) with the smallest content keys over *all* batches (:mod:`apsq.nn.sampling`), so
+    the steps depend on the data, not on its order or batching. Then activation and weight steps are
+    set to their MSE-optimal powers of two and the PSUM steps greedily along the accumulation
+    (:meth:`~apsq.nn.psum_quantizer.PSUMQuantizer.init_from`). Layers no batch reached keep lazy
+    initialisation. The model's train/eval mode is restored, also on error.
+
+    Raises:
+        APSQError: no quantized layer (saying what :func:`quantize_` skipped and why), no batch, or a
+            layer whose calibration inputs hold no rows -- before any step is changed.
     """
     layers = [m for _, m in quant_layers(model)]
     if not layers:
-        raise APSQError("calibrate: the model has no quantized layers (call apsq.quantize_ first)")
+        raise _nothing_quantized(model)
+    device, dtype = module_device(model), module_dtype(model)
     was_training = model.training
     model.eval()
-    for m in layers:
-        m.start_calibration(max_rows)
-    seen = 0
     try:
+        for m in layers:
+            m.start_calibration(max_rows)
+        seen = 0
         for batch in batches:
-            forward(model, batch)
+            forward(model, to_device(batch, device, dtype))
             seen += 1
-    finally:
         if seen == 0:
-            for m in layers:
-                m._calib = None
-    if seen == 0:
-        raise APSQError("calibrate: batches was empty; give at least one batch")
-    for m in layers:
-        if m._calib:
+            raise APSQError("calibrate: batches was empty; give at least one batch")
+        called = [m for m in layers if m.calibration_calls]
+        empty = [m.layer_name or type(m).__name__ for m in called if m.calibration_rows == 0]
+        if empty:
+            raise APSQError(
+                f"calibrate: the calibration batches hold no rows for layer(s) {', '.join(empty[:6])}"
+                f"{' ...' if len(empty) > 6 else ''} (empty inputs); give batches with at least one row"
+            )
+        for m in called:
             m.finish_calibration()
-        else:  # never called (e.g. an unused head): lazy init on first use
-            m._calib = None
-    model.train(was_training)
+    finally:
+        for m in layers:
+            m.stop_calibration()
+        model.train(was_training)
     return model
 
 

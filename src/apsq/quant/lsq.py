@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from apsq.quant import _clsq
+from apsq.kernels import lsq as _clsq
 from apsq.quant.ops import fake_quantize, grad_scale, lsq_grad_factor, pow2_ste, qrange, quantize_codes
 from apsq.quant.search import best_pow2_exponent
 
@@ -64,7 +64,7 @@ class LSQQuantizer(nn.Module):
         log2_s = self.log2_scale
         if self.training and log2_s.requires_grad:
             log2_s = grad_scale(log2_s, lsq_grad_factor(x.numel() // log2_s.numel(), self.bits))
-        step = self._broadcast(pow2_ste(log2_s), x)
+        step = self._broadcast(pow2_ste(log2_s), x).to(x.dtype)  # a bf16 / fp16 step is exact in x's dtype
         if _clsq.applicable(x, step, self.channel_axis):  # one pass each way, same values and gradients
             return _clsq.lsq_fake_quantize(x, step, self.bits, self.channel_axis)
         return fake_quantize(x, step, self.bits)
