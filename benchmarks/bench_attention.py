@@ -1,14 +1,15 @@
 """QuantMatmul (attention QK^T and AV, apsq gs=2) forward+backward at BERT-Base shapes, 1 thread.
 
 `python benchmarks/bench_attention.py`: CPU ms (medians of 7) through the integer kernel
-(APSQ_INT_GEMM=auto), through materialised partials (APSQ_INT_GEMM=off), and a plain fp32 matmul.
+(the default), through materialised partials (kernel option ``int_gemm=False``), and a plain fp32 matmul.
 """
 
-import os
+import contextlib
 import time
 
 import torch
 
+from apsq.kernels import options
 from apsq.nn.config import LayerQuantConfig
 from apsq.nn.layers import QuantMatmul
 
@@ -35,8 +36,8 @@ def main() -> None:
         g = torch.randn(*mm(a, b).shape)
         res = {}
         for mode in ("auto", "off"):
-            os.environ["APSQ_INT_GEMM"] = mode
-            res[mode] = median_ms(lambda: mm(a, b).backward(g))
+            with options.override(int_gemm=False) if mode == "off" else contextlib.nullcontext():
+                res[mode] = median_ms(lambda: mm(a, b).backward(g))
         a2, b2 = a.detach().requires_grad_(), b.detach().requires_grad_()
         fp32 = median_ms(lambda: (a2 @ b2).backward(g))
         print(f"{name:5s} integer kernel {res['auto']:.1f} ms  partials {res['off']:.1f} ms  fp32 matmul {fp32:.1f} ms")

@@ -1,17 +1,17 @@
-"""Integer-kernel time per micro-kernel build (APSQ_GEMM_ISA), K3072->N768, M=512, apsq gs=2, 1 thread.
+"""Integer-kernel time per micro-kernel build (kernel option ``isa``), K3072->N768, M=512, apsq gs=2, 1 thread.
 
 `python benchmarks/bench_kernel_isa.py`: forward and backward-pass CPU ms (medians of 5) of
-apsq.psum._cgemm for each build this CPU can run, the operand-code conversion, and one fp32 GEMM of
+apsq.kernels.int_gemm for each build this CPU can run, the operand-code conversion, and one fp32 GEMM of
 the same shape for scale.
 """
 
-import os
 import time
 
 import torch
 
-from apsq.psum import _cgemm
-from apsq.psum.fused import Plan
+from apsq.kernels import int_gemm as _cgemm
+from apsq.kernels import options
+from apsq.kernels.plan import Plan
 
 M, K, N, T = 512, 3072, 768, 32
 
@@ -38,15 +38,14 @@ def main() -> None:
     last_bad = torch.empty(1, M, N, dtype=plan.bad_dtype)
     g = torch.randn(1, M, N)
     for isa in _cgemm.GEMM_ISAS:
-        os.environ["APSQ_GEMM_ISA"] = isa
-        if _cgemm.library() is None:
-            print(f"{isa:9s} unavailable: {_cgemm.build_error()}")
-            continue
-        ops = _cgemm.int_operands(x, w, T, sx, sw)
-        fwd = cpu_ms(lambda: _cgemm.forward(ops, steps, plan, out, last_bad))
-        bwd = cpu_ms(lambda: _cgemm.backward(ops, steps, plan, g, last_bad))
-        print(f"{isa:9s} {_cgemm.isa():12s} forward {fwd:6.1f} ms  backward pass {bwd:6.1f} ms")
-    os.environ["APSQ_GEMM_ISA"] = "native"
+        with options.override(isa=isa):
+            if _cgemm.library() is None:
+                print(f"{isa:9s} unavailable: {_cgemm.build_error()}")
+                continue
+            ops = _cgemm.int_operands(x, w, T, sx, sw)
+            fwd = cpu_ms(lambda: _cgemm.forward(ops, steps, plan, out, last_bad))
+            bwd = cpu_ms(lambda: _cgemm.backward(ops, steps, plan, g, last_bad))
+            print(f"{isa:9s} {_cgemm.isa():12s} forward {fwd:6.1f} ms  backward pass {bwd:6.1f} ms")
     print(f"operand codes (both operands, one C pass each) {cpu_ms(lambda: _cgemm.int_operands(x, w, T, sx, sw)):.1f} ms")
     print(f"fp32 GEMM {cpu_ms(lambda: x @ w.t()):.1f} ms")
 

@@ -49,7 +49,7 @@ from torch import nn  # noqa: E402
 from apsq.nn.config import LayerQuantConfig  # noqa: E402
 from apsq.nn.layers import QuantLinear  # noqa: E402
 from apsq.nn.psum_quantizer import set_psum_impl  # noqa: E402
-from apsq.psum.fused import kernel_backend  # noqa: E402
+from apsq.kernels import dispatch, options  # noqa: E402
 
 M_TOKENS = 512
 SHAPES = ((768, 3072), (3072, 768))
@@ -64,22 +64,12 @@ class Variant:
     walls: dict[str, list[float]] = field(default_factory=dict)  # wall-clock seconds
     peak: dict[str, int] = field(default_factory=dict)
     saved: dict[str, int] = field(default_factory=dict)
-    env: dict[str, str] = field(default_factory=dict)  # switches set while this variant runs
+    opts: dict[str, object] = field(default_factory=dict)  # kernel options while this variant runs
 
 
-@contextlib.contextmanager
-def _env(values: dict[str, str]):
-    """Set environment switches (``APSQ_INT_GEMM``, ``APSQ_FUSED_LSQ``) for one variant's step."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def _opts(values: dict[str, object]):
+    """Kernel options (:func:`apsq.kernels.options.override`: ``int_gemm``, ``fused_lsq``) for one step."""
+    return options.override(**values) if values else contextlib.nullcontext()
 
 
 def _ours(mode: str, gs: int = 1, impl: str = "fused") -> Callable[[int, int], nn.Module]:
@@ -107,10 +97,10 @@ def _brevitas() -> Callable[[int, int], nn.Module] | None:
 
 ABLATIONS = [
     # the previous fast path: tiles from a batched matmul, chunk kernel, autograd LSQ quantizers
-    Variant("apsq_gs2_bmm_tiles", _ours("apsq", 2), env={"APSQ_INT_GEMM": "off", "APSQ_FUSED_LSQ": "off"}),
+    Variant("apsq_gs2_bmm_tiles", _ours("apsq", 2), opts={"int_gemm": False, "fused_lsq": False}),
     # the integer kernel, autograd LSQ quantizers
-    Variant("apsq_gs2_autograd_lsq", _ours("apsq", 2), env={"APSQ_FUSED_LSQ": "off"}),
-    Variant("w8a8_autograd_lsq", _ours("none"), env={"APSQ_FUSED_LSQ": "off"}),
+    Variant("apsq_gs2_autograd_lsq", _ours("apsq", 2), opts={"fused_lsq": False}),
+    Variant("w8a8_autograd_lsq", _ours("none"), opts={"fused_lsq": False}),
 ]
 
 
@@ -128,7 +118,7 @@ def variants(reference: bool, ablation: bool = False) -> tuple[list[Variant], li
     if reference:
         out.append(Variant("apsq_gs2_reference", _ours("apsq", 2, "reference")))
     if ablation:
-        out += [Variant(v.name, v.make, env=dict(v.env)) for v in ABLATIONS]
+        out += [Variant(v.name, v.make, opts=dict(v.opts)) for v in ABLATIONS]
     return out, notes
 
 
@@ -186,7 +176,7 @@ def bench_layers(vs: list[Variant], reps: int, seed: int = 0) -> None:
         x = x0.clone().requires_grad_()
         for v in vs:  # warm-up, memory
             layer = layers[v.name]
-            with _env(v.env):
+            with _opts(v.opts):
                 _step(layer, x, g)
                 v.peak[key] = peak_bytes(lambda layer=layer: _step(layer, x, g))
                 v.saved[key] = saved_bytes(lambda layer=layer: layer(x))
@@ -195,7 +185,7 @@ def bench_layers(vs: list[Variant], reps: int, seed: int = 0) -> None:
             order = vs[r % len(vs):] + vs[: r % len(vs)]  # rotate so no variant always runs first
             for v in order:
                 layer = layers[v.name]
-                with _env(v.env):
+                with _opts(v.opts):
                     c0, t0 = time.process_time(), time.perf_counter()
                     _step(layer, x, g)
                     v.walls[key].append(time.perf_counter() - t0)
@@ -250,11 +240,11 @@ def bench_minilm(reps: int, batch: int, seq: int, gs: int, ablation: bool = Fals
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     labels = torch.randint(0, 2, (batch,))
     models = {"fp32": copy.deepcopy(base)}
-    envs: dict[str, dict[str, str]] = {}
+    envs: dict[str, dict[str, object]] = {}
     quantized = [("w8a8", apsq.APSQConfig(mode="none")), (f"apsq_gs{gs}", apsq.APSQConfig(mode="apsq", gs=gs))]
     if ablation:
         quantized.append((f"apsq_gs{gs}_bmm_tiles", apsq.APSQConfig(mode="apsq", gs=gs)))
-        envs[f"apsq_gs{gs}_bmm_tiles"] = {"APSQ_INT_GEMM": "off", "APSQ_FUSED_LSQ": "off"}
+        envs[f"apsq_gs{gs}_bmm_tiles"] = {"int_gemm": False, "fused_lsq": False}
     for name, cfg in quantized:
         m = copy.deepcopy(base)
         apsq.quantize_(m, cfg)
@@ -266,7 +256,7 @@ def bench_minilm(reps: int, batch: int, seq: int, gs: int, ablation: bool = Fals
         m, opt = models[name], opts[name]
         m.train()
         opt.zero_grad(set_to_none=True)
-        with _env(envs.get(name, {})):
+        with _opts(envs.get(name, {})):
             out = m(**inputs, labels=labels)
             out.loss.backward()
         opt.step()
@@ -306,7 +296,8 @@ def machine() -> dict:
     except OSError:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "kernel_backend": kernel_backend()}
+            "python": platform.python_version(),
+            "kernel_backend": dispatch.choose(torch.empty(0)), "APSQ_KERNELS": options.backend()}
 
 
 def main(argv: list[str] | None = None) -> int:

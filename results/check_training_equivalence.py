@@ -1,13 +1,17 @@
-"""Short QAT (the demo's settings) of three variants with the current path or, with
-APSQ_INT_GEMM=off APSQ_FUSED_LSQ=off, the previous one; prints test accuracies (docs/performance.md).
+"""Short QAT (the demo's settings) of three variants with the current path or, with ``--previous``,
+the previous one (kernel options int_gemm=False, fused_lsq=False: batched-matmul tiles and autograd
+LSQ); prints test accuracies (docs/performance.md).
 
-Usage: [APSQ_INT_GEMM=off APSQ_FUSED_LSQ=off] HF_HUB_OFFLINE=1 python results/check_training_equivalence.py THREADS
+Usage: HF_HUB_OFFLINE=1 python results/check_training_equivalence.py THREADS [--previous]
 """
-import json, os, sys, time
+import contextlib, json, sys
+from apsq.kernels import options
 from apsq.train import demo_run
 threads = int(sys.argv[1])
+previous = "--previous" in sys.argv[2:]
 variants = [("psq", "psq", 1), ("apsq_gs4", "apsq", 4), ("apsq_gs2", "apsq", 2)]
-res = demo_run(variants, progress=False, threads=threads, energy=False)
-print(json.dumps({"env": {k: os.environ.get(k) for k in ("APSQ_INT_GEMM", "APSQ_FUSED_LSQ")}, "threads": threads,
+with options.override(int_gemm=False, fused_lsq=False) if previous else contextlib.nullcontext():
+    res = demo_run(variants, progress=False, threads=threads, energy=False)
+print(json.dumps({"path": "previous" if previous else "current", "threads": threads,
                   "acc": {k: v["accuracy"] for k, v in res["variants"].items()},
                   "sec": {k: v["seconds"] for k, v in res["variants"].items()}}), flush=True)

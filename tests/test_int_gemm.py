@@ -1,4 +1,4 @@
-"""The fused integer kernel (apsq.psum._cgemm): tile products from operand codes inside the kernel.
+"""The fused integer kernel (apsq.kernels.int_gemm): tile products from operand codes inside the kernel.
 
 When a layer passes its operand steps, ``linear_psum`` computes each tile's partial sum from int16
 codes in registers and quantizes it at once. The values must be the reference's bit for bit (the
@@ -17,7 +17,8 @@ from apsq.errors import APSQError
 from apsq.nn.config import LayerQuantConfig
 from apsq.nn.layers import QuantConv2d, QuantLinear, QuantMatmul
 from apsq.nn.psum_quantizer import set_psum_impl
-from apsq.psum import _cgemm
+from apsq.kernels import int_gemm as _cgemm
+from apsq.kernels import options
 from apsq.psum.accumulate import psum_accumulate
 from apsq.psum.fused import Plan, conv2d_psum, linear_psum, matmul_psum
 from apsq.psum.tiling import conv2d_partials, linear_partials, matmul_partials
@@ -33,14 +34,14 @@ def _cpu_has(flag: str) -> bool:
 
 
 @pytest.fixture(params=["native", "avx512bw", "avx2", "portable"])
-def variant(request, monkeypatch):
+def variant(request):
     """The micro-kernel this machine compiles, AVX-512 BW without VNNI, AVX2 and plain C (other CPUs)."""
     if request.param in ("avx512bw", "avx2") and not _cpu_has(request.param):
         pytest.skip(f"this CPU has no {request.param}")
-    monkeypatch.setenv("APSQ_GEMM_ISA", request.param)
-    expect = {"avx512bw": "avx512-bw", "avx2": "avx2", "portable": "portable"}.get(request.param)
-    assert expect is None or _cgemm.isa() == expect
-    return request.param
+    with options.override(isa=request.param):
+        expect = {"avx512bw": "avx512-bw", "avx2": "avx2", "portable": "portable"}.get(request.param)
+        assert expect is None or _cgemm.isa() == expect
+        yield request.param
 
 
 def _operands(gen, m, k, n_out, x_bits, w_bits, per_row, dtype):
@@ -300,11 +301,10 @@ def test_automatic_choice_skips_the_plain_c_build(monkeypatch):
     x, w, sx, sw = _operands(gen, 4, 16, 5, 8, 8, False, torch.float32)
     monkeypatch.setattr(_cgemm, "isa", lambda: "portable")
     assert _cgemm.int_operands(x, w, 8, sx, sw) is None
-    monkeypatch.setenv("APSQ_GEMM_ISA", "portable")
-    assert _cgemm.int_operands(x, w, 8, sx, sw) is not None
-    monkeypatch.setenv("APSQ_GEMM_ISA", "sse")
-    with pytest.raises(APSQError, match="APSQ_GEMM_ISA"):
-        _cgemm.library()
+    with options.override(isa="portable"):
+        assert _cgemm.int_operands(x, w, 8, sx, sw) is not None
+    with pytest.raises(APSQError, match="isa"), options.override(isa="sse"):
+        pass
 
 
 def test_psum_steps_without_exact_reciprocals_leave_the_integer_path():

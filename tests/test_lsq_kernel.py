@@ -1,4 +1,4 @@
-"""The one-pass LSQ kernel (apsq.quant._clsq) equals the autograd reference (quant.ops.fake_quantize)."""
+"""The one-pass LSQ kernel (apsq.kernels.lsq) equals the autograd reference (quant.ops.fake_quantize)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apsq.quant import _clsq
+from apsq.kernels import lsq as _clsq
+from apsq.kernels import options
 from apsq.quant.lsq import LSQQuantizer
 from apsq.quant.ops import fake_quantize
 
@@ -54,7 +55,7 @@ def test_quantizer_uses_kernel_and_matches_reference(monkeypatch):
         q.log2_scale.data -= 1.3  # some codes clamp
         outs = {}
         for mode in ("auto", "off"):
-            monkeypatch.setenv("APSQ_FUSED_LSQ", mode)
+            monkeypatch.setenv("APSQ_KERNELS", "auto" if mode == "auto" else "reference")
             q.zero_grad()
             xl = x.clone().requires_grad_()
             y = q(xl)
@@ -82,6 +83,18 @@ def test_not_applicable_falls_back():
 def test_bad_switch_is_named(monkeypatch):
     from apsq.errors import APSQError
 
-    monkeypatch.setenv("APSQ_FUSED_LSQ", "fast")
-    with pytest.raises(APSQError, match="APSQ_FUSED_LSQ"):
+    monkeypatch.setenv("APSQ_KERNELS", "fast")
+    with pytest.raises(APSQError, match="APSQ_KERNELS.*reference"):
         _clsq.applicable(torch.ones(2), torch.tensor(1.0), None)
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference", "triton"])
+def test_only_auto_and_c_use_the_kernel(monkeypatch, backend):
+    x, step = torch.randn(4, 6), torch.tensor(0.25)
+    assert _clsq.applicable(x, step, None)
+    monkeypatch.setenv("APSQ_KERNELS", backend)
+    assert not _clsq.applicable(x, step, None)
+    monkeypatch.setenv("APSQ_KERNELS", "c")
+    assert _clsq.applicable(x, step, None)
+    with options.override(fused_lsq=False):  # the ablation switch of the benchmarks
+        assert not _clsq.applicable(x, step, None)

@@ -46,15 +46,17 @@ def closing_steps(n: int, gs: int) -> list[bool]:
 
 
 def validate_psum_args(
-    partials: torch.Tensor, scales: torch.Tensor | None, mode: str, gs: int, bits: int
+    partials: torch.Tensor, scales: torch.Tensor | None, mode: str, gs: int, bits: int, *, finite: bool = True
 ) -> None:
-    """Shared argument checks of every accumulation implementation."""
+    """Shared argument checks of every accumulation implementation (``finite=False`` skips the NaN/Inf
+    scan of ``partials``; the fused paths pass a zero-stride stand-in of the partials' shape)."""
     check_choice("mode", mode, PSUM_MODES)
     check_int("gs", gs, lo=1)
     check_bits("bits", bits)
     if partials.dim() < 1 or partials.shape[0] < 1:
         raise APSQError(f"partials must be [n, *shape] with n >= 1, got shape {tuple(partials.shape)}")
-    check_finite("partials", partials)
+    if finite:
+        check_finite("partials", partials)
     if mode == "none":
         return
     if scales is None:

@@ -6,10 +6,12 @@ Computes exactly what :func:`apsq.psum.accumulate.psum_accumulate` (the referenc
 * works on chunks of output rows (:data:`CHUNK_ELEMENTS` partial sums at a time): each chunk's
   tile partial sums ``Tp_i`` come from one batched matmul into a reused buffer, so the
   ``[n, M, N]`` partial-sum tensor is never materialised (:func:`linear_psum`, :func:`conv2d_psum`);
-* runs the recursive quantization of a chunk in one pass: a small C kernel (:mod:`apsq.psum._ckernel`,
+* runs the recursive quantization of a chunk in one pass: a small C kernel (:mod:`apsq.kernels.chunk`,
   compiled with the system C compiler on first use and cached; it walks blocks of 512 elements
-  through all n steps in L1) or, where none builds, vectorised torch (psq: all tiles in one op;
-  apsq: a group's pending tiles in one op, then its closing step);
+  through all n steps in L1) or, where none builds, vectorised torch (:mod:`apsq.kernels.chunk_torch`;
+  psq: all tiles in one op; apsq: a group's pending tiles in one op, then its closing step);
+* with the layer's operand steps, computes the tiles from integer codes inside the C kernel
+  (:mod:`apsq.kernels.int_gemm`, via :mod:`apsq.psum.fused_int`); on CUDA, the Triton kernels;
 * saves for backward only the operands (the layer keeps them anyway) and, for apsq, one small
   integer per output element; the backward recomputes the partial sums chunk by chunk.
 
@@ -26,122 +28,54 @@ later requantization in range; ``M_G = 1``) and the gradient reaching ``v_h`` (h
 pending ``P_j`` of the group and ``A_{h-1}``) is ``g_out * M_h``. ``M_h`` is stored as one integer per
 element: ``last_bad`` = 1 + the last group whose closing step saturated (0 if none), ``M_h = last_bad
 <= h``. A pending tile ``j`` of group ``h`` gets ``g_out * M_h * m_j``.
+
+The backend is chosen by :func:`apsq.kernels.dispatch.choose` (``APSQ_KERNELS``); this module keeps the
+public functions and the autograd Functions.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from apsq.errors import PSUM_MODES, APSQError, check_bits, check_choice, check_int
-from apsq.psum._torch_kernel import bwd_torch, fwd_torch
+from apsq.errors import APSQError, check_int
+from apsq.kernels import chunk as c_chunk
+from apsq.kernels import chunk_torch, dispatch, options
+from apsq.kernels.plan import Plan
+from apsq.psum.accumulate import psum_accumulate, validate_psum_args
 from apsq.psum.fused_int import int_gemm_psum
-from apsq.psum.tiling import conv2d_im2col, matmul_partials, num_tiles, pad_to_tiles
-from apsq.quant.ops import is_power_of_two, qrange
+from apsq.psum.tiling import conv2d_im2col, linear_partials, matmul_partials, num_tiles, pad_to_tiles
 
 __all__ = [
     "psum_accumulate_fused",
     "linear_psum",
     "conv2d_psum",
     "matmul_psum",
-    "kernel_backend",
-    "CHUNK_ELEMENTS",
+    "Plan",
 ]
 
 Observer = Callable[[torch.Tensor, torch.Tensor], None]
 
-CHUNK_ELEMENTS = 1 << 22
-"""Target number of tile partial sums (n x chunk elements) computed per chunk: 16 MiB in float32.
 
-Larger chunks make the per-tile batched matmuls (reduction depth = tile) more efficient and cost
-transient memory; ``APSQ_FUSED_CHUNK`` overrides it (benchmarks/bench_layer.py, docs/performance.md)."""
-
-BACKENDS = ("auto", "c", "torch")
-
-
-def kernel_backend() -> str:
-    """``"c"`` when the compiled kernel is usable, else ``"torch"``; ``APSQ_FUSED_BACKEND`` forces one."""
-    want = os.environ.get("APSQ_FUSED_BACKEND", "auto")
-    check_choice("APSQ_FUSED_BACKEND", want, BACKENDS)
-    if want == "torch":
-        return "torch"
-    from apsq.psum import _ckernel
-
-    ok = _ckernel.available()
-    if want == "c" and not ok:
-        raise APSQError(f"APSQ_FUSED_BACKEND=c but the C kernel did not build: {_ckernel.build_error()}")
-    return "c" if ok else "torch"
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Static description of one accumulation: mode, tiles, groups (first tile, closing tile)."""
-
-    mode: str
-    n: int
-    gs: int
-    bits: int
-
-    def __post_init__(self) -> None:
-        if len(self.groups) > 32766:
-            raise APSQError(f"at most 32766 PSUM groups are supported, got n={self.n} tiles with gs={self.gs}")
-
-    @property
-    def qn(self) -> int:
-        return qrange(self.bits)[0]
-
-    @property
-    def qp(self) -> int:
-        return qrange(self.bits)[1]
-
-    @property
-    def groups(self) -> list[tuple[int, int]]:
-        """``(first, closing)`` tile of every APSQ group."""
-        return [(g0, min(g0 + self.gs, self.n) - 1) for g0 in range(0, self.n, self.gs)]
-
-    @property
-    def bad_dtype(self) -> torch.dtype:
-        """Smallest integer type holding ``last_bad`` in ``0 .. G``."""
-        return torch.uint8 if len(self.groups) < 255 else torch.int16
-
-
-def _check_args(mode: str, gs: int, bits: int) -> None:
-    check_choice("mode", mode, PSUM_MODES)
-    check_int("gs", gs, lo=1)
-    check_bits("bits", bits)
-
-
-def _check_scales(scales: torch.Tensor | None, n: int, mode: str) -> None:
-    if scales is None:
-        raise APSQError(f"scales are required for mode={mode!r}")
-    if scales.dim() != 1 or scales.shape[0] != n:
-        raise APSQError(
-            f"scales must be a 1-D tensor with one step size per tile (n={n}), got shape {tuple(scales.shape)}"
-        )
-    if not bool(is_power_of_two(scales).all()):
-        bad = scales.detach()[~is_power_of_two(scales)][:4].tolist()
-        raise APSQError(f"scales must be positive powers of two (2^e, integer e); got {bad}")
+def _validate(shape: tuple[int, ...], scales: torch.Tensor | None, mode: str, gs: int, bits: int) -> None:
+    """:func:`apsq.psum.accumulate.validate_psum_args` for partials of ``shape`` ``[n, *out]`` that are
+    never materialised (a zero-stride stand-in; no NaN/Inf scan)."""
+    validate_psum_args(torch.zeros(()).expand(shape), scales, mode, gs, bits, finite=False)
 
 
 def _fwd_chunk(backend: str, p, s, scol, plan, observe):
     if backend == "c" and observe is None:
-        from apsq.psum import _ckernel
-
-        return _ckernel.forward(p, s, plan)
-    return fwd_torch(p, s, scol, plan, observe)
+        return c_chunk.forward(p, s, plan)
+    return chunk_torch.forward(p, s, scol, plan, observe)
 
 
 def _bwd_chunk(backend: str, p, s, scol, g, last_bad, plan):
     if backend == "c":
-        from apsq.psum import _ckernel
-
-        return _ckernel.backward(p, s, g, last_bad, plan)
-    return bwd_torch(p, s, scol, g, last_bad, plan)
+        return c_chunk.backward(p, s, g, last_bad, plan)
+    return chunk_torch.backward(p, s, scol, g, last_bad, plan)
 
 
 def _steps(scales: torch.Tensor, dtype: torch.dtype) -> tuple[list[float], torch.Tensor]:
@@ -149,18 +83,8 @@ def _steps(scales: torch.Tensor, dtype: torch.dtype) -> tuple[list[float], torch
     return sd.tolist(), sd.reshape(-1, 1)
 
 
-def _effective_backend(backend: str, s: list[float], dtype: torch.dtype) -> str:
-    """The C kernel multiplies by ``1/s``; use torch when a reciprocal is not exact (extreme steps)."""
-    if backend == "c":
-        from apsq.psum import _ckernel
-
-        if not _ckernel.reciprocals_exact(s, dtype):
-            return "torch"
-    return backend
-
-
 def _chunk_elements() -> int:
-    return int(os.environ.get("APSQ_FUSED_CHUNK", CHUNK_ELEMENTS))
+    return options.current().chunk_elements
 
 
 # --------------------------------------------------------------------------------------------------
@@ -172,7 +96,6 @@ class _FusedAccumulate(torch.autograd.Function):
         n = plan.n
         p2 = partials.detach().reshape(n, -1)
         s, scol = _steps(scales, partials.dtype)
-        backend = _effective_backend(backend, s, partials.dtype)
         if backend == "c" and observe is None:  # the kernel blocks the elements itself, reads p2 only
             out, last_bad = _fwd_chunk(backend, p2.contiguous(), s, scol, plan, None)
         else:
@@ -228,23 +151,17 @@ def psum_accumulate_fused(
     instead of the reference's per-step float copies. Unlike the reference it does not scan
     ``partials`` for NaN/Inf (the quantized layers check their inputs).
     """
-    _check_args(mode, gs, bits)
-    if partials.dim() < 1 or partials.shape[0] < 1:
-        raise APSQError(f"partials must be [n, *shape] with n >= 1, got shape {tuple(partials.shape)}")
+    validate_psum_args(partials, scales, mode, gs, bits, finite=False)
     if mode == "none":
         return partials.sum(0)
-    n = partials.shape[0]
     if scales is not None and scales.dim() >= 2:  # per-channel steps: the kernels take per-tensor steps only
-        from apsq.psum.accumulate import psum_accumulate
-
         return psum_accumulate(partials, scales, mode=mode, gs=gs, bits=bits, observe=observe)
-    _check_scales(scales, n, mode)
-    if partials.dtype not in (torch.float32, torch.float64) or partials.device.type != "cpu":
-        from apsq.psum.accumulate import psum_accumulate
-
+    n = partials.shape[0]
+    backend = dispatch.choose(partials, _steps(scales, partials.dtype)[0])
+    if backend in ("reference", "triton"):  # Triton takes operands, not partials: the reference here
         return psum_accumulate(partials, scales, mode=mode, gs=gs, bits=bits, observe=observe)
     plan = Plan(mode, n, gs, bits)
-    return _FusedAccumulate.apply(partials, scales.to(partials.dtype), plan, observe, kernel_backend())
+    return _FusedAccumulate.apply(partials, scales.to(partials.dtype), plan, observe, backend)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -263,7 +180,6 @@ class _FusedLinear(torch.autograd.Function):
     def forward(ctx, x2, w, scales, tile: int, plan: Plan, observe, backend: str):  # noqa: D102
         n, m_rows, big_n = plan.n, x2.shape[0], w.shape[0]
         s, scol = _steps(scales, x2.dtype)
-        backend = _effective_backend(backend, s, x2.dtype)
         use_c = backend == "c" and observe is None
         out = torch.empty(m_rows, big_n, dtype=x2.dtype)
         last_bad = None if plan.mode == "psq" else torch.empty(m_rows, big_n, dtype=plan.bad_dtype)
@@ -276,12 +192,10 @@ class _FusedLinear(torch.autograd.Function):
             mc = min(rows, m_rows - m0)
             p = torch.bmm(xt[:, m0 : m0 + mc], wt, out=buf[: n * mc * big_n].view(n, mc, big_n))
             if use_c:
-                from apsq.psum import _ckernel
-
-                _ckernel.forward(p.view(n, -1), s, plan, out=out[m0 : m0 + mc].view(-1),
+                c_chunk.forward(p.view(n, -1), s, plan, out=out[m0 : m0 + mc].view(-1),
                                  last_bad=None if last_bad is None else last_bad[m0 : m0 + mc].view(-1))
                 continue
-            y, lb = fwd_torch(p.view(n, -1), s, scol, plan, observe)
+            y, lb = chunk_torch.forward(p.view(n, -1), s, scol, plan, observe)
             out[m0 : m0 + mc] = y.view(mc, big_n)
             if last_bad is not None:
                 last_bad[m0 : m0 + mc] = lb.view(mc, big_n)
@@ -314,10 +228,8 @@ class _FusedLinear(torch.autograd.Function):
 def _chunk_backward(p, s, scol, g, lb, plan, backend):
     """Gradient to a chunk's tiles ``p [n, E]`` (in place for the C kernel) and to the steps."""
     if backend == "c":
-        from apsq.psum import _ckernel
-
-        return _ckernel.backward(p, s, g, lb, plan, grad_p=p)
-    return bwd_torch(p, s, scol, g, lb, plan)
+        return c_chunk.backward(p, s, g, lb, plan, grad_p=p)
+    return chunk_torch.backward(p, s, scol, g, lb, plan)
 
 
 SPARSE_FRACTION = 1 / 64
@@ -346,8 +258,6 @@ def _linear_backward_gemm(xt, wt, xp, wp, s, g2, last_bad, plan, rows, need):
     tile-wise operand matmuls are not. ``xp [M, n*t]``, ``wp [N, n*t]``: zero-padded operands.
     Returns ``grad_x [M, n*t]``, ``grad_W [N, n*t]`` (None where not needed), ``grad_s`` float64.
     """
-    from apsq.psum import _ckernel
-
     n, m_rows, tile = xt.shape
     big_n = wt.shape[2]
     gxp = torch.mm(g2, wp) if need[0] else None
@@ -367,13 +277,13 @@ def _linear_backward_gemm(xt, wt, xp, wp, s, g2, last_bad, plan, rows, need):
         lb = None if last_bad is None else last_bad[m0 : m0 + mc].reshape(-1)
         gc = g2[m0 : m0 + mc].reshape(-1)
         fl = flag[:e]
-        _, gsc = _ckernel.backward(p, s, gc, lb, plan, flag=fl, write_grad_p=False)
+        _, gsc = c_chunk.backward(p, s, gc, lb, plan, flag=fl, write_grad_p=False)
         grad_s += gsc
         idx = fl.nonzero().squeeze(1)
         if idx.numel() == 0:
             continue
         # tile gradients of the flagged outputs only: the kernel again on their gathered tiles
-        d, _ = _ckernel.backward(p.index_select(1, idx), s, gc[idx], None if lb is None else lb[idx], plan)
+        d, _ = c_chunk.backward(p.index_select(1, idx), s, gc[idx], None if lb is None else lb[idx], plan)
         d.sub_(gc[idx])  # [n, F]: D_i at the flagged outputs
         ti, fi = d.nonzero(as_tuple=True)
         if ti.numel() <= SPARSE_FRACTION * n * e:
@@ -386,7 +296,7 @@ def _linear_backward_gemm(xt, wt, xp, wp, s, g2, last_bad, plan, rows, need):
             if need[1]:
                 gwp.view(big_n * n, tile).index_add_(0, c, xr.index_select(0, r).mul_(val))
             continue
-        gp, _ = _ckernel.backward(p, s, gc, lb, plan, grad_p=p)
+        gp, _ = c_chunk.backward(p, s, gc, lb, plan, grad_p=p)
         dd = gp.sub_(gc).view(n, mc, big_n)  # D_i, dense
         if need[0]:
             gxp[m0 : m0 + mc].view(mc, n, tile).add_(torch.bmm(dd, wt_t).transpose(0, 1))
@@ -423,18 +333,24 @@ def _linear_backward_by_rows(xt, wt, s, scol, g2, last_bad, plan, backend, rows,
     return gxt, gwt, grad_s
 
 
-def _try_int_gemm(x3: torch.Tensor, w3: torch.Tensor, scales: torch.Tensor, tile: int, plan: Plan,
-                  observe: Observer | None, x_step: torch.Tensor | None, w_step: torch.Tensor | None):
-    """``[B, M, N]`` from the integer kernel (:mod:`apsq.psum.fused_int`), or None where it does not
-    apply: no operand steps, statistics observed, not CPU float32/float64, no C kernel, a PSUM step
-    whose reciprocal is not exact in the dtype, inexact codes."""
-    if x_step is None or w_step is None or observe is not None or x3.dtype != w3.dtype:
-        return None
-    if x3.dtype not in (torch.float32, torch.float64) or x3.device.type != "cpu" or kernel_backend() != "c":
-        return None
-    if _effective_backend("c", _steps(scales, x3.dtype)[0], x3.dtype) != "c":  # 1/s not exact: extreme steps
-        return None
-    return int_gemm_psum(x3, w3, scales.to(x3.dtype), tile, plan, (x_step.detach(), w_step.detach()))
+def _gemm_psum(x3: torch.Tensor, w3: torch.Tensor, scales: torch.Tensor, tile: int, plan: Plan,
+               observe: Observer | None, x_step: torch.Tensor | None, w_step: torch.Tensor | None,
+               ) -> tuple[str, torch.Tensor | None]:
+    """The route (:func:`apsq.kernels.dispatch.choose`) for ``x3 [B, M, K] @ w3 [B, N, K]^T`` and, where
+    it computes the whole product itself, the ``[B, M, N]`` result: the integer kernel
+    (:mod:`apsq.psum.fused_int`; operand steps given, exact codes, no observer) or Triton. Otherwise
+    None: the caller runs the route (``c`` / ``torch`` tiles, or ``reference``)."""
+    route = dispatch.choose(x3, _steps(scales, x3.dtype)[0] if x3.dtype == w3.dtype else None)
+    if x3.dtype != w3.dtype and route in ("c", "torch"):
+        route = "reference"
+    if route == "triton":
+        y = None if observe is not None else dispatch.triton_gemm(x3, w3, scales, tile, plan, x_step, w_step)
+        return ("triton", y) if y is not None else ("reference", None)
+    if dispatch.use_int_gemm(route, x3, w3, x_step, w_step, observe is not None):
+        y = int_gemm_psum(x3, w3, scales.to(x3.dtype), tile, plan, (x_step.detach(), w_step.detach()))
+        if y is not None:
+            return "int_gemm", y
+    return route, None
 
 
 def linear_psum(
@@ -461,34 +377,27 @@ def linear_psum(
     codes inside the C kernel (:mod:`apsq.psum.fused_int`; exact, so the same values; much faster).
     ``mode='none'`` is the plain ``F.linear`` (exact INT32 accumulation).
     """
-    _check_args(mode, gs, bits)
     check_int("tile", tile, lo=1)
     if x.shape[-1] != weight.shape[-1]:
         raise APSQError(
             f"x has K={x.shape[-1]} input features but weight has K={weight.shape[-1]}; they must match"
         )
+    n = num_tiles(x.shape[-1], tile)
+    _validate((n, *x.shape[:-1], weight.shape[0]), scales, mode, gs, bits)
     if mode == "none":
         return F.linear(x, weight)
-    n = num_tiles(x.shape[-1], tile)
     if scales is not None and scales.dim() >= 2:  # per-channel steps: the kernels take per-tensor steps only
-        from apsq.psum.accumulate import psum_accumulate
-        from apsq.psum.tiling import linear_partials
-
         return psum_accumulate(linear_partials(x, weight, tile), scales, mode=mode, gs=gs, bits=bits, observe=observe)
-    _check_scales(scales, n, mode)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    if x.dtype not in (torch.float32, torch.float64) or x.device.type != "cpu" or weight.dtype != x.dtype:
-        from apsq.psum.accumulate import psum_accumulate
-        from apsq.psum.tiling import linear_partials
-
-        y = psum_accumulate(linear_partials(x2, weight, tile), scales, mode=mode, gs=gs, bits=bits, observe=observe)
-        return y.reshape(*lead, weight.shape[0])
     plan = Plan(mode, n, gs, bits)
-    y = _try_int_gemm(x2.unsqueeze(0), weight.unsqueeze(0), scales, tile, plan, observe, x_step, w_step)
+    route, y = _gemm_psum(x2.unsqueeze(0), weight.unsqueeze(0), scales, tile, plan, observe, x_step, w_step)
     if y is not None:
         return y.reshape(*lead, weight.shape[0])
-    y = _FusedLinear.apply(x2, weight, scales.to(x.dtype), tile, plan, observe, kernel_backend())
+    if route == "reference":
+        y = psum_accumulate(linear_partials(x2, weight, tile), scales, mode=mode, gs=gs, bits=bits, observe=observe)
+        return y.reshape(*lead, weight.shape[0])
+    y = _FusedLinear.apply(x2, weight, scales.to(x.dtype), tile, plan, observe, route)
     return y.reshape(*lead, weight.shape[0])
 
 
@@ -564,22 +473,26 @@ def matmul_psum(
     otherwise (or with broadcast batch dimensions) the tiles are materialised and accumulated by
     :func:`psum_accumulate_fused`. Same values as the reference either way.
     """
-    _check_args(mode, gs, bits)
     check_int("tile", tile, lo=1)
     if a.dim() < 2 or b.dim() < 2 or a.shape[-1] != b.shape[-2]:
         raise APSQError(f"matmul operands must be [..., M, K] and [..., K, N], got {tuple(a.shape)} and {tuple(b.shape)}")
+    n = num_tiles(a.shape[-1], tile)
+    lead, (m, k, n_out) = a.shape[:-2], (a.shape[-2], a.shape[-1], b.shape[-1])
+    try:
+        out_lead = torch.broadcast_shapes(lead, b.shape[:-2])
+    except RuntimeError as exc:
+        raise APSQError(f"matmul batch dimensions do not broadcast: {tuple(a.shape)} and {tuple(b.shape)}") from exc
+    _validate((n, *out_lead, m, n_out), scales, mode, gs, bits)
     if mode == "none":
         return a @ b
-    n = num_tiles(a.shape[-1], tile)
     if scales is not None and scales.dim() >= 2:  # per-channel steps: the kernels take per-tensor steps only
-        from apsq.psum.accumulate import psum_accumulate
-
         return psum_accumulate(matmul_partials(a, b, tile), scales, mode=mode, gs=gs, bits=bits, observe=observe)
-    _check_scales(scales, n, mode)
-    lead, (m, k, n_out) = a.shape[:-2], (a.shape[-2], a.shape[-1], b.shape[-1])
+    route = "partials"
     if b.shape[:-2] == lead:  # broadcast batches take the partials path
-        y = _try_int_gemm(a.reshape(-1, m, k), b.reshape(-1, k, n_out).transpose(1, 2), scales, tile,
-                          Plan(mode, n, gs, bits), observe, a_step, b_step)
+        route, y = _gemm_psum(a.reshape(-1, m, k), b.reshape(-1, k, n_out).transpose(1, 2), scales, tile,
+                              Plan(mode, n, gs, bits), observe, a_step, b_step)
         if y is not None:
             return y.reshape(*lead, m, n_out)
+    if route == "reference":
+        return psum_accumulate(matmul_partials(a, b, tile), scales, mode=mode, gs=gs, bits=bits, observe=observe)
     return psum_accumulate_fused(matmul_partials(a, b, tile), scales, mode=mode, gs=gs, bits=bits, observe=observe)

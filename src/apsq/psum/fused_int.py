@@ -2,7 +2,7 @@
 
 ``y[b] = PSUM-accumulate(x[b] @ w[b].T tiles)`` for B stacked products (B = 1 for Linear / Conv2d,
 batch x heads for attention), where ``x = cx * sx`` and ``w = cw * sw`` are fake-quantized with
-power-of-two steps. The C kernel (:mod:`apsq.psum._cgemm`) computes each tile's partial sum in
+power-of-two steps. The C kernel (:mod:`apsq.kernels.int_gemm`) computes each tile's partial sum in
 integer arithmetic inside the accumulation (exact, hence bit-identical to the reference), and its
 backward as documented in ``docs/performance.md``:
 
@@ -16,25 +16,19 @@ per output; the codes are recomputed.
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch.autograd.function import once_differentiable
 
-from apsq.errors import check_choice
-from apsq.psum import _cgemm
+from apsq.kernels import int_gemm as _cgemm
 from apsq.psum.tiling import pad_to_tiles
 
-__all__ = ["int_operands", "int_gemm_psum", "INT_GEMM"]
-
-INT_GEMM = ("auto", "off")
+__all__ = ["int_operands", "int_gemm_psum"]
 
 
 def int_operands(x2: torch.Tensor, w2: torch.Tensor, tile: int, steps, batch: int = 1) -> _cgemm.IntOperands | None:
-    """The kernel's operands when the integer path applies (``APSQ_INT_GEMM=off`` disables it)."""
-    mode = os.environ.get("APSQ_INT_GEMM", "auto")
-    check_choice("APSQ_INT_GEMM", mode, INT_GEMM)
-    if mode == "off" or steps is None:
+    """The kernel's operands (:func:`apsq.kernels.int_gemm.int_operands`), or None when the integer
+    path does not apply (``steps`` None, inexact codes, kernel unavailable)."""
+    if steps is None:
         return None
     return _cgemm.int_operands(x2.detach(), w2.detach(), tile, *steps, batch=batch)
 
@@ -90,7 +84,8 @@ class _IntGemmPsum(torch.autograd.Function):
 
 def int_gemm_psum(x3: torch.Tensor, w3: torch.Tensor, scales: torch.Tensor, tile: int, plan, steps) -> torch.Tensor | None:
     """``[B, M, N]`` PSUM-accumulated ``x3 [B, M, K] @ w3 [B, N, K]^T`` through the integer kernel, or
-    None when it does not apply (steps missing, operands not exact codes, kernel unavailable, disabled).
+    None when it does not apply (steps missing, operands not exact codes, kernel unavailable); the
+    dispatcher (:func:`apsq.kernels.dispatch.use_int_gemm`) decides whether to try it.
     ``steps = (x_step, w_step)``: one activation step, one weight step per row of ``w3[b]`` or one."""
     if steps is None:
         return None

@@ -1,7 +1,7 @@
 /* dtype-generic part of psum_gemm.c: included once per T (float, double) with
  * T, FLOOR (floorf / floor) and SUF(name) (name_f32 / name_f64) defined.
  *
- * Per element the operations, their order and precision are those of apsq.psum._ckernel (and so of
+ * Per element the operations, their order and precision are those of csrc/psum_chunk_body.c (and so of
  * the reference loop): x * (1/s) for x / s (exact for the power-of-two steps the caller admits),
  * floor(u + 1/2), clamp, the pending sum ((P_0 + P_1) + ...), v = (Tp_l + pending) + A_{h-1}.
  * Arguments shared by the three functions:

@@ -1,8 +1,8 @@
-"""The PSUM chunk kernels in vectorised torch: the fallback of :mod:`apsq.psum._ckernel` (same values).
+"""The PSUM chunk kernels in vectorised torch: the twin of :mod:`apsq.kernels.chunk` (same values).
 
 ``p`` is a scratch ``[n, E]`` tensor holding a chunk's tile partial sums (it is overwritten); ``s``
 holds the n steps as python floats, ``scol`` as an ``[n, 1]`` tensor of p's dtype; ``plan`` is an
-:class:`apsq.psum.fused.Plan`. ``psq`` quantizes all tiles in one op; ``apsq`` a group's pending
+:class:`apsq.kernels.plan.Plan`. ``psq`` quantizes all tiles in one op; ``apsq`` a group's pending
 tiles in one op, then its closing step — the reference's operations in the reference's order.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["fwd_torch", "bwd_torch"]
+__all__ = ["forward", "backward"]
 
 Observer = Callable[[torch.Tensor, torch.Tensor], None]
 
@@ -29,9 +29,11 @@ def _pending_sum_(q: torch.Tensor) -> torch.Tensor:
     return q[0]
 
 
-def fwd_torch(
+def forward(
     p: torch.Tensor, s: list[float], scol: torch.Tensor, plan, observe: Observer | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Chunk forward (``p [n, E]`` consumed): output ``[E]`` and, for apsq, ``last_bad [E]`` (else None).
+    ``observe(value, step)`` sees every value that gets quantized (saturation statistics)."""
     qn, qp = plan.qn, plan.qp
     if plan.mode == "psq":
         if observe is not None:
@@ -68,9 +70,10 @@ def _lsq_parts(
     return m, c, term
 
 
-def bwd_torch(
+def backward(
     p: torch.Tensor, s: list[float], scol: torch.Tensor, g: torch.Tensor, last_bad: torch.Tensor | None, plan
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunk backward (``p [n, E]`` consumed): gradient to the tiles ``[n, E]`` and to the n steps."""
     qn, qp = plan.qn, plan.qp
     if plan.mode == "psq":
         m, _, term = _lsq_parts(p.div_(scol), qn, qp)

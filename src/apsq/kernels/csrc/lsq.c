@@ -6,7 +6,7 @@
  * m = (qn <= r <= qp), c = clamp(r) and g the gradient reaching Q_s(x) (LSQ, Esser et al. 2020):
  *     dL/dx = g * m,        dL/ds_c = sum over channel c of g * (c - m * u),
  * the latter summed in double, chunk by chunk, in a fixed order (independent of the thread count).
- * The dtype-generic functions follow, instantiated per dtype by apsq._cbuild.instantiate. */
+ * The dtype-generic functions follow, instantiated per dtype by apsq.kernels.build.instantiate. */
 #include <math.h>
 #include <stdlib.h>
 

@@ -18,7 +18,7 @@
  * running sums in L1 while the kernel walks the n tiles.
  *
  * The dtype-generic functions (forward, backward, correction) are in psum_gemm_body.c, included
- * once per dtype by the Python loader (apsq.psum._cgemm). */
+ * once per dtype by the Python loader (apsq.kernels.int_gemm). */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>

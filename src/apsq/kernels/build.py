@@ -1,0 +1,289 @@
+"""Compile a C source with the system compiler into a cached shared library, and load it safely.
+
+The kernels need no Python or torch headers — only ``cc`` — and build in about a second. Flag sets
+are tried in order (``-march=native -fopenmp`` first) until one compiles and loads.
+
+Exactness: every set includes ``-O3 -fno-fast-math -ffp-contract=off`` (plus ``-fno-trapping-math``,
+which lets ``floor`` vectorise and changes no result), so each ``+`` and ``*`` in the source is one
+IEEE operation in the written precision and order.
+
+The cache (issue 16 item 11): one folder, ``<APSQ_CACHE>/kernels`` (:func:`apsq.kernels.options.cache_root`,
+default ``~/.cache/apsq``). When that cannot be written, a per-user folder ``<tmp>/apsq-<uid>`` created
+with mode 0700. A library file is named by a hash of the source, the flags, the compiler and the CPU,
+and written atomically (concurrent builders agree) together with a ``.sha256`` record of its content.
+Before loading, :func:`check_private` checks that the folder and the file are owned by this user and
+writable by nobody else (the folder: not a symlink, no group/other write; the fallback folder:
+no group/other access at all), and :func:`load_verified` loads only a file whose SHA-256 equals the
+recorded one — a library planted or damaged by someone else is rebuilt, never loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import stat
+import subprocess
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from apsq.kernels import options
+
+__all__ = ["FLAG_SETS", "CacheError", "kernel_dir", "check_private", "build_library", "load_verified",
+           "LazyLibrary", "instantiate", "DTYPE_SUFFIXES", "read_source", "warn_fallback_once"]
+
+CSRC = Path(__file__).with_name("csrc")
+
+FLAGS_BASE = ["-O3", "-fno-fast-math", "-ffp-contract=off", "-fno-trapping-math", "-fPIC", "-shared", "-std=c11"]
+FLAG_SETS: list[list[str]] = [
+    ["-march=native", "-fopenmp"],
+    ["-fopenmp"],
+    ["-march=native"],
+    [],
+]
+
+
+class CacheError(RuntimeError):
+    """The kernel cache folder or a library in it is not safe to load from (owner, mode, hash)."""
+
+
+def _uid() -> int | None:
+    return os.getuid() if hasattr(os, "getuid") else None
+
+
+def compiler() -> str | None:
+    """The first working C compiler of :func:`apsq.kernels.options.compiler_candidates`, or None."""
+    for cc in options.compiler_candidates():
+        if shutil.which(cc):
+            return cc
+    return None
+
+
+def _cpu_id() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "flags")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+# ------------------------------------------------------------------------------------------------
+# The cache folder and its checks.
+# ------------------------------------------------------------------------------------------------
+def check_private(path: Path, *, strict: bool = False) -> None:
+    """Raise :class:`CacheError` unless ``path`` is owned by this user and writable by no one else.
+
+    ``path`` may be a folder (not a symlink) or a regular file. ``strict``: no group/other access at
+    all (mode ``0700`` / ``0600``), for the shared temp folder. On systems without uids only the
+    symlink and type checks apply.
+    """
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise CacheError(f"{path}: cannot stat: {exc}") from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise CacheError(f"{path} is a symbolic link; the kernel cache refuses to follow it")
+    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        raise CacheError(f"{path} is neither a folder nor a regular file")
+    uid = _uid()
+    if uid is None:
+        return
+    if st.st_uid != uid:
+        raise CacheError(f"{path} is owned by uid {st.st_uid}, not by this user ({uid}); not loading from it")
+    mask = 0o077 if strict else 0o022
+    if st.st_mode & mask:
+        raise CacheError(f"{path} has mode {stat.S_IMODE(st.st_mode):o}: other users may "
+                         f"{'access' if strict else 'write'} it; fix it with chmod {'700' if strict else 'go-w'}")
+
+
+def _fallback_dir() -> Path:
+    """``<tmp>/apsq-<uid>``: created with mode 0700, or refused if it exists and is not private."""
+    path = Path(tempfile.gettempdir()) / f"apsq-{_uid() if _uid() is not None else 'user'}"
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise CacheError(f"cannot create the kernel cache {path}: {exc}") from exc
+    check_private(path, strict=True)
+    return path
+
+
+def kernel_dir() -> Path:
+    """The folder compiled kernels are cached in (created): ``<APSQ_CACHE>/kernels``, else the fallback.
+
+    Raises CacheError when neither is usable (e.g. someone else owns ``<tmp>/apsq-<uid>``).
+    """
+    path = options.cache_root() / "kernels"
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if os.access(path, os.W_OK):
+            check_private(path)
+            return path
+    except (OSError, CacheError):
+        pass
+    return _fallback_dir()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def load_verified(target: Path) -> ctypes.CDLL:
+    """Load ``target`` after checking its folder and file (:func:`check_private`) and that its SHA-256
+    equals the one recorded at build time (``<target>.sha256``); raises CacheError otherwise."""
+    check_private(target.parent)
+    check_private(target)
+    record = target.with_name(target.name + ".sha256")
+    check_private(record)
+    want = record.read_text().strip()
+    got = _sha256(target)
+    if got != want:
+        raise CacheError(f"{target}: content hash {got[:12]}… differs from the one recorded at build time "
+                         f"({want[:12]}…); not loading it")
+    return ctypes.CDLL(str(target))
+
+
+def _compile(cc: str, source: str, flags: list[str], name: str, target: Path) -> str | None:
+    """Compile into ``target`` (atomically, with its hash record); the error text on failure."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / f"{name}.c"
+        src.write_text(source)
+        out = Path(tmp) / f"{name}.so"
+        res = subprocess.run([cc, *FLAGS_BASE, *flags, str(src), "-o", str(out), "-lm"],
+                             capture_output=True, text=True, timeout=120)
+        if res.returncode != 0:
+            return res.stderr.strip()[-400:]
+        data = out.read_bytes()
+    _write_atomic(target, data)
+    _write_atomic(target.with_name(target.name + ".sha256"), hashlib.sha256(data).hexdigest().encode())
+    return None
+
+
+def build_library(name: str, source: str, extra_flags: Sequence[str] = ()) -> ctypes.CDLL:
+    """Compile ``source`` (one C translation unit) as ``name`` (or take it from the cache) and load it.
+
+    ``extra_flags`` (e.g. ``-DAPSQ_PORTABLE``) are added to every flag set and to the cache key.
+    A cached library that fails the checks of :func:`load_verified` is rebuilt once.
+    Raises RuntimeError (CacheError for an unsafe cache) when no flag set gives a loadable library.
+    """
+    cc = compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler (cc, gcc or clang, or $CC) on PATH")
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RuntimeError(f"{cc} --version failed: {exc}") from exc
+    folder = kernel_dir()
+    errors = []
+    for flags in FLAG_SETS:
+        flags = [*flags, *extra_flags]
+        key = hashlib.sha256("\0".join([source, version, _cpu_id(), *flags]).encode()).hexdigest()[:16]
+        target = folder / f"{name}_{key}.so"
+        label = " ".join(flags) or "plain"
+        if target.exists():
+            try:
+                return load_verified(target)
+            except (CacheError, OSError):  # damaged, planted or without a record: rebuild it
+                pass
+        err = _compile(cc, source, flags, name, target)
+        if err is not None:
+            errors.append(f"{label}: {err}")
+            continue
+        try:
+            return load_verified(target)
+        except (CacheError, OSError) as exc:
+            errors.append(f"{label}: cannot load: {exc}")
+    raise RuntimeError("; ".join(errors))
+
+
+_WARNED: set[str] = set()
+_WARN_LOCK = threading.Lock()
+
+
+def warn_fallback_once(what: str, reason: str | None) -> None:
+    """One RuntimeWarning per process and ``what``: the C kernels are unavailable, torch code is used."""
+    with _WARN_LOCK:
+        if what in _WARNED:
+            return
+        _WARNED.add(what)
+    warnings.warn(f"apsq: the C {what} kernel is unavailable ({reason}); using the slower torch code "
+                  f"(same results; install a C compiler, e.g. gcc, for the fast path)", RuntimeWarning, stacklevel=3)
+
+
+class LazyLibrary:
+    """A kernel library built on first use (thread-safe); remembers it, or why it is unavailable.
+
+    ``source`` returns the C text, ``declare`` sets the ctypes signatures.
+    """
+
+    def __init__(self, name: str, source: Callable[[], str], declare: Callable[[ctypes.CDLL], None],
+                 extra_flags: Sequence[str] = ()) -> None:
+        self.name, self._source, self._declare, self.extra_flags = name, source, declare, list(extra_flags)
+        self._lock = threading.Lock()
+        self._tried = False
+        self._lib: ctypes.CDLL | None = None
+        self.error: str | None = None
+
+    def get(self) -> ctypes.CDLL | None:
+        """The loaded library, or None (why: :attr:`error`)."""
+        with self._lock:
+            if not self._tried:
+                self._tried = True
+                try:
+                    self._lib = self.build()
+                except Exception as exc:  # noqa: BLE001 - any failure means: use the torch code
+                    self.error = str(exc)
+        return self._lib
+
+    def build(self) -> ctypes.CDLL:
+        """Compile (or load from the cache) and declare, raising on failure; does not remember it."""
+        lib = build_library(self.name, self._source(), self.extra_flags)
+        self._declare(lib)
+        return lib
+
+
+DTYPE_SUFFIXES = {"f32": ("float", "floorf"), "f64": ("double", "floor")}
+
+
+def read_source(*names: str) -> str:
+    """The text of ``csrc/<name>`` files, joined."""
+    return "".join((CSRC / n).read_text() for n in names)
+
+
+def instantiate(prologue: str, body: str) -> str:
+    """One translation unit: ``prologue``, then ``body`` once per dtype with ``T`` (float / double),
+    ``FLOOR`` (floorf / floor) and ``SUF(name)`` (``name_f32`` / ``name_f64``) defined."""
+    text = [prologue]
+    for suf, (ctype, floor) in DTYPE_SUFFIXES.items():
+        text.append(f"\n#define T {ctype}\n#define FLOOR {floor}\n#define SUF(name) name##_{suf}\n")
+        text.append(body)
+        text.append("\n#undef T\n#undef FLOOR\n#undef SUF\n")
+    return "".join(text)

@@ -1,0 +1,233 @@
+"""The PSUM accumulation fused with its integer matmul (C, ``csrc/psum_gemm*.c``), via typed ctypes entries.
+
+:func:`int_operands` turns fake-quantized float operands into the kernel's int16 codes when that is
+exact; :func:`forward`, :func:`backward` and :func:`correct` run the kernel. The tile partial sums
+are computed in registers from the codes and quantized at once (see ``csrc/psum_gemm.c``), so the
+``[n, M, N]`` tiles are never written to memory. The dispatcher (:mod:`apsq.kernels.dispatch`) takes this path when
+the layer passes its operand steps; otherwise the batched matmul + :mod:`apsq.kernels.chunk`.
+
+Exactness (why this equals the reference path bit for bit): with ``x = cx * sx`` and
+``W[o] = cw[o] * sw[o]`` (integer codes, power-of-two steps), every product ``x[m,k] W[o,k]`` is
+``cx cw * unit[o]`` exactly, and every partial sum of a tile is an integer below
+``max|cx| max|cw| t`` times ``unit[o]``. When that bound is at most ``2^24`` (float32; ``2^31 - 1``
+for float64, the int32 limit) the float matmul of the reference has no rounding, whatever its
+order, and equals the kernel's ``(float)sum(cx cw) * unit[o]``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+import torch
+
+from apsq.kernels import options
+from apsq.kernels.build import LazyLibrary, instantiate, read_source
+from apsq.kernels.cabi import Entry, doubles, scalar, tensor, threads, u8_flag
+from apsq.kernels.plan import Plan
+from apsq.kernels.steps import powers_of_two, reciprocals_exact, step_arrays
+
+__all__ = ["available", "build_error", "isa", "library", "GEMM_ISAS", "IntOperands", "int_operands", "forward",
+           "backward", "correct"]
+
+
+def source() -> str:
+    """The translation unit: the prologue, then the dtype-generic body once per dtype."""
+    return instantiate(read_source("psum_gemm.c"), read_source("psum_gemm_body.c"))
+
+
+def _bmn(a) -> int:
+    return a["B"] * a["M"] * a["N"]
+
+
+_KP = lambda a: a["n"] * a["te"]  # noqa: E731
+_XA = lambda a: a["B"] * a["M"] * _KP(a)  # noqa: E731
+_WB = lambda a: a["B"] * a["N"] * _KP(a)  # noqa: E731
+_N = lambda a: a["N"]  # noqa: E731
+_NT = lambda a: a["n"]  # noqa: E731
+_OPS = [tensor("xa", torch.int16, _XA), tensor("wb", torch.int16, _WB), scalar("B", "long"), scalar("M", "long"),
+        scalar("N", "long"), scalar("n", "long"), scalar("te", "long")]
+_PLAN = [scalar("apsq"), scalar("gs"), scalar("qn"), scalar("qp")]
+
+ISA = Entry("apsq_gemm_isa", [], restype=ctypes.c_int, generic=False)
+"""0 portable, 1 AVX-512 BW, 2 AVX-512 VNNI, 3 AVX2."""
+FWD = Entry("apsq_gemm_fwd", [*_OPS, tensor("unit", "T", _N), doubles("sd", _NT), doubles("si", _NT), *_PLAN,
+                              tensor("out", "T", _bmn), tensor("lb", "bad", _bmn, optional=True),
+                              u8_flag("lb8", of="lb"), threads()], restype=ctypes.c_int)
+"""Writes ``out [B, M, N]`` and, for apsq, ``lb [B, M, N]``; returns 0 when out of memory."""
+BWD = Entry("apsq_gemm_bwd", [*_OPS, tensor("unit", "T", _N), doubles("sd", _NT), doubles("si", _NT), *_PLAN,
+                              tensor("g", "T", _bmn), tensor("lb", "bad", _bmn, optional=True),
+                              u8_flag("lb8", of="lb"), tensor("gsc", torch.float64, _NT),
+                              tensor("flag", torch.uint8, _bmn), threads()], restype=ctypes.c_int)
+"""Step gradients ``gsc [n]`` and the flags ``[B, M, N]`` of outputs needing a correction."""
+CODES = Entry("apsq_codes16", [tensor("src", "T", lambda a: a["R"] * a["K"]), scalar("R", "long"), scalar("K", "long"),
+                               scalar("tile", "long"), scalar("te", "long"),
+                               doubles("inv_step", lambda a: a["R"] if a["per_row"] else 1), scalar("per_row"),
+                               tensor("dst", torch.int16, lambda a: a["R"] * -(-a["K"] // a["tile"]) * a["te"]),
+                               threads()], restype=ctypes.c_long)
+"""int16 codes of ``src [R, K] * inv_step`` per tile; returns the largest magnitude, -1 when inexact."""
+CORRECT = Entry("apsq_gemm_correct", [*_OPS, scalar("t", "long"), tensor("unit", "T", _N), doubles("si", _NT),
+                                      *_PLAN, tensor("g", "T", _bmn), tensor("lb", "bad", _bmn, optional=True),
+                                      u8_flag("lb8", of="lb"), tensor("idx", torch.int64, lambda a: a["F"]),
+                                      scalar("F", "long"),
+                                      tensor("xf", "T", lambda a: a["B"] * a["M"] * a["n"] * a["t"]),
+                                      tensor("wf", "T", lambda a: a["B"] * a["N"] * a["n"] * a["t"]),
+                                      tensor("gx", "T", lambda a: a["B"] * a["M"] * a["n"] * a["t"], optional=True),
+                                      tensor("gw", "T", lambda a: a["B"] * a["N"] * a["n"] * a["t"], optional=True),
+                                      threads()], restype=ctypes.c_int)
+"""Removes the saturated tiles' terms from the operand gradients ``gx`` / ``gw`` at outputs ``idx``."""
+
+
+def _declare(lib) -> None:
+    for entry in (ISA, FWD, BWD, CODES, CORRECT):
+        entry.declare(lib)
+
+
+GEMM_ISAS = {"native": [], "avx512bw": ["-mno-avx512vnni"], "avx2": ["-mno-avx512f"], "portable": ["-DAPSQ_PORTABLE"]}
+"""Builds of the kernel: what ``-march=native`` gives (AVX-512 VNNI here), AVX-512 BW without VNNI
+(``vpmaddwd`` + add), AVX2 (``vpmaddwd`` on 256 bits), and the plain-C micro-kernel (any CPU, about
+20x slower). :attr:`apsq.kernels.options.Options.isa` picks one (default ``native``); the tests run
+all four. Left to itself (``native``), the integer path is used only where the build has a SIMD
+micro-kernel: on a CPU with neither AVX-512 nor AVX2 the float-tile path is faster."""
+
+_LIBS = {name: LazyLibrary("psum_gemm", source, _declare, flags) for name, flags in GEMM_ISAS.items()}
+
+
+def library(variant: str | None = None):
+    """The loaded kernel build ``variant`` (:data:`GEMM_ISAS`; default: the current option), None if it
+    does not build."""
+    return _LIBS[options.current().isa if variant is None else variant].get()
+
+
+def available() -> bool:
+    """True when the fused integer kernel compiled (or was cached) and loaded."""
+    return library() is not None
+
+
+def build_error() -> str | None:
+    """Why the kernel is unavailable (None when it is available)."""
+    library()
+    return _LIBS[options.current().isa].error
+
+
+def isa() -> str:
+    """The micro-kernel in use: ``avx512-vnni``, ``avx512-bw``, ``avx2`` or ``portable``."""
+    lib = library()
+    return ("portable", "avx512-bw", "avx512-vnni", "avx2")[ISA(lib)] if lib is not None else "unavailable"
+
+
+@dataclass(frozen=True)
+class IntOperands:
+    """int16 codes ``xa [B*M, n*te]``, ``wb [B*N, n*te]`` (``batch`` = B stacked products, each tile
+    zero-padded to even depth ``te``) and ``unit [N]`` (the operands' dtype): tile ``i`` of product ``b``
+    is ``unit * (xa_b,i @ wb_b,i.T)``."""
+
+    xa: torch.Tensor
+    wb: torch.Tensor
+    unit: torch.Tensor
+    te: int
+    batch: int = 1
+
+    @property
+    def dims(self) -> tuple[int, int, int]:
+        """``(B, M, N)``."""
+        return self.batch, self.xa.shape[0] // self.batch, self.wb.shape[0] // self.batch
+
+
+def _codes16(v: torch.Tensor, step: torch.Tensor, tile: int, te: int) -> tuple[torch.Tensor, int] | None:
+    """``v [R, K] / step`` (one step, or one per row) as int16 ``[R, n*te]`` (tile ``i`` at
+    ``[i*te, i*te + tile)``) and its largest magnitude; None unless every code is an integer in
+    ``[-32767, 32767]``. One pass in C."""
+    v = v.contiguous()
+    rows, k = v.shape
+    steps = step.reshape(-1).tolist()
+    if not reciprocals_exact(steps, v.dtype):
+        return None
+    _, inv = step_arrays(steps)
+    out = torch.empty(rows, -(-k // tile) * te, dtype=torch.int16)
+    mx = CODES(library(), src=v, R=rows, K=k, tile=tile, te=te, inv_step=inv, per_row=int(len(steps) > 1),
+               dst=out)
+    return None if mx < 0 else (out, mx)
+
+
+def int_operands(x2: torch.Tensor, w: torch.Tensor, tile: int, x_step: torch.Tensor | None,
+                 w_step: torch.Tensor | None, batch: int = 1) -> IntOperands | None:
+    """The kernel's operands for ``x2 [B*M, K] @ w [B*N, K].T`` (``batch`` = B independent products),
+    or None when the integer path would not be exact (or the kernel is unavailable): ``x_step`` a
+    single power of two, ``w_step`` one per output row ``N`` (or a single one), ``x2 / x_step`` and
+    ``w / w_step`` integers of at most 15 bits with ``max|cx| max|cw| tile`` within the exact-sum
+    bound (module docstring)."""
+    if x_step is None or w_step is None or x2.dtype not in (torch.float32, torch.float64) or not available():
+        return None
+    if isa() == "portable" and options.current().isa == "native":  # no SIMD here: the float-tile path is faster
+        return None
+    if x2.shape[0] % batch or w.shape[0] % batch:
+        return None
+    sx = x_step.detach().to(torch.float64).reshape(-1)
+    sw = w_step.detach().to(torch.float64).reshape(-1)
+    n_out = w.shape[0] // batch
+    if sx.numel() != 1 or sw.numel() not in (1, n_out):
+        return None
+    if not (powers_of_two(sx.tolist()) and powers_of_two(sw.tolist())):
+        return None
+    te = tile + (tile % 2)
+    sw = sw.expand(n_out)
+    cx = _codes16(x2.detach(), sx, tile, te)
+    row_steps = sw[:1] if bool((sw == sw[0]).all()) else sw.repeat(batch)  # one per row of w, or one
+    cw = _codes16(w.detach(), row_steps, tile, te)
+    if cx is None or cw is None:
+        return None
+    limit = 2**24 if x2.dtype == torch.float32 else 2**31 - 1
+    if cx[1] * cw[1] * tile > limit:
+        return None
+    unit = sx * sw
+    info = torch.finfo(x2.dtype)
+    if float(unit.min()) < info.tiny or float(unit.max()) * limit > info.max:
+        return None
+    return IntOperands(cx[0], cw[0], unit.to(x2.dtype).contiguous(), te, batch)
+
+
+def _ok(rc: int) -> None:
+    if not rc:
+        raise MemoryError("the fused PSUM kernel could not allocate its packed operands")
+
+
+def _plan_args(plan: Plan) -> dict:
+    return {"apsq": int(plan.apsq), "gs": plan.gs, "qn": plan.qn, "qp": plan.qp}
+
+
+def _ops_args(ops: IntOperands, plan: Plan) -> dict:
+    b, m, n_out = ops.dims
+    return {"xa": ops.xa, "wb": ops.wb, "B": b, "M": m, "N": n_out, "n": plan.n, "te": ops.te, "unit": ops.unit}
+
+
+def forward(ops: IntOperands, s: list[float], plan: Plan, out: torch.Tensor,
+            last_bad: torch.Tensor | None) -> None:
+    """Writes the accumulated output ``out [B, M, N]`` and, for apsq, ``last_bad [B, M, N]`` (contiguous)."""
+    sd, si = step_arrays(s)
+    _ok(FWD(library(), **_ops_args(ops, plan), sd=sd, si=si, **_plan_args(plan), out=out, lb=last_bad))
+
+
+def backward(ops: IntOperands, s: list[float], plan: Plan, g: torch.Tensor,
+             last_bad: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step-size gradients (float64 ``[n]``) and the uint8 ``[B, M, N]`` flags of outputs needing a
+    correction; ``g [B, M, N]`` contiguous."""
+    b, m, n_out = ops.dims
+    grad_s = torch.empty(plan.n, dtype=torch.float64)
+    flag = torch.empty(b, m, n_out, dtype=torch.uint8)
+    sd, si = step_arrays(s)
+    _ok(BWD(library(), **_ops_args(ops, plan), sd=sd, si=si, **_plan_args(plan), g=g, lb=last_bad, gsc=grad_s,
+            flag=flag))
+    return grad_s, flag
+
+
+def correct(ops: IntOperands, s: list[float], plan: Plan, tile: int, g: torch.Tensor,
+            last_bad: torch.Tensor | None, idx: torch.Tensor, xp: torch.Tensor, wp: torch.Tensor,
+            gxp: torch.Tensor | None, gwp: torch.Tensor | None) -> None:
+    """In place: removes from ``gxp [B*M, n*t]`` / ``gwp [B*N, n*t]`` (``g @ W`` / ``g^T @ x`` per product)
+    the terms of the tiles whose gradient is 0 at the flagged outputs ``idx`` (ascending flat indices
+    into ``[B, M, N]``); ``xp`` / ``wp`` are the float operands in the same layout."""
+    idx = idx.to(torch.int64).contiguous()
+    _, si = step_arrays(s)
+    _ok(CORRECT(library(), **_ops_args(ops, plan), t=tile, si=si, **_plan_args(plan), g=g, lb=last_bad, idx=idx,
+                F=idx.numel(), xf=xp, wf=wp, gx=gxp, gw=gwp))

@@ -1,0 +1,38 @@
+"""PSUM steps as the kernels take them, and when a kernel's ``x * (1/s)`` equals the reference's ``x / s``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["step_arrays", "reciprocals_exact", "powers_of_two"]
+
+
+def step_arrays(steps: Sequence[float]) -> tuple[list[float], list[float]]:
+    """``(s, 1/s)`` as two lists of Python floats (the kernels take them as ``double[n]``)."""
+    vals = [float(v) for v in steps]
+    return vals, [1.0 / v for v in vals]
+
+
+def reciprocals_exact(steps: Sequence[float], dtype: torch.dtype) -> bool:
+    """True when every step is positive and ``1/s`` is exactly representable in ``dtype``, so that
+    ``x * (1/s)`` (the kernels) is the same number as ``x / s`` (the reference) for power-of-two
+    steps (:func:`powers_of_two`)."""
+    try:
+        inv = torch.tensor([1.0 / v for v in steps], dtype=torch.float64)
+    except (OverflowError, ZeroDivisionError):
+        return False
+    s = torch.tensor(list(steps), dtype=torch.float64)
+    back = inv.to(dtype).to(torch.float64)
+    return bool((s > 0).all() and torch.isfinite(back).all() and (back == inv).all() and (inv * s == 1).all())
+
+
+def powers_of_two(steps: Sequence[float]) -> bool:
+    """True when every value is finite, positive and exactly ``2^e`` for an integer ``e``."""
+    for v in steps:
+        v = float(v)
+        if not (math.isfinite(v) and v > 0 and math.frexp(v)[0] == 0.5):
+            return False
+    return True
