@@ -59,6 +59,8 @@ class SkippedLayer:
     """Class name."""
     reason: str
     """Why it was left alone and what to do about it."""
+    by_config: bool = False
+    """Left alone because the config says so (``exclude``, ``enabled: false``, ``layer_types``); no warning."""
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,7 @@ def quantize_(model: nn.Module, config: APSQConfig | None = None) -> nn.Module:
         name = use.names[0]
         if quant_cls is None:
             if why is not None:
-                skipped.append(SkippedLayer(name, type(use.module).__name__, why))
+                skipped.append(SkippedLayer(name, type(use.module).__name__, why, "layer_types" in why))
                 unsupported.add(id(use.module))
             continue
         cfgs = {config.for_module(n) for n in use.names}
@@ -181,7 +183,8 @@ def quantize_(model: nn.Module, config: APSQConfig | None = None) -> nn.Module:
             )
         lcfg: LayerQuantConfig = cfgs.pop()
         if not lcfg.enabled:
-            skipped.append(SkippedLayer(name, type(use.module).__name__, "excluded by the config (exclude / enabled: false)"))
+            skipped.append(SkippedLayer(name, type(use.module).__name__,
+                                        "excluded by the config (exclude / enabled: false)", True))
             continue
         q = quant_cls.from_float(use.module, lcfg, config.check_finite)
         q.layer_name = name
@@ -196,7 +199,7 @@ def quantize_(model: nn.Module, config: APSQConfig | None = None) -> nn.Module:
                 _attach(module, name, config)
     report = QuantizeReport(tuple(u.names[0] for u, _ in swaps), tuple(skipped))
     model.apsq_report = report
-    bad = [s for s in skipped if not s.reason.startswith("excluded")]
+    bad = [s for s in skipped if not s.by_config]
     if bad:
         warnings.warn(
             f"apsq.quantize_ left {len(bad)} layer(s) with a reduction in full precision: "

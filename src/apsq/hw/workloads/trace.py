@@ -137,18 +137,21 @@ def trace(
         raise APSQError(f"trace needs a torch.nn.Module, got {type(model).__name__}")
     stack: list[str] = []
     names = {id(mod): n for n, mod in model.named_modules()}
+    # an apsq-quantized model: the layers quantize_ left in full precision are not priced (issue 15 item 3)
+    left_out = {s.name for s in getattr(getattr(model, "apsq_report", None), "skipped", ())}
+    skip = {id(mod) for n, mod in model.named_modules() if n in left_out}
     handles = []
     recorder = _GemmRecorder(stack)
 
     def pre(mod: nn.Module, _inp: Any) -> None:
         stack.append(names.get(id(mod), type(mod).__name__))
-        if _is_gemm_module(mod):
+        if _is_gemm_module(mod) or id(mod) in skip:
             recorder.inside_gemm_module += 1
 
     def post(mod: nn.Module, inp: Any, out: Any) -> None:
-        if _is_gemm_module(mod):
+        if _is_gemm_module(mod) or id(mod) in skip:
             recorder.inside_gemm_module -= 1
-            if recorder.inside_gemm_module == 0:
+            if recorder.inside_gemm_module == 0 and id(mod) not in skip:
                 recorder.record_module(mod, inp, out)
         if stack:
             stack.pop()
