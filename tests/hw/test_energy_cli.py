@@ -35,8 +35,8 @@ def test_json_for_a_builtin(app, dataflow):
     assert KEYS <= set(out)
     assert set(out["breakdown"]) == {"baseline", "apsq"}
     b = out["breakdown"]["baseline"]
-    assert set(b["by_operand"]) == {"input", "weight", "psum", "output", "mac"}
-    assert set(b["by_level"]) == {"reg", "sram", "dram", "mac"}
+    assert set(b["by_operand"]) == {"input", "weight", "psum", "output", "mac", "rae", "exponents"}
+    assert set(b["by_level"]) == {"reg", "sram", "dram", "mac", "rae", "exponents"}
     assert sum(b["by_operand"].values()) == pytest.approx(out["baseline_pj"])
     assert sum(b["by_level"].values()) == pytest.approx(out["baseline_pj"])
     assert out["reduction"] == pytest.approx(1 - out["apsq_pj"] / out["baseline_pj"])
@@ -92,7 +92,7 @@ def test_trace_factory_file(app, tmp_path):
     [
         (["--model", "gpt-2"], "'bert-base', 'segformer-b0', 'efficientvit-b1', 'llama2-7b'"),
         (["--model", "bert-base", "-d", "rs"], "'is', 'ws', 'os'"),
-        (["--model", "bert-base", "--gs", "0"], "gs must be in [1, inf]"),
+        (["--model", "bert-base", "--gs", "0"], "gs must be ≥ 1"),
         (["-d", "ws"], "exactly one of --model"),
         (["--trace", "nomodule_xyz:f"], "cannot import module"),
         (["--model", "bert-base", "--accelerator", "/nonexistent.yaml"], "does not exist"),

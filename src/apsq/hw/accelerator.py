@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from apsq.errors import APSQError, read_yaml
 
@@ -33,6 +33,10 @@ __all__ = [
     "Accelerator",
     "Buffer",
     "DRAM",
+    "DRAM_PRESETS",
+    "RAE",
+    "BUILTIN_ACCELERATORS",
+    "with_dram",
     "PEArray",
     "DEFAULT_ACCELERATOR",
     "default_accelerator",
@@ -76,6 +80,15 @@ class _Strict(BaseModel):
     # finite numbers only: `.inf` / `.nan` in a YAML file are refused (they made latency NaN)
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, v: Any, info: ValidationInfo) -> Any:
+        """A YAML ``true`` is not a number (pydantic would read it as 1)."""
+        ann = cls.model_fields[info.field_name].annotation
+        if isinstance(v, bool) and ann is not bool and bool not in get_args(ann):
+            raise ValueError(f"expected a number or text, got the boolean {v!r}")
+        return v
+
 
 MAX_PES = 1 << 16
 """Upper bound of PE rows / columns, banks and port widths (sane finite ranges for input files)."""
@@ -91,6 +104,43 @@ class PEArray(_Strict):
     mac_pj: float = Field(ge=0, le=MAX_PJ, description="energy of one INT8 multiply + INT32 accumulate, pJ")
     reg_pj_per_bit: float = Field(ge=0, le=MAX_PJ,
                                   description="PE register (pipeline/stationary/accumulator) access, pJ/bit")
+    input_reg_pj_per_bit: float | None = Field(None, ge=0, le=MAX_PJ,
+                                               description="input register access, pJ/bit (default reg_pj_per_bit)")
+    weight_reg_pj_per_bit: float | None = Field(None, ge=0, le=MAX_PJ,
+                                                description="weight register access, pJ/bit (default reg_pj_per_bit)")
+    acc_reg_pj_per_bit: float | None = Field(None, ge=0, le=MAX_PJ,
+                                             description="in-PE accumulator access, pJ/bit (default reg_pj_per_bit)")
+
+    def reg_pj(self, operand: str) -> float:
+        """Register energy (pJ/bit) of ``operand`` (``input``, ``weight``, ``psum``, ``output``)."""
+        own = {"input": self.input_reg_pj_per_bit, "weight": self.weight_reg_pj_per_bit,
+               "psum": self.acc_reg_pj_per_bit}.get(operand)
+        return self.reg_pj_per_bit if own is None else own
+
+
+class RAE(_Strict):
+    """Energy of the RAE's logic per stored PSUM (APSQ / PSQ modes only; the INT32 baseline has none).
+
+    Every stored PSUM code is produced by one requantization (an exponent shift and a rounding add;
+    the clamp is a comparison folded into the rounding) and consumed by one accumulation (an alignment
+    shift and an add). Defaults: Horowitz ISSCC 2014, 45 nm: 32-bit add 0.1 pJ; a barrel shifter is
+    taken as one 32-bit add (same class of logic, an estimate); both x 28/45 for 28 nm = 0.0622 pJ.
+    """
+
+    shift_pj: float = Field(0.0622, ge=0, le=MAX_PJ, description="one 32-bit shift, pJ")
+    add_pj: float = Field(0.0622, ge=0, le=MAX_PJ, description="one 32-bit add, pJ")
+    exponent_bits: int = Field(8, ge=1, le=32,
+                               description="width of one stored PSUM exponent (psum_granularity='channel'), bits")
+
+    @property
+    def requant_pj(self) -> float:
+        """Energy to requantize one PSUM into a stored code (shift + rounding add), pJ."""
+        return self.shift_pj + self.add_pj
+
+    @property
+    def accumulate_pj(self) -> float:
+        """Energy to align and add one stored code back into the running sum (shift + add), pJ."""
+        return self.shift_pj + self.add_pj
 
 
 class Buffer(_Strict):
@@ -141,6 +191,12 @@ class Accelerator(_Strict):
     pe_array: PEArray
     buffers: Buffers
     dram: DRAM
+    rae: RAE = Field(default_factory=RAE, description="RAE logic energies (APSQ overhead)")
+    shared_sram: tuple[Literal["input", "weight", "psum", "output"], ...] | None = Field(
+        None,
+        description="buffers that are one physical SRAM (for the ZigZag conversion: one memory of their summed "
+        "capacity); the energy model keeps their capacities as a static partition",
+    )
 
     @model_validator(mode="after")
     def _acc_wide_enough(self) -> Accelerator:
@@ -174,8 +230,42 @@ def _configs_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "configs"
 
 
+BUILTIN_ACCELERATORS: dict[str, str] = {
+    "default": DEFAULT_ACCELERATOR,
+    "apsq-28nm-int8": DEFAULT_ACCELERATOR,
+    "zigzag-tpu-like": "zigzag_tpu_like.yaml",
+    "worked-example": "worked_example.yaml",
+}
+"""Accelerators selectable by name (``--accelerator NAME``); anything else is read as a YAML path."""
+
+DRAM_PRESETS: dict[str, tuple[float, str]] = {
+    "ddr3": (20.31, "Horowitz ISSCC 2014: 1.3-2.6 nJ per 64-bit DRAM access, low end (1.3 nJ / 64 b)"),
+    "ddr4": (15.0, "DDR4-class estimate incl. I/O (Micron DDR4 power calculator TN-40-07 class figure); approximate"),
+    "lpddr4": (5.0, "LPDDR4-class estimate incl. I/O (mobile DRAM, low-swing I/O); approximate"),
+    "hbm2": (3.9, "O'Connor et al., 'Fine-Grained DRAM', MICRO 2017: HBM2 3.9 pJ/bit"),
+    "zigzag": (700 / 64, "ZigZag tpu_like.yaml: 700 pJ read / 750 pJ write per 64-bit DRAM access (read energy)"),
+}
+"""DRAM energy presets, pJ/bit (read = write), with the figure's source (``--dram NAME``)."""
+
+
+def with_dram(acc: Accelerator, preset: str) -> Accelerator:
+    """``acc`` with both DRAM energies set to ``DRAM_PRESETS[preset]`` (bandwidth unchanged)."""
+    if preset not in DRAM_PRESETS:
+        raise APSQError(f"dram preset must be one of {', '.join(map(repr, DRAM_PRESETS))}; got {preset!r}")
+    pj = DRAM_PRESETS[preset][0]
+    d = acc.model_dump()
+    d["dram"]["read_pj_per_bit"] = d["dram"]["write_pj_per_bit"] = pj
+    d["name"] = f"{acc.name}+{preset}"
+    return Accelerator.from_dict(d, source=f"accelerator {acc.name!r} with dram preset {preset!r}")
+
+
 def load_accelerator(path: str | Path | None = None) -> Accelerator:
-    """Load an accelerator YAML; ``None`` loads the packaged default 28 nm INT8 accelerator."""
+    """Load an accelerator YAML; ``None`` loads the packaged default 28 nm INT8 accelerator.
+
+    ``path`` may also be a built-in name (:data:`BUILTIN_ACCELERATORS`, e.g. ``zigzag-tpu-like``).
+    """
+    if isinstance(path, (str, Path)) and str(path) in BUILTIN_ACCELERATORS and not Path(path).is_file():
+        path = _configs_dir() / BUILTIN_ACCELERATORS[str(path)]
     p = _configs_dir() / DEFAULT_ACCELERATOR if path is None else Path(path)
     data = read_yaml(p, "accelerator file")
     return Accelerator.from_dict(data, source=f"accelerator file {str(p)!r}")

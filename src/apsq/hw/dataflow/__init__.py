@@ -49,15 +49,17 @@ def shapes_of(workload, acc) -> GemmShapes:  # noqa: ANN001
 
 
 def access_counts(workload, acc, dataflow: str, mode: str, gs, psum_bits: int,  # noqa: ANN001
-                  baseline_bits=None) -> AccessCounts:  # noqa: ANN001
-    """Access counts of ``workload`` on ``acc`` under ``dataflow`` with PSUM ``mode`` (gs per layer).
+                  baseline_bits=None, spill: str = "fractional") -> AccessCounts:  # noqa: ANN001
+    """Access counts of ``workload`` on ``acc`` under ``dataflow``'s untiled order with PSUM ``mode``.
 
-    ``baseline_bits``: stored PSUM width of mode ``none`` (int or one per layer; default ``acc.acc_bits``)."""
+    ``baseline_bits``: stored PSUM width of mode ``none`` (int or one per layer; default ``acc.acc_bits``);
+    ``spill``: ``fractional`` or ``all-or-nothing`` (``common.SPILL_RULES``). The tiled schedules are
+    :func:`apsq.hw.mapper.map_layers`'s."""
     check_choice("dataflow", dataflow, tuple(DATAFLOWS))
     g = shapes_of(workload, acc)
     gs_arr = workload.gs_array(gs)
     plan = psum_plan(ceil_div(g.k, acc.pe_array.rows), mode, gs_arr, psum_bits,
                      acc.acc_bits if baseline_bits is None else baseline_bits)
-    t = DATAFLOWS[dataflow].terms(g, acc)
+    t = DATAFLOWS[dataflow].terms(g, acc, spill)
     names = [ly.name for ly in workload.layers]
-    return assemble(f"{workload.name} ({dataflow.upper()})", g, t, plan, acc, names)
+    return assemble(f"{workload.name} ({dataflow.upper()})", g, t, plan, acc, names, spill)

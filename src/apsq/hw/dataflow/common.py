@@ -30,6 +30,8 @@ __all__ = [
     "PsumPlan",
     "psum_plan",
     "refetch_fraction",
+    "SPILL_RULES",
+    "BOUNDS",
     "GemmShapes",
     "DataflowTerms",
     "AccessCounts",
@@ -88,13 +90,30 @@ def psum_plan(steps: np.ndarray, mode: str, gs: np.ndarray | int, psum_bits: int
     return PsumPlan(mode, steps, rw, rw, slots, psum_bits)
 
 
-def refetch_fraction(footprint_bits: np.ndarray, capacity_bits: float) -> np.ndarray:
+SPILL_RULES = ("fractional", "all-or-nothing", "zigzag")
+"""How a working set larger than its buffer is charged (``spill=``):
+
+- ``fractional`` (apsq's default): a static allocation pins ``capacity`` bits of the working set on chip
+  and the rest lives in DRAM, ``f = max(0, 1 - capacity / footprint)``;
+- ``all-or-nothing`` (ZigZag's semantics): a working set that does not fit is not kept at that level at
+  all, ``f = 1`` (every reuse goes to DRAM), else ``f = 0``;
+- ``zigzag``: all-or-nothing plus ZigZag's count of stored PSUM accesses — ``n`` reads and ``n`` writes
+  per output at the stored width when ``n > 1`` (the first read of a zero sum and the final result's
+  write, which apsq sends to the output buffer at ``act_bits``, are counted at PSUM width), the final
+  result read out at ``act_bits``. For comparisons with ZigZag only.
+"""
+
+
+def refetch_fraction(footprint_bits: np.ndarray, capacity_bits: float | np.ndarray,
+                     spill: str = "fractional") -> np.ndarray:
     """Share of a reused operand's (or live PSUMs') accesses that miss the buffer and go to DRAM.
 
-    A static allocation pins ``capacity`` bits of a ``footprint``-bit working set on chip; the rest lives
-    in DRAM: ``f = max(0, 1 - capacity / footprint)``.
+    ``fractional``: ``f = max(0, 1 - capacity / footprint)``; ``all-or-nothing``: ``f = [footprint >
+    capacity]`` (see :data:`SPILL_RULES`). Arrays over layers, values in [0, 1].
     """
     fp = np.asarray(footprint_bits, dtype=np.float64)
+    if spill in ("all-or-nothing", "zigzag"):
+        return (fp > capacity_bits).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         f = np.where(fp > 0, 1.0 - capacity_bits / np.where(fp > 0, fp, 1.0), 0.0)
     return np.clip(f, 0.0, 1.0)
@@ -130,6 +149,9 @@ class DataflowTerms:
     psum_lanes: np.ndarray  # outputs produced per array step (the smallest PSUM working set)
     compute_cycles: np.ndarray
     stores_psums: bool = True  # False: sums stay in the PEs (OS), no stored-PSUM traffic at all
+    in_reg_reads: np.ndarray | None = None  # None: one per MAC (a streamed operand); stationary: per load
+    w_reg_reads: np.ndarray | None = None
+    exponent_reads: np.ndarray | None = None  # per-(tile step, output channel) exponent reads (psum_granularity="channel")
 
 
 @dataclass(frozen=True)
@@ -144,10 +166,31 @@ class AccessCounts:
     compute_cycles: np.ndarray  # [L]
     psum_footprint_bits: np.ndarray  # [L] live PSUM bits of one GEMM instance
     psum_spill: np.ndarray  # [L] share of stored-PSUM accesses that go to DRAM
+    bound_by: np.ndarray | None = None  # [L] index into BOUNDS of the resource that sets `cycles`
+    stored_psums: np.ndarray | None = None  # [L] stored-PSUM writes (codes produced by a requantization)
+    exponent_reads: np.ndarray | None = None  # [L] per-channel PSUM exponent reads (x count)
+
+    def take(self, idx: np.ndarray) -> AccessCounts:
+        """The rows ``idx`` of every per-layer array (used by the mapper to keep its chosen candidates)."""
+        def t(a):  # noqa: ANN001, ANN202
+            return None if a is None else a[idx]
+        return AccessCounts(self.reads[idx], self.writes[idx], self.bits[idx], self.macs[idx], self.cycles[idx],
+                            self.compute_cycles[idx], self.psum_footprint_bits[idx], self.psum_spill[idx],
+                            t(self.bound_by), t(self.stored_psums), t(self.exponent_reads))
 
 
-def assemble(name: str, g: GemmShapes, t: DataflowTerms, plan: PsumPlan, acc, layer_names) -> AccessCounts:  # noqa: ANN001
-    """Fill the [layer, operand, level] tables from a dataflow's terms and the PSUM plan."""
+BOUNDS = ("compute", "dram", "input port", "weight port", "psum port", "output port")
+"""Resources whose cycle count can set a layer's latency (``AccessCounts.bound_by`` indexes these)."""
+
+
+def assemble(name: str, g: GemmShapes, t: DataflowTerms, plan: PsumPlan, acc, layer_names,  # noqa: ANN001
+             spill: str = "fractional", psum_capacity_bits: float | None = None) -> AccessCounts:
+    """Fill the [layer, operand, level] tables from a dataflow's terms and the PSUM plan.
+
+    Latency: ``cycles = max(compute, DRAM bits / DRAM bits per cycle, each buffer's bits / its port's
+    bits per cycle)`` — every port is its own bound, so a PSUM port narrower than the dataflow's
+    per-cycle PSUM traffic shows up as ``bound_by == "psum port"`` (``BOUNDS``).
+    """
     L = len(g.m)
     reads = np.zeros((L, 4, 3))
     writes = np.zeros((L, 4, 3))
@@ -161,17 +204,17 @@ def assemble(name: str, g: GemmShapes, t: DataflowTerms, plan: PsumPlan, acc, la
     writes[:, IN, SRAM] = t.in_dram_reads * c
     reads[:, IN, SRAM] = t.in_sram_reads * c
     writes[:, IN, REG] = t.in_reg_writes * c
-    reads[:, IN, REG] = macs
+    reads[:, IN, REG] = macs if t.in_reg_reads is None else t.in_reg_reads * c
     reads[:, WT, DRAM] = t.w_dram_reads * c
     writes[:, WT, SRAM] = t.w_dram_reads * c
     reads[:, WT, SRAM] = t.w_sram_reads * c
     writes[:, WT, REG] = t.w_reg_writes * c
-    reads[:, WT, REG] = macs
+    reads[:, WT, REG] = macs if t.w_reg_reads is None else t.w_reg_reads * c
     # PSUMs: the in-PE accumulator is read and written once per MAC (INT32 in every mode)
     reads[:, PS, REG] = macs
     writes[:, PS, REG] = macs
     # stored PSUMs: the plan's traffic, split between the PSUM buffer and DRAM by the spill fraction
-    cap = acc.buffers.psum.capacity_bits
+    cap = acc.buffers.psum.capacity_bits if psum_capacity_bits is None else psum_capacity_bits
     if not t.stores_psums:
         plan = PsumPlan(plan.mode, plan.steps, plan.reads * 0, plan.writes * 0, plan.slots * 0, plan.bits)
     live_bits = t.psum_live_outputs * plan.slots * plan.bits
@@ -185,15 +228,21 @@ def assemble(name: str, g: GemmShapes, t: DataflowTerms, plan: PsumPlan, acc, la
             f"{np.broadcast_to(plan.bits, bad.shape)[i]} bits "
             f"= {need[i] / 8192:.3f} KiB; enlarge buffers.psum.capacity_kib or lower gs / psum bits"
         )
-    spill = refetch_fraction(live_bits, cap)
+    f_spill = refetch_fraction(live_bits, cap, spill)
     ps_r = outputs * plan.reads
     ps_w = outputs * plan.writes
-    reads[:, PS, SRAM] = ps_r * (1 - spill)
-    writes[:, PS, SRAM] = ps_w * (1 - spill)
-    reads[:, PS, DRAM] = ps_r * spill
-    writes[:, PS, DRAM] = ps_w * spill
+    out_sram_w = outputs
+    if spill == "zigzag" and t.stores_psums:  # ZigZag's word counting (SPILL_RULES)
+        multi = plan.steps > 1
+        ps_r = outputs * np.where(multi, plan.reads + 1, 0)
+        ps_w = outputs * np.where(multi, plan.writes + 1, 0)
+        out_sram_w = outputs * ~multi
+    reads[:, PS, SRAM] = ps_r * (1 - f_spill)
+    writes[:, PS, SRAM] = ps_w * (1 - f_spill)
+    reads[:, PS, DRAM] = ps_r * f_spill
+    writes[:, PS, DRAM] = ps_w * f_spill
     # outputs: requantized result -> output buffer -> DRAM
-    writes[:, OUT, SRAM] = outputs
+    writes[:, OUT, SRAM] = out_sram_w
     reads[:, OUT, SRAM] = outputs
     writes[:, OUT, DRAM] = outputs
 
@@ -208,5 +257,8 @@ def assemble(name: str, g: GemmShapes, t: DataflowTerms, plan: PsumPlan, acc, la
     bounds = [t.compute_cycles * c, traffic[:, :, DRAM].sum(axis=1) / acc.dram_bits_per_cycle]
     for op, buf in zip(OPERANDS, (acc.buffers.input, acc.buffers.weight, acc.buffers.psum, acc.buffers.output)):
         bounds.append(traffic[:, OPERANDS.index(op), SRAM] / buf.bits_per_cycle)
-    cycles = np.max(np.stack(bounds), axis=0)
-    return AccessCounts(reads, writes, bits, macs, cycles, t.compute_cycles * c, live_bits.astype(np.float64), spill)
+    stack = np.stack(bounds)
+    cycles = np.max(stack, axis=0)
+    loads = None if t.exponent_reads is None else t.exponent_reads * c
+    return AccessCounts(reads, writes, bits, macs, cycles, t.compute_cycles * c, live_bits.astype(np.float64), f_spill,
+                        np.argmax(stack, axis=0), ps_w, loads)

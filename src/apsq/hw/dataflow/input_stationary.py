@@ -9,7 +9,8 @@ Loop order, outermost first::
             for n in range(N):                # stream every weight row through the array
                 PSUM[m_t, n] += X[m_t, k_t] · W[n, k_t]   # C partial sums leave the array
 
-- inputs: read once from DRAM and once from the input buffer into the PEs;
+- inputs: read once from DRAM and once from the input buffer into the PEs (stationary: one register
+  write and one read per load);
 - weights: W is re-streamed from the weight buffer for every m_t; re-fetched from DRAM for the share of
   W that does not fit in the weight buffer;
 - PSUMs: the running sums of ``min(C, M) x N`` outputs are live between k_t steps;
@@ -18,27 +19,12 @@ Loop order, outermost first::
 
 from __future__ import annotations
 
-import numpy as np
-
-from apsq.hw.dataflow.common import DataflowTerms, GemmShapes, ceil_div, refetch_fraction
+from apsq.hw.dataflow.common import DataflowTerms, GemmShapes
+from apsq.hw.dataflow.tiling import stationary_terms
 
 NAME = "is"
 
 
-def terms(g: GemmShapes, acc) -> DataflowTerms:  # noqa: ANN001
-    R, C = acc.pe_array.rows, acc.pe_array.cols
-    n_k, n_m = ceil_div(g.k, R), ceil_div(g.m, C)
-    mk, nk = g.m * g.k, g.n * g.k
-    f_w = refetch_fraction(nk * g.w_bits, acc.buffers.weight.capacity_bits)
-    lanes = np.minimum(g.m, C)
-    return DataflowTerms(
-        in_sram_reads=mk.astype(np.float64),
-        in_dram_reads=mk.astype(np.float64),
-        in_reg_writes=mk.astype(np.float64),
-        w_sram_reads=(nk * n_m).astype(np.float64),
-        w_dram_reads=nk * (1 + (n_m - 1) * f_w),
-        w_reg_writes=(g.m * g.k * g.n).astype(np.float64),  # forwarded across the columns
-        psum_live_outputs=lanes * g.n,
-        psum_lanes=lanes,
-        compute_cycles=(n_m * n_k * (g.n + R + C - 2)).astype(np.float64),
-    )
+def terms(g: GemmShapes, acc, spill: str = "fractional") -> DataflowTerms:  # noqa: ANN001
+    """The untiled loop order above (``tiling.stationary_terms`` with one tile)."""
+    return stationary_terms(g, acc, NAME, 1, None, spill)

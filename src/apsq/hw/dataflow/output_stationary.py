@@ -19,30 +19,12 @@ rows (M), columns C output features (N). Loop order, outermost first::
 
 from __future__ import annotations
 
-import numpy as np
-
-from apsq.hw.dataflow.common import DataflowTerms, GemmShapes, ceil_div, refetch_fraction
+from apsq.hw.dataflow.common import DataflowTerms, GemmShapes
+from apsq.hw.dataflow.tiling import os_terms
 
 NAME = "os"
 
 
-def terms(g: GemmShapes, acc) -> DataflowTerms:  # noqa: ANN001
-    R, C = acc.pe_array.rows, acc.pe_array.cols
-    n_m, n_n = ceil_div(g.m, R), ceil_div(g.n, C)
-    mk, nk = g.m * g.k, g.n * g.k
-    f_in = refetch_fraction(np.minimum(g.m, R) * g.k * g.act_bits, acc.buffers.input.capacity_bits)
-    f_w = refetch_fraction(nk * g.w_bits, acc.buffers.weight.capacity_bits)
-    macs = (g.m * g.k * g.n).astype(np.float64)
-    zero = np.zeros(len(g.m), dtype=np.int64)
-    return DataflowTerms(
-        in_sram_reads=(mk * n_n).astype(np.float64),
-        in_dram_reads=mk * (1 + (n_n - 1) * f_in),
-        in_reg_writes=macs,  # forwarded across the columns
-        w_sram_reads=(nk * n_m).astype(np.float64),
-        w_dram_reads=nk * (1 + (n_m - 1) * f_w),
-        w_reg_writes=macs,  # forwarded down the rows
-        psum_live_outputs=zero,
-        psum_lanes=zero,
-        compute_cycles=(n_m * n_n * (g.k + R + C - 2)).astype(np.float64),
-        stores_psums=False,
-    )
+def terms(g: GemmShapes, acc, spill: str = "fractional") -> DataflowTerms:  # noqa: ANN001
+    """The untiled loop order above (``tiling.os_terms`` with order ``M>N>K``)."""
+    return os_terms(g, acc, "M>N>K", spill)

@@ -9,7 +9,8 @@ outermost first::
             for m in range(M):                # stream every input row through the array
                 PSUM[m, n_t] += X[m, k_t] · W[n_t, k_t]   # C partial sums leave the array
 
-- weights: read once from DRAM and once from the weight buffer into the PEs;
+- weights: read once from DRAM and once from the weight buffer into the PEs (stationary: one register
+  write and one read per load);
 - inputs: X is re-streamed from the input buffer for every n_t; re-fetched from DRAM for the share of X
   that does not fit in the input buffer (see ``refetch_fraction``);
 - PSUMs: the running sums of ``M x min(C, N)`` outputs are live between k_t steps;
@@ -19,27 +20,12 @@ outermost first::
 
 from __future__ import annotations
 
-import numpy as np
-
-from apsq.hw.dataflow.common import DataflowTerms, GemmShapes, ceil_div, refetch_fraction
+from apsq.hw.dataflow.common import DataflowTerms, GemmShapes
+from apsq.hw.dataflow.tiling import stationary_terms
 
 NAME = "ws"
 
 
-def terms(g: GemmShapes, acc) -> DataflowTerms:  # noqa: ANN001
-    R, C = acc.pe_array.rows, acc.pe_array.cols
-    n_k, n_n = ceil_div(g.k, R), ceil_div(g.n, C)
-    mk, nk = g.m * g.k, g.n * g.k
-    f_in = refetch_fraction(mk * g.act_bits, acc.buffers.input.capacity_bits)
-    lanes = np.minimum(g.n, C)
-    return DataflowTerms(
-        in_sram_reads=(mk * n_n).astype(np.float64),
-        in_dram_reads=mk * (1 + (n_n - 1) * f_in),
-        in_reg_writes=(g.m * g.k * g.n).astype(np.float64),  # forwarded across the columns
-        w_sram_reads=nk.astype(np.float64),
-        w_dram_reads=nk.astype(np.float64),
-        w_reg_writes=nk.astype(np.float64),
-        psum_live_outputs=g.m * lanes,
-        psum_lanes=lanes,
-        compute_cycles=(n_n * n_k * (g.m + R + C - 2)).astype(np.float64),
-    )
+def terms(g: GemmShapes, acc, spill: str = "fractional") -> DataflowTerms:  # noqa: ANN001
+    """The untiled loop order above (``tiling.stationary_terms`` with one tile)."""
+    return stationary_terms(g, acc, NAME, 1, None, spill)
