@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 
 from apsq.errors import PSUM_MODES, APSQError, check_bits, check_choice, check_finite, check_int
-from apsq.quant.ops import fake_quantize, is_power_of_two
+from apsq.quant.ops import fake_quantize, is_power_of_two, qrange
 from apsq.quant.search import best_pow2_exponent
 
 __all__ = [
@@ -117,6 +117,45 @@ def _accumulate(
     return acc if mode == "apsq" else pending
 
 
+CHUNK_VALUES = 1 << 16
+"""Output values per chunk of :func:`_accumulate_values` (256 KiB in float32: the running sums of a
+chunk stay in the CPU's cache across the ``n`` tile steps)."""
+
+
+@torch.no_grad()
+def _accumulate_values(partials: torch.Tensor, steps: torch.Tensor, gs: int, bits: int) -> torch.Tensor:
+    """``apsq`` values of :func:`_accumulate` without autograd: the same operations in the same order
+    (``floor(v / s + 1/2)``, clamp, ``* s``; ``(Tp + pending) + A``), in place and in chunks along
+    ``partials``' dim 1 (when the steps do not vary along it). ``steps``: ``[n]`` or ``lane_steps``-shaped."""
+    qn, qp = qrange(bits)
+    n = partials.shape[0]
+    closing = closing_steps(n, gs)
+    out = torch.empty_like(partials[0])
+    if out.dim() == 0 or (steps.dim() > 1 and steps.shape[1] != 1):
+        rows = out.shape[0] if out.dim() else 1
+    else:
+        rows = max(1, CHUNK_VALUES // max(1, out[0].numel()))
+
+    def q_(v: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return v.div_(s).add_(0.5).floor_().clamp_(qn, qp).mul_(s)
+
+    for r0 in range(0, out.shape[0] if out.dim() else 1, rows):
+        pc = partials[:, r0:r0 + rows] if out.dim() else partials
+        acc = torch.zeros_like(pc[0])
+        pending = torch.zeros_like(pc[0])
+        for i in range(n):
+            if closing[i]:
+                acc = q_((pc[i] + pending).add_(acc), steps[i])
+                pending.zero_()
+            else:
+                pending.add_(q_(pc[i].clone(), steps[i]))
+        if out.dim():
+            out[r0:r0 + rows] = acc
+        else:
+            out = acc
+    return out
+
+
 def psum_accumulate(
     partials: torch.Tensor,
     scales: torch.Tensor | None = None,
@@ -156,6 +195,8 @@ def psum_accumulate(
         return fake_quantize(partials, s, bits).sum(0)
     if steps.dim() > 1:
         steps = lane_steps(steps, partials.dim())
+    if observe is None and not (torch.is_grad_enabled() and (partials.requires_grad or steps.requires_grad)):
+        return _accumulate_values(partials, steps, gs, bits)  # evaluation: same values, in place, cache-sized
     return _accumulate(partials, lambda i, v: steps[i], mode, gs, bits, observe)
 
 
