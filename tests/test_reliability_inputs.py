@@ -50,6 +50,21 @@ def test_non_list_patterns_rejected(field, value, match):
         APSQConfig.from_dict({field: value})
 
 
+def test_pattern_string_in_train_config_and_a2q():
+    import torch
+
+    from apsq.beyond.a2q import a2q_quantize_
+    from apsq.train.config import parse_config
+
+    assert parse_config({"apsq": {"exclude": "classifier"}}).apsq["exclude"] == ["classifier"]
+    m = torch.nn.Sequential()
+    m.add_module("body", torch.nn.Linear(8, 8))
+    m.add_module("classifier", torch.nn.Linear(8, 2))
+    pytest.importorskip("brevitas")
+    a2q_quantize_(m, 16, exclude="classifier")
+    assert type(m.classifier) is torch.nn.Linear and type(m.body) is not torch.nn.Linear
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.text(min_size=1, max_size=12))
 def test_check_str_list_never_splits_a_string(s):
@@ -150,6 +165,19 @@ def test_accelerator_numbers_finite_and_bounded(tmp_path, path, value):
     f.write_text(yaml.safe_dump(d))
     with pytest.raises(APSQError, match="field '" + ".".join(path) + "'"):
         load_accelerator(f)
+
+
+@pytest.mark.parametrize("path", [("pe_array", "rows"), ("clock_mhz",), ("buffers", "psum", "banks")])
+def test_accelerator_bool_is_not_a_number(path):
+    from apsq.hw.accelerator import Accelerator
+
+    d = copy.deepcopy(_accel())
+    node = d
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = True
+    with pytest.raises(APSQError, match="field '" + ".".join(path) + "'.*boolean"):
+        Accelerator.from_dict(d)
 
 
 def test_accelerator_yaml_inf_literal(tmp_path):

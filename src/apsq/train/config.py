@@ -169,6 +169,8 @@ class TrainConfig(_Strict):
                 APSQConfig.from_dict(dict(v))
             except (APSQError, TypeError) as exc:
                 raise ValueError(str(exc)) from exc
+            # consumers read this mapping directly: a single pattern string becomes a one-element list
+            v = {**v, **{k: [v[k]] for k in ("exclude", "layer_types") if isinstance(v.get(k), str)}}
         return v
 
     @model_validator(mode="after")
@@ -225,10 +227,16 @@ def load_config(path: str | Path) -> TrainConfig:
     """Read and validate a YAML training config; it must name its ``model`` and ``data`` (no silent defaults)."""
     p = Path(path)
     data = read_yaml(p, "config file")
-    if isinstance(data, dict):
-        missing = [k for k in ("model", "data") if k not in data]
-        if missing:
-            raise APSQError(f"{p}: a training config must name its {' and '.join(missing)} (e.g. model: {{name: minilm, "
-                            f"num_labels: 2}}, data: {{name: rt-sentences}}); models: {', '.join(BUILTIN_MODELS)} or a "
-                            f"Hugging Face model; data: {', '.join(dataset_names())}")
-    return parse_config(data, str(p))
+    missing = [k for k in ("model", "data") if isinstance(data, dict) and k not in data]
+    need = (f"a training config must name its {' and '.join(missing)} (e.g. model: {{name: minilm, num_labels: 2}}, "
+            f"data: {{name: rt-sentences}}); models: {', '.join(BUILTIN_MODELS)} or a Hugging Face model; data: "
+            f"{', '.join(dataset_names())}")
+    try:
+        cfg = parse_config(data, str(p))
+    except APSQError as exc:
+        if missing:  # every problem at once
+            raise APSQError(f"{exc}; and {need}") from None
+        raise
+    if missing:
+        raise APSQError(f"{p}: {need}")
+    return cfg
