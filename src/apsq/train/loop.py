@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from apsq.data.fileio import FolderLock, remove_orphan_temps
 from apsq.errors import APSQError
 from apsq.train.checkpoint import (
     atomic_save_tensors,
@@ -277,8 +278,23 @@ class _Run:
                                 f"processes ({self.world})")
         self.state: dict[str, Any] = {"stage": "finetune", "step": 0}
         self.tensors: dict[str, torch.Tensor] = {}
-        self._check_output(resume)
+        # one run per output folder: a second run into it fails at once, naming the holder (pid, host)
+        self.lock = (FolderLock(self.out, "output folder", hint="wait for that run to finish or choose another "
+                                "--output") if self.main else None)
+        if self.lock is not None:
+            self.lock.acquire()
+            remove_orphan_temps(self.out)  # temp files of killed runs (no live writer: we hold the lock)
+        try:
+            self._check_output(resume)
+        except BaseException:
+            self.release()
+            raise
         self.metrics = MetricsLog(self.out / METRICS, self.main)
+
+    def release(self) -> None:
+        """Drop the output-folder lock (idempotent; the OS drops it too if the process dies)."""
+        if self.lock is not None:
+            self.lock.release()
 
     def _check_output(self, resume: bool) -> None:
         ck = self.out / CKPT
@@ -402,7 +418,9 @@ class _Run:
                 load_model_state(model, t, Path(cfg.finetune.init))
             model = self._stage("finetune", cfg.finetune, model, None, self.task.train)
             fp32_acc = cached_fp32_accuracy(init_meta, cfg) if cfg.finetune.init else None
-            if fp32_acc is None:
+            if self.state.get("fp32_accuracy") is not None:  # resumed after this stage was evaluated and
+                fp32_acc = self.state["fp32_accuracy"]       # logged (killed before QAT's first checkpoint)
+            elif fp32_acc is None:
                 fp32_acc = self._eval(model, "finetune", cfg.finetune.steps)
             else:
                 self.metrics.log(stage="finetune", step=0, split=self.task.eval_split, accuracy=fp32_acc,
@@ -464,4 +482,8 @@ def train(cfg: TrainConfig, output: str | Path, resume: bool = False, *, on_step
 
     ``on_step(stage, step)`` is called after every optimizer step (and after a checkpoint due at that step).
     """
-    return _Run(cfg, Path(output), resume, on_step, progress, accelerator).run()
+    run = _Run(cfg, Path(output), resume, on_step, progress, accelerator)
+    try:
+        return run.run()
+    finally:
+        run.release()
