@@ -21,13 +21,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from apsq.errors import APSQError, check_int
+from apsq.errors import APSQError, check_int, check_str_list
 from apsq.eval.metrics import Metrics, logits_on, metrics_of
 from apsq.eval.setup import Setup
 
 
 def a2q_quantize_(model: nn.Module, acc_bits: int, plus: bool = False, exclude: Sequence[str] = ()) -> nn.Module:
     """Replace every ``nn.Linear`` not matching ``exclude`` (fnmatch on module names) in place."""
+    exclude = check_str_list("exclude", exclude)  # a single pattern string is one pattern, not its letters
     import brevitas.nn as qnn
     from brevitas.quant.scaled_int import (
         Int8AccumulatorAwareWeightQuant,
@@ -140,7 +141,7 @@ def build_variant(setup: Setup, spec: dict[str, Any]) -> nn.Module:
     import apsq
 
     m = copy.deepcopy(setup.model)
-    exclude = tuple((setup.cfg.apsq or {}).get("exclude", ("classifier",)))
+    exclude = check_str_list("apsq.exclude", (setup.cfg.apsq or {}).get("exclude", ("classifier",)))
     if spec["kind"] == "a2q":
         a2q_quantize_(m, int(spec["acc_bits"]), bool(spec.get("plus", False)), exclude)
         a2q_calibrate(m, setup.calib)
