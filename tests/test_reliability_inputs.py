@@ -307,3 +307,20 @@ def test_train_cli_refuses_before_any_work(tmp_path):
     r = _cli(["train", "--config", str(p), "--output", str(out)])
     assert r.exit_code == 1 and "set model.num_labels: 10" in r.output
     assert not out.exists()  # nothing trained, nothing written
+
+
+def test_layer_names_printed_literally():
+    import torch
+
+    import apsq
+
+    m = torch.nn.Sequential()
+    m.add_module("[bold]x", torch.nn.Linear(64, 8))
+    apsq.quantize_(m, apsq.APSQConfig(tile=32))
+    x = torch.randn(4, 64, generator=torch.Generator().manual_seed(0))
+    apsq.calibrate(m, [x])
+    with apsq.track_stats(m) as stats:
+        m(x)
+    buf = io.StringIO()
+    apsq.print_layer_stats(stats, Console(file=buf, width=120, color_system=None))
+    assert "[bold]x" in buf.getvalue()

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from torch import nn
 
 from apsq.device import module_device, module_dtype, to_device
@@ -341,5 +342,5 @@ def print_layer_stats(stats: list[LayerStats], console: Console | None = None) -
         t.add_column(col, justify="left" if col in ("layer", "mode") else "right")
     for s in stats:
         mode = f"{s.mode} gs={s.gs}" if s.mode == "apsq" else s.mode
-        t.add_row(s.name, str(s.k), str(s.n_tiles), mode, f"{s.saturation_rate:.2e}", f"{s.rel_error:.4f}")
+        t.add_row(Text(s.name), str(s.k), str(s.n_tiles), mode, f"{s.saturation_rate:.2e}", f"{s.rel_error:.4f}")
     (console or Console()).print(t)
