@@ -67,7 +67,8 @@ def build_task(cfg: TrainConfig, tokenizer=None) -> Task:
     from apsq.data.text import TokenizedText
 
     if tokenizer is None:
-        raise APSQError("text datasets need a tokenizer")
+        raise APSQError(f"data {d.name!r} is text and needs a tokenizer (a text model: minilm, bert-tiny or a Hugging "
+                        "Face model); image data: digits (with model digits-cnn)")
     if d.name == "rt-sentences":
         from apsq.data.rt_sentences import load_rt_sentences
 
