@@ -32,3 +32,16 @@ def test_layer_benchmark_reports_every_variant(bench):
         assert entry["ratio_vs_fp32"] > 0 and entry["peak_mem_ratio_vs_w8a8"] > 0
         assert set(entry["shapes"]) == {"M16_K64_N48"}
     assert res["fp32"]["ratio_vs_fp32"] == 1.0 and res["w8a8"]["peak_mem_ratio_vs_w8a8"] == 1.0
+
+
+def test_ablation_variants_switch_the_kernel_options(bench):
+    """The ablations run with the previous paths (kernel options, not environment variables)."""
+    from apsq.kernels import options
+
+    vs, _ = bench.variants(reference=False, ablation=True)
+    by = {v.name: v for v in vs}
+    with bench._opts(by["apsq_gs2_bmm_tiles"].opts):
+        assert not options.current().int_gemm and not options.current().fused_lsq
+    with bench._opts(by["apsq_gs2_autograd_lsq"].opts):
+        assert options.current().int_gemm and not options.current().fused_lsq
+    assert options.current() == options.Options()

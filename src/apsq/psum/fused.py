@@ -3,9 +3,9 @@
 Computes exactly what :func:`apsq.psum.accumulate.psum_accumulate` (the reference loop) computes —
 ``docs/apsq-method.md`` section 3 — with the same gradients, but
 
-* works on chunks of output rows (:data:`CHUNK_ELEMENTS` partial sums at a time): each chunk's
-  tile partial sums ``Tp_i`` come from one batched matmul into a reused buffer, so the
-  ``[n, M, N]`` partial-sum tensor is never materialised (:func:`linear_psum`, :func:`conv2d_psum`);
+* works on chunks of output rows (:attr:`apsq.kernels.options.Options.chunk_elements` partial sums at
+  a time): each chunk's tile partial sums ``Tp_i`` come from one batched matmul into a reused buffer,
+  so the ``[n, M, N]`` partial-sum tensor is never materialised (:func:`linear_psum`, :func:`conv2d_psum`);
 * runs the recursive quantization of a chunk in one pass: a small C kernel (:mod:`apsq.kernels.chunk`,
   compiled with the system C compiler on first use and cached; it walks blocks of 512 elements
   through all n steps in L1) or, where none builds, vectorised torch (:mod:`apsq.kernels.chunk_torch`;
@@ -373,7 +373,7 @@ def linear_psum(
     operands) — each chunk's tiles come from the same batched matmul as :func:`linear_partials`.
     ``x_step`` (one power of two) and ``w_step`` (one per output row, or one) are the steps the
     operands were quantized with: when given, and ``x / x_step``, ``weight / w_step`` are small
-    integers (:func:`apsq.psum._cgemm.int_operands`), the tile products are computed from those
+    integers (:func:`apsq.kernels.int_gemm.int_operands`), the tile products are computed from those
     codes inside the C kernel (:mod:`apsq.psum.fused_int`; exact, so the same values; much faster).
     ``mode='none'`` is the plain ``F.linear`` (exact INT32 accumulation).
     """
