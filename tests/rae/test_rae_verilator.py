@@ -161,3 +161,25 @@ def test_schedule_broadcasts_per_step_exponents_on_the_lane_engine():
     assert ps.positions == 2 and len(views) == 4
     assert [views[0].exp[j] for j in range(4)] == [3, 3, 3, 3]
     assert [views[3].exp[j] for j in range(4)] == [-2, -2, 0, 0]  # padding lanes: exponent 0
+
+
+@needs_verilator
+def test_equivalence_run_small_and_its_negative_control(monkeypatch):
+    """The equivalence harness: all equal on a small run; a wrong golden model is caught."""
+    from apsq.hw.rae import equivalence
+
+    summary = equivalence.run_equivalence(600, lanes=4, depth=2, batch_streams=150, seed=3, max_cols=12)
+    assert summary["streams"] == 600 and summary["mismatches"] == 0
+    for eng in summary["engines"]:
+        assert eng["streams"] == 300 and eng["batches_with_backpressure"] == 1
+        assert all(eng.get(f"gs{g}", 0) > 0 for g in (1, 2, 3, 4))
+    assert summary["saturated_outputs"] > 0 and summary["engines"][1]["lane_exponents"]
+
+    real = equivalence.psum_accumulate_int
+
+    def off_by_gs(t, e, *, mode, gs):  # a golden model with the wrong group size
+        return real(t, e, mode=mode, gs=gs % 4 + 1)
+
+    monkeypatch.setattr(equivalence, "psum_accumulate_int", off_by_gs)
+    bad = equivalence.run_equivalence(200, lanes=4, depth=2, seed=3, max_cols=12)
+    assert bad["mismatches"] > 0 and bad["mismatch_examples"]

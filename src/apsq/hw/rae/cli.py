@@ -198,6 +198,52 @@ def simulate_cmd(
         raise typer.Exit(1)
 
 
+@rae_app.command("equivalence")
+def equivalence_cmd(
+    streams: Annotated[int, typer.Option(help="random streams (output columns) in all")] = 100_000,
+    lanes: Lanes = 8,
+    depth: Depth = 16,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    backend: Annotated[str, typer.Option(help="verilator (compiled) or amaranth (slow: small runs only)")] = "verilator",
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the summary as JSON")] = None,
+) -> None:
+    """RTL == integer golden model on many random streams (gs 1-4, extreme exponents, saturation),
+    half with per-step and half with per-lane exponents; exit 1 on any mismatch."""
+    import shlex
+    import sys
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from apsq.hw.rae.equivalence import run_equivalence
+
+    console = Console()
+    try:
+        with Progress(TextColumn("streams"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as prog:
+            task = prog.add_task("run", total=streams)
+            summary = run_equivalence(streams, lanes=lanes, depth=depth, seed=seed, backend=backend,
+                                      progress=lambda done, total: prog.update(task, completed=done))
+    except APSQError as exc:
+        _fail(exc)
+    summary["command"] = "apsq rae " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("equivalence"):]) \
+        if "equivalence" in sys.argv else None
+    ok = summary["mismatches"] == 0
+    console.print(
+        f"{summary['streams']:,} streams ({summary['lane_steps']:,} lane-steps, "
+        f"{summary['saturated_outputs']:,} saturated outputs) through the RTL ({backend}): "
+        f"{'[green]all equal[/green]' if ok else '[red]' + str(summary['mismatches']) + ' MISMATCHES[/red]'} "
+        f"to the integer golden model; {summary['wall_s']:.1f} s "
+        f"(simulation {summary['simulation_s']:.1f} s, golden model {summary['golden_model_s']:.1f} s)",
+        soft_wrap=True,
+    )
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(summary, indent=2) + "\n")
+        console.print(f"wrote {literal(json_out)}", soft_wrap=True)
+    if not ok:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``rae`` sub-app to the ``apsq`` command line."""
     app.add_typer(rae_app, name="rae")

@@ -1,0 +1,129 @@
+"""RAE co-simulation speed in lane-steps/s: Verilator (compiled) vs Amaranth's Python simulator.
+
+A *lane-step* is one tile sum of one output lane through the engine (an input beat carries ``L``).
+For each engine (``L`` lanes, per-step or per-lane exponents) one random layer of ``n`` steps over
+all positions the banks hold is run ``--repeat`` times back to back, and compared with the integer
+golden model. Reported per backend:
+
+* ``sim_lane_steps_per_s`` — the simulation loop alone (inside the Verilator executable; the
+  Amaranth simulator's ``sim.run()``);
+* ``end_to_end_lane_steps_per_s`` — ``run_layers`` as a caller sees it: packing the beats, writing
+  them, the process start, reading and scattering the codes (the build is cached and not counted;
+  its time is reported as ``build_s`` when this run had to build).
+
+Goal: >= 1 M lane-steps/s (issue 16 item 12). Results as JSON (``--json``)::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_rae.py --json results/rae_bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+
+from apsq.hw.rae import RAEParams, run_layers, validate_layer
+from apsq.integer.psum import psum_accumulate_int
+
+GOAL = 1_000_000
+
+
+def _layer(rng: np.random.Generator, params: RAEParams, steps: int, gs: int):
+    cols = params.lanes * params.capacity(gs)
+    t = rng.integers(-(1 << 24), 1 << 24, size=(steps, cols))
+    e = rng.integers(6, 18, size=(steps, cols) if params.lane_exponents else steps)
+    return validate_layer(t, e, gs, params)
+
+
+def bench_one(params: RAEParams, backend: str, *, steps: int, repeat: int, gs: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    jobs = [_layer(rng, params, steps, gs) for _ in range(repeat)]
+    build_s = 0.0
+    if backend == "verilator":
+        from apsq.hw.rae.verilator import build_simulator
+
+        t0 = time.perf_counter()
+        _, cached = build_simulator(params)
+        build_s = 0.0 if cached else time.perf_counter() - t0
+    t0 = time.perf_counter()
+    codes, stats = run_layers(jobs, params, backend=backend)
+    e2e = time.perf_counter() - t0
+    for j, c in zip(jobs, codes, strict=True):
+        g = psum_accumulate_int(torch.tensor(j.partials), torch.tensor(j.exponents), mode="apsq", gs=gs).code
+        if not np.array_equal(c, g.numpy()):
+            raise SystemExit(f"MISMATCH on {backend}, L={params.lanes}")
+    lane_steps = stats.beats_in * params.lanes
+    return {
+        "backend": backend,
+        "lanes": params.lanes,
+        "depth": params.depth,
+        "lane_exponents": params.lane_exponents,
+        "gs": gs,
+        "steps": steps,
+        "layers": repeat,
+        "beats": stats.beats_in,
+        "cycles": stats.cycles,
+        "lane_steps": lane_steps,
+        "sim_s": round(stats.wall_s, 6),
+        "end_to_end_s": round(e2e, 6),
+        "sim_lane_steps_per_s": round(lane_steps / stats.wall_s),
+        "end_to_end_lane_steps_per_s": round(lane_steps / e2e),
+        "sim_cycles_per_s": round(stats.cycles / stats.wall_s),
+        "build_s": round(build_s, 1),
+        "bit_exact": True,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lanes", default="4,8,32", help="comma-separated engine widths")
+    ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--repeat", type=int, default=40, help="layers per Verilator run")
+    ap.add_argument("--gs", type=int, default=2)
+    ap.add_argument("--depth", type=int, default=16)
+    ap.add_argument("--amaranth-steps", type=int, default=16, help="steps of the (slow) Amaranth comparison")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args()
+    rows = []
+    for lanes in (int(x) for x in args.lanes.split(",")):
+        for lane_exp in (False, True):
+            params = RAEParams(lanes=lanes, depth=args.depth, lane_exponents=lane_exp)
+            rows.append(bench_one(params, "verilator", steps=args.steps, repeat=args.repeat, gs=args.gs, seed=lanes))
+            rows.append(bench_one(params, "amaranth", steps=args.amaranth_steps, repeat=1, gs=args.gs, seed=lanes))
+            for r in rows[-2:]:
+                print(f"L={lanes:3d} {'per-lane' if lane_exp else 'per-step'} {r['backend']:9s} "
+                      f"{r['lane_steps']:>10,} lane-steps: sim {r['sim_lane_steps_per_s']:>13,}/s, "
+                      f"end to end {r['end_to_end_lane_steps_per_s']:>13,}/s"
+                      + (f" (build {r['build_s']} s)" if r["build_s"] else ""), flush=True)
+    best = max(r["end_to_end_lane_steps_per_s"] for r in rows if r["backend"] == "verilator")
+    print(f"best Verilator end to end: {best:,} lane-steps/s (goal >= {GOAL:,}: {'met' if best >= GOAL else 'NOT met'})")
+    if args.json:
+        out = {
+            "command": "OMP_NUM_THREADS=1 python benchmarks/bench_rae.py " + " ".join(
+                f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "json"),
+            "goal_lane_steps_per_s": GOAL,
+            "machine": {"cpu": _cpu(), "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+                        "python": platform.python_version()},
+            "results": rows,
+        }
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=2)
+            fh.write("\n")
+        print(f"wrote {args.json}")
+
+
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    main()
