@@ -2,6 +2,7 @@
 
 from apsq.hw.workloads.base import LAYER_KINDS, Layer, Workload
 from apsq.hw.workloads.builtin import BUILTIN_WORKLOADS, SWEEP_OPTION, WORKLOAD_OPTIONS, builtin_workload
+from apsq.hw.workloads.file import load_workload_file, workload_from_dict
 from apsq.hw.workloads.trace import trace, trace_factory
 
 __all__ = [
@@ -12,6 +13,8 @@ __all__ = [
     "WORKLOAD_OPTIONS",
     "Workload",
     "builtin_workload",
+    "load_workload_file",
+    "workload_from_dict",
     "trace",
     "trace_factory",
 ]
