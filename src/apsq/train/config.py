@@ -207,7 +207,8 @@ def _format_error(exc: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             lines.append(f"unknown key {loc!r}")
         else:
-            lines.append(f"{loc}: {e['msg'].removeprefix('Value error, ')}")
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(msg if not e["loc"] else f"{loc}: {msg}")  # whole-config checks name their fields
     return f"{source}: invalid training config: " + "; ".join(lines)
 
 
