@@ -183,3 +183,15 @@ def test_equivalence_run_small_and_its_negative_control(monkeypatch):
     monkeypatch.setattr(equivalence, "psum_accumulate_int", off_by_gs)
     bad = equivalence.run_equivalence(200, lanes=4, depth=2, seed=3, max_cols=12)
     assert bad["mismatches"] > 0 and bad["mismatch_examples"]
+
+
+@pytest.mark.skipif(shutil.which("iverilog") is None, reason="iverilog not installed (Debian package iverilog)")
+def test_icarus_runs_the_per_lane_engine_bit_exact():
+    from apsq.hw.rae.icarus import run_layers_icarus
+
+    rng = np.random.default_rng(8)
+    layers = [random_layer(rng, lane=True, gs=gs) for gs in (1, 2, 3, 4)]
+    jobs = [validate_layer(t, e, gs, LANE_PARAMS) for t, e, gs in layers]
+    codes, _ = run_layers_icarus(jobs, LANE_PARAMS, backpressure=True)
+    for (t, e, gs), c in zip(layers, codes, strict=True):
+        np.testing.assert_array_equal(c, golden(t, e, gs))
