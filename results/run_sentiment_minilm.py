@@ -24,14 +24,25 @@ from pathlib import Path
 import yaml
 
 VARIANTS = ("w8a8", "apsq_gs2", "apsq_gs1", "apsq_gs4", "psq", "apsq_gs3")
+PRIORITY = ("w8a8", "apsq_gs2")
+"""Run these for every seed before the other variants."""
 """Priority order within a seed."""
+
+
+FP32_OF: dict[int, int] = {}
+"""``--share-fp32 2=0``: seed 2's QAT runs start from seed 0's fine-tune (their own QAT seed: calibration
+batches, batch order, dropout); by default every seed fine-tunes its own FP32 model."""
+
+
+def fp32_seed(seed: int) -> int:
+    return FP32_OF.get(seed, seed)
 
 
 def write_config(name: str, seed: int, root: Path) -> Path:
     data = yaml.safe_load(Path(f"configs/train_minilm_{name}.yaml").read_text())
     data["seed"] = seed
     if name != "fp32":
-        data["finetune"] = {"steps": 0, "init": str(root / f"seed{seed}" / "fp32" / "fp32.safetensors")}
+        data["finetune"] = {"steps": 0, "init": str(root / f"seed{fp32_seed(seed)}" / "fp32" / "fp32.safetensors")}
     path = root / "configs" / f"{name}_seed{seed}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -55,8 +66,10 @@ def stamp_fp32(root: Path, seed: int) -> None:
 
 
 def jobs(seeds: list[int]) -> list[tuple[int, str]]:
-    """FP32 of every seed first, then round-robin over seeds in variant priority order."""
-    return [(s, "fp32") for s in seeds] + [(s, v) for v in VARIANTS for s in seeds]
+    """FP32 of every seed that fine-tunes its own first, then round-robin over seeds in variant priority order."""
+    first = [(s, v) for s in seeds for v in PRIORITY]
+    rest = [(s, v) for s in seeds for v in VARIANTS if v not in PRIORITY]
+    return [(s, "fp32") for s in seeds if fp32_seed(s) == s] + first + rest
 
 
 def done(root: Path, seed: int, name: str) -> bool:
@@ -74,18 +87,18 @@ def run_all(seeds: list[int], root: Path, workers: int, only: set[str] | None, d
             if p.poll() is not None:
                 print(f"{time.strftime('%H:%M:%S')} seed {j[0]} {j[1]}: exit {p.returncode}", flush=True)
                 del running[j]
-        ready = [j for j in todo if j[1] == "fp32" or done(root, j[0], "fp32")]
+        ready = [j for j in todo if j[1] == "fp32" or done(root, fp32_seed(j[0]), "fp32")]
         while ready and len(running) < workers and (deadline is None or time.time() < deadline):
             j = ready.pop(0)
             todo.remove(j)
             if j[1] != "fp32":
-                write_config("fp32", j[0], root)
-                stamp_fp32(root, j[0])
+                write_config("fp32", fp32_seed(j[0]), root)
+                stamp_fp32(root, fp32_seed(j[0]))
             out = root / f"seed{j[0]}" / j[1]
             cmd = [sys.executable, "-m", "apsq.cli", "train", "--config", str(write_config(j[1], j[0], root)),
                    "--output", str(out)] + (["--resume"] if (out / "checkpoint.safetensors").exists() else [])
-            log = open(root / "logs" / f"seed{j[0]}_{j[1]}.log", "a")
-            running[j] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            with open(root / "logs" / f"seed{j[0]}_{j[1]}.log", "a") as log:  # the child keeps its own handle
+                running[j] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
             print(f"{time.strftime('%H:%M:%S')} start {' '.join(cmd)}", flush=True)
         if deadline is not None and time.time() >= deadline and not running:
             break
@@ -98,7 +111,7 @@ def collect(seeds: list[int], root: Path, out: Path, command: str) -> dict:
     seconds: dict[str, dict[str, float]] = {}
     for s in seeds:
         fp = root / f"seed{s}" / "fp32" / "result.json"
-        if fp.exists():
+        if fp32_seed(s) == s and fp.exists():
             per.setdefault("fp32", {})[str(s)] = json.loads(fp.read_text())["fp32_accuracy"]
         for v in VARIANTS:
             f = root / f"seed{s}" / v / "result.json"
@@ -128,7 +141,7 @@ def collect(seeds: list[int], root: Path, out: Path, command: str) -> dict:
         "std": {k: (v["std"] if v else None) for k, v in table.items()},
         "per_seed": {k: (v["per_seed"] if v else {}) for k, v in table.items()},
         "n_seeds": {k: (v["n"] if v else 0) for k, v in table.items()},
-        "seeds": seeds, "eval_split": "test", "eval_sentences": 1041,
+        "seeds": seeds, "fp32_fine_tune_of_seed": {str(s): fp32_seed(s) for s in seeds}, "eval_split": "test", "eval_sentences": 1041,
         "qat_steps": qat["steps"], "qat_batch_size": qat["batch_size"],
         "qat_lr": qat.get("lr", d.lr), "qat_scale_lr": qat.get("scale_lr", d.scale_lr),
         "finetune_steps": fp["steps"], "finetune_batch_size": fp["batch_size"],
@@ -148,9 +161,12 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=Path("runs/sentiment_seeds"))
     ap.add_argument("--only", nargs="*", default=None, help="variants to run (FP32 always)")
     ap.add_argument("--deadline", default=None, help="HH:MM (UTC): start no run after it")
+    ap.add_argument("--share-fp32", nargs="*", default=[], metavar="SEED=FROM",
+                    help="seed SEED's QAT starts from seed FROM's FP32 fine-tune")
     ap.add_argument("--collect", action="store_true", help="only write the JSON from finished runs")
     ap.add_argument("--json", type=Path, default=Path("results/sentiment_minilm.json"))
     a = ap.parse_args()
+    FP32_OF.update({int(k): int(v) for k, v in (x.split("=") for x in a.share_fp32)})
     deadline = None
     if a.deadline:
         h, m = map(int, a.deadline.split(":"))
@@ -158,7 +174,8 @@ def main() -> None:
         deadline = time.time() + ((h * 60 + m) - (now.tm_hour * 60 + now.tm_min)) * 60 - now.tm_sec
     if not a.collect:
         run_all(a.seeds, a.root, a.workers, set(a.only) if a.only else None, deadline)
-    cmd = f"python results/run_sentiment_minilm.py --seeds {' '.join(map(str, a.seeds))} --workers {a.workers}"
+    cmd = (f"python results/run_sentiment_minilm.py --seeds {' '.join(map(str, a.seeds))} --workers {a.workers}"
+           + (f" --share-fp32 {' '.join(a.share_fp32)}" if a.share_fp32 else ""))
     print(json.dumps(collect(a.seeds, a.root, a.json, cmd), indent=1))
 
 

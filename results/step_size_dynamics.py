@@ -99,8 +99,9 @@ def main() -> None:
     task = build_task(cfg, load_tokenizer(cfg))
     model = build_model(cfg)
     if a.init:
-        from apsq.train.checkpoint import load_model_state, read_tensors
         from pathlib import Path
+
+        from apsq.train.checkpoint import load_model_state, read_tensors
 
         load_model_state(model, read_tensors(Path(a.init))[0], Path(a.init))
     teacher = copy.deepcopy(model).eval().requires_grad_(False)

@@ -8,27 +8,53 @@ from apsq.demo import _qat_report, _qat_table
 
 RESULT = {
     "fp32": 0.85,
+    "fp32_interval95": 0.0217,
+    "eval_examples": 1041,
     "variants": {
-        "w8a8": {"mode": "none", "gs": 1, "accuracy": 0.84, "calibrated_accuracy": 0.85, "seconds": 3.0},
-        "psq": {"mode": "psq", "gs": 1, "accuracy": 0.845, "calibrated_accuracy": 0.83, "seconds": 3.0},
-        "apsq_gs1": {"mode": "apsq", "gs": 1, "accuracy": 0.75, "calibrated_accuracy": 0.74, "seconds": 3.0},
-        "apsq_gs2": {"mode": "apsq", "gs": 2, "accuracy": 0.78, "calibrated_accuracy": 0.77, "seconds": 3.0},
+        "w8a8": {"mode": "none", "gs": 1, "accuracy": 0.84, "interval95": 0.0223, "calibrated_accuracy": 0.85,
+                 "seconds": 3.0},
+        "psq": {"mode": "psq", "gs": 1, "accuracy": 0.845, "interval95": 0.0220, "calibrated_accuracy": 0.83,
+                "seconds": 3.0},
+        "apsq_gs1": {"mode": "apsq", "gs": 1, "accuracy": 0.75, "interval95": 0.0263, "calibrated_accuracy": 0.74,
+                     "seconds": 3.0},
+        "apsq_gs2": {"mode": "apsq", "gs": 2, "accuracy": 0.78, "interval95": 0.0252, "calibrated_accuracy": 0.77,
+                     "seconds": 3.0},
     },
     "energy_reduction": {"total": {"is": {"1": 0.5, "2": 0.44}, "ws": {"1": 0.03, "2": 0.03}}},
     "seconds": 12.0,
+    "settings": {"qat_steps": 60},
+    "full_recipe": "python results/run_sentiment_minilm.py --seeds 0 1 2 --workers 2",
 }
 
 
-def test_demo_table_shows_accuracy_and_energy_per_variant():
-    console = Console(record=True, width=140)
-    _qat_table(RESULT, console)
-    text = console.export_text()
-    assert "0.7800" in text and "44.0 %" in text and "FP32 accuracy 0.8500" in text
+def _text(res):
+    console = Console(record=True, width=200)
+    _qat_table(res, console)
+    return console.export_text()
+
+
+def test_demo_table_shows_accuracy_interval_and_energy_per_variant():
+    text = _text(RESULT)
+    assert "0.7800 ± 0.025" in text and "44.0 %" in text and "FP32 accuracy 0.8500 ± 0.022" in text
+    assert "1041 test sentences" in text
     row_w8a8 = next(line for line in text.splitlines() if "w8a8" in line)
     assert "%" not in row_w8a8  # energy applies to the APSQ variants only
 
 
-def test_demo_report_writes_json_and_png(tmp_path):
+def test_demo_says_whether_its_budget_closes_the_gap():
+    text = _text(RESULT)  # best APSQ 7 pp below FP32
+    assert "apsq_gs2" in text and "7.0 pp below FP32" in text and "does not close the gap" in text
+    assert "results/run_sentiment_minilm.py" in text
+    close = json.loads(json.dumps(RESULT))
+    close["variants"]["apsq_gs2"]["accuracy"] = 0.842
+    assert "within 1.5 pp" in _text(close)
+
+
+def test_demo_report_writes_json_and_two_panel_png(tmp_path):
+    import matplotlib.image
+
     _qat_report(RESULT, tmp_path)
     assert json.loads((tmp_path / "demo.json").read_text())["variants"]["apsq_gs2"]["accuracy"] == 0.78
     assert (tmp_path / "demo.png").read_bytes()[:4] == b"\x89PNG"
+    h, w = matplotlib.image.imread(tmp_path / "demo.png").shape[:2]
+    assert w > 1.8 * h  # accuracy and energy side by side, not on twin axes

@@ -2,25 +2,46 @@
 
 from __future__ import annotations
 
+import json
+
 from apsq.train import demo_run
+from apsq.train.demo import interval95
 
 
 def test_demo_run_reports_every_variant_and_caches_fp32(tmp_path, monkeypatch, standin):
     monkeypatch.setenv("APSQ_CACHE", str(tmp_path / "cache"))
-    seen = []
+    seen, logs = [], []
     kw = dict(variants=[("w8a8", "none", 1), ("apsq_gs2", "apsq", 2)], finetune_steps=4, qat_steps=2, batch_size=8,
-              max_len=16, eval_limit=None, model="bert-tiny", data_path=standin, progress=False, threads=1)
-    first = demo_run(on_variant=lambda n, row: seen.append(n), **kw)
+              max_len=16, model="bert-tiny", data_path=standin, progress=False, threads=1)
+    first = demo_run(on_variant=lambda n, row: seen.append(n), log=logs.append, output=tmp_path / "runs", **kw)
     assert seen == ["w8a8", "apsq_gs2"]
+    assert any(m.startswith("first run: fine-tuning bert-tiny") for m in logs)
+    assert [m.split(":")[0] for m in logs if m.startswith("variant")] == ["variant 1/2", "variant 2/2"]
     assert set(first["variants"]) == {"w8a8", "apsq_gs2"}
+    n = first["eval_examples"]
+    assert n > 0 and first["settings"]["eval_limit"] is None  # the whole test split by default
     for row in first["variants"].values():
         assert 0.0 <= row["accuracy"] <= 1.0 and row["seconds"] > 0
+        assert row["interval95"] == round(interval95(row["accuracy"], n), 4)
     assert first["variants"]["apsq_gs2"]["gs"] == 2 and not first["settings"]["fp32_cached"]
+    # the FP32 model is evaluated once (in its fine-tune), not again in each variant's run
+    for name in seen:
+        recs = [json.loads(line) for line in (tmp_path / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+        assert [r.get("source") is not None for r in recs if r["stage"] == "finetune"] == [True]
     assert list((tmp_path / "cache" / "demo").glob("fp32-*.safetensors"))
     er = first["energy_reduction"]
     assert set(er["total"]) == {"is", "ws"} and set(er["total"]["is"]) == {"2"}  # the apsq variants' gs
-    second = demo_run(**kw)  # reuses the cached fine-tuned model: same numbers
-    assert second["settings"]["fp32_cached"]
+    logs.clear()
+    second = demo_run(log=logs.append, **kw)  # reuses the cached fine-tuned model: same numbers
+    assert second["settings"]["fp32_cached"] and not any("first run" in m for m in logs)
     assert second["fp32"] == first["fp32"]
     assert {k: v["accuracy"] for k, v in second["variants"].items()} == {
         k: v["accuracy"] for k, v in first["variants"].items()}
+    # another evaluation subset keeps the cached fine-tune; its FP32 accuracy is measured once, then stored
+    logs.clear()
+    third = demo_run(log=logs.append, **{**kw, "eval_limit": 10})
+    assert third["settings"]["fp32_cached"] and third["eval_examples"] == 10
+    assert sum("evaluating the FP32 model once" in m for m in logs) == 1
+    logs.clear()
+    demo_run(log=logs.append, **{**kw, "eval_limit": 10, "variants": [("w8a8", "none", 1)]})
+    assert not any("evaluating the FP32 model" in m for m in logs)

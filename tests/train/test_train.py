@@ -132,10 +132,35 @@ def test_cli_reports_bad_config(tmp_path):
     from apsq.cli import app
 
     p = tmp_path / "c.yaml"
-    p.write_text(yaml.safe_dump({"qat": {"stepz": 1}}))
+    p.write_text(yaml.safe_dump({"model": {"name": "minilm"}, "data": {"name": "rt-sentences"}, "qat": {"stepz": 1}}))
     r = CliRunner().invoke(app, ["train", "--config", str(p), "--output", str(tmp_path / "o")])
     assert r.exit_code == 1 and "unknown key 'qat.stepz'" in r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_missing_fp32_init_names_the_command_and_leaves_nothing(tmp_path, monkeypatch, standin, make_config):
+    """README: `apsq train --config configs/train_minilm_apsq_gs2.yaml` before the FP32 run (issue 17 item 2)."""
+    monkeypatch.chdir(tmp_path)
+    cfg = parse_config(make_config(standin, finetune={"steps": 0, "init": "runs/train_minilm_fp32/fp32.safetensors"}))
+    with pytest.raises(APSQError, match=r"apsq train --config configs/train_minilm_fp32.yaml` first"):
+        train(cfg, tmp_path / "runs" / "train_minilm_apsq_gs2", progress=False)
+    assert not (tmp_path / "runs").exists()
+    # a start that fails later (after the folder was made) leaves nothing behind either
+    bad = parse_config(make_config(standin, data={"path": str(tmp_path / "missing.txt")}))
+    with pytest.raises((APSQError, OSError)):
+        train(bad, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_configs_point_at_the_fp32_configs_default_output():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    fp32_out = Path("runs") / "train_minilm_fp32" / "fp32.safetensors"  # `apsq train` default: runs/<config stem>
+    for f in sorted(root.glob("train_minilm_*.yaml")):
+        data = yaml.safe_load(f.read_text())
+        if data.get("apsq") is not None:
+            assert data["finetune"]["init"] == str(fp32_out), f.name
 
 
 def test_two_processes_under_accelerate_launch(tmp_path, standin, make_config):

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 import apsq
 from apsq.data.rt_sentences import CORPORA, corpus_path
 from apsq.data.splits import split_of
+from apsq.device import module_device, to_device
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class LLMSettings:
     qat_steps: int = 0
     """Short QAT + KD (logits) per variant after calibration (0: calibration only)."""
     qat_lr: float = 1e-4
-    scale_lr: float = 5e-3
+    scale_lr: float = 5e-2
     tile: int = 32
     eval_limit: int | None = 2000
     seed: int = 0
@@ -119,8 +120,9 @@ def perplexity(model: nn.Module, seqs: Sequence[list[int]], pad: int, batch_size
     model.eval()
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     tot, n = 0.0, 0
+    device = module_device(model)
     for i in range(0, len(order), batch_size):
-        ids, mask = _batch([seqs[j] for j in order[i: i + batch_size]], pad)
+        ids, mask = to_device(_batch([seqs[j] for j in order[i: i + batch_size]], pad), device)
         loss, cnt = _nll(model, ids, mask)
         tot, n = tot + float(loss), n + int(cnt)
     return math.exp(tot / n)
@@ -138,18 +140,19 @@ def _batches(seqs: Sequence[list[int]], batch: int, steps: int, seed: int):
 
 def _train(model: nn.Module, seqs, s: LLMSettings, pad: int, steps: int, teacher: nn.Module | None = None,
            desc: str = "train", progress: bool = True) -> None:
-    scales = [p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] in ("log2_scale", "log2_scales")]
-    others = [p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] not in ("log2_scale", "log2_scales")]
-    lr = s.lr if teacher is None else s.qat_lr
-    groups = [{"params": others, "lr": lr}] + ([{"params": scales, "lr": s.scale_lr}] if scales else [])
-    opt = torch.optim.AdamW(groups, weight_decay=0.0)
-    base = [g["lr"] for g in opt.param_groups]
+    from apsq.train.config import ScheduleConfig
+    from apsq.train.loop import clip_grad_norms_, lr_factor, make_optimizer
+
+    sched = ScheduleConfig(steps=steps, batch_size=s.batch_size, lr=s.lr if teacher is None else s.qat_lr,
+                           scale_lr=s.scale_lr, weight_decay=0.0, warmup=0.1)
+    opt = make_optimizer(model, sched)  # the library's one rule (apsq.train.loop.param_groups)
+    device = module_device(model)
     model.train()
     for step, seq in enumerate(tqdm(_batches(seqs, s.batch_size, steps, s.seed + 1), total=steps, desc=desc,
                                     disable=not progress, leave=False)):
-        for g, b in zip(opt.param_groups, base):
-            g["lr"] = b * min(1.0, (step + 1) / max(1, steps // 10)) * (1 - step / steps)
-        ids, mask = _batch(seq, pad)
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * lr_factor(step, sched)
+        ids, mask = to_device(_batch(seq, pad), device)
         if teacher is None:
             loss, cnt = _nll(model, ids, mask)
             loss = loss / cnt
@@ -162,7 +165,7 @@ def _train(model: nn.Module, seqs, s: LLMSettings, pad: int, steps: int, teacher
                             reduction="batchmean")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        clip_grad_norms_(opt.param_groups)
         opt.step()
 
 
@@ -188,7 +191,7 @@ def llm_sweep(settings: LLMSettings = LLMSettings(), gs_values: Sequence[int] = 
         model.save_pretrained(save_dir)
         tok.save_pretrained(save_dir)
     out: dict[str, Any] = {"fp32": perplexity(model, test, pad), "apsq": {}}
-    calib = [dict(zip(("input_ids", "attention_mask"), _batch(b, pad)))
+    calib = [to_device(dict(zip(("input_ids", "attention_mask"), _batch(b, pad))), module_device(model))
              for b in _batches(train, settings.batch_size, 4, settings.seed + 2)]
     variants = [("w8a8", "none", 1), ("psq", "psq", 1)] + [(str(g), "apsq", g) for g in gs_values]
     for name, mode, gs in tqdm(variants, desc="variants", disable=not progress):

@@ -21,6 +21,8 @@ import copy
 import hashlib
 import json
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from apsq.data.fileio import FolderLock, remove_orphan_temps
+from apsq.device import module_device, to_device
 from apsq.errors import APSQError
 from apsq.train.checkpoint import (
     atomic_save_tensors,
@@ -95,8 +98,12 @@ def is_step_size(name: str) -> bool:
     return name.rsplit(".", 1)[-1] in SCALE_PARAM_NAMES
 
 
-def param_groups(model: nn.Module, sched: ScheduleConfig) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, sched: ScheduleConfig,
+                 step_size: Callable[[str], bool] = is_step_size) -> list[dict[str, Any]]:
     """AdamW parameter groups, the one rule every trainer in apsq uses.
+
+    ``step_size(name)`` says which parameters are quantizer step sizes (default :func:`is_step_size`;
+    other quantizer libraries name theirs differently).
 
     * ``weights``: matrices, ``lr``, ``weight_decay``;
     * ``no_decay``: biases and norms, ``lr``, no decay;
@@ -112,7 +119,7 @@ def param_groups(model: nn.Module, sched: ScheduleConfig) -> list[dict[str, Any]
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if is_step_size(name):
+        if step_size(name):
             scales.append(p)
         elif p.dim() < 2 or "LayerNorm" in name or "norm" in name.lower():
             no_decay.append(p)
@@ -129,9 +136,10 @@ def param_groups(model: nn.Module, sched: ScheduleConfig) -> list[dict[str, Any]
     return [{**g, "lr": g["base_lr"]} for g in groups if g["params"]]
 
 
-def make_optimizer(model: nn.Module, sched: ScheduleConfig) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, sched: ScheduleConfig,
+                   step_size: Callable[[str], bool] = is_step_size) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups` (``lr`` per group; the schedule scales ``base_lr``)."""
-    return torch.optim.AdamW(param_groups(model, sched), lr=sched.lr)
+    return torch.optim.AdamW(param_groups(model, sched, step_size), lr=sched.lr)
 
 
 def clip_grad_norms_(groups: list[dict[str, Any]], clip: Callable[..., Any] | None = None) -> dict[str, float]:
@@ -145,7 +153,7 @@ def clip_grad_norms_(groups: list[dict[str, Any]], clip: Callable[..., Any] | No
         if g.get("max_grad_norm") is None:
             continue
         key = str(g.get("clip_group", g.get("name", i)))
-        limit, params = members.setdefault(key, (float(g["max_grad_norm"]), []))
+        _, params = members.setdefault(key, (float(g["max_grad_norm"]), []))
         params.extend(g["params"])
     return {key: float(clip(params, limit)) for key, (limit, params) in members.items()}
 
@@ -176,6 +184,19 @@ def cached_fp32_accuracy(meta: dict[str, Any], cfg: TrainConfig) -> float | None
     return None
 
 
+def check_init(cfg: TrainConfig) -> None:
+    """Refuse a missing ``finetune.init`` before anything is written, saying which run makes it."""
+    init = cfg.finetune.init
+    if init is None or Path(init).is_file():
+        return
+    folder = Path(init).parent
+    hint = (f"run `apsq train --config configs/{folder.name}.yaml` first (its default output is {folder}/)"
+            if folder.name.startswith("train_") else
+            f"run the full-precision config (`apsq: null`) first with `--output {folder}`")
+    raise APSQError(f"finetune.init: checkpoint {init} does not exist; it is the fp32.safetensors of a "
+                    f"full-precision run: {hint}. Nothing was written.")
+
+
 def logits_of(out: Any) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.logits
 
@@ -200,9 +221,11 @@ def distill_loss(student: Any, teacher: Any, labels: torch.Tensor, cfg: TrainCon
     return parts
 
 
-def _inputs(batch: dict[str, torch.Tensor], device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    labels = batch["labels"].to(device)
-    return {k: v.to(device) for k, v in batch.items() if k != "labels"}, labels
+def _inputs(batch: dict[str, torch.Tensor], device: torch.device | str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """``(model inputs, labels)`` of a batch, moved to ``device`` (:func:`apsq.device.to_device`)."""
+    moved = to_device(dict(batch), device)
+    labels = moved.pop("labels")
+    return moved, labels
 
 
 @torch.no_grad()
@@ -278,6 +301,7 @@ class _Run:
                                 f"processes ({self.world})")
         self.state: dict[str, Any] = {"stage": "finetune", "step": 0}
         self.tensors: dict[str, torch.Tensor] = {}
+        check_init(cfg)
         # one run per output folder: a second run into it fails at once, naming the holder (pid, host)
         self.lock = (FolderLock(self.out, "output folder", hint="wait for that run to finish or choose another "
                                 "--output") if self.main else None)
@@ -435,7 +459,7 @@ class _Run:
             t, _ = read_tensors(self.out / FP32)
             load_model_state(model, t, self.out / FP32)
         result: dict[str, Any] = {"fp32_accuracy": self.state["fp32_accuracy"], "eval_split": self.task.eval_split,
-                                  "seed": cfg.seed, "finetune_steps": cfg.finetune.steps, "processes": self.world}
+                                  "eval_examples": len(self.task.eval), "seed": cfg.seed, "finetune_steps": cfg.finetune.steps, "processes": self.world}
         qcfg = cfg.apsq_config()
         if qcfg is not None:
             teacher = copy.deepcopy(model).eval()
@@ -445,7 +469,8 @@ class _Run:
             if self.state["stage"] == "finetune":  # fresh QAT: initialise every step size
                 n = len(self.task.train)
                 bs = cfg.qat.batch_size
-                batches = [_inputs(self.task.train.batch(global_batch(n, bs, i, cfg.seed, "calib")), torch.device("cpu"))[0]
+                dev = module_device(model)  # the accelerator's device after the first stage
+                batches = [_inputs(self.task.train.batch(global_batch(n, bs, i, cfg.seed, "calib")), dev)[0]
                            for i in range(cfg.qat.calib_batches)]
                 apsq.calibrate(model, batches)
                 self.state.update(stage="qat", step=0)
@@ -481,9 +506,18 @@ def train(cfg: TrainConfig, output: str | Path, resume: bool = False, *, on_step
     """Run (or, with ``resume``, continue) the config; returns the result dict (plus the final ``model``).
 
     ``on_step(stage, step)`` is called after every optimizer step (and after a checkpoint due at that step).
+    A run that fails before it wrote its first checkpoint removes the output folder it created.
     """
-    run = _Run(cfg, Path(output), resume, on_step, progress, accelerator)
+    out = Path(output)
+    created = not out.exists()
     try:
-        return run.run()
-    finally:
-        run.release()
+        run = _Run(cfg, out, resume, on_step, progress, accelerator)
+        try:
+            return run.run()
+        finally:
+            run.release()
+    except BaseException:
+        if created and out.is_dir() and int(os.environ.get("RANK", "0")) == 0 and not any(
+                (out / f).exists() for f in (CKPT, FP32, RESULT)):
+            shutil.rmtree(out, ignore_errors=True)  # a failed start leaves nothing behind
+        raise
