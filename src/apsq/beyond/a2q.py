@@ -95,21 +95,21 @@ def qat_kd(model: nn.Module, teacher: nn.Module, setup: Setup, steps: int,
            progress: Callable[[str], None] | None = None) -> nn.Module:
     """``steps`` AdamW steps of KD (+CE) from ``teacher`` with the setup config's ``qat``/``distill``
     settings; quantizer parameters (names with ``quant``/``log2_scale``) use ``qat.scale_lr``."""
+    from apsq.device import module_device
     from apsq.train.loop import (
         _inputs,
+        clip_grad_norms_,
         distill_loss,
         global_batch,
+        is_step_size,
         lr_factor,
+        make_optimizer,
         step_seed,
     )
 
     cfg, sched = setup.cfg, setup.cfg.qat
-    scale = [p for n, p in model.named_parameters() if p.requires_grad and ("quant" in n or "log2_scale" in n)]
-    ids = {id(p) for p in scale}
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-    opt = torch.optim.AdamW([{"params": rest, "lr": sched.lr, "base_lr": sched.lr},
-                             {"params": scale, "lr": sched.scale_lr, "base_lr": sched.scale_lr, "weight_decay": 0.0}],
-                            weight_decay=sched.weight_decay)
+    # the library's one optimizer rule; brevitas names its quantizer parameters with "quant"
+    opt = make_optimizer(model, sched, step_size=lambda n: "quant" in n or is_step_size(n))
     data = setup.task.train
     model.train()
     teacher.eval()
@@ -118,7 +118,7 @@ def qat_kd(model: nn.Module, teacher: nn.Module, setup: Setup, steps: int,
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * lr_factor(step, sched.model_copy(update={"steps": steps}))
         inputs, labels = _inputs(data.batch(global_batch(len(data), sched.batch_size, step, cfg.seed, "qat")),
-                                 torch.device("cpu"))
+                                 module_device(model))
         out = model(**inputs)
         with torch.no_grad():
             tout = teacher(**inputs)
@@ -127,7 +127,7 @@ def qat_kd(model: nn.Module, teacher: nn.Module, setup: Setup, steps: int,
             raise APSQError(f"QAT step {step}: loss is {float(loss)}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        clip_grad_norms_(opt.param_groups)
         opt.step()
         if progress and (step + 1) % 10 == 0:
             progress(f"  step {step + 1}/{steps} loss {float(loss.detach()):.4f}")
