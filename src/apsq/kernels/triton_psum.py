@@ -17,9 +17,9 @@ backward, without the ``[n, M, N]`` partial-sum tensor:
   ``u = v * (1/s)`` (== ``v / s``: the steps are powers of two with exact reciprocals),
   ``floor(u + 1/2)`` (round half up), clamp to ``[-2^(b-1), 2^(b-1) - 1]`` (saturate), ``q = code * s``;
   psq sums ``q`` tile by tile; apsq keeps a group's pending sum and closes the group with
-  ``A_h = Q(Tp_l + pending + A_{h-1})``. FMA contraction cannot change a result: every product it could
-  fuse (``c * unit``, ``v * (1/s)``, ``code * s``) is exact. ``none`` accumulates the int32 products
-  and scales once (exact INT32 accumulation).
+  ``A_h = Q(Tp_l + pending + A_{h-1})``. The kernels are compiled without FMA contraction (it could
+  not change a result anyway: every product it would fuse, ``c * unit``, ``v * (1/s)``, ``code * s``,
+  is exact). ``none`` accumulates the int32 products and scales once (exact INT32 accumulation).
 * **Backward** (STE + LSQ, as :mod:`apsq.psum.fused` documents): the forward stores one small integer
   per output, ``last_bad`` = 1 + the last group whose closing step saturated (0 if none). The gradient
   reaching tile ``i`` of output ``(m, o)`` is ``g * mask_i`` with ``mask_i`` rebuilt from the tile's own
@@ -115,16 +115,16 @@ def _fwd_kernel(xc, wc, unit, sp, ip, out, bad, M, N, K, n, gs, tile, s_si, s_sn
     xrow = xc + pb * M * K + rm * K
     wrow = wc + pb * N * K + rn * K
     un = tl.load(unit + rn, mask=nm, other=0.0)
-    acc = tl.zeros([BM, BN], dtype=un.dtype)
-    pend = tl.zeros([BM, BN], dtype=un.dtype)
-    isum = tl.zeros([BM, BN], dtype=tl.int32)
-    lb = tl.zeros([BM, BN], dtype=tl.int32)
+    acc = tl.full([BM, BN], 0, dtype=un.dtype)
+    pend = tl.full([BM, BN], 0, dtype=un.dtype)
+    isum = tl.full([BM, BN], 0, dtype=tl.int32)
+    lb = tl.full([BM, BN], 0, dtype=tl.int32)
     for i in range(0, n):
         k0 = i * tile
         if WIDE:
-            c = tl.zeros([BM, BN], dtype=tl.int32)
+            c = tl.full([BM, BN], 0, dtype=tl.int32)
             for kq in range(0, tile):
-                kin = k0 + kq < K
+                kin = tl.full([1], k0 + kq, dtype=tl.int32) < K
                 a = tl.load(xrow + k0 + kq, mask=mm & kin, other=0).to(tl.int32)
                 b = tl.load(wrow + k0 + kq, mask=nm & kin, other=0).to(tl.int32)
                 c += a[:, None] * b[None, :]
@@ -193,7 +193,7 @@ def _bwd_operand_kernel(xc, wc, of, unit, sp, ip, g, bad, go, M, N, K, n, gs, ti
     closing = ((i + 1) % gs == 0) | (i == n - 1)
     h = i // gs
     ct = unit.dtype.element_ty
-    gacc = tl.zeros([BR, TP], dtype=ct)
+    gacc = tl.full([BR, TP], 0, dtype=ct)
     for l0 in range(0, L, BL):
         rl = l0 + tl.arange(0, BL).to(tl.int64)
         lmask = rl < L
@@ -213,9 +213,9 @@ def _bwd_operand_kernel(xc, wc, of, unit, sp, ip, g, bad, go, M, N, K, n, gs, ti
             keep = om
         else:
             if WIDE:
-                c = tl.zeros_like(gg).to(tl.int32)
+                c = (gg * 0).to(tl.int32)
                 for kq in range(0, tile):
-                    kin = k0 + kq < K
+                    kin = tl.full([1], k0 + kq, dtype=tl.int32) < K
                     av = tl.load(xc + pb * M * K + rm * K + k0 + kq, mask=mm & kin, other=0).to(tl.int32)
                     bv = tl.load(wc + pb * N * K + rn * K + k0 + kq, mask=nm & kin, other=0).to(tl.int32)
                     c += av[:, None] * bv[None, :]
@@ -270,14 +270,19 @@ def _bwd_steps_kernel(xc, wc, unit, sp, ip, g, bad, part, M, N, K, n, gs, tile, 
     gg = tl.load(g + offs, mask=om, other=0.0).to(un.dtype)
     if MODE == 2:
         lb = tl.load(bad + offs, mask=om, other=0).to(tl.int32)
-    acc = tl.zeros([BM, BN], dtype=un.dtype)
-    pend = tl.zeros([BM, BN], dtype=un.dtype)
+    acc = tl.full([BM, BN], 0, dtype=un.dtype)
+    pend = tl.full([BM, BN], 0, dtype=un.dtype)
+    # sums over a block's rows / columns as dots with ones (no reduction helper: the kernels call only
+    # builtins, so they run in the interpreter whatever TRITON_INTERPRET was when triton was imported)
+    r16 = tl.arange(0, 16)
+    ones_m = tl.full([16, BM], 1.0, dtype=tl.float64)
+    ones_n = tl.full([BN, 16], 1.0, dtype=tl.float64)
     for i in range(0, n):
         k0 = i * tile
         if WIDE:
-            c = tl.zeros([BM, BN], dtype=tl.int32)
+            c = tl.full([BM, BN], 0, dtype=tl.int32)
             for kq in range(0, tile):
-                kin = k0 + kq < K
+                kin = tl.full([1], k0 + kq, dtype=tl.int32) < K
                 a = tl.load(xrow + k0 + kq, mask=mm & kin, other=0).to(tl.int32)
                 b = tl.load(wrow + k0 + kq, mask=nm & kin, other=0).to(tl.int32)
                 c += a[:, None] * b[None, :]
@@ -308,10 +313,14 @@ def _bwd_steps_kernel(xc, wc, unit, sp, ip, g, bad, part, M, N, K, n, gs, tile, 
             pend = tl.where(closing, 0.0, pend + q)
         d = (x - tl.where(inr, u, 0.0)).to(tl.float64)  # exact: |code - u| <= 1/2 in range (Sterbenz)
         term = tl.where(om, gi.to(tl.float64) * d, 0.0)
+        colsum = tl.dot(ones_m, term, input_precision="ieee")  # [16, BN], every row the column sums (exact where the sums are)
         if PER_CH:
-            tl.store(part + ((pb * n_mb + pm) * n + i) * N + rn, tl.sum(term, axis=0), mask=nm)
+            tl.store(part + ((pb * n_mb + pm) * n + i) * N + r16[:, None] * 0 + rn[None, :], colsum,
+                     mask=(r16 == 0)[:, None] & nm[None, :])
         else:
-            tl.store(part + ((pb * n_mb + pm) * n_nb + pn) * n + i, tl.sum(tl.sum(term, axis=1), axis=0))
+            total = tl.dot(colsum, ones_n, input_precision="ieee")  # [16, 16], every entry the block's sum
+            tl.store(part + ((pb * n_mb + pm) * n_nb + pn) * n + i + r16[:, None] * 0 + r16[None, :] * 0, total,
+                     mask=(r16 == 0)[:, None] & (r16 == 0)[None, :])
 
 
 _BODIES = {"fwd": _fwd_kernel, "bwd_operand": _bwd_operand_kernel, "bwd_steps": _bwd_steps_kernel}
@@ -448,12 +457,23 @@ def _recodes(x3, w3, ops_meta, x_step, w_step) -> tuple[torch.Tensor, torch.Tens
     return xc, wc
 
 
+_LAUNCH = {"num_warps": 4, "enable_fp_fusion": False}
+"""Launch options: no FMA contraction (each rounding as in the reference; the interpreter ignores them)."""
+
+
 def _block(interp: bool) -> int:
     return 16 if interp else 64
 
 
 def _tile_depth(tile: int) -> int:
     return max(32, 1 << (tile - 1).bit_length())
+
+
+def _store_dtype(dtype: torch.dtype, ct: torch.dtype) -> torch.dtype:
+    """What a kernel writes: ``dtype`` itself, except bf16 / fp16 under the interpreter, whose float32 ->
+    bf16 conversion truncates (the GPU's rounds to nearest even, as torch): there the kernel writes the
+    compute dtype and torch rounds."""
+    return ct if dtype in _LOWP and interpreting() else dtype
 
 
 def _bad_dtype(plan: _PlanLike) -> torch.dtype:
@@ -475,7 +495,7 @@ def _forward(ops: TritonOperands, plan: _PlanLike, tile: int, out_dtype: torch.d
     b, m, k = ops.xc.shape
     big_n = ops.wc.shape[1]
     dev = ops.xc.device
-    out = torch.empty(b, m, big_n, dtype=out_dtype, device=dev)
+    out = torch.empty(b, m, big_n, dtype=_store_dtype(out_dtype, ops.unit.dtype), device=dev)
     apsq = plan.mode == "apsq"
     last_bad = torch.empty(b, m, big_n, dtype=_bad_dtype(plan), device=dev) if apsq else None
     sp, ip, s_si, s_sn = _step_args(ops, dev, ops.unit.dtype)
@@ -484,8 +504,8 @@ def _forward(ops: TritonOperands, plan: _PlanLike, tile: int, out_dtype: torch.d
     grid = (b, triton.cdiv(m, blk), triton.cdiv(big_n, blk))
     _kernel("fwd")[grid](ops.xc, ops.wc, ops.unit, sp, ip, out, last_bad if apsq else out, m, big_n, k, plan.n,
                          plan.gs, tile, s_si, s_sn, qn, qp, MODE=_MODES[plan.mode], WIDE=ops.wide, BM=blk, BN=blk,
-                         TP=_tile_depth(tile))
-    return out, last_bad
+                         TP=_tile_depth(tile), **_LAUNCH)
+    return out.to(out_dtype), last_bad
 
 
 def _backward(ops: TritonOperands, plan: _PlanLike, tile: int, x3, w3, g, last_bad, need):
@@ -497,29 +517,32 @@ def _backward(ops: TritonOperands, plan: _PlanLike, tile: int, x3, w3, g, last_b
     blk = _block(interpreting())
     qn, qp = _qrange(plan)
     mode = _MODES[plan.mode]
-    lowp = x3.dtype in _LOWP
+    # bf16 / fp16 operand gradients as GEMMs in that dtype (products exact, float32 accumulation) on
+    # the GPU; the interpreter's low-precision dot is not usable, there they are float32 GEMMs of the
+    # same (exactly converted) values: the same products, summed in float32
+    lowp = x3.dtype in _LOWP and not interpreting()
     bad = last_bad if last_bad is not None else g
     common = dict(MODE=mode, WIDE=ops.wide, LOWP=lowp, BR=blk, BL=blk, TP=_tile_depth(tile))
     args = (m, big_n, k, plan.n, plan.gs, tile, s_si, s_sn, qn, qp)
     gx = gw = gsc = None
     kern = _kernel("bwd_operand")
     if need[0]:
-        gx = torch.empty(b, m, k, dtype=x3.dtype, device=dev)
+        gx = torch.empty(b, m, k, dtype=_store_dtype(x3.dtype, ct), device=dev)
         kern[(b, triton.cdiv(m, blk), plan.n)](ops.xc, ops.wc, w3, ops.unit, sp, ip, g, bad, gx, *args,
-                                               FOR_W=False, **common)
+                                               FOR_W=False, **common, **_LAUNCH)
     if need[1]:
-        gw = torch.empty(b, big_n, k, dtype=w3.dtype, device=dev)
+        gw = torch.empty(b, big_n, k, dtype=_store_dtype(w3.dtype, ct), device=dev)
         kern[(b, triton.cdiv(big_n, blk), plan.n)](ops.xc, ops.wc, x3, ops.unit, sp, ip, g, bad, gw, *args,
-                                                   FOR_W=True, **common)
+                                                   FOR_W=True, **common, **_LAUNCH)
     if need[2] and plan.mode != "none":
         n_mb, n_nb = triton.cdiv(m, blk), triton.cdiv(big_n, blk)
         shape = (b, n_mb, plan.n, big_n) if ops.per_channel else (b, n_mb, n_nb, plan.n)
         part = torch.zeros(shape, dtype=torch.float64, device=dev)
         _kernel("bwd_steps")[(b, n_mb, n_nb)](ops.xc, ops.wc, ops.unit, sp, ip, g, bad, part, *args, n_mb, n_nb,
                                               MODE=mode, WIDE=ops.wide, PER_CH=ops.per_channel, BM=blk, BN=blk,
-                                              TP=_tile_depth(tile))
+                                              TP=_tile_depth(tile), **_LAUNCH)
         gsc = part.sum((0, 1)) if ops.per_channel else part.sum((0, 1, 2))
-    return gx, gw, gsc
+    return (None if gx is None else gx.to(x3.dtype)), (None if gw is None else gw.to(w3.dtype)), gsc
 
 
 class _GemmPsum(torch.autograd.Function):
