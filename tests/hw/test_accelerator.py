@@ -107,3 +107,74 @@ def test_accumulator_must_hold_a_product():
     d["acc_bits"] = 12
     with pytest.raises(APSQError, match="acc_bits"):
         Accelerator.from_dict(d)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (("pe_array", "rows"), 10**20, "pe_array.rows"),
+        (("clock_mhz",), float("inf"), "clock_mhz"),
+        (("dram", "read_pj_per_bit"), float("nan"), "dram.read_pj_per_bit"),
+        (("buffers", "psum", "capacity_kib"), 1e300, "buffers.psum.capacity_kib"),
+        (("pe_array", "weight_reg_pj_per_bit"), -1.0, "pe_array.weight_reg_pj_per_bit"),
+        (("rae",), {"shift_pj": float("inf")}, "rae.shift_pj"),
+    ],
+)
+def test_every_number_has_a_finite_range(tmp_path, path, value, field):
+    # issue 16 item 4: `rows: 1e20` and `clock_mhz: .inf` are clear errors, not an OverflowError or NaN latency
+    d = _default_dict()
+    node = d
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(APSQError, match=f"field '{field}'"):
+        load_accelerator(_write(tmp_path, d))
+
+
+def test_yaml_inf_text_is_refused(tmp_path):
+    text = (CONFIGS / "accel_28nm_int8.yaml").read_text().replace("clock_mhz: 500", "clock_mhz: .inf")
+    with pytest.raises(APSQError, match="clock_mhz"):
+        load_accelerator(_write(tmp_path, text))
+
+
+def test_builtin_accelerators_by_name():
+    tpu = load_accelerator("zigzag-tpu-like")
+    assert tpu.name == "zigzag-tpu-like" and tpu.pe_array.rows == tpu.pe_array.cols == 32
+    # ZigZag tpu_like: MAC 0.04 pJ; rf_128B 0.095 pJ / 8 b; rf_2B 0.021 pJ / 16 b; sram 416.16 / 378.4 pJ per
+    # 2048 b; dram 700 / 750 pJ per 64 b
+    assert tpu.pe_array.mac_pj == 0.04
+    assert tpu.pe_array.reg_pj("weight") == pytest.approx(0.095 / 8)
+    assert tpu.pe_array.reg_pj("psum") == pytest.approx(0.021 / 16)
+    assert tpu.pe_array.reg_pj("input") == 0.0
+    assert tpu.buffers.psum.read_pj_per_bit == pytest.approx(416.16 / 2048, rel=1e-4)
+    assert tpu.buffers.psum.write_pj_per_bit == pytest.approx(378.4 / 2048, rel=1e-4)
+    assert tpu.dram.read_pj_per_bit == pytest.approx(700 / 64) and tpu.dram.write_pj_per_bit == pytest.approx(750 / 64)
+    shared = sum(getattr(tpu.buffers, b).capacity_kib for b in tpu.shared_sram)
+    assert shared == 2048  # one 2 MiB SRAM for inputs and outputs (PSUMs included)
+    assert load_accelerator("default") == default_accelerator()
+    with pytest.raises(APSQError, match="does not exist"):
+        load_accelerator("zigzag-tpu-lik")
+
+
+def test_per_operand_registers_default_to_the_shared_value():
+    acc = default_accelerator()
+    assert {acc.pe_array.reg_pj(op) for op in ("input", "weight", "psum", "output")} == {acc.pe_array.reg_pj_per_bit}
+
+
+def test_dram_presets_have_sources():
+    from apsq.hw.accelerator import DRAM_PRESETS, with_dram
+
+    assert {"ddr3", "ddr4", "lpddr4", "hbm2"} <= set(DRAM_PRESETS)
+    for name, (pj, source) in DRAM_PRESETS.items():
+        assert 0 < pj < 100 and len(source) > 20, name
+        acc = with_dram(default_accelerator(), name)
+        assert acc.dram.read_pj_per_bit == acc.dram.write_pj_per_bit == pj
+    assert DRAM_PRESETS["ddr3"][0] == default_accelerator().dram.read_pj_per_bit
+    with pytest.raises(APSQError, match="'ddr3'"):
+        with_dram(default_accelerator(), "ddr9")
+
+
+def test_psum_port_carries_the_per_cycle_psum_traffic():
+    # IS/WS: every column reads and writes one acc_bits running sum per cycle
+    acc = default_accelerator()
+    assert acc.buffers.psum.bits_per_cycle >= 2 * acc.pe_array.cols * acc.acc_bits
