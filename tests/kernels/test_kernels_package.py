@@ -295,3 +295,18 @@ def test_kernel_builds_from_scratch(monkeypatch, tmp_path):
     monkeypatch.setenv("APSQ_CACHE", str(tmp_path))
     lib = chunk.build()
     assert hasattr(lib, "apsq_fwd_f32") and list((tmp_path / "kernels").glob("psum_chunk_*.so"))
+
+
+@needs_cc
+def test_concurrent_first_builds_agree(tmp_path):
+    """Four processes building one library into one fresh cache all load it (atomic, identical files)."""
+    import subprocess
+
+    code = ("import sys; from apsq.kernels import build; "
+            f"lib = build.build_library('probe', {PROBE!r}); sys.exit(0 if lib.apsq_probe() == 7 else 1)")
+    env = {**os.environ, "APSQ_CACHE": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE) for _ in range(4)]
+    errs = [p.communicate(timeout=120)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, errs
+    assert len(list((tmp_path / "kernels").glob("probe_*.so"))) == 1
+    assert not list((tmp_path / "kernels").glob(".*.tmp"))  # no temp file left behind

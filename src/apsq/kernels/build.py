@@ -177,8 +177,10 @@ def _compile(cc: str, source: str, flags: list[str], name: str, target: Path) ->
         src = Path(tmp) / f"{name}.c"
         src.write_text(source)
         out = Path(tmp) / f"{name}.so"
-        res = subprocess.run([cc, *FLAGS_BASE, *flags, str(src), "-o", str(out), "-lm"],
-                             capture_output=True, text=True, timeout=120)
+        # relative names, so the library's bytes do not depend on the temp folder (concurrent builders
+        # of one key write identical files, and each one's hash record fits the other's library)
+        res = subprocess.run([cc, *FLAGS_BASE, *flags, src.name, "-o", out.name, "-lm"],
+                             capture_output=True, text=True, timeout=120, cwd=tmp)
         if res.returncode != 0:
             return res.stderr.strip()[-400:]
         data = out.read_bytes()
@@ -213,14 +215,17 @@ def build_library(name: str, source: str, extra_flags: Sequence[str] = ()) -> ct
                 return load_verified(target)
             except (CacheError, OSError):  # damaged, planted or without a record: rebuild it
                 pass
-        err = _compile(cc, source, flags, name, target)
-        if err is not None:
-            errors.append(f"{label}: {err}")
-            continue
-        try:
-            return load_verified(target)
-        except (CacheError, OSError) as exc:
-            errors.append(f"{label}: cannot load: {exc}")
+        for _attempt in range(2):  # a concurrent builder may replace the pair between our writes: once more
+            err = _compile(cc, source, flags, name, target)
+            if err is not None:
+                errors.append(f"{label}: {err}")
+                break
+            try:
+                return load_verified(target)
+            except (CacheError, OSError) as exc:
+                last = f"{label}: cannot load: {exc}"
+        else:
+            errors.append(last)
     raise RuntimeError("; ".join(errors))
 
 
