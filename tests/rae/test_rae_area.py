@@ -63,3 +63,15 @@ def test_area_banks_as_flops_smaller_config():
     pipeline = 2 * (32 + 2 * params.acc_width + 8)
     assert flops.flops >= bank_bits + pipeline  # the banks became flip-flops
     assert flops.area_um2 > (bank_bits + pipeline) * 20.0192  # plus their read/write multiplexers
+
+
+@needs_yosys
+def test_area_per_lane_engine_adds_exponent_banks():
+    """Per-lane shifts: four exponent banks beside the code banks (5 bits per 8-bit code)."""
+    params = RAEParams(lanes=2, depth=4, lane_exponents=True)
+    assert params.bank_bits == 4 * 4 * 2 * (8 + 5)
+    rep = synthesize_area(params, banks="macro")
+    assert rep.macros == 8 and rep.macro_bits == params.bank_bits and rep.lane_exponents
+    base = synthesize_area(RAEParams(lanes=2, depth=4), banks="macro")
+    assert base.macros == 4 and base.macro_bits == 4 * 4 * 2 * 8
+    assert 0.8 * base.area_um2 < rep.area_um2 < 1.25 * base.area_um2  # logic about the same; the cost is SRAM
