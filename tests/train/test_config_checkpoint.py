@@ -123,3 +123,27 @@ def test_corrupt_and_mismatched_checkpoints(tmp_path):
         read_tensors(tmp_path / "foreign.safetensors")
     with pytest.raises(APSQError, match="parameter groups"):
         optimizer_from_flat(torch.optim.AdamW(m.parameters()), {}, {"param_groups": json.loads("[]")}, path)
+
+
+def test_checksum_and_legacy_format(tmp_path):
+    from safetensors.torch import save_file
+
+    from apsq.train.checkpoint import FORMAT, LEGACY_FORMATS, tensor_digest
+
+    m, _ = _model_and_opt()
+    tensors = {f"model/{k}": v for k, v in m.state_dict().items()}
+    path = tmp_path / "ck.safetensors"
+    atomic_save_tensors(path, tensors, {"step": 2})
+    with open(path, "rb") as f:
+        header = json.loads(f.read(8 + int.from_bytes(f.read(8), "little"))[8:])["__metadata__"]
+    assert header["format"] == FORMAT and header["sha256"] == tensor_digest(tensors, header["state"])
+    # a checkpoint written before checksums existed still loads (nothing to verify)
+    old = tmp_path / "v1.safetensors"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(old),
+              metadata={"format": LEGACY_FORMATS[0], "state": json.dumps({"step": 1})})
+    assert read_tensors(old)[1] == {"step": 1}
+    # the checksum covers names, dtypes and shapes, not only bytes
+    t2 = dict(tensors)
+    t2["model/0.bias"] = t2["model/0.bias"].to(torch.float64)
+    assert tensor_digest(t2, header["state"]) != header["sha256"]
+    assert tensor_digest(tensors, header["state"] + " ") != header["sha256"]
