@@ -4,7 +4,9 @@ Same layers (traced built-ins: BERT-Base at 128 tokens, Segformer-B0 at 512x512)
 (``zigzag-tpu-like``: ZigZag's tpu_like energies and sizes, output register widened to 32 bits), same
 fixed IS / WS loop orders (apsq's untiled schedule), INT32 -> INT8 stored PSUMs at gs = 1. For every
 layer and network: the total-energy reduction by ZigZag and by apsq under each spill rule, and the
-difference in percentage points. Writes ``agreement.json`` beside this file.
+difference in percentage points. Writes ``agreement.json`` beside this file: per network
+``zigzag_reduction`` and ``apsq[<spill>]``; per distinct layer shape ``zigzag_dse`` (ZigZag's reduction)
+and ``apsq_<spill>`` (ours).
 
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python results/energy_zigzag/run_agreement.py
 """
@@ -53,8 +55,8 @@ def main() -> None:
                 for ly, d, ours, zz in zip(w.layers, diffs, c.layer_reduction, z.layer_reduction):
                     key = (ly.m, ly.k, ly.n, ly.count)
                     row = layers.setdefault(key, {"name": ly.name, "m": ly.m, "k": ly.k, "n": ly.n,
-                                                  "count": ly.count, "zigzag": float(zz), "instances": 0})
-                    row[spill] = float(ours)
+                                                  "count": ly.count, "zigzag_dse": float(zz), "instances": 0})
+                    row[f"apsq_{spill}"] = float(ours)
                 row_count = {}
                 for ly in w.layers:
                     row_count[(ly.m, ly.k, ly.n, ly.count)] = row_count.get((ly.m, ly.k, ly.n, ly.count), 0) + 1

@@ -144,3 +144,29 @@ def test_ws_gemm_matches_zigzag(tmp_path):
         # ZigZag: n reads + n writes per output at PSUM width; ours: n-1 of each
         assert z["psum_sram_bits"] == pytest.approx(o["psum_sram_bits"] * n / (n - 1)), bits
     assert zz[32]["psum_sram_bits"] == 4 * zz[8]["psum_sram_bits"]  # beta: 32 -> 8 bits
+
+
+def test_engine_on_two_small_layers():
+    """``apsq energy --engine zigzag``'s converter and runner on two small layers, IS and WS.
+
+    ZigZag's reduction is within 1.5 pp of apsq's under ``spill="zigzag"`` (same counts but for ZigZag's 4
+    accumulator-register accesses per MAC) and within ±5 pp of apsq's own fractional rule; golden values
+    from results/energy_zigzag/agreement.json.
+    """
+    from apsq.hw.accelerator import load_accelerator
+    from apsq.hw.energy import compare
+    from apsq.hw.engine_zigzag import evaluate_zigzag
+
+    tpu = load_accelerator("zigzag-tpu-like")
+    w = Workload("two", (Layer("qk", "matmul", 128, 64, 128, 12, False), Layer("q", "linear", 128, 768, 768)))
+    gold = {"ws": (0.08272907650792338, 0.18511289870673375), "is": (0.05088415320243578, 0.07733609700583499)}
+    for df in ("ws", "is"):
+        z = evaluate_zigzag(w, df, 8, tpu)
+        assert z.layer_reduction.tolist() == pytest.approx(gold[df], rel=1e-6)
+        ours = compare(w, df, 1, 8, tpu, spill="zigzag")
+        assert ours.layer_reduction.tolist() == pytest.approx(z.layer_reduction.tolist(), abs=0.015)
+        assert ours.reduction == pytest.approx(z.reduction, abs=0.015)
+        frac = compare(w, df, 1, 8, tpu)
+        assert max(abs(frac.layer_reduction - z.layer_reduction)) <= 0.05
+        j = z.to_json()
+        assert j["engine"] == "zigzag" and [ly["name"] for ly in j["layers"]] == ["qk", "q"]
