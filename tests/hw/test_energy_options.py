@@ -1,0 +1,164 @@
+"""Issue 13 item 4 and issue 14 item 3: bank limit, tile from the config, RAE overhead, per-channel
+exponents, per-operand registers, latency ports, and the CLI options that expose them."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from apsq.errors import APSQError
+from apsq.hw.accelerator import Accelerator, default_accelerator
+from apsq.hw.dataflow.common import BOUNDS
+from apsq.hw.energy import compare, evaluate
+from apsq.hw.energy_cli import register
+from apsq.hw.workloads import Layer, Workload
+from apsq.nn.config import APSQConfig
+
+
+def _wl(m=256, k=1024, n=256, count=1):
+    return Workload("g", (Layer("g", "linear", m, k, n, count),))
+
+
+@pytest.fixture(scope="module")
+def app():
+    a = typer.Typer()
+    register(a)
+
+    @a.command("noop")
+    def _noop() -> None:
+        pass
+
+    return a
+
+
+def _run(app, *args):
+    return CliRunner().invoke(app, ["energy", *args])
+
+
+def test_gs_above_the_banks_warns_or_errors():
+    with pytest.warns(UserWarning, match="exceeds the PSUM buffer's 4 banks"):
+        evaluate(_wl(), "ws", "apsq", 5)
+    with pytest.raises(APSQError, match=r"gs=9 for layer 'g' exceeds the PSUM buffer's 4 banks"):
+        evaluate(_wl(), "ws", "apsq", 9, gs_above_banks="error")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluate(_wl(), "ws", "apsq", 4)  # at the limit: fine
+        evaluate(_wl(), "ws", "none", 9)  # gs means nothing for the baseline
+
+
+def test_tile_from_the_quantization_config():
+    cfg = APSQConfig(tile=16)
+    with pytest.raises(APSQError, match=r"PSUM tile 16 does not match .* pe_array.rows = 32"):
+        evaluate(_wl(), "ws", "apsq", cfg)
+    r = evaluate(_wl(), "ws", "apsq", cfg, override_tile=True)  # on purpose: priced at the array's 32
+    assert r.total_pj == pytest.approx(evaluate(_wl(), "ws", "apsq", 2).total_pj)
+    evaluate(_wl(), "ws", "apsq", APSQConfig(tile=32))
+    with pytest.raises(APSQError, match="tile"):
+        evaluate(_wl(), "ws", "apsq", 2, tile=8)
+
+
+def test_rae_overhead_is_charged_per_stored_psum():
+    c = compare(_wl(), "ws", 2)
+    n = 1024 // 32
+    stored = 256 * 256 * (n - 1)  # outputs x (n-1) writes, and as many reads
+    rae = default_accelerator().rae
+    assert c.apsq.rae_pj.sum() == pytest.approx(stored * (rae.requant_pj + rae.accumulate_pj))
+    assert c.baseline.rae_pj.sum() == 0
+    assert compare(_wl(), "os", 2).apsq.rae_pj.sum() == 0  # OS stores no PSUMs
+    assert c.to_json()["breakdown"]["apsq"]["by_operand"]["rae"] == pytest.approx(c.apsq.rae_pj.sum())
+
+
+def test_per_channel_exponents_cost_storage():
+    t = evaluate(_wl(), "ws", "apsq", 2, psum_granularity="tensor")
+    ch = evaluate(_wl(), "ws", "apsq", 2, psum_granularity="channel")
+    acc = default_accelerator()
+    n_k, e = 1024 // 32, acc.rae.exponent_bits
+    # WS: n_k x N exponents fetched once from DRAM into the PSUM buffer, read once per weight-tile load
+    fetched = n_k * 256 * e * (acc.dram.read_pj_per_bit + acc.buffers.psum.write_pj_per_bit)
+    reads = n_k * 256 * e * acc.buffers.psum.read_pj_per_bit
+    assert ch.exponent_pj.sum() == pytest.approx(fetched + reads)
+    assert ch.total_pj - t.total_pj == pytest.approx(fetched + reads)
+    assert evaluate(_wl(), "ws", "none", 2, psum_granularity="channel").exponent_pj.sum() == 0
+    assert evaluate(_wl(k=32), "ws", "apsq", 2, psum_granularity="channel").exponent_pj.sum() == 0  # one step
+    with pytest.raises(APSQError, match="psum_granularity must be one of 'tensor', 'channel'"):
+        evaluate(_wl(), "ws", "apsq", 2, psum_granularity="row")
+
+
+def test_per_operand_register_energies():
+    d = default_accelerator().model_dump()
+    d["pe_array"]["acc_reg_pj_per_bit"] = 0.0
+    zero_acc = Accelerator.from_dict(d)
+    a, b = evaluate(_wl(), "ws", "none", 1, 8), evaluate(_wl(), "ws", "none", 1, 8, zero_acc)
+    macs = 256 * 1024 * 256
+    assert a.total_pj - b.total_pj == pytest.approx(2 * macs * 32 * default_accelerator().pe_array.reg_pj_per_bit)
+
+
+def test_latency_is_the_max_of_compute_and_every_port():
+    r = evaluate(_wl(), "ws", "none", 1, 8)
+    assert r.counts.cycles[0] >= r.counts.compute_cycles[0]
+    assert BOUNDS[int(r.counts.bound_by[0])] in BOUNDS
+    # the default PSUM port carries the INT32 read-modify-writes: baseline and APSQ have the same latency
+    # when nothing spills (issue 13: the 256-bit port made APSQ look 4x faster)
+    c = compare(Workload("b", (Layer("b", "linear", 128, 768, 768),)), "ws", 2)
+    assert c.baseline.latency_us == pytest.approx(c.apsq.latency_us)
+
+
+def test_cli_baseline_bits_and_plot_layers(app, tmp_path):
+    png = tmp_path / "layers.png"
+    r = _run(app, "-m", "bert-base", "--seq-len", "16", "-d", "ws", "--baseline-bits", "24", "--json",
+             "--plot-layers", str(png))
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["baseline_bits"] == 24 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    row = out["layers"]["apsq"][0]
+    assert {"total_pj", "psum_pj", "dram_pj", "rae_pj", "by_operand", "mapping", "bound_by"} <= set(row)
+    assert set(out["schedules"]) == {"untiled", "tiled"} and out["schedules"]["tiled"]["os_pj"] > 0
+
+
+def test_cli_schedules_and_errors(app):
+    r = _run(app, "-m", "bert-base", "--seq-len", "64", "-d", "is", "--schedule", "tiled", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["schedule"] == "tiled" and out["reduction"] == pytest.approx(out["schedules"]["tiled"]["reduction"])
+    r = _run(app, "-m", "bert-base", "--seq-len", "64", "-d", "is", "--schedule", "tiled", "--per-layer")
+    assert r.exit_code == 0 and "under both schedules" in r.output and "M>N>K" in r.output
+    for args, needle in (
+        (["--gs", "9"], "exceeds the PSUM buffer's 4 banks"),
+        (["--schedule", "best"], "schedule must be one of"),
+        (["--dram", "ddr9"], "dram preset must be one of"),
+        (["--engine", "timeloop"], "engine must be one of"),
+        (["--baseline-bits", "0"], "--baseline-bits must be"),
+        (["--accelerator", "tpu"], "does not exist"),
+    ):
+        r = _run(app, "-m", "bert-base", "--seq-len", "16", *args)
+        assert r.exit_code == 2 and needle in " ".join(r.output.split()), (args, r.output)
+
+
+def test_cli_accelerator_by_name_and_dram_preset(app):
+    r = _run(app, "-m", "bert-base", "--seq-len", "16", "-d", "ws", "--accelerator", "zigzag-tpu-like", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["accelerator"] == "zigzag-tpu-like"
+    r = _run(app, "-m", "bert-base", "--seq-len", "16", "-d", "ws", "--dram", "hbm2", "--json")
+    assert json.loads(r.output)["accelerator"] == "apsq-28nm-int8+hbm2"
+
+
+def test_sweep_plot_has_no_vertical_lines(monkeypatch, tmp_path):
+    import matplotlib.axes
+
+    from apsq.hw.energy_cli import plot_sweep, run_sweep
+
+    calls = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "axvline", lambda *a, **k: calls.append(a))
+    res = run_sweep("bert-base", "ws", (512, 2048), progress=False)
+    plot_sweep(res, str(tmp_path / "s.png"))
+    assert calls == [] and (tmp_path / "s.png").exists()
+
+
+def test_os_reference_beside_both_schedules():
+    w = Workload("b", (Layer("b", "linear", 512, 768, 3072),))
+    for sched in ("untiled", "tiled"):
+        r = evaluate(w, "os", "apsq", 2, schedule=sched)
+        assert r.psum_pj == 0 and np.all(r.rae_pj == 0)
