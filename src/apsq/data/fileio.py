@@ -119,7 +119,8 @@ def atomic_write_bytes(path: str | Path, data: bytes | bytearray | memoryview, *
         except OSError:
             pass
         kept = f"the previous {path.name} is intact" if existed else "nothing was written"
-        hint = " (disk full: free space and rerun)" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else ""
+        hint = {errno.ENOSPC: " (disk full: free space and rerun)", errno.EDQUOT: " (disk quota exceeded)",
+                errno.EFBIG: " (over the file size limit)"}.get(exc.errno or 0, "")
         raise APSQError(f"could not write {what} {path}: {exc.strerror or exc}{hint}; {kept}") from exc
     fsync_dir(path.parent)
     remove_dead_temps(path)
