@@ -43,10 +43,11 @@ def one_thread():
         torch.set_num_threads(before)
 
 
-def layer_tile_sums(model, batch, gs: int, which: str):
-    """Quantize + calibrate a copy of the model; integer tile sums and exponents of one QuantLinear."""
+def layer_tile_sums(model, batch, gs: int, which: str, granularity: str = "tensor"):
+    """Quantize + calibrate a copy of the model; integer tile sums and exponents of one QuantLinear
+    (exponents ``[n]``, or ``[n, N]`` with per-channel PSUM steps)."""
     m = copy.deepcopy(model)
-    apsq.quantize_(m, apsq.APSQConfig(gs=gs, weight_per_channel=False))
+    apsq.quantize_(m, apsq.APSQConfig(gs=gs, weight_per_channel=False, psum_granularity=granularity))
     apsq.calibrate(m, [batch])
     layer = m.get_submodule(which)
     cap = {}
@@ -84,4 +85,27 @@ def test_minilm_layer_psums_through_rtl(minilm, gs, which):
     y_rtl = torch.tensor(codes, dtype=torch.float64) * torch.exp2((e[-1] + unit_e).to(torch.float64))
     torch.testing.assert_close(y_rtl, y_rows, rtol=0, atol=0)
     assert stats.hazard_stalls == 0 and stats.beats_in == t.shape[0] * 4
+    assert np.count_nonzero(codes) >= 8 and len(set(codes.tolist())) >= 5  # a real, non-degenerate output
+
+
+@pytest.mark.slow
+def test_minilm_per_channel_psum_steps_through_per_lane_rtl(minilm):
+    """Per-channel PSUM steps (one exponent per step and output channel) on a real layer: the per-lane
+    engine's codes == the integer model per lane == the quantized layer's own float output."""
+    model, batch = minilm
+    which, gs = "encoder.layer.0.attention.self.value", 2
+    with one_thread():
+        t, e, unit_e, y = layer_tile_sums(model, batch, gs, which, granularity="channel")
+    assert e.dim() == 2 and e.shape[1] == t.shape[-1]
+    order = e[-1].argsort()  # 8 channels spread over the range of final-step exponents
+    cols = order[torch.linspace(0, e.shape[1] - 1, 8).long()].sort().values
+    rows = t[:, 0, 1:3][:, :, cols].reshape(t.shape[0], -1)  # [n, 2 tokens x 8 channels]
+    e_rows = e[:, cols].repeat(1, 2)  # each column's own channel exponents
+    assert len(set(e_rows[-1].tolist())) >= 2  # the channels really have different steps
+    codes = simulate(rows.numpy(), e_rows.numpy(), gs=gs, lanes=4)
+    gold = psum_accumulate_int(rows, e_rows, mode="apsq", gs=gs)
+    np.testing.assert_array_equal(codes, gold.code.numpy())
+    y_rows = y[0, 1:3][:, cols].reshape(-1).to(torch.float64)
+    y_rtl = torch.tensor(codes, dtype=torch.float64) * torch.exp2((e_rows[-1] + unit_e).to(torch.float64))
+    torch.testing.assert_close(y_rtl, y_rows, rtol=0, atol=0)
     assert np.count_nonzero(codes) >= 8 and len(set(codes.tolist())) >= 5  # a real, non-degenerate output
