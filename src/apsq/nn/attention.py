@@ -89,12 +89,20 @@ def _max_keys(module: nn.Module) -> int:
 
 
 def attach_attention_matmuls(
-    module: nn.Module, qk_cfg: LayerQuantConfig, av_cfg: LayerQuantConfig, check_finite: bool = True
+    module: nn.Module, qk_cfg: LayerQuantConfig, av_cfg: LayerQuantConfig, check_finite: bool = True,
+    name: str = "",
 ) -> None:
-    """Give a supported attention module quantized ``apsq_qk`` / ``apsq_av`` and route it to them."""
+    """Give a supported attention module quantized ``apsq_qk`` / ``apsq_av`` and route it to them.
+
+    Per-channel PSUM steps (``psum_granularity: channel``): AV's channel is the head dimension (the
+    last dim of ``V``); QK^T has no fixed output width and refuses them (:class:`~apsq.errors.APSQError`
+    naming ``{name}.qk_matmul``), before the module is changed."""
+    qk = QuantMatmul(_head_dim(module), qk_cfg, check_finite, name=f"{name}.qk_matmul")
+    av = QuantMatmul(_max_keys(module), av_cfg, check_finite, out_features=_head_dim(module),
+                     name=f"{name}.av_matmul")
     _register()
-    module.apsq_qk = QuantMatmul(_head_dim(module), qk_cfg, check_finite)
-    module.apsq_av = QuantMatmul(_max_keys(module), av_cfg, check_finite)
+    module.apsq_qk = qk
+    module.apsq_av = av
     # The config object is shared with the rest of the model; copy it so only attention changes.
     module.config = copy.copy(module.config)
     module.config._attn_implementation = ATTENTION_NAME
