@@ -43,6 +43,11 @@ def write_config(name: str, seed: int, root: Path) -> Path:
     data["seed"] = seed
     if name != "fp32":
         data["finetune"] = {"steps": 0, "init": str(root / f"seed{fp32_seed(seed)}" / "fp32" / "fp32.safetensors")}
+    else:  # resuming: keep the run's own qat / distill sections (no effect on the FP32 stage, part of the fingerprint)
+        old = root / f"seed{seed}" / "fp32" / "config.json"
+        if old.exists():
+            prev = json.loads(old.read_text())
+            data.update({k: prev[k] for k in ("qat", "distill") if k in prev})
     path = root / "configs" / f"{name}_seed{seed}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -76,8 +81,11 @@ def done(root: Path, seed: int, name: str) -> bool:
     return (root / f"seed{seed}" / name / "result.json").exists()
 
 
-def run_all(seeds: list[int], root: Path, workers: int, only: set[str] | None, deadline: float | None) -> None:
-    todo = [j for j in jobs(seeds) if (only is None or j[1] in only or j[1] == "fp32") and not done(root, *j)]
+def run_all(seeds: list[int], root: Path, workers: int, only: set[str] | None, deadline: float | None,
+            external: set[int] = frozenset()) -> None:
+    """Run the jobs; the FP32 fine-tunes of ``external`` seeds are run by another process (wait for them)."""
+    todo = [j for j in jobs(seeds) if (only is None or j[1] in only or j[1] == "fp32") and not done(root, *j)
+            and not (j[1] == "fp32" and j[0] in external)]
     running: dict[tuple[int, str], subprocess.Popen] = {}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
@@ -95,7 +103,7 @@ def run_all(seeds: list[int], root: Path, workers: int, only: set[str] | None, d
                 write_config("fp32", fp32_seed(j[0]), root)
                 stamp_fp32(root, fp32_seed(j[0]))
             out = root / f"seed{j[0]}" / j[1]
-            cmd = [sys.executable, "-m", "apsq.cli", "train", "--config", str(write_config(j[1], j[0], root)),
+            cmd = [sys.executable, "-c", "from apsq.cli import app; app()", "train", "--config", str(write_config(j[1], j[0], root)),
                    "--output", str(out)] + (["--resume"] if (out / "checkpoint.safetensors").exists() else [])
             with open(root / "logs" / f"seed{j[0]}_{j[1]}.log", "a") as log:  # the child keeps its own handle
                 running[j] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -150,8 +158,50 @@ def collect(seeds: list[int], root: Path, out: Path, command: str) -> dict:
         "note": "means over the seeds in per_seed (n_seeds each); one thread per run, two runs at a time, on a "
                 "shared 2-core CPU",
     }
+    res["previous_recipe"] = PREVIOUS
     out.write_text(json.dumps(res, indent=1) + "\n")
+    plot(res, out.with_suffix(".png"))
     return res
+
+
+PREVIOUS = {
+    "fp32": 0.8520653218059558, "w8a8": 0.8443804034582133, "psq": 0.8491834774255523,
+    "apsq": {"1": 0.7588856868395774, "2": 0.7761767531219981, "3": 0.7800192122958693, "4": 0.781940441882805},
+    "seeds": [0], "qat_steps": 100, "qat_batch_size": 16, "qat_lr": 2e-5, "qat_scale_lr": 5e-3,
+    "note": "the committed results before issue 11 (git show 08248de:results/sentiment_minilm.json): same FP32 "
+            "config and seed, old optimizer rule (AdamW eps 1e-8 for the step sizes, one global clip)",
+}
+"""The numbers this file held before the recipe fix, for comparison."""
+
+
+def plot(res: dict, path: Path) -> None:
+    """Accuracy per variant: the default recipe (mean over seeds, one dot per seed) beside the previous recipe."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["fp32", *VARIANTS]
+    fig, ax = plt.subplots(figsize=(8, 4.4), dpi=120)
+    for i, name in enumerate(names):
+        seeds = res["per_seed"].get(name, {})
+        ax.scatter([i] * len(seeds), [100 * v for v in seeds.values()], color="C0", s=12, alpha=0.6)
+        mean = res["fp32"] if name == "fp32" else res.get(name) if name in ("w8a8", "psq") else \
+            res["apsq"].get(name.removeprefix("apsq_gs"))
+        if mean is not None:
+            ax.scatter([i], [100 * mean], color="C0", marker="_", s=400,
+                       label="default recipe (mean; dots: seeds)" if i == 0 else None)
+        prev = PREVIOUS["fp32"] if name == "fp32" else PREVIOUS.get(name) if name in ("w8a8", "psq") else \
+            PREVIOUS["apsq"].get(name.removeprefix("apsq_gs"))
+        ax.scatter([i + 0.15], [100 * prev], color="C3", marker="x", label="previous recipe (seed 0)" if i == 0 else None)
+    ax.set_xticks(range(len(names)), names, rotation=20)
+    ax.set_ylabel("test accuracy (%), 1,041 sentences")
+    ax.set_title(f"all-MiniLM-L6-v2, movie-review sentences: QAT {res['qat_steps']} x {res['qat_batch_size']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -163,6 +213,8 @@ def main() -> None:
     ap.add_argument("--deadline", default=None, help="HH:MM (UTC): start no run after it")
     ap.add_argument("--share-fp32", nargs="*", default=[], metavar="SEED=FROM",
                     help="seed SEED's QAT starts from seed FROM's FP32 fine-tune")
+    ap.add_argument("--external-fp32", type=int, nargs="*", default=[],
+                    help="seeds whose FP32 fine-tune another process is running: wait for it")
     ap.add_argument("--collect", action="store_true", help="only write the JSON from finished runs")
     ap.add_argument("--json", type=Path, default=Path("results/sentiment_minilm.json"))
     a = ap.parse_args()
@@ -173,7 +225,7 @@ def main() -> None:
         now = time.gmtime()
         deadline = time.time() + ((h * 60 + m) - (now.tm_hour * 60 + now.tm_min)) * 60 - now.tm_sec
     if not a.collect:
-        run_all(a.seeds, a.root, a.workers, set(a.only) if a.only else None, deadline)
+        run_all(a.seeds, a.root, a.workers, set(a.only) if a.only else None, deadline, set(a.external_fp32))
     cmd = (f"python results/run_sentiment_minilm.py --seeds {' '.join(map(str, a.seeds))} --workers {a.workers}"
            + (f" --share-fp32 {' '.join(a.share_fp32)}" if a.share_fp32 else ""))
     print(json.dumps(collect(a.seeds, a.root, a.json, cmd), indent=1))
