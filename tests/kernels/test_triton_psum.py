@@ -171,6 +171,12 @@ def test_inexact_operands_fall_back(device):
     assert run(s_w=sw.repeat(2)) is None  # neither one nor one per row
     assert run(s_x=sx / 2**20, xx=x * 2**12) is None  # |cx| max |cw| tile > 2^24: float32 tile sums inexact
     assert run(xx=x.double()) is None  # operands of different dtypes
+    bad = x.clone()
+    bad[0, 1, 2] = float("nan")
+    assert run(xx=bad) is None  # NaN is not a code
+    bad[0, 1, 2] = float("inf")
+    assert run(xx=bad) is None
+    assert run(xx=x * 2**9) is None  # |codes| > 32767
 
 
 def test_bad_arguments_raise(device):

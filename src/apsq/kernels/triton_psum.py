@@ -33,7 +33,9 @@ Steps: ``scales`` is ``[n]`` (one PSUM step per tile) or ``[n, N]`` (one per til
 ``x_step`` one power of two; ``w_step`` one, or one per row of ``w3[b]`` (``[N]``). float32 / float64
 operands compute in their dtype; bfloat16 / float16 ones (codes of <= 8 bits are exact there) compute
 in float32 and the output is rounded once to the operands' dtype; their operand gradients are GEMMs
-in that dtype with float32 accumulation (what autocast's matmul does).
+in that dtype with float32 accumulation (what autocast's matmul does). float32 operand gradients are
+IEEE float32 GEMMs, or TF32 ones where ``torch.backends.cuda.matmul.allow_tf32`` lets torch's own
+matmuls use TF32. Operand codes are made (and checked) in chunks of rows: 16 MiB of temporaries.
 
 Runs on CUDA tensors, or on CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1``; slow, for
 tests). The kernels are JIT-compiled on first use for the interpreter setting of that moment, so the
@@ -165,7 +167,7 @@ def _fwd_kernel(xc, wc, unit, sp, ip, out, bad, M, N, K, n, gs, tile, s_si, s_sn
 
 def _bwd_operand_kernel(xc, wc, of, unit, sp, ip, g, bad, go, M, N, K, n, gs, tile, s_si, s_sn, qn, qp,
                         MODE: tl.constexpr, WIDE: tl.constexpr, LOWP: tl.constexpr, FOR_W: tl.constexpr,
-                        BR: tl.constexpr, BL: tl.constexpr, TP: tl.constexpr):
+                        PREC: tl.constexpr, BR: tl.constexpr, BL: tl.constexpr, TP: tl.constexpr):
     """One program: the gradient of a block of BR rows of one operand (x when not FOR_W, else w) over
     tile ``i`` = program_id(2), looping over the other operand's rows in blocks of BL. ``of`` is the
     other operand (float), ``go`` the gradient being written ([B, M, K] or [B, N, K])."""
@@ -242,14 +244,14 @@ def _bwd_operand_kernel(xc, wc, of, unit, sp, ip, g, bad, go, M, N, K, n, gs, ti
         if LOWP:
             gacc += tl.dot(gm.to(ov.dtype), ov)
         else:
-            gacc += tl.dot(gm, ov.to(gm.dtype), input_precision="ieee")
+            gacc += tl.dot(gm, ov.to(gm.dtype), input_precision=PREC)
     dst = go + pb * R * K + rr[:, None] * K + kk[None, :]
     tl.store(dst, gacc.to(go.dtype.element_ty), mask=rmask[:, None] & km[None, :])
 
 
 def _bwd_steps_kernel(xc, wc, unit, sp, ip, g, bad, part, M, N, K, n, gs, tile, s_si, s_sn, qn, qp, n_mb, n_nb,
-                      MODE: tl.constexpr, WIDE: tl.constexpr, PER_CH: tl.constexpr, BM: tl.constexpr,
-                      BN: tl.constexpr, TP: tl.constexpr):
+                      MODE: tl.constexpr, WIDE: tl.constexpr, PER_CH: tl.constexpr, SUM_DOT: tl.constexpr,
+                      BM: tl.constexpr, BN: tl.constexpr, TP: tl.constexpr):
     """LSQ step gradients of one output block, float64: ``part[b, mb, i, o]`` (PER_CH) or
     ``part[b, mb, nb, i]``; ``dL/ds_i = sum g_i * (code - m * u)`` with ``g_i`` the gradient reaching
     step i's quantizer (psq: g; apsq pending tile of group h: g if last_bad <= h; closing: g if
@@ -272,8 +274,8 @@ def _bwd_steps_kernel(xc, wc, unit, sp, ip, g, bad, part, M, N, K, n, gs, tile, 
         lb = tl.load(bad + offs, mask=om, other=0).to(tl.int32)
     acc = tl.full([BM, BN], 0, dtype=un.dtype)
     pend = tl.full([BM, BN], 0, dtype=un.dtype)
-    # sums over a block's rows / columns as dots with ones (no reduction helper: the kernels call only
-    # builtins, so they run in the interpreter whatever TRITON_INTERPRET was when triton was imported)
+    # SUM_DOT (the interpreter): sums over a block's rows / columns as dots with ones, since tl.sum is
+    # a jitted helper that fails there when triton was imported before TRITON_INTERPRET was set
     r16 = tl.arange(0, 16)
     ones_m = tl.full([16, BM], 1.0, dtype=tl.float64)
     ones_n = tl.full([BN, 16], 1.0, dtype=tl.float64)
@@ -313,14 +315,21 @@ def _bwd_steps_kernel(xc, wc, unit, sp, ip, g, bad, part, M, N, K, n, gs, tile, 
             pend = tl.where(closing, 0.0, pend + q)
         d = (x - tl.where(inr, u, 0.0)).to(tl.float64)  # exact: |code - u| <= 1/2 in range (Sterbenz)
         term = tl.where(om, gi.to(tl.float64) * d, 0.0)
-        colsum = tl.dot(ones_m, term, input_precision="ieee")  # [16, BN], every row the column sums (exact where the sums are)
-        if PER_CH:
-            tl.store(part + ((pb * n_mb + pm) * n + i) * N + r16[:, None] * 0 + rn[None, :], colsum,
-                     mask=(r16 == 0)[:, None] & nm[None, :])
+        if SUM_DOT:
+            colsum = tl.dot(ones_m, term, input_precision="ieee")  # [16, BN], every row the column sums
+            if PER_CH:
+                tl.store(part + ((pb * n_mb + pm) * n + i) * N + r16[:, None] * 0 + rn[None, :], colsum,
+                         mask=(r16 == 0)[:, None] & nm[None, :])
+            else:
+                total = tl.dot(colsum, ones_n, input_precision="ieee")  # [16, 16], each the block's sum
+                tl.store(part + ((pb * n_mb + pm) * n_nb + pn) * n + i + r16[:, None] * 0 + r16[None, :] * 0,
+                         total, mask=(r16 == 0)[:, None] & (r16 == 0)[None, :])
         else:
-            total = tl.dot(colsum, ones_n, input_precision="ieee")  # [16, 16], every entry the block's sum
-            tl.store(part + ((pb * n_mb + pm) * n_nb + pn) * n + i + r16[:, None] * 0 + r16[None, :] * 0, total,
-                     mask=(r16 == 0)[:, None] & (r16 == 0)[None, :])
+            colsum = tl.sum(term, axis=0)
+            if PER_CH:
+                tl.store(part + ((pb * n_mb + pm) * n + i) * N + rn, colsum, mask=nm)
+            else:
+                tl.store(part + ((pb * n_mb + pm) * n_nb + pn) * n + i, tl.sum(colsum, axis=0))
 
 
 _BODIES = {"fwd": _fwd_kernel, "bwd_operand": _bwd_operand_kernel, "bwd_steps": _bwd_steps_kernel}
@@ -362,21 +371,49 @@ def _exact_limit(dtype: torch.dtype) -> int:
     return 2**31 - 1 if dtype == torch.float64 else 2**24
 
 
-def _codes(t: torch.Tensor, step: torch.Tensor, ct: torch.dtype, check: bool) -> tuple[torch.Tensor, int] | None:
-    """``t / step`` (``step`` scalar or a column ``[R, 1]`` over the rows of ``t``) as integer codes
-    (int8 if they fit, else int16) and their largest magnitude; None (when ``check``) unless every
-    quotient is an integer of magnitude <= 32767. Division by a power of two is exact."""
-    v = t.detach().to(ct) / step
-    if check:
-        ok = bool(torch.isfinite(v).all()) and bool((v == torch.floor(v)).all())
-        if not ok:
-            return None
-    lo, hi = (float(v.min()), float(v.max())) if v.numel() else (0.0, 0.0)
-    mx = int(max(-lo, hi))
-    if check and mx > 32767:
+_CODE_CHUNK = 1 << 22
+"""Elements converted to codes at a time: the float temporaries stay at 16 MiB whatever the operand."""
+
+
+def _codes(t: torch.Tensor, row_steps: torch.Tensor, ct: torch.dtype,
+           code_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, int] | None:
+    """``t [..., K] / step`` as integer codes of ``t``'s shape, in chunks of rows.
+
+    ``row_steps``: one step (``[1]``) or one per row of ``t.reshape(-1, K)``, in ``ct`` on ``t``'s device.
+    With ``code_dtype`` (backward: the forward checked these operands) the codes are written in that
+    dtype unchecked, and the magnitude is not computed (returned as -1). Without it, returns the codes
+    (int8 if every one fits, else int16) and the largest magnitude, or None unless every quotient is
+    an integer of magnitude <= 32767 (NaN / Inf are not). Division by a power of two is exact.
+    """
+    rows = t.detach().reshape(-1, t.shape[-1])
+    r, k = rows.shape
+    check = code_dtype is None
+    out = torch.empty(r, k, dtype=torch.int16 if check else code_dtype, device=t.device)
+    ok = torch.ones((), dtype=torch.bool, device=t.device)
+    lo = torch.zeros((), dtype=ct, device=t.device)
+    hi = torch.zeros((), dtype=ct, device=t.device)
+    per_row = row_steps.numel() > 1
+    step = max(1, _CODE_CHUNK // k)
+    for r0 in range(0, r, step):
+        s = row_steps[r0 : r0 + step].reshape(-1, 1) if per_row else row_steps
+        v = rows[r0 : r0 + step].to(ct) / s
+        if check:
+            ok &= ((v - torch.round(v)) == 0).all()  # integers; NaN and Inf fail (Inf - Inf is NaN)
+            mn, mx = torch.aminmax(v)
+            lo, hi = torch.minimum(lo, mn), torch.maximum(hi, mx)
+            v.clamp_(-32768, 32767)
+        out[r0 : r0 + step] = v
+    if not check:
+        return out.reshape(t.shape), -1
+    if not bool(ok):
         return None
-    small = lo >= -128 and hi <= 127
-    return v.to(torch.int8 if small else torch.int16), mx
+    lo_f, hi_f = float(lo), float(hi)
+    mag = int(max(-lo_f, hi_f))
+    if mag > 32767:
+        return None
+    if lo_f >= -128 and hi_f <= 127:
+        out = out.to(torch.int8)
+    return out.reshape(t.shape), mag
 
 
 def _steps(scales: torch.Tensor | None, n: int, big_n: int, ct: torch.dtype, mode: str):
@@ -426,10 +463,10 @@ def triton_operands(x3: torch.Tensor, w3: torch.Tensor, scales: torch.Tensor | N
     if s is False:
         return None
     dev = x3.device
-    cx = _codes(x3, sx.to(dev, ct), ct, True)
+    cx = _codes(x3, sx.to(dev, ct), ct)
     if cx is None:
         return None
-    cw = _codes(w3, sw.to(dev, ct).reshape(1, -1, 1) if sw.numel() > 1 else sw.to(dev, ct), ct, True)
+    cw = _codes(w3, sw.to(dev, ct).repeat(b) if sw.numel() > 1 else sw.to(dev, ct), ct)
     if cw is None:
         return None
     depth = k if plan.mode == "none" else tile
@@ -452,8 +489,8 @@ def _recodes(x3, w3, ops_meta, x_step, w_step) -> tuple[torch.Tensor, torch.Tens
     sx = x_step.detach().to(x3.device, ct).reshape(-1)
     sw = w_step.detach().to(w3.device, ct).reshape(-1)
     code = torch.int16 if wide else torch.int8
-    xc = (x3.detach().to(ct) / sx).to(code).contiguous()
-    wc = (w3.detach().to(ct) / (sw.reshape(1, -1, 1) if sw.numel() > 1 else sw)).to(code).contiguous()
+    xc = _codes(x3, sx, ct, code)[0]
+    wc = _codes(w3, sw.repeat(w3.shape[0]) if sw.numel() > 1 else sw, ct, code)[0]
     return xc, wc
 
 
@@ -522,7 +559,10 @@ def _backward(ops: TritonOperands, plan: _PlanLike, tile: int, x3, w3, g, last_b
     # same (exactly converted) values: the same products, summed in float32
     lowp = x3.dtype in _LOWP and not interpreting()
     bad = last_bad if last_bad is not None else g
-    common = dict(MODE=mode, WIDE=ops.wide, LOWP=lowp, BR=blk, BL=blk, TP=_tile_depth(tile))
+    # float32 operand gradients: TF32 where torch's matmuls may use it (allow_tf32), else IEEE float32
+    tf32 = ct == torch.float32 and not interpreting() and torch.backends.cuda.matmul.allow_tf32
+    common = dict(MODE=mode, WIDE=ops.wide, LOWP=lowp, PREC="tf32" if tf32 else "ieee", BR=blk, BL=blk,
+                  TP=_tile_depth(tile))
     args = (m, big_n, k, plan.n, plan.gs, tile, s_si, s_sn, qn, qp)
     gx = gw = gsc = None
     kern = _kernel("bwd_operand")
@@ -539,8 +579,9 @@ def _backward(ops: TritonOperands, plan: _PlanLike, tile: int, x3, w3, g, last_b
         shape = (b, n_mb, plan.n, big_n) if ops.per_channel else (b, n_mb, n_nb, plan.n)
         part = torch.zeros(shape, dtype=torch.float64, device=dev)
         _kernel("bwd_steps")[(b, n_mb, n_nb)](ops.xc, ops.wc, ops.unit, sp, ip, g, bad, part, *args, n_mb, n_nb,
-                                              MODE=mode, WIDE=ops.wide, PER_CH=ops.per_channel, BM=blk, BN=blk,
-                                              TP=_tile_depth(tile), **_LAUNCH)
+                                              MODE=mode, WIDE=ops.wide, PER_CH=ops.per_channel,
+                                              SUM_DOT=interpreting(), BM=blk, BN=blk, TP=_tile_depth(tile),
+                                              **_LAUNCH)
         gsc = part.sum((0, 1)) if ops.per_channel else part.sum((0, 1, 2))
     return (None if gx is None else gx.to(x3.dtype)), (None if gw is None else gw.to(w3.dtype)), gsc
 
