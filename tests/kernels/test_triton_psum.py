@@ -136,14 +136,14 @@ def test_low_precision_computes_in_float32(device, dtype):
 
 def test_conv2d_through_im2col(device):
     """A Conv2d's im2col rows through the GEMM equal the reference over conv2d_partials (per-channel
-    weight steps)."""
+    weight steps; per-channel PSUM steps in the Conv2d lane layout ``[n, Co, 1, 1]``)."""
     gen = torch.Generator().manual_seed(3)
     sx, sw = torch.tensor(0.125, dtype=torch.float64), torch.exp2(-torch.randint(3, 6, (5,), generator=gen).double())
     x = torch.randint(-128, 128, (2, 3, 6, 5), generator=gen).double() * sx
     wt = torch.randint(-128, 128, (5, 3, 3, 3), generator=gen).double() * sw.reshape(-1, 1, 1, 1)
     tile, k = 8, 27
     n = num_tiles(k, tile)
-    scales = torch.exp2(torch.randint(4, 8, (n,), generator=gen).double()) * float(sx * sw.max())
+    scales = torch.exp2(torch.randint(4, 8, (n, 5, 1, 1), generator=gen).double()) * float(sx * sw.max())
     plan = Plan("apsq", n, 2, 8)
     cols, (h, w_out) = conv2d_im2col(x, (3, 3), (1, 1), (1, 1), (1, 1))  # [B, K, L]
     rows = cols.transpose(1, 2).reshape(1, -1, k)

@@ -424,9 +424,10 @@ def _steps(scales: torch.Tensor | None, n: int, big_n: int, ct: torch.dtype, mod
         return None, None
     if scales is None:
         raise APSQError(f"scales are required for mode={mode!r}")
-    if tuple(scales.shape) not in ((n,), (n, big_n)):
+    if scales.dim() < 1 or scales.shape[0] != n or scales.numel() not in (n, n * big_n):
         raise APSQError(f"scales must be [n] (one PSUM step per tile, n={n}) or [n, N] (one per tile and "
-                        f"output column, N={big_n}), got shape {tuple(scales.shape)}")
+                        f"output column, N={big_n}; any [n, ...] holding n or n x N steps, such as "
+                        f"[n, N, 1, 1], is read so), got shape {tuple(scales.shape)}")
     if not bool(is_power_of_two(scales).all()):
         bad = scales.detach()[~is_power_of_two(scales)][:4].tolist()
         raise APSQError(f"scales must be positive powers of two (2^e, integer e); got {bad}")
@@ -436,9 +437,9 @@ def _steps(scales: torch.Tensor | None, n: int, big_n: int, ct: torch.dtype, mod
     if not (bool(torch.isfinite(inv_c).all()) and bool((inv_c.to(torch.float64) == inv).all())
             and bool((s_c.to(torch.float64) == sd).all()) and bool((s_c > 0).all())):
         return False, False
-    if scales.dim() == 1:
+    if scales.numel() == n:  # per tile step: stride 0 over the columns
         return s_c.reshape(n, 1).expand(n, big_n), inv_c.reshape(n, 1).expand(n, big_n)
-    return s_c.contiguous(), inv_c.contiguous()
+    return s_c.reshape(n, big_n).contiguous(), inv_c.reshape(n, big_n).contiguous()
 
 
 def triton_operands(x3: torch.Tensor, w3: torch.Tensor, scales: torch.Tensor | None, tile: int, plan: _PlanLike,
@@ -480,7 +481,7 @@ def triton_operands(x3: torch.Tensor, w3: torch.Tensor, scales: torch.Tensor | N
     wide = cx[0].dtype != torch.int8 or cw[0].dtype != torch.int8
     xc, wc = (cx[0], cw[0]) if not wide else (cx[0].to(torch.int16), cw[0].to(torch.int16))
     return TritonOperands(xc.contiguous(), wc.contiguous(), unit.to(dev, ct).contiguous(),
-                          s, inv, wide, scales is not None and scales.dim() == 2)
+                          s, inv, wide, s is not None and s.stride(1) != 0)
 
 
 def _recodes(x3, w3, ops_meta, x_step, w_step) -> tuple[torch.Tensor, torch.Tensor]:
@@ -653,6 +654,10 @@ def gemm_psum(x3: torch.Tensor, w3: torch.Tensor, scales: torch.Tensor | None, t
                         "them on the CPU (slow; tests)")
     if x3.numel() == 0 or w3.numel() == 0:
         return None
+    blocks = math.ceil(max(x3.shape[1], w3.shape[1]) / _block(interpreting()))
+    if blocks > 65535:
+        raise APSQError(f"gemm_psum: {max(x3.shape[1], w3.shape[1])} rows make {blocks} row blocks, more than a CUDA "
+                        "grid dimension holds (65535); split the rows over the batch dimension B")
     ops = triton_operands(x3, w3, scales, tile, plan, x_step, w_step)
     if ops is None:
         return None
