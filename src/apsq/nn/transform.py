@@ -109,9 +109,10 @@ def _quant_class(mod: nn.Module, layer_types: tuple[str, ...]) -> tuple[type[nn.
                           f"nn.{float_cls.__name__} modules only")
     if isinstance(mod, _NO_REDUCTION):
         return None, None
-    big = [n for n, p in mod.named_parameters(recurse=False) if p.dim() >= 2]
-    if big:
-        return None, f"unknown layer type with a {big[0]!r} parameter of {mod.get_parameter(big[0]).dim()} dims; apsq does not know its reduction"
+    w = mod._parameters.get("weight")
+    if isinstance(w, torch.Tensor) and w.dim() >= 2:  # a weight-bearing layer (not a norm, not a cls token)
+        return None, (f"unknown layer type with a {w.dim()}-D weight {tuple(w.shape)}; apsq does not know its "
+                      "reduction (replace it by nn.Linear / nn.Conv1d / nn.Conv2d, or leave it in full precision)")
     return None, None
 
 
@@ -216,6 +217,8 @@ def _attach(module: nn.Module, name: str, config: APSQConfig) -> None:
     if not (qk.enabled or av.enabled):
         return
     attach_attention_matmuls(module, qk, av, config.check_finite, name=name)
+    for q in (module.apsq_qk, module.apsq_av):  # the attention module's device and dtype
+        q.to(device=module_device(module), dtype=module_dtype(module))
     module.apsq_qk.layer_name = f"{name}.qk_matmul"
     module.apsq_av.layer_name = f"{name}.av_matmul"
     for q, c in ((module.apsq_qk, qk), (module.apsq_av, av)):
