@@ -20,7 +20,7 @@ from apsq.errors import (
     read_yaml,
 )
 
-LAYER_TYPES = ("linear", "conv2d")
+LAYER_TYPES = ("linear", "conv1d", "conv2d")
 LAYER_FIELDS = ("tile", "mode", "gs", "psum_bits", "weight_bits", "act_bits", "weight_per_channel", "enabled",
                 "acc_bits", "psum_granularity")
 PSUM_GRANULARITIES = ("tensor", "channel")
@@ -88,7 +88,8 @@ class APSQConfig(LayerQuantConfig):
     """
 
     layer_types: tuple[str, ...] = LAYER_TYPES
-    """Which module types to swap: ``linear`` (nn.Linear), ``conv2d`` (nn.Conv2d)."""
+    """Which module types to swap: ``linear`` (nn.Linear and Hugging Face's transposed ``Conv1D``),
+    ``conv1d`` (nn.Conv1d), ``conv2d`` (nn.Conv2d)."""
     attention_matmuls: bool = False
     """Also quantize attention's QK^T and AV matmuls (Hugging Face BERT, Segformer, LLaMA)."""
     exclude: tuple[str, ...] = ()
