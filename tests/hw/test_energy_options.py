@@ -52,12 +52,25 @@ def test_gs_above_the_banks_warns_or_errors():
 def test_tile_from_the_quantization_config():
     cfg = APSQConfig(tile=16)
     with pytest.raises(APSQError, match=r"PSUM tile 16 does not match .* pe_array.rows = 32"):
-        evaluate(_wl(), "ws", "apsq", cfg)
-    r = evaluate(_wl(), "ws", "apsq", cfg, override_tile=True)  # on purpose: priced at the array's 32
-    assert r.total_pj == pytest.approx(evaluate(_wl(), "ws", "apsq", 2).total_pj)
-    evaluate(_wl(), "ws", "apsq", APSQConfig(tile=32))
+        evaluate(_wl(), "ws", "apsq", cfg, tile_mismatch="error")
+    with pytest.warns(UserWarning, match="PSUM tile 16 differs from pe_array.rows = 32"):
+        evaluate(_wl(), "ws", "apsq", cfg)  # the API's default warns
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = evaluate(_wl(), "ws", "apsq", cfg, override_tile=True, tile_mismatch="error")  # on purpose
+        evaluate(_wl(), "ws", "apsq", APSQConfig(tile=32), tile_mismatch="error")
+    assert r.total_pj == pytest.approx(evaluate(_wl(), "ws", "apsq", 2).total_pj)  # priced at the array's 32
     with pytest.raises(APSQError, match="tile"):
-        evaluate(_wl(), "ws", "apsq", 2, tile=8)
+        evaluate(_wl(), "ws", "apsq", 2, tile=8, tile_mismatch="error")
+
+
+def test_cli_refuses_a_config_tile_that_is_not_the_array(app, tmp_path):
+    cfg = tmp_path / "apsq.yaml"
+    cfg.write_text("tile: 16\ngs: 2\n")
+    r = _run(app, "-m", "bert-base", "--seq-len", "16", "--gs-config", str(cfg))
+    assert r.exit_code == 2 and "PSUM tile 16 does not match" in " ".join(r.output.split())
+    r = _run(app, "-m", "bert-base", "--seq-len", "16", "--gs-config", str(cfg), "--override-tile", "--json")
+    assert r.exit_code == 0, r.output
 
 
 def test_rae_overhead_is_charged_per_stored_psum():

@@ -31,14 +31,16 @@ __all__ = ["EnergyReport", "Comparison", "evaluate", "compare", "energy_per_bit"
 PS, SRAM, DRAM = OPERANDS.index("psum"), LEVELS.index("sram"), LEVELS.index("dram")
 
 
-def resolve_tile(gs: Any, acc: Accelerator, tile: int | None = None, override_tile: bool = False) -> int | None:
+def resolve_tile(gs: Any, acc: Accelerator, tile: int | None = None, override_tile: bool = False,
+                 on_mismatch: str = "error") -> int | None:
     """The PSUM tile of a quantization config checked against the array's reduction depth (``rows``).
 
     ``gs`` may be an :class:`apsq.APSQConfig` (its ``tile`` and per-layer overrides' tiles), ``tile`` an
     explicit value. The energy model steps K by ``pe_array.rows``; a config that trains with another
-    tile describes a different accumulation, so a mismatch is an :class:`APSQError` unless
-    ``override_tile`` says the mismatch is on purpose (the array's rows are then used). Returns the tile
-    in force, or ``None`` when nothing was given.
+    tile describes a different accumulation, so a mismatch is an :class:`APSQError` (``on_mismatch=
+    "error"``, the CLI) or a :class:`UserWarning` (``"warn"``) unless ``override_tile`` says the mismatch
+    is on purpose; the array's rows are then priced. Returns the tile in force, or ``None`` when nothing
+    was given.
     """
     tiles: set[int] = set()
     if tile is not None:
@@ -53,6 +55,12 @@ def resolve_tile(gs: Any, acc: Accelerator, tile: int | None = None, override_ti
     rows = acc.pe_array.rows
     bad = sorted(t for t in tiles if t != rows)
     if bad and not override_tile:
+        if on_mismatch == "warn":
+            warnings.warn(
+                f"the quantization config's PSUM tile {bad[0]} differs from pe_array.rows = {rows} of {acc.name!r}: "
+                f"pricing {rows}-deep tiles (pass override_tile=True to say this is on purpose)",
+                UserWarning, stacklevel=3)
+            return rows
         raise APSQError(
             f"the quantization config's PSUM tile {bad if len(bad) > 1 else bad[0]} does not match the accelerator's "
             f"reduction depth pe_array.rows = {rows} ({acc.name!r}); train with tile={rows}, use an accelerator "
@@ -194,6 +202,7 @@ def evaluate(
     tile: int | None = None,
     override_tile: bool = False,
     gs_above_banks: str = "warn",
+    tile_mismatch: str = "warn",
 ) -> EnergyReport:
     """Energy of ``workload`` under ``dataflow`` (``is``/``ws``/``os``) and PSUM ``mode``.
 
@@ -204,9 +213,10 @@ def evaluate(
     per-layer choice); ``spill``: ``fractional`` or ``all-or-nothing`` (ZigZag's semantics);
     ``psum_granularity``: ``tensor`` or ``channel`` (one PSUM exponent per tile step and output channel,
     stored and read: :mod:`apsq.hw.cost`). ``tile`` / an APSQConfig's tile must equal ``pe_array.rows``
-    unless ``override_tile`` (:func:`resolve_tile`). ``gs_above_banks``: ``warn`` or ``error`` when an
-    APSQ gs exceeds the PSUM buffer's banks (:func:`check_gs_banks`). Errors are :class:`APSQError`,
-    raised before anything is computed.
+    unless ``override_tile``: ``tile_mismatch`` = ``warn`` (API default) or ``error`` (``apsq energy``)
+    (:func:`resolve_tile`). ``gs_above_banks``: ``warn`` or ``error`` when an APSQ gs exceeds the PSUM
+    buffer's banks (:func:`check_gs_banks`). Errors are :class:`APSQError`, raised before anything is
+    computed.
     """
     acc = accelerator or default_accelerator()
     check_choice("dataflow", dataflow, tuple(DATAFLOWS))
@@ -216,6 +226,7 @@ def evaluate(
     check_choice("spill", spill, SPILL_RULES)
     check_choice("psum_granularity", psum_granularity, PSUM_GRANULARITIES)
     check_choice("gs_above_banks", gs_above_banks, ("warn", "error"))
+    check_choice("tile_mismatch", tile_mismatch, ("warn", "error"))
     if baseline_bits is not None:
         if mode != "none":
             raise APSQError(f"baseline_bits applies to mode 'none' only, got mode={mode!r}")
@@ -224,7 +235,7 @@ def evaluate(
         elif len(baseline_bits) != len(workload.layers):
             raise APSQError(f"baseline_bits has {len(baseline_bits)} values but workload {workload.name!r} has "
                             f"{len(workload.layers)} layers")
-    resolve_tile(gs, acc, tile, override_tile)
+    resolve_tile(gs, acc, tile, override_tile, tile_mismatch)
     names = [ly.name for ly in workload.layers]
     gs_arr = workload.gs_array(gs)
     if mode == "apsq":
@@ -324,7 +335,8 @@ def compare(
     """Baseline (``none``, INT32 PSUMs or ``baseline_bits``) vs ``mode`` (default APSQ) at ``psum_bits``, ``gs``.
 
     ``options``: ``baseline_bits`` (baseline only) and every keyword of :func:`evaluate` (``schedule``,
-    ``spill``, ``psum_granularity``, ``tile``, ``override_tile``, ``gs_above_banks``), applied to both.
+    ``spill``, ``psum_granularity``, ``tile``, ``override_tile``, ``gs_above_banks``, ``tile_mismatch``),
+    applied to both.
     """
     bb = options.pop("baseline_bits", None)
     base = evaluate(workload, dataflow, "none", gs, psum_bits, accelerator, baseline_bits=bb, **options)

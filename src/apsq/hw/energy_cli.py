@@ -422,7 +422,8 @@ def register(app: typer.Typer) -> None:
                         raise APSQError(f"--gs-config file {str(gs_config)!r} does not exist")
                     gs_spec = APSQConfig.from_yaml(gs_config)
                 options = {"baseline_bits": baseline_bits, "spill": spill, "psum_granularity": psum_granularity,
-                           "override_tile": override_tile, "gs_above_banks": "error"}
+                           "override_tile": override_tile, "gs_above_banks": "error",
+                           "tile_mismatch": "error"}
                 cmp = compare(w, dataflow, gs_spec, psum_bits, acc, mode=mode, schedule=schedule, **options)
                 summ = schedules_summary(w, dataflow, gs_spec, psum_bits, acc, mode, **options)
                 if plot is not None:
