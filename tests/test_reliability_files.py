@@ -150,28 +150,45 @@ def test_atomic_write_fsyncs_file_and_folder(tmp_path, monkeypatch):
     target = tmp_path / "checkpoint.safetensors"
     _small_ckpt(target)
     assert len(synced) == 2
-    assert Path(synced[0]).name.startswith(".checkpoint.safetensors.tmp-")  # the data, before the rename
+    assert Path(synced[0]).parent.name.startswith(".checkpoint.safetensors.tmp-")  # the data, before the rename
     assert Path(synced[1]) == tmp_path  # the folder, after it
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.safetensors"]
 
 
 def test_disk_full_keeps_previous_and_says_so(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    from apsq.train import checkpoint
+
     path = tmp_path / "checkpoint.safetensors"
     _small_ckpt(path)
     before = path.read_bytes()
-    real = os.write
 
-    def full(fd, data):
-        real(fd, bytes(data[:7]))
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def full(tensors, filename, metadata=None):  # what safetensors raises when the disk fills up
+        Path(filename).write_bytes(b"partial")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr(fileio.os, "write", full)
-    with pytest.raises(APSQError, match=r"No space left on device \(disk full.*the previous "
-                                        r"checkpoint\.safetensors is intact"):
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    with pytest.raises(APSQError, match=r"could not write checkpoint .*No space left on device.*\(disk full: free space "
+                                        r"and rerun\); the previous checkpoint\.safetensors is intact"):
         atomic_save_tensors(path, {"model/w": torch.zeros(1000)}, {"step": 4})
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.safetensors"]
+    # the same through the plain byte writer (os.write fails)
+    real = os.write
+
+    def enospc(fd, data):
+        real(fd, bytes(data[:7]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fileio.os, "write", enospc)
+    with pytest.raises(APSQError, match=r"disk full.*the previous metrics\.jsonl is intact"):
+        (tmp_path / "metrics.jsonl").write_text("{}\n")
+        fileio.atomic_write_text(tmp_path / "metrics.jsonl", "x" * 100)
+    monkeypatch.undo()
+    assert (tmp_path / "metrics.jsonl").read_text() == "{}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.safetensors", "metrics.jsonl"]
 
 
 def test_file_size_limit_in_a_real_process(tmp_path):

@@ -4,8 +4,8 @@ Used by the data cache (concurrent fetches) and by training runs (checkpoints, m
 folder lock). POSIX only (``fcntl.flock``), like the rest of the run tooling.
 
 * :func:`atomic_write_bytes` writes to a unique temporary file in the target's folder
-  (``.<name>.tmp-<pid>-<random>``), ``fsync``\\ s it, renames it over the target with
-  :func:`os.replace` (atomic) and ``fsync``\\ s the folder, so after a crash or power loss the target
+  (``.<name>.tmp-<pid>-<random>``), fsyncs it, renames it over the target with
+  :func:`os.replace` (atomic) and fsyncs the folder, so after a crash or power loss the target
   is either the old or the new content, never a mix; a failed write (disk full) removes its
   temporary file and raises :class:`~apsq.errors.APSQError` saying the previous file is intact.
 * :class:`FolderLock` is an exclusive ``flock`` on ``<folder>/.apsq.lock`` holding the owner's pid and
@@ -24,6 +24,7 @@ import fcntl
 import os
 import re
 import secrets
+import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -64,11 +65,8 @@ def remove_dead_temps(path: Path) -> list[Path]:
             continue
         m = _TMP_PID.match(p.name[len(path.name) + 1:])
         if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
-            try:
-                p.unlink()
-                removed.append(p)
-            except OSError:
-                pass
+            _remove(p)
+            removed.append(p)
     return removed
 
 
@@ -91,39 +89,63 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes | bytearray | memoryview, *, what: str = "file",
-                       mode: int = 0o644) -> None:
-    """Replace ``path`` by ``data`` atomically and durably (temp file, fsync, rename, fsync folder).
+def atomic_write_with(path: str | Path, writer: Callable[[Path], None], *, what: str = "file",
+                      errors: tuple[type[BaseException], ...] = ()) -> None:
+    """Replace ``path`` atomically and durably by what ``writer(tmp)`` writes to a temporary path next to it.
 
-    Raises :class:`APSQError` naming ``what`` and ``path`` when the write fails (e.g. ``ENOSPC``, disk
-    full); the temporary file is removed and the previous content of ``path``, if any, is intact.
+    The temporary file (unique name) is fsynced, renamed over ``path`` and the folder is
+    fsynced. An :class:`OSError` (or one of ``errors``, e.g. a serialiser's own I/O error) while
+    writing raises :class:`APSQError` naming ``what`` and ``path`` (disk full, quota, size limit
+    named); the temporary file is removed and the previous content of ``path``, if any, is intact.
     """
     path = Path(path)
     existed = path.exists()
-    tmp = temp_name(path)
+    # a private temporary folder: writers that make their own temporary files (safetensors does)
+    # make them in there, so a killed writer's debris is one pid-named folder, removed later
+    tmp_dir = temp_name(path)
+    tmp = tmp_dir / path.name
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_dir.mkdir()
+        writer(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except (OSError, *errors) as exc:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        kept = f"the previous {path.name} is intact" if existed else "nothing was written"
+        code = getattr(exc, "errno", None) or next((c for c, word in _ERRNO_WORDS if word in str(exc)), 0)
+        hint = {errno.ENOSPC: " (disk full: free space and rerun)", errno.EDQUOT: " (disk quota exceeded)",
+                errno.EFBIG: " (over the file size limit)"}.get(code, "")
+        raise APSQError(f"could not write {what} {path}: {getattr(exc, 'strerror', None) or exc}{hint}; {kept}"
+                        ) from exc
+    fsync_dir(path.parent)
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    remove_dead_temps(path)
+
+
+_ERRNO_WORDS = ((errno.ENOSPC, "os error 28"), (errno.EDQUOT, "os error 122"), (errno.EFBIG, "os error 27"))
+"""Linux error numbers as Rust libraries (safetensors) print them inside their own exceptions."""
+
+
+def atomic_write_bytes(path: str | Path, data: bytes | bytearray | memoryview, *, what: str = "file",
+                       mode: int = 0o644) -> None:
+    """Replace ``path`` by ``data`` atomically and durably (see :func:`atomic_write_with`)."""
+
+    def write(tmp: Path) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
             view = memoryview(data)
             while view:
                 n = os.write(fd, view)
                 view = view[n:]
-            os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        kept = f"the previous {path.name} is intact" if existed else "nothing was written"
-        hint = {errno.ENOSPC: " (disk full: free space and rerun)", errno.EDQUOT: " (disk quota exceeded)",
-                errno.EFBIG: " (over the file size limit)"}.get(exc.errno or 0, "")
-        raise APSQError(f"could not write {what} {path}: {exc.strerror or exc}{hint}; {kept}") from exc
-    fsync_dir(path.parent)
-    remove_dead_temps(path)
+
+    atomic_write_with(path, write, what=what)
 
 
 def atomic_write_text(path: str | Path, text: str, *, what: str = "file") -> None:
@@ -132,21 +154,30 @@ def atomic_write_text(path: str | Path, text: str, *, what: str = "file") -> Non
 
 
 def remove_orphan_temps(folder: str | Path) -> list[Path]:
-    """Delete temporary files (``.*.tmp-*``, and the ``.*.tmp<pid>`` names of earlier versions) left in
-    ``folder`` by killed writers; returns what was removed. Hold the folder's lock while calling it."""
+    """Delete temporary files and folders (``.*.tmp-*``, ``.*.tmp<pid>`` of earlier versions, and the
+    ``.tmpXXXXXX`` files safetensors itself writes) left in ``folder`` by killed writers; returns what
+    was removed. Hold the folder's lock while calling it."""
     folder = Path(folder)
     removed = []
     if not folder.is_dir():
         return removed
     for p in folder.iterdir():
         name = p.name
-        if name.startswith(".") and (TMP_INFIX in name or ".tmp" in name) and p.is_file():
-            try:
-                p.unlink()
-                removed.append(p)
-            except FileNotFoundError:
-                pass
+        if name.startswith(".") and ".tmp" in name:
+            _remove(p)
+            removed.append(p)
     return removed
+
+
+def _remove(p: Path) -> None:
+    """Remove a temporary file or folder (gone already is fine)."""
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def _holder(fd: int) -> str:

@@ -1,9 +1,9 @@
 """Atomic, checksummed, pickle-free checkpoints: tensors in one safetensors file, everything else as JSON.
 
-A checkpoint is a single ``.safetensors`` file serialised in memory, written to a unique temporary
-name in the same folder, ``fsync``\ ed and moved over the old one with :func:`os.replace` (then the
-folder is ``fsync``\ ed): a crash or a full disk leaves the previous checkpoint intact, and a failed
-write says so (:func:`apsq.data.fileio.atomic_write_bytes`). Tensors: ``model/<name>`` (the state
+A checkpoint is a single ``.safetensors`` file written by safetensors to a unique temporary name in
+the same folder, fsynced and moved over the old one with :func:`os.replace` (then the
+folder is fsynced): a crash or a full disk leaves the previous checkpoint intact, and a failed
+write says so (:func:`apsq.data.fileio.atomic_write_with`). Tensors: ``model/<name>`` (the state
 dict) and ``optim/<param index>/<key>`` (optimizer state). The JSON ``state`` (step, stage, config
 fingerprint, optimizer hyper-parameters and non-tensor state) is stored in the safetensors header
 metadata, beside ``sha256``: a digest of every tensor's name, dtype, shape and bytes and of the state
@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as save_bytes
+from safetensors.torch import save_file
 
-from apsq.data.fileio import atomic_write_bytes
+from apsq.data.fileio import atomic_write_with
 from apsq.data.fileio import atomic_write_text as _atomic_write_text
 from apsq.errors import APSQError
 
@@ -55,8 +55,9 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict
     path = Path(path)
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     state = json.dumps(meta or {})
-    data = save_bytes(flat, metadata={"format": FORMAT, "state": state, "sha256": tensor_digest(flat, state)})
-    atomic_write_bytes(path, data, what="checkpoint")
+    header = {"format": FORMAT, "state": state, "sha256": tensor_digest(flat, state)}
+    atomic_write_with(path, lambda tmp: save_file(flat, str(tmp), metadata=header), what="checkpoint",
+                      errors=(SafetensorError,))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
