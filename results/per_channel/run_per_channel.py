@@ -11,7 +11,9 @@ layers and the PSUM saturation rate.
     OMP_NUM_THREADS=1 python results/per_channel/run_per_channel.py \\
         --fp32 runs/minilm_fp32/fp32.safetensors --json results/per_channel/calibration_only.json
 
-``--fp32``: a fine-tuned model from ``apsq train --config configs/train_minilm_fp32.yaml``.
+``--fp32``: a fine-tuned model from ``apsq train --config configs/train_minilm_fp32.yaml``. Runs split
+over ``--modes`` (e.g. two processes side by side) are joined with
+``python results/per_channel/run_per_channel.py --merge A.json B.json --json OUT.json``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,25 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return c - h, c + h
 
 
+def shift_table(model: torch.nn.Module) -> dict:
+    """What the engine must hold: the PSUM exponents (``n`` per layer per tensor, ``n x N`` per channel)
+    and the range of the per-lane shift amounts ``e_i - ex - ew`` (tile-sum units) over all layers."""
+    from apsq.nn.layers import QuantLinear
+
+    count, lo, hi = 0, None, None
+    for m in model.modules():
+        if isinstance(m, QuantLinear) and m.qcfg.mode != "none":
+            n = m._n()
+            e = m.psum.exponents(n)
+            count += e.numel()
+            unit = m.act_quant.exponent().reshape(()) + m.weight_quant.exponent().reshape(-1)  # [N]
+            shift = m.psum.lanes(e).reshape(n, -1) - unit.to(e.dtype)  # [n, N]
+            lo = int(shift.min()) if lo is None else min(lo, int(shift.min()))
+            hi = int(shift.max()) if hi is None else max(hi, int(shift.max()))
+    bits = math.ceil(math.log2(hi - lo + 1)) if hi is not None and hi > lo else 1
+    return {"psum_exponents": count, "shift_min": lo, "shift_max": hi, "shift_bits": bits}
+
+
 def strip_labels(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in batch.items() if k != "labels"}
 
@@ -72,20 +93,42 @@ def predictions(model: torch.nn.Module, data, batch_size: int = 64) -> tuple[tor
     return pred, labels
 
 
+def merge(parts: list[str], out: str) -> None:
+    """Join result files of the same checkpoint run over different ``--modes``."""
+    docs = [json.loads(Path(p).read_text()) for p in parts]
+    base = dict(docs[0])
+    for d in docs[1:]:
+        if d["fp32_checkpoint"] != base["fp32_checkpoint"] or d["test_sentences"] != base["test_sentences"]:
+            raise SystemExit(f"cannot merge runs of different checkpoints / test sets: {parts}")
+        base["variants"] = {**base["variants"], **d["variants"]}
+    base["command"] = [d["command"] for d in docs] + [
+        "python results/per_channel/run_per_channel.py --merge " + " ".join(parts) + " --json " + out]
+    base["fp32_per_run"] = [d["fp32"] for d in docs]
+    base["seconds_per_run"] = [d.get("seconds") for d in docs]
+    base.pop("seconds", None)
+    Path(out).write_text(json.dumps(base, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--fp32", required=True, help="fine-tuned FP32 MiniLM (safetensors from apsq train)")
+    ap.add_argument("--merge", nargs="+", help="join these result files into --json and exit")
+    ap.add_argument("--fp32", help="fine-tuned FP32 MiniLM (safetensors from apsq train)")
     ap.add_argument("--json", required=True, help="output JSON")
     ap.add_argument("--modes", default=",".join(f"{m}:{g}" for m, g in MODES), help="mode:gs list")
+    ap.add_argument("--eval-limit", type=int, default=None, help="smoke test only: this many test sentences")
     args = ap.parse_args()
+    if args.merge:
+        return merge(args.merge, args.json)
+    if not args.fp32:
+        ap.error("--fp32 is required")
     torch.set_num_threads(1)
-    cfg = parse_config(BASE)
+    cfg = parse_config({**BASE, "data": {**BASE["data"], "eval_limit": args.eval_limit}})
     tok = load_tokenizer(cfg)
     task = build_task(cfg, tok)
     tensors, _ = read_tensors(Path(args.fp32))
     n_train = len(task.train)
     calib = [strip_labels(task.train.batch(global_batch(n_train, 16, i, cfg.seed, "calib"))) for i in range(4)]
-    probe = strip_labels(task.eval.batch(list(range(64))))
+    probe = strip_labels(task.eval.batch(list(range(min(64, len(task.eval))))))
 
     def fresh() -> torch.nn.Module:
         m = build_model(cfg)
@@ -120,6 +163,7 @@ def main() -> None:
             with torch.no_grad(), apsq.track_stats(model) as stats:
                 model(**probe)
             vals = sum(s.psum_values for s in stats)
+            table = shift_table(model)
             pred, _ = predictions(model, task.eval)
             k = int((pred == labels).sum())
             preds[gran] = pred
@@ -128,6 +172,7 @@ def main() -> None:
                 "ci95": [round(v, 4) for v in wilson(k, n)],
                 "mean_layer_rel_error": sum(s.rel_error for s in stats) / len(stats),
                 "psum_saturation": sum(s.psum_saturated for s in stats) / vals if vals else 0.0,
+                **table,
                 "seconds": round(time.time() - t1, 1),
             }
             print(f"{mode} gs={gs} {gran}: {k / n:.4f} ({row[gran]['seconds']} s)", flush=True)
