@@ -286,6 +286,30 @@ def test_half_models_calibrate_train_and_run(dtype, mode):
     assert m[0].weight.grad.dtype == dtype and torch.isfinite(m[0].weight.grad.float()).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_convolutions_and_matmul(dtype):
+    from apsq.nn import QuantMatmul
+    from apsq.nn.config import LayerQuantConfig
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), nn.Flatten(2),
+                      nn.Conv1d(4, 2, 3, padding="same")).to(dtype)
+    apsq.quantize_(m, apsq.APSQConfig(tile=8))
+    x = torch.randn(2, 3, 5, 5, dtype=dtype)
+    apsq.calibrate(m, [x])
+    m.train()
+    y = m(x)
+    assert y.dtype == dtype and y.shape == (2, 2, 25)
+    y.float().sum().backward()
+    assert m[0].weight.grad.dtype == dtype
+    for layer, inp in ((m[0], x), (m[2], m[1](m[0](x)).detach())):
+        assert torch.equal(layer.accumulate(inp), integer_forward(layer, inp).to_float().to(dtype))
+    mm = QuantMatmul(16, LayerQuantConfig(tile=4)).to(dtype)
+    a, b = torch.randn(2, 3, 16, dtype=dtype), torch.randn(2, 16, 5, dtype=dtype)
+    out = mm(a, b)
+    assert out.dtype == dtype and torch.equal(out, integer_forward(mm, a, b).to_float().to(dtype))
+
+
 def test_half_integer_path_matches():
     m = nn.Sequential(nn.Linear(64, 16)).to(torch.bfloat16)
     apsq.quantize_(m, apsq.APSQConfig(gs=2, tile=16))
@@ -296,8 +320,9 @@ def test_half_integer_path_matches():
 
 
 # --- 7. gradient checkpointing before calibration -------------------------------------------------
+@pytest.mark.parametrize("reentrant", [False, True])
 @pytest.mark.parametrize("mode", ["none", "psq", "apsq"])
-def test_checkpoint_before_calibration_recomputes_the_same_graph(mode):
+def test_checkpoint_before_calibration_recomputes_the_same_graph(mode, reentrant):
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8), nn.Unflatten(1, (2, 4)),
                       nn.Conv1d(2, 3, 3, padding=1))
@@ -306,7 +331,7 @@ def test_checkpoint_before_calibration_recomputes_the_same_graph(mode):
                                         nn.Conv1d(2, 3, 3, padding=1)), apsq.APSQConfig(mode=mode, tile=16))
     twin.load_state_dict(m.state_dict())
     x = torch.randn(16, 64, requires_grad=True)
-    cp.checkpoint(m, x, use_reentrant=False).sum().backward()
+    cp.checkpoint(m, x, use_reentrant=reentrant).sum().backward()
     x2 = x.detach().clone().requires_grad_(True)
     twin(x2).sum().backward()  # plain forward from the same uninitialised state
     assert torch.equal(x.grad, x2.grad)
@@ -360,3 +385,12 @@ def test_lazy_init_empty_conv_and_matmul():
     mm = QuantMatmul(8, LayerQuantConfig(tile=4))
     with pytest.raises(APSQError, match="matmul layer .*empty"):
         mm(torch.randn(0, 3, 8), torch.randn(0, 8, 2))
+
+
+def test_calibrate_max_rows_is_validated_before_changes():
+    m = nn.Sequential(nn.Linear(4, 4))
+    apsq.quantize_(m)
+    m.train()
+    with pytest.raises(APSQError, match="max_rows must be"):
+        apsq.calibrate(m, [torch.randn(2, 4)], max_rows=0)
+    assert m.training and m[0].needs_init()

@@ -15,7 +15,7 @@ from rich.text import Text
 from torch import nn
 
 from apsq.device import module_device, module_dtype, to_device
-from apsq.errors import APSQError
+from apsq.errors import APSQError, check_int
 from apsq.nn.attention import attach_attention_matmuls, is_supported_attention
 from apsq.nn.config import APSQConfig, LayerQuantConfig
 from apsq.nn.layers import (
@@ -288,6 +288,7 @@ def calibrate(
         APSQError: no quantized layer (saying what :func:`quantize_` skipped and why), no batch, or a
             layer whose calibration inputs hold no rows -- before any step is changed.
     """
+    check_int("max_rows", max_rows, lo=1)
     layers = [m for _, m in quant_layers(model)]
     if not layers:
         raise _nothing_quantized(model)
