@@ -58,3 +58,10 @@ def test_demo_report_writes_json_and_two_panel_png(tmp_path):
     assert (tmp_path / "demo.png").read_bytes()[:4] == b"\x89PNG"
     h, w = matplotlib.image.imread(tmp_path / "demo.png").shape[:2]
     assert w > 1.8 * h  # accuracy and energy side by side, not on twin axes
+
+
+def test_cli_defaults_are_the_demo_runs():
+    from apsq import demo
+    from apsq.train import demo as train_demo
+
+    assert (demo.QAT_STEPS, demo.FINETUNE_STEPS) == (train_demo.QAT_STEPS, train_demo.FINETUNE["steps"])

@@ -21,9 +21,10 @@ from rich.table import Table
 
 import apsq
 from apsq.errors import literal
-from apsq.train.demo import FINETUNE, QAT_STEPS
 
-FINETUNE_STEPS = FINETUNE["steps"]
+QAT_STEPS, FINETUNE_STEPS = 60, 400
+"""The CLI's defaults: those of :func:`apsq.train.demo_run` (kept here so that parsing the command line
+imports no training code; ``tests/test_demo_cli.py`` checks they agree)."""
 
 # Movie-review sentences used when the review corpus has not been fetched (the demo must run offline).
 CALIBRATION_SENTENCES = (
