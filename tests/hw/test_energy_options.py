@@ -96,6 +96,11 @@ def test_per_channel_exponents_cost_storage():
     assert ch.total_pj - t.total_pj == pytest.approx(fetched + reads)
     assert evaluate(_wl(), "ws", "none", 2, psum_granularity="channel").exponent_pj.sum() == 0
     assert evaluate(_wl(k=32), "ws", "apsq", 2, psum_granularity="channel").exponent_pj.sum() == 0  # one step
+    # from an APSQConfig, per layer (overrides applied)
+    cfg = APSQConfig(psum_granularity="channel")
+    assert evaluate(_wl(), "ws", "apsq", cfg).exponent_pj.sum() == pytest.approx(ch.exponent_pj.sum())
+    cfg = APSQConfig(psum_granularity="channel", overrides={"g": {"psum_granularity": "tensor"}})
+    assert evaluate(_wl(), "ws", "apsq", cfg).exponent_pj.sum() == 0
     with pytest.raises(APSQError, match="psum_granularity must be one of 'tensor', 'channel'"):
         evaluate(_wl(), "ws", "apsq", 2, psum_granularity="row")
 

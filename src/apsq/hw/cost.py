@@ -52,9 +52,16 @@ class LayerEnergy:
 
 
 def layer_energy(counts: AccessCounts, acc, mode: str, g: GemmShapes,  # noqa: ANN001
-                 psum_granularity: str = "tensor") -> LayerEnergy:
-    """The energy terms of ``counts`` on ``acc`` for PSUM ``mode`` (see the module docstring)."""
-    check_choice("psum_granularity", psum_granularity, PSUM_GRANULARITIES)
+                 psum_granularity: str | np.ndarray = "tensor") -> LayerEnergy:
+    """The energy terms of ``counts`` on ``acc`` for PSUM ``mode`` (see the module docstring).
+
+    ``psum_granularity``: ``tensor`` / ``channel`` for every layer, or a bool array (True = channel) per layer.
+    """
+    if isinstance(psum_granularity, str):
+        check_choice("psum_granularity", psum_granularity, PSUM_GRANULARITIES)
+        per_channel = np.full(len(counts.macs), psum_granularity == "channel")
+    else:
+        per_channel = np.broadcast_to(np.asarray(psum_granularity, dtype=bool), counts.macs.shape)
     er, ew = energy_per_bit(acc)
     memory = (counts.reads * er + counts.writes * ew) * counts.bits
     mac = counts.macs * acc.pe_array.mac_pj
@@ -65,9 +72,9 @@ def layer_energy(counts: AccessCounts, acc, mode: str, g: GemmShapes,  # noqa: A
         ps = OPERANDS.index("psum")
         stored_reads = counts.reads[:, ps, 1:].sum(axis=1)
         rae = counts.stored_psums * acc.rae.requant_pj + stored_reads * acc.rae.accumulate_pj
-        if psum_granularity == "channel" and counts.exponent_reads is not None:
+        if per_channel.any() and counts.exponent_reads is not None:
             steps = ceil_div(g.k, acc.pe_array.rows)
-            stores = (steps > 1) & (counts.stored_psums > 0)
+            stores = per_channel & (steps > 1) & (counts.stored_psums > 0)
             e_bits = acc.rae.exponent_bits
             fetched = (steps * g.n * g.count).astype(np.float64) * e_bits  # DRAM -> PSUM buffer, once
             psum_buf = acc.buffers.psum

@@ -24,7 +24,7 @@ from apsq.hw.cost import PSUM_GRANULARITIES, LayerEnergy, energy_per_bit, layer_
 from apsq.hw.dataflow import DATAFLOWS, LEVELS, OPERANDS, AccessCounts, psum_plan, shapes_of
 from apsq.hw.dataflow.common import BOUNDS, SPILL_RULES, ceil_div
 from apsq.hw.mapper import SCHEDULES, Schedule, map_layers
-from apsq.hw.workloads.base import Workload
+from apsq.hw.workloads.base import Workload, _config_name
 
 __all__ = ["EnergyReport", "Comparison", "evaluate", "compare", "energy_per_bit", "resolve_tile", "check_gs_banks"]
 
@@ -198,7 +198,7 @@ def evaluate(
     baseline_bits: int | Sequence[int] | None = None,
     schedule: str = "untiled",
     spill: str = "fractional",
-    psum_granularity: str = "tensor",
+    psum_granularity: str | None = None,
     tile: int | None = None,
     override_tile: bool = False,
     gs_above_banks: str = "warn",
@@ -212,7 +212,8 @@ def evaluate(
     stays ``acc_bits`` wide). ``schedule``: ``untiled`` (fixed loop orders) or ``tiled`` (the mapper's
     per-layer choice); ``spill``: ``fractional`` or ``all-or-nothing`` (ZigZag's semantics);
     ``psum_granularity``: ``tensor`` or ``channel`` (one PSUM exponent per tile step and output channel,
-    stored and read: :mod:`apsq.hw.cost`). ``tile`` / an APSQConfig's tile must equal ``pe_array.rows``
+    stored and read: :mod:`apsq.hw.cost`); ``None`` takes each layer's from an APSQConfig ``gs`` (else
+    ``tensor``). ``tile`` / an APSQConfig's tile must equal ``pe_array.rows``
     unless ``override_tile``: ``tile_mismatch`` = ``warn`` (API default) or ``error`` (``apsq energy``)
     (:func:`resolve_tile`). ``gs_above_banks``: ``warn`` or ``error`` when an APSQ gs exceeds the PSUM
     buffer's banks (:func:`check_gs_banks`). Errors are :class:`APSQError`, raised before anything is
@@ -224,7 +225,8 @@ def evaluate(
     check_bits("psum_bits", psum_bits, lo=1, hi=64)
     check_choice("schedule", schedule, SCHEDULES)
     check_choice("spill", spill, SPILL_RULES)
-    check_choice("psum_granularity", psum_granularity, PSUM_GRANULARITIES)
+    if psum_granularity is not None:
+        check_choice("psum_granularity", psum_granularity, PSUM_GRANULARITIES)
     check_choice("gs_above_banks", gs_above_banks, ("warn", "error"))
     check_choice("tile_mismatch", tile_mismatch, ("warn", "error"))
     if baseline_bits is not None:
@@ -240,12 +242,16 @@ def evaluate(
     gs_arr = workload.gs_array(gs)
     if mode == "apsq":
         check_gs_banks(gs_arr, acc, names, error=gs_above_banks == "error")
+    granularity: str | np.ndarray = psum_granularity or "tensor"
+    if psum_granularity is None and hasattr(gs, "for_module"):  # an APSQConfig: per layer, overrides applied
+        granularity = np.array([getattr(gs.for_module(_config_name(n)), "psum_granularity", "tensor") == "channel"
+                                for n in names])
     g = shapes_of(workload, acc)
     plan = psum_plan(ceil_div(g.k, acc.pe_array.rows), mode, gs_arr, psum_bits,
                      acc.acc_bits if baseline_bits is None else baseline_bits)
     counts, sched = map_layers(g, acc, dataflow, plan, names, f"{workload.name} ({dataflow.upper()})",
-                               schedule, spill, mode, psum_granularity)
-    e: LayerEnergy = layer_energy(counts, acc, mode, g, psum_granularity)
+                               schedule, spill, mode, granularity)
+    e: LayerEnergy = layer_energy(counts, acc, mode, g, granularity)
     return EnergyReport(
         workload.name,
         dataflow,

@@ -244,7 +244,8 @@ def plot_sweep(result: dict[str, Any], out: str) -> None:
     ax.set_yscale("log")
     ax.set_xlabel(opt)
     ax.set_ylabel("energy (µJ)")
-    ax.set_title(f"{result['model']} {result['dataflow'].upper()}: X = PSUMs start spilling to DRAM")
+    ax.set_title(f"{result['model']} {result['dataflow'].upper()} ({result.get('schedule', 'untiled')}): "
+                 "X = PSUMs start spilling to DRAM")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
@@ -377,8 +378,9 @@ def register(app: typer.Typer) -> None:
         dram: str | None = typer.Option(None, "--dram", help=f"DRAM energy preset: {', '.join(DRAM_PRESETS)}"),
         schedule: str = typer.Option("untiled", "--schedule", help="untiled (fixed loop orders) | tiled (mapper)"),
         spill: str = typer.Option("fractional", "--spill", help="fractional | all-or-nothing | zigzag"),
-        psum_granularity: str = typer.Option(
-            "tensor", "--psum-granularity", help="tensor | channel (one stored exponent per tile step and channel)"
+        psum_granularity: str | None = typer.Option(
+            None, "--psum-granularity",
+            help="tensor | channel (one stored exponent per tile step and channel); default: --gs-config's, else tensor",
         ),
         override_tile: bool = typer.Option(
             False, "--override-tile", help="price the array's rows even if the --gs-config tile differs"

@@ -70,7 +70,7 @@ def _candidates(g: GemmShapes, acc, dataflow: str, plan: PsumPlan) -> np.ndarray
 
 def map_layers(g: GemmShapes, acc, dataflow: str, plan: PsumPlan, names: list[str], label: str,  # noqa: ANN001
                schedule: str = "untiled", spill: str = "fractional", mode: str = "none",
-               psum_granularity: str = "tensor") -> tuple[AccessCounts, Schedule]:
+               psum_granularity: str | np.ndarray = "tensor") -> tuple[AccessCounts, Schedule]:
     """Access counts of the chosen schedule per layer, and the schedule itself.
 
     ``schedule``: ``untiled`` (fixed orders) or ``tiled`` (the search above). ``spill``: see
@@ -104,7 +104,8 @@ def map_layers(g: GemmShapes, acc, dataflow: str, plan: PsumPlan, names: list[st
             parts.append(stationary_terms(_rep_shapes(g, T), acc, dataflow, tiles, order, spill))
     t = _concat_terms(parts)
     counts = assemble(label, G, t, _rep(plan, n_rows), acc, list(names) * n_rows, spill)
-    e = layer_energy(counts, acc, mode, G, psum_granularity).total.reshape(n_rows, L)
+    gran = psum_granularity if isinstance(psum_granularity, str) else np.tile(psum_granularity, n_rows)
+    e = layer_energy(counts, acc, mode, G, gran).total.reshape(n_rows, L)
     # prefer the untiled candidate (row 0), then fewer tiles, when energies tie (relative 1e-12)
     best = np.argmin(e * (1 + 1e-12 * np.arange(n_rows)[:, None]), axis=0)
     idx = best * L + np.arange(L)
