@@ -19,6 +19,7 @@ at build time.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.metadata
 import os
@@ -250,8 +251,19 @@ def build_simulator(params: RAEParams, *, rebuild: bool = False) -> tuple[Path, 
     if not rebuild and _verified(target):
         _BUILT[params] = target
         return target, True
-    verilog, wrapper, driver = to_verilog(params), wrapper_source(params), driver_source()
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(target.with_name("build.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent builders (pytest -n 2): one builds, the others reuse
+        if not rebuild and _verified(target):
+            _BUILT[params] = target
+            return target, True
+        _build(exe, params, target)
+    _BUILT[params] = target
+    return target, False
+
+
+def _build(exe: str, params: RAEParams, target: Path) -> None:
+    verilog, wrapper, driver = to_verilog(params), wrapper_source(params), driver_source()
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         wd = Path(tmp)
         (wd / "rae.v").write_text(verilog)
@@ -272,8 +284,6 @@ def build_simulator(params: RAEParams, *, rebuild: bool = False) -> tuple[Path, 
         tmp_record.write_text(digest + "\n")
         os.chmod(tmp_record, 0o600)
         os.replace(tmp_record, target.with_name("Vrae_top.sha256"))
-    _BUILT[params] = target
-    return target, False
 
 
 def run_layers_verilator(
