@@ -416,7 +416,7 @@ def _codes(t: torch.Tensor, row_steps: torch.Tensor, ct: torch.dtype,
     return out.reshape(t.shape), mag
 
 
-def _steps(scales: torch.Tensor | None, n: int, big_n: int, ct: torch.dtype, mode: str):
+def _steps(scales: torch.Tensor | None, n: int, big_n: int, ct: torch.dtype, mode: str, device: torch.device):
     """Validated PSUM steps and exact reciprocals in ``ct`` as ``[n, N]`` views, or ``(None, None)``
     for ``none``; raises APSQError for a bad shape or a step that is not a power of two, returns
     ``False`` when a reciprocal is not exact in ``ct`` (the caller falls back)."""
@@ -431,7 +431,7 @@ def _steps(scales: torch.Tensor | None, n: int, big_n: int, ct: torch.dtype, mod
     if not bool(is_power_of_two(scales).all()):
         bad = scales.detach()[~is_power_of_two(scales)][:4].tolist()
         raise APSQError(f"scales must be positive powers of two (2^e, integer e); got {bad}")
-    sd = scales.detach().to(torch.float64)
+    sd = scales.detach().to(device, torch.float64)
     inv = 1.0 / sd
     s_c, inv_c = sd.to(ct), inv.to(ct)
     if not (bool(torch.isfinite(inv_c).all()) and bool((inv_c.to(torch.float64) == inv).all())
@@ -460,7 +460,7 @@ def triton_operands(x3: torch.Tensor, w3: torch.Tensor, scales: torch.Tensor | N
         return None
     if not (bool(is_power_of_two(sx).all()) and bool(is_power_of_two(sw).all())):
         return None
-    s, inv = _steps(scales, plan.n, big_n, ct, plan.mode)
+    s, inv = _steps(scales, plan.n, big_n, ct, plan.mode, x3.device)
     if s is False:
         return None
     dev = x3.device
@@ -609,7 +609,7 @@ class _GemmPsum(torch.autograd.Function):
         gx, gw, gsc = _backward(ops, ctx.plan, ctx.tile, x3.detach().contiguous(), w3.detach().contiguous(), g,
                                 last_bad, need)
         if gsc is not None:
-            gsc = gsc.reshape(scales.shape).to(scales.dtype)
+            gsc = gsc.reshape(scales.shape).to(scales.device, scales.dtype)
         return gx, gw, gsc, None, None, None, None
 
 
