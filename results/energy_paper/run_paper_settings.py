@@ -13,7 +13,12 @@ import json
 import time
 from pathlib import Path
 
-from apsq.hw.accelerator import Accelerator, DRAM_PRESETS, default_accelerator, with_dram
+from apsq.hw.accelerator import (
+    DRAM_PRESETS,
+    Accelerator,
+    default_accelerator,
+    with_dram,
+)
 from apsq.hw.energy import compare, evaluate
 from apsq.hw.workloads import builtin_workload
 

@@ -21,7 +21,14 @@ import numpy as np
 from apsq.errors import PSUM_MODES, APSQError, check_bits, check_choice, check_int
 from apsq.hw.accelerator import Accelerator, default_accelerator
 from apsq.hw.cost import PSUM_GRANULARITIES, LayerEnergy, energy_per_bit, layer_energy
-from apsq.hw.dataflow import DATAFLOWS, LEVELS, OPERANDS, AccessCounts, psum_plan, shapes_of
+from apsq.hw.dataflow import (
+    DATAFLOWS,
+    LEVELS,
+    OPERANDS,
+    AccessCounts,
+    psum_plan,
+    shapes_of,
+)
 from apsq.hw.dataflow.common import BOUNDS, SPILL_RULES, ceil_div
 from apsq.hw.mapper import SCHEDULES, Schedule, map_layers
 from apsq.hw.workloads.base import Workload, _config_name

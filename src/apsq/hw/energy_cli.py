@@ -14,7 +14,13 @@ from rich.console import Console
 from rich.table import Table
 
 from apsq.errors import APSQError, check_choice, check_int, literal, print_error
-from apsq.hw.accelerator import BUILTIN_ACCELERATORS, DRAM_PRESETS, Accelerator, load_accelerator, with_dram
+from apsq.hw.accelerator import (
+    BUILTIN_ACCELERATORS,
+    DRAM_PRESETS,
+    Accelerator,
+    load_accelerator,
+    with_dram,
+)
 from apsq.hw.dataflow import DATAFLOWS, LEVELS, OPERANDS
 from apsq.hw.dataflow.common import SPILL_RULES
 from apsq.hw.energy import Comparison, EnergyReport, compare, evaluate

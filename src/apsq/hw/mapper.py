@@ -22,8 +22,20 @@ import numpy as np
 
 from apsq.errors import check_choice
 from apsq.hw.cost import layer_energy
-from apsq.hw.dataflow.common import AccessCounts, GemmShapes, PsumPlan, assemble, ceil_div
-from apsq.hw.dataflow.tiling import ORDERS, UNTILED_ORDER, os_terms, stationary_terms, stream_extent
+from apsq.hw.dataflow.common import (
+    AccessCounts,
+    GemmShapes,
+    PsumPlan,
+    assemble,
+    ceil_div,
+)
+from apsq.hw.dataflow.tiling import (
+    ORDERS,
+    UNTILED_ORDER,
+    os_terms,
+    stationary_terms,
+    stream_extent,
+)
 
 __all__ = ["SCHEDULES", "Schedule", "map_layers"]
 

@@ -31,7 +31,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from apsq.hw.dataflow.common import DataflowTerms, GemmShapes, ceil_div, refetch_fraction
+from apsq.hw.dataflow.common import (
+    DataflowTerms,
+    GemmShapes,
+    ceil_div,
+    refetch_fraction,
+)
 
 __all__ = ["ORDERS", "UNTILED_ORDER", "stationary_terms", "os_terms", "stream_extent"]
 

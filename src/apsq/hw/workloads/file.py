@@ -26,7 +26,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, conlist, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    conlist,
+    model_validator,
+)
 
 from apsq.errors import APSQError, read_yaml
 from apsq.hw.workloads.base import LAYER_KINDS, Layer, Workload
