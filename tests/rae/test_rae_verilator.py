@@ -195,3 +195,18 @@ def test_icarus_runs_the_per_lane_engine_bit_exact():
     codes, _ = run_layers_icarus(jobs, LANE_PARAMS, backpressure=True)
     for (t, e, gs), c in zip(layers, codes, strict=True):
         np.testing.assert_array_equal(c, golden(t, e, gs))
+
+
+def test_per_lane_verilog_ports_and_exponent_banks():
+    import re
+
+    from apsq.hw.rae.verilog import to_verilog
+
+    params = RAEParams(lanes=4, depth=16, lane_exponents=True)
+    text = to_verilog(params)
+    iw = 4 * 32 + 4 * params.exp_width + 2  # a 6-bit exponent per lane
+    assert params.in_layout().size == iw == 154
+    assert re.search(rf"input \[{iw - 1}:0\] i__payload;", text)
+    assert len(re.findall(r"reg \[31:0\] \w+ \[15:0\];", text)) == 4  # code banks: 4 lanes x INT8
+    assert len(re.findall(r"reg \[19:0\] \w+ \[15:0\];", text)) == 4  # exponent banks: 4 lanes x 5 bits
+    assert params.bank_bits == 4 * 16 * 4 * (8 + 5)
