@@ -180,3 +180,13 @@ def test_os_reference_beside_both_schedules():
     for sched in ("untiled", "tiled"):
         r = evaluate(w, "os", "apsq", 2, schedule=sched)
         assert r.psum_pj == 0 and np.all(r.rae_pj == 0)
+
+
+def test_zigzag_missing_is_a_clear_error(app, monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "zigzag.api", None)  # import zigzag.api -> ImportError
+    p = tmp_path / "w.yaml"
+    p.write_text("layers: [{name: a, m: 64, k: 128, n: 64}]\n")
+    r = _run(app, "--workload", str(p), "-d", "ws", "--engine", "zigzag")
+    assert r.exit_code == 2 and "pip install 'apsq[baselines]'" in " ".join(r.output.split())

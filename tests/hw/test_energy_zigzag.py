@@ -170,3 +170,32 @@ def test_engine_on_two_small_layers():
         assert max(abs(frac.layer_reduction - z.layer_reduction)) <= 0.05
         j = z.to_json()
         assert j["engine"] == "zigzag" and [ly["name"] for ly in j["layers"]] == ["qk", "q"]
+
+
+def test_cli_engine_zigzag(tmp_path):
+    """``apsq energy --engine zigzag --workload FILE``: ZigZag's and apsq's reductions side by side."""
+    import json
+
+    import typer
+    from typer.testing import CliRunner
+
+    from apsq.hw.energy_cli import register
+
+    app = typer.Typer()
+    register(app)
+
+    @app.command("noop")
+    def _noop() -> None:
+        pass
+
+    p = tmp_path / "w.yaml"
+    p.write_text("layers:\n  - {name: qk, m: 128, k: 64, n: 128, count: 12, kind: matmul, w_is_weight: false}\n")
+    r = CliRunner().invoke(app, ["energy", "--workload", str(p), "-d", "ws", "--engine", "zigzag",
+                                 "--accelerator", "zigzag-tpu-like", "--spill", "zigzag", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["engine"] == "zigzag" and out["accelerator"] == "zigzag-tpu-like"
+    assert out["reduction"] == pytest.approx(0.08272907650792338, rel=1e-6)
+    assert abs(out["difference_pp"]) < 1.5 and out["layers"][0]["name"] == "qk"
+    r = CliRunner().invoke(app, ["energy", "--workload", str(p), "-d", "os", "--engine", "zigzag"])
+    assert r.exit_code == 2 and "use --dataflow is or ws" in " ".join(r.output.split())
