@@ -91,7 +91,8 @@ def load_workload(model: str | None, trace: str | None, workload_file: str | Pat
 
 
 def _report_table(cmp: Comparison) -> Table:
-    t = Table(title=f"{literal(cmp.baseline.workload)} — {cmp.baseline.dataflow.upper()} — energy (µJ)")
+    sched = cmp.baseline.schedule.kind if cmp.baseline.schedule is not None else "untiled"
+    t = Table(title=f"{literal(cmp.baseline.workload)} — {cmp.baseline.dataflow.upper()} ({sched}) — energy (µJ)")
     t.add_column("operand")
     t.add_column("level")
     t.add_column("baseline (INT32 PSUM)", justify="right")
@@ -102,6 +103,12 @@ def _report_table(cmp: Comparison) -> Table:
             if b[i, j] > 0 or a[i, j] > 0:
                 t.add_row(op, lv, f"{b[i, j] / 1e6:,.3f}", f"{a[i, j] / 1e6:,.3f}")
     t.add_row("mac", "", f"{cmp.baseline.mac_pj.sum() / 1e6:,.3f}", f"{cmp.apsq.mac_pj.sum() / 1e6:,.3f}")
+    for label, attr in (("rae logic", "rae_pj"), ("exponents", "exponent_pj")):
+        b_e, a_e = getattr(cmp.baseline, attr), getattr(cmp.apsq, attr)
+        b_v = 0.0 if b_e is None else float(b_e.sum())
+        a_v = 0.0 if a_e is None else float(a_e.sum())
+        if b_v > 0 or a_v > 0:
+            t.add_row(label, "", f"{b_v / 1e6:,.3f}", f"{a_v / 1e6:,.3f}")
     t.add_row(
         "[b]total[/b]", "", f"[b]{cmp.baseline.total_pj / 1e6:,.3f}[/b]", f"[b]{cmp.apsq.total_pj / 1e6:,.3f}[/b]"
     )
