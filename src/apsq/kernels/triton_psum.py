@@ -215,7 +215,7 @@ def _bwd_operand_kernel(xc, wc, of, unit, sp, ip, g, bad, go, M, N, K, n, gs, ti
             keep = om
         else:
             if WIDE:
-                c = (gg * 0).to(tl.int32)
+                c = om.to(tl.int32) * 0  # zeros of the block's shape (whatever g holds)
                 for kq in range(0, tile):
                     kin = tl.full([1], k0 + kq, dtype=tl.int32) < K
                     av = tl.load(xc + pb * M * K + rm * K + k0 + kq, mask=mm & kin, other=0).to(tl.int32)
