@@ -1,0 +1,36 @@
+"""docs/energy-results.md quotes results/energy_paper/paper_settings.json (no number without its source)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC = (ROOT / "docs" / "energy-results.md").read_text().replace("**", "")  # bold marks aside
+RES = json.loads((ROOT / "results" / "energy_paper" / "paper_settings.json").read_text())
+
+
+def _row(model, df, schedule, **opts):
+    for r in RES["settings"]:
+        if r["model"] == model and r["dataflow"] == df and r["schedule"] == schedule and all(
+                r["options"].get(k) == v for k, v in opts.items()):
+            return r["gs"][str(r["best_gs"])]
+    raise KeyError((model, df, schedule, opts))
+
+
+@pytest.mark.parametrize("model", ["bert-base", "segformer-b0", "efficientvit-b1"])
+@pytest.mark.parametrize("df", ["is", "ws"])
+def test_figure_table_quotes_the_results(model, df):
+    untiled, tiled = _row(model, df, "untiled"), _row(model, df, "tiled")
+    t = f"{100 * tiled['reduction']:.1f} % / {100 * tiled['psum_reduction']:.1f} % / " \
+        f"{100 * tiled['on_chip_reduction']:.1f} %"
+    assert t in DOC, t
+    for key in ("reduction", "psum_reduction", "on_chip_reduction"):
+        assert f"{100 * untiled[key]:.1f} %" in DOC, (key, untiled[key])
+
+
+def test_llama_ratios_are_quoted():
+    dec = _row("llama2-7b", "ws", "untiled", phase="decode")
+    assert f"{dec['total_ratio']:.3f}×" in DOC and f"{dec['psum_ratio']:.1f}×" in DOC
+    pre = _row("llama2-7b", "ws", "untiled", phase="prefill", seq_len=2048)
+    assert f"{pre['psum_ratio']:.0f}×" in DOC and f"{pre['total_ratio']:.2f}×" in DOC
