@@ -20,12 +20,11 @@ import time
 from pathlib import Path
 
 import pytest
+from test_reliability_files import DIGITS, _train
 
 from apsq.data import rt_sentences
 from apsq.data.fileio import FolderLock
 from apsq.errors import APSQError
-
-from test_reliability_files import DIGITS, _train  # noqa: E402  (the tiny digits run)
 
 
 def _tar_gz(members: dict[str, bytes]) -> bytes:
@@ -75,7 +74,7 @@ def _fetch_many(force: bool, times: int, q) -> None:
             rows = rt_sentences.load_rt_sentences(None, fetch=False)
             assert len(rows) == 200
         q.put("ok")
-    except BaseException as exc:  # reported to the parent
+    except BaseException as exc:  # noqa: BLE001 (reported to the parent)
         q.put(f"{type(exc).__name__}: {exc}")
 
 
@@ -112,7 +111,7 @@ def _extract(sdist: Path, out: Path, q) -> None:
         for _ in range(5):
             rt_sentences.extract_corpora(sdist, out)
         q.put("ok")
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 (reported to the parent)
         q.put(f"{type(exc).__name__}: {exc}")
 
 

@@ -207,7 +207,7 @@ def test_file_size_limit_in_a_real_process(tmp_path):
             print("APSQError:", exc)
         print("step", read_tensors(p)[1]["step"])
     """)
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr
     assert "APSQError: could not write checkpoint" in r.stdout and "previous checkpoint.safetensors is intact" in r.stdout
     assert "step 1" in r.stdout

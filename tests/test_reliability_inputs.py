@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+from pathlib import Path
 
 import pytest
 import yaml
@@ -136,7 +137,7 @@ def test_yaml_folder_and_bom(tmp_path):
 
 # --- 4: numeric ranges of the accelerator file ------------------------------------------------
 def _accel() -> dict:
-    return yaml.safe_load(open(ACCEL_YAML).read())
+    return yaml.safe_load(Path(ACCEL_YAML).read_text())
 
 
 @pytest.mark.parametrize("path,value", [
@@ -183,7 +184,7 @@ def test_accelerator_bool_is_not_a_number(path):
 def test_accelerator_yaml_inf_literal(tmp_path):
     from apsq.hw.accelerator import load_accelerator
 
-    text = open(ACCEL_YAML).read()
+    text = Path(ACCEL_YAML).read_text()
     f = tmp_path / "acc.yaml"
     f.write_text(text.replace(_line(text, "clock_mhz"), "clock_mhz: .inf"))
     with pytest.raises(APSQError, match="clock_mhz.*finite"):

@@ -103,7 +103,7 @@ def test_checkpoint_roundtrip_exact(tmp_path):
 
 
 def test_corrupt_and_mismatched_checkpoints(tmp_path):
-    m, opt = _model_and_opt()
+    m, _opt = _model_and_opt()
     path = tmp_path / "ck.safetensors"
     atomic_save_tensors(path, {f"model/{k}": v for k, v in m.state_dict().items()}, {"step": 1})
     good = path.read_bytes()

