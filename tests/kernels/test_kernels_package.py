@@ -157,21 +157,37 @@ def test_triton_route_calls_gemm_psum_and_falls_back_on_none(monkeypatch):
 # ------------------------------------------------------------------------------------------------
 # The fallback without a compiler warns once (issue 17 item 4); a forced C backend is an error.
 # ------------------------------------------------------------------------------------------------
-def test_without_compiler_the_torch_kernels_are_used_with_one_warning(monkeypatch):
+def _no_compiler(monkeypatch) -> None:
+    """As on a machine without a C compiler: every kernel library fails to build, nothing warned yet."""
+    from apsq.kernels import lsq
+
     monkeypatch.setattr(build, "compiler", lambda: None)
+    fresh = lambda name: LazyLibrary(name, lambda: PROBE, lambda lib: None)  # noqa: E731
+    monkeypatch.setattr(chunk, "_LIB", fresh("psum_chunk"))
+    monkeypatch.setattr(lsq, "_LIB", fresh("lsq_kernel"))
+    monkeypatch.setattr(int_gemm, "_LIBS", {k: fresh("psum_gemm") for k in int_gemm.GEMM_ISAS})
+    monkeypatch.setattr(build, "_WARNED", set())
+
+
+def test_without_compiler_the_torch_kernels_are_used_with_one_warning(monkeypatch):
+    from apsq.nn.config import LayerQuantConfig
+    from apsq.nn.layers import QuantLinear
+
+    _no_compiler(monkeypatch)
     with pytest.raises(RuntimeError, match="no C compiler"):
         build.build_library("probe", PROBE)
-    monkeypatch.setattr(chunk, "_LIB", LazyLibrary("psum_chunk", lambda: PROBE, lambda lib: None))
-    monkeypatch.setattr(build, "_WARNED", set())
     monkeypatch.setenv("APSQ_KERNELS", "auto")
     x, w, s = _case(3)
+    torch.manual_seed(0)
+    layer = QuantLinear(50, 7, qcfg=LayerQuantConfig(tile=16, mode="apsq", gs=2)).double().train()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert dispatch.choose(x) == "torch"
         y = linear_psum(x, w, s, 16, mode="apsq", gs=2)
-        linear_psum(x, w, s, 16, mode="apsq", gs=2)
+        for _ in range(2):  # a training step of a quantized layer: LSQ and PSUM kernels, twice
+            layer(x).sum().backward()
     msgs = [str(c.message) for c in caught if issubclass(c.category, RuntimeWarning)]
-    assert len(msgs) == 1 and "no C compiler" in msgs[0] and "slower torch" in msgs[0], msgs
+    assert len(msgs) == 1 and "no C compiler" in msgs[0] and "slower torch code" in msgs[0], msgs
     assert torch.equal(y, psum_accumulate(linear_partials(x, w, 16), s, mode="apsq", gs=2))
     monkeypatch.setenv("APSQ_KERNELS", "c")
     with pytest.raises(APSQError, match="APSQ_KERNELS=c but the C kernels did not build: no C compiler"):

@@ -233,14 +233,14 @@ _WARNED: set[str] = set()
 _WARN_LOCK = threading.Lock()
 
 
-def warn_fallback_once(what: str, reason: str | None) -> None:
-    """One RuntimeWarning per process and ``what``: the C kernels are unavailable, torch code is used."""
+def warn_fallback_once(reason: str | None) -> None:
+    """One RuntimeWarning per process: the C kernels are unavailable and the torch code is used."""
     with _WARN_LOCK:
-        if what in _WARNED:
+        if _WARNED:
             return
-        _WARNED.add(what)
-    warnings.warn(f"apsq: the C {what} kernel is unavailable ({reason}); using the slower torch code "
-                  f"(same results; install a C compiler, e.g. gcc, for the fast path)", RuntimeWarning, stacklevel=3)
+        _WARNED.add("c")
+    warnings.warn(f"apsq: the C kernels are unavailable ({reason}); using the slower torch code (same "
+                  f"results; a C compiler such as gcc gives the fast path)", RuntimeWarning, stacklevel=3)
 
 
 class LazyLibrary:

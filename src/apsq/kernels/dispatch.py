@@ -43,7 +43,7 @@ def c_backend() -> str:
         return "c"
     if options.backend() == "c":
         raise APSQError(f"APSQ_KERNELS=c but the C kernels did not build: {chunk.build_error()}")
-    warn_fallback_once("PSUM", chunk.build_error())
+    warn_fallback_once(chunk.build_error())
     return "torch"
 
 

@@ -74,7 +74,7 @@ def applicable(x: torch.Tensor, step: torch.Tensor, channel_axis: int | None) ->
             from apsq.errors import APSQError
 
             raise APSQError(f"APSQ_KERNELS=c but the C LSQ kernel did not build: {_LIB.error}")
-        warn_fallback_once("LSQ", _LIB.error)
+        warn_fallback_once(_LIB.error)
         return False
     steps = _steps(step)
     return powers_of_two(steps) and reciprocals_exact(steps, x.dtype)
