@@ -190,3 +190,10 @@ def test_waiting_lock_times_out_with_holder(tmp_path):
         with pytest.raises(APSQError, match=r"in use by another apsq process: pid \d+ .*waited 0 s"):
             FolderLock(tmp_path, "data cache folder", wait=True, timeout=0.2).acquire(on_wait=seen.append)
         assert seen and f"pid {os.getpid()}" in seen[0]
+
+
+def test_lock_on_an_unusable_folder_is_an_apsq_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where the folder should be: mkdir fails even for root
+    with pytest.raises(APSQError, match="cannot lock output folder .*file"):
+        FolderLock(blocker / "run", "output folder").acquire()

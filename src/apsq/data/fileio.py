@@ -211,11 +211,15 @@ class FolderLock:
         """Take the lock (see the class); writes ``pid <pid> on host <host> since <UTC time>`` into it."""
         if self._fd is not None:
             return self
-        self.folder.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.timeout
         told = False
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:  # a read-only or foreign folder
+                raise APSQError(f"cannot lock {self.what} {self.folder}: {exc.strerror or exc} "
+                                f"({self.path} must be creatable)") from exc
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 try:
