@@ -20,10 +20,10 @@ Pair = namedtuple("Pair", "x y")
 class FrozenMapping(Mapping):
     """A mapping that cannot be rebuilt from a dict (like some tokenizer outputs)."""
 
-    def __init__(self, data, *, key):  # noqa: ANN001
+    def __init__(self, data, *, key):
         self._d, self.key = dict(data), key
 
-    def __getitem__(self, k):  # noqa: ANN001
+    def __getitem__(self, k):
         return self._d[k]
 
     def __iter__(self):
@@ -95,7 +95,7 @@ def test_calibrate_sends_batches_through_to_device(monkeypatch):
     seen = []
     real = transform.to_device
 
-    def spy(batch, device, dtype=None):  # noqa: ANN001
+    def spy(batch, device, dtype=None):
         seen.append((torch.device(device), dtype))
         return real(batch, device, dtype)
 

@@ -61,20 +61,20 @@ def _build(kind: str, cfg: apsq.APSQConfig, dtype: torch.dtype, g: torch.Generat
     return m[0], x
 
 
-LAYERS = dict(
-    kind=st.sampled_from(KINDS),
-    mode=st.sampled_from(["none", "psq", "apsq"]),
-    gs=st.integers(1, 4),
-    tile=st.sampled_from([4, 8, 32, 64]),
-    psum_bits=st.integers(3, 12),
-    op_bits=st.sampled_from([4, 8, 12, 16]),
-    per_channel=st.booleans(),
-    psum_per_channel=st.booleans(),
-    spread=st.lists(st.integers(-20, 20), min_size=1, max_size=40),
-    k=st.one_of(st.integers(8, 160), st.integers(1025, 4000)),
-    double=st.booleans(),
-    seed=st.integers(0, 2**31 - 1),
-)
+LAYERS = {
+    "kind": st.sampled_from(KINDS),
+    "mode": st.sampled_from(["none", "psq", "apsq"]),
+    "gs": st.integers(1, 4),
+    "tile": st.sampled_from([4, 8, 32, 64]),
+    "psum_bits": st.integers(3, 12),
+    "op_bits": st.sampled_from([4, 8, 12, 16]),
+    "per_channel": st.booleans(),
+    "psum_per_channel": st.booleans(),
+    "spread": st.lists(st.integers(-20, 20), min_size=1, max_size=40),
+    "k": st.one_of(st.integers(8, 160), st.integers(1025, 4000)),
+    "double": st.booleans(),
+    "seed": st.integers(0, 2**31 - 1),
+}
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

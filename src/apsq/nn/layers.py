@@ -36,7 +36,12 @@ from apsq.nn.psum_quantizer import PSUMQuantizer
 from apsq.nn.sampling import ContentSample
 from apsq.nn.stats import LayerStats, StatsRecorder
 from apsq.psum.accumulate import saturating_accumulate
-from apsq.psum.tiling import conv2d_partials, linear_partials, matmul_partials, num_tiles
+from apsq.psum.tiling import (
+    conv2d_partials,
+    linear_partials,
+    matmul_partials,
+    num_tiles,
+)
 from apsq.quant.lsq import LSQQuantizer
 
 DEFAULT_CALIB_ROWS = 1024
@@ -214,7 +219,7 @@ def _psum_quantizer(n: int, qcfg: LayerQuantConfig, channels: int | None, channe
 
 
 def _make_quantizers(layer: _QuantMixin, qcfg: LayerQuantConfig, channels: int, dtype: torch.dtype | None,
-                     device, channel_axis: int = -1) -> None:  # noqa: ANN001
+                     device, channel_axis: int = -1) -> None:
     layer.act_quant = LSQQuantizer(qcfg.act_bits)
     layer.weight_quant = (
         LSQQuantizer(qcfg.weight_bits, channel_axis=0, num_channels=channels)
@@ -346,7 +351,7 @@ class _QuantConvNd(_QuantMixin):
 
     _spatial = 2
 
-    def _setup_conv(self, qcfg: LayerQuantConfig, check: bool, device, dtype) -> None:  # noqa: ANN001
+    def _setup_conv(self, qcfg: LayerQuantConfig, check: bool, device, dtype) -> None:
         self._setup_common(qcfg, check)
         _make_quantizers(self, qcfg, self.out_channels, dtype, device, channel_axis=-3)  # [B, Co, Ho, Wo]
 
@@ -381,9 +386,9 @@ class _QuantConvNd(_QuantMixin):
         xp, pad = self.pad_input(x)
         w = self.weight
         if self._spatial == 1:
-            return xp.unsqueeze(2), w.unsqueeze(2), dict(stride=(1, self.stride[0]), padding=(0, pad[0]),
-                                                         dilation=(1, self.dilation[0]), groups=self.groups)
-        return xp, w, dict(stride=tuple(self.stride), padding=pad, dilation=tuple(self.dilation), groups=self.groups)
+            return xp.unsqueeze(2), w.unsqueeze(2), {"stride": (1, self.stride[0]), "padding": (0, pad[0]),
+                                                         "dilation": (1, self.dilation[0]), "groups": self.groups}
+        return xp, w, {"stride": tuple(self.stride), "padding": pad, "dilation": tuple(self.dilation), "groups": self.groups}
 
     def _from2d(self, y: torch.Tensor) -> torch.Tensor:
         return y.squeeze(2) if self._spatial == 1 else y

@@ -37,8 +37,8 @@ _SWAPS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
 
 # Layer types with a reduction (a GEMM inside) that apsq does not swap, and why.
 _UNSUPPORTED: tuple[tuple[type[nn.Module], str], ...] = (
-    (nn.MultiheadAttention, "its projections run inside F.multi_head_attention_forward, which apsq cannot "
-                            "tile (use a Hugging Face attention with attention_matmuls, or nn.Linear layers)"),
+    (nn.MultiheadAttention, ("its projections run inside F.multi_head_attention_forward, which apsq cannot "
+                            "tile (use a Hugging Face attention with attention_matmuls, or nn.Linear layers)")),
     (nn.RNNBase, "recurrent cells (RNN / LSTM / GRU) have no PSUM-tiled twin in apsq"),
     (nn.RNNCellBase, "recurrent cells (RNN / LSTM / GRU) have no PSUM-tiled twin in apsq"),
     (nn.Conv3d, "apsq has no quantized Conv3d"),

@@ -6,7 +6,14 @@ import torch
 from torch import nn
 
 from apsq.kernels import lsq as _clsq
-from apsq.quant.ops import fake_quantize, grad_scale, lsq_grad_factor, pow2_ste, qrange, quantize_codes
+from apsq.quant.ops import (
+    fake_quantize,
+    grad_scale,
+    lsq_grad_factor,
+    pow2_ste,
+    qrange,
+    quantize_codes,
+)
 from apsq.quant.search import best_pow2_exponent
 
 
