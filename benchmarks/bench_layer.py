@@ -8,7 +8,9 @@ ratios use process CPU time — robust when other jobs share the cores — and w
   modelling; skipped with a note when brevitas is not installed);
 * ``w8a8``           — our ``QuantLinear`` with ``mode='none'`` (LSQ W8A8, exact accumulation);
 * ``psq``, ``apsq_gs1`` .. ``apsq_gs4`` — our ``QuantLinear`` with INT8 PSUMs (fused path);
-* ``apsq_gs2_reference`` (``--reference``) — the same layer through the reference Python loop.
+* ``apsq_gs2_reference`` (``--reference``) — the same layer through the reference Python loop;
+* ``apsq_gs2_torch_kernels`` / ``w8a8_torch_kernels`` (``--fallback``) — the same layers on the torch
+  kernels and autograd LSQ (kernel option ``backend="torch"``): what runs without a C compiler.
 
 Memory, per variant, in a separate (untimed) run of the same forward+backward:
 
@@ -104,7 +106,7 @@ ABLATIONS = [
 ]
 
 
-def variants(reference: bool, ablation: bool = False) -> tuple[list[Variant], list[str]]:
+def variants(reference: bool, ablation: bool = False, fallback: bool = False) -> tuple[list[Variant], list[str]]:
     notes = []
     out = [Variant("fp32", lambda k, n: nn.Linear(k, n))]
     brev = _brevitas()
@@ -117,6 +119,9 @@ def variants(reference: bool, ablation: bool = False) -> tuple[list[Variant], li
     out += [Variant(f"apsq_gs{gs}", _ours("apsq", gs)) for gs in (1, 2, 3, 4)]
     if reference:
         out.append(Variant("apsq_gs2_reference", _ours("apsq", 2, "reference")))
+    if fallback:
+        out.append(Variant("apsq_gs2_torch_kernels", _ours("apsq", 2), opts={"backend": "torch"}))
+        out.append(Variant("w8a8_torch_kernels", _ours("none"), opts={"backend": "torch"}))
     if ablation:
         out += [Variant(v.name, v.make, opts=dict(v.opts)) for v in ABLATIONS]
     return out, notes
@@ -306,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     ap.add_argument("--json", action="store_true", help="print one JSON object: an entry per variant")
     ap.add_argument("--reference", action="store_true", help="also time apsq gs=2 through the reference loop")
+    ap.add_argument("--fallback", action="store_true",
+                    help="also time apsq gs=2 / w8a8 on the torch kernels (what runs without a C compiler)")
     ap.add_argument("--ablation", action="store_true",
                     help="also time apsq gs=2 / w8a8 with the previous paths (batched-matmul tiles, autograd LSQ)")
     ap.add_argument("--minilm", action="store_true", help="also time one MiniLM training step")
@@ -314,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minilm-reps", type=int, default=5)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    vs, notes = variants(args.reference, args.ablation)
+    vs, notes = variants(args.reference, args.ablation, args.fallback)
     bench_layers(vs, args.reps)
     res = layer_results(vs)
     if args.minilm:

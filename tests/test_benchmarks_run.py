@@ -23,11 +23,11 @@ def bench(monkeypatch):
 
 
 def test_layer_benchmark_reports_every_variant(bench):
-    vs, _ = bench.variants(reference=True, ablation=True)
+    vs, _ = bench.variants(reference=True, ablation=True, fallback=True)
     bench.bench_layers(vs, reps=1)
     res = bench.layer_results(vs)
     for name in ("fp32", "w8a8", "psq", "apsq_gs1", "apsq_gs2", "apsq_gs3", "apsq_gs4", "apsq_gs2_reference",
-                 "apsq_gs2_bmm_tiles", "apsq_gs2_autograd_lsq"):
+                 "apsq_gs2_bmm_tiles", "apsq_gs2_autograd_lsq", "apsq_gs2_torch_kernels", "w8a8_torch_kernels"):
         entry = res[name]
         assert entry["ratio_vs_fp32"] > 0 and entry["peak_mem_ratio_vs_w8a8"] > 0
         assert set(entry["shapes"]) == {"M16_K64_N48"}
