@@ -1,0 +1,5 @@
+"""``python -m apsq.cli``: the same as the ``apsq`` command."""
+
+from apsq.cli import app
+
+app()
