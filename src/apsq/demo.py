@@ -12,8 +12,8 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import typer
 from rich.console import Console
 from rich.progress import Progress
@@ -21,6 +21,9 @@ from rich.table import Table
 
 import apsq
 from apsq.errors import literal
+
+if TYPE_CHECKING:  # torch is imported when a command runs: `apsq --help` starts without it
+    import torch
 
 QAT_STEPS, FINETUNE_STEPS = 60, 400
 """The CLI's defaults: those of :func:`apsq.train.demo_run` (kept here so that parsing the command line
@@ -77,6 +80,8 @@ def _mean_pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def run_calibration_demo(max_rows: int = 512, progress: bool = True) -> list[DemoRow]:
     """Quantize MiniLM in each mode, calibrate on one set of sentences, evaluate on another."""
+    import torch
+
     from apsq.models.minilm import load_minilm
 
     fp, tok = load_minilm()
@@ -229,6 +234,8 @@ def demo(
     with distillation from the full-precision model; prints test accuracy (with its 95 % interval)
     beside the energy reduction of the energy model (IS and WS) and writes demo.json and demo.png.
     """
+    import torch
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if threads:
         torch.set_num_threads(threads)

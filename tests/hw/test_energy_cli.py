@@ -6,7 +6,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from apsq.hw.energy_cli import register
+from apsq.cli.energy import register
 
 KEYS = {"baseline_pj", "apsq_pj", "reduction", "psum_reduction", "psum_share_baseline", "breakdown"}
 

@@ -13,7 +13,7 @@ from apsq.errors import APSQError
 from apsq.hw.accelerator import Accelerator, default_accelerator
 from apsq.hw.dataflow.common import BOUNDS
 from apsq.hw.energy import compare, evaluate
-from apsq.hw.energy_cli import register
+from apsq.cli.energy import register
 from apsq.hw.workloads import Layer, Workload
 from apsq.nn.config import APSQConfig
 
@@ -166,7 +166,8 @@ def test_cli_accelerator_by_name_and_dram_preset(app):
 def test_sweep_plot_has_no_vertical_lines(monkeypatch, tmp_path):
     import matplotlib.axes
 
-    from apsq.hw.energy_cli import plot_sweep, run_sweep
+    from apsq.hw.energy_plots import plot_sweep
+    from apsq.hw.energy_runs import run_sweep
 
     calls = []
     monkeypatch.setattr(matplotlib.axes.Axes, "axvline", lambda *a, **k: calls.append(a))

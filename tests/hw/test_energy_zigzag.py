@@ -179,7 +179,7 @@ def test_cli_engine_zigzag(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from apsq.hw.energy_cli import register
+    from apsq.cli.energy import register
 
     app = typer.Typer()
     register(app)

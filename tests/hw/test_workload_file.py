@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from apsq.errors import APSQError
 from apsq.hw.energy import compare
-from apsq.hw.energy_cli import register
+from apsq.cli.energy import register
 from apsq.hw.workloads import builtin_workload, load_workload_file, workload_from_dict
 
 

@@ -1,7 +1,10 @@
 """The ``apsq`` command line (typer).
 
-Each area of the project registers its own commands through a ``register(app)`` function in its
-own module; this file only assembles them.
+Each command group lives in a module of this package (or, for the groups not moved yet, of its area)
+with a ``register(app)`` function; this file only assembles them. Registration imports only typer,
+rich and light modules, so that ``apsq --help`` and ``apsq <group> --help`` start without torch,
+transformers, matplotlib or amaranth (``tests/test_cli_startup.py``); each command imports what it
+needs when it runs.
 """
 
 from __future__ import annotations
@@ -9,22 +12,21 @@ from __future__ import annotations
 import importlib
 import os
 
-import typer
+from apsq.cli.common import typer_app
 
-app = typer.Typer(
+app = typer_app(
     name="apsq",
     help="APSQ: PSUM-aware quantization (DAC 2025) — quantize, train, measure energy, build the RAE engine.",
     no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
 )
 
 COMMAND_MODULES = (
     "apsq.demo",  # apsq demo
-    "apsq.hw.energy_cli",  # apsq energy, apsq energy sweep
-    "apsq.hw.rae.cli",  # apsq rae verilog | area | simulate
-    "apsq.data.cli",  # apsq data fetch
+    "apsq.cli.energy",  # apsq energy, apsq energy sweep
+    "apsq.cli.rae",  # apsq rae verilog | area | simulate | equivalence
+    "apsq.cli.data",  # apsq data fetch
     "apsq.train.cli",  # apsq train
-    "apsq.eval.cli",  # apsq eval, apsq sweep
+    "apsq.cli.eval",  # apsq eval, apsq sweep
     "apsq.cli.tune",  # apsq tune-gs
     "apsq.cli.beyond",  # apsq beyond baseline | low-bit | a2q
 )

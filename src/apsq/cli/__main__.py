@@ -1,5 +1,5 @@
-"""``python -m apsq.cli``: the same as the ``apsq`` command."""
+"""``python -m apsq.cli``: the ``apsq`` command line."""
 
 from apsq.cli import app
 
-app()
+app(prog_name="apsq")

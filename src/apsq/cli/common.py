@@ -1,40 +1,77 @@
-"""What every command group shares: one console factory, one error exit, one list parser.
+"""What every command group shares: one Typer factory, one console factory, one table factory, one error
+exit and one list parser.
 
-User-supplied text (file names, model names, shapes such as ``[n, L]``) is printed literally, never
-read as rich markup; piped output is not wrapped at 80 columns.
+User-supplied text (file names, model names, shapes such as ``[n, L]``) is printed literally, never read
+as rich markup; piped output is not wrapped at 80 columns; table titles are never wrapped when the
+console is wide enough for them. Only light modules (typer, rich, :mod:`apsq.errors`) are imported here,
+so that ``apsq --help`` starts without torch.
 """
 
 from __future__ import annotations
 
 import shutil
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
+from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
-from apsq.errors import APSQError
+from apsq.errors import APSQError, print_error
 
-__all__ = ["console", "fail", "parse_ints", "escape"]
+__all__ = ["console", "fail", "parse_ints", "escape", "typer_app", "table", "PIPED_WIDTH", "MARKUP_MODE"]
 
 PIPED_WIDTH = 200
 """Columns used when output goes to a pipe or file: wide enough that tables keep their rows whole."""
 
+MARKUP_MODE = "markdown"
+"""How ``--help`` reads docstrings and option help: Markdown, so ````demo.json```` shows as code and
+shapes such as ``[n, L]`` stay as written (rich markup would swallow them)."""
+
+
+def typer_app(**kwargs: Any) -> typer.Typer:
+    """A :class:`typer.Typer` for ``apsq`` or one of its groups: Markdown help (:data:`MARKUP_MODE`), no
+    local variables in tracebacks; ``kwargs`` go to :class:`typer.Typer` (``name``, ``help``, ...)."""
+    kwargs.setdefault("rich_markup_mode", MARKUP_MODE)
+    kwargs.setdefault("pretty_exceptions_show_locals", False)
+    return typer.Typer(**kwargs)
+
+
+def _is_tty(stderr: bool) -> bool:
+    stream = sys.stderr if stderr else sys.stdout
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # a closed or replaced stream
+        return False
+
 
 def console(stderr: bool = False) -> Console:
-    """A rich console: the terminal's width on a TTY, :data:`PIPED_WIDTH` columns and no soft
+    """A rich console: the terminal's width on a TTY, at least :data:`PIPED_WIDTH` columns and no soft
     wrapping of prose when piped (so ``apsq energy ... | cat`` keeps sentences on one line)."""
-    stream = sys.stderr if stderr else sys.stdout
-    if stream.isatty():
+    if _is_tty(stderr):
         return Console(stderr=stderr)
     cols = shutil.get_terminal_size((PIPED_WIDTH, 24)).columns
     return Console(stderr=stderr, width=max(cols, PIPED_WIDTH), soft_wrap=True)
 
 
+def table(title: str, *columns: str, left: tuple[str, ...] = ()) -> Table:
+    """A :class:`rich.table.Table` at least as wide as its ``title`` (rich would wrap the title to the width
+    of the columns); ``columns`` are added right-justified except those named in ``left``. ``title`` is
+    rich markup: escape user text in it with :func:`apsq.errors.literal`."""
+    from rich.text import Text
+
+    t = Table(title=title, min_width=cell_len(Text.from_markup(title).plain) + 4)
+    for col in columns:
+        t.add_column(col, justify="left" if col in left else "right")
+    return t
+
+
 def fail(exc: BaseException | str, code: int = 2) -> NoReturn:
-    """Print ``error: <message>`` on stderr (the message literally) and exit with ``code``."""
-    console(stderr=True).print(f"[red]error:[/red] {escape(str(exc))}")
+    """Print ``error: <message>`` on stderr through :func:`apsq.errors.print_error` (the message
+    literally, never as markup) and exit with ``code`` (2: bad input, 1: a run that failed)."""
+    print_error(exc, console=console(stderr=True))
     raise typer.Exit(code)
 
 

@@ -1,4 +1,7 @@
-"""``apsq rae``: Verilog export, Yosys area and a co-simulation check of the RAE."""
+"""``apsq rae``: Verilog export, Yosys area and a co-simulation check of the RAE.
+
+Argument parsing and printing only: the engine, its simulation and synthesis are :mod:`apsq.hw.rae`
+(imported inside each command, so that ``apsq --help`` loads neither amaranth nor torch)."""
 
 from __future__ import annotations
 
@@ -7,14 +10,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from apsq.errors import APSQError, literal, print_error
+from apsq.cli.common import console as make_console
+from apsq.cli.common import fail, table, typer_app
+from apsq.errors import APSQError, literal
 
 __all__ = ["register", "rae_app"]
 
-rae_app = typer.Typer(
+rae_app = typer_app(
     name="rae",
     help="The Reconfigurable APSQ Engine (RTL): Verilog, area, co-simulation.",
     no_args_is_help=True,
@@ -35,11 +38,6 @@ LaneExp = Annotated[bool, typer.Option(
     "--lane-exponents", help="per-lane shifts (one exponent per step and lane: per-channel PSUM steps)")]
 
 
-def _fail(exc: APSQError) -> None:
-    print_error(exc)  # literally: shapes such as [n, L] are not markup
-    raise typer.Exit(2) from exc
-
-
 @rae_app.command("verilog")
 def verilog_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="Verilog file to write")] = Path("rae.v"),
@@ -52,11 +50,11 @@ def verilog_cmd(
     """Write the engine as Verilog (Amaranth back end, top module ``rae``)."""
     from apsq.hw.rae import verilog
 
-    console = Console()
+    console = make_console()
     try:
         path = verilog.write_verilog(output, _params(lanes, depth, bits, lane_exponents))
     except APSQError as exc:
-        _fail(exc)
+        fail(exc)
     n_lines = path.read_text().count("\n")
     console.print(f"wrote {literal(path)} ({n_lines} lines; L={lanes}, D={depth}, INT{bits})")
     if lint:
@@ -92,7 +90,7 @@ def area_cmd(
     from apsq.hw.rae.area import BANK_MODES, PAPER_AREA_UM2, scale_area, synthesize_area
 
     modes = BANK_MODES if banks == "both" else (banks,)
-    console = Console()
+    console = make_console()
     reports = []
     try:
         params = _params(lanes, depth, bits, lane_exponents)
@@ -103,19 +101,17 @@ def area_cmd(
                 reports.append(synthesize_area(params, banks=mode, yosys=yosys))
                 prog.remove_task(task)
     except APSQError as exc:
-        _fail(exc)
+        fail(exc)
     shifts = "per-lane" if lane_exponents else "per-step"
-    table = Table(title=f"RAE area, L={lanes}, D={depth}, INT{bits}, {shifts} shifts "
-                        "(Yosys + sky130_fd_sc_hd footprints)")
-    for col in ("banks", "cells", "FFs", "SRAM bits", "µm² 130nm", "kGE", f"µm² {to_nm:g}nm*", "yosys s"):
-        table.add_column(col, justify="right")
+    t = table(f"RAE area, L={lanes}, D={depth}, INT{bits}, {shifts} shifts (Yosys + sky130_fd_sc_hd footprints)",
+              "banks", "cells", "FFs", "SRAM bits", "µm² 130nm", "kGE", f"µm² {to_nm:g}nm*", "yosys s")
     for r in reports:
-        table.add_row(
+        t.add_row(
             r.banks, f"{r.cells:,}", f"{r.flops:,}", f"{r.macro_bits:,}" if r.macros else "-",
             f"{r.area_um2:,.0f}", f"{r.gate_equivalents / 1e3:.1f}",
             f"{scale_area(r.area_um2, to_nm=to_nm):,.0f}", f"{r.yosys_s:.1f}",
         )
-    console.print(table)
+    console.print(t)
     console.print(
         f"* scaled = µm²(130 nm) x ({to_nm:g}/130)^2 (ideal square-law assumption); "
         f"paper: {PAPER_AREA_UM2:,.0f} µm² at 28 nm. macro rows exclude the SRAM banks."
@@ -135,7 +131,7 @@ def simulate_cmd(
     backpressure: Annotated[float, typer.Option(help="probability of a random valid/ready gap")] = 0.0,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     lane_exponents: Annotated[bool, typer.Option(
-        "--lane-exponents", help="one exponent per step and lane (per-channel PSUM steps): exponents \\[n, L]")] = False,
+        "--lane-exponents", help="one exponent per step and lane (per-channel PSUM steps): exponents [n, L]")] = False,
     backend: Annotated[str, typer.Option(
         help="amaranth (Python simulator) or verilator (the exported Verilog, compiled; cached build)")] = "amaranth",
     icarus: Annotated[bool, typer.Option(help="also run the exported Verilog in Icarus Verilog")] = False,
@@ -149,7 +145,7 @@ def simulate_cmd(
     from apsq.hw.rae.sim import BACKENDS, run_layers, validate_layer
     from apsq.integer.psum import psum_accumulate_int
 
-    console = Console()
+    console = make_console()
     rng = np.random.default_rng(seed)
     cols = lanes * positions
     try:
@@ -170,7 +166,7 @@ def simulate_cmd(
         (codes,), stats = run_layers([job], params, backpressure=backpressure, seed=seed, backend=backend)
         gold = psum_accumulate_int(torch.tensor(t), torch.tensor(e), mode="apsq", gs=gs, bits=bits).code.numpy()
     except APSQError as exc:
-        _fail(exc)
+        fail(exc)
     ok = bool(np.array_equal(codes, gold))
     shape = literal("[n, L]" if lane_exponents else "[n]")
     console.print(f"RTL ({backend}) == golden model: {'[green]yes[/green]' if ok else '[red]NO[/red]'} "
@@ -181,7 +177,7 @@ def simulate_cmd(
         try:
             (v_codes,), v_cycles = run_layers_icarus([job], params)
         except APSQError as exc:
-            _fail(exc)
+            fail(exc)
         v_ok = bool(np.array_equal(v_codes, gold))
         ok = ok and v_ok
         console.print(
@@ -216,7 +212,7 @@ def equivalence_cmd(
 
     from apsq.hw.rae.equivalence import run_equivalence
 
-    console = Console()
+    console = make_console()
     try:
         with Progress(TextColumn("streams"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=True) as prog:
@@ -224,7 +220,7 @@ def equivalence_cmd(
             summary = run_equivalence(streams, lanes=lanes, depth=depth, seed=seed, backend=backend,
                                       progress=lambda done, total: prog.update(task, completed=done))
     except APSQError as exc:
-        _fail(exc)
+        fail(exc)
     summary["command"] = "apsq rae " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("equivalence"):]) \
         if "equivalence" in sys.argv else None
     ok = summary["mismatches"] == 0

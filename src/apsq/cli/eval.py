@@ -1,4 +1,8 @@
-"""``apsq sweep`` (the gs sweep of a training config) and ``apsq eval llm-ppl | llm-mc | lm-eval``."""
+"""``apsq sweep`` (the gs sweep of a training config) and ``apsq eval llm-ppl | llm-mc | lm-eval | vision``.
+
+Argument parsing and printing only: the runs are :mod:`apsq.eval` (imported inside each command).
+Bad arguments exit 2, failed runs 1, both with ``error: ...`` on stderr.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,22 @@ from pathlib import Path
 
 import typer
 
+from apsq.cli.common import console, fail, parse_ints, table, typer_app
+from apsq.errors import APSQError
+
+__all__ = ["register"]
+
+
+def _ints(text: str, name: str) -> list[int]:
+    """:func:`parse_ints` as a list, exiting 2 with a clear message on bad input."""
+    try:
+        return list(parse_ints(name, text))
+    except APSQError as exc:
+        fail(exc)
+
 
 def register(app: typer.Typer) -> None:
+    """Add ``sweep`` and the ``eval`` sub-app to the ``apsq`` command line."""
     @app.command("sweep")
     def sweep_cmd(
         config: Path = typer.Option(..., "--config", "-c", help="Training YAML with an `apsq:` section."),
@@ -20,39 +38,31 @@ def register(app: typer.Typer) -> None:
         png_out: Path = typer.Option(None, "--png", help="Plot (default <output>/sweep.png)."),
     ) -> None:
         """Train every PSUM variant (reusing finished runs, resuming interrupted ones) and report."""
-        from rich.console import Console
-        from rich.table import Table
-
-        from apsq.errors import APSQError, print_error
         from apsq.eval.sweep import sweep
         from apsq.train.config import load_config
 
-        console = Console()
         gs_values = _ints(gs, "--gs")
         try:
             cfg = load_config(config)
             out = output or Path("runs") / f"sweep_{config.stem}"
-            table = sweep(cfg, out, gs_values, baselines=baselines, json_path=json_out, png_path=png_out,
+            res = sweep(cfg, out, gs_values, baselines=baselines, json_path=json_out, png_path=png_out,
                           energy=energy)
         except APSQError as exc:
-            print_error(exc)
-            raise typer.Exit(1) from exc
-        t = Table(title=f"gs sweep ({table['eval_split']} accuracy)")
-        t.add_column("variant")
-        t.add_column("accuracy", justify="right")
-        t.add_column("energy red. IS / WS", justify="right")
-        er = table.get("energy_reduction", {})
+            fail(exc, code=1)
+        t = table(f"gs sweep ({res['eval_split']} accuracy)", "variant", "accuracy", "energy red. IS / WS",
+                  left=("variant",))
+        er = res.get("energy_reduction", {})
         for key in ("fp32", "w8a8", "psq"):
-            if table.get(key) is not None:
-                t.add_row(key, f"{100 * table[key]:.2f} %", "")
-        for g, acc in table["apsq"].items():
+            if res.get(key) is not None:
+                t.add_row(key, f"{100 * res[key]:.2f} %", "")
+        for g, acc in res["apsq"].items():
             e = ""
             if "total" in er:
                 e = " / ".join(f"{100 * er['total'][df][g]:.1f} %" for df in er["total"])
             t.add_row(f"apsq gs={g}", f"{100 * acc:.2f} %", e)
-        console.print(t)
+        console().print(t)
 
-    eval_app = typer.Typer(help="Evaluate quantized language models.", no_args_is_help=True)
+    eval_app = typer_app(help="Evaluate quantized language models.", no_args_is_help=True)
 
     @eval_app.command("llm-ppl")
     def llm_ppl(
@@ -102,9 +112,13 @@ def register(app: typer.Typer) -> None:
 
         import torch
 
-        from apsq.errors import APSQError
-        from apsq.eval.lm_eval_adapter import MC_TASK, completion_items, mc_sweep, write_mc_task
         from apsq.eval.llm import load_corpus
+        from apsq.eval.lm_eval_adapter import (
+            MC_TASK,
+            completion_items,
+            mc_sweep,
+            write_mc_task,
+        )
 
         if threads:
             torch.set_num_threads(threads)
@@ -116,8 +130,7 @@ def register(app: typer.Typer) -> None:
             res = mc_sweep(str(model), task_dir, _ints(gs, "--gs"), tile=tile, calibration=calibration,
                            batch_size=batch_size)
         except APSQError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from exc
+            fail(exc, code=1)
         res.update(task=MC_TASK, items=len(mc), choices=4, item_seed=seed, ending_words=ending_words or "half",
                    source="movies test split", calibration_sentences=calib, tile=tile, model=str(model), example=mc[0],
                    command=shlex.join(["apsq", *sys.argv[1:]]))
@@ -139,7 +152,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """lm-eval zero-shot tasks on an APSQ-quantized Hugging Face model."""
         import apsq
-        from apsq.errors import APSQError
         from apsq.eval.lm_eval_adapter import run_lm_eval
 
         try:
@@ -147,8 +159,7 @@ def register(app: typer.Typer) -> None:
             res = run_lm_eval(model, [t for t in tasks.split(",") if t], cfg, limit=limit, batch_size=batch_size,
                               include_path=include_path)
         except APSQError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from exc
+            fail(exc, code=1)
         text = json.dumps(res, indent=1, default=str)
         if json_out:
             json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -164,23 +175,15 @@ def register(app: typer.Typer) -> None:
         png_out: Path = typer.Option(None, "--png", help="Plot the relative errors here."),
     ) -> None:
         """Output error vs full precision per PSUM variant of random-init Segformer-B0 / EfficientViT-B1 on real photos."""
-        from apsq.errors import APSQError
         from apsq.eval.vision import run_vision
 
         try:
             results = run_vision([m for m in models.split(",") if m], image_size, seed, json_out, png_out)
         except APSQError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from exc
+            fail(exc, code=1)
         for res in results:
             rows = ", ".join(f"{k} {100 * v['rel_error']:.1f}%" for k, v in res["variants"].items())
             typer.echo(f"{res['model']} @ {res['image_size']}px: {rows}")
 
     app.add_typer(eval_app, name="eval")
 
-
-def _ints(text: str, name: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"{name} must be comma-separated integers, got {text!r}") from None

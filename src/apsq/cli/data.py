@@ -1,16 +1,21 @@
-"""``apsq data fetch NAME``: fetch an offline dataset into the cache."""
+"""``apsq data fetch NAME``: fetch an offline dataset into the cache (the work is :mod:`apsq.data`)."""
 
 from __future__ import annotations
 
 import typer
-from rich.console import Console
+
+from apsq.cli.common import console, fail, typer_app
+from apsq.errors import literal
+
+__all__ = ["DATASETS", "register"]
 
 DATASETS = ("rt-sentences",)
 
 
 def register(app: typer.Typer) -> None:
-    data_app = typer.Typer(help="Datasets: fetch the offline ones into the cache ($APSQ_CACHE or ~/.cache/apsq).",
-                           no_args_is_help=True)
+    """Add the ``data`` sub-app (``fetch``) to the ``apsq`` command line."""
+    data_app = typer_app(help="Datasets: fetch the offline ones into the cache ($APSQ_CACHE or ~/.cache/apsq).",
+                         no_args_is_help=True)
 
     @data_app.command("fetch")
     def fetch(name: str = typer.Argument(..., help="Dataset: rt-sentences."),
@@ -21,19 +26,17 @@ def register(app: typer.Typer) -> None:
         cache folder) and then read the same files."""
         from apsq.data.rt_sentences import fetch_rt_sentences, load_rt_sentences
         from apsq.data.splits import SPLITS
-        from apsq.errors import APSQError, literal, print_error
+        from apsq.errors import APSQError
 
-        console = Console()
         if name not in DATASETS:
-            print_error(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
-            raise typer.Exit(2)
+            fail(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+        con = console()
         try:
-            with console.status(f"fetching {literal(name)} ..."):
+            with con.status(f"fetching {literal(name)} ..."):
                 path = fetch_rt_sentences(force=force)
             sizes = {s: len(load_rt_sentences(s, fetch=False)) for s in SPLITS}
         except APSQError as exc:
-            print_error(exc)
-            raise typer.Exit(1) from exc
-        console.print(f"{literal(name)}: cached in {literal(path)}; split sizes {sizes}")
+            fail(exc, code=1)
+        con.print(f"{literal(name)}: cached in {literal(path)}; split sizes {sizes}")
 
     app.add_typer(data_app, name="data")

@@ -1,0 +1,290 @@
+"""``apsq energy`` (one workload, baseline vs APSQ) and ``apsq energy sweep`` (energy vs size).
+
+Argument parsing and printing only: the computations are :mod:`apsq.hw.energy_runs` and
+:mod:`apsq.hw.energy`, the figures :mod:`apsq.hw.energy_plots`. Nothing heavy (torch, matplotlib) is
+imported until a command runs; the choices named in ``--help`` are literals here, checked against the
+energy model's own tables by ``tests/test_cli_startup.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from apsq.cli.common import console, fail, parse_ints, table, typer_app
+from apsq.errors import APSQError, literal
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.table import Table
+
+    from apsq.hw.energy import Comparison, EnergyReport
+    from apsq.hw.workloads import Workload
+
+__all__ = ["ACCELERATORS", "DRAM_PRESETS", "WORKLOADS", "register"]
+
+WORKLOADS = ("bert-base", "segformer-b0", "efficientvit-b1", "llama2-7b")
+"""``apsq.hw.workloads.BUILTIN_WORKLOADS`` (literal: naming them in ``--help`` must not import torch)."""
+ACCELERATORS = ("default", "apsq-28nm-int8", "zigzag-tpu-like", "worked-example")
+"""``apsq.hw.accelerator.BUILTIN_ACCELERATORS``."""
+DRAM_PRESETS = ("ddr3", "ddr4", "lpddr4", "hbm2", "zigzag")
+"""``apsq.hw.accelerator.DRAM_PRESETS``."""
+
+
+def _gs_label(r: EnergyReport) -> str:
+    vals = sorted(set(r.gs.tolist()))
+    return str(vals[0]) if len(vals) == 1 else "per-layer"
+
+
+def _report_table(cmp: Comparison) -> Table:
+    from apsq.hw.dataflow import LEVELS, OPERANDS
+
+    sched = cmp.baseline.schedule.kind if cmp.baseline.schedule is not None else "untiled"
+    t = table(f"{literal(cmp.baseline.workload)} — {cmp.baseline.dataflow.upper()} ({sched}) — energy (µJ)",
+              "operand", "level", "baseline (INT32 PSUM)",
+              f"{cmp.apsq.mode} (gs={_gs_label(cmp.apsq)}, {cmp.apsq.psum_bits}b)", left=("operand", "level"))
+    b, a = cmp.baseline.energy_pj.sum(axis=0), cmp.apsq.energy_pj.sum(axis=0)
+    for i, op in enumerate(OPERANDS):
+        for j, lv in enumerate(LEVELS):
+            if b[i, j] > 0 or a[i, j] > 0:
+                t.add_row(op, lv, f"{b[i, j] / 1e6:,.3f}", f"{a[i, j] / 1e6:,.3f}")
+    t.add_row("mac", "", f"{cmp.baseline.mac_pj.sum() / 1e6:,.3f}", f"{cmp.apsq.mac_pj.sum() / 1e6:,.3f}")
+    for label, attr in (("rae logic", "rae_pj"), ("exponents", "exponent_pj")):
+        b_e, a_e = getattr(cmp.baseline, attr), getattr(cmp.apsq, attr)
+        b_v = 0.0 if b_e is None else float(b_e.sum())
+        a_v = 0.0 if a_e is None else float(a_e.sum())
+        if b_v > 0 or a_v > 0:
+            t.add_row(label, "", f"{b_v / 1e6:,.3f}", f"{a_v / 1e6:,.3f}")
+    t.add_row(
+        "[b]total[/b]", "", f"[b]{cmp.baseline.total_pj / 1e6:,.3f}[/b]", f"[b]{cmp.apsq.total_pj / 1e6:,.3f}[/b]"
+    )
+    return t
+
+
+def _layer_table(cmp: Comparison, w: Workload) -> Table:
+    sched = cmp.baseline.schedule.kind if cmp.baseline.schedule is not None else "untiled"
+    t = table(f"per layer ({sched} schedule)", "layer", "M", "K", "N", "count", "baseline µJ", "apsq µJ",
+              "PSUM KiB b/a", "spill b/a", "mapping b / a (order, tiles)",
+              left=("layer", "mapping b / a (order, tiles)"))
+    for ly, b, a in zip(w.layers, cmp.baseline.per_layer(), cmp.apsq.per_layer()):
+        mb, ma = b.get("mapping", {}), a.get("mapping", {})
+        t.add_row(
+            literal(ly.name), str(ly.m), str(ly.k), str(ly.n), str(ly.count),
+            f"{b['total_pj'] / 1e6:,.3f}", f"{a['total_pj'] / 1e6:,.3f}",
+            f"{b['psum_footprint_kib']:.1f}/{a['psum_footprint_kib']:.1f}",
+            f"{b['psum_spill']:.2f}/{a['psum_spill']:.2f}",
+            f"{mb.get('order', '')} x{mb.get('tiles', 1)} / {ma.get('order', '')} x{ma.get('tiles', 1)}",
+        )
+    return t
+
+
+def _schedules_table(summ: dict[str, Any], dataflow: str, mode: str) -> Table:
+    t = table(f"{dataflow.upper()} under both schedules, OS beside (energy µJ; saved = 1 - {mode} / INT32)",
+              "schedule", "INT32 baseline", mode, "total saved", "PSUM saved", "on-chip saved", "spills b/a", "OS",
+              left=("schedule",))
+    for sched, r in summ.items():
+        t.add_row(sched, f"{r['baseline_pj'] / 1e6:,.3f}", f"{r['apsq_pj'] / 1e6:,.3f}", f"{100 * r['reduction']:.2f} %",
+                  f"{100 * r['psum_reduction']:.2f} %", f"{100 * r['on_chip_reduction']:.2f} %",
+                  f"{'yes' if r['baseline_spills'] else 'no'}/{'yes' if r['apsq_spills'] else 'no'}",
+                  f"{r['os_pj'] / 1e6:,.3f}")
+    return t
+
+
+def _zigzag_table(res: dict[str, Any], w: Workload, dataflow: str, acc_name: str, psum_bits: int,
+                  spill: str) -> Table:
+    t = table(f"{literal(w.name)} {dataflow.upper()} on {literal(acc_name)}: total energy saved, "
+              f"INT{res['baseline_bits']} -> INT{psum_bits} PSUMs (ZigZag vs apsq, {spill} spill)",
+              "layer", "ZigZag", "apsq", "diff (pp)", left=("layer",))
+    for row in res["layers"]:
+        t.add_row(literal(row["name"]), f"{100 * row['reduction']:.2f} %",
+                  f"{100 * row['apsq_model_reduction']:.2f} %", f"{row['difference_pp']:+.2f}")
+    return t
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``energy`` sub-app (default action + ``sweep``) to the ``apsq`` CLI."""
+    energy = typer_app(help="Energy of a workload on an IS/WS/OS accelerator: INT32-PSUM baseline vs APSQ.")
+
+    @energy.callback(invoke_without_command=True)
+    def energy_main(
+        ctx: typer.Context,
+        model: str | None = typer.Option(None, "--model", "-m", help=f"built-in: {', '.join(WORKLOADS)}"),
+        trace: str | None = typer.Option(
+            None, "--trace", help="module:factory returning (model, inputs) or a Workload"
+        ),
+        workload_file: Path | None = typer.Option(
+            None, "--workload", help="workload YAML: layers: [{name, m, k, n, count} or {name, conv: {...}}]"
+        ),
+        dataflow: str = typer.Option("ws", "--dataflow", "-d", help="is | ws | os"),
+        gs: int = typer.Option(2, "--gs", help="APSQ group size (≥ 1, at most the PSUM buffer's banks)"),
+        gs_config: Path | None = typer.Option(
+            None, "--gs-config", help="APSQConfig YAML: per-layer gs from its gs + overrides (replaces --gs)"
+        ),
+        psum_bits: int = typer.Option(8, "--psum-bits", help="stored PSUM width in APSQ mode (bits)"),
+        baseline_bits: int | None = typer.Option(
+            None, "--baseline-bits", help="stored PSUM width of the baseline (default: the accelerator's acc_bits)"
+        ),
+        mode: str = typer.Option("apsq", "--mode", help="quantized PSUM mode to compare: apsq | psq"),
+        accelerator: str | None = typer.Option(
+            None, "--accelerator", help=f"accelerator YAML or a built-in: {', '.join(ACCELERATORS)}"
+        ),
+        dram: str | None = typer.Option(None, "--dram", help=f"DRAM energy preset: {', '.join(DRAM_PRESETS)}"),
+        schedule: str = typer.Option("untiled", "--schedule", help="untiled (fixed loop orders) | tiled (mapper)"),
+        spill: str = typer.Option("fractional", "--spill", help="fractional | all-or-nothing | zigzag"),
+        psum_granularity: str | None = typer.Option(
+            None, "--psum-granularity",
+            help="tensor | channel (one stored exponent per tile step and channel); default: --gs-config's, else tensor",
+        ),
+        override_tile: bool = typer.Option(
+            False, "--override-tile", help="price the array's rows even if the --gs-config tile differs"
+        ),
+        engine: str = typer.Option("apsq", "--engine", help="apsq (this model) | zigzag (zigzag-dse, optional)"),
+        seq_len: int | None = typer.Option(None, "--seq-len", help="bert-base / llama2-7b prefill tokens"),
+        image_size: int | None = typer.Option(None, "--image-size", help="segformer-b0 / efficientvit-b1 input size"),
+        phase: str | None = typer.Option(None, "--phase", help="llama2-7b: prefill | decode"),
+        context: int | None = typer.Option(None, "--context", help="llama2-7b decode: KV-cache length"),
+        as_json: bool = typer.Option(False, "--json", help="print JSON (always with the per-layer breakdown)"),
+        per_layer: bool = typer.Option(False, "--per-layer", help="per-layer table"),
+        plot: Path | None = typer.Option(None, "--plot", help="write a breakdown PNG (baseline vs gs=1..4)"),
+        plot_layers_png: Path | None = typer.Option(None, "--plot-layers", help="write a per-layer energy PNG"),
+    ) -> None:
+        if ctx.invoked_subcommand is not None:
+            return
+        from apsq.errors import check_choice, check_int
+        from apsq.hw.accelerator import load_accelerator, with_dram
+        from apsq.hw.dataflow import DATAFLOWS
+        from apsq.hw.dataflow.common import SPILL_RULES
+        from apsq.hw.energy import compare
+        from apsq.hw.energy_plots import plot_breakdown, plot_layers
+        from apsq.hw.energy_runs import load_workload, schedules_summary, zigzag_report
+        from apsq.hw.mapper import SCHEDULES
+
+        try:
+            check_choice("dataflow", dataflow, tuple(DATAFLOWS))
+            check_choice("mode", mode, ("apsq", "psq"))
+            check_choice("engine", engine, ("apsq", "zigzag"))
+            check_choice("schedule", schedule, SCHEDULES)
+            check_choice("spill", spill, SPILL_RULES)
+            check_int("gs", gs, lo=1)
+            if baseline_bits is not None:
+                check_int("--baseline-bits", baseline_bits, lo=1, hi=64)
+            acc = load_accelerator(accelerator)
+            if dram is not None:
+                acc = with_dram(acc, dram)
+            opts = {"seq_len": seq_len, "image_size": image_size, "phase": phase, "context": context}
+            w = load_workload(model, trace, workload_file=workload_file, **opts)
+            if engine == "zigzag":
+                if dataflow == "os":
+                    raise APSQError("--engine zigzag compares stored PSUMs; use --dataflow is or ws")
+                res = zigzag_report(w, dataflow, psum_bits, acc, baseline_bits, spill)
+            else:
+                gs_spec: Any = gs
+                if gs_config is not None:
+                    from apsq.nn.config import APSQConfig
+
+                    if not gs_config.is_file():
+                        raise APSQError(f"--gs-config file {str(gs_config)!r} does not exist")
+                    gs_spec = APSQConfig.from_yaml(gs_config)
+                options = {"baseline_bits": baseline_bits, "spill": spill, "psum_granularity": psum_granularity,
+                           "override_tile": override_tile, "gs_above_banks": "error",
+                           "tile_mismatch": "error"}
+                cmp = compare(w, dataflow, gs_spec, psum_bits, acc, mode=mode, schedule=schedule, **options)
+                summ = schedules_summary(w, dataflow, gs_spec, psum_bits, acc, mode, **options)
+                if plot is not None:
+                    plot_breakdown(w, dataflow, psum_bits, acc, str(plot), mode=mode, schedule=schedule)
+                if plot_layers_png is not None:
+                    plot_layers(cmp, str(plot_layers_png))
+        except APSQError as exc:
+            fail(exc)
+        con = console()
+        if engine == "zigzag":
+            if as_json:
+                typer.echo(json.dumps(res, indent=2))
+                return
+            if per_layer:
+                con.print(_zigzag_table(res, w, dataflow, acc.name, psum_bits, spill))
+            con.print(f"ZigZag: {100 * res['reduction']:.2f} % of total energy saved; apsq model: "
+                      f"{100 * res['apsq_model']['reduction']:.2f} % ({res['difference_pp']:+.2f} pp)")
+            return
+        if as_json:
+            out = cmp.to_json(per_layer=True)
+            out["accelerator"] = acc.name
+            out["schedules"] = summ
+            typer.echo(json.dumps(out, indent=2))
+            return
+        con.print(_report_table(cmp))
+        if per_layer:
+            con.print(_layer_table(cmp, w))
+        con.print(_schedules_table(summ, dataflow, mode))
+        bound_b = cmp.baseline.per_layer()
+        con.print(
+            f"{schedule} schedule: reduction {100 * cmp.reduction:.2f} % of total energy, "
+            f"{100 * cmp.psum_reduction:.2f} % of PSUM energy; "
+            f"PSUM share of the baseline {100 * cmp.psum_share_baseline:.2f} %; PSUMs spill to DRAM: "
+            f"baseline {cmp.baseline.psum_spills}, {mode} {cmp.apsq.psum_spills}; "
+            f"latency {cmp.baseline.latency_us:,.1f} / {cmp.apsq.latency_us:,.1f} µs "
+            f"(max of compute, DRAM and each buffer port per layer; baseline bound by "
+            f"{', '.join(sorted({r['bound_by'] for r in bound_b}))})"
+        )
+        for f in (plot, plot_layers_png):
+            if f is not None:
+                con.print(f"wrote {literal(f)}")
+
+    @energy.command("sweep")
+    def energy_sweep(
+        model: str = typer.Option(..., "--model", "-m", help=f"built-in: {', '.join(WORKLOADS)}"),
+        dataflow: str = typer.Option("ws", "--dataflow", "-d", help="is | ws | os"),
+        values: str | None = typer.Option(None, "--values", help="comma-separated sizes (seq len / image size)"),
+        phase: str | None = typer.Option(
+            None, "--phase", help="llama2-7b: prefill (sweeps seq len) | decode (context)"
+        ),
+        psum_bits: int = typer.Option(8, "--psum-bits"),
+        accelerator: str | None = typer.Option(
+            None, "--accelerator", help=f"accelerator YAML or a built-in: {', '.join(ACCELERATORS)}"
+        ),
+        schedule: str = typer.Option("untiled", "--schedule", help="untiled | tiled"),
+        as_json: bool = typer.Option(False, "--json"),
+        plot: Path | None = typer.Option(None, "--plot", help="write energy-vs-size PNG"),
+    ) -> None:
+        """Energy vs sequence length / image size for the baseline and gs = 1..4, marking DRAM spills."""
+        from apsq.errors import check_choice
+        from apsq.hw.accelerator import load_accelerator
+        from apsq.hw.energy_plots import plot_sweep
+        from apsq.hw.energy_runs import (
+            GS_RANGE,
+            SWEEP_DEFAULTS,
+            run_sweep,
+            sweep_option,
+        )
+        from apsq.hw.mapper import SCHEDULES
+
+        try:
+            option = sweep_option(model, phase)
+            acc = load_accelerator(accelerator)
+            vals = parse_ints("--values", values) if values else SWEEP_DEFAULTS[option]
+            check_choice("schedule", schedule, SCHEDULES)
+            res = run_sweep(model, dataflow, vals, psum_bits, acc, phase, progress=not as_json, schedule=schedule)
+            if plot is not None:
+                plot_sweep(res, str(plot))
+        except APSQError as exc:
+            fail(exc)
+        if as_json:
+            typer.echo(json.dumps(res, indent=2))
+            return
+        cfgs = ["baseline"] + [f"gs={g}" for g in GS_RANGE]
+        t = table(f"{literal(model)} {dataflow.upper()}: total energy (µJ); * = PSUMs spill to DRAM", option, *cfgs)
+        for v in vals:
+            cells = []
+            for c in cfgs:
+                r = next(r for r in res["rows"] if r[option] == v and r["config"] == c)
+                cells.append(f"{r['total_pj'] / 1e6:,.1f}{'*' if r['spills'] else ''}")
+            t.add_row(str(v), *cells)
+        con = console()
+        con.print(t)
+        con.print("first size that spills: " + ", ".join(f"{c}: {s}" for c, s in res["first_spill"].items()))
+        if plot is not None:
+            con.print(f"wrote {literal(plot)}")
+
+    app.add_typer(energy, name="energy")

@@ -1,0 +1,172 @@
+"""The computations behind ``apsq energy``: pick a workload (built-in, traced or a YAML file), compare both
+schedules, sweep a model's size option, and set ZigZag's result beside the APSQ energy model's.
+
+Printing lives in :mod:`apsq.cli.energy`; figures in :mod:`apsq.hw.energy_plots`. Energies in pJ unless a
+key says otherwise; the model is that of :mod:`apsq.hw.energy` (the paper's Section 4 / Figure 1).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from apsq.errors import APSQError, check_choice, check_int
+from apsq.hw.accelerator import Accelerator
+from apsq.hw.dataflow import DATAFLOWS
+from apsq.hw.energy import compare, evaluate
+from apsq.hw.engine_zigzag import evaluate_zigzag
+from apsq.hw.mapper import SCHEDULES
+from apsq.hw.workloads import (
+    BUILTIN_WORKLOADS,
+    SWEEP_OPTION,
+    Workload,
+    builtin_workload,
+    load_workload_file,
+    trace_factory,
+)
+
+__all__ = ["GS_RANGE", "SWEEP_DEFAULTS", "load_workload", "run_sweep", "schedules_summary", "sweep_option",
+           "zigzag_report"]
+
+SWEEP_DEFAULTS = {
+    "seq_len": (32, 64, 128, 256, 512, 1024, 2048),
+    "image_size": (128, 256, 384, 512, 768, 1024),
+    "context": (128, 512, 2048, 8192, 32768),
+}
+GS_RANGE = (1, 2, 3, 4)
+
+
+def _import_factory(spec: str) -> Callable[..., Any]:
+    """The object ``spec`` = ``module:attr`` or ``path/file.py:attr`` names (a model factory)."""
+    if ":" not in spec:
+        raise APSQError(f"--trace must be 'module:factory' or 'path/file.py:factory', got {spec!r}")
+    mod_name, attr = spec.rsplit(":", 1)
+    if mod_name.endswith(".py"):
+        path = Path(mod_name)
+        if not path.is_file():
+            raise APSQError(f"--trace: file {mod_name!r} does not exist")
+        s = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(s)
+        s.loader.exec_module(module)  # type: ignore[union-attr]
+    else:
+        try:
+            module = importlib.import_module(mod_name)
+        except ImportError as exc:
+            raise APSQError(f"--trace: cannot import module {mod_name!r}: {exc}") from None
+    if not hasattr(module, attr):
+        raise APSQError(f"--trace: module {mod_name!r} has no attribute {attr!r}")
+    return getattr(module, attr)
+
+
+def load_workload(model: str | None, trace: str | None, workload_file: str | Path | None = None,
+                  **options: Any) -> Workload:
+    """A built-in workload (``model``), one traced from ``module:factory`` (``trace``) or a workload YAML."""
+    if sum(x is not None for x in (model, trace, workload_file)) != 1:
+        raise APSQError(f"give exactly one of --model ({', '.join(BUILTIN_WORKLOADS)}), --trace module:factory "
+                        "or --workload FILE")
+    if model is not None:
+        return builtin_workload(model, **options)
+    given = sorted(k for k, v in options.items() if v is not None)
+    if given:
+        raise APSQError(f"options {given} apply to built-in models only; a --trace factory or --workload file sets "
+                        "its own shapes")
+    if workload_file is not None:
+        return load_workload_file(workload_file)
+    factory = _import_factory(trace)
+    try:
+        return trace_factory(factory, name=trace)
+    except APSQError:
+        raise
+    except Exception as exc:  # the user's model failed to run on the meta device
+        raise APSQError(f"--trace {trace}: tracing on the meta device failed: {type(exc).__name__}: {exc}") from exc
+
+
+def sweep_option(model: str, phase: str | None = None) -> str:
+    """The size option ``apsq energy sweep`` varies for ``model``: ``context`` for ``llama2-7b`` decode, else
+    :data:`apsq.hw.workloads.SWEEP_OPTION` (``seq_len`` or ``image_size``); its default values are
+    ``SWEEP_DEFAULTS[option]``. Unknown models raise :class:`APSQError` listing the built-ins."""
+    check_choice("model", model, tuple(BUILTIN_WORKLOADS))
+    return "context" if (model == "llama2-7b" and phase == "decode") else SWEEP_OPTION[model]
+
+
+def run_sweep(
+    model: str,
+    dataflow: str,
+    values: tuple[int, ...],
+    psum_bits: int = 8,
+    acc: Accelerator | None = None,
+    phase: str | None = None,
+    progress: bool = True,
+    mode: str = "apsq",
+    schedule: str = "untiled",
+) -> dict[str, Any]:
+    """Energy vs the model's size option, for the baseline and gs = 1..4; first spilling size per config."""
+    check_choice("model", model, tuple(BUILTIN_WORKLOADS))
+    check_choice("dataflow", dataflow, tuple(DATAFLOWS))
+    option = sweep_option(model, phase)
+    extra = {"phase": phase} if model == "llama2-7b" and phase else {}
+    configs = ["baseline"] + [f"gs={g}" for g in GS_RANGE]
+    rows: list[dict[str, Any]] = []
+    from rich.progress import track
+
+    it = track(values, description=f"sweep {model} {option}") if progress else values
+    for v in it:
+        w = builtin_workload(model, **{option: check_int(option, v, lo=1)}, **extra)
+        reps = [evaluate(w, dataflow, "none", 1, psum_bits, acc, schedule=schedule)]
+        reps += [evaluate(w, dataflow, mode, g, psum_bits, acc, schedule=schedule) for g in GS_RANGE]
+        for c, r in zip(configs, reps):
+            rows.append({option: v, "config": c, "total_pj": r.total_pj, "psum_pj": r.psum_pj, "spills": r.psum_spills})
+    first_spill = {}
+    for c in configs:
+        hits = [r[option] for r in rows if r["config"] == c and r["spills"]]
+        first_spill[c] = min(hits) if hits else None
+    return {
+        "model": model,
+        "dataflow": dataflow,
+        "option": option,
+        "psum_bits": psum_bits,
+        "schedule": schedule,
+        "rows": rows,
+        "first_spill": first_spill,
+    }
+
+
+def schedules_summary(w: Workload, dataflow: str, gs_spec: Any, psum_bits: int, acc: Accelerator, mode: str,
+                      **options: Any) -> dict[str, Any]:
+    """Total / PSUM-only / on-chip savings under both schedules, and OS beside them (pJ and fractions)."""
+    out: dict[str, Any] = {}
+    for sched in SCHEDULES:
+        c = compare(w, dataflow, gs_spec, psum_bits, acc, mode=mode, schedule=sched, **options)
+        os_e = evaluate(w, "os", "none", gs_spec, psum_bits, acc, schedule=sched,
+                        **{k: v for k, v in options.items() if k != "baseline_bits"})
+        out[sched] = {
+            "baseline_pj": c.baseline.total_pj,
+            "apsq_pj": c.apsq.total_pj,
+            "reduction": c.reduction,
+            "psum_reduction": c.psum_reduction,
+            "on_chip_reduction": c.on_chip_reduction,
+            "baseline_spills": c.baseline.psum_spills,
+            "apsq_spills": c.apsq.psum_spills,
+            "os_pj": os_e.total_pj,
+        }
+    return out
+
+
+def zigzag_report(w: Workload, dataflow: str, psum_bits: int, acc: Accelerator, baseline_bits: int | None,
+                  spill: str) -> dict[str, Any]:
+    """ZigZag's result beside ours (same fixed orders, untiled), per layer and in total."""
+    z = evaluate_zigzag(w, dataflow, psum_bits, acc, baseline_bits)
+    ours = compare(w, dataflow, 1, psum_bits, acc, mode="apsq", baseline_bits=baseline_bits, spill=spill,
+                   gs_above_banks="warn")
+    out = z.to_json()
+    out["accelerator"] = acc.name
+    out["apsq_model"] = {"spill": spill, "schedule": "untiled", "gs": 1, "reduction": ours.reduction,
+                         "baseline_pj": ours.baseline.total_pj, "apsq_pj": ours.apsq.total_pj}
+    for row, r in zip(out["layers"], ours.layer_reduction):
+        row["apsq_model_reduction"] = float(r)
+        row["difference_pp"] = 100 * (float(r) - row["reduction"])
+    out["difference_pp"] = 100 * (ours.reduction - z.reduction)
+    return out
