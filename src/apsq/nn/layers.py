@@ -22,6 +22,7 @@ any autograd graph is built, so a checkpointed forward recomputes the same graph
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -195,6 +196,25 @@ class _QuantMixin:
         return num_tiles(self._k(), self.qcfg.tile)
 
 
+def _exact_under_autocast(fn: Callable) -> Callable:
+    """Run a quantized reduction with ``torch.autocast`` off on the input's device.
+
+    An autocast bf16 / fp16 matmul or convolution would round every tile sum of the fake-quantized
+    operands to 8 / 11 significant bits (wrong PSUM codes); with autocast off the layer computes as it
+    does outside the region, bit for bit (tests/test_devices_dtypes.py, issue 12 item 2).
+    """
+
+    @functools.wraps(fn)
+    def run(self, x: torch.Tensor, *args, **kwargs):  # noqa: ANN202
+        dev = x.device.type
+        if torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
+            with torch.autocast(dev, enabled=False):
+                return fn(self, x, *args, **kwargs)
+        return fn(self, x, *args, **kwargs)
+
+    return run
+
+
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     """float16 / bfloat16 layers quantize and accumulate in float32."""
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
@@ -268,6 +288,7 @@ class QuantLinear(nn.Linear, _QuantMixin):
         dt = dtype or _work_dtype(x.dtype)
         return self.act_quant(x.to(dt)), self.weight_quant(self.linear_weight().to(dt))
 
+    @_exact_under_autocast
     def partials(self, x: torch.Tensor) -> torch.Tensor:
         """Quantized PSUM tiles ``[n, *x.shape[:-1], out_features]`` (no bias; float32 or wider)."""
         xq, wq = self._operands(x)
@@ -296,6 +317,7 @@ class QuantLinear(nn.Linear, _QuantMixin):
             row = float(codes.abs().sum(1).amax()) if codes.numel() else 0.0
         return exact_dtype(math.log2(max(row, 1.0)) + self.qcfg.weight_bits - 1, dt, self.layer_name)
 
+    @_exact_under_autocast
     def accumulate(self, x: torch.Tensor) -> torch.Tensor:
         """The quantized reduction without bias (what :func:`apsq.integer.integer_forward` computes,
         rounded once to ``x.dtype``)."""
@@ -396,6 +418,7 @@ class _QuantConvNd(_QuantMixin):
     def _fp(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.weight, self.bias)  # torch's own padding handling
 
+    @_exact_under_autocast
     def partials(self, x: torch.Tensor) -> torch.Tensor:
         """Quantized PSUM tiles ``[n, B, Co, *spatial_out]`` (no bias; float32 or wider)."""
         dt = _work_dtype(x.dtype)
@@ -424,6 +447,7 @@ class _QuantConvNd(_QuantMixin):
             cmax = float(self.act_quant.codes(x.detach().to(dt)).abs().amax()) if x.numel() else 0.0
         return exact_dtype(math.log2(max(cmax * self._k(), 1.0)) + self.qcfg.weight_bits - 1, dt, self.layer_name)
 
+    @_exact_under_autocast
     def accumulate(self, x: torch.Tensor) -> torch.Tensor:
         """The quantized reduction without bias, ``[B, Co, *spatial_out]`` in ``x.dtype``."""
         q = self.qcfg
@@ -542,6 +566,7 @@ class QuantMatmul(nn.Module, _QuantMixin):
     def _operands(self, a: torch.Tensor, b: torch.Tensor, dt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         return self.a_quant(a.to(dt)), self.b_quant(b.to(dt))
 
+    @_exact_under_autocast
     def partials(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Quantized PSUM tiles ``[n, ..., M, N]`` (float32 or wider)."""
         return matmul_partials(*self._operands(a, b, _work_dtype(a.dtype)), self.qcfg.tile)
@@ -575,6 +600,7 @@ class QuantMatmul(nn.Module, _QuantMixin):
             self._ensure_initialized(*self._pairs(a, b))
         return self._finish_output(self.accumulate(a, b), lambda: a @ b)
 
+    @_exact_under_autocast
     def accumulate(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """The quantized ``a @ b`` (in ``a.dtype``)."""
         q = self.qcfg

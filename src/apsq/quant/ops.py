@@ -38,7 +38,14 @@ __all__ = [
 
 
 def round_half_up(x: torch.Tensor) -> torch.Tensor:
-    """``floor(x + 1/2)``: round half up (towards +inf on ties), no gradient."""
+    """``floor(x + 1/2)``: round half up (towards +inf on ties), no gradient.
+
+    In float16 / bfloat16 ``x + 1/2`` itself can round (``0.498046875 + 0.5`` is ``1`` in bf16), so
+    there the fraction ``x - floor(x)`` (always exact) is compared with 1/2 instead.
+    """
+    if x.dtype in (torch.float16, torch.bfloat16):
+        f = torch.floor(x)
+        return torch.where(x - f >= 0.5, f + 1, f)
     return torch.floor(x + 0.5)
 
 
