@@ -394,3 +394,16 @@ def test_calibrate_max_rows_is_validated_before_changes():
     with pytest.raises(APSQError, match="max_rows must be"):
         apsq.calibrate(m, [torch.randn(2, 4)], max_rows=0)
     assert m.training and m[0].needs_init()
+
+
+def test_layer_types_select_conv1d():
+    m = nn.Sequential(nn.Conv1d(2, 4, 3), nn.Flatten(), nn.Linear(16, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        apsq.quantize_(m, apsq.APSQConfig(layer_types=("conv1d",)))
+    assert isinstance(m[0], QuantConv1d) and type(m[2]) is nn.Linear
+    assert [(s.name, s.by_config) for s in m.apsq_report.skipped] == [("2", True)]
+    x = torch.randn(3, 2, 6)
+    apsq.calibrate(m, [x])
+    assert m(x).shape == (3, 2)
+    assert "conv1d" in apsq.APSQConfig().layer_types

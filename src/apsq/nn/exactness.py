@@ -11,10 +11,13 @@ the layer's dtype. The bounds here are per output lane (per-channel weight steps
 * ``none``: ``|Y| <= max_row sum_k |x_k/s_x| * max |w/s_w|`` units (data-dependent), or
   ``K * 2^(a-1) * 2^(w-1)`` (static); also every running sum of the narrow accumulator
   (``acc_bits``), which never exceeds ``sum_i |T_i|``;
-* ``psq`` / ``apsq``: tiles ``|T_i| <= tile * 2^(a-1) * 2^(w-1)`` units; the values quantized are
-  sums of one tile and at most ``m`` dequantized codes (``m = n`` for psq, ``gs + 1`` for apsq),
-  ``|v| <= T_max + m * 2^(b-1) * 2^(e_max)``, on the grid ``2^min(log2 u, e_min)``. This bound also
-  covers the rounding ``floor(v / s_i + 1/2)`` of every value that does not saturate.
+* tiles: ``|T_i| <= tile * 2^(a-1) * 2^(w-1)`` units, each exact on its grid ``u``;
+* ``psq``: the output ``sum_i c_i 2^e_i`` (``|c_i| <= 2^(b-1)``) lies on the grid ``2^e_min`` below
+  ``n * 2^(b-1) * 2^e_max``; the rounding ``floor(T_i / s_i + 1/2)`` of a value that does not
+  saturate needs ``b + max(1, e_max - log2 u_min)`` bits;
+* ``apsq``: a closing step quantizes ``v = T_l + (pending codes) + A``, ``|v| <= T_max + (gs + 1)
+  * 2^(b-1) * 2^e_max``, on the grid ``2^min(log2 u, e_min)`` (per lane); this bound also covers the
+  rounding of every value that does not saturate.
 
 :func:`exact_dtype` returns the layer's dtype where these bounds fit its significand, float64
 where they fit 53 bits, and raises :class:`~apsq.errors.APSQError` otherwise (steps the float path
@@ -46,17 +49,22 @@ def psum_bound_bits(unit_e: torch.Tensor, psum_e: torch.Tensor, *, mode: str, gs
 
     Args:
         unit_e: operand exponent ``ex + ew`` per lane (int tensor, any shape).
-        psum_e: PSUM step exponents ``e_i`` (int tensor ``[n]``), absolute.
+        psum_e: PSUM step exponents ``e_i`` (int tensor ``[n]`` or ``[n, C]``), absolute.
         mode: ``psq`` or ``apsq``; gs, bits: group size and PSUM code width.
         tile_units: bound on ``|T_i|`` in units ``u`` (``tile * 2^(a-1) * 2^(w-1)``).
     """
     u = unit_e.detach().reshape(-1).to(torch.float64)
-    e = psum_e.detach().reshape(-1).to(torch.float64)
-    m = e.numel() if mode == "psq" else gs + 1
+    e = psum_e.detach().to(torch.float64)
+    n = e.shape[0]
     e_max, e_min = float(e.max()), float(e.min())
+    tile_bits = math.log2(tile_units)  # every T_i exact on its own grid
+    if mode == "psq":  # sum_i c_i 2^e_i on the grid 2^e_min; rounding of T_i / s_i where it does not saturate
+        sum_bits = math.log2(n * 2.0 ** (bits - 1)) + e_max - e_min
+        round_bits = bits + max(1.0, e_max - float(u.min()))
+        return max(tile_bits, sum_bits, round_bits)
     lo = torch.clamp(u, max=e_min)
-    bound = tile_units * torch.exp2(u) + m * 2.0 ** (bits - 1) * 2.0**e_max
-    return float((torch.log2(bound) - lo).max())
+    bound = tile_units * torch.exp2(u) + (gs + 1) * 2.0 ** (bits - 1) * 2.0**e_max
+    return max(tile_bits, float((torch.log2(bound) - lo).max()))
 
 
 def exact_dtype(span_bits: float, dtype: torch.dtype, layer: str) -> torch.dtype:
