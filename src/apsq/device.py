@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["module_device", "module_dtype", "to_device"]
+__all__ = ["module_device", "module_dtype", "resolve_device", "to_device"]
 
 
 def module_device(module: nn.Module) -> torch.device:
@@ -56,3 +56,30 @@ def to_device(batch: Any, device: torch.device | str, dtype: torch.dtype | None 
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(v, device, dtype) for v in batch)
     return batch
+
+
+def resolve_device(name: str | torch.device | None = "auto", parameter: str = "device") -> torch.device:
+    """The device a command runs its model on: ``"auto"`` (or None) is ``cuda`` when a GPU is
+    present, else ``cpu``; any other name must be a device torch knows and can reach here.
+
+    Raises:
+        APSQError: naming ``parameter``, the value and the allowed forms, for an unknown device or a
+            CUDA device on a machine without one.
+    """
+    from apsq.errors import APSQError
+
+    if name is None or (isinstance(name, str) and name.strip().lower() == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name.strip() if isinstance(name, str) else name)
+    except (RuntimeError, TypeError) as exc:
+        raise APSQError(f"{parameter} must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {name!r}") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise APSQError(f"{parameter} {name!r}: no CUDA device is available here; use 'auto' or 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise APSQError(f"{parameter} {name!r}: only {torch.cuda.device_count()} CUDA device(s) here "
+                            f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type != "cpu":
+        raise APSQError(f"{parameter} must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {name!r}")
+    return dev

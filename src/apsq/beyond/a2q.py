@@ -21,13 +21,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from apsq.device import module_device, module_dtype, to_device
 from apsq.errors import APSQError, check_int, check_str_list
 from apsq.eval.metrics import Metrics, logits_on, metrics_of
 from apsq.eval.setup import Setup
 
 
 def a2q_quantize_(model: nn.Module, acc_bits: int, plus: bool = False, exclude: Sequence[str] = ()) -> nn.Module:
-    """Replace every ``nn.Linear`` not matching ``exclude`` (fnmatch on module names) in place."""
+    """Replace every ``nn.Linear`` / ``nn.Conv2d`` not matching ``exclude`` (fnmatch on module names) in
+    place; each brevitas layer is made on the replaced layer's device and dtype."""
     exclude = check_str_list("exclude", exclude)  # a single pattern string is one pattern, not its letters
     import brevitas.nn as qnn
     from brevitas.quant.scaled_int import (
@@ -53,6 +55,7 @@ def a2q_quantize_(model: nn.Module, acc_bits: int, plus: bool = False, exclude: 
             q = qnn.QuantConv2d(lin.in_channels, lin.out_channels, lin.kernel_size, stride=lin.stride,
                                 padding=lin.padding, dilation=lin.dilation, groups=lin.groups,
                                 bias=lin.bias is not None, **kw)
+        q.to(device=lin.weight.device, dtype=lin.weight.dtype)
         q.load_state_dict(lin.state_dict(), strict=False)  # weight/bias; quantizer state initialises itself
         a2q_init_scales_(q, plus)
         parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
@@ -82,22 +85,26 @@ def a2q_init_scales_(q: nn.Module, plus: bool, input_bits: int = 8) -> None:
 
 @torch.no_grad()
 def a2q_calibrate(model: nn.Module, batches: Sequence[Any]) -> None:
-    """Collect the input quantizers' statistics (brevitas calibration mode) on ``batches``."""
+    """Collect the input quantizers' statistics (brevitas calibration mode) on ``batches`` (moved to
+    the model's device and dtype with :func:`apsq.device.to_device`)."""
     from brevitas.graph.calibrate import calibration_mode
 
     model.eval()
+    device, dtype = module_device(model), module_dtype(model)
     with calibration_mode(model):
         for b in batches:
+            b = to_device(b, device, dtype)
             model(**b) if isinstance(b, dict) else model(b)
 
 
 def qat_kd(model: nn.Module, teacher: nn.Module, setup: Setup, steps: int,
            progress: Callable[[str], None] | None = None) -> nn.Module:
     """``steps`` AdamW steps of KD (+CE) from ``teacher`` with the setup config's ``qat``/``distill``
-    settings; quantizer parameters (names with ``quant``/``log2_scale``) use ``qat.scale_lr``."""
-    from apsq.device import module_device
+    settings; quantizer parameters (names with ``quant``/``log2_scale``) use ``qat.scale_lr``.
+
+    Runs on ``model``'s device (the teacher is moved there); each batch reaches the student and the
+    teacher in their own floating dtypes (:func:`apsq.device.to_device`)."""
     from apsq.train.loop import (
-        _inputs,
         clip_grad_norms_,
         distill_loss,
         global_batch,
@@ -108,6 +115,8 @@ def qat_kd(model: nn.Module, teacher: nn.Module, setup: Setup, steps: int,
     )
 
     cfg, sched = setup.cfg, setup.cfg.qat
+    device, dtype = module_device(model), module_dtype(model)
+    teacher.to(device)  # a frozen copy: it follows the student (batches reach both via to_device)
     # the library's one optimizer rule; brevitas names its quantizer parameters with "quant"
     opt = make_optimizer(model, sched, step_size=lambda n: "quant" in n or is_step_size(n))
     data = setup.task.train
@@ -117,11 +126,12 @@ def qat_kd(model: nn.Module, teacher: nn.Module, setup: Setup, steps: int,
         torch.manual_seed(step_seed(cfg.seed, "qat", step))
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * lr_factor(step, sched.model_copy(update={"steps": steps}))
-        inputs, labels = _inputs(data.batch(global_batch(len(data), sched.batch_size, step, cfg.seed, "qat")),
-                                 module_device(model))
+        inputs = to_device(dict(data.batch(global_batch(len(data), sched.batch_size, step, cfg.seed, "qat"))),
+                           device, dtype)
+        labels = inputs.pop("labels")
         out = model(**inputs)
         with torch.no_grad():
-            tout = teacher(**inputs)
+            tout = teacher(**to_device(inputs, device, module_dtype(teacher)))
         loss = distill_loss(out, tout, labels, cfg)["loss"]
         if not torch.isfinite(loss):
             raise APSQError(f"QAT step {step}: loss is {float(loss)}")
@@ -160,7 +170,7 @@ def run_a2q_study(setup: Setup, specs: dict[str, dict[str, Any]], qat_steps: int
                   progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
     """PTQ (calibrated) and QAT metrics of every variant, all through the same loop."""
     fp = logits_on(setup.model, setup.eval)
-    labels = torch.cat([y for _, y in setup.eval])
+    labels = torch.cat([y.cpu() for _, y in setup.eval])
     teacher = copy.deepcopy(setup.model).eval().requires_grad_(False)
     out: dict[str, dict[str, Any]] = {}
     for name, spec in specs.items():
@@ -204,5 +214,5 @@ def energy_of(workload, spec: dict[str, Any], dataflow: str) -> dict[str, float]
 
 def fp32_accuracy(setup: Setup) -> float:
     """Accuracy of the setup's full-precision model on its evaluation batches."""
-    labels = torch.cat([y for _, y in setup.eval])
+    labels = torch.cat([y.cpu() for _, y in setup.eval])
     return float((logits_on(setup.model, setup.eval).argmax(-1) == labels).double().mean())

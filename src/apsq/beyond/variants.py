@@ -22,11 +22,12 @@ from apsq.train.config import parse_config
 
 
 def ptq_metrics(setup: Setup, qcfg: APSQConfig, fp_logits=None) -> Metrics:  # noqa: ANN001
-    """Calibrated-only metrics of ``qcfg`` on the setup's evaluation batches."""
+    """Calibrated-only metrics of ``qcfg`` on the setup's evaluation batches (the copy runs on the
+    setup model's device; :func:`apsq.calibrate` and :func:`logits_on` move the batches there)."""
     import torch
 
     fp = fp_logits if fp_logits is not None else logits_on(setup.model, setup.eval)
-    labels = torch.cat([y for _, y in setup.eval])
+    labels = torch.cat([y.cpu() for _, y in setup.eval])
     m = quantize_(copy.deepcopy(setup.model), qcfg)
     calibrate(m, setup.calib)
     return metrics_of(logits_on(m, setup.eval), fp, labels)

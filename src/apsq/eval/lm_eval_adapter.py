@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 import apsq
+from apsq.device import resolve_device
 from apsq.errors import APSQError
 
 CALIBRATION_TEXT = (
@@ -48,16 +49,20 @@ def prepend_bos(tok: Any) -> Any:
 
 
 def quantized_causal_lm(model_path: str, config: apsq.APSQConfig | None, calibration: Sequence[str] = CALIBRATION_TEXT,
-                        dtype: torch.dtype = torch.float32, add_bos: bool = False) -> tuple[Any, Any]:
-    """``(model, tokenizer)``: the causal LM at ``model_path``, quantized and calibrated (``config``
-    ``None``: left in full precision). ``add_bos``: see :func:`prepend_bos`."""
+                        dtype: torch.dtype = torch.float32, add_bos: bool = False,
+                        device: str | torch.device | None = "auto") -> tuple[Any, Any]:
+    """``(model, tokenizer)``: the causal LM at ``model_path`` in ``dtype`` on ``device`` (``"auto"``:
+    CUDA when present), quantized and calibrated there (``config`` ``None``: left in full precision;
+    :func:`apsq.calibrate` moves the tokenized sentences to the model). ``add_bos``: see :func:`prepend_bos`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    dev = resolve_device(device, "device")
     try:
         tok = AutoTokenizer.from_pretrained(model_path)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
     except OSError as exc:
         raise APSQError(f"could not load a causal LM from {model_path!r} ({exc})") from exc
+    model.to(dev)
     if add_bos:
         prepend_bos(tok)
     if config is not None:
@@ -75,18 +80,19 @@ def quantized_causal_lm(model_path: str, config: apsq.APSQConfig | None, calibra
 def run_lm_eval(model_path: str, tasks: Sequence[str], config: apsq.APSQConfig | None, *, limit: int | None = None,
                 batch_size: int = 8, include_path: str | Path | None = None, num_fewshot: int = 0,
                 include_defaults: bool = True, calibration: Sequence[str] = CALIBRATION_TEXT,
-                add_bos: bool = False) -> dict[str, Any]:
+                add_bos: bool = False, device: str | torch.device | None = "auto") -> dict[str, Any]:
     """lm-eval results (``{"results": {task: metrics}}``) of the quantized model.
 
     ``include_defaults=False`` skips indexing lm-eval's built-in tasks (only ``include_path``'s);
-    ``add_bos`` prepends the tokenizer's BOS to every context (:func:`prepend_bos`)."""
+    ``add_bos`` prepends the tokenizer's BOS to every context (:func:`prepend_bos`); ``device``: where
+    the model runs (lm-eval's ``HFLM`` sends its batches to the live model's device)."""
     try:
         import lm_eval
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
     except ImportError as exc:  # pragma: no cover
         raise APSQError("apsq eval lm-eval needs lm-eval: pip install 'apsq[eval]'") from exc
-    model, tok = quantized_causal_lm(model_path, config, calibration, add_bos=add_bos)
+    model, tok = quantized_causal_lm(model_path, config, calibration, add_bos=add_bos, device=device)
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size,
               add_bos_token=True if add_bos else None)
     tm = TaskManager(include_path=str(include_path) if include_path else None, include_defaults=include_defaults)
@@ -159,7 +165,7 @@ def write_mc_task(items: Sequence[dict[str, Any]], folder: str | Path, task: str
 
 def mc_sweep(model_path: str, task_dir: str | Path, gs_values: Sequence[int] = (1, 2, 3, 4), *, tile: int = 32,
              calibration: Sequence[str] = CALIBRATION_TEXT, batch_size: int = 32, add_bos: bool = True,
-             task: str = MC_TASK, progress: bool = True) -> dict[str, Any]:
+             task: str = MC_TASK, progress: bool = True, device: str | torch.device | None = "auto") -> dict[str, Any]:
     """``acc`` / ``acc_norm`` of the task in ``task_dir`` for FP32, W8A8 (INT32 PSUM), psq and APSQ
     per gs (calibration only): ``{"fp32": {...}, "w8a8": {...}, "psq": {...}, "apsq": {"<gs>": {...}}}``."""
     variants: list[tuple[str, apsq.APSQConfig | None]] = [("fp32", None)]
@@ -168,7 +174,8 @@ def mc_sweep(model_path: str, task_dir: str | Path, gs_values: Sequence[int] = (
     out: dict[str, Any] = {"apsq": {}}
     for name, cfg in tqdm(variants, desc="lm-eval variants", disable=not progress):
         res = run_lm_eval(model_path, [task], cfg, batch_size=batch_size, include_path=task_dir,
-                          include_defaults=False, calibration=calibration, add_bos=add_bos)["results"][task]
+                          include_defaults=False, calibration=calibration, add_bos=add_bos,
+                          device=device)["results"][task]
         score = {"acc": float(res["acc,none"]), "acc_norm": float(res["acc_norm,none"])}
         if name.isdigit():
             out["apsq"][name] = score

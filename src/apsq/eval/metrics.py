@@ -1,6 +1,8 @@
 """Task metrics of a quantized model against its full-precision twin: accuracy, KL, agreement.
 
-Shared by the studies (:mod:`apsq.tune`, :mod:`apsq.beyond`) and the variant runners.
+Shared by the studies (:mod:`apsq.tune`, :mod:`apsq.beyond`) and the variant runners. Batches may
+live anywhere: they reach the model's device and floating dtype through :func:`apsq.device.to_device`,
+and logits come back to the CPU in float32, so results compare across devices and dtypes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from apsq.device import module_device, module_dtype, to_device
 
 __all__ = ["Batch", "Metrics", "call_model", "logits_on", "metrics_of"]
 
@@ -48,11 +52,17 @@ class Metrics:
 
 @torch.no_grad()
 def logits_on(model: nn.Module, batches: Sequence[Batch]) -> torch.Tensor:
+    """``[examples, classes]`` float32 logits on the CPU of ``model`` (put in eval mode) over the
+    ``(inputs, labels)`` batches; inputs are moved to the model's device and dtype first."""
     model.eval()
-    return torch.cat([call_model(model, x).float() for x, _ in batches])
+    device, dtype = module_device(model), module_dtype(model)
+    return torch.cat([call_model(model, to_device(x, device, dtype)).float().cpu() for x, _ in batches])
 
 
 def metrics_of(logits: torch.Tensor, fp_logits: torch.Tensor, labels: torch.Tensor) -> Metrics:
+    """:class:`Metrics` of ``logits [E, C]`` against the full-precision ``fp_logits [E, C]`` and
+    ``labels [E]`` (any devices: computed on the CPU in float64)."""
+    logits, fp_logits, labels = logits.detach().cpu(), fp_logits.detach().cpu(), labels.cpu()
     lp, lq = F.log_softmax(fp_logits.double(), -1), F.log_softmax(logits.double(), -1)
     kl = float((lp.exp() * (lp - lq)).sum(-1).mean())
     pred = logits.argmax(-1)

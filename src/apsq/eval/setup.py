@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from apsq.device import resolve_device
 from apsq.errors import APSQError
 from apsq.hw.workloads.base import Workload
 from apsq.train.config import TrainConfig, load_config, parse_config
@@ -26,15 +27,18 @@ def split_labels(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor
 
 
 class Setup:
-    """A config's FP32 model (weights from ``fp32``), its task, and calibration / evaluation batches."""
+    """A config's FP32 model (weights from ``fp32``) on ``device``, its task, and calibration /
+    evaluation batches (kept on the CPU; the runners move them to the model with
+    :func:`apsq.device.to_device`). ``device``: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda[:N]"``."""
 
     def __init__(self, cfg: TrainConfig, fp32: str | Path | None, eval_limit: int | None = None,
-                 calib_batches: int | None = None) -> None:
+                 calib_batches: int | None = None, device: str | torch.device | None = "auto") -> None:
         from apsq.train.checkpoint import load_model_state, read_tensors
         from apsq.train.loop import global_batch
         from apsq.train.models import build_model, load_tokenizer
 
         self.cfg = cfg
+        self.device = resolve_device(device, "--device")
         path = Path(fp32) if fp32 else (Path(cfg.finetune.init) if cfg.finetune.init else None)
         if path is None or not path.is_file():
             raise APSQError(f"--fp32: need a fine-tuned FP32 checkpoint (fp32.safetensors of an `apsq train` run); "
@@ -44,7 +48,7 @@ class Setup:
         self.model: nn.Module = build_model(cfg)
         t, _ = read_tensors(path)
         load_model_state(self.model, t, path)
-        self.model.eval()
+        self.model.to(self.device).eval()
         n, bs = len(self.task.train), cfg.qat.batch_size
         nb = calib_batches or cfg.qat.calib_batches
         self.calib = [split_labels(self.task.train.batch(global_batch(n, bs, i, cfg.seed, "calib")))[0]
@@ -62,9 +66,10 @@ class Setup:
 
 
 def load_setup(config: str | Path | dict, fp32: str | Path | None = None, eval_limit: int | None = None,
-               calib_batches: int | None = None) -> Setup:
+               calib_batches: int | None = None, device: str | torch.device | None = "auto") -> Setup:
+    """:class:`Setup` of a config file / mapping (``device``: where the model runs, see :class:`Setup`)."""
     cfg = parse_config(config) if isinstance(config, dict) else load_config(config)
-    return Setup(cfg, fp32, eval_limit, calib_batches)
+    return Setup(cfg, fp32, eval_limit, calib_batches, device)
 
 
 def workload_of(cfg: TrainConfig, seq_len: int | None = None) -> Workload:

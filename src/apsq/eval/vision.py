@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import apsq
+from apsq.device import module_device, module_dtype, resolve_device, to_device
 from apsq.errors import check_choice, check_int
 
 VISION_MODELS = ("segformer-b0", "efficientvit-b1")
@@ -70,7 +71,8 @@ def build_vision_model(name: str, seed: int = 0) -> nn.Module:
 
 @torch.no_grad()
 def estimate_batchnorm(model: nn.Module, photos: torch.Tensor, crops: int = 8, seed: int = 0) -> None:
-    """Set BatchNorm running statistics from random half-size crops (cumulative average)."""
+    """Set BatchNorm running statistics from random half-size crops (cumulative average); the crops
+    are drawn on the CPU (seeded) and moved to the model's device and dtype."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return
@@ -81,23 +83,34 @@ def estimate_batchnorm(model: nn.Module, photos: torch.Tensor, crops: int = 8, s
     size = photos.shape[-1]
     half = size // 2
     model.train()
+    device, dtype = module_device(model), module_dtype(model)
     for _ in range(crops):
         i, j = (int(v) for v in torch.randint(0, size - half + 1, (2,), generator=g))
         crop = photos[:, :, i:i + half, j:j + half]
-        model(F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False))
+        model(to_device(F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False), device, dtype))
     model.eval()
 
 
 @torch.no_grad()
 def vision_output_error(name: str, image_size: int = 256, seed: int = 0,
-                        variants: tuple[tuple[str, str, int], ...] = VARIANTS) -> dict[str, Any]:
-    """Per variant: relative logit error and changed-pixel share vs full precision on the second photo."""
+                        variants: tuple[tuple[str, str, int], ...] = VARIANTS,
+                        device: str | torch.device | None = "auto", dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """Per variant: relative logit error and changed-pixel share vs full precision on the second photo.
+
+    The models run on ``device`` (``"auto"``: CUDA when present) in ``dtype``; the photos are moved
+    there and the logits compared on the CPU in float32.
+
+    Raises:
+        APSQError: bad ``model`` / ``image_size`` / ``device``, before any model is built.
+    """
+    check_choice("model", name, VISION_MODELS)
     check_int("image_size", image_size, lo=32)
+    dev = resolve_device(device, "device")
     photos = sample_photos(image_size)
-    fp = build_vision_model(name, seed)
+    fp = build_vision_model(name, seed).to(device=dev, dtype=dtype)
     estimate_batchnorm(fp, photos, seed=seed)
-    calib, test = photos[:1], photos[1:]
-    ref = fp(test)
+    calib, test = photos[:1], to_device(photos[1:], dev, dtype)
+    ref = fp(test).float().cpu()
     ref_cls = ref.argmax(1)
     rows = {}
     for vname, mode, gs in variants:
@@ -105,14 +118,14 @@ def vision_output_error(name: str, image_size: int = 256, seed: int = 0,
         model = copy.deepcopy(fp)
         apsq.quantize_(model, apsq.APSQConfig(mode=mode, gs=gs, attention_matmuls=True))
         apsq.calibrate(model, [calib])
-        out = model(test)
+        out = model(test).float().cpu()
         rows[vname] = {
             "mode": mode, "gs": gs,
             "rel_error": float((out - ref).norm() / ref.norm()),
             "changed_pixels": float((out.argmax(1) != ref_cls).float().mean()),
             "seconds": round(time.time() - t0, 1),
         }
-    return {"model": name, "image_size": image_size, "seed": seed, "variants": rows}
+    return {"model": name, "image_size": image_size, "seed": seed, "device": dev.type, "variants": rows}
 
 
 def plot_vision_errors(results: list[dict[str, Any]], path: str | Path) -> Path:
@@ -139,15 +152,15 @@ def plot_vision_errors(results: list[dict[str, Any]], path: str | Path) -> Path:
 
 
 def run_vision(models: list[str], image_size: int, seed: int, json_out: Path | None, png_out: Path | None,
-               progress: bool = True) -> list[dict[str, Any]]:
-    """Run :func:`vision_output_error` for ``models``, writing JSON / PNG if asked."""
+               progress: bool = True, device: str | torch.device | None = "auto") -> list[dict[str, Any]]:
+    """Run :func:`vision_output_error` for ``models`` on ``device``, writing JSON / PNG if asked."""
     from rich.progress import Progress
 
     results = []
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("vision models", total=len(models))
         for m in models:
-            results.append(vision_output_error(m, image_size, seed))
+            results.append(vision_output_error(m, image_size, seed, device=device))
             bar.advance(task)
     if json_out:
         json_out.write_text(json.dumps({"results": results, "command": (

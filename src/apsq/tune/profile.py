@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from apsq.device import module_device, module_dtype, to_device
 from apsq.errors import APSQError, check_int
 from apsq.eval.metrics import Batch, Metrics, call_model, logits_on, metrics_of
 from apsq.nn.config import APSQConfig
@@ -78,7 +79,10 @@ def profile_gs(
     progress: Callable[[str], None] | None = None,
 ) -> GsProfile:
     """Quantize + calibrate ``fp_model`` once per gs in ``gs_values`` (APSQ mode), record per-layer
-    statistics on the calibration batches and metrics on ``eval_batches`` ((inputs, labels) pairs)."""
+    statistics on the calibration batches and metrics on ``eval_batches`` ((inputs, labels) pairs).
+
+    The copies run on ``fp_model``'s device and dtype; batches may be anywhere (moved with
+    :func:`apsq.device.to_device`); logits and labels are kept on the CPU."""
     if base.mode != "apsq":
         raise APSQError(f"tune-gs needs mode 'apsq' in the base config, got {base.mode!r}")
     gs_values = tuple(sorted({check_int("gs", int(g), lo=1) for g in gs_values}))
@@ -88,7 +92,7 @@ def profile_gs(
         raise APSQError("profile_gs needs at least one calibration batch and one evaluation batch")
     fp_model = copy.deepcopy(fp_model).eval()
     fp_logits = logits_on(fp_model, eval_batches)
-    labels = torch.cat([y for _, y in eval_batches])
+    labels = torch.cat([y.cpu() for _, y in eval_batches])
     stats: dict[int, dict[str, dict[str, float]]] = {}
     uniform: dict[int, Metrics] = {}
     psum_state: dict[str, dict[int, torch.Tensor]] = {}
@@ -104,9 +108,10 @@ def profile_gs(
             layers = tunable_layers(m)
             if not layers:
                 raise APSQError("no layer has more than one PSUM tile in APSQ mode: nothing to tune")
+        device, dtype = module_device(m), module_dtype(m)
         with torch.no_grad(), track_stats(m) as st:
             for b in calib_batches:
-                call_model(m, b)
+                call_model(m, to_device(b, device, dtype))
         by_name = {s.name: s for s in st}
         stats[g] = {n: {"rel_error": by_name[n].rel_error, "saturation_rate": by_name[n].saturation_rate,
                         "n_tiles": by_name[n].n_tiles, "k": by_name[n].k} for n in layers}
