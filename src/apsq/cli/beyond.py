@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
 
-from apsq.cli.common import console, fail, parse_ints
-from apsq.errors import APSQError
+from apsq.cli.common import console, fail, parse_ints, table, typer_app
+from apsq.errors import APSQError, literal
 
 
 def _command() -> str:
@@ -41,7 +40,7 @@ def _write_keyed(path: Path | None, key: str | None, data: dict[str, Any]) -> No
 
 
 def register(app: typer.Typer) -> None:
-    beyond = typer.Typer(help="Studies beyond the paper: baseline PSUM width, sub-8-bit, A2Q baseline.")
+    beyond = typer_app(help="Studies beyond the paper: baseline PSUM width, sub-8-bit, A2Q baseline.")
 
     @beyond.command("baseline")
     def baseline_cmd(
@@ -50,6 +49,7 @@ def register(app: typer.Typer) -> None:
         acc_bits: str = typer.Option("16,20,24", "--acc-bits", help="narrow baseline widths to evaluate"),
         eval_limit: int | None = typer.Option(256, "--eval-limit", help="evaluation examples (0: all)"),
         threads: int = typer.Option(1, "--threads"),
+        device: str = typer.Option("auto", "--device", help="where the models run: auto (CUDA if present) | cpu | cuda[:N]"),
         json_path: Path | None = typer.Option(None, "--json"),
     ) -> None:
         """Energy of 16/24/32-bit and exact-width (16 + ceil(log2 K)) baseline PSUMs vs APSQ, built-in
@@ -65,7 +65,7 @@ def register(app: typer.Typer) -> None:
                 from apsq.beyond.variants import run_variants
                 from apsq.eval.setup import load_setup
 
-                s = load_setup(config, fp32, eval_limit or None)
+                s = load_setup(config, fp32, eval_limit or None, device=device)
                 base = dict(s.cfg.apsq or {})
                 keep = {k: v for k, v in base.items() if k not in ("mode", "gs", "psum_bits", "acc_bits")}
                 variants = {"none_exact": {**keep, "mode": "none"}}
@@ -84,7 +84,7 @@ def register(app: typer.Typer) -> None:
             fail(exc)
             return
         _write(json_path, res)
-        t = Table(title="total energy (µJ) by baseline PSUM width; APSQ gs=2 INT8 saving vs each")
+        t = table("total energy (µJ) by baseline PSUM width; APSQ gs=2 INT8 saving vs each")
         for col in ("workload", "df", "16", "24", "32", "exact", "APSQ gs2", "save vs 32", "vs exact", "vs 16"):
             t.add_column(col, justify="right")
         for r in res["energy"]:
@@ -109,6 +109,7 @@ def register(app: typer.Typer) -> None:
         seq_len: int | None = typer.Option(None, "--seq-len", help="tokens of the energy workload"),
         eval_limit: int | None = typer.Option(256, "--eval-limit", help="evaluation examples (0: all)"),
         threads: int = typer.Option(1, "--threads"),
+        device: str = typer.Option("auto", "--device", help="where the models run: auto (CUDA if present) | cpu | cuda[:N]"),
         json_path: Path | None = typer.Option(None, "--json"),
         key: str | None = typer.Option(None, "--key", help="merge into --json under this key (e.g. the task)"),
     ) -> None:
@@ -122,7 +123,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             torch.set_num_threads(threads)
-            s = load_setup(config, fp32, eval_limit or None)
+            s = load_setup(config, fp32, eval_limit or None, device=device)
             variants = lowbit_variants(dict(s.cfg.apsq or {}), gs, psum_bits=parse_ints("--psum-bits", psum_bits))
             variants = select_variants(variants, only)
             path = fp32 or s.cfg.finetune.init
@@ -142,7 +143,7 @@ def register(app: typer.Typer) -> None:
             _write_keyed(json_path, key, out)
         except APSQError as exc:
             fail(exc)
-        t = Table(title=f"low-bit variants, {config} ({out['eval_examples']} eval examples)")
+        t = table(f"low-bit variants, {literal(config)} ({out['eval_examples']} eval examples)")
         for col in ("variant", "PTQ acc", "PTQ KL", "QAT acc", *(f"E {d} µJ" for d in dataflow.split(","))):
             t.add_column(col, justify="left" if col == "variant" else "right")
         for n, r in res.items():
@@ -168,6 +169,7 @@ def _register_a2q(beyond: typer.Typer) -> None:
         seq_len: int | None = typer.Option(None, "--seq-len"),
         eval_limit: int | None = typer.Option(256, "--eval-limit", help="evaluation examples (0: all)"),
         threads: int = typer.Option(1, "--threads"),
+        device: str = typer.Option("auto", "--device", help="where the models run: auto (CUDA if present) | cpu | cuda[:N]"),
         json_path: Path | None = typer.Option(None, "--json"),
     ) -> None:
         """A2Q / A2Q+ (brevitas) vs APSQ INT8 PSUMs vs W8A8 INT32: accuracy after the same QAT, and energy."""
@@ -178,7 +180,7 @@ def _register_a2q(beyond: typer.Typer) -> None:
 
         try:
             torch.set_num_threads(threads)
-            s = load_setup(config, fp32, eval_limit or None)
+            s = load_setup(config, fp32, eval_limit or None, device=device)
             specs = a2q_specs(dict(s.cfg.apsq or {}), parse_ints("--acc-bits", acc_bits), gs)
             specs = select_variants(specs, only)
             res = run_a2q_study(s, specs, qat_steps, progress=console(stderr=True).log)
@@ -194,7 +196,7 @@ def _register_a2q(beyond: typer.Typer) -> None:
         if json_path:
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text(json.dumps(out, indent=1))
-        t = Table(title=f"A2Q vs APSQ ({out['eval_examples']} eval examples, {qat_steps} QAT steps)")
+        t = table(f"A2Q vs APSQ ({out['eval_examples']} eval examples, {qat_steps} QAT steps)")
         dfs = dataflows.split(",")
         for col in ("variant", "PTQ acc", "QAT acc", "QAT KL", *(f"save {d}" for d in dfs)):
             t.add_column(col, justify="left" if col == "variant" else "right")

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from apsq.errors import APSQError, print_error
 
-__all__ = ["console", "fail", "parse_ints", "escape", "typer_app", "table", "PIPED_WIDTH", "MARKUP_MODE"]
+__all__ = ["MARKUP_MODE", "PIPED_WIDTH", "console", "escape", "fail", "parse_ints", "table", "typer_app"]
 
 PIPED_WIDTH = 200
 """Columns used when output goes to a pipe or file: wide enough that tables keep their rows whole."""

@@ -15,7 +15,7 @@ from apsq.cli.common import console as make_console
 from apsq.cli.common import fail, table, typer_app
 from apsq.errors import APSQError, literal
 
-__all__ = ["register", "rae_app"]
+__all__ = ["rae_app", "register"]
 
 rae_app = typer_app(
     name="rae",
@@ -208,7 +208,13 @@ def equivalence_cmd(
     import shlex
     import sys
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from apsq.hw.rae.equivalence import run_equivalence
 

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import typer
 import yaml
-from rich.table import Table
 
-from apsq.cli.common import console, fail, parse_ints
+from apsq.cli.common import console, fail, parse_ints, table
 from apsq.errors import APSQError
 
 
@@ -44,6 +43,7 @@ def register(app: typer.Typer) -> None:
         calib_batches: int | None = typer.Option(None, "--calib-batches", help="default: qat.calib_batches"),
         max_points: int = typer.Option(12, "--max-points", help="predictor-path points to measure"),
         threads: int = typer.Option(1, "--threads", help="torch threads"),
+        device: str = typer.Option("auto", "--device", help="where the models run: auto (CUDA if present) | cpu | cuda[:N]"),
         out_yaml: Path | None = typer.Option(None, "--out-yaml", help="write the chosen APSQConfig (overrides)"),
         train_yaml: Path | None = typer.Option(None, "--train-yaml", help="write the training config with it"),
         json_path: Path | None = typer.Option(None, "--json", help="write the full result JSON"),
@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
             torch.set_num_threads(threads)
             gs_values = parse_ints("--gs", gs)
             acc = _accelerator(accelerator, psum_kib)
-            s = load_setup(config, fp32, eval_limit or None, calib_batches)
+            s = load_setup(config, fp32, eval_limit or None, calib_batches, device)
             base = s.cfg.apsq_config()
             if base is None:
                 raise APSQError(f"{config}: the config has no 'apsq' section to tune")
@@ -98,7 +98,7 @@ def register(app: typer.Typer) -> None:
             json_path.write_text(json.dumps(res, indent=1))
         if png:
             plot_tune(res, str(png))
-        t = Table(title=f"tune-gs {res['workload']} {dataflow.upper()} (budget {res['budget_uj']:.2f} µJ)")
+        t = table(f"tune-gs {res['workload']} {dataflow.upper()} (budget {res['budget_uj']:.2f} µJ)")
         for col in ("point", "energy µJ", "accuracy", "KL", "pred. D"):
             t.add_column(col, justify="left" if col == "point" else "right")
         rows = res["uniform"] + [dict(p, method=p["method"] + " (Pareto)") for p in res["pareto"]
