@@ -12,7 +12,7 @@ backward, without the ``[n, M, N]`` partial-sum tensor:
   array computes; int16 codes take an exact int32 outer-product loop). ``Tp_i = c_i * unit`` with
   ``unit[o] = x_step * w_step[o]`` is exact, hence equal to the reference's float matmul, whenever
   ``max|cx| * max|cw| * tile <= 2^24`` (float32; ``2^31 - 1`` for float64) — the same condition as
-  :func:`apsq.psum._cgemm.int_operands`. Otherwise :func:`gemm_psum` returns None (caller falls back).
+  :func:`apsq.kernels.int_gemm.int_operands`. Otherwise :func:`gemm_psum` returns None (caller falls back).
 * **Recurrence** (section 3) per output element in registers, in the reference's order and precision:
   ``u = v * (1/s)`` (== ``v / s``: the steps are powers of two with exact reciprocals),
   ``floor(u + 1/2)`` (round half up), clamp to ``[-2^(b-1), 2^(b-1) - 1]`` (saturate), ``q = code * s``;
@@ -29,7 +29,8 @@ backward, without the ``[n, M, N]`` partial-sum tensor:
   ``dL/ds_i = sum g_i (code - m u)`` re-run the recurrence and are summed in float64 per block, then
   over blocks. Unscaled, as the reference (the modules apply LSQ's gradient scaling).
 
-Steps: ``scales`` is ``[n]`` (one PSUM step per tile) or ``[n, N]`` (one per tile and output column);
+Steps: ``scales`` is ``[n]`` (one PSUM step per tile) or ``[n, N]`` (one per tile and output column;
+any ``[n, ...]`` layout of those ``n x N`` steps, e.g. a Conv2d's ``[n, Co, 1, 1]``);
 ``x_step`` one power of two; ``w_step`` one, or one per row of ``w3[b]`` (``[N]``). float32 / float64
 operands compute in their dtype; bfloat16 / float16 ones (codes of <= 8 bits are exact there) compute
 in float32 and the output is rounded once to the operands' dtype; their operand gradients are GEMMs
