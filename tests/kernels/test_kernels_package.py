@@ -108,6 +108,17 @@ def test_routes_for_device_dtype_and_switch(monkeypatch):
     assert dispatch.choose(x16) == "reference"
 
 
+def _replace_triton(monkeypatch, module) -> None:
+    """``apsq.kernels.triton_psum`` as ``module`` (None: not importable), whether or not it was imported."""
+    import apsq.kernels
+
+    monkeypatch.setitem(sys.modules, "apsq.kernels.triton_psum", module)
+    if module is None:
+        monkeypatch.delattr(apsq.kernels, "triton_psum", raising=False)
+    else:
+        monkeypatch.setattr(apsq.kernels, "triton_psum", module, raising=False)
+
+
 def _case(seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randint(-40, 40, (6, 50), generator=gen).double() * 2.0**-4
@@ -121,8 +132,8 @@ def test_every_backend_gives_the_reference_values(monkeypatch, value):
     if value == "c" and not chunk.available():
         pytest.skip("the C kernels do not build here")
     monkeypatch.setenv("APSQ_KERNELS", value)
-    if value == "triton":  # no Triton on this machine's path: the reference, not an error
-        monkeypatch.setitem(sys.modules, "apsq.kernels.triton_psum", None)
+    if value == "triton":  # Triton not importable: the reference, not an error
+        _replace_triton(monkeypatch, None)
     x, w, s = _case()
     ref = psum_accumulate(linear_partials(x, w, 16), s, mode="apsq", gs=2)
     assert torch.equal(linear_psum(x, w, s, 16, mode="apsq", gs=2), ref)
@@ -146,7 +157,7 @@ def test_triton_route_calls_gemm_psum_and_falls_back_on_none(monkeypatch):
     calls = []
     fake = type(sys)("apsq.kernels.triton_psum")
     fake.gemm_psum = lambda x3, w3, scales, tile, plan, x_step, w_step: calls.append((x3.shape, plan.n)) or None
-    monkeypatch.setitem(sys.modules, "apsq.kernels.triton_psum", fake)
+    _replace_triton(monkeypatch, fake)
     monkeypatch.setenv("APSQ_KERNELS", "triton")
     x, w, s = _case(2)
     y = linear_psum(x, w, s, 16, mode="apsq", gs=2)
