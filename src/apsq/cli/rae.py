@@ -137,61 +137,34 @@ def simulate_cmd(
     icarus: Annotated[bool, typer.Option(help="also run the exported Verilog in Icarus Verilog")] = False,
 ) -> None:
     """Run a random layer through the RTL and compare with the integer golden model."""
-    import numpy as np
-    import torch
-
-    from apsq.errors import check_choice
-    from apsq.hw.rae.engine import RAEParams
-    from apsq.hw.rae.sim import BACKENDS, run_layers, validate_layer
-    from apsq.integer.psum import psum_accumulate_int
+    from apsq.hw.rae.selfcheck import random_layer_check
 
     console = make_console()
-    rng = np.random.default_rng(seed)
-    cols = lanes * positions
     try:
-        check_choice("backend", backend, BACKENDS)
-        if icarus:  # a missing tool is an error before any work, not after the first result line
-            from apsq.hw.rae.icarus import check_icarus
-
-            check_icarus()
-        if backend == "verilator":
-            from apsq.hw.rae.verilator import check_verilator
-
-            check_verilator()
-        params = RAEParams(lanes=lanes, depth=max(2, positions), bits=bits, lane_exponents=lane_exponents)
-        n = max(steps, 0)
-        t = rng.integers(-(1 << 19), 1 << 19, size=(n, cols))
-        e = rng.integers(8, 14, size=(n, cols) if lane_exponents else n)
-        job = validate_layer(t, e, gs, params)
-        (codes,), stats = run_layers([job], params, backpressure=backpressure, seed=seed, backend=backend)
-        gold = psum_accumulate_int(torch.tensor(t), torch.tensor(e), mode="apsq", gs=gs, bits=bits).code.numpy()
+        res = random_layer_check(lanes=lanes, steps=steps, gs=gs, bits=bits, positions=positions,
+                                 backpressure=backpressure, seed=seed, lane_exponents=lane_exponents,
+                                 backend=backend, icarus=icarus)
     except APSQError as exc:
         fail(exc)
-    ok = bool(np.array_equal(codes, gold))
     shape = literal("[n, L]" if lane_exponents else "[n]")
-    console.print(f"RTL ({backend}) == golden model: {'[green]yes[/green]' if ok else '[red]NO[/red]'} "
-                  f"({cols} outputs, exponents {shape})", soft_wrap=True)
-    if icarus:
-        from apsq.hw.rae.icarus import run_layers_icarus
-
-        try:
-            (v_codes,), v_cycles = run_layers_icarus([job], params)
-        except APSQError as exc:
-            fail(exc)
-        v_ok = bool(np.array_equal(v_codes, gold))
-        ok = ok and v_ok
-        console.print(
-            f"Verilog in Icarus == golden model: {'[green]yes[/green]' if v_ok else '[red]NO[/red]'} "
-            f"({v_cycles:,} cycles)", soft_wrap=True,
-        )
+    console.print(f"RTL ({backend}) == golden model: {_yes(res.rtl_equal)} "
+                  f"({res.outputs} outputs, exponents {shape})", soft_wrap=True)
+    if res.icarus_equal is not None:
+        console.print(f"Verilog in Icarus == golden model: {_yes(res.icarus_equal)} ({res.icarus_cycles:,} cycles)",
+                      soft_wrap=True)
+    stats = res.stats
     console.print(
         f"cycles {stats.cycles:,} for {stats.beats_in:,} input beats (ideal {stats.beats_in + stats.fill:,}): "
         f"hazard stalls {stats.hazard_stalls:,}, back-pressure stalls {stats.backpressure_stalls:,}, "
         f"idle {stats.idle_in:,}; simulation {stats.wall_s:.2g} s = {stats.cycles_per_s:,.0f} cycles/s",
         soft_wrap=True,
     )
-    if not ok:
+    if not res.ok:
         raise typer.Exit(1)
+
+
+def _yes(ok: bool) -> str:
+    return "[green]yes[/green]" if ok else "[red]NO[/red]"
 
 
 @rae_app.command("equivalence")
