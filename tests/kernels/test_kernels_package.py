@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import apsq.cache
 from apsq.errors import APSQError
 from apsq.kernels import build, chunk, dispatch, int_gemm, options
 from apsq.kernels.build import CacheError, LazyLibrary
@@ -66,10 +67,10 @@ def test_override_is_scoped_and_checked():
 
 def test_cache_root_from_apsq_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("APSQ_CACHE", str(tmp_path / "c"))
-    assert options.cache_root() == tmp_path / "c"
+    assert apsq.cache.cache_root() == tmp_path / "c"
     assert build.kernel_dir() == tmp_path / "c" / "kernels"
     monkeypatch.delenv("APSQ_CACHE")
-    assert options.cache_root() == Path(os.path.expanduser("~")) / ".cache" / "apsq"
+    assert apsq.cache.cache_root() == Path(os.path.expanduser("~")) / ".cache" / "apsq"
 
 
 def test_only_options_reads_the_environment_and_old_switches_are_gone():
@@ -251,8 +252,9 @@ def test_unwritable_cache_falls_back_to_a_private_folder(monkeypatch, tmp_path):
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     got = build.kernel_dir()
-    assert got == tmp_path / "tmp" / f"apsq-{os.getuid()}"
-    assert _mode(got) == 0o700 and os.lstat(got).st_uid == os.getuid()
+    assert got == tmp_path / "tmp" / f"apsq-{os.getuid()}" / "kernels"
+    for folder in (got, got.parent):
+        assert _mode(folder) == 0o700 and os.lstat(folder).st_uid == os.getuid()
 
 
 def test_a_fallback_folder_others_can_use_is_refused(monkeypatch, tmp_path):
@@ -266,12 +268,12 @@ def test_a_fallback_folder_others_can_use_is_refused(monkeypatch, tmp_path):
     with pytest.raises(CacheError, match="mode 777"):
         build.kernel_dir()
     planted.chmod(0o700)
-    monkeypatch.setattr(build, "_uid", lambda: os.getuid() + 1)  # as if another user owned it
+    monkeypatch.setattr(apsq.cache, "_uid", lambda: os.getuid() + 1)  # as if another user owned it
     with pytest.raises(CacheError, match="owned by uid"):
         build.check_private(planted, strict=True)
     planted.rmdir()
     planted.symlink_to(tmp_path)
-    monkeypatch.setattr(build, "_uid", lambda: os.getuid())
+    monkeypatch.setattr(apsq.cache, "_uid", lambda: os.getuid())
     with pytest.raises(CacheError, match="symbolic link"):
         build.kernel_dir()
 
@@ -282,7 +284,7 @@ def test_group_writable_cache_folder_is_not_used(monkeypatch, tmp_path):
     (root / "kernels").chmod(0o777)
     monkeypatch.setenv("APSQ_CACHE", str(root))
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
-    assert build.kernel_dir() == tmp_path / f"apsq-{os.getuid()}"  # not the open folder
+    assert build.kernel_dir() == tmp_path / f"apsq-{os.getuid()}" / "kernels"  # not the open folder
 
 
 @needs_cc

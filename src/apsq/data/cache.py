@@ -1,14 +1,14 @@
-"""Where fetched data lives: ``$APSQ_CACHE`` or ``~/.cache/apsq``."""
+"""Where fetched data lives: ``<cache root>/...`` (:func:`apsq.cache.cache_root`)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-CACHE_ENV = "APSQ_CACHE"
+from apsq.cache import CACHE_ENV, cache_root
+
+__all__ = ["CACHE_ENV", "cache_dir"]
 
 
 def cache_dir() -> Path:
     """The cache root (not created): ``$APSQ_CACHE`` if set, else ``~/.cache/apsq``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "apsq"
+    return cache_root()

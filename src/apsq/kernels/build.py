@@ -7,7 +7,7 @@ Exactness: every set includes ``-O3 -fno-fast-math -ffp-contract=off`` (plus ``-
 which lets ``floor`` vectorise and changes no result), so each ``+`` and ``*`` in the source is one
 IEEE operation in the written precision and order.
 
-The cache (issue 16 item 11): one folder, ``<APSQ_CACHE>/kernels`` (:func:`apsq.kernels.options.cache_root`,
+The cache (issue 16 item 11): one folder, ``<APSQ_CACHE>/kernels`` (:func:`apsq.cache.cache_root`,
 default ``~/.cache/apsq``). When that cannot be written, a per-user folder ``<tmp>/apsq-<uid>`` created
 with mode 0700. A library file is named by a hash of the source, the flags, the compiler and the CPU,
 and written atomically (concurrent builders agree) together with a ``.sha256`` record of its content.
@@ -25,7 +25,6 @@ import hashlib
 import os
 import platform
 import shutil
-import stat
 import subprocess
 import tempfile
 import threading
@@ -33,6 +32,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from apsq.cache import CacheError, check_private, private_dir
 from apsq.kernels import options
 
 __all__ = ["FLAG_SETS", "CacheError", "kernel_dir", "check_private", "build_library", "load_verified",
@@ -47,14 +47,6 @@ FLAG_SETS: list[list[str]] = [
     ["-march=native"],
     [],
 ]
-
-
-class CacheError(RuntimeError):
-    """The kernel cache folder or a library in it is not safe to load from (owner, mode, hash)."""
-
-
-def _uid() -> int | None:
-    return os.getuid() if hasattr(os, "getuid") else None
 
 
 def compiler() -> str | None:
@@ -75,62 +67,9 @@ def _cpu_id() -> str:
     return platform.processor()
 
 
-# ------------------------------------------------------------------------------------------------
-# The cache folder and its checks.
-# ------------------------------------------------------------------------------------------------
-def check_private(path: Path, *, strict: bool = False) -> None:
-    """Raise :class:`CacheError` unless ``path`` is owned by this user and writable by no one else.
-
-    ``path`` may be a folder (not a symlink) or a regular file. ``strict``: no group/other access at
-    all (mode ``0700`` / ``0600``), for the shared temp folder. On systems without uids only the
-    symlink and type checks apply.
-    """
-    try:
-        st = os.lstat(path)
-    except OSError as exc:
-        raise CacheError(f"{path}: cannot stat: {exc}") from exc
-    if stat.S_ISLNK(st.st_mode):
-        raise CacheError(f"{path} is a symbolic link; the kernel cache refuses to follow it")
-    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
-        raise CacheError(f"{path} is neither a folder nor a regular file")
-    uid = _uid()
-    if uid is None:
-        return
-    if st.st_uid != uid:
-        raise CacheError(f"{path} is owned by uid {st.st_uid}, not by this user ({uid}); not loading from it")
-    mask = 0o077 if strict else 0o022
-    if st.st_mode & mask:
-        raise CacheError(f"{path} has mode {stat.S_IMODE(st.st_mode):o}: other users may "
-                         f"{'access' if strict else 'write'} it; fix it with chmod {'700' if strict else 'go-w'}")
-
-
-def _fallback_dir() -> Path:
-    """``<tmp>/apsq-<uid>``: created with mode 0700, or refused if it exists and is not private."""
-    path = Path(tempfile.gettempdir()) / f"apsq-{_uid() if _uid() is not None else 'user'}"
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise CacheError(f"cannot create the kernel cache {path}: {exc}") from exc
-    check_private(path, strict=True)
-    return path
-
-
 def kernel_dir() -> Path:
-    """The folder compiled kernels are cached in (created): ``<APSQ_CACHE>/kernels``, else the fallback.
-
-    Raises CacheError when neither is usable (e.g. someone else owns ``<tmp>/apsq-<uid>``).
-    """
-    path = options.cache_root() / "kernels"
-    try:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if os.access(path, os.W_OK):
-            check_private(path)
-            return path
-    except (OSError, CacheError):
-        pass
-    return _fallback_dir()
+    """The folder compiled kernels are cached in (created, private): :func:`apsq.cache.private_dir`."""
+    return private_dir("kernels")
 
 
 def _sha256(path: Path) -> str:

@@ -1,6 +1,7 @@
 """The kernels' options: the only place that reads the environment for them.
 
-Two environment variables:
+One environment variable (the cache root, ``APSQ_CACHE``, is read by :mod:`apsq.cache` for every
+cache: data, kernels, RTL builds):
 
 * ``APSQ_KERNELS`` = ``auto`` (default) | ``reference`` | ``c`` | ``torch`` | ``triton`` — forces a
   backend (tests, benchmarks). ``auto``: C on CPU float32/float64 tensors (the torch kernels when no C
@@ -9,8 +10,6 @@ Two environment variables:
   ``c``: the C kernels (an :class:`~apsq.errors.APSQError` when they do not build). ``torch``: the
   vectorised torch kernels and autograd LSQ (no C). ``triton``: the Triton kernels (the reference
   where Triton is not importable).
-* ``APSQ_CACHE`` — the root of every apsq cache (default ``~/.cache/apsq``); compiled kernels live
-  in its ``kernels/`` folder (:mod:`apsq.kernels.build`).
 
 Finer choices that benchmarks and tests make (which micro-kernel build, the chunk size, turning the
 integer GEMM or the LSQ kernel off for an ablation) are not environment switches: they are fields
@@ -26,11 +25,10 @@ import dataclasses
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from apsq.errors import APSQError, check_choice, check_int
 
-__all__ = ["BACKENDS", "ISAS", "Options", "current", "override", "backend", "cache_root", "compiler_candidates"]
+__all__ = ["BACKENDS", "ISAS", "Options", "current", "override", "backend", "compiler_candidates"]
 
 BACKENDS = ("auto", "reference", "c", "torch", "triton")
 """Values of ``APSQ_KERNELS``."""
@@ -110,12 +108,6 @@ def backend() -> str:
     value = os.environ.get("APSQ_KERNELS", "").strip().lower() or "auto"
     check_choice("APSQ_KERNELS", value, BACKENDS)
     return value
-
-
-def cache_root() -> Path:
-    """``$APSQ_CACHE`` if set, else ``~/.cache/apsq`` (not created here)."""
-    value = os.environ.get("APSQ_CACHE")
-    return Path(value).expanduser() if value else Path(os.path.expanduser("~")) / ".cache" / "apsq"
 
 
 def compiler_candidates() -> list[str]:

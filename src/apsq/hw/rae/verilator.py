@@ -194,12 +194,10 @@ int main(int argc, char** argv) {
 
 
 def _cache_root() -> Path:
-    """``<kernel cache>/rae-verilator``: the private folder the C kernels use (owner-only checks)."""
-    try:
-        from apsq.kernels.build import kernel_dir
-    except ImportError:  # older layout
-        from apsq._cbuild import cache_dir as kernel_dir
-    return kernel_dir() / "rae-verilator"
+    """``<cache root>/rae-verilator``: a private folder (owner-only checks, :func:`apsq.cache.private_dir`)."""
+    from apsq.cache import private_dir
+
+    return private_dir("rae-verilator")
 
 
 def _sha256(path: Path) -> str:
