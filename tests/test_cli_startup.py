@@ -34,7 +34,7 @@ def _commands(cmd: click.Command, path: tuple[str, ...] = ()) -> list[tuple[tupl
 def test_apsq_help_subprocess_imports_no_torch() -> None:
     """``apsq --help`` (``python -m apsq.cli``, the console script's code) finishes without torch & co."""
     r = subprocess.run([sys.executable, "-X", "importtime", "-m", "apsq.cli", "--help"], capture_output=True,
-                       text=True, timeout=120, env=_env())
+                       text=True, timeout=120, env=_env(), check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Usage: apsq" in r.stdout and "energy" in r.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
@@ -50,7 +50,7 @@ def test_every_group_help_imports_no_torch() -> None:
         "    except SystemExit as e:\n        assert e.code in (0, None), (args, e.code)\n"
         f"print('HEAVY', sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=_env())
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=_env(), check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.rstrip().endswith("HEAVY []"), r.stdout[-500:]
 
@@ -88,7 +88,7 @@ def test_every_command_uses_markdown_help_without_rest_markup() -> None:
 def test_piped_output_keeps_sentences_whole() -> None:
     """``apsq energy -m bert-base -d is --gs 2 | cat``: the summary sentence is one line, not wrapped at 80."""
     r = subprocess.run([sys.executable, "-m", "apsq.cli", "energy", "-m", "bert-base", "-d", "is", "--gs", "2"],
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300, env=_env())
+                       capture_output=True, text=True, timeout=300, env=_env(), check=False)  # stdout: a pipe
     assert r.returncode == 0, r.stderr[-2000:]
     lines = r.stdout.splitlines()
     summary = [ln for ln in lines if ln.startswith("untiled schedule: reduction")]
@@ -100,7 +100,7 @@ def test_piped_output_keeps_sentences_whole() -> None:
 @pytest.fixture()
 def tty_120(monkeypatch):
     """The CLI's consoles believe they write to a 120-column terminal."""
-    import apsq.cli.common as common
+    from apsq.cli import common
 
     monkeypatch.setattr(common, "_is_tty", lambda stderr: True)
     monkeypatch.setenv("COLUMNS", "120")
@@ -156,3 +156,13 @@ def test_fail_prints_user_text_literally_and_exits_2() -> None:
     r = CliRunner().invoke(app, ["energy", "--trace", "[bold]no_such_module:f"])
     assert r.exit_code == 2
     assert "error: --trace: cannot import module '[bold]no_such_module'" in " ".join(r.output.split())
+
+
+def test_sweep_progress_goes_to_stderr() -> None:
+    """``apsq energy sweep ... | cat``: stdout holds the table only, the progress bar is on stderr."""
+    from apsq.cli import app
+
+    r = CliRunner().invoke(app, ["energy", "sweep", "-m", "bert-base", "--values", "32"])
+    assert r.exit_code == 0, r.output
+    assert "sweep bert-base seq_len" not in r.stdout and "sweep bert-base seq_len" in r.stderr
+    assert r.stdout.splitlines()[0].strip() == "bert-base WS: total energy (µJ); * = PSUMs spill to DRAM"

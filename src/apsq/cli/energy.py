@@ -265,7 +265,8 @@ def register(app: typer.Typer) -> None:
             acc = load_accelerator(accelerator)
             vals = parse_ints("--values", values) if values else SWEEP_DEFAULTS[option]
             check_choice("schedule", schedule, SCHEDULES)
-            res = run_sweep(model, dataflow, vals, psum_bits, acc, phase, progress=not as_json, schedule=schedule)
+            res = run_sweep(model, dataflow, vals, psum_bits, acc, phase, progress=not as_json, schedule=schedule,
+                            console=console(stderr=True))
             if plot is not None:
                 plot_sweep(res, str(plot))
         except APSQError as exc:

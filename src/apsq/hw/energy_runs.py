@@ -102,8 +102,12 @@ def run_sweep(
     progress: bool = True,
     mode: str = "apsq",
     schedule: str = "untiled",
+    console: Any = None,
 ) -> dict[str, Any]:
-    """Energy vs the model's size option, for the baseline and gs = 1..4; first spilling size per config."""
+    """Energy vs the model's size option, for the baseline and gs = 1..4; first spilling size per config.
+
+    With ``progress`` a rich progress bar is drawn on ``console`` (a :class:`rich.console.Console`; the
+    CLI passes its stderr console so that piped stdout holds the results only)."""
     check_choice("model", model, tuple(BUILTIN_WORKLOADS))
     check_choice("dataflow", dataflow, tuple(DATAFLOWS))
     option = sweep_option(model, phase)
@@ -112,7 +116,7 @@ def run_sweep(
     rows: list[dict[str, Any]] = []
     from rich.progress import track
 
-    it = track(values, description=f"sweep {model} {option}") if progress else values
+    it = track(values, description=f"sweep {model} {option}", console=console) if progress else values
     for v in it:
         w = builtin_workload(model, **{option: check_int(option, v, lo=1)}, **extra)
         reps = [evaluate(w, dataflow, "none", 1, psum_bits, acc, schedule=schedule)]
