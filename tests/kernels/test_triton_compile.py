@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 
 import pytest
+import torch
 
 pytest.importorskip("triton", reason="Triton is not installed (pip install -e '.[gpu]')")
 
@@ -33,6 +34,8 @@ CASES = [
      dict(MODE=2, WIDE=False, LOWP=True, FOR_W=True, PREC="ieee", BR=64, BL=64, TP=32)),
     ("bwd_operand", ["*i8", "*i8", "*fp32", "*fp32", "*fp32", "*fp32", "*fp32", "*u8", "*fp32", *[I32] * 8, F32, F32],
      dict(MODE=1, WIDE=False, LOWP=False, FOR_W=False, PREC="tf32", BR=64, BL=64, TP=64)),
+    ("bwd_operand", ["*i8", "*i8", "*fp64", "*fp64", "*fp64", "*fp64", "*fp64", "*u8", "*fp64", *[I32] * 8, F32, F32],
+     dict(MODE=2, WIDE=False, LOWP=False, FOR_W=True, PREC="ieee", BR=32, BL=32, TP=256)),  # _operand_block
     ("bwd_steps", ["*i8", "*i8", "*fp32", "*fp32", "*fp32", "*fp32", "*u8", "*fp64", *[I32] * 8, F32, F32, I32, I32],
      dict(MODE=2, WIDE=False, PER_CH=True, SUM_DOT=False, BM=64, BN=64, TP=32)),
 ]
@@ -55,4 +58,7 @@ def test_kernel_compiles_for_sm90(monkeypatch, name, types, consts):
             pytest.skip(f"the CUDA backend cannot compile here: {e}")
         raise
     assert compiled.asm["cubin"]
+    if name == "bwd_operand":  # the block size the host picks for this depth and dtype
+        ct = torch.float64 if "fp64" in types[2] else torch.float32
+        assert consts["BR"] == triton_psum._operand_block(consts["TP"], ct)
     assert compiled.metadata.shared <= 227 * 1024  # fits an H100 / H200 SM

@@ -504,6 +504,16 @@ def _block(interp: bool) -> int:
     return 16 if interp else 64
 
 
+def _operand_block(tp: int, ct: torch.dtype) -> int:
+    """Row blocks of the operand-gradient kernels: 64 while ``TP`` x the element size is at most 256
+    bytes (float32 tiles up to 64 deep, float64 up to 32: at most 131 KB of shared memory in the sm_90
+    compile), else 32 (float64 at TP = 128 would need 240 KB at 64, more than an H100 / H200 SM has;
+    at 32, float64 TP = 256 needs 164 KB; tests/kernels/test_triton_compile.py)."""
+    if interpreting():
+        return _block(True)
+    return 32 if tp * torch.finfo(ct).bits // 8 > 256 else 64
+
+
 def _tile_depth(tile: int) -> int:
     return max(32, 1 << (tile - 1).bit_length())
 
@@ -563,18 +573,19 @@ def _backward(ops: TritonOperands, plan: _PlanLike, tile: int, x3, w3, g, last_b
     bad = last_bad if last_bad is not None else g
     # float32 operand gradients: TF32 where torch's matmuls may use it (allow_tf32), else IEEE float32
     tf32 = ct == torch.float32 and not interpreting() and torch.backends.cuda.matmul.allow_tf32
-    common = dict(MODE=mode, WIDE=ops.wide, LOWP=lowp, PREC="tf32" if tf32 else "ieee", BR=blk, BL=blk,
+    ob = _operand_block(_tile_depth(tile), ct)
+    common = dict(MODE=mode, WIDE=ops.wide, LOWP=lowp, PREC="tf32" if tf32 else "ieee", BR=ob, BL=ob,
                   TP=_tile_depth(tile))
     args = (m, big_n, k, plan.n, plan.gs, tile, s_si, s_sn, qn, qp)
     gx = gw = gsc = None
     kern = _kernel("bwd_operand")
     if need[0]:
         gx = torch.empty(b, m, k, dtype=_store_dtype(x3.dtype, ct), device=dev)
-        kern[(b, triton.cdiv(m, blk), plan.n)](ops.xc, ops.wc, w3, ops.unit, sp, ip, g, bad, gx, *args,
+        kern[(b, triton.cdiv(m, ob), plan.n)](ops.xc, ops.wc, w3, ops.unit, sp, ip, g, bad, gx, *args,
                                                FOR_W=False, **common, **_LAUNCH)
     if need[1]:
         gw = torch.empty(b, big_n, k, dtype=_store_dtype(w3.dtype, ct), device=dev)
-        kern[(b, triton.cdiv(big_n, blk), plan.n)](ops.xc, ops.wc, x3, ops.unit, sp, ip, g, bad, gw, *args,
+        kern[(b, triton.cdiv(big_n, ob), plan.n)](ops.xc, ops.wc, x3, ops.unit, sp, ip, g, bad, gw, *args,
                                                    FOR_W=True, **common, **_LAUNCH)
     if need[2] and plan.mode != "none":
         n_mb, n_nb = triton.cdiv(m, blk), triton.cdiv(big_n, blk)
