@@ -48,8 +48,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 if "--smoke" in sys.argv[1:]:  # before anything imports triton
     os.environ["TRITON_INTERPRET"] = "1"
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
 M_TOKENS = 8192
 SHAPES = ((768, 3072), (3072, 768))
@@ -180,7 +180,7 @@ def bench_layers(vs: list[Variant], m_tokens: int, shapes, reps: int, device: to
                     _step(layer, x, g)  # warm-up (Triton compiles here)
                 v.calls[key] = (counter.calls - c0, counter.fallbacks - f0)  # per step
                 v.peak[key] = _peak(lambda layer=layer, x=x, g=g: _step(layer, x, g), device)
-            except Exception as e:  # noqa: BLE001 - a variant that cannot run is reported, not fatal
+            except Exception as e:
                 v.error = f"{type(e).__name__}: {e}"
                 print(f"  {v.name}: {v.error}", file=sys.stderr)
                 continue
@@ -190,7 +190,7 @@ def bench_layers(vs: list[Variant], m_tokens: int, shapes, reps: int, device: to
         for r in range(reps):
             for v in live[r % len(live):] + live[: r % len(live)]:
                 x, g = inputs[v.name]
-                v.times[key].append(_timed(lambda v=v, x=x, g=g: _step(layers[v.name], x, g), device))
+                v.times[key].append(_timed(lambda layer=layers[v.name], x=x, g=g: _step(layer, x, g), device))
         print(f"  {key}: done", file=sys.stderr)
         del layers, inputs
 

@@ -15,11 +15,11 @@ import torch
 
 pytest.importorskip("triton", reason="Triton is not installed (pip install -e '.[gpu]')")
 
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
 
-import triton  # noqa: E402
-from apsq.kernels import triton_psum  # noqa: E402
+from apsq.kernels import triton_psum
 
 I32 = "i32"
 F32 = "fp32"

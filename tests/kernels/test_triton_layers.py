@@ -16,9 +16,9 @@ import torch
 
 pytest.importorskip("triton", reason="Triton is not installed (pip install -e '.[gpu]')")
 
-from apsq.kernels import options, triton_psum  # noqa: E402
-from apsq.nn.config import LayerQuantConfig  # noqa: E402
-from apsq.nn.layers import QuantConv2d, QuantLinear, QuantMatmul  # noqa: E402
+from apsq.kernels import options, triton_psum
+from apsq.nn.config import LayerQuantConfig
+from apsq.nn.layers import QuantConv2d, QuantLinear, QuantMatmul
 
 
 @pytest.fixture

@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 
 pytest.importorskip("triton", reason="Triton is not installed (pip install -e '.[gpu]')")
 
-from apsq.errors import APSQError  # noqa: E402
-from apsq.kernels import triton_psum  # noqa: E402
-from apsq.psum.accumulate import psum_accumulate  # noqa: E402
-from apsq.psum.fused import Plan  # noqa: E402
-from apsq.psum.tiling import conv2d_im2col, conv2d_partials, linear_partials, num_tiles  # noqa: E402
+from apsq.errors import APSQError
+from apsq.kernels import triton_psum
+from apsq.psum.accumulate import psum_accumulate
+from apsq.psum.fused import Plan
+from apsq.psum.tiling import conv2d_im2col, conv2d_partials, linear_partials, num_tiles
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 HYP = settings(max_examples=12, deadline=None, derandomize=True,

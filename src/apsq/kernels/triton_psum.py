@@ -66,7 +66,7 @@ except ImportError as _err:  # pragma: no cover - exercised only without triton
 else:
     _IMPORT_ERROR = None
 
-__all__ = ["gemm_psum", "available", "interpreting", "TritonOperands"]
+__all__ = ["TritonOperands", "available", "gemm_psum", "interpreting"]
 
 _MODES = {"none": 0, "psq": 1, "apsq": 2}
 _LOWP = (torch.bfloat16, torch.float16)
@@ -122,11 +122,11 @@ def _fwd_kernel(xc, wc, unit, sp, ip, out, bad, M, N, K, n, gs, tile, s_si, s_sn
     pend = tl.full([BM, BN], 0, dtype=un.dtype)
     isum = tl.full([BM, BN], 0, dtype=tl.int32)
     lb = tl.full([BM, BN], 0, dtype=tl.int32)
-    for i in range(0, n):
+    for i in range(n):
         k0 = i * tile
         if WIDE:
             c = tl.full([BM, BN], 0, dtype=tl.int32)
-            for kq in range(0, tile):
+            for kq in range(tile):
                 kin = tl.full([1], k0 + kq, dtype=tl.int32) < K
                 a = tl.load(xrow + k0 + kq, mask=mm & kin, other=0).to(tl.int32)
                 b = tl.load(wrow + k0 + kq, mask=nm & kin, other=0).to(tl.int32)
@@ -217,7 +217,7 @@ def _bwd_operand_kernel(xc, wc, of, unit, sp, ip, g, bad, go, M, N, K, n, gs, ti
         else:
             if WIDE:
                 c = om.to(tl.int32) * 0  # zeros of the block's shape (whatever g holds)
-                for kq in range(0, tile):
+                for kq in range(tile):
                     kin = tl.full([1], k0 + kq, dtype=tl.int32) < K
                     av = tl.load(xc + pb * M * K + rm * K + k0 + kq, mask=mm & kin, other=0).to(tl.int32)
                     bv = tl.load(wc + pb * N * K + rn * K + k0 + kq, mask=nm & kin, other=0).to(tl.int32)
@@ -280,11 +280,11 @@ def _bwd_steps_kernel(xc, wc, unit, sp, ip, g, bad, part, M, N, K, n, gs, tile, 
     r16 = tl.arange(0, 16)
     ones_m = tl.full([16, BM], 1.0, dtype=tl.float64)
     ones_n = tl.full([BN, 16], 1.0, dtype=tl.float64)
-    for i in range(0, n):
+    for i in range(n):
         k0 = i * tile
         if WIDE:
             c = tl.full([BM, BN], 0, dtype=tl.int32)
-            for kq in range(0, tile):
+            for kq in range(tile):
                 kin = tl.full([1], k0 + kq, dtype=tl.int32) < K
                 a = tl.load(xrow + k0 + kq, mask=mm & kin, other=0).to(tl.int32)
                 b = tl.load(wrow + k0 + kq, mask=nm & kin, other=0).to(tl.int32)
@@ -601,7 +601,7 @@ def _backward(ops: TritonOperands, plan: _PlanLike, tile: int, x3, w3, g, last_b
 
 class _GemmPsum(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x3, w3, scales, tile: int, plan, steps, ops: TritonOperands):  # noqa: D102
+    def forward(ctx, x3, w3, scales, tile: int, plan, steps, ops: TritonOperands):
         out, last_bad = _forward(ops, plan, tile, x3.dtype)
         ctx.tile, ctx.plan, ctx.steps = tile, plan, steps
         ctx.meta = (ops.wide, ops.unit.dtype)
@@ -611,7 +611,7 @@ class _GemmPsum(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out):  # noqa: D102
+    def backward(ctx, grad_out):
         x3, w3, scales, last_bad = ctx.saved_tensors
         need = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         xc, wc = _recodes(x3, w3, ctx.meta, *ctx.steps)
