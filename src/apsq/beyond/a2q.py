@@ -199,7 +199,7 @@ def a2q_specs(base: dict[str, Any], acc_bits: tuple[int, ...], gs: int) -> dict[
     return specs
 
 
-def energy_of(workload, spec: dict[str, Any], dataflow: str) -> dict[str, float]:  # noqa: ANN001
+def energy_of(workload, spec: dict[str, Any], dataflow: str) -> dict[str, float]:
     """A2Q: the baseline dataflow with stored PSUMs ``acc_bits`` wide; APSQ / W8A8: as configured."""
     from apsq.hw.energy import evaluate
 

@@ -21,7 +21,7 @@ from apsq.nn.transform import calibrate, quantize_
 from apsq.train.config import parse_config
 
 
-def ptq_metrics(setup: Setup, qcfg: APSQConfig, fp_logits=None) -> Metrics:  # noqa: ANN001
+def ptq_metrics(setup: Setup, qcfg: APSQConfig, fp_logits=None) -> Metrics:
     """Calibrated-only metrics of ``qcfg`` on the setup's evaluation batches (the copy runs on the
     setup model's device; :func:`apsq.calibrate` and :func:`logits_on` move the batches there)."""
     import torch

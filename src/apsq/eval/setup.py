@@ -80,17 +80,17 @@ def workload_of(cfg: TrainConfig, seq_len: int | None = None) -> Workload:
 
     length = seq_len or cfg.model.max_len
     if cfg.model.name == "digits-cnn":
-        def factory():  # noqa: ANN202
+        def factory():
             return build_model(cfg), (torch.zeros(1, 1, 8, 8),)
         return trace_factory(factory, name="digits-cnn")
 
-    def factory():  # noqa: ANN202, F811
+    def factory():
         return build_model(cfg, weights=False), {"input_ids": torch.zeros(1, length, dtype=torch.long)}
 
     return trace_factory(factory, name=f"{cfg.model.name}@{length}")
 
 
-def minilm_factory():  # noqa: ANN201
+def minilm_factory():
     """``(model, inputs)`` of the MiniLM sentiment model at 64 tokens, for ``apsq energy --trace
     apsq.eval.setup:minilm_factory`` (layer names match ``apsq tune-gs`` configs)."""
     from apsq.train.models import build_model

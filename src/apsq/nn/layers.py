@@ -205,7 +205,7 @@ def _exact_under_autocast(fn: Callable) -> Callable:
     """
 
     @functools.wraps(fn)
-    def run(self, x: torch.Tensor, *args, **kwargs):  # noqa: ANN202
+    def run(self, x: torch.Tensor, *args, **kwargs):
         dev = x.device.type
         if torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
             with torch.autocast(dev, enabled=False):

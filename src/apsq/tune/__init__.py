@@ -18,13 +18,13 @@ from apsq.tune.search import (
 
 __all__ = [
     "EnergyTable",
-    "energy_table",
     "GsProfile",
     "Metrics",
-    "profile_gs",
     "SearchPoint",
     "choice_config",
+    "energy_table",
     "measured_search",
     "pareto_front",
     "predictor_search",
+    "profile_gs",
 ]
