@@ -169,7 +169,8 @@ def test_inexact_operands_fall_back(device):
     assert run(s_x=None) is None  # steps unknown
     assert run(s_x=sx * 3) is None  # not a power of two
     assert run(s_w=sw.repeat(2)) is None  # neither one nor one per row
-    assert run(s_x=sx / 2**20, xx=x * 2**12) is None  # |cx| max |cw| tile > 2^24: float32 tile sums inexact
+    assert run(xx=x * 2**6, ww=w * 2**2) is not None  # max|cx| max|cw| tile <= 8192 * 512 * 4 = 2^24
+    assert run(xx=x * 2**7, ww=w * 2**2) is None  # up to 16384 * 512 * 4 > 2^24: float32 tile sums inexact
     assert run(xx=x.double()) is None  # operands of different dtypes
     bad = x.clone()
     bad[0, 1, 2] = float("nan")
