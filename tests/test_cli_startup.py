@@ -85,6 +85,7 @@ def test_every_command_uses_markdown_help_without_rest_markup() -> None:
             assert "exponents [n, L]" in r.output and "\\[" not in r.output
 
 
+@pytest.mark.slow
 def test_piped_output_keeps_sentences_whole() -> None:
     """``apsq energy -m bert-base -d is --gs 2 | cat``: the summary sentence is one line, not wrapped at 80."""
     r = subprocess.run([sys.executable, "-m", "apsq.cli", "energy", "-m", "bert-base", "-d", "is", "--gs", "2"],

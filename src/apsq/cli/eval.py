@@ -106,34 +106,22 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(None, help="torch threads."),
     ) -> None:
         """Local lm-eval multiple-choice task (sentence completion, 4 choices) per PSUM variant."""
-        import random
         import shlex
         import sys
 
         import torch
 
-        from apsq.eval.llm import load_corpus
-        from apsq.eval.lm_eval_adapter import (
-            MC_TASK,
-            completion_items,
-            mc_sweep,
-            write_mc_task,
-        )
+        from apsq.eval.mc_study import movie_mc_study
 
+        gs_values = _ints(gs, "--gs")
         if threads:
             torch.set_num_threads(threads)
         try:
-            corpus = load_corpus(names=("movies",))
-            mc = completion_items(corpus["test"], items, seed, ending_words=ending_words or None)
-            calibration = random.Random(seed).sample(corpus["train"], calib)
-            write_mc_task(mc, task_dir)
-            res = mc_sweep(str(model), task_dir, _ints(gs, "--gs"), tile=tile, calibration=calibration,
-                           batch_size=batch_size)
+            res = movie_mc_study(model, task_dir, gs_values, items=items, seed=seed, ending_words=ending_words,
+                                 tile=tile, calib=calib, batch_size=batch_size)
         except APSQError as exc:
             fail(exc, code=1)
-        res.update(task=MC_TASK, items=len(mc), choices=4, item_seed=seed, ending_words=ending_words or "half",
-                   source="movies test split", calibration_sentences=calib, tile=tile, model=str(model), example=mc[0],
-                   command=shlex.join(["apsq", *sys.argv[1:]]))
+        res["command"] = shlex.join(["apsq", *sys.argv[1:]])
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(res, indent=1) + "\n")
         typer.echo(json.dumps({k: res[k] for k in ("fp32", "w8a8", "psq", "apsq")}))
