@@ -219,3 +219,25 @@ def test_bf16_transformer_calibrate_and_step():
         loss.backward()
         opt.step()
         assert torch.isfinite(loss)
+
+
+def test_apsq_train_under_accelerate_bf16_mixed_precision(tmp_path):
+    """`accelerate launch --mixed_precision bf16 ... apsq train`: the loop runs its forwards under
+    autocast; fine-tuning, calibration and 3 QAT steps run and every logged loss is finite."""
+    import json
+
+    from accelerate import Accelerator
+
+    from apsq.train.config import parse_config
+    from apsq.train.loop import train
+
+    cfg = {"seed": 0, "model": {"name": "digits-cnn", "num_labels": 10}, "data": {"name": "digits", "eval_limit": 64},
+           "finetune": {"steps": 3, "batch_size": 32, "lr": 2e-3},
+           "apsq": {"mode": "apsq", "gs": 2, "tile": 16, "exclude": ["classifier"]},
+           "qat": {"steps": 3, "batch_size": 32, "calib_batches": 2}, "eval": {"batch_size": 64}, "threads": 1}
+    acc = Accelerator(cpu=True, mixed_precision="bf16")
+    res = train(parse_config(cfg), tmp_path / "run", progress=False, accelerator=acc)
+    assert res["qat_steps"] == 3 and 0.0 <= res["accuracy"] <= 1.0
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in recs if r.get("stage") == "qat" and "loss" in r]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
