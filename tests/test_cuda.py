@@ -90,6 +90,16 @@ def test_study_commands_reject_a_bad_device(cmd, digits_setup_files):
     assert r.exit_code != 0 and "--device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got 'gpu'" in r.output, r.output
 
 
+def test_eval_vision_rejects_a_bad_device():
+    from typer.testing import CliRunner
+
+    from apsq.cli import app
+
+    r = CliRunner().invoke(app, ["eval", "vision", "--models", "efficientvit-b1", "--image-size", "64",
+                                 "--device", "gpu"])
+    assert r.exit_code != 0 and "device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got 'gpu'" in r.output
+
+
 def test_logits_on_follows_the_model_dtype_and_returns_cpu_float32(monkeypatch):
     from apsq.eval import metrics
 

@@ -136,6 +136,7 @@ def register(app: typer.Typer) -> None:
         limit: int = typer.Option(None, help="Examples per task (for a quick look)."),
         batch_size: int = typer.Option(8),
         include_path: Path = typer.Option(None, help="Folder of extra (local) lm-eval task YAMLs."),
+        device: str = typer.Option("auto", "--device", help="Where the model runs: auto (CUDA if present), cpu, cuda[:N]."),
         json_out: Path = typer.Option(None, "--json", help="Write the results here."),
     ) -> None:
         """lm-eval zero-shot tasks on an APSQ-quantized Hugging Face model."""
@@ -145,7 +146,7 @@ def register(app: typer.Typer) -> None:
         try:
             cfg = None if mode == "fp" else apsq.APSQConfig(mode=mode, gs=gs, tile=tile)
             res = run_lm_eval(model, [t for t in tasks.split(",") if t], cfg, limit=limit, batch_size=batch_size,
-                              include_path=include_path)
+                              include_path=include_path, device=device)
         except APSQError as exc:
             fail(exc, code=1)
         text = json.dumps(res, indent=1, default=str)
@@ -159,6 +160,7 @@ def register(app: typer.Typer) -> None:
         models: str = typer.Option("segformer-b0,efficientvit-b1", help="Comma-separated: segformer-b0, efficientvit-b1."),
         image_size: int = typer.Option(512, help="Square input size in pixels."),
         seed: int = typer.Option(0, help="Weight-initialisation and crop seed."),
+        device: str = typer.Option("auto", "--device", help="Where the model runs: auto (CUDA if present), cpu, cuda[:N]."),
         json_out: Path = typer.Option(None, "--json", help="Write the results here."),
         png_out: Path = typer.Option(None, "--png", help="Plot the relative errors here."),
     ) -> None:
@@ -166,7 +168,8 @@ def register(app: typer.Typer) -> None:
         from apsq.eval.vision import run_vision
 
         try:
-            results = run_vision([m for m in models.split(",") if m], image_size, seed, json_out, png_out)
+            results = run_vision([m for m in models.split(",") if m], image_size, seed, json_out, png_out,
+                                 device=device)
         except APSQError as exc:
             fail(exc, code=1)
         for res in results:
