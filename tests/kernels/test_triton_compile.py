@@ -36,6 +36,8 @@ CASES = [
      dict(MODE=1, WIDE=False, LOWP=False, FOR_W=False, PREC="tf32", BR=64, BL=64, TP=64)),
     ("bwd_operand", ["*i8", "*i8", "*fp64", "*fp64", "*fp64", "*fp64", "*fp64", "*u8", "*fp64", *[I32] * 8, F32, F32],
      dict(MODE=2, WIDE=False, LOWP=False, FOR_W=True, PREC="ieee", BR=32, BL=32, TP=256)),  # _operand_block
+    ("bwd_operand", ["*i8", "*i8", "*fp32", "*fp32", "*fp32", "*fp32", "*fp32", "*u8", "*fp32", *[I32] * 8, F32, F32],
+     dict(MODE=2, WIDE=False, LOWP=False, FOR_W=False, PREC="ieee", BR=32, BL=32, TP=512)),  # the deepest (float32)
     ("bwd_steps", ["*i8", "*i8", "*fp32", "*fp32", "*fp32", "*fp32", "*u8", "*fp64", *[I32] * 8, F32, F32, I32, I32],
      dict(MODE=2, WIDE=False, PER_CH=True, SUM_DOT=False, BM=64, BN=64, TP=32)),
 ]

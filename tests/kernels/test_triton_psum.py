@@ -172,6 +172,9 @@ def test_inexact_operands_fall_back(device):
     assert run(xx=x * 2**6, ww=w * 2**2) is not None  # max|cx| max|cw| tile <= 8192 * 512 * 4 = 2^24
     assert run(xx=x * 2**7, ww=w * 2**2) is None  # up to 16384 * 512 * 4 > 2^24: float32 tile sums inexact
     assert run(xx=x.double()) is None  # operands of different dtypes
+    wide = torch.zeros(1, 2, 600)
+    assert triton_psum.gemm_psum(wide.to(**d), wide.to(**d), torch.ones(1, **d), 600, Plan("psq", 1, 1, 8),
+                                 sx.to(**d), sx.to(**d)) is None  # tile 600 pads to 1024: deeper than 512
     bad = x.clone()
     bad[0, 1, 2] = float("nan")
     assert run(xx=bad) is None  # NaN is not a code

@@ -514,6 +514,13 @@ def _operand_block(tp: int, ct: torch.dtype) -> int:
     return 32 if tp * torch.finfo(ct).bits // 8 > 256 else 64
 
 
+def _max_depth(ct: torch.dtype) -> int:
+    """Deepest padded tile the operand-gradient kernel fits in an H100 / H200 SM's shared memory (at
+    32-row blocks, sm_90 compile: float32 TP = 512 needs 172 KB, float64 TP = 256 164 KB; twice that
+    would not fit). Deeper tiles (few tile steps) take the caller's fallback."""
+    return 256 if ct == torch.float64 else 512
+
+
 def _tile_depth(tile: int) -> int:
     return max(32, 1 << (tile - 1).bit_length())
 
@@ -628,8 +635,9 @@ class _GemmPsum(torch.autograd.Function):
 def gemm_psum(x3: torch.Tensor, w3: torch.Tensor, scales: torch.Tensor | None, tile: int, plan: _PlanLike,
               x_step: torch.Tensor | None, w_step: torch.Tensor | None) -> torch.Tensor | None:
     """PSUM-accumulated ``x3 [B, M, K] @ w3 [B, N, K]^T`` -> ``[B, M, N]`` in Triton, or None where the
-    integer path would not equal the reference (see :func:`triton_operands`) or Triton cannot run the
-    tensors (not CUDA, and no ``TRITON_INTERPRET=1``): the caller falls back.
+    integer path would not equal the reference (see :func:`triton_operands`), Triton cannot run the
+    tensors (not CUDA, and no ``TRITON_INTERPRET=1``) or the tile is deeper than :func:`_max_depth`
+    (512; 256 for float64): the caller falls back.
 
     Args:
         x3, w3: fake-quantized operands (same dtype: float32, float64, bfloat16 or float16; same device).
@@ -664,6 +672,8 @@ def gemm_psum(x3: torch.Tensor, w3: torch.Tensor, scales: torch.Tensor | None, t
     if x3.device.type != "cuda" and not interpreting():  # Triton cannot run these: the caller's fallback
         return None
     if x3.numel() == 0 or w3.numel() == 0:
+        return None
+    if _tile_depth(tile) > _max_depth(_compute_dtype(x3.dtype)):  # would not fit shared memory: fall back
         return None
     blocks = math.ceil(max(x3.shape[1], w3.shape[1]) / _block(interpreting()))
     if blocks > 65535:
