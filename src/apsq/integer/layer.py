@@ -12,8 +12,9 @@ for every mode, group size and step spread, ``layer.accumulate(x) == integer_for
 x).to_float().to(x.dtype)`` -- the float path is the exact integer result rounded once to the
 layer's dtype, so bit for bit equal wherever that result fits the dtype (e.g. ``|Y| < 2^24`` units
 of its finest step in float32). The float path accumulates in float64 where float32 could round
-(``mode="none"`` with ``max_row sum |x codes| * 2^(w-1) > 2^24``; psq / apsq when the tile bound
-plus ``m * 2^(b-1) * 2^e_max`` exceeds ``2^24`` times the finest step, :mod:`apsq.nn.exactness`),
+(``mode="none"`` with ``max_row sum |x codes| * 2^(w-1) > 2^24``; psq when ``n * 2^(b-1) *
+2^(e_max - e_min)`` or ``2^(b + e_max - log2 u_min)`` exceeds ``2^24``; apsq when ``T_max + (gs + 1) *
+2^(b-1) * 2^e_max`` exceeds ``2^24`` times the finest step; :mod:`apsq.nn.exactness`),
 and refuses (:class:`~apsq.errors.APSQError`) steps that even float64 cannot carry (a span above 53
 bits). Inputs move to the layer's device; the integer tile sums run on the CPU (int64).
 """
