@@ -59,12 +59,21 @@ def _compare(layer: torch.nn.Module, inputs: tuple[torch.Tensor, ...], calls: li
 
 @pytest.mark.parametrize("mode,gs", [("apsq", 2), ("psq", 1), ("apsq", 3)])
 def test_linear(interpreter, mode, gs):
-    """Per-channel weight steps (the default); per-channel PSUM steps are tested on gemm_psum itself
-    (the layers route them to the reference loop)."""
+    """Per-channel weight steps (the default), per-tensor PSUM steps."""
     torch.manual_seed(0)
     cfg = LayerQuantConfig(tile=8, mode=mode, gs=gs)
     layer = QuantLinear(37, 11, qcfg=cfg).double()
     _compare(layer, (torch.randn(2, 5, 37, dtype=torch.float64),), interpreter)
+
+
+@pytest.mark.parametrize("mode,gs", [("apsq", 2), ("psq", 1)])
+def test_linear_per_channel_psum_steps(interpreter, mode, gs):
+    """``psum_granularity="channel"`` (``[n, N]`` PSUM steps) reaches the Triton kernel from the layer."""
+    torch.manual_seed(0)
+    cfg = LayerQuantConfig(tile=8, mode=mode, gs=gs, psum_granularity="channel")
+    layer = QuantLinear(29, 7, qcfg=cfg).double()
+    _compare(layer, (torch.randn(3, 29, dtype=torch.float64),), interpreter)
+    assert layer.psum.per_channel and layer.psum.log2_scales.dim() == 2
 
 
 def test_conv2d_im2col(interpreter):

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["step_arrays", "reciprocals_exact", "powers_of_two"]
+__all__ = ["step_arrays", "reciprocals_exact", "powers_of_two", "is_power_of_two"]
 
 
 def step_arrays(steps: Sequence[float]) -> tuple[list[float], list[float]]:
@@ -36,3 +36,11 @@ def powers_of_two(steps: Sequence[float]) -> bool:
         if not (math.isfinite(v) and v > 0 and math.frexp(v)[0] == 0.5):
             return False
     return True
+
+
+def is_power_of_two(scale: torch.Tensor) -> torch.Tensor:
+    """Element-wise: ``scale`` is finite, positive and exactly ``2^e`` for an integer ``e``."""
+    s = scale.detach().to(torch.float64)
+    ok = torch.isfinite(s) & (s > 0)
+    mant, _ = torch.frexp(torch.where(ok, s, torch.ones_like(s)))
+    return ok & (mant == 0.5)

@@ -54,7 +54,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from apsq.errors import APSQError, check_int
-from apsq.quant.ops import is_power_of_two
+from apsq.kernels.steps import is_power_of_two
 
 try:  # Triton is optional: the [gpu] extra
     import triton

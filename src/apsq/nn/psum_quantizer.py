@@ -112,10 +112,12 @@ class PSUMQuantizer(nn.Module):
         check_choice("impl", impl, self.IMPLS)
         return impl == "fused"
 
-    def _operand_path(self) -> bool:
+    def _operand_path(self, per_channel_ok: bool = False) -> bool:
         """Whether :meth:`linear` / :meth:`conv2d` / :meth:`matmul` can skip the partials: the fused
-        implementation, steps already initialised (initialisation needs the partials), PSUMs modelled."""
-        return self.mode != "none" and self._use_fused() and not self.per_channel and bool(self.initialized)
+        implementation, steps already initialised (initialisation needs the partials), PSUMs modelled,
+        and per-tensor steps unless the caller takes per-channel ones (:meth:`linear`: Triton does)."""
+        return (self.mode != "none" and self._use_fused() and (per_channel_ok or not self.per_channel)
+                and bool(self.initialized))
 
     def forward(self, partials: torch.Tensor) -> torch.Tensor:
         """``partials [n, *shape]`` -> dequantized output ``[*shape]``."""
@@ -138,7 +140,7 @@ class PSUMQuantizer(nn.Module):
         ``x_step`` / ``w_step``: the operands' quantization steps (scalar / per output row); with
         them the fused path computes the tile products from integer codes inside its kernel.
         """
-        if not self._operand_path():
+        if not self._operand_path(per_channel_ok=True):
             return self(linear_partials(x, weight, tile))
         n = -(-x.shape[-1] // tile)
         self._check_n(n)

@@ -353,6 +353,20 @@ def _gemm_psum(x3: torch.Tensor, w3: torch.Tensor, scales: torch.Tensor, tile: i
     return route, None
 
 
+def _per_channel_triton(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, tile: int, plan: Plan,
+                        observe: Observer | None, x_step: torch.Tensor | None, w_step: torch.Tensor | None,
+                        ) -> torch.Tensor | None:
+    """``[..., N]`` through Triton for per-channel PSUM steps (``[n, N]``, or any layout with ``n * N``
+    elements), or None where the route is not Triton or Triton declines (the caller runs the reference)."""
+    n_out = weight.shape[0]
+    if observe is not None or scales.numel() != plan.n * n_out or dispatch.choose(x) != "triton":
+        return None
+    x2 = x.reshape(-1, x.shape[-1])
+    y = dispatch.triton_gemm(x2.unsqueeze(0), weight.unsqueeze(0), scales.reshape(plan.n, n_out), tile, plan,
+                             x_step, w_step)
+    return None if y is None else y.reshape(*x.shape[:-1], n_out)
+
+
 def linear_psum(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -386,7 +400,10 @@ def linear_psum(
     _validate((n, *x.shape[:-1], weight.shape[0]), scales, mode, gs, bits)
     if mode == "none":
         return F.linear(x, weight)
-    if scales is not None and scales.dim() >= 2:  # per-channel steps: the kernels take per-tensor steps only
+    if scales is not None and scales.dim() >= 2:  # per-channel steps: Triton takes them, the C kernels do not
+        y = _per_channel_triton(x, weight, scales, tile, Plan(mode, n, gs, bits), observe, x_step, w_step)
+        if y is not None:
+            return y
         return psum_accumulate(linear_partials(x, weight, tile), scales, mode=mode, gs=gs, bits=bits, observe=observe)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])

@@ -22,6 +22,7 @@ import math
 import torch
 
 from apsq.errors import check_bits
+from apsq.kernels.steps import is_power_of_two
 
 __all__ = [
     "round_half_up",
@@ -98,9 +99,3 @@ def quantize_codes(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Ten
     return torch.clamp(round_half_up(x / scale), qn, qp).to(torch.int64)
 
 
-def is_power_of_two(scale: torch.Tensor) -> torch.Tensor:
-    """Element-wise: ``scale`` is finite, positive and exactly ``2^e`` for an integer ``e``."""
-    s = scale.detach().to(torch.float64)
-    ok = torch.isfinite(s) & (s > 0)
-    mant, _ = torch.frexp(torch.where(ok, s, torch.ones_like(s)))
-    return ok & (mant == 0.5)
