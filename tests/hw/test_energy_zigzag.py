@@ -199,3 +199,16 @@ def test_cli_engine_zigzag(tmp_path):
     assert abs(out["difference_pp"]) < 1.5 and out["layers"][0]["name"] == "qk"
     r = CliRunner().invoke(app, ["energy", "--workload", str(p), "-d", "os", "--engine", "zigzag"])
     assert r.exit_code == 2 and "use --dataflow is or ws" in " ".join(r.output.split())
+
+
+def test_engine_runs_on_the_default_accelerator():
+    """An accelerator that gives one shared register energy (no per-operand ones) converts too."""
+    from apsq.hw.accelerator import load_accelerator
+    from apsq.hw.engine_zigzag import evaluate_zigzag, to_zigzag_hardware
+
+    acc = load_accelerator(None)
+    hw = to_zigzag_hardware(acc, "ws")
+    assert hw["memories"]["rf_w"]["r_cost"] == pytest.approx(acc.pe_array.reg_pj("weight") * acc.weight_bits)
+    w = Workload("one", (Layer("q", "linear", 64, 128, 64),))
+    z = evaluate_zigzag(w, "ws", 8, acc)
+    assert 0 < z.reduction < 1

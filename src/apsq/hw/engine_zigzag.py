@@ -111,12 +111,12 @@ def to_zigzag_hardware(acc: Accelerator, dataflow: str) -> dict[str, Any]:
     pe = acc.pe_array
     mems: dict[str, Any] = {}
     # per-PE registers (bottom of each operand's chain)
-    w_reg = pe.weight_reg_pj_per_bit
+    w_reg = pe.reg_pj("weight")  # the operand's own energy, else the shared reg_pj_per_bit
     mems["rf_w"] = _memory(acc.weight_bits, w_reg, w_reg, acc.weight_bits, ["I2"], [])
-    i_reg = pe.input_reg_pj_per_bit
+    i_reg = pe.reg_pj("input")
     if i_reg > 0:
         mems["rf_i"] = _memory(acc.act_bits, i_reg, i_reg, acc.act_bits, ["I1"], [])
-    o_reg = pe.acc_reg_pj_per_bit
+    o_reg = pe.reg_pj("psum")
     # the accumulator register is acc_bits wide whatever O is: min bandwidth = max = acc_bits, so one
     # access of any narrower O still costs one acc_bits word
     reg_o = _memory(acc.acc_bits, o_reg, o_reg, acc.acc_bits, ["O"], [])
