@@ -94,7 +94,10 @@ def predictions(model: torch.nn.Module, data, batch_size: int = 64) -> tuple[tor
 
 
 def merge(parts: list[str], out: str) -> None:
-    """Join result files of the same checkpoint run over different ``--modes``."""
+    """Join result files of the same checkpoint run over different ``--modes``; adds the exact McNemar
+    p-value of channel vs tensor per variant (sentences only one of them classifies right)."""
+    from scipy.stats import binomtest
+
     docs = [json.loads(Path(p).read_text()) for p in parts]
     base = dict(docs[0])
     for d in docs[1:]:
@@ -103,6 +106,10 @@ def merge(parts: list[str], out: str) -> None:
         base["variants"] = {**base["variants"], **d["variants"]}
     base["command"] = [d["command"] for d in docs] + [
         "python results/per_channel/run_per_channel.py --merge " + " ".join(parts) + " --json " + out]
+    for row in base["variants"].values():  # exact McNemar test of the paired predictions
+        pr = row["paired"]
+        k, m = pr["only_channel_right"], pr["only_channel_right"] + pr["only_tensor_right"]
+        pr["mcnemar_p"] = float(binomtest(k, m, 0.5).pvalue) if m else 1.0
     base["fp32_per_run"] = [d["fp32"] for d in docs]
     base["seconds_per_run"] = [d.get("seconds") for d in docs]
     base.pop("seconds", None)
@@ -140,7 +147,8 @@ def main() -> None:
     n = len(labels)
     out: dict = {
         "command": "OMP_NUM_THREADS=1 python results/per_channel/run_per_channel.py --fp32 " + args.fp32
-                   + " --json " + args.json,
+                   + " --json " + args.json + " --modes " + args.modes
+                   + ("" if args.eval_limit is None else f" --eval-limit {args.eval_limit}"),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip() + ", 1 torch thread, shared 2-core CPU",
         "fp32_checkpoint": args.fp32,
         "test_sentences": n,
