@@ -39,7 +39,17 @@ def fp32_seed(seed: int) -> int:
 
 
 def write_config(name: str, seed: int, root: Path) -> Path:
+    over, full = {}, name
+    if "_scale" in name:  # sensitivity: apsq_gs2_scale<rate>
+        name, rate = name.split("_scale")
+        over["scale_lr"] = float(rate)
+    if "_steps" in name:  # sensitivity: apsq_gs2_steps<n>
+        name, steps = name.split("_steps")
+        over["steps"] = int(steps)
     data = yaml.safe_load(Path(f"configs/train_minilm_{name}.yaml").read_text())
+    if over:
+        data["qat"] = {**data["qat"], **over}
+    name = full
     data["seed"] = seed
     if name != "fp32":
         data["finetune"] = {"steps": 0, "init": str(root / f"seed{fp32_seed(seed)}" / "fp32" / "fp32.safetensors")}
@@ -70,11 +80,18 @@ def stamp_fp32(root: Path, seed: int) -> None:
     atomic_save_tensors(run / "fp32.safetensors", tensors, {**meta, "fp32_accuracy": acc, "eval_key": eval_key(cfg)})
 
 
+SCALE_SWEEP: list[str] = []
+STEPS_SWEEP: list[str] = []
+"""``--scale-lr-sweep``: extra APSQ gs=2 runs of the first seed at these step-size rates (lowest priority)."""
+
+
 def jobs(seeds: list[int]) -> list[tuple[int, str]]:
     """FP32 of every seed that fine-tunes its own first, then round-robin over seeds in variant priority order."""
     first = [(s, v) for s in seeds for v in PRIORITY]
     rest = [(s, v) for s in seeds for v in VARIANTS if v not in PRIORITY]
-    return [(s, "fp32") for s in seeds if fp32_seed(s) == s] + first + rest
+    sweep = [(seeds[0], f"apsq_gs2_scale{r}") for r in SCALE_SWEEP] + [(seeds[0], f"apsq_gs2_steps{n}")
+                                                                        for n in STEPS_SWEEP]
+    return [(s, "fp32") for s in seeds if fp32_seed(s) == s] + first + rest + sweep
 
 
 def done(root: Path, seed: int, name: str) -> bool:
@@ -84,7 +101,8 @@ def done(root: Path, seed: int, name: str) -> bool:
 def run_all(seeds: list[int], root: Path, workers: int, only: set[str] | None, deadline: float | None,
             external: set[int] = frozenset()) -> None:
     """Run the jobs; the FP32 fine-tunes of ``external`` seeds are run by another process (wait for them)."""
-    todo = [j for j in jobs(seeds) if (only is None or j[1] in only or j[1] == "fp32") and not done(root, *j)
+    todo = [j for j in jobs(seeds) if (only is None or j[1] in only or j[1] == "fp32" or "_s" in j[1])
+            and not done(root, *j)
             and not (j[1] == "fp32" and j[0] in external)]
     running: dict[tuple[int, str], subprocess.Popen] = {}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -136,6 +154,12 @@ def collect(seeds: list[int], root: Path, out: Path, command: str) -> dict:
         return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else None,
                 "n": len(vals), "per_seed": per[v]}
 
+    sens = {}
+    for f in sorted((root / f"seed{seeds[0]}").glob("apsq_gs2_scale*/result.json")):
+        sens[f.parent.name.removeprefix("apsq_gs2_scale")] = json.loads(f.read_text())["accuracy"]
+    by_steps = {}
+    for f in sorted((root / f"seed{seeds[0]}").glob("apsq_gs2_steps*/result.json")):
+        by_steps[f.parent.name.removeprefix("apsq_gs2_steps")] = json.loads(f.read_text())["accuracy"]
     table = {name: stats(name) for name in ("fp32", *VARIANTS)}
     mean = {k: (v["mean"] if v else None) for k, v in table.items()}
     qat = yaml.safe_load(Path("configs/train_minilm_apsq_gs2.yaml").read_text())["qat"]
@@ -158,6 +182,14 @@ def collect(seeds: list[int], root: Path, out: Path, command: str) -> dict:
         "note": "means over the seeds in per_seed (n_seeds each); one thread per run, two runs at a time, on a "
                 "shared 2-core CPU",
     }
+    g2 = per.get("apsq_gs2", {}).get(str(seeds[0]))
+    if sens or g2 is not None:
+        from apsq.train.config import QATConfig as _Q
+
+        res["scale_lr_sensitivity_gs2"] = {"seed": seeds[0], "accuracy_by_scale_lr": {
+            **sens, **({str(_Q().scale_lr): g2} if g2 is not None else {})},
+            "previous_rule_at_5e-3": PREVIOUS["apsq"]["2"],
+            "accuracy_by_qat_steps": {**by_steps, **({str(qat["steps"]): g2} if g2 is not None else {})}}
     res["previous_recipe"] = PREVIOUS
     out.write_text(json.dumps(res, indent=1) + "\n")
     plot(res, out.with_suffix(".png"))
@@ -215,9 +247,15 @@ def main() -> None:
                     help="seed SEED's QAT starts from seed FROM's FP32 fine-tune")
     ap.add_argument("--external-fp32", type=int, nargs="*", default=[],
                     help="seeds whose FP32 fine-tune another process is running: wait for it")
+    ap.add_argument("--scale-lr-sweep", nargs="*", default=[], help="extra gs=2 runs of the first seed at these "
+                    "step-size rates")
+    ap.add_argument("--steps-sweep", nargs="*", default=[], help="extra gs=2 runs of the first seed with these "
+                    "numbers of QAT steps")
     ap.add_argument("--collect", action="store_true", help="only write the JSON from finished runs")
     ap.add_argument("--json", type=Path, default=Path("results/sentiment_minilm.json"))
     a = ap.parse_args()
+    SCALE_SWEEP.extend(a.scale_lr_sweep)
+    STEPS_SWEEP.extend(a.steps_sweep)
     FP32_OF.update({int(k): int(v) for k, v in (x.split("=") for x in a.share_fp32)})
     deadline = None
     if a.deadline:
