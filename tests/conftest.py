@@ -23,3 +23,14 @@ torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """Commands run in-process (``--threads N`` calls ``torch.set_num_threads``) must not change the
+    thread count of the tests that follow in the same worker: float GEMMs sum in a thread-dependent
+    order, and module-scoped reference runs are compared bit for bit with later runs."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)

@@ -35,7 +35,7 @@ def test_llm_mc_command_writes_accuracies(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())
     assert res["items"] == 8 and res["calibration_sentences"] == 4 and set(res["apsq"]) == {"2"}
-    assert res["command"].startswith("apsq ")
+    assert res["command"].startswith("apsq")  # sys.argv of the test runner follows
     for sc in (res["fp32"], res["w8a8"], res["psq"], res["apsq"]["2"]):
         assert 0.0 <= sc["acc"] <= 1.0 and abs(sc["acc"] * 8 - round(sc["acc"] * 8)) < 1e-9
     assert json.loads(r.stdout.splitlines()[-1])["apsq"] == res["apsq"]
