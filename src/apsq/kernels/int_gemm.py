@@ -44,29 +44,31 @@ _KP = lambda a: a["n"] * a["te"]  # noqa: E731
 _XA = lambda a: a["B"] * a["M"] * _KP(a)  # noqa: E731
 _WB = lambda a: a["B"] * a["N"] * _KP(a)  # noqa: E731
 _N = lambda a: a["N"]  # noqa: E731
-_NT = lambda a: a["n"]  # noqa: E731
+_NS = lambda a: a["n"] * (a["N"] if a["cs"] else 1)  # noqa: E731  steps [n] or [n][N]
+_STEPS = [doubles("sd", _NS), doubles("si", _NS), scalar("cs", "long")]
 _OPS = [tensor("xa", torch.int16, _XA), tensor("wb", torch.int16, _WB), scalar("B", "long"), scalar("M", "long"),
         scalar("N", "long"), scalar("n", "long"), scalar("te", "long")]
 _PLAN = [scalar("apsq"), scalar("gs"), scalar("qn"), scalar("qp")]
 
 ISA = Entry("apsq_gemm_isa", [], restype=ctypes.c_int, generic=False)
 """0 portable, 1 AVX-512 BW, 2 AVX-512 VNNI, 3 AVX2."""
-FWD = Entry("apsq_gemm_fwd", [*_OPS, tensor("unit", "T", _N), doubles("sd", _NT), doubles("si", _NT), *_PLAN,
+FWD = Entry("apsq_gemm_fwd", [*_OPS, tensor("unit", "T", _N), *_STEPS, *_PLAN,
                               tensor("out", "T", _bmn), tensor("lb", "bad", _bmn, optional=True),
                               u8_flag("lb8", of="lb"), threads()], restype=ctypes.c_int)
 """Writes ``out [B, M, N]`` and, for apsq, ``lb [B, M, N]``; returns 0 when out of memory."""
-BWD = Entry("apsq_gemm_bwd", [*_OPS, tensor("unit", "T", _N), doubles("sd", _NT), doubles("si", _NT), *_PLAN,
+BWD = Entry("apsq_gemm_bwd", [*_OPS, tensor("unit", "T", _N), *_STEPS, *_PLAN,
                               tensor("g", "T", _bmn), tensor("lb", "bad", _bmn, optional=True),
-                              u8_flag("lb8", of="lb"), tensor("gsc", torch.float64, _NT),
+                              u8_flag("lb8", of="lb"), tensor("gsc", torch.float64, _NS),
                               tensor("flag", torch.uint8, _bmn), threads()], restype=ctypes.c_int)
-"""Step gradients ``gsc [n]`` and the flags ``[B, M, N]`` of outputs needing a correction."""
+"""Step gradients ``gsc [n]`` (``[n][N]`` when ``cs``, per-channel steps) and the flags ``[B, M, N]`` of outputs needing a correction."""
 CODES = Entry("apsq_codes16", [tensor("src", "T", lambda a: a["R"] * a["K"]), scalar("R", "long"), scalar("K", "long"),
                                scalar("tile", "long"), scalar("te", "long"),
                                doubles("inv_step", lambda a: a["R"] if a["per_row"] else 1), scalar("per_row"),
                                tensor("dst", torch.int16, lambda a: a["R"] * -(-a["K"] // a["tile"]) * a["te"]),
                                threads()], restype=ctypes.c_long)
 """int16 codes of ``src [R, K] * inv_step`` per tile; returns the largest magnitude, -1 when inexact."""
-CORRECT = Entry("apsq_gemm_correct", [*_OPS, scalar("t", "long"), tensor("unit", "T", _N), doubles("si", _NT),
+CORRECT = Entry("apsq_gemm_correct", [*_OPS, scalar("t", "long"), tensor("unit", "T", _N), doubles("si", _NS),
+                                      scalar("cs", "long"),
                                       *_PLAN, tensor("g", "T", _bmn), tensor("lb", "bad", _bmn, optional=True),
                                       u8_flag("lb8", of="lb"), tensor("idx", torch.int64, lambda a: a["F"]),
                                       scalar("F", "long"),
@@ -201,23 +203,38 @@ def _ops_args(ops: IntOperands, plan: Plan) -> dict:
     return {"xa": ops.xa, "wb": ops.wb, "B": b, "M": m, "N": n_out, "n": plan.n, "te": ops.te, "unit": ops.unit}
 
 
+def _column_stride(ops: IntOperands, s: list[float], plan: Plan) -> int:
+    """0 for per-tensor steps (``s`` has ``n`` values), 1 for per-channel steps (``n * N`` values, row-major
+    ``[n][N]``: step ``i`` of output column ``o`` at ``i * N + o``); anything else is a ValueError."""
+    n_out = ops.dims[2]
+    if len(s) == plan.n:
+        return 0
+    if len(s) == plan.n * n_out:
+        return 1
+    raise ValueError(f"PSUM steps: need {plan.n} (per tensor) or {plan.n} x {n_out} (per channel) values, got {len(s)}")
+
+
 def forward(ops: IntOperands, s: list[float], plan: Plan, out: torch.Tensor,
             last_bad: torch.Tensor | None) -> None:
-    """Writes the accumulated output ``out [B, M, N]`` and, for apsq, ``last_bad [B, M, N]`` (contiguous)."""
+    """Writes the accumulated output ``out [B, M, N]`` and, for apsq, ``last_bad [B, M, N]`` (contiguous).
+    ``s``: the PSUM steps, ``n`` (per tensor) or ``n * N`` (per channel, row-major ``[n][N]``) floats."""
+    cs = _column_stride(ops, s, plan)
     sd, si = step_arrays(s)
-    _ok(FWD(library(), **_ops_args(ops, plan), sd=sd, si=si, **_plan_args(plan), out=out, lb=last_bad))
+    _ok(FWD(library(), **_ops_args(ops, plan), sd=sd, si=si, cs=cs, **_plan_args(plan), out=out, lb=last_bad))
 
 
 def backward(ops: IntOperands, s: list[float], plan: Plan, g: torch.Tensor,
              last_bad: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step-size gradients (float64 ``[n]``) and the uint8 ``[B, M, N]`` flags of outputs needing a
+    """Step-size gradients (float64 ``[n]``, or ``[n, N]`` for per-channel steps ``s``; summed in an order
+    that does not depend on the thread count) and the uint8 ``[B, M, N]`` flags of outputs needing a
     correction; ``g [B, M, N]`` contiguous."""
     b, m, n_out = ops.dims
-    grad_s = torch.empty(plan.n, dtype=torch.float64)
+    cs = _column_stride(ops, s, plan)
+    grad_s = torch.empty((plan.n, n_out) if cs else (plan.n,), dtype=torch.float64)
     flag = torch.empty(b, m, n_out, dtype=torch.uint8)
     sd, si = step_arrays(s)
-    _ok(BWD(library(), **_ops_args(ops, plan), sd=sd, si=si, **_plan_args(plan), g=g, lb=last_bad, gsc=grad_s,
-            flag=flag))
+    _ok(BWD(library(), **_ops_args(ops, plan), sd=sd, si=si, cs=cs, **_plan_args(plan), g=g, lb=last_bad,
+            gsc=grad_s, flag=flag))
     return grad_s, flag
 
 
@@ -228,6 +245,7 @@ def correct(ops: IntOperands, s: list[float], plan: Plan, tile: int, g: torch.Te
     the terms of the tiles whose gradient is 0 at the flagged outputs ``idx`` (ascending flat indices
     into ``[B, M, N]``); ``xp`` / ``wp`` are the float operands in the same layout."""
     idx = idx.to(torch.int64).contiguous()
+    cs = _column_stride(ops, s, plan)
     _, si = step_arrays(s)
-    _ok(CORRECT(library(), **_ops_args(ops, plan), t=tile, si=si, **_plan_args(plan), g=g, lb=last_bad, idx=idx,
+    _ok(CORRECT(library(), **_ops_args(ops, plan), t=tile, si=si, cs=cs, **_plan_args(plan), g=g, lb=last_bad, idx=idx,
                 F=idx.numel(), xf=xp, wf=wp, gx=gxp, gw=gwp))

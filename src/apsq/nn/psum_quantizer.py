@@ -115,7 +115,8 @@ class PSUMQuantizer(nn.Module):
     def _operand_path(self, per_channel_ok: bool = False) -> bool:
         """Whether :meth:`linear` / :meth:`conv2d` / :meth:`matmul` can skip the partials: the fused
         implementation, steps already initialised (initialisation needs the partials), PSUMs modelled,
-        and per-tensor steps unless the caller takes per-channel ones (:meth:`linear`: Triton does)."""
+        and per-tensor steps unless the caller takes per-channel ones (:meth:`linear`, :meth:`conv2d`: the
+        integer C kernel and Triton do)."""
         return (self.mode != "none" and self._use_fused() and (per_channel_ok or not self.per_channel)
                 and bool(self.initialized))
 
@@ -152,8 +153,8 @@ class PSUMQuantizer(nn.Module):
                padding: tuple[int, int], dilation: tuple[int, int], groups: int,
                x_step: torch.Tensor | None = None, w_step: torch.Tensor | None = None) -> torch.Tensor:
         """``self(conv2d_partials(x, weight, tile, ...))`` — fused: im2col rows, tiles never materialised
-        (``x_step`` / ``w_step`` as in :meth:`linear`)."""
-        if not self._operand_path():
+        (``x_step`` / ``w_step`` as in :meth:`linear`; per-channel steps ``[n, Co, 1, 1]`` included)."""
+        if not self._operand_path(per_channel_ok=True):
             return self(conv2d_partials(x, weight, tile, stride, padding, dilation, groups))
         co, cig, kh, kw = weight.shape
         n = -(-(cig * kh * kw) // tile)

@@ -353,17 +353,37 @@ def _gemm_psum(x3: torch.Tensor, w3: torch.Tensor, scales: torch.Tensor, tile: i
     return route, None
 
 
-def _per_channel_triton(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, tile: int, plan: Plan,
-                        observe: Observer | None, x_step: torch.Tensor | None, w_step: torch.Tensor | None,
-                        ) -> torch.Tensor | None:
-    """``[..., N]`` through Triton for per-channel PSUM steps (``[n, N]``, or any layout with ``n * N``
-    elements), or None where the route is not Triton or Triton declines (the caller runs the reference)."""
-    n_out = weight.shape[0]
-    if observe is not None or scales.numel() != plan.n * n_out or dispatch.choose(x) != "triton":
+def _lane_steps(scales: torch.Tensor, n: int, n_out: int, trailing: int = 0) -> torch.Tensor | None:
+    """Per-channel PSUM steps as ``[n, N]`` (a differentiable view) when ``scales`` is one step per tile
+    step and output column: shape ``[n, 1, ..., 1, N, 1 x trailing]`` (``trailing`` = 2 for a conv's
+    ``[n, Co, 1, 1]``); None for any other layout (the caller runs the reference, which broadcasts)."""
+    shape = tuple(scales.shape)
+    if len(shape) < 2 + trailing or shape[0] != n:
         return None
-    x2 = x.reshape(-1, x.shape[-1])
-    y = dispatch.triton_gemm(x2.unsqueeze(0), weight.unsqueeze(0), scales.reshape(plan.n, n_out), tile, plan,
-                             x_step, w_step)
+    lane = shape[len(shape) - 1 - trailing]
+    if lane != n_out or any(d != 1 for d in shape[1 : len(shape) - 1 - trailing] + shape[len(shape) - trailing :]):
+        return None
+    return scales.reshape(n, n_out)
+
+
+def _per_channel(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, tile: int, plan: Plan,
+                 observe: Observer | None, x_step: torch.Tensor | None, w_step: torch.Tensor | None,
+                 ) -> torch.Tensor | None:
+    """``[..., N]`` for per-channel PSUM steps ``[n, N]`` (:func:`_lane_steps` layouts): Triton on its route,
+    the integer C kernel (:mod:`apsq.psum.fused_int`, per-column steps) on the ``c`` route when the operands
+    are exact codes; None otherwise (the caller runs the reference loop). No observer."""
+    n_out = weight.shape[0]
+    s2 = _lane_steps(scales, plan.n, n_out)
+    if observe is not None or s2 is None:
+        return None
+    x3, w3 = x.reshape(-1, x.shape[-1]).unsqueeze(0), weight.unsqueeze(0)
+    flat = s2.detach().to(torch.float64).reshape(-1).tolist() if x.dtype == weight.dtype else None
+    route = dispatch.choose(x, flat)
+    y = None
+    if route == "triton":
+        y = dispatch.triton_gemm(x3, w3, s2, tile, plan, x_step, w_step)
+    elif dispatch.use_int_gemm(route, x3, w3, x_step, w_step, False):
+        y = int_gemm_psum(x3, w3, s2.to(x.dtype), tile, plan, (x_step.detach(), w_step.detach()))
     return None if y is None else y.reshape(*x.shape[:-1], n_out)
 
 
@@ -400,8 +420,8 @@ def linear_psum(
     _validate((n, *x.shape[:-1], weight.shape[0]), scales, mode, gs, bits)
     if mode == "none":
         return F.linear(x, weight)
-    if scales is not None and scales.dim() >= 2:  # per-channel steps: Triton takes them, the C kernels do not
-        y = _per_channel_triton(x, weight, scales, tile, Plan(mode, n, gs, bits), observe, x_step, w_step)
+    if scales is not None and scales.dim() >= 2:  # per-channel steps: Triton, the integer C kernel, or the reference
+        y = _per_channel(x, weight, scales, tile, Plan(mode, n, gs, bits), observe, x_step, w_step)
         if y is not None:
             return y
         return psum_accumulate(linear_partials(x, weight, tile), scales, mode=mode, gs=gs, bits=bits, observe=observe)
@@ -446,12 +466,14 @@ def conv2d_psum(
         raise APSQError(
             f"Conv2d input must be [B, {cig * groups}, H, W] (Ci = {cig} x groups {groups}), got {tuple(x.shape)}"
         )
-    if scales is not None and scales.dim() >= 2:  # per-channel steps: the kernels take per-tensor steps only
-        from apsq.psum.accumulate import psum_accumulate
-        from apsq.psum.tiling import conv2d_partials
+    lanes = None  # per-channel steps [n, Co] when they are one per tile step and output channel
+    if scales is not None and scales.dim() >= 2:
+        lanes = None if observe is not None else _lane_steps(scales, num_tiles(cig * kh * kw, tile), co, trailing=2)
+        if lanes is None:  # another layout, or an observer: the reference loop on the whole conv
+            from apsq.psum.tiling import conv2d_partials
 
-        return psum_accumulate(conv2d_partials(x, weight, tile, stride, padding, dilation, groups), scales, mode=mode,
-                               gs=gs, bits=bits, observe=observe)
+            return psum_accumulate(conv2d_partials(x, weight, tile, stride, padding, dilation, groups), scales,
+                                   mode=mode, gs=gs, bits=bits, observe=observe)
     cols, (h, w_out) = conv2d_im2col(x, (kh, kw), stride, padding, dilation)  # [B, G*Kg, L]
     b, _, length = cols.shape
     kg, cog = cig * kh * kw, co // groups
@@ -463,7 +485,8 @@ def conv2d_psum(
         sw = w_step.reshape(-1).expand(co).reshape(groups, cog)
     for gi in range(groups):
         rows = cols[:, gi].transpose(1, 2).reshape(b * length, kg)
-        outs.append(linear_psum(rows, wg[gi], scales, tile, mode=mode, gs=gs, bits=bits, observe=observe,
+        sc = scales if lanes is None else lanes[:, gi * cog : (gi + 1) * cog]
+        outs.append(linear_psum(rows, wg[gi], sc, tile, mode=mode, gs=gs, bits=bits, observe=observe,
                                 x_step=x_step, w_step=None if sw is None else sw[gi]))
     y = torch.stack(outs, 1) if groups > 1 else outs[0].unsqueeze(1)  # [B*L, G, Cog]
     return y.reshape(b, length, co).transpose(1, 2).reshape(b, co, h, w_out)

@@ -34,7 +34,8 @@ def int_operands(x2: torch.Tensor, w2: torch.Tensor, tile: int, steps, batch: in
 
 
 def _steps(scales: torch.Tensor) -> list[float]:
-    return scales.detach().to(torch.float64).tolist()
+    """The PSUM steps as floats: ``[n]`` per tensor, ``[n, N]`` per channel flattened row-major."""
+    return scales.detach().to(torch.float64).reshape(-1).tolist()
 
 
 class _IntGemmPsum(torch.autograd.Function):
@@ -79,7 +80,7 @@ class _IntGemmPsum(torch.autograd.Function):
             _cgemm.correct(ops, s, plan, tile, g, last_bad, idx, xp, wp, gxp, gwp)
         gx = gxp[:, :k].reshape(b, m, k) if need[0] else None
         gw = gwp[:, :k].reshape(b, n_out, k) if need[1] else None
-        return gx, gw, grad_s.to(scales.dtype), None, None, None, None
+        return gx, gw, grad_s.reshape(scales.shape).to(scales.dtype), None, None, None, None
 
 
 def int_gemm_psum(x3: torch.Tensor, w3: torch.Tensor, scales: torch.Tensor, tile: int, plan, steps) -> torch.Tensor | None:

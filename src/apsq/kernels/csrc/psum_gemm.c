@@ -194,6 +194,16 @@ static inline double block_sum(const double *t) {
     return s;
 }
 
+/* col[j] += sum over rows r (ascending) of t[r][j], j < NR: one job's per-column step gradients. */
+static inline void col_sums(const double *t, double *col) {
+    for (int r = 0; r < MR; r++)
+        for (int j = 0; j < NR; j++) col[j] += t[r * NR + j];
+}
+
+/* Row blocks per job in the per-channel step-gradient pass (fixed: the sums' order must not depend
+ * on the thread count). */
+#define RB_CH 16
+
 /* First index f in the ascending idx[0..F) with idx[f] >= key. */
 static inline long lower_bound(const int64_t *idx, long F, int64_t key) {
     long lo = 0, hi = F;
