@@ -193,7 +193,42 @@ def collect(seeds: list[int], root: Path, out: Path, command: str) -> dict:
     res["previous_recipe"] = PREVIOUS
     out.write_text(json.dumps(res, indent=1) + "\n")
     plot(res, out.with_suffix(".png"))
+    if "scale_lr_sensitivity_gs2" in res:
+        plot_sensitivity(res, out.with_name(out.stem + "_sensitivity.png"))
     return res
+
+
+def plot_sensitivity(res: dict, path: Path) -> None:
+    """APSQ INT8 gs=2 accuracy of the first seed vs the step-size rate and vs the QAT steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sens = res["scale_lr_sensitivity_gs2"]
+    seed = str(sens["seed"])
+    fp32, w8a8 = res["per_seed"]["fp32"].get(seed), res["per_seed"]["w8a8"].get(seed)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    panels = ((axes[0], sens["accuracy_by_scale_lr"], "step-size learning rate (scale_lr)", True),
+              (axes[1], sens["accuracy_by_qat_steps"], "QAT steps (batch 16)", False))
+    for ax, data, label, logx in panels:
+        xs = sorted(data, key=float)
+        ax.plot([float(x) for x in xs], [100 * data[x] for x in xs], "o-", label="APSQ INT8 gs=2 (new rule)")
+        if logx:
+            ax.plot([5e-3], [100 * sens["previous_rule_at_5e-3"]], "x", color="C3", ms=9,
+                    label="previous rule, 5e-3")
+            ax.set_xscale("log")
+        for val, name, style in ((fp32, "FP32", "-"), (w8a8, "W8A8, INT32 PSUM", "--")):
+            if val is not None:
+                ax.axhline(100 * val, color="k", ls=style, lw=1, label=f"{name} ({100 * val:.1f})")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test accuracy (%), 1,041 sentences")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"all-MiniLM-L6-v2, APSQ INT8 gs = 2, seed {seed}: sensitivity of the QAT recipe (one seed)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 PREVIOUS = {
@@ -213,7 +248,7 @@ def plot(res: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = ["fp32", *VARIANTS]
+    names = ["fp32", "w8a8", "psq", "apsq_gs1", "apsq_gs2", "apsq_gs3", "apsq_gs4"]
     fig, ax = plt.subplots(figsize=(8, 4.4), dpi=120)
     for i, name in enumerate(names):
         seeds = res["per_seed"].get(name, {})
