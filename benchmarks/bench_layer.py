@@ -8,6 +8,11 @@ ratios use process CPU time — robust when other jobs share the cores — and w
   modelling; skipped with a note when brevitas is not installed);
 * ``w8a8``           — our ``QuantLinear`` with ``mode='none'`` (LSQ W8A8, exact accumulation);
 * ``psq``, ``apsq_gs1`` .. ``apsq_gs4`` — our ``QuantLinear`` with INT8 PSUMs (fused path);
+* ``apsq_gs2_channel`` — the same with per-channel PSUM steps (``psum_granularity='channel'``: ``[n, N]``
+  steps, the integer C kernel with a step per tile step and output column);
+* ``apsq_gs2_baseline`` (``--baseline REV``) — ``apsq_gs2`` with the integer kernel built from git
+  revision ``REV``'s ``csrc/psum_gemm*.c`` and ``int_gemm.py``: the per-tensor speed before a kernel
+  change, in the same run;
 * ``apsq_gs2_reference`` (``--reference``) — the same layer through the reference Python loop;
 * ``apsq_gs2_torch_kernels`` / ``w8a8_torch_kernels`` (``--fallback``) — the same layers on the torch
   kernels and autograd LSQ (kernel option ``backend="torch"``): what runs without a C compiler.
@@ -20,13 +25,15 @@ Memory, per variant, in a separate (untimed) run of the same forward+backward:
   (``torch.autograd.graph.saved_tensors_hooks``) — what limits the batch size in training.
 
 ``--minilm`` adds one training step (forward, loss, backward, AdamW step) of all-MiniLM-L6-v2
-(``AutoModelForSequenceClassification``, 2 labels) in fp32, W8A8 without PSUMs, and APSQ.
+(``AutoModelForSequenceClassification``, 2 labels) in fp32, W8A8 without PSUMs, and APSQ gs=2 with
+per-tensor and per-channel PSUM steps.
 
 Usage::
 
     python benchmarks/bench_layer.py                 # table
     python benchmarks/bench_layer.py --json          # {"apsq_gs2": {"ratio_vs_fp32": .., ...}, ...}
     python benchmarks/bench_layer.py --reps 9 --threads 1 --reference --minilm
+    python benchmarks/bench_layer.py --baseline HEAD~1   # per-tensor kernel speed before / after
 """
 
 from __future__ import annotations
@@ -70,13 +77,67 @@ class Variant:
 
 
 def _opts(values: dict[str, object]):
-    """Kernel options (:func:`apsq.kernels.options.override`: ``int_gemm``, ``fused_lsq``) for one step."""
-    return options.override(**values) if values else contextlib.nullcontext()
+    """Kernel options (:func:`apsq.kernels.options.override`: ``int_gemm``, ``fused_lsq``) for one step;
+    ``gemm_module``: an integer-kernel module (:func:`baseline_gemm`) used instead of ``apsq.kernels.int_gemm``."""
+    values = dict(values)
+    module = values.pop("gemm_module", None)
+    stack = contextlib.ExitStack()
+    if values:
+        stack.enter_context(options.override(**values))
+    if module is not None:
+        stack.enter_context(_gemm_module(module))
+    return stack
 
 
-def _ours(mode: str, gs: int = 1, impl: str = "fused") -> Callable[[int, int], nn.Module]:
+@contextlib.contextmanager
+def _gemm_module(module):
+    from apsq.psum import fused_int
+
+    before = fused_int._cgemm
+    fused_int._cgemm = module
+    try:
+        yield
+    finally:
+        fused_int._cgemm = before
+
+
+def baseline_gemm(rev: str):
+    """``apsq.kernels.int_gemm`` as of git revision ``rev`` (its ``int_gemm.py`` and ``csrc/psum_gemm*.c``),
+    loaded beside the current one: the per-tensor kernel before a change, timed in the same run.
+    Raises RuntimeError when git cannot show those files."""
+    import subprocess
+    import types
+    from pathlib import Path
+
+    from apsq.kernels.build import instantiate
+
+    root = Path(__file__).resolve().parents[1]
+
+    def show(path: str) -> str:
+        res = subprocess.run(["git", "-C", str(root), "show", f"{rev}:{path}"], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"--baseline {rev}: git show {path} failed: {res.stderr.strip()}")
+        return res.stdout
+
+    csrc = "src/apsq/kernels/csrc/"
+    text = instantiate(show(csrc + "psum_gemm.c"), show(csrc + "psum_gemm_body.c"))
+    code = show("src/apsq/kernels/int_gemm.py")
+    hook = 'instantiate(read_source("psum_gemm.c"), read_source("psum_gemm_body.c"))'
+    if hook not in code:
+        raise RuntimeError(f"--baseline {rev}: its int_gemm.py does not build its source as this tool expects")
+    name = "apsq_bench_baseline_int_gemm"
+    module = types.ModuleType(name)
+    module._BASELINE_SOURCE = text
+    sys.modules[name] = module
+    exec(compile(code.replace(hook, "_BASELINE_SOURCE"), f"{rev}:int_gemm.py", "exec"), module.__dict__)
+    if module.library() is None:
+        raise RuntimeError(f"--baseline {rev}: the kernel does not build: {module.build_error()}")
+    return module
+
+
+def _ours(mode: str, gs: int = 1, impl: str = "fused", granularity: str = "tensor") -> Callable[[int, int], nn.Module]:
     def make(k: int, n: int) -> nn.Module:
-        layer = QuantLinear(k, n, qcfg=LayerQuantConfig(tile=TILE, mode=mode, gs=gs))
+        layer = QuantLinear(k, n, qcfg=LayerQuantConfig(tile=TILE, mode=mode, gs=gs, psum_granularity=granularity))
         set_psum_impl(layer, impl)
         return layer
 
@@ -106,7 +167,8 @@ ABLATIONS = [
 ]
 
 
-def variants(reference: bool, ablation: bool = False, fallback: bool = False) -> tuple[list[Variant], list[str]]:
+def variants(reference: bool, ablation: bool = False, fallback: bool = False,
+             baseline: str | None = None) -> tuple[list[Variant], list[str]]:
     notes = []
     out = [Variant("fp32", lambda k, n: nn.Linear(k, n))]
     brev = _brevitas()
@@ -117,6 +179,9 @@ def variants(reference: bool, ablation: bool = False, fallback: bool = False) ->
     out.append(Variant("w8a8", _ours("none")))
     out.append(Variant("psq", _ours("psq")))
     out += [Variant(f"apsq_gs{gs}", _ours("apsq", gs)) for gs in (1, 2, 3, 4)]
+    out.append(Variant("apsq_gs2_channel", _ours("apsq", 2, granularity="channel")))
+    if baseline is not None:
+        out.append(Variant("apsq_gs2_baseline", _ours("apsq", 2), opts={"gemm_module": baseline_gemm(baseline)}))
     if reference:
         out.append(Variant("apsq_gs2_reference", _ours("apsq", 2, "reference")))
     if fallback:
@@ -246,7 +311,8 @@ def bench_minilm(reps: int, batch: int, seq: int, gs: int, ablation: bool = Fals
     labels = torch.randint(0, 2, (batch,))
     models = {"fp32": copy.deepcopy(base)}
     envs: dict[str, dict[str, object]] = {}
-    quantized = [("w8a8", apsq.APSQConfig(mode="none")), (f"apsq_gs{gs}", apsq.APSQConfig(mode="apsq", gs=gs))]
+    quantized = [("w8a8", apsq.APSQConfig(mode="none")), (f"apsq_gs{gs}", apsq.APSQConfig(mode="apsq", gs=gs)),
+                 (f"apsq_gs{gs}_channel", apsq.APSQConfig(mode="apsq", gs=gs, psum_granularity="channel"))]
     if ablation:
         quantized.append((f"apsq_gs{gs}_bmm_tiles", apsq.APSQConfig(mode="apsq", gs=gs)))
         envs[f"apsq_gs{gs}_bmm_tiles"] = {"int_gemm": False, "fused_lsq": False}
@@ -287,6 +353,8 @@ def bench_minilm(reps: int, batch: int, seq: int, gs: int, ablation: bool = Fals
         "ratio_apsq_vs_fp32": round(med[key] / med["fp32"], 3),
         "ratio_apsq_vs_w8a8": round(med[key] / med["w8a8"], 3),
         "ratio_w8a8_vs_fp32": round(med["w8a8"] / med["fp32"], 3),
+        f"ratio_{key}_channel_vs_fp32": round(med[f"{key}_channel"] / med["fp32"], 3),
+        f"ratio_{key}_channel_vs_{key}": round(med[f"{key}_channel"] / med[key], 3),
         **({f"ratio_{key}_bmm_tiles_vs_fp32": round(med[f"{key}_bmm_tiles"] / med["fp32"], 3)} if ablation else {}),
     }
 
@@ -315,13 +383,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="also time apsq gs=2 / w8a8 on the torch kernels (what runs without a C compiler)")
     ap.add_argument("--ablation", action="store_true",
                     help="also time apsq gs=2 / w8a8 with the previous paths (batched-matmul tiles, autograd LSQ)")
+    ap.add_argument("--baseline", metavar="REV", default=None,
+                    help="also time apsq gs=2 with the integer kernel of git revision REV (e.g. HEAD~1)")
     ap.add_argument("--minilm", action="store_true", help="also time one MiniLM training step")
     ap.add_argument("--minilm-batch", type=int, default=8)
     ap.add_argument("--minilm-seq", type=int, default=128)
     ap.add_argument("--minilm-reps", type=int, default=5)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    vs, notes = variants(args.reference, args.ablation, args.fallback)
+    vs, notes = variants(args.reference, args.ablation, args.fallback, args.baseline)
     bench_layers(vs, args.reps)
     res = layer_results(vs)
     if args.minilm:

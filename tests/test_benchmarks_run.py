@@ -26,12 +26,28 @@ def test_layer_benchmark_reports_every_variant(bench):
     vs, _ = bench.variants(reference=True, ablation=True, fallback=True)
     bench.bench_layers(vs, reps=1)
     res = bench.layer_results(vs)
-    for name in ("fp32", "w8a8", "psq", "apsq_gs1", "apsq_gs2", "apsq_gs3", "apsq_gs4", "apsq_gs2_reference",
+    for name in ("fp32", "w8a8", "psq", "apsq_gs1", "apsq_gs2", "apsq_gs3", "apsq_gs4", "apsq_gs2_channel",
+                 "apsq_gs2_reference",
                  "apsq_gs2_bmm_tiles", "apsq_gs2_autograd_lsq", "apsq_gs2_torch_kernels", "w8a8_torch_kernels"):
         entry = res[name]
         assert entry["ratio_vs_fp32"] > 0 and entry["peak_mem_ratio_vs_w8a8"] > 0
         assert set(entry["shapes"]) == {"M16_K64_N48"}
     assert res["fp32"]["ratio_vs_fp32"] == 1.0 and res["w8a8"]["peak_mem_ratio_vs_w8a8"] == 1.0
+
+
+def test_baseline_variant_runs_the_kernel_of_a_git_revision(bench, monkeypatch):
+    """``--baseline REV``: apsq gs=2 through REV's integer kernel module (here HEAD's), not the current one."""
+    from apsq.kernels import int_gemm
+
+    vs, _ = bench.variants(reference=False, baseline="HEAD")
+    base = next(v for v in vs if v.name == "apsq_gs2_baseline")
+    module = base.opts["gemm_module"]
+    assert module is not int_gemm and module.available()
+    calls = []
+    real = module.forward
+    monkeypatch.setattr(module, "forward", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    bench.bench_layers([v for v in vs if v.name in ("fp32", "w8a8", "apsq_gs2_baseline")], reps=1)
+    assert calls
 
 
 def test_ablation_variants_switch_the_kernel_options(bench):

@@ -223,3 +223,25 @@ def test_quant_layers_channel_steps_match_reference(int_calls, mode, gs):
         assert torch.equal(outs["fused"][0], outs["reference"][0])
         for a, b in zip(outs["fused"][1:], outs["reference"][1:]):
             assert a.shape == b.shape and torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode,gs", [("psq", 1), ("apsq", 2)])
+def test_batched_matmul_channel_steps_bit_identical(int_calls, mode, gs):
+    """Attention AV ``[B, H, S, S] @ [B, H, S, d]`` with ``[n, d]`` steps shared by the heads: every product
+    through the kernel, the reference's bits (float64, dyadic gradient, saturating steps)."""
+    from apsq.psum.fused import matmul_psum
+    from apsq.psum.tiling import matmul_partials
+
+    gen = torch.Generator().manual_seed(13)
+    sa, sb = torch.tensor(2.0**-3, dtype=torch.float64), torch.tensor(2.0**-5, dtype=torch.float64)
+    a = torch.randint(-128, 128, (2, 3, 9, 40), generator=gen).double() * sa
+    b = torch.randint(-128, 128, (2, 3, 40, 11), generator=gen).double() * sb
+    parts = matmul_partials(a, b, 8)
+    scales = _channel_steps(parts, 8, -2.0, gen)  # [n, 11]
+    g = torch.randint(-64, 64, (2, 3, 9, 11), generator=gen).double() / 16
+    ref = _run(lambda x, y, s: psum_accumulate(matmul_partials(x, y, 8), s, mode=mode, gs=gs), a, b, scales, g)
+    int_calls.clear()
+    got = _run(lambda x, y, s: matmul_psum(x, y, s, 8, mode=mode, gs=gs, a_step=sa, b_step=sb), a, b, scales, g)
+    assert int_calls == [scales.numel()]
+    for x, y in zip(got, ref):
+        assert x.shape == y.shape and torch.equal(x, y)

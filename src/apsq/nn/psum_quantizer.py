@@ -115,8 +115,8 @@ class PSUMQuantizer(nn.Module):
     def _operand_path(self, per_channel_ok: bool = False) -> bool:
         """Whether :meth:`linear` / :meth:`conv2d` / :meth:`matmul` can skip the partials: the fused
         implementation, steps already initialised (initialisation needs the partials), PSUMs modelled,
-        and per-tensor steps unless the caller takes per-channel ones (:meth:`linear`, :meth:`conv2d`: the
-        integer C kernel and Triton do)."""
+        and per-tensor steps unless the caller takes per-channel ones (:meth:`linear`, :meth:`conv2d`,
+        :meth:`matmul`: the integer C kernel, Triton, or the reference for other layouts)."""
         return (self.mode != "none" and self._use_fused() and (per_channel_ok or not self.per_channel)
                 and bool(self.initialized))
 
@@ -158,6 +158,8 @@ class PSUMQuantizer(nn.Module):
             return self(conv2d_partials(x, weight, tile, stride, padding, dilation, groups))
         co, cig, kh, kw = weight.shape
         n = -(-(cig * kh * kw) // tile)
+        self._check_n(n)
+        self._check_channels(co)
         h = (x.shape[2] + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
         w = (x.shape[3] + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
         return conv2d_psum(x, weight, self._steps(n, x.shape[0] * co * h * w), tile, stride, padding, dilation,
@@ -167,11 +169,12 @@ class PSUMQuantizer(nn.Module):
     def matmul(self, a: torch.Tensor, b: torch.Tensor, tile: int, a_step: torch.Tensor | None = None,
                b_step: torch.Tensor | None = None) -> torch.Tensor:
         """``self(matmul_partials(a, b, tile))`` — fused: with the operand steps, through the integer
-        kernel without materialising the tiles."""
-        if not self._operand_path():
+        kernel without materialising the tiles (per-channel steps ``[n, N]`` included: attention AV)."""
+        if not self._operand_path(per_channel_ok=True):
             return self(matmul_partials(a, b, tile))
         n = -(-a.shape[-1] // tile)
         self._check_n(n)
+        self._check_channels(b.shape[-1])
         numel = a.numel() // a.shape[-1] * b.shape[-1]
         return matmul_psum(a, b, self._steps(n, numel), tile, mode=self.mode, gs=self.gs, bits=self.bits,
                            observe=self.observe, a_step=a_step, b_step=b_step)

@@ -525,7 +525,17 @@ def matmul_psum(
     _validate((n, *out_lead, m, n_out), scales, mode, gs, bits)
     if mode == "none":
         return a @ b
-    if scales is not None and scales.dim() >= 2:  # per-channel steps: the kernels take per-tensor steps only
+    if scales is not None and scales.dim() >= 2:  # per-channel steps [n, N]: the integer kernel, else the reference
+        lanes = _lane_steps(scales, n, n_out)
+        if (lanes is not None and observe is None and b.shape[:-2] == lead and a.dtype == b.dtype
+                and a.device.type == "cpu"):
+            a3, b3 = a.reshape(-1, m, k), b.reshape(-1, k, n_out).transpose(1, 2)
+            route = dispatch.choose(a3, lanes.detach().to(torch.float64).reshape(-1).tolist())
+            if dispatch.use_int_gemm(route, a3, b3, a_step, b_step, False):
+                y = int_gemm_psum(a3, b3, lanes.to(a.dtype), tile, Plan(mode, n, gs, bits),
+                                  (a_step.detach(), b_step.detach()))
+                if y is not None:
+                    return y.reshape(*lead, m, n_out)
         return psum_accumulate(matmul_partials(a, b, tile), scales, mode=mode, gs=gs, bits=bits, observe=observe)
     route = "partials"
     if b.shape[:-2] == lead:  # broadcast batches take the partials path
