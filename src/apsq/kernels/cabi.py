@@ -28,7 +28,8 @@ class Arg:
 
     ``kind``: ``tensor`` (a pointer to a tensor's data; ``dtype`` is a torch dtype, ``"T"`` for the
     entry's float dtype or ``"bad"`` for uint8/int16 ``last_bad``), ``long`` / ``int`` (a Python
-    int), ``doubles`` (a sequence of floats passed as ``double[numel]``), ``u8_flag`` (derived: 1
+    int), ``doubles`` (a sequence of floats passed as ``double[numel]``, or a contiguous float64 CPU
+    tensor of ``numel`` elements, passed as its data pointer), ``u8_flag`` (derived: 1
     when the tensor argument ``of`` is uint8), ``threads`` (derived: ``torch.get_num_threads()``).
     ``numel(args)``: the required element count, from the other arguments. ``optional``: None is
     allowed (a NULL pointer).
@@ -138,6 +139,12 @@ class Entry:
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(f"{where} must be an int, got {type(v).__name__}")
             return v
+        if a.kind == "doubles" and isinstance(v, torch.Tensor):
+            if v.dtype != torch.float64 or v.device.type != "cpu" or not v.is_contiguous():
+                raise ValueError(f"{where} must be a contiguous float64 CPU tensor, got {v.dtype} on {v.device}")
+            if a.numel is not None and v.numel() != a.numel(kw):
+                raise ValueError(f"{where} needs {a.numel(kw)} values, got {v.numel()}")
+            return v.data_ptr()
         if a.kind == "doubles":
             vals = [float(x) for x in v]  # type: ignore[union-attr]
             if a.numel is not None and len(vals) != a.numel(kw):

@@ -47,10 +47,10 @@ def c_backend() -> str:
     return "torch"
 
 
-def choose(x: torch.Tensor, steps: Sequence[float] | None = None) -> str:
+def choose(x: torch.Tensor, steps: Sequence[float] | torch.Tensor | None = None) -> str:
     """The backend (one of :data:`ROUTES`) for operands / partial sums like ``x``.
 
-    ``steps``: the PSUM steps as floats, when known: a ``c`` route with a step whose reciprocal is not
+    ``steps``: the PSUM steps (floats or a tensor), when known: a ``c`` route with a step whose reciprocal is not
     exact in ``x.dtype`` becomes ``torch``. Raises APSQError for a bad ``APSQ_KERNELS`` or a forced
     ``c`` that does not build.
     """

@@ -203,7 +203,7 @@ def _ops_args(ops: IntOperands, plan: Plan) -> dict:
     return {"xa": ops.xa, "wb": ops.wb, "B": b, "M": m, "N": n_out, "n": plan.n, "te": ops.te, "unit": ops.unit}
 
 
-def _column_stride(ops: IntOperands, s: list[float], plan: Plan) -> int:
+def _column_stride(ops: IntOperands, s: list[float] | torch.Tensor, plan: Plan) -> int:
     """0 for per-tensor steps (``s`` has ``n`` values), 1 for per-channel steps (``n * N`` values, row-major
     ``[n][N]``: step ``i`` of output column ``o`` at ``i * N + o``); anything else is a ValueError."""
     n_out = ops.dims[2]
@@ -214,16 +214,17 @@ def _column_stride(ops: IntOperands, s: list[float], plan: Plan) -> int:
     raise ValueError(f"PSUM steps: need {plan.n} (per tensor) or {plan.n} x {n_out} (per channel) values, got {len(s)}")
 
 
-def forward(ops: IntOperands, s: list[float], plan: Plan, out: torch.Tensor,
+def forward(ops: IntOperands, s: list[float] | torch.Tensor, plan: Plan, out: torch.Tensor,
             last_bad: torch.Tensor | None) -> None:
     """Writes the accumulated output ``out [B, M, N]`` and, for apsq, ``last_bad [B, M, N]`` (contiguous).
-    ``s``: the PSUM steps, ``n`` (per tensor) or ``n * N`` (per channel, row-major ``[n][N]``) floats."""
+    ``s``: the PSUM steps, ``n`` (per tensor) or ``n * N`` (per channel, row-major ``[n][N]``) floats, as a
+    list or a 1-D float64 tensor."""
     cs = _column_stride(ops, s, plan)
     sd, si = step_arrays(s)
     _ok(FWD(library(), **_ops_args(ops, plan), sd=sd, si=si, cs=cs, **_plan_args(plan), out=out, lb=last_bad))
 
 
-def backward(ops: IntOperands, s: list[float], plan: Plan, g: torch.Tensor,
+def backward(ops: IntOperands, s: list[float] | torch.Tensor, plan: Plan, g: torch.Tensor,
              last_bad: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Step-size gradients (float64 ``[n]``, or ``[n, N]`` for per-channel steps ``s``; summed in an order
     that does not depend on the thread count) and the uint8 ``[B, M, N]`` flags of outputs needing a
@@ -238,7 +239,7 @@ def backward(ops: IntOperands, s: list[float], plan: Plan, g: torch.Tensor,
     return grad_s, flag
 
 
-def correct(ops: IntOperands, s: list[float], plan: Plan, tile: int, g: torch.Tensor,
+def correct(ops: IntOperands, s: list[float] | torch.Tensor, plan: Plan, tile: int, g: torch.Tensor,
             last_bad: torch.Tensor | None, idx: torch.Tensor, xp: torch.Tensor, wp: torch.Tensor,
             gxp: torch.Tensor | None, gwp: torch.Tensor | None) -> None:
     """In place: removes from ``gxp [B*M, n*t]`` / ``gwp [B*N, n*t]`` (``g @ W`` / ``g^T @ x`` per product)

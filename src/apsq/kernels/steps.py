@@ -10,21 +10,32 @@ import torch
 __all__ = ["step_arrays", "reciprocals_exact", "powers_of_two", "is_power_of_two"]
 
 
-def step_arrays(steps: Sequence[float]) -> tuple[list[float], list[float]]:
-    """``(s, 1/s)`` as two lists of Python floats (the kernels take them as ``double[n]``)."""
+def step_arrays(steps: Sequence[float] | torch.Tensor) -> tuple[list[float], list[float]] | tuple[torch.Tensor, torch.Tensor]:
+    """``(s, 1/s)`` as two lists of Python floats (the kernels take them as ``double[n]``); for a tensor
+    (thousands of per-channel steps: no Python floats), two contiguous float64 CPU tensors, flattened
+    (``1/s`` rounded the same way as Python's)."""
+    if isinstance(steps, torch.Tensor):
+        sd = steps.detach().to(device="cpu", dtype=torch.float64).reshape(-1).contiguous()
+        return sd, torch.reciprocal(sd)
     vals = [float(v) for v in steps]
     return vals, [1.0 / v for v in vals]
 
 
-def reciprocals_exact(steps: Sequence[float], dtype: torch.dtype) -> bool:
+def reciprocals_exact(steps: Sequence[float] | torch.Tensor, dtype: torch.dtype) -> bool:
     """True when every step is positive and ``1/s`` is exactly representable in ``dtype``, so that
     ``x * (1/s)`` (the kernels) is the same number as ``x / s`` (the reference) for power-of-two
     steps (:func:`powers_of_two`)."""
-    try:
-        inv = torch.tensor([1.0 / v for v in steps], dtype=torch.float64)
-    except (OverflowError, ZeroDivisionError):
-        return False
-    s = torch.tensor(list(steps), dtype=torch.float64)
+    if isinstance(steps, torch.Tensor):
+        s = steps.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
+        if not bool((s != 0).all()):
+            return False
+        inv = torch.reciprocal(s)
+    else:
+        try:
+            inv = torch.tensor([1.0 / v for v in steps], dtype=torch.float64)
+        except (OverflowError, ZeroDivisionError):
+            return False
+        s = torch.tensor(list(steps), dtype=torch.float64)
     back = inv.to(dtype).to(torch.float64)
     return bool((s > 0).all() and torch.isfinite(back).all() and (back == inv).all() and (inv * s == 1).all())
 

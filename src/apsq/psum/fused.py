@@ -377,8 +377,7 @@ def _per_channel(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, ti
     if observe is not None or s2 is None:
         return None
     x3, w3 = x.reshape(-1, x.shape[-1]).unsqueeze(0), weight.unsqueeze(0)
-    flat = s2.detach().to(torch.float64).reshape(-1).tolist() if x.dtype == weight.dtype else None
-    route = dispatch.choose(x, flat)
+    route = dispatch.choose(x, s2 if x.dtype == weight.dtype else None)  # steps checked as one tensor
     y = None
     if route == "triton":
         y = dispatch.triton_gemm(x3, w3, s2, tile, plan, x_step, w_step)
@@ -530,7 +529,7 @@ def matmul_psum(
         if (lanes is not None and observe is None and b.shape[:-2] == lead and a.dtype == b.dtype
                 and a.device.type == "cpu"):
             a3, b3 = a.reshape(-1, m, k), b.reshape(-1, k, n_out).transpose(1, 2)
-            route = dispatch.choose(a3, lanes.detach().to(torch.float64).reshape(-1).tolist())
+            route = dispatch.choose(a3, lanes)
             if dispatch.use_int_gemm(route, a3, b3, a_step, b_step, False):
                 y = int_gemm_psum(a3, b3, lanes.to(a.dtype), tile, Plan(mode, n, gs, bits),
                                   (a_step.detach(), b_step.detach()))

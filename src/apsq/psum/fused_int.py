@@ -33,9 +33,10 @@ def int_operands(x2: torch.Tensor, w2: torch.Tensor, tile: int, steps, batch: in
     return _cgemm.int_operands(x2.detach(), w2.detach(), tile, *steps, batch=batch)
 
 
-def _steps(scales: torch.Tensor) -> list[float]:
-    """The PSUM steps as floats: ``[n]`` per tensor, ``[n, N]`` per channel flattened row-major."""
-    return scales.detach().to(torch.float64).reshape(-1).tolist()
+def _steps(scales: torch.Tensor) -> torch.Tensor:
+    """The PSUM steps as a contiguous float64 tensor: ``[n]`` per tensor, ``[n, N]`` per channel flattened
+    row-major (passed to the kernel by pointer: no Python floats for thousands of steps)."""
+    return scales.detach().to(torch.float64).reshape(-1).contiguous()
 
 
 class _IntGemmPsum(torch.autograd.Function):
