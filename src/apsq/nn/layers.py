@@ -373,6 +373,21 @@ class _QuantConvNd(_QuantMixin):
 
     _spatial = 2
 
+    def __init__(self, *args, qcfg: LayerQuantConfig, check_finite: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)  # the nn.Conv1d / nn.Conv2d of the concrete class
+        self._setup_conv(qcfg, check_finite, kwargs.get("device"), kwargs.get("dtype"))
+
+    @classmethod
+    def from_float(cls, mod: nn.Module, qcfg: LayerQuantConfig, check_finite: bool = True) -> _QuantConvNd:
+        """A quantized twin of the float conv ``mod`` sharing its parameters (padding mode, dtype and
+        device kept)."""
+        q = cls(mod.in_channels, mod.out_channels, mod.kernel_size, stride=mod.stride, padding=mod.padding,
+                dilation=mod.dilation, groups=mod.groups, bias=mod.bias is not None, padding_mode=mod.padding_mode,
+                qcfg=qcfg, check_finite=check_finite, device=mod.weight.device, dtype=mod.weight.dtype)
+        q.weight = mod.weight
+        q.bias = mod.bias
+        return q
+
     def _setup_conv(self, qcfg: LayerQuantConfig, check: bool, device, dtype) -> None:
         self._setup_common(qcfg, check)
         _make_quantizers(self, qcfg, self.out_channels, dtype, device, channel_axis=-3)  # [B, Co, Ho, Wo]
@@ -493,20 +508,6 @@ class QuantConv2d(_QuantConvNd, nn.Conv2d):
     kind = "conv2d"
     _spatial = 2
 
-    def __init__(self, *args, qcfg: LayerQuantConfig, check_finite: bool = True, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._setup_conv(qcfg, check_finite, kwargs.get("device"), kwargs.get("dtype"))
-
-    @classmethod
-    def from_float(cls, mod: nn.Conv2d, qcfg: LayerQuantConfig, check_finite: bool = True) -> QuantConv2d:
-        """A quantized twin of ``mod`` sharing its parameters (padding mode, dtype and device kept)."""
-        q = cls(mod.in_channels, mod.out_channels, mod.kernel_size, stride=mod.stride, padding=mod.padding,
-                dilation=mod.dilation, groups=mod.groups, bias=mod.bias is not None, padding_mode=mod.padding_mode,
-                qcfg=qcfg, check_finite=check_finite, device=mod.weight.device, dtype=mod.weight.dtype)
-        q.weight = mod.weight
-        q.bias = mod.bias
-        return q
-
 
 class QuantConv1d(_QuantConvNd, nn.Conv1d):
     """``nn.Conv1d`` (K = Ci/groups * k) with W/A fake quantization and tiled PSUMs, lowered to a
@@ -515,20 +516,6 @@ class QuantConv1d(_QuantConvNd, nn.Conv1d):
 
     kind = "conv1d"
     _spatial = 1
-
-    def __init__(self, *args, qcfg: LayerQuantConfig, check_finite: bool = True, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._setup_conv(qcfg, check_finite, kwargs.get("device"), kwargs.get("dtype"))
-
-    @classmethod
-    def from_float(cls, mod: nn.Conv1d, qcfg: LayerQuantConfig, check_finite: bool = True) -> QuantConv1d:
-        """A quantized twin of ``mod`` sharing its parameters (padding mode, dtype and device kept)."""
-        q = cls(mod.in_channels, mod.out_channels, mod.kernel_size, stride=mod.stride, padding=mod.padding,
-                dilation=mod.dilation, groups=mod.groups, bias=mod.bias is not None, padding_mode=mod.padding_mode,
-                qcfg=qcfg, check_finite=check_finite, device=mod.weight.device, dtype=mod.weight.dtype)
-        q.weight = mod.weight
-        q.bias = mod.bias
-        return q
 
 
 class QuantMatmul(nn.Module, _QuantMixin):
