@@ -31,9 +31,19 @@ __all__ = ["available", "build_error", "isa", "library", "GEMM_ISAS", "IntOperan
            "backward", "correct"]
 
 
+_PASS_LAYOUTS = ((0, "tensor"), (1, "lanes"))
+"""Instances of ``csrc/psum_gemm_pass.c``: ``CS`` = 0 one step per tile step (per tensor), 1 one per
+tile step and output column (per channel)."""
+
+
 def source() -> str:
-    """The translation unit: the prologue, then the dtype-generic body once per dtype."""
-    return instantiate(read_source("psum_gemm.c"), read_source("psum_gemm_body.c"))
+    """The translation unit: the prologue, then per dtype the forward / step-gradient template once per
+    step layout (:data:`_PASS_LAYOUTS`; the per-tensor instance keeps its step a broadcast scalar) and
+    the dtype-generic body (entry points, correction, codes)."""
+    template = read_source("psum_gemm_pass.c")
+    passes = "".join(f"\n#define CS {cs}\n#define PASS(name) SUF(name##_{tag})\n{template}\n#undef CS\n#undef PASS\n"
+                     for cs, tag in _PASS_LAYOUTS)
+    return instantiate(read_source("psum_gemm.c"), passes + read_source("psum_gemm_body.c"))
 
 
 def _bmn(a) -> int:
