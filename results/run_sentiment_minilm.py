@@ -154,12 +154,11 @@ def collect(seeds: list[int], root: Path, out: Path, command: str) -> dict:
         return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else None,
                 "n": len(vals), "per_seed": per[v]}
 
-    sens = {}
-    for f in sorted((root / f"seed{seeds[0]}").glob("apsq_gs2_scale*/result.json")):
-        sens[f.parent.name.removeprefix("apsq_gs2_scale")] = json.loads(f.read_text())["accuracy"]
-    by_steps = {}
-    for f in sorted((root / f"seed{seeds[0]}").glob("apsq_gs2_steps*/result.json")):
-        by_steps[f.parent.name.removeprefix("apsq_gs2_steps")] = json.loads(f.read_text())["accuracy"]
+    sens_runs = []  # every APSQ gs=2 run of the first seed: (scale_lr, qat steps, accuracy)
+    for f in sorted((root / f"seed{seeds[0]}").glob("apsq_gs2*/result.json")):
+        conf = json.loads((f.parent / "config.json").read_text())["qat"]
+        sens_runs.append({"scale_lr": conf["scale_lr"], "qat_steps": conf["steps"],
+                          "accuracy": json.loads(f.read_text())["accuracy"], "run": f.parent.name})
     table = {name: stats(name) for name in ("fp32", *VARIANTS)}
     mean = {k: (v["mean"] if v else None) for k, v in table.items()}
     qat = yaml.safe_load(Path("configs/train_minilm_apsq_gs2.yaml").read_text())["qat"]
@@ -182,46 +181,44 @@ def collect(seeds: list[int], root: Path, out: Path, command: str) -> dict:
         "note": "means over the seeds in per_seed (n_seeds each); one thread per run, two runs at a time, on a "
                 "shared 2-core CPU",
     }
-    g2 = per.get("apsq_gs2", {}).get(str(seeds[0]))
-    if sens or g2 is not None:
-        from apsq.train.config import QATConfig as _Q
-
-        res["scale_lr_sensitivity_gs2"] = {"seed": seeds[0], "accuracy_by_scale_lr": {
-            **sens, **({str(_Q().scale_lr): g2} if g2 is not None else {})},
-            "previous_rule_at_5e-3": PREVIOUS["apsq"]["2"],
-            "accuracy_by_qat_steps": {**by_steps, **({str(qat["steps"]): g2} if g2 is not None else {})}}
+    if len(sens_runs) > 1:
+        res["sensitivity_gs2"] = {"seed": seeds[0], "runs": sens_runs,
+                                  "previous_rule": {"scale_lr": 5e-3, "qat_steps": 100, "accuracy": PREVIOUS["apsq"]["2"]}}
     res["previous_recipe"] = PREVIOUS
     out.write_text(json.dumps(res, indent=1) + "\n")
     plot(res, out.with_suffix(".png"))
-    if "scale_lr_sensitivity_gs2" in res:
+    if "sensitivity_gs2" in res:
         plot_sensitivity(res, out.with_name(out.stem + "_sensitivity.png"))
     return res
 
 
 def plot_sensitivity(res: dict, path: Path) -> None:
-    """APSQ INT8 gs=2 accuracy of the first seed vs the step-size rate and vs the QAT steps."""
+    """APSQ INT8 gs=2 accuracy of the first seed vs the step-size rate (100 steps) and vs the QAT steps."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sens = res["scale_lr_sensitivity_gs2"]
+    sens = res["sensitivity_gs2"]
     seed = str(sens["seed"])
+    runs = sens["runs"]
     fp32, w8a8 = res["per_seed"]["fp32"].get(seed), res["per_seed"]["w8a8"].get(seed)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
-    panels = ((axes[0], sens["accuracy_by_scale_lr"], "step-size learning rate (scale_lr)", True),
-              (axes[1], sens["accuracy_by_qat_steps"], "QAT steps (batch 16)", False))
-    for ax, data, label, logx in panels:
-        xs = sorted(data, key=float)
-        ax.plot([float(x) for x in xs], [100 * data[x] for x in xs], "o-", label="APSQ INT8 gs=2 (new rule)")
-        if logx:
-            ax.plot([5e-3], [100 * sens["previous_rule_at_5e-3"]], "x", color="C3", ms=9,
-                    label="previous rule, 5e-3")
-            ax.set_xscale("log")
-        for val, name, style in ((fp32, "FP32", "-"), (w8a8, "W8A8, INT32 PSUM", "--")):
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    at100 = sorted((r for r in runs if r["qat_steps"] == 100), key=lambda r: r["scale_lr"])
+    ax1.plot([r["scale_lr"] for r in at100], [100 * r["accuracy"] for r in at100], "o-", label="new rule, 100 steps")
+    prev = sens["previous_rule"]
+    ax1.plot([prev["scale_lr"]], [100 * prev["accuracy"]], "x", color="C3", ms=9, label="previous rule, 100 steps")
+    ax1.set_xscale("log")
+    ax1.set_xlabel("step-size learning rate (scale_lr)")
+    for i, rate in enumerate(sorted({r["scale_lr"] for r in runs})):
+        pts = sorted((r for r in runs if r["scale_lr"] == rate), key=lambda r: r["qat_steps"])
+        ax2.plot([r["qat_steps"] for r in pts], [100 * r["accuracy"] for r in pts], "o-", color=f"C{i}",
+                 label=f"scale_lr {rate:g}")
+    ax2.set_xlabel("QAT steps (batch 16)")
+    for ax in (ax1, ax2):
+        for val, name, style in ((fp32, "FP32", "-"), (w8a8, "W8A8, INT32 PSUM (same rate)", "--")):
             if val is not None:
-                ax.axhline(100 * val, color="k", ls=style, lw=1, label=f"{name} ({100 * val:.1f})")
-        ax.set_xlabel(label)
+                ax.axhline(100 * val, color="k", ls=style, lw=1, label=f"{name} {100 * val:.1f}")
         ax.set_ylabel("test accuracy (%), 1,041 sentences")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
