@@ -120,7 +120,7 @@ def test_uniform_channel_steps_equal_per_tensor_steps():
     n = parts.shape[0]
     s1 = torch.exp2(torch.round(torch.log2(parts.abs().reshape(n, -1).amax(1) / 128)) - 1)
     g = torch.randint(-64, 64, (21, 37), generator=gen).double() / 16
-    fn = lambda a, b, s: linear_psum(a, b, s, 8, mode="apsq", gs=2, x_step=sx, w_step=sw)  # noqa: E731
+    fn = lambda a, b, s: linear_psum(a, b, s, 8, mode="apsq", gs=2, x_step=sx, w_step=sw)
     per_tensor = _run(fn, x, w, s1, g)
     per_channel = _run(fn, x, w, s1[:, None].expand(n, 37).contiguous(), g)
     for a, b in zip(per_channel[:3], per_tensor[:3]):
@@ -135,7 +135,7 @@ def test_channel_step_gradients_do_not_depend_on_thread_count(mode, gs):
     x, w, sx, sw = _operands(gen, 300, 96, 70, torch.float32)
     scales = _channel_steps(linear_partials(x, w, 16), 8, -1.0, gen).float()
     g = torch.randn(300, 70, generator=gen)
-    fn = lambda a, b, s: linear_psum(a, b, s, 16, mode=mode, gs=gs, x_step=sx, w_step=sw)  # noqa: E731
+    fn = lambda a, b, s: linear_psum(a, b, s, 16, mode=mode, gs=gs, x_step=sx, w_step=sw)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
