@@ -24,7 +24,7 @@ from rich.console import Console
 from apsq.errors import APSQError, check_str_list, literal, print_error, read_yaml
 from apsq.nn.config import APSQConfig
 
-ACCEL_YAML = "src/apsq/configs/accel_28nm_int8.yaml"
+ACCEL_YAML = "src/apsq/accelerators/accel_28nm_int8.yaml"
 
 
 # --- 1: strings where a list of patterns is expected ------------------------------------------

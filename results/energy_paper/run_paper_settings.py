@@ -77,7 +77,7 @@ def main() -> None:
                 sens.append(row)
     OUT.write_text(json.dumps({"command": "HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python "
                                           "results/energy_paper/run_paper_settings.py",
-                               "accelerator": "apsq-28nm-int8 (src/apsq/configs/accel_28nm_int8.yaml)",
+                               "accelerator": "apsq-28nm-int8 (src/apsq/accelerators/accel_28nm_int8.yaml)",
                                "settings": rows, "sensitivity_gs2": sens,
                                "wall_s": time.perf_counter() - t0}, indent=2) + "\n")
     print(f"wrote {OUT} in {time.perf_counter() - t0:.0f} s")

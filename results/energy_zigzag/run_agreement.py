@@ -35,7 +35,7 @@ def main() -> None:
     result: dict = {
         "command": "HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python results/energy_zigzag/run_agreement.py",
         "zigzag": "zigzag-dse 3.9.1",
-        "accelerator": "zigzag-tpu-like (src/apsq/configs/zigzag_tpu_like.yaml)",
+        "accelerator": "zigzag-tpu-like (src/apsq/accelerators/zigzag_tpu_like.yaml)",
         "settings": {"baseline_bits": 32, "psum_bits": 8, "gs": 1, "schedule": "untiled (fixed IS/WS orders)"},
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}",
         "tolerance_pp": TOL_PP,

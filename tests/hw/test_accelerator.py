@@ -15,7 +15,7 @@ from apsq.hw.accelerator import (
     sram_pj_per_bit,
 )
 
-CONFIGS = Path(__file__).resolve().parents[2] / "src" / "apsq" / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "src" / "apsq" / "accelerators"
 
 
 def test_default_loads_and_is_packaged():

@@ -10,7 +10,7 @@ from apsq.hw.dataflow import access_counts, psum_plan
 from apsq.hw.energy import compare, evaluate
 from apsq.hw.workloads import Layer, Workload
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "src" / "apsq" / "configs" / "worked_example.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "src" / "apsq" / "accelerators" / "worked_example.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from apsq.hw.energy import compare, evaluate
 from apsq.hw.mapper import map_layers
 from apsq.hw.workloads import Layer, Workload, builtin_workload
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "src" / "apsq" / "configs" / "worked_example.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "src" / "apsq" / "accelerators" / "worked_example.yaml"
 
 shapes = st.tuples(st.integers(1, 700), st.integers(1, 3000), st.integers(1, 700), st.integers(1, 3))
 

@@ -1,6 +1,6 @@
 """Typed, validated accelerator description for the energy model (loaded from YAML).
 
-Every field states its unit and meaning. The default constants (``configs/accel_28nm_int8.yaml``)
+Every field states its unit and meaning. The default constants (``src/apsq/accelerators/accel_28nm_int8.yaml``)
 are derived from published figures, not fitted to the APSQ paper:
 
 - Logic energy: Horowitz, "Computing's energy problem", ISSCC 2014 (45 nm, 0.9 V): 8-bit integer
@@ -235,7 +235,7 @@ class Accelerator(_Strict):
 
 
 def _configs_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "configs"
+    return Path(__file__).resolve().parent.parent / "accelerators"
 
 
 BUILTIN_ACCELERATORS: dict[str, str] = {
