@@ -25,9 +25,11 @@ from apsq.psum.tiling import conv2d_partials, linear_partials
 pytestmark = pytest.mark.skipif(not _cgemm.available(), reason=f"C kernel unavailable: {_cgemm.build_error()}")
 
 
-@pytest.fixture(params=["native", "portable"])
+@pytest.fixture(params=["native", "avx2", "portable"])
 def variant(request):
-    """The SIMD micro-kernel this machine compiles and the plain-C one (other CPUs)."""
+    """The SIMD micro-kernel this machine compiles, the AVX2 one and the plain-C one (other CPUs)."""
+    if request.param == "avx2" and "avx2" not in open("/proc/cpuinfo").read().split():
+        pytest.skip("this CPU has no avx2")
     with options.override(isa=request.param):
         yield request.param
 
