@@ -6,7 +6,7 @@ Usage: HF_HUB_OFFLINE=1 python results/check_training_equivalence.py THREADS [--
 """
 import contextlib, json, sys
 from apsq.kernels import options
-from apsq.train import demo_run
+from apsq.eval.demo import demo_run
 threads = int(sys.argv[1])
 previous = "--previous" in sys.argv[2:]
 variants = [("psq", "psq", 1), ("apsq_gs4", "apsq", 4), ("apsq_gs2", "apsq", 2)]

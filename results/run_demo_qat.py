@@ -1,4 +1,4 @@
-"""Run apsq.train.demo_run with the demo's defaults and save results/demo_qat.json.
+"""Run apsq.eval.demo.demo_run with the demo's defaults and save results/demo_qat.json.
 
 Fresh: ``rm -rf ~/.cache/apsq/demo`` first (the FP32 fine-tune is then part of the run); cached: the
 demo's own cost. ``--threads`` as the demo's (0: torch's default).
@@ -14,7 +14,7 @@ t0 = time.time()
 ap = argparse.ArgumentParser()
 ap.add_argument("--threads", type=int, default=0)
 a = ap.parse_args()
-from apsq.train import demo_run  # noqa: E402
+from apsq.eval.demo import demo_run  # noqa: E402
 
 res = demo_run(progress=False, threads=a.threads or None, log=lambda m: print(m, flush=True),
                on_variant=lambda n, r: print(n, r, round(time.time() - t0, 1), flush=True))

@@ -62,6 +62,6 @@ def test_demo_report_writes_json_and_two_panel_png(tmp_path):
 
 def test_cli_defaults_are_the_demo_runs():
     from apsq import demo
-    from apsq.train import demo as train_demo
+    from apsq.eval import demo as train_demo
 
     assert (demo.QAT_STEPS, demo.FINETUNE_STEPS) == (train_demo.QAT_STEPS, train_demo.FINETUNE["steps"])

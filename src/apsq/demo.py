@@ -2,7 +2,7 @@
 
 MiniLM (the real all-MiniLM-L6-v2) on the Rotten Tomatoes movie-review sentences, W8A8 with PSUMs in
 every mode (INT32 ``none``, ``psq`` INT8, ``apsq`` INT8 with gs = 1..4): a short QAT + distillation
-per variant (:func:`apsq.train.demo_run`), test accuracy beside the energy model's reduction.
+per variant (:func:`apsq.eval.demo.demo_run`), test accuracy beside the energy model's reduction.
 ``--calibration-only`` skips training and compares hidden states against full precision.
 """
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # torch is imported when a command runs: `apsq --help` starts
     import torch
 
 QAT_STEPS, FINETUNE_STEPS = 60, 400
-"""The CLI's defaults: those of :func:`apsq.train.demo_run` (kept here so that parsing the command line
+"""The CLI's defaults: those of :func:`apsq.eval.demo.demo_run` (kept here so that parsing the command line
 imports no training code; ``tests/test_demo_cli.py`` checks they agree)."""
 
 # Movie-review sentences used when the review corpus has not been fetched (the demo must run offline).
@@ -249,7 +249,7 @@ def demo(
         path.write_text(json.dumps([asdict(r) for r in rows], indent=2))
         console.print(f"wrote {literal(path)}")
         return
-    from apsq.train import demo_run
+    from apsq.eval.demo import demo_run
 
     def done(name: str, row: dict) -> None:
         console.print(f"  {name}: accuracy {row['accuracy']:.4f} ± {row['interval95']:.3f} ({row['seconds']:.0f} s)")

@@ -1,11 +1,11 @@
-"""``apsq.train.demo_run``: the QAT demo behind ``apsq demo`` (tiny model, stand-in sentences)."""
+"""``apsq.eval.demo.demo_run``: the QAT demo behind ``apsq demo`` (tiny model, stand-in sentences)."""
 
 from __future__ import annotations
 
 import json
 
-from apsq.train import demo_run
-from apsq.train.demo import interval95
+from apsq.eval.demo import demo_run
+from apsq.eval.demo import interval95
 
 
 def test_demo_run_reports_every_variant_and_caches_fp32(tmp_path, monkeypatch, standin):

@@ -2,13 +2,12 @@
 
 A variant is an :class:`apsq.APSQConfig` mapping. PTQ: quantize a copy of the FP32 model, calibrate on
 the setup's calibration batches, evaluate (:func:`apsq.eval.metrics.metrics_of`). QAT: a run of
-:func:`apsq.train.loop.train` from the FP32 checkpoint (finished runs are reused).
+:func:`apsq.eval.sweep.run_variant` from the FP32 checkpoint (finished runs are reused, interrupted ones resumed).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ def ptq_metrics(setup: Setup, qcfg: APSQConfig, fp_logits=None) -> Metrics:
 def qat_accuracy(setup: Setup, fp32: str | Path, qcfg: Mapping[str, Any], steps: int, output: Path,
                  eval_limit: int | None = None, progress: bool = False) -> dict[str, Any]:
     """Accuracy after ``steps`` QAT+KD steps of the setup's config with ``apsq: qcfg`` (a run in ``output``)."""
-    from apsq.train.loop import train
+    from apsq.eval.sweep import run_variant
 
     d = setup.cfg.model_dump(mode="json")
     d["apsq"] = dict(qcfg)
@@ -45,15 +44,7 @@ def qat_accuracy(setup: Setup, fp32: str | Path, qcfg: Mapping[str, Any], steps:
     d["eval"] = {**d["eval"], "after_calibration": True}
     if eval_limit:
         d["data"] = {**d["data"], "eval_limit": int(eval_limit)}
-    cfg = parse_config(d, "qat variant")
-    res_path, conf_path = output / "result.json", output / "config.json"
-    if res_path.exists() and conf_path.exists():
-        if parse_config(json.loads(conf_path.read_text())).fingerprint() == cfg.fingerprint():
-            r = json.loads(res_path.read_text())
-            return {"accuracy": r["accuracy"], "calibrated_accuracy": r.get("calibrated_accuracy"),
-                    "qat_steps": steps, "run": str(output)}
-        raise APSQError(f"{output} holds a different run; remove it")
-    r = train(cfg, output, progress=progress)
+    r = run_variant(parse_config(d, "qat variant"), output, progress=progress)
     return {"accuracy": r["accuracy"], "calibrated_accuracy": r.get("calibrated_accuracy"), "qat_steps": steps,
             "run": str(output)}
 

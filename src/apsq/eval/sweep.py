@@ -36,7 +36,9 @@ def sweep_variants(base: TrainConfig, gs_values: Sequence[int], baselines: bool 
     return out
 
 
-def _finished(run: Path, cfg: TrainConfig) -> dict[str, Any] | None:
+def finished_run(run: Path, cfg: TrainConfig) -> dict[str, Any] | None:
+    """The result of a finished run of ``cfg`` in the folder ``run`` (same config fingerprint), None when
+    there is none yet; an :class:`APSQError` when the folder holds a run of another config."""
     res, conf = run / RESULT, run / "config.json"
     if res.exists() and conf.exists():
         if parse_config(json.loads(conf.read_text())).fingerprint() == cfg.fingerprint():
@@ -45,27 +47,27 @@ def _finished(run: Path, cfg: TrainConfig) -> dict[str, Any] | None:
     return None
 
 
+def run_variant(cfg: TrainConfig, run: str | Path, *, progress: bool = True) -> dict[str, Any]:
+    """The one way a variant is trained: reuse a finished run of the same config in ``run``, resume an
+    interrupted one from its checkpoint, else train it (:func:`apsq.train.loop.train`). Returns the
+    run's result (without the live model)."""
+    run = Path(run)
+    res = finished_run(run, cfg)
+    if res is None:
+        res = train(cfg, run, resume=(run / CKPT).exists(), progress=progress)
+        res.pop("model", None)
+    return res
+
+
 def energy_reductions(cfg: TrainConfig, gs_values: Sequence[int], dataflows: Sequence[str] = ("is", "ws"),
                       seq_len: int | None = None) -> dict[str, Any]:
     """Energy reduction vs INT32 PSUMs per dataflow and gs for the config's model, traced on the
     meta device at ``seq_len`` tokens (default ``model.max_len``) with :mod:`apsq.hw.energy`."""
-    import torch
-
+    from apsq.eval.setup import workload_of
     from apsq.hw.energy import compare
-    from apsq.hw.workloads.trace import trace_factory
-    from apsq.train.models import build_model
 
     qcfg = cfg.apsq_config()
-    length = seq_len or cfg.model.max_len
-
-    def factory():
-        model = build_model(cfg, weights=False)
-        return model, {"input_ids": torch.zeros(1, length, dtype=torch.long)}
-
-    if cfg.model.name == "digits-cnn":
-        def factory():  # noqa: F811
-            return build_model(cfg), (torch.zeros(1, 1, 8, 8),)
-    wl = trace_factory(factory, name=f"{cfg.model.name}@{length}")
+    wl = workload_of(cfg, seq_len)
     out: dict[str, Any] = {"workload": wl.name, "psum_bits": qcfg.psum_bits, "total": {}, "psum": {}}
     for df in dataflows:
         out["total"][df], out["psum"][df] = {}, {}
@@ -85,18 +87,12 @@ def sweep(base: TrainConfig, output: str | Path, gs_values: Sequence[int] = (1, 
     if base.finetune.init is None and base.finetune.steps > 0:  # fine-tune once, share it
         fp_cfg = parse_config({**base.model_dump(mode="json"), "apsq": None})
         fp_run = output / "fp32"
-        if _finished(fp_run, fp_cfg) is None:
-            train(fp_cfg, fp_run, resume=(fp_run / CKPT).exists(), progress=progress)
+        run_variant(fp_cfg, fp_run, progress=progress)
         data = base.model_dump(mode="json")
         data["finetune"] = {**data["finetune"], "steps": 0, "init": str(fp_run / FP32)}
         base = parse_config(data)
     for name, cfg in sweep_variants(base, gs_values, baselines).items():
-        run = output / name
-        res = _finished(run, cfg)
-        if res is None:
-            res = train(cfg, run, resume=(run / CKPT).exists(), progress=progress)
-            res.pop("model", None)
-        runs[name] = res
+        runs[name] = run_variant(cfg, output / name, progress=progress)
     fp32 = next((r["fp32_accuracy"] for r in runs.values() if r.get("fp32_accuracy") is not None), None)
     table = accuracy_table(fp32, runs)
     table["calibrated_only"] = {n: r.get("calibrated_accuracy") for n, r in runs.items()}

@@ -8,21 +8,18 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["DEFAULT_VARIANTS", "TrainConfig", "demo_run", "evaluate", "load_config", "parse_config", "train"]
+__all__ = ["TrainConfig", "evaluate", "load_config", "parse_config", "train"]
 
 _LAZY = {
     "TrainConfig": "apsq.train.config",
     "load_config": "apsq.train.config",
     "parse_config": "apsq.train.config",
-    "DEFAULT_VARIANTS": "apsq.train.demo",
-    "demo_run": "apsq.train.demo",
     "evaluate": "apsq.train.loop",
     "train": "apsq.train.loop",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from apsq.train.config import TrainConfig, load_config, parse_config
-    from apsq.train.demo import DEFAULT_VARIANTS, demo_run
     from apsq.train.loop import evaluate, train
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from apsq.data.cache import cache_dir
+from apsq.eval.sweep import run_variant
 from apsq.train.config import TrainConfig, parse_config
 from apsq.train.loop import FP32, cached_fp32_accuracy, eval_key, train
 
@@ -172,7 +173,7 @@ def demo_run(variants: Sequence[tuple[str, str, int]] = DEFAULT_VARIANTS, *, fin
         for k, (name, mode, gs) in enumerate(variants, 1):
             say(f"variant {k}/{len(variants)}: {name} (calibrate, {qat_steps} QAT + KD steps, evaluate)")
             t1 = time.time()
-            res = train(variant_cfg(mode, gs), out / name, progress=progress)
+            res = run_variant(variant_cfg(mode, gs), out / name, progress=progress)
             n_eval = res.get("eval_examples", n_eval)
             rows[name] = {"mode": mode, "gs": gs, "accuracy": res["accuracy"],
                           "interval95": round(interval95(res["accuracy"], n_eval), 4),
