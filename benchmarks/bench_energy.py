@@ -5,7 +5,7 @@ tiling searched) on 2 cores; ZigZag takes 0.2-0.3 s per layer and precision on o
 (``results/energy_zigzag``). Prints the tracing time (building each model on the meta device and
 recording its GEMMs, done once per model) and the evaluation time of each schedule separately.
 
-    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/bench_energy.py [--json results/energy_bench.json]
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/bench_energy.py [--json results/bench/energy_bench.json]
 """
 
 from __future__ import annotations

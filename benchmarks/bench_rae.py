@@ -13,7 +13,7 @@ golden model. Reported per backend:
 
 Goal: >= 1 M lane-steps/s (issue 16 item 12). Results as JSON (``--json``)::
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_rae.py --json results/rae_bench.json
+    OMP_NUM_THREADS=1 python benchmarks/bench_rae.py --json results/bench/rae_bench.json
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ RESULT = {
     "energy_reduction": {"total": {"is": {"1": 0.5, "2": 0.44}, "ws": {"1": 0.03, "2": 0.03}}},
     "seconds": 12.0,
     "settings": {"qat_steps": 60},
-    "full_recipe": "python results/run_sentiment_minilm.py --seeds 0 1 2 --workers 2",
+    "full_recipe": "python results/sentiment_minilm/run_sentiment_minilm.py --seeds 0 1 2 --workers 2",
 }
 
 
@@ -44,7 +44,7 @@ def test_demo_table_shows_accuracy_interval_and_energy_per_variant():
 def test_demo_says_whether_its_budget_closes_the_gap():
     text = _text(RESULT)  # best APSQ 7 pp below FP32
     assert "apsq_gs2" in text and "7.0 pp below FP32" in text and "does not close the gap" in text
-    assert "results/run_sentiment_minilm.py" in text
+    assert "results/sentiment_minilm/run_sentiment_minilm.py" in text
     close = json.loads(json.dumps(RESULT))
     close["variants"]["apsq_gs2"]["accuracy"] = 0.842
     assert "within 1.5 pp" in _text(close)

@@ -167,7 +167,7 @@ def _qat_table(res: dict, console: Console) -> None:
     else:
         console.print(f"Best APSQ INT8 ({name}) is {_pp(gap)} below FP32: this demo's budget ({steps} QAT steps per "
                       f"variant) does not close the gap; the full recipe (100 steps, three seeds, "
-                      f"results/sentiment_minilm.json) is: {res.get('full_recipe', '')}")
+                      f"results/sentiment_minilm/sentiment_minilm.json) is: {res.get('full_recipe', '')}")
 
 
 def plot_demo(res: dict, path: Path) -> Path:

@@ -63,7 +63,7 @@ def test_default_rate_can_move_an_exponent_within_the_default_schedule():
 
 def test_large_weight_gradients_do_not_starve_the_step_sizes():
     """Weight gradients 1e4 times the clip limit and step-size gradients of 1e-10 (MiniLM's typical
-    size, results/step_size_dynamics.json): the step sizes still move by ~scale_lr in one Adam step.
+    size, results/recipe/step_size_dynamics.json): the step sizes still move by ~scale_lr in one Adam step.
     Under the old rule (one global clip, eps 1e-8) they moved by ~1e-6 of it."""
     m, x = _quantized_layer()
     sched = QATConfig()

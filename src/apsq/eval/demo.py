@@ -9,7 +9,7 @@ The fine-tuned FP32 model is cached (``$APSQ_CACHE/demo``) under a key of what d
 only (seed, model, training data, fine-tuning schedule; not the evaluation subset or the thread
 count), with its accuracy and the evaluation set it was measured on: a second run skips the fine-tune,
 and no run evaluates the FP32 model more than once per evaluation set. Its default fine-tune is the one
-of ``configs/train_minilm_fp32.yaml`` (seed 0), so ``results/run_sentiment_minilm.py``'s seed-0 run and
+of ``configs/train_minilm_fp32.yaml`` (seed 0), so ``results/sentiment_minilm/run_sentiment_minilm.py``'s seed-0 run and
 the demo share one FP32 model.
 """
 
@@ -46,8 +46,8 @@ FINETUNE = {"steps": 400, "batch_size": 32, "lr": 5e-5, "weight_decay": 0.01, "w
 """The demo's FP32 fine-tune: that of ``configs/train_minilm_fp32.yaml``."""
 
 QAT_STEPS, QAT_BATCH, MAX_LEN = 60, 16, 64
-FULL_RECIPE = "python results/run_sentiment_minilm.py --seeds 0 1 2 --workers 2"
-"""The full recipe's command (100 QAT steps per variant, three seeds; ``results/sentiment_minilm.json``)."""
+FULL_RECIPE = "python results/sentiment_minilm/run_sentiment_minilm.py --seeds 0 1 2 --workers 2"
+"""The full recipe's command (100 QAT steps per variant, three seeds; ``results/sentiment_minilm/sentiment_minilm.json``)."""
 
 Log = Callable[[str], None]
 

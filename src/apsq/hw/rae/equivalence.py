@@ -6,7 +6,7 @@ final INT8 code. :func:`random_layers` draws layers that stress what can go wron
 to the 32-bit rails (both rails saturate), exponents over the whole shifter range with the extremes
 ``-8`` and ``23`` drawn on purpose, per step or per step and lane — and :func:`run_equivalence` runs
 them through the engine in batches and compares every code with
-:func:`apsq.integer.psum.psum_accumulate_int` (``apsq rae equivalence``; ``results/rae_equivalence/``).
+:func:`apsq.integer.psum.psum_accumulate_int` (``apsq rae equivalence``; ``results/rae/equivalence/``).
 """
 
 from __future__ import annotations

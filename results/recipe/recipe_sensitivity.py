@@ -6,10 +6,10 @@ varying ``qat.scale_lr`` (at the config's steps) and ``qat.steps`` (at the defau
 accuracy it records the share of PSUM exponents that QAT moved away from their calibrated value
 (``steps = 0`` gives the calibrated ones). The model is the digits CNN of
 ``configs/train_digits_cnn.yaml`` (affordable on the shared 2-core CPU; one seed); MiniLM points are
-in ``results/sentiment_minilm.json``.
+in ``results/sentiment_minilm/sentiment_minilm.json``.
 
-    OMP_NUM_THREADS=1 python results/recipe_sensitivity.py --json results/recipe_sensitivity.json \
-        --png results/recipe_sensitivity.png
+    OMP_NUM_THREADS=1 python results/recipe/recipe_sensitivity.py --json results/recipe/recipe_sensitivity.json \
+        --png results/recipe/recipe_sensitivity.png
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ def exponents(model: torch.nn.Module) -> torch.Tensor:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="configs/train_digits_cnn.yaml")
-    ap.add_argument("--json", default="results/recipe_sensitivity.json")
-    ap.add_argument("--png", default="results/recipe_sensitivity.png")
+    ap.add_argument("--json", default="results/recipe/recipe_sensitivity.json")
+    ap.add_argument("--png", default="results/recipe/recipe_sensitivity.png")
     a = ap.parse_args()
     torch.set_num_threads(1)
     base = yaml.safe_load(Path(a.config).read_text())
@@ -69,7 +69,7 @@ def main() -> None:
            "fp32": fp["fp32_accuracy"], "calibrated_only": calibrated["accuracy"], "eval_examples": fp["eval_examples"],
            "default_scale_lr": default_rate, "default_qat_steps": default_steps, "runs": rows,
            "seconds": round(time.time() - t0, 1),
-           "command": f"OMP_NUM_THREADS=1 python results/recipe_sensitivity.py --json {a.json} --png {a.png}"}
+           "command": f"OMP_NUM_THREADS=1 python results/recipe/recipe_sensitivity.py --json {a.json} --png {a.png}"}
     Path(a.json).write_text(json.dumps(out, indent=1) + "\n")
     plot(out, Path(a.png))
 

@@ -4,10 +4,10 @@ For each seed: the FP32 fine-tune (``configs/train_minilm_fp32.yaml``), then the
 ``configs/train_minilm_{w8a8,psq,apsq_gs1..4}.yaml`` from it (the library's default QAT rates), at
 most ``--workers`` processes at a time, one thread each, in priority order (so that a cut-short
 budget still has every seed's FP32 / W8A8 / APSQ gs=2 first). Finished runs are reused, interrupted
-ones resumed. ``--collect`` writes ``results/sentiment_minilm.json`` from whatever has finished.
+ones resumed. ``--collect`` writes ``results/sentiment_minilm/sentiment_minilm.json`` from whatever has finished.
 
-    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python results/run_sentiment_minilm.py --seeds 0 1 2 --workers 2
-    python results/run_sentiment_minilm.py --seeds 0 1 2 --collect
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python results/sentiment_minilm/run_sentiment_minilm.py --seeds 0 1 2 --workers 2
+    python results/sentiment_minilm/run_sentiment_minilm.py --seeds 0 1 2 --collect
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ PREVIOUS = {
     "fp32": 0.8520653218059558, "w8a8": 0.8443804034582133, "psq": 0.8491834774255523,
     "apsq": {"1": 0.7588856868395774, "2": 0.7761767531219981, "3": 0.7800192122958693, "4": 0.781940441882805},
     "seeds": [0], "qat_steps": 100, "qat_batch_size": 16, "qat_lr": 2e-5, "qat_scale_lr": 5e-3,
-    "note": "the committed results before issue 11 (git show 08248de:results/sentiment_minilm.json): same FP32 "
+    "note": "the committed results before issue 11 (git show 08248de:results/sentiment_minilm/sentiment_minilm.json): same FP32 "
             "config and seed, old optimizer rule (AdamW eps 1e-8 for the step sizes, one global clip)",
 }
 """The numbers this file held before the recipe fix, for comparison."""
@@ -284,7 +284,7 @@ def main() -> None:
     ap.add_argument("--steps-sweep", nargs="*", default=[], help="extra gs=2 runs of the first seed with these "
                     "numbers of QAT steps")
     ap.add_argument("--collect", action="store_true", help="only write the JSON from finished runs")
-    ap.add_argument("--json", type=Path, default=Path("results/sentiment_minilm.json"))
+    ap.add_argument("--json", type=Path, default=Path("results/sentiment_minilm/sentiment_minilm.json"))
     a = ap.parse_args()
     SCALE_SWEEP.extend(a.scale_lr_sweep)
     STEPS_SWEEP.extend(a.steps_sweep)
@@ -296,7 +296,7 @@ def main() -> None:
         deadline = time.time() + ((h * 60 + m) - (now.tm_hour * 60 + now.tm_min)) * 60 - now.tm_sec
     if not a.collect:
         run_all(a.seeds, a.root, a.workers, set(a.only) if a.only else None, deadline, set(a.external_fp32))
-    cmd = (f"python results/run_sentiment_minilm.py --seeds {' '.join(map(str, a.seeds))} --workers {a.workers}"
+    cmd = (f"python results/sentiment_minilm/run_sentiment_minilm.py --seeds {' '.join(map(str, a.seeds))} --workers {a.workers}"
            + (f" --share-fp32 {' '.join(a.share_fp32)}" if a.share_fp32 else ""))
     print(json.dumps(collect(a.seeds, a.root, a.json, cmd), indent=1))
 

@@ -2,7 +2,7 @@
 the previous one (kernel options int_gemm=False, fused_lsq=False: batched-matmul tiles and autograd
 LSQ); prints test accuracies (docs/performance.md).
 
-Usage: HF_HUB_OFFLINE=1 python results/check_training_equivalence.py THREADS [--previous]
+Usage: HF_HUB_OFFLINE=1 python results/demo/check_training_equivalence.py THREADS [--previous]
 """
 import contextlib, json, sys
 from apsq.kernels import options

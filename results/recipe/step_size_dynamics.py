@@ -7,7 +7,7 @@ library's rule (:func:`apsq.train.loop.param_groups` + :func:`clip_grad_norms_`)
 the gradient norms of the weights and of the ``log2`` step sizes, the clip factor, the typical
 step-size gradient against Adam's eps, and how far the ``log2`` steps moved.
 
-    OMP_NUM_THREADS=1 python results/step_size_dynamics.py --steps 12 --json results/step_size_dynamics.json
+    OMP_NUM_THREADS=1 python results/recipe/step_size_dynamics.py --steps 12 --json results/recipe/step_size_dynamics.json
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--scale-lr", type=float, default=5e-3, help="the committed configs' rate")
     ap.add_argument("--init", default=None, help="an fp32.safetensors to start from (default: pretrained)")
-    ap.add_argument("--json", default="results/step_size_dynamics.json")
+    ap.add_argument("--json", default="results/recipe/step_size_dynamics.json")
     a = ap.parse_args()
     torch.set_num_threads(1)
     cfg = parse_config({"model": {"name": "minilm", "max_len": 64}, "data": {"name": "rt-sentences"},
@@ -109,7 +109,7 @@ def main() -> None:
     calib = [_inputs(task.train.batch(global_batch(len(task.train), a.batch, i, 0, "calib")), torch.device("cpu"))[0]
              for i in range(2)]
     apsq.calibrate(model, calib)
-    out = {"command": f"OMP_NUM_THREADS=1 python results/step_size_dynamics.py --steps {a.steps} --batch {a.batch} "
+    out = {"command": f"OMP_NUM_THREADS=1 python results/recipe/step_size_dynamics.py --steps {a.steps} --batch {a.batch} "
                       f"--scale-lr {a.scale_lr}" + (f" --init {a.init}" if a.init else ""),
            "settings": {"steps": a.steps, "batch": a.batch, "lr": 2e-5, "scale_lr": a.scale_lr, "warmup": 0,
                         "model": "minilm" + (" fine-tuned" if a.init else " pretrained"), "apsq": "gs=2 INT8"}}

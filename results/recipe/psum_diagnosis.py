@@ -1,7 +1,7 @@
 """Where does MiniLM lose accuracy with INT8 PSUMs? Calibration only (no QAT), 300 test sentences.
 
 Run from the repository root after configs/train_minilm_fp32.yaml has produced runs/minilm_fp32:
-    HF_HUB_OFFLINE=1 python results/psum_diagnosis.py   # writes results/psum_diagnosis.json
+    HF_HUB_OFFLINE=1 python results/recipe/psum_diagnosis.py   # writes results/recipe/psum_diagnosis.json
 """
 
 import copy
@@ -44,6 +44,6 @@ if __name__ == "__main__":
         apsq.calibrate(m, calib)
         out[name] = evaluate(m, task.eval, 64, progress=False)
         print(name, out[name], f"{time.time() - t0:.0f}s", flush=True)
-    out["command"] = "HF_HUB_OFFLINE=1 python results/psum_diagnosis.py"
-    with open("results/psum_diagnosis.json", "w") as f:
+    out["command"] = "HF_HUB_OFFLINE=1 python results/recipe/psum_diagnosis.py"
+    with open("results/recipe/psum_diagnosis.json", "w") as f:
         json.dump(out, f, indent=1)
