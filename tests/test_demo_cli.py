@@ -4,7 +4,8 @@ import json
 
 from rich.console import Console
 
-from apsq.demo import _qat_report, _qat_table
+from apsq.cli.demo import _qat_table
+from apsq.eval.demo_report import write_report as _qat_report
 
 RESULT = {
     "fp32": 0.85,
@@ -61,7 +62,7 @@ def test_demo_report_writes_json_and_two_panel_png(tmp_path):
 
 
 def test_cli_defaults_are_the_demo_runs():
-    from apsq import demo
+    from apsq.cli import demo
     from apsq.eval import demo as train_demo
 
     assert (demo.QAT_STEPS, demo.FINETUNE_STEPS) == (train_demo.QAT_STEPS, train_demo.FINETUNE["steps"])

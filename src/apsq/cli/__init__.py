@@ -21,11 +21,11 @@ app = typer_app(
 )
 
 COMMAND_MODULES = (
-    "apsq.demo",  # apsq demo
+    "apsq.cli.demo",  # apsq demo
     "apsq.cli.energy",  # apsq energy, apsq energy sweep
     "apsq.cli.rae",  # apsq rae verilog | area | simulate | equivalence
     "apsq.cli.data",  # apsq data fetch
-    "apsq.train.cli",  # apsq train
+    "apsq.cli.train",  # apsq train
     "apsq.cli.eval",  # apsq eval, apsq sweep
     "apsq.cli.tune",  # apsq tune-gs
     "apsq.cli.beyond",  # apsq beyond baseline | low-bit | a2q

@@ -20,13 +20,12 @@ def register(app: typer.Typer) -> None:
         Runs on one CPU as is, or on several processes / GPUs under `accelerate launch`.
         """
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        from rich.console import Console
-
+        from apsq.cli.common import console as make_console
         from apsq.errors import APSQError, literal, print_error
         from apsq.train.config import load_config
         from apsq.train.loop import train
 
-        console = Console(stderr=True)
+        console = make_console(stderr=True)
         out = output or Path("runs") / config.stem
         try:
             cfg = load_config(config)
