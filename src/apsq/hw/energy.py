@@ -31,7 +31,7 @@ from apsq.hw.dataflow import (
 )
 from apsq.hw.dataflow.common import BOUNDS, SPILL_RULES, ceil_div
 from apsq.hw.mapper import SCHEDULES, Schedule, map_layers
-from apsq.hw.workloads.base import Workload, _config_name
+from apsq.hw.workloads.base import Workload, config_name
 
 __all__ = ["EnergyReport", "Comparison", "evaluate", "compare", "energy_per_bit", "resolve_tile", "check_gs_banks"]
 
@@ -251,7 +251,7 @@ def evaluate(
         check_gs_banks(gs_arr, acc, names, error=gs_above_banks == "error")
     granularity: str | np.ndarray = psum_granularity or "tensor"
     if psum_granularity is None and hasattr(gs, "for_module"):  # an APSQConfig: per layer, overrides applied
-        granularity = np.array([getattr(gs.for_module(_config_name(n)), "psum_granularity", "tensor") == "channel"
+        granularity = np.array([getattr(gs.for_module(config_name(n)), "psum_granularity", "tensor") == "channel"
                                 for n in names])
     g = shapes_of(workload, acc)
     plan = psum_plan(ceil_div(g.k, acc.pe_array.rows), mode, gs_arr, psum_bits,

@@ -16,7 +16,7 @@ import numpy as np
 from apsq.errors import APSQError
 from apsq.hw.accelerator import Accelerator
 from apsq.hw.energy import evaluate
-from apsq.hw.workloads.base import Workload, _config_name
+from apsq.hw.workloads.base import Workload, config_name
 from apsq.nn.config import APSQConfig
 
 
@@ -52,7 +52,7 @@ def energy_table(
     APSQ mode at ``base.psum_bits``; workload layers are matched to modules as ``--gs-config`` does."""
     if not gs_values:
         raise APSQError("gs_values must name at least one group size")
-    names = [_config_name(ly.name) for ly in workload.layers]
+    names = [config_name(ly.name) for ly in workload.layers]
     wanted = set(layers)
     absent = sorted(wanted - set(names))
     if absent:

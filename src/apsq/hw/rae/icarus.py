@@ -27,7 +27,7 @@ from amaranth.hdl import Shape
 
 from apsq.errors import APSQError
 from apsq.hw.rae.engine import NUM_BANKS, RAEParams
-from apsq.hw.rae.sim import LayerJob, _unpack_out, build_schedule, scatter_outputs
+from apsq.hw.rae.sim import LayerJob, unpack_out, build_schedule, scatter_outputs
 from apsq.hw.rae.verilog import TOP_NAME, write_verilog
 
 __all__ = ["testbench_text", "run_layers_icarus", "check_icarus"]
@@ -145,6 +145,6 @@ def run_layers_icarus(
     lines = run.stdout.splitlines()
     if run.returncode != 0 or any(line.startswith("TIMEOUT") for line in lines):
         raise APSQError(f"Icarus simulation failed or timed out:\n{run.stdout[-2000:]}{run.stderr[-2000:]}")
-    outputs = [_unpack_out(params, int(line.split()[1], 16)) for line in lines if line.startswith("OUT ")]
+    outputs = [unpack_out(params, int(line.split()[1], 16)) for line in lines if line.startswith("OUT ")]
     cycles = next(int(line.split()[1]) for line in lines if line.startswith("CYCLES "))
     return scatter_outputs(schedule, outputs, jobs, params), cycles

@@ -202,7 +202,7 @@ def unpack_codes(params: RAEParams, words: np.ndarray) -> np.ndarray:
     return out
 
 
-def _unpack_out(params: RAEParams, word: int) -> list[int]:
+def unpack_out(params: RAEParams, word: int) -> list[int]:
     """One output payload (Python integer) -> the ``L`` signed codes."""
     n_words = -(-params.out_layout().size // 32)
     return unpack_codes(params, int_to_words(word, n_words)[None, :])[0].tolist()
@@ -356,7 +356,7 @@ def run_layers(
             _, _, valid, ready, word = await ctx.tick().sample(dut.o.valid, dut.o.ready, dut.o.payload.as_value())
             cyc += 1
             if valid and ready:
-                outputs.append(_unpack_out(params, word))
+                outputs.append(unpack_out(params, word))
         stats.cycles = cyc
         stats.beats_out = len(outputs)
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from apsq.errors import APSQError, check_int
 
-__all__ = ["Layer", "Workload", "LAYER_KINDS"]
+__all__ = ["Layer", "Workload", "LAYER_KINDS", "config_name"]
 
 LAYER_KINDS = ("linear", "conv2d", "conv1d", "matmul")
 
@@ -53,8 +53,9 @@ class Layer:
         return self.m * self.k * self.n * self.count
 
 
-def _config_name(layer_name: str) -> str:
-    """The module name an APSQConfig pattern sees for a traced layer."""
+def config_name(layer_name: str) -> str:
+    """The module name an APSQConfig pattern sees for a traced layer (``encoder.0.attn.qk`` ->
+    ``encoder.0.attn.apsq_qk``; a ``#k`` suffix of repeated layers is dropped)."""
     name = layer_name.split("#", 1)[0]
     for short, full in ((".qk", ".apsq_qk"), (".av", ".apsq_av")):
         if name.endswith(short):
@@ -102,7 +103,7 @@ class Workload:
         attention matmuls ``*.qk`` / ``*.av`` are looked up as ``*.apsq_qk`` / ``*.apsq_av``).
         """
         if hasattr(gs, "for_module"):
-            return np.array([gs.for_module(_config_name(ly.name)).gs for ly in self.layers], dtype=np.int64)
+            return np.array([gs.for_module(config_name(ly.name)).gs for ly in self.layers], dtype=np.int64)
         if isinstance(gs, Mapping):
             check_int("gs", default, lo=1)
             out = np.full(len(self.layers), default, dtype=np.int64)
