@@ -24,7 +24,7 @@ W8A8 layer. float32 operand gradients are IEEE float32 GEMMs unless
 
 Usage::
 
-    python benchmarks/bench_gpu.py --minilm --out results/bench_gpu.json   # on a CUDA machine
+    python benchmarks/bench_gpu.py --minilm --out results/bench/bench_gpu.json   # on a CUDA machine
     python benchmarks/bench_gpu.py --smoke      # tiny shapes on the CPU under TRITON_INTERPRET=1 (CI)
 
 Without CUDA (and without ``--smoke``) it exits with status 2 and says so.
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minilm-reps", type=int, default=10)
     ap.add_argument("--smoke", action="store_true",
                     help="tiny shapes on the CPU under TRITON_INTERPRET=1, one repetition (checks that it runs)")
-    ap.add_argument("--out", help="also write the JSON here (e.g. results/bench_gpu.json)")
+    ap.add_argument("--out", help="also write the JSON here (e.g. results/bench/bench_gpu.json)")
     ap.add_argument("--tf32", action="store_true", help="allow TF32 in float32 matmuls (torch's and ours)")
     args = ap.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
