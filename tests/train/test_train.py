@@ -61,18 +61,22 @@ def test_run_writes_results_and_trains_step_sizes(reference_run, standin):
 
 
 @pytest.mark.parametrize("crash", [("finetune", 3), ("qat", 3), ("qat", 6)])
-def test_resume_after_crash_equals_uninterrupted(tmp_path, standin, reference_run, crash, make_config):
-    ref_out, ref = reference_run
+def test_resume_after_crash_equals_uninterrupted(tmp_path, standin, crash, make_config):
+    # the uninterrupted run is made here, beside the interrupted one, so that both see the same
+    # process state (kernel builds, thread count) whatever other tests ran before in this worker
     cfg = parse_config(make_config(standin))
+    ref_out = tmp_path / "ref"
+    ref = train(cfg, ref_out, progress=False)
+    run = tmp_path / "run"
     with pytest.raises(Crash):
-        train(cfg, tmp_path, progress=False, on_step=_crash_at(*crash))
-    res = train(cfg, tmp_path, resume=True, progress=False)
+        train(cfg, run, progress=False, on_step=_crash_at(*crash))
+    res = train(cfg, run, resume=True, progress=False)
     a, b = ref["model"].state_dict(), res["model"].state_dict()
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert res["accuracy"] == ref["accuracy"] and res["fp32_accuracy"] == ref["fp32_accuracy"]
-    assert _metrics(tmp_path / "metrics.jsonl") == _metrics(ref_out / "metrics.jsonl")
+    assert _metrics(run / "metrics.jsonl") == _metrics(ref_out / "metrics.jsonl")
 
 
 def test_bad_resume_and_overwrite_are_refused(tmp_path, standin, reference_run, make_config):
