@@ -235,8 +235,13 @@ def test_apsq_train_under_accelerate_bf16_mixed_precision(tmp_path):
            "finetune": {"steps": 3, "batch_size": 32, "lr": 2e-3},
            "apsq": {"mode": "apsq", "gs": 2, "tile": 16, "exclude": ["classifier"]},
            "qat": {"steps": 3, "batch_size": 32, "calib_batches": 2}, "eval": {"batch_size": 64}, "threads": 1}
+    from accelerate.state import AcceleratorState
+
     acc = Accelerator(cpu=True, mixed_precision="bf16")
-    res = train(parse_config(cfg), tmp_path / "run", progress=False, accelerator=acc)
+    try:
+        res = train(parse_config(cfg), tmp_path / "run", progress=False, accelerator=acc)
+    finally:  # accelerate keeps one process-wide state: later runs in this worker must not inherit bf16
+        AcceleratorState._reset_state(reset_partial_state=True)
     assert res["qat_steps"] == 3 and 0.0 <= res["accuracy"] <= 1.0
     recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in recs if r.get("stage") == "qat" and "loss" in r]
