@@ -3,31 +3,27 @@
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from apsq.cli.common import console, fail, parse_ints, table, typer_app
+from apsq.cli.common import (
+    command_line,
+    console,
+    fail,
+    parse_ints,
+    table,
+    typer_app,
+    write_json,
+)
 from apsq.errors import APSQError, literal
-
-
-def _command() -> str:
-    return "apsq " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-
-
-def _write(path: Path | None, data: dict[str, Any]) -> None:
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=1))
 
 
 def _write_keyed(path: Path | None, key: str | None, data: dict[str, Any]) -> None:
     """Write ``data`` to ``path``, or with ``key`` merge it as ``{key: data}`` into the file's mapping."""
     if path is None or key is None:
-        _write(path, data)
+        write_json(path, data)
         return
     old: dict[str, Any] = {}
     if path.exists():
@@ -36,7 +32,7 @@ def _write_keyed(path: Path | None, key: str | None, data: dict[str, Any]) -> No
         except json.JSONDecodeError as exc:
             raise APSQError(f"--json {path}: not valid JSON ({exc}); cannot merge --key {key!r}") from None
     old[key] = data
-    _write(path, old)
+    write_json(path, old)
 
 
 def register(app: typer.Typer) -> None:
@@ -60,7 +56,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             torch.set_num_threads(threads)
-            res: dict[str, Any] = {"command": _command(), "energy": baseline_study()}
+            res: dict[str, Any] = {"command": command_line(), "energy": baseline_study()}
             if config is not None:
                 from apsq.beyond.variants import run_variants
                 from apsq.eval.setup import load_setup
@@ -83,7 +79,7 @@ def register(app: typer.Typer) -> None:
         except APSQError as exc:
             fail(exc)
             return
-        _write(json_path, res)
+        write_json(json_path, res)
         t = table("total energy (µJ) by baseline PSUM width; APSQ gs=2 INT8 saving vs each")
         for col in ("workload", "df", "16", "24", "32", "exact", "APSQ gs2", "save vs 32", "vs exact", "vs 16"):
             t.add_column(col, justify="right")
@@ -137,7 +133,7 @@ def register(app: typer.Typer) -> None:
         except APSQError as exc:
             fail(exc)
             return
-        out = {"command": _command(), "config": str(config), "workload": wl.name, "gs": gs,
+        out = {"command": command_line(), "config": str(config), "workload": wl.name, "gs": gs,
                "eval_examples": sum(len(y) for _, y in s.eval), "qat_steps": qat_steps, "variants": res}
         try:
             _write_keyed(json_path, key, out)
@@ -189,13 +185,11 @@ def _register_a2q(beyond: typer.Typer) -> None:
                 res[name]["energy"] = {df: energy_of(wl, spec, df) for df in dataflows.split(",")}
         except APSQError as exc:
             fail(exc)
-        out = {"command": _command(), "config": str(config),
+        out = {"command": command_line(), "config": str(config),
                "workload": wl.name, "qat_steps": qat_steps, "eval_examples": sum(len(y) for _, y in s.eval),
                "fp32_accuracy": fp32_accuracy(s),
                "variants": res}
-        if json_path:
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-            json_path.write_text(json.dumps(out, indent=1))
+        write_json(json_path, out)
         t = table(f"A2Q vs APSQ ({out['eval_examples']} eval examples, {qat_steps} QAT steps)")
         dfs = dataflows.split(",")
         for col in ("variant", "PTQ acc", "QAT acc", "QAT KL", *(f"save {d}" for d in dfs)):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
@@ -84,3 +85,21 @@ def parse_ints(name: str, text: str) -> tuple[int, ...]:
     if not vals:
         raise APSQError(f"{name} is empty")
     return vals
+
+
+def command_line() -> str:
+    """The command as the user typed it (``apsq`` + the arguments, shell-quoted), for result files."""
+    import shlex
+    import sys
+
+    return shlex.join(["apsq", *sys.argv[1:]])
+
+
+def write_json(path: Path | None, data: object) -> None:
+    """Write ``data`` as indented JSON to ``path`` (folders created); nothing when ``path`` is None."""
+    if path is None:
+        return
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")

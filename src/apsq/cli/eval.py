@@ -11,7 +11,15 @@ from pathlib import Path
 
 import typer
 
-from apsq.cli.common import console, fail, parse_ints, table, typer_app
+from apsq.cli.common import (
+    command_line,
+    console,
+    fail,
+    parse_ints,
+    table,
+    typer_app,
+    write_json,
+)
 from apsq.errors import APSQError
 
 __all__ = ["register"]
@@ -74,8 +82,6 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(None, help="torch threads."),
     ) -> None:
         """Small LLaMA trained on the review/tweet/news sentences: test perplexity per PSUM variant."""
-        import shlex
-        import sys
 
         import torch
 
@@ -85,9 +91,8 @@ def register(app: typer.Typer) -> None:
             torch.set_num_threads(threads)
         res = llm_sweep(LLMSettings(train_steps=train_steps, qat_steps=qat_steps), _ints(gs, "--gs"),
                         save_dir=save_model)
-        res["command"] = shlex.join(["apsq", *sys.argv[1:]])
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(res, indent=1) + "\n")
+        res["command"] = command_line()
+        write_json(json_out, res)
         typer.echo(json.dumps({k: res[k] for k in ("fp32", "w8a8", "psq", "apsq")}))
 
     @eval_app.command("llm-mc")
@@ -106,8 +111,6 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(None, help="torch threads."),
     ) -> None:
         """Local lm-eval multiple-choice task (sentence completion, 4 choices) per PSUM variant."""
-        import shlex
-        import sys
 
         import torch
 
@@ -121,9 +124,8 @@ def register(app: typer.Typer) -> None:
                                  tile=tile, calib=calib, batch_size=batch_size)
         except APSQError as exc:
             fail(exc, code=1)
-        res["command"] = shlex.join(["apsq", *sys.argv[1:]])
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(res, indent=1) + "\n")
+        res["command"] = command_line()
+        write_json(json_out, res)
         typer.echo(json.dumps({k: res[k] for k in ("fp32", "w8a8", "psq", "apsq")}))
 
     @eval_app.command("lm-eval")
