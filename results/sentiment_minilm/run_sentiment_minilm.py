@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-VARIANTS = ("w8a8", "apsq_gs2", "apsq_gs1", "apsq_gs4", "psq", "apsq_gs3")
+VARIANTS = ("w8a8", "apsq_gs2", "apsq_gs4", "apsq_gs1", "psq", "apsq_gs3")
 PRIORITY = ("w8a8", "apsq_gs2")
 """Run these for every seed before the other variants."""
 """Priority order within a seed."""
@@ -40,6 +40,9 @@ def fp32_seed(seed: int) -> int:
 
 def write_config(name: str, seed: int, root: Path) -> Path:
     over, full = {}, name
+    channel = name.endswith("_channel")  # per-channel PSUM steps: apsq_gs2_channel
+    if channel:
+        name = name[: -len("_channel")]
     if "_scale" in name:  # sensitivity: apsq_gs2_scale<rate>
         name, rate = name.split("_scale")
         over["scale_lr"] = float(rate)
@@ -49,6 +52,8 @@ def write_config(name: str, seed: int, root: Path) -> Path:
     data = yaml.safe_load(Path(f"configs/train_minilm_{name}.yaml").read_text())
     if over:
         data["qat"] = {**data["qat"], **over}
+    if channel:
+        data["apsq"] = {**data["apsq"], "psum_granularity": "channel"}
     name = full
     data["seed"] = seed
     if name != "fp32":
@@ -81,6 +86,9 @@ def stamp_fp32(root: Path, seed: int) -> None:
 
 
 SCALE_SWEEP: list[str] = []
+EXTRA: list[str] = []
+"""``--extra apsq_gs2_channel``: variants beside the table (e.g. per-channel PSUM steps), run for every seed
+after the table's variants."""
 STEPS_SWEEP: list[str] = []
 """``--scale-lr-sweep``: extra APSQ gs=2 runs of the first seed at these step-size rates (lowest priority)."""
 
@@ -88,10 +96,11 @@ STEPS_SWEEP: list[str] = []
 def jobs(seeds: list[int]) -> list[tuple[int, str]]:
     """FP32 of every seed that fine-tunes its own first, then round-robin over seeds in variant priority order."""
     first = [(s, v) for s in seeds for v in PRIORITY]
-    rest = [(s, v) for s in seeds for v in VARIANTS if v not in PRIORITY]
+    rest = [(s, v) for v in VARIANTS if v not in PRIORITY for s in seeds]
     sweep = [(seeds[0], f"apsq_gs2_scale{r}") for r in SCALE_SWEEP] + [(seeds[0], f"apsq_gs2_steps{n}")
                                                                         for n in STEPS_SWEEP]
-    return [(s, "fp32") for s in seeds if fp32_seed(s) == s] + first + rest + sweep
+    extra = [(s, v) for v in EXTRA for s in seeds]
+    return [(s, "fp32") for s in seeds if fp32_seed(s) == s] + first + rest + extra + sweep
 
 
 def done(root: Path, seed: int, name: str) -> bool:
@@ -139,7 +148,7 @@ def collect(seeds: list[int], root: Path, out: Path, command: str) -> dict:
         fp = root / f"seed{s}" / "fp32" / "result.json"
         if fp32_seed(s) == s and fp.exists():
             per.setdefault("fp32", {})[str(s)] = json.loads(fp.read_text())["fp32_accuracy"]
-        for v in VARIANTS:
+        for v in (*VARIANTS, *EXTRA):
             f = root / f"seed{s}" / v / "result.json"
             if f.exists():
                 r = json.loads(f.read_text())
@@ -159,7 +168,7 @@ def collect(seeds: list[int], root: Path, out: Path, command: str) -> dict:
         conf = json.loads((f.parent / "config.json").read_text())["qat"]
         sens_runs.append({"scale_lr": conf["scale_lr"], "qat_steps": conf["steps"],
                           "accuracy": json.loads(f.read_text())["accuracy"], "run": f.parent.name})
-    table = {name: stats(name) for name in ("fp32", *VARIANTS)}
+    table = {name: stats(name) for name in ("fp32", *VARIANTS, *EXTRA)}
     mean = {k: (v["mean"] if v else None) for k, v in table.items()}
     qat = yaml.safe_load(Path("configs/train_minilm_apsq_gs2.yaml").read_text())["qat"]
     fp = yaml.safe_load(Path("configs/train_minilm_fp32.yaml").read_text())["finetune"]
@@ -169,6 +178,7 @@ def collect(seeds: list[int], root: Path, out: Path, command: str) -> dict:
     res = {
         "fp32": mean["fp32"], "w8a8": mean["w8a8"], "psq": mean["psq"],
         "apsq": {str(g): mean[f"apsq_gs{g}"] for g in (1, 2, 3, 4)},
+        "per_channel": {v: mean[v] for v in EXTRA},
         "std": {k: (v["std"] if v else None) for k, v in table.items()},
         "per_seed": {k: (v["per_seed"] if v else {}) for k, v in table.items()},
         "n_seeds": {k: (v["n"] if v else 0) for k, v in table.items()},
@@ -283,11 +293,14 @@ def main() -> None:
                     "step-size rates")
     ap.add_argument("--steps-sweep", nargs="*", default=[], help="extra gs=2 runs of the first seed with these "
                     "numbers of QAT steps")
+    ap.add_argument("--extra", nargs="*", default=[], help="variants beside the table, e.g. apsq_gs2_channel "
+                    "(per-channel PSUM steps)")
     ap.add_argument("--collect", action="store_true", help="only write the JSON from finished runs")
     ap.add_argument("--json", type=Path, default=Path("results/sentiment_minilm/sentiment_minilm.json"))
     a = ap.parse_args()
     SCALE_SWEEP.extend(a.scale_lr_sweep)
     STEPS_SWEEP.extend(a.steps_sweep)
+    EXTRA.extend(a.extra)
     FP32_OF.update({int(k): int(v) for k, v in (x.split("=") for x in a.share_fp32)})
     deadline = None
     if a.deadline:
@@ -297,7 +310,8 @@ def main() -> None:
     if not a.collect:
         run_all(a.seeds, a.root, a.workers, set(a.only) if a.only else None, deadline, set(a.external_fp32))
     cmd = (f"python results/sentiment_minilm/run_sentiment_minilm.py --seeds {' '.join(map(str, a.seeds))} --workers {a.workers}"
-           + (f" --share-fp32 {' '.join(a.share_fp32)}" if a.share_fp32 else ""))
+           + (f" --share-fp32 {' '.join(a.share_fp32)}" if a.share_fp32 else "")
+           + (f" --extra {' '.join(a.extra)}" if a.extra else "") + f" --root {a.root}")
     print(json.dumps(collect(a.seeds, a.root, a.json, cmd), indent=1))
 
 

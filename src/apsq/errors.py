@@ -91,6 +91,11 @@ def check_finite(name: str, x: torch.Tensor) -> torch.Tensor:
     """Raise :class:`NonFiniteInputError` if ``x`` holds NaN or Inf."""
     import torch
 
+    # The sum is finite only if every element is (a NaN or an Inf propagates into it), and one
+    # reduction is ~5x cheaper than an elementwise mask; a finite tensor whose sum overflows falls
+    # through to the exact test.
+    if x.numel() and bool(torch.isfinite(x.sum())):
+        return x
     if not bool(torch.isfinite(x).all()):
         n_nan = int(torch.isnan(x).sum())
         n_inf = int(torch.isinf(x).sum())

@@ -43,7 +43,7 @@ def test_a2q_cli(setup_files, tmp_path, runner, digits_cfg):
     out = tmp_path / "a2q.json"
     r = runner.invoke(app, ["beyond", "a2q", "-c", str(d / "cfg.yaml"), "--fp32", str(d / "fp32.safetensors"),
                             "--only", "apsq_gs2_int8,a2q_acc16", "--qat-steps", "2", "--eval-limit", "0",
-                            "--json", str(out)])
+                            "--json", str(out), "--override-tile"])
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())
     v = res["variants"]

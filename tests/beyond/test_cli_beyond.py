@@ -17,7 +17,7 @@ from apsq.train.config import parse_config
 def test_tune_gs_cli(setup_files, runner, digits_cfg):
     d = setup_files
     r = runner.invoke(app, ["tune-gs", "-c", str(d / "cfg.yaml"), "--fp32", str(d / "fp32.safetensors"),
-                            "--gs", "1,2,4", "--psum-kib", "1", "--eval-limit", "0", "--max-points", "4",
+                            "--gs", "1,2,4", "--psum-kib", "1", "--eval-limit", "0", "--max-points", "4", "--override-tile",
                             "--json", str(d / "t.json"), "--out-yaml", str(d / "t.yaml"),
                             "--train-yaml", str(d / "train.yaml"), "--png", str(d / "t.png")])
     assert r.exit_code == 0, r.output
@@ -32,7 +32,7 @@ def test_tune_gs_cli(setup_files, runner, digits_cfg):
     from apsq.cli.tune import _accelerator
 
     wl = workload_of(parse_config(digits_cfg))
-    e = evaluate(wl, "is", "apsq", cfg, 8, _accelerator(None, 1)).total_pj / 1e6
+    e = evaluate(wl, "is", "apsq", cfg, 8, _accelerator(None, 1), override_tile=True).total_pj / 1e6
     assert e == pytest.approx(chosen["energy_uj"], rel=1e-9)
     # the training config carries it too
     assert parse_config(yaml.safe_load((d / "train.yaml").read_text())).apsq_config() == cfg
@@ -48,6 +48,11 @@ def test_tune_gs_cli_errors(setup_files, runner, digits_cfg):
     r = runner.invoke(app, ["tune-gs", "-c", str(d / "cfg.yaml"), "--fp32", str(d / "fp32.safetensors"),
                             "--gs", "1,x"])
     assert r.exit_code == 2 and "--gs" in r.output
+    # one tile: the config trains 16-deep tiles, the default array is 32 rows deep -> refused up front
+    r = runner.invoke(app, ["tune-gs", "-c", str(d / "cfg.yaml"), "--fp32", str(d / "fp32.safetensors"),
+                            "--gs", "1,2", "--json", str(d / "refused.json")])
+    assert r.exit_code == 2 and "tile 16" in r.output and "pe_array.rows = 32" in r.output, r.output
+    assert not (d / "refused.json").exists()
 
 
 def test_lowbit_variants_and_energy(runner, digits_cfg):
@@ -58,9 +63,11 @@ def test_lowbit_variants_and_energy(runner, digits_cfg):
         APSQConfig.from_dict(cfg)
     assert v["w4a8_apsq6"]["psum_bits"] == 6 and v["w4a8_apsq6"]["act_bits"] == 8
     wl = workload_of(parse_config(digits_cfg))
-    e8 = variant_energy(wl, "is", v["w4a4_apsq8"])
-    e4 = variant_energy(wl, "is", v["w4a4_apsq4"])
-    ref = variant_energy(wl, "is", v["w8a8_none"])
+    with pytest.warns(UserWarning, match="PSUM tile 16 differs from pe_array.rows = 32"):
+        variant_energy(wl, "is", v["w4a4_apsq8"])
+    e8 = variant_energy(wl, "is", v["w4a4_apsq8"], override_tile=True)
+    e4 = variant_energy(wl, "is", v["w4a4_apsq4"], override_tile=True)
+    ref = variant_energy(wl, "is", v["w8a8_none"], override_tile=True)
     assert e4["psum_uj"] == pytest.approx(e8["psum_uj"] / 2)  # stored PSUM energy is linear in its width
     assert e8["total_uj"] < ref["total_uj"]
 
@@ -71,14 +78,18 @@ def test_lowbit_cli_merges(setup_files, runner, digits_cfg):
     for key in ("a", "b"):
         r = runner.invoke(app, ["beyond", "low-bit", "-c", str(d / "cfg.yaml"), "--fp32", str(d / "fp32.safetensors"),
                                 "--only", "w8a8_none,w4a4_apsq4", "--eval-limit", "0", "--json", str(out),
-                                "--key", key])
+                                "--key", key, "--override-tile"])
         assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())
     assert set(res) == {"a", "b"} and res["a"]["variants"] == res["b"]["variants"]
     assert set(res["a"]["variants"]) == {"w8a8_none", "w4a4_apsq4"}
     r = runner.invoke(app, ["beyond", "low-bit", "-c", str(d / "cfg.yaml"), "--fp32", str(d / "fp32.safetensors"),
-                            "--only", "w3a3"])
+                            "--only", "w3a3", "--override-tile"])
     assert r.exit_code == 2 and "unknown variants" in r.output
+    # the digits config trains 16-deep tiles; the default array is 32 rows deep: refused before any run
+    r = runner.invoke(app, ["beyond", "low-bit", "-c", str(d / "cfg.yaml"), "--fp32", str(d / "fp32.safetensors"),
+                            "--only", "w8a8_none", "--json", str(d / "refused.json")])
+    assert r.exit_code == 2 and "pe_array.rows = 32" in r.output and not (d / "refused.json").exists()
 
 
 def test_baseline_cli(tmp_path, runner, digits_cfg):

@@ -53,3 +53,16 @@ def test_sweep_runs_reuses_and_plots(tmp_path, standin, make_config):
     other = parse_config(make_config(standin, qat={"steps": 3}, save_every=100))
     with pytest.raises(APSQError, match="different config"):
         sweep(other, tmp_path / "s", [1], progress=False, energy=False)
+
+
+def test_sweep_refuses_a_tile_the_energy_model_does_not_price(tmp_path, standin, make_config):
+    """One tile: a config trained at tile 8 is not priced as the 32-deep default array unless asked."""
+    from apsq.eval.sweep import check_energy_tile
+
+    base = parse_config(make_config(standin))  # tile 8
+    with pytest.raises(APSQError, match=r"PSUM tile 8 does not match .*pe_array.rows = 32.*override_tile"):
+        sweep(base, tmp_path / "s", [1], progress=False, energy=True)
+    assert not (tmp_path / "s").exists()  # refused before anything ran
+    assert check_energy_tile(base, override_tile=True) == 32
+    tile32 = parse_config(make_config(standin, apsq={"mode": "apsq", "gs": 2, "tile": 32}))
+    assert check_energy_tile(tile32) == 32

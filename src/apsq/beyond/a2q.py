@@ -99,48 +99,30 @@ def a2q_calibrate(model: nn.Module, batches: Sequence[Any]) -> None:
 
 def qat_kd(model: nn.Module, teacher: nn.Module, setup: Setup, steps: int,
            progress: Callable[[str], None] | None = None) -> nn.Module:
-    """``steps`` AdamW steps of KD (+CE) from ``teacher`` with the setup config's ``qat``/``distill``
-    settings; quantizer parameters (names with ``quant``/``log2_scale``) use ``qat.scale_lr``.
+    """``steps`` steps of KD (+CE) from ``teacher`` with the setup config's ``qat``/``distill`` settings,
+    through the library's one training loop (:func:`apsq.train.loop.run_steps`) and optimizer rule
+    (:func:`apsq.train.loop.make_optimizer`); quantizer parameters (brevitas names them with
+    ``quant``, ours ``log2_scale``) get the step-size group (``qat.scale_lr``).
 
     Runs on ``model``'s device (the teacher is moved there); each batch reaches the student and the
-    teacher in their own floating dtypes (:func:`apsq.device.to_device`)."""
-    from apsq.train.loop import (
-        clip_grad_norms_,
-        distill_loss,
-        global_batch,
-        is_step_size,
-        lr_factor,
-        make_optimizer,
-        step_seed,
-    )
+    teacher in their own floating dtypes (:func:`apsq.device.to_device`). Returns ``model`` in eval mode."""
+    from apsq.train.loop import is_step_size, make_optimizer, run_steps
 
-    cfg, sched = setup.cfg, setup.cfg.qat
+    cfg = setup.cfg
+    sched = cfg.qat.model_copy(update={"steps": steps})
     device, dtype = module_device(model), module_dtype(model)
-    teacher.to(device)  # a frozen copy: it follows the student (batches reach both via to_device)
-    # the library's one optimizer rule; brevitas names its quantizer parameters with "quant"
     opt = make_optimizer(model, sched, step_size=lambda n: "quant" in n or is_step_size(n))
-    data = setup.task.train
-    model.train()
-    teacher.eval()
-    for step in range(steps):
-        torch.manual_seed(step_seed(cfg.seed, "qat", step))
-        for g in opt.param_groups:
-            g["lr"] = g["base_lr"] * lr_factor(step, sched.model_copy(update={"steps": steps}))
-        inputs = to_device(dict(data.batch(global_batch(len(data), sched.batch_size, step, cfg.seed, "qat"))),
-                           device, dtype)
-        labels = inputs.pop("labels")
-        out = model(**inputs)
-        with torch.no_grad():
-            tout = teacher(**to_device(inputs, device, module_dtype(teacher)))
-        loss = distill_loss(out, tout, labels, cfg)["loss"]
-        if not torch.isfinite(loss):
-            raise APSQError(f"QAT step {step}: loss is {float(loss)}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        clip_grad_norms_(opt.param_groups)
-        opt.step()
+
+    def inputs_of(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        moved = to_device(dict(batch), device, dtype)
+        return moved, moved.pop("labels")
+
+    def after(step: int, parts: dict[str, torch.Tensor]) -> None:
         if progress and (step + 1) % 10 == 0:
-            progress(f"  step {step + 1}/{steps} loss {float(loss.detach()):.4f}")
+            progress(f"  step {step + 1}/{steps} loss {float(parts['loss'].detach()):.4f}")
+
+    run_steps(model, opt, setup.task.train, sched, cfg, "qat", teacher=teacher, device=device,
+              inputs_of=inputs_of, after_step=after)
     model.eval()
     return model
 
@@ -199,8 +181,9 @@ def a2q_specs(base: dict[str, Any], acc_bits: tuple[int, ...], gs: int) -> dict[
     return specs
 
 
-def energy_of(workload, spec: dict[str, Any], dataflow: str) -> dict[str, float]:
-    """A2Q: the baseline dataflow with stored PSUMs ``acc_bits`` wide; APSQ / W8A8: as configured."""
+def energy_of(workload, spec: dict[str, Any], dataflow: str, override_tile: bool = False) -> dict[str, float]:
+    """A2Q: the baseline dataflow with stored PSUMs ``acc_bits`` wide; APSQ / W8A8: as configured (its
+    ``tile`` checked against the array's rows, :func:`apsq.hw.energy.resolve_tile`)."""
     from apsq.hw.energy import evaluate
 
     ref = evaluate(workload, dataflow, "none", 1, 8)
@@ -208,7 +191,8 @@ def energy_of(workload, spec: dict[str, Any], dataflow: str) -> dict[str, float]
         r = evaluate(workload, dataflow, "none", 1, 8, baseline_bits=int(spec["acc_bits"]))
     else:
         a = spec["apsq"]
-        r = evaluate(workload, dataflow, a.get("mode", "apsq"), int(a.get("gs", 2)), int(a.get("psum_bits", 8)))
+        r = evaluate(workload, dataflow, a.get("mode", "apsq"), int(a.get("gs", 2)), int(a.get("psum_bits", 8)),
+                     tile=a.get("tile"), override_tile=override_tile)
     return {"total_uj": r.total_pj / 1e6, "psum_uj": r.psum_pj / 1e6, "reduction_vs_int32": 1 - r.total_pj / ref.total_pj}
 
 

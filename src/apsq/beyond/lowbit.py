@@ -41,12 +41,14 @@ def accelerator_for(w_bits: int, a_bits: int, base: Accelerator | None = None) -
 
 
 def variant_energy(workload: Workload, dataflow: str, v: dict[str, Any], base: Accelerator | None = None,
-                   ref_uj: float | None = None) -> dict[str, Any]:
+                   ref_uj: float | None = None, override_tile: bool = False) -> dict[str, Any]:
     """Energy (µJ) of variant ``v`` and its reduction vs the same-precision INT32 baseline (and vs
-    ``ref_uj``, e.g. the W8A8 INT32 baseline)."""
+    ``ref_uj``, e.g. the W8A8 INT32 baseline). The variant's ``tile`` is checked against the array's rows
+    (:func:`apsq.hw.energy.resolve_tile`; a mismatch warns unless ``override_tile``)."""
     acc = accelerator_for(v.get("weight_bits", 8), v.get("act_bits", 8), base)
     mode = v.get("mode", "apsq")
-    r = evaluate(workload, dataflow, mode, int(v.get("gs", 2)), int(v.get("psum_bits", 8)), acc)
+    r = evaluate(workload, dataflow, mode, int(v.get("gs", 2)), int(v.get("psum_bits", 8)), acc, tile=v.get("tile"),
+                 override_tile=override_tile)
     b = evaluate(workload, dataflow, "none", 1, 8, acc)
     out = {"total_uj": r.total_pj / 1e6, "psum_uj": r.psum_pj / 1e6,
            "reduction_vs_same_precision_int32": 1 - r.total_pj / b.total_pj}

@@ -35,6 +35,16 @@ def _write_keyed(path: Path | None, key: str | None, data: dict[str, Any]) -> No
     write_json(path, old)
 
 
+def _check_tile(setup: Any, override_tile: bool) -> None:
+    """One tile: the config's PSUM tile must be the default array's depth (before any model runs)."""
+    from apsq.hw.accelerator import default_accelerator
+    from apsq.hw.energy import resolve_tile
+
+    qcfg = setup.cfg.apsq_config()
+    if qcfg is not None:
+        resolve_tile(qcfg, default_accelerator(), override_tile=override_tile, on_mismatch="error")
+
+
 def register(app: typer.Typer) -> None:
     beyond = typer_app(help="Studies beyond the paper: baseline PSUM width, sub-8-bit, A2Q baseline.")
 
@@ -108,6 +118,8 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="where the models run: auto (CUDA if present) | cpu | cuda[:N]"),
         json_path: Path | None = typer.Option(None, "--json"),
         key: str | None = typer.Option(None, "--key", help="merge into --json under this key (e.g. the task)"),
+        override_tile: bool = typer.Option(False, "--override-tile", help="price the array's pe_array.rows-deep "
+                                           "tiles although the config trains at another tile"),
     ) -> None:
         """W4A4 / W4A8 with APSQ PSUMs at 8/6/4 bits: accuracy (PTQ, optional QAT) and energy."""
         import torch
@@ -120,6 +132,7 @@ def register(app: typer.Typer) -> None:
         try:
             torch.set_num_threads(threads)
             s = load_setup(config, fp32, eval_limit or None, device=device)
+            _check_tile(s, override_tile)
             variants = lowbit_variants(dict(s.cfg.apsq or {}), gs, psum_bits=parse_ints("--psum-bits", psum_bits))
             variants = select_variants(variants, only)
             path = fp32 or s.cfg.finetune.init
@@ -129,7 +142,7 @@ def register(app: typer.Typer) -> None:
             for df in dataflow.split(","):
                 ref = evaluate(wl, df, "none", 1, 8).total_pj / 1e6
                 for name, v in variants.items():
-                    res[name].setdefault("energy", {})[df] = variant_energy(wl, df, v, ref_uj=ref)
+                    res[name].setdefault("energy", {})[df] = variant_energy(wl, df, v, ref_uj=ref, override_tile=True)
         except APSQError as exc:
             fail(exc)
             return
@@ -167,6 +180,8 @@ def _register_a2q(beyond: typer.Typer) -> None:
         threads: int = typer.Option(1, "--threads"),
         device: str = typer.Option("auto", "--device", help="where the models run: auto (CUDA if present) | cpu | cuda[:N]"),
         json_path: Path | None = typer.Option(None, "--json"),
+        override_tile: bool = typer.Option(False, "--override-tile", help="price the array's pe_array.rows-deep "
+                                           "tiles although the config trains at another tile"),
     ) -> None:
         """A2Q / A2Q+ (brevitas) vs APSQ INT8 PSUMs vs W8A8 INT32: accuracy after the same QAT, and energy."""
         import torch
@@ -177,12 +192,13 @@ def _register_a2q(beyond: typer.Typer) -> None:
         try:
             torch.set_num_threads(threads)
             s = load_setup(config, fp32, eval_limit or None, device=device)
+            _check_tile(s, override_tile)
             specs = a2q_specs(dict(s.cfg.apsq or {}), parse_ints("--acc-bits", acc_bits), gs)
             specs = select_variants(specs, only)
             res = run_a2q_study(s, specs, qat_steps, progress=console(stderr=True).log)
             wl = workload_of(s.cfg, seq_len)
             for name, spec in specs.items():
-                res[name]["energy"] = {df: energy_of(wl, spec, df) for df in dataflows.split(",")}
+                res[name]["energy"] = {df: energy_of(wl, spec, df, override_tile=True) for df in dataflows.split(",")}
         except APSQError as exc:
             fail(exc)
         out = {"command": command_line(), "config": str(config),

@@ -44,6 +44,8 @@ def register(app: typer.Typer) -> None:
         energy: bool = typer.Option(True, help="Add the energy reduction of the traced model (IS, WS)."),
         json_out: Path = typer.Option(None, "--json", help="Result JSON (default <output>/sweep.json)."),
         png_out: Path = typer.Option(None, "--png", help="Plot (default <output>/sweep.png)."),
+        override_tile: bool = typer.Option(False, "--override-tile", help="price the array's pe_array.rows-deep "
+                                           "tiles although the config trains at another tile"),
     ) -> None:
         """Train every PSUM variant (reusing finished runs, resuming interrupted ones) and report."""
         from apsq.eval.sweep import sweep
@@ -54,7 +56,7 @@ def register(app: typer.Typer) -> None:
             cfg = load_config(config)
             out = output or Path("runs") / f"sweep_{config.stem}"
             res = sweep(cfg, out, gs_values, baselines=baselines, json_path=json_out, png_path=png_out,
-                          energy=energy)
+                          energy=energy, override_tile=override_tile)
         except APSQError as exc:
             fail(exc, code=1)
         t = table(f"gs sweep ({res['eval_split']} accuracy)", "variant", "accuracy", "energy red. IS / WS",

@@ -35,6 +35,8 @@ def register(app: typer.Typer) -> None:
         seq_len: int | None = typer.Option(None, "--seq-len", help="tokens of the energy workload (default max_len)"),
         accelerator: Path | None = typer.Option(None, "--accelerator", help="accelerator YAML (default 28 nm INT8)"),
         psum_kib: float | None = typer.Option(None, "--psum-kib", help="PSUM buffer capacity (KiB) override"),
+        override_tile: bool = typer.Option(False, "--override-tile", help="price the array's pe_array.rows-deep "
+                                           "tiles although the config trains at another tile"),
         method: str = typer.Option("both", "--method", help="both | predictor | measured"),
         budget_uj: float | None = typer.Option(None, "--budget-uj", help="energy budget (µJ)"),
         budget_frac: float = typer.Option(0.5, "--budget-frac",
@@ -73,14 +75,15 @@ def register(app: typer.Typer) -> None:
             wl = workload_of(s.cfg, seq_len)
             res = tune_gs(s.model, base, wl, s.calib, s.eval, gs_values=gs_values, dataflow=dataflow,
                           accelerator=acc, method=method, budget_uj=budget_uj, budget_frac=budget_frac,
-                          max_points=max_points, progress=lambda m: con.log(m))
+                          max_points=max_points, progress=lambda m: con.log(m), override_tile=override_tile)
         except APSQError as exc:
             fail(exc)
             return
         cfg = res.pop("config")
         res["command"] = ("apsq tune-gs --config {} --gs {} --dataflow {} --method {} --eval-limit {}".format(
             config, gs, dataflow, method, eval_limit) + (f" --psum-kib {psum_kib}" if psum_kib else "")
-            + (f" --budget-uj {budget_uj}" if budget_uj is not None else f" --budget-frac {budget_frac}"))
+            + (f" --budget-uj {budget_uj}" if budget_uj is not None else f" --budget-frac {budget_frac}")
+            + (" --override-tile" if override_tile else ""))
         if out_yaml:
             out_yaml.parent.mkdir(parents=True, exist_ok=True)
             c = res["chosen"]

@@ -59,16 +59,34 @@ def run_variant(cfg: TrainConfig, run: str | Path, *, progress: bool = True) -> 
     return res
 
 
+def check_energy_tile(cfg: TrainConfig, override_tile: bool = False) -> int:
+    """One tile: the config's PSUM tile against the default accelerator's ``pe_array.rows`` (the depth
+    the energy model prices). Returns the priced depth.
+
+    Raises:
+        APSQError: they differ and ``override_tile`` is False (:func:`apsq.hw.energy.resolve_tile`).
+    """
+    from apsq.hw.accelerator import default_accelerator
+    from apsq.hw.energy import resolve_tile
+
+    acc = default_accelerator()
+    return resolve_tile(cfg.apsq_config(), acc, override_tile=override_tile, on_mismatch="error") or acc.pe_array.rows
+
+
 def energy_reductions(cfg: TrainConfig, gs_values: Sequence[int], dataflows: Sequence[str] = ("is", "ws"),
-                      seq_len: int | None = None) -> dict[str, Any]:
+                      seq_len: int | None = None, override_tile: bool = False) -> dict[str, Any]:
     """Energy reduction vs INT32 PSUMs per dataflow and gs for the config's model, traced on the
-    meta device at ``seq_len`` tokens (default ``model.max_len``) with :mod:`apsq.hw.energy`."""
+    meta device at ``seq_len`` tokens (default ``model.max_len``) with :mod:`apsq.hw.energy`.
+    The config's tile must be the array's depth unless ``override_tile`` (:func:`check_energy_tile`);
+    ``config_tile`` and ``priced_tile`` are recorded."""
     from apsq.eval.setup import workload_of
     from apsq.hw.energy import compare
 
     qcfg = cfg.apsq_config()
+    rows = check_energy_tile(cfg, override_tile)
     wl = workload_of(cfg, seq_len)
-    out: dict[str, Any] = {"workload": wl.name, "psum_bits": qcfg.psum_bits, "total": {}, "psum": {}}
+    out: dict[str, Any] = {"workload": wl.name, "psum_bits": qcfg.psum_bits, "config_tile": qcfg.tile,
+                           "priced_tile": rows, "total": {}, "psum": {}}
     for df in dataflows:
         out["total"][df], out["psum"][df] = {}, {}
         for g in gs_values:
@@ -80,8 +98,13 @@ def energy_reductions(cfg: TrainConfig, gs_values: Sequence[int], dataflows: Seq
 
 def sweep(base: TrainConfig, output: str | Path, gs_values: Sequence[int] = (1, 2, 3, 4), *, baselines: bool = True,
           json_path: str | Path | None = None, png_path: str | Path | None = None, energy: bool = True,
-          progress: bool = True, command: str | None = None) -> dict[str, Any]:
-    """Run (or reuse / resume) every variant; write ``sweep.json`` / ``sweep.png`` (or the given paths)."""
+          progress: bool = True, command: str | None = None, override_tile: bool = False) -> dict[str, Any]:
+    """Run (or reuse / resume) every variant; write ``sweep.json`` / ``sweep.png`` (or the given paths).
+
+    With ``energy``, the config's tile is checked against the priced array depth before anything runs
+    (:func:`check_energy_tile`; ``override_tile`` prices the array's depth anyway)."""
+    if energy:
+        check_energy_tile(base, override_tile)
     output = Path(output)
     runs: dict[str, dict[str, Any]] = {}
     if base.finetune.init is None and base.finetune.steps > 0:  # fine-tune once, share it
@@ -103,7 +126,7 @@ def sweep(base: TrainConfig, output: str | Path, gs_values: Sequence[int] = (1, 
                  run_seconds={n: r.get("seconds") for n, r in runs.items()})
     if energy:
         try:
-            table["energy_reduction"] = energy_reductions(base, gs_values)
+            table["energy_reduction"] = energy_reductions(base, gs_values, override_tile=override_tile)
         except Exception as exc:  # the energy model is optional for the accuracy sweep
             table["energy_reduction"] = {"error": f"{type(exc).__name__}: {exc}"}
     table["command"] = command or shlex.join(["apsq", *sys.argv[1:]])

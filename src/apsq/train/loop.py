@@ -34,7 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from apsq.data.fileio import FolderLock, remove_orphan_temps
-from apsq.device import module_device, to_device
+from apsq.device import module_device, module_dtype, to_device
 from apsq.errors import APSQError
 from apsq.train.checkpoint import (
     atomic_save_tensors,
@@ -252,6 +252,59 @@ def evaluate(model: nn.Module, data: BatchSource, batch_size: int = 64, rank: in
     return float(counts[0] / counts[1])
 
 
+def run_steps(model: nn.Module, opt: torch.optim.Optimizer, data: BatchSource, sched: ScheduleConfig,
+              cfg: TrainConfig, stage: str, *, teacher: nn.Module | None = None, start: int = 0, rank: int = 0,
+              world: int = 1, device: torch.device | str | None = None,
+              inputs_of: Callable[[dict[str, torch.Tensor]], tuple[dict[str, torch.Tensor], torch.Tensor]] | None = None,
+              backward: Callable[[torch.Tensor], None] | None = None, clip: Callable[..., Any] | None = None,
+              after_step: Callable[[int, dict[str, torch.Tensor]], None] | None = None) -> None:
+    """The library's one training-step loop: steps ``start .. sched.steps - 1`` of ``stage``.
+
+    Step ``t`` reseeds the RNG from ``(cfg.seed, stage, t, rank)``, sets every group's rate to
+    ``base_lr * lr_factor(t, sched)``, takes rows ``rank*B/world .. (rank+1)*B/world`` of the global batch
+    :func:`global_batch` ``(len(data), sched.batch_size, t, cfg.seed, stage)``, and minimises cross-entropy
+    (``teacher`` None) or :func:`distill_loss` against the frozen ``teacher`` (which sees the batch in its
+    own floating dtype). Gradients are clipped per group (:func:`clip_grad_norms_`).
+
+    ``device``: where batches go (default: the model's); ``inputs_of(batch) -> (inputs, labels)`` moves
+    them (default: to ``device``, dtypes kept); ``backward`` / ``clip``: accelerate's, or plain autograd /
+    torch's clipping when None; ``after_step(t, loss_parts)`` runs after every optimizer step.
+    Used by :func:`train` and by studies that train a model they built themselves (A2Q).
+
+    Raises:
+        APSQError: a non-finite loss (names the stage and step).
+    """
+    device = module_device(model) if device is None else device
+    move = inputs_of or (lambda b: _inputs(b, device))
+    per = sched.batch_size // world
+    model.train()
+    if teacher is not None:
+        teacher.to(device).eval()
+    hidden = teacher is not None and cfg.distill.hidden_weight > 0
+    for step in range(start, sched.steps):
+        torch.manual_seed(step_seed(cfg.seed, stage, step, rank))
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * lr_factor(step, sched)
+        idx = global_batch(len(data), sched.batch_size, step, cfg.seed, stage)
+        inputs, labels = move(data.batch(idx[rank * per:(rank + 1) * per]))
+        out = model(**inputs, output_hidden_states=True) if hidden else model(**inputs)
+        if teacher is None:
+            parts = {"loss": F.cross_entropy(logits_of(out), labels)}
+        else:
+            with torch.no_grad():
+                tin = to_device(inputs, device, module_dtype(teacher))
+                tout = teacher(**tin, output_hidden_states=True) if hidden else teacher(**tin)
+            parts = distill_loss(out, tout, labels, cfg)
+        if not torch.isfinite(parts["loss"]):
+            raise APSQError(f"{stage} step {step}: the loss is {float(parts['loss'])}; lower the learning rate")
+        opt.zero_grad(set_to_none=True)
+        (backward or torch.Tensor.backward)(parts["loss"])
+        clip_grad_norms_(opt.param_groups, clip)
+        opt.step()
+        if after_step is not None:
+            after_step(step, parts)
+
+
 class MetricsLog:
     """JSON lines, appended by the main process; on resume, lines after the checkpoint are dropped."""
 
@@ -370,32 +423,10 @@ class _Run:
             start = self.state["step"]
             self.tensors = {}
         wrapped, wopt = self.acc.prepare(model, opt)
-        per = sched.batch_size // self.world
         bar = tqdm(total=sched.steps, initial=start, desc=stage, disable=not self.progress, dynamic_ncols=True)
-        wrapped.train()
-        if teacher is not None:
-            teacher.to(self.acc.device).eval()
         t0 = time.time()
-        for step in range(start, sched.steps):
-            torch.manual_seed(step_seed(self.cfg.seed, stage, step, self.rank))
-            for g in wopt.param_groups:
-                g["lr"] = g["base_lr"] * lr_factor(step, sched)
-            idx = global_batch(len(data), sched.batch_size, step, self.cfg.seed, stage)
-            inputs, labels = _inputs(data.batch(idx[self.rank * per:(self.rank + 1) * per]), self.acc.device)
-            hidden = teacher is not None and self.cfg.distill.hidden_weight > 0
-            out = wrapped(**inputs, output_hidden_states=True) if hidden else wrapped(**inputs)
-            if teacher is None:
-                parts = {"loss": F.cross_entropy(logits_of(out), labels)}
-            else:
-                with torch.no_grad():
-                    tout = teacher(**inputs, output_hidden_states=True) if hidden else teacher(**inputs)
-                parts = distill_loss(out, tout, labels, self.cfg)
-            if not torch.isfinite(parts["loss"]):
-                raise APSQError(f"{stage} step {step}: the loss is {float(parts['loss'])}; lower the learning rate")
-            wopt.zero_grad(set_to_none=True)
-            self.acc.backward(parts["loss"])
-            clip_grad_norms_(wopt.param_groups, self.acc.clip_grad_norm_)
-            wopt.step()
+
+        def after(step: int, parts: dict[str, torch.Tensor]) -> None:
             done = step + 1
             rec = {k: round(float(v.detach()), 6) for k, v in parts.items()}
             self.metrics.log(stage=stage, step=done, lr=wopt.param_groups[0]["lr"], sec=round(time.time() - t0, 3),
@@ -409,6 +440,10 @@ class _Run:
                 self._save(stage, done, model, opt)
             if self.on_step is not None:
                 self.on_step(stage, done)
+
+        run_steps(wrapped, wopt, data, sched, self.cfg, stage, teacher=teacher, start=start, rank=self.rank,
+                  world=self.world, device=self.acc.device, backward=self.acc.backward,
+                  clip=self.acc.clip_grad_norm_, after_step=after)
         bar.close()
         if sched.steps == 0 or start == sched.steps:
             self._save(stage, sched.steps, model, opt)

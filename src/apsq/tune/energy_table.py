@@ -47,9 +47,11 @@ def energy_table(
     dataflow: str,
     gs_values: Sequence[int],
     accelerator: Accelerator | None = None,
+    override_tile: bool = False,
 ) -> EnergyTable:
     """Energy table of quantized modules ``layers`` (module names) on ``workload`` under ``dataflow``,
-    APSQ mode at ``base.psum_bits``; workload layers are matched to modules as ``--gs-config`` does."""
+    APSQ mode at ``base.psum_bits``; workload layers are matched to modules as ``--gs-config`` does.
+    ``base.tile`` is checked against the array's rows (``override_tile``: :func:`apsq.hw.energy.resolve_tile`)."""
     if not gs_values:
         raise APSQError("gs_values must name at least one group size")
     names = [config_name(ly.name) for ly in workload.layers]
@@ -68,6 +70,7 @@ def energy_table(
             pj[n][int(g)] = float(tot[idx[n]].sum())
             fp[n][int(g)] = float(foot[idx[n]].max())
     rest = [i for i, m in enumerate(names) if m not in wanted]
-    r0 = evaluate(workload, dataflow, "apsq", base, base.psum_bits, accelerator)
+    r0 = evaluate(workload, dataflow, "apsq", base, base.psum_bits, accelerator, override_tile=override_tile,
+                  tile_mismatch="error")
     fixed = float(np.asarray(r0.layer_total_pj)[rest].sum()) if rest else 0.0
     return EnergyTable(tuple(layers), tuple(int(g) for g in gs_values), pj, fp, fixed)

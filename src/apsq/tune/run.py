@@ -44,18 +44,29 @@ def tune_gs(
     budget_frac: float = 0.5,
     max_points: int | None = 12,
     progress: Callable[[str], None] | None = None,
+    override_tile: bool = False,
 ) -> dict[str, Any]:
     """Run the searches and return the result (JSON-able dict plus ``"config"``, the chosen APSQConfig).
 
     Budget: ``budget_uj`` (µJ of the whole workload), else ``E_lo + budget_frac·(E_hi − E_lo)`` between
     the cheapest and the dearest uniform gs.
+
+    The energy model steps K by the accelerator's ``pe_array.rows``; ``base.tile`` (and every override's
+    tile) must equal it, else an :class:`APSQError` before anything runs, unless ``override_tile`` says
+    that pricing the array's tiles for a config trained at another tile is on purpose
+    (:func:`apsq.hw.energy.resolve_tile`).
     """
     check_choice("dataflow", dataflow, tuple(DATAFLOWS))
     check_choice("method", method, METHODS)
     if not 0.0 <= budget_frac <= 1.0:
         raise APSQError(f"budget_frac must be in [0, 1], got {budget_frac}")
+    from apsq.hw.accelerator import load_accelerator
+    from apsq.hw.energy import resolve_tile
+
+    accelerator = accelerator or load_accelerator(None)
+    resolve_tile(base, accelerator, override_tile=override_tile, on_mismatch="error")
     prof = profile_gs(fp_model, base, gs_values, calib_batches, eval_batches, progress)
-    table = energy_table(workload, prof.layers, base, dataflow, prof.gs_values, accelerator)
+    table = energy_table(workload, prof.layers, base, dataflow, prof.gs_values, accelerator, override_tile=True)
     uni = uniform_points(prof, table)
     e_lo, e_hi = min(p.energy_pj for p in uni), max(p.energy_pj for p in uni)
     budget_pj = budget_uj * 1e6 if budget_uj is not None else e_lo + budget_frac * (e_hi - e_lo)
@@ -67,7 +78,7 @@ def tune_gs(
     allp = uni + [p for ps in paths.values() for p in ps]
     best = choose(allp, budget_pj)
     cfg = choice_config(base, best.choice)
-    check = evaluate(workload, dataflow, "apsq", cfg, base.psum_bits, accelerator).total_pj
+    check = evaluate(workload, dataflow, "apsq", cfg, base.psum_bits, accelerator, override_tile=True).total_pj
     if abs(check - best.energy_pj) > 1e-6 * check:
         raise APSQError(f"internal: energy table ({best.energy_pj}) and energy model ({check}) disagree")
     base_int32 = evaluate(workload, dataflow, "none", 1, base.psum_bits, accelerator).total_pj
