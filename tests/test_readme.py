@@ -13,11 +13,10 @@ import re
 import shlex
 from pathlib import Path
 
-import importlib
-
 import pytest
-import typer.main
 from typer.testing import CliRunner
+
+from cli_parse import ELIDED, click_module, parse
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -26,10 +25,6 @@ RUN_AS_WRITTEN = {
     "apsq energy sweep -m bert-base -d ws --values 128,512,2048",
 }
 """README commands cheap enough to run here exactly as written (a few seconds each)."""
-
-
-ELIDED = "<elided>"
-"""Where the README writes ``...`` (arguments left out): only the command and the options shown are checked."""
 
 
 def _text() -> str:
@@ -61,33 +56,6 @@ def _command_lines() -> list[str]:
     return sorted(set(lines))
 
 
-def _click():  # typer ships its own click (typer._click) or uses click: the one its commands are built on
-    from apsq.cli import app
-
-    root = typer.main.get_command(app)
-    return root, importlib.import_module(type(root).__mro__[1].__module__.rsplit(".", 1)[0])
-
-
-def _parse(argv: list[str]) -> None:
-    """Resolve the (sub)command and parse its options the way click would, without running it.
-    Raises click's UsageError (unknown option or command, missing or bad value). With ``ELIDED`` in
-    ``argv`` (the README left arguments out) missing required options are not an error."""
-    cmd, click = _click()
-    elided = ELIDED in argv
-    argv = [a for a in argv if a != ELIDED]
-    if elided and argv and argv[-1].startswith("--"):
-        argv = argv[:-1]  # "--tasks ...": the value is what was left out
-    parent = click.Context(cmd, info_name="apsq")
-    while getattr(cmd, "commands", None) and argv and not argv[0].startswith("-"):
-        name, argv = argv[0], argv[1:]
-        if name not in cmd.commands:
-            raise click.exceptions.UsageError(f"no such command {name!r}")
-        cmd = cmd.commands[name]
-        if getattr(cmd, "commands", None) and argv and not argv[0].startswith("-"):
-            parent = click.Context(cmd, info_name=name, parent=parent)
-    cmd.make_context(cmd.name or "apsq", list(argv), parent=parent, resilient_parsing=elided)
-
-
 def test_readme_lists_commands() -> None:
     lines = _command_lines()
     assert "apsq demo" in lines and any(c.startswith("apsq energy") for c in lines), lines
@@ -99,9 +67,9 @@ def test_every_readme_command_parses(line: str) -> None:
     argv = shlex.split(line)[1:]
     if "--help" in argv:
         argv.remove("--help")
-    _, click = _click()
+    _, click = click_module()
     try:
-        _parse(argv)
+        parse(argv)
     except click.exceptions.NoArgsIsHelpError:
         pass  # a group without a command shows its help
     except click.exceptions.UsageError as exc:
@@ -109,10 +77,10 @@ def test_every_readme_command_parses(line: str) -> None:
 
 
 def test_the_parser_check_can_fail() -> None:
-    _, click = _click()
+    _, click = click_module()
     for argv in (["energy", "--no-such-option"], ["no-such-command"], ["energy", "-d", "is", "--gs", "x"]):
         with pytest.raises(click.exceptions.UsageError):
-            _parse(argv)
+            parse(argv)
 
 
 @pytest.mark.parametrize("line", sorted(RUN_AS_WRITTEN))

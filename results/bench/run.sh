@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# results/bench: speed of the layers, the energy model and the RTL simulation (docs/performance.md,
+# docs/rae.md). bench_layer*.json and energy_bench.json record no command: taken from results/README.md,
+# docs/performance.md and results/energy_paper/README.md. Timings depend on the machine and its load.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+if [ -x .venv/bin/apsq ]; then export PATH="$PWD/.venv/bin:$PATH"; fi
+
+python benchmarks/bench_layer.py --reps 5 --ablation --minilm --minilm-reps 5 --json > results/bench/bench_layer.json
+python benchmarks/bench_layer.py --reps 5 --threads 2 --json > results/bench/bench_layer_2threads.json
+python benchmarks/bench_energy.py --json results/bench/energy_bench.json
+# rae_bench.json records its options but not --json; needs verilator (each build 36-65 s, docs/rae.md).
+OMP_NUM_THREADS=1 python benchmarks/bench_rae.py --lanes 4,8,32 --steps 64 --repeat 40 --gs 2 --depth 16 --amaranth-steps 16 --json results/bench/rae_bench.json
