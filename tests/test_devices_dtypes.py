@@ -246,3 +246,53 @@ def test_apsq_train_under_accelerate_bf16_mixed_precision(tmp_path):
     recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in recs if r.get("stage") == "qat" and "loss" in r]
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_resume_under_accelerate_bf16_equals_the_uninterrupted_run(tmp_path):
+    """A run killed during QAT and resumed under bf16 mixed precision ends with the same weights and
+    losses as an uninterrupted one: the teacher and the student are the same modules in both (no
+    autocast wrapper left on the fine-tuned model by the first stage's ``prepare``)."""
+    import json
+
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from apsq.train.checkpoint import read_tensors
+    from apsq.train.config import parse_config
+    from apsq.train.loop import train
+
+    cfg = parse_config({"seed": 0, "model": {"name": "digits-cnn", "num_labels": 10},
+                        "data": {"name": "digits", "eval_limit": 64},
+                        "finetune": {"steps": 3, "batch_size": 32, "lr": 2e-3},
+                        "apsq": {"mode": "apsq", "gs": 2, "tile": 16, "exclude": ["classifier"]},
+                        "qat": {"steps": 4, "batch_size": 32, "calib_batches": 2}, "eval": {"batch_size": 64},
+                        "save_every": 1, "threads": 1})
+
+    class Kill(Exception):
+        pass
+
+    def kill_at_qat_2(stage: str, step: int) -> None:
+        if stage == "qat" and step == 2:
+            raise Kill
+
+    def run(out, **kw):
+        try:
+            return train(cfg, out, progress=False, accelerator=Accelerator(cpu=True, mixed_precision="bf16"), **kw)
+        finally:
+            AcceleratorState._reset_state(reset_partial_state=True)
+
+    run(tmp_path / "a")
+    with pytest.raises(Kill):
+        run(tmp_path / "b", on_step=kill_at_qat_2)
+    run(tmp_path / "b", resume=True)
+    ta, _ = read_tensors(tmp_path / "a" / "checkpoint.safetensors")
+    tb, _ = read_tensors(tmp_path / "b" / "checkpoint.safetensors")
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), k
+
+    def losses(run_dir):
+        recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["loss"]) for r in recs if r.get("stage") == "qat" and "loss" in r]
+
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")

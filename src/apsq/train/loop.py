@@ -198,7 +198,10 @@ def check_init(cfg: TrainConfig) -> None:
 
 
 def logits_of(out: Any) -> torch.Tensor:
-    return out if isinstance(out, torch.Tensor) else out.logits
+    """The logits of a model output (a tensor or an object with ``.logits``), in float32 when they are
+    bf16 / fp16 (mixed precision or a half-precision model): losses are computed in float32."""
+    x = out if isinstance(out, torch.Tensor) else out.logits
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
 
 
 def distill_loss(student: Any, teacher: Any, labels: torch.Tensor, cfg: TrainConfig) -> dict[str, torch.Tensor]:
@@ -447,7 +450,12 @@ class _Run:
         bar.close()
         if sched.steps == 0 or start == sched.steps:
             self._save(stage, sched.steps, model, opt)
-        return self.acc.unwrap_model(wrapped)
+        # without the autocast wrapper accelerate's prepare puts on forward under mixed precision: the
+        # next stage (and its teacher copy) must be the same module whether this stage ran in this
+        # process or was loaded from a checkpoint (resume == uninterrupted)
+        model = self.acc.unwrap_model(wrapped, keep_fp32_wrapper=False)
+        model.__dict__.pop("_is_accelerate_prepared", None)  # else the next stage's prepare skips it (no autocast)
+        return model
 
     def _eval(self, model: nn.Module, stage: str, step: int) -> float:
         acc = evaluate(self.acc.unwrap_model(model), self.task.eval, self.cfg.eval.batch_size, self.rank, self.world,
