@@ -12,7 +12,7 @@ def test_demo_run_reports_every_variant_and_caches_fp32(tmp_path, monkeypatch, s
     monkeypatch.setenv("APSQ_CACHE", str(tmp_path / "cache"))
     seen, logs = [], []
     kw = dict(variants=[("w8a8", "none", 1), ("apsq_gs2", "apsq", 2)], finetune_steps=4, qat_steps=2, batch_size=8,
-              max_len=16, model="bert-tiny", data_path=standin, progress=False, threads=1)
+              max_len=16, model="bert-tiny", data_path=standin, progress=False, threads=1, workers=1)
     first = demo_run(on_variant=lambda n, row: seen.append(n), log=logs.append, output=tmp_path / "runs", **kw)
     assert seen == ["w8a8", "apsq_gs2"]
     assert any(m.startswith("first run: fine-tuning bert-tiny") for m in logs)
@@ -32,8 +32,14 @@ def test_demo_run_reports_every_variant_and_caches_fp32(tmp_path, monkeypatch, s
     er = first["energy_reduction"]
     assert set(er["total"]) == {"is", "ws"} and set(er["total"]["is"]) == {"2"}  # the apsq variants' gs
     logs.clear()
-    second = demo_run(log=logs.append, **kw)  # reuses the cached fine-tuned model: same numbers
+    # reuses the cached fine-tuned model; the variants in two processes at once give the same numbers
+    second = demo_run(log=logs.append, **{**kw, "workers": 2})
     assert second["settings"]["fp32_cached"] and not any("first run" in m for m in logs)
+    assert second["settings"]["workers"] == 2 and any("2 at a time in separate processes" in m for m in logs)
+    done = [m for m in logs if m.startswith("variant")]
+    assert [m.split(" done: ")[0] for m in done] == ["variant 1/2", "variant 2/2"]
+    assert {m.split(" done: ")[1] for m in done} == {"w8a8", "apsq_gs2"}
+    assert list(second["variants"]) == ["w8a8", "apsq_gs2"]  # the table keeps the variants' order
     assert second["fp32"] == first["fp32"]
     assert {k: v["accuracy"] for k, v in second["variants"].items()} == {
         k: v["accuracy"] for k, v in first["variants"].items()}
@@ -45,3 +51,20 @@ def test_demo_run_reports_every_variant_and_caches_fp32(tmp_path, monkeypatch, s
     logs.clear()
     demo_run(log=logs.append, **{**kw, "eval_limit": 10, "variants": [("w8a8", "none", 1)]})
     assert not any("evaluating the FP32 model" in m for m in logs)
+
+
+def test_plan_workers():
+    from apsq.errors import APSQError
+    from apsq.eval.demo import plan_workers
+
+    assert plan_workers(6, 2, None)[0] == 2 and plan_workers(6, 2, 3) == (2, 3)
+    assert plan_workers(1, 4, 1) == (1, 1)  # never more processes than variants
+    w, t = plan_workers(6)
+    assert 1 <= w <= 6 and t >= 1
+    for bad in ({"workers": 0}, {"threads": 0}):
+        try:
+            plan_workers(3, **bad)
+        except APSQError as e:
+            assert next(iter(bad)) in str(e)
+        else:
+            raise AssertionError(bad)
