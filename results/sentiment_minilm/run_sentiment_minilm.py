@@ -165,6 +165,8 @@ def collect(seeds: list[int], root: Path, out: Path, command: str) -> dict:
 
     sens_runs = []  # every APSQ gs=2 run of the first seed: (scale_lr, qat steps, accuracy)
     for f in sorted((root / f"seed{seeds[0]}").glob("apsq_gs2*/result.json")):
+        if f.parent.name.endswith("_channel"):
+            continue
         conf = json.loads((f.parent / "config.json").read_text())["qat"]
         sens_runs.append({"scale_lr": conf["scale_lr"], "qat_steps": conf["steps"],
                           "accuracy": json.loads(f.read_text())["accuracy"], "run": f.parent.name})
@@ -194,10 +196,15 @@ def collect(seeds: list[int], root: Path, out: Path, command: str) -> dict:
     if len(sens_runs) > 1:
         res["sensitivity_gs2"] = {"seed": seeds[0], "runs": sens_runs,
                                   "previous_rule": {"scale_lr": 5e-3, "qat_steps": 100, "accuracy": PREVIOUS["apsq"]["2"]}}
+    if len(sens_runs) <= 1 and out.exists():  # keep the sensitivity runs of an earlier root, labelled
+        old = json.loads(out.read_text()).get("sensitivity_gs2")
+        if old:
+            res["sensitivity_gs2"] = {**old, "note": old.get("note", "runs at 16 sentences per QAT step "
+                                                               "(runs/sent2), before the 200 x 32 default")}
     res["previous_recipe"] = PREVIOUS
     out.write_text(json.dumps(res, indent=1) + "\n")
     plot(res, out.with_suffix(".png"))
-    if "sensitivity_gs2" in res:
+    if len(sens_runs) > 1:
         plot_sensitivity(res, out.with_name(out.stem + "_sensitivity.png"))
     return res
 
