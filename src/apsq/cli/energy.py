@@ -20,6 +20,7 @@ from apsq.errors import APSQError, literal
 if TYPE_CHECKING:  # pragma: no cover
     from rich.table import Table
 
+    from apsq.hw.accelerator import Accelerator
     from apsq.hw.energy import Comparison, EnergyReport
     from apsq.hw.workloads import Workload
 
@@ -103,189 +104,244 @@ def _zigzag_table(res: dict[str, Any], w: Workload, dataflow: str, acc_name: str
     return t
 
 
+def energy_main(
+    ctx: typer.Context,
+    model: str | None = typer.Option(None, "--model", "-m", help=f"built-in: {', '.join(WORKLOADS)}"),
+    trace: str | None = typer.Option(
+        None, "--trace", help="module:factory returning (model, inputs) or a Workload"
+    ),
+    workload_file: Path | None = typer.Option(
+        None, "--workload", help="workload YAML: layers: [{name, m, k, n, count} or {name, conv: {...}}]"
+    ),
+    dataflow: str = typer.Option("ws", "--dataflow", "-d", help="is | ws | os"),
+    gs: int = typer.Option(2, "--gs", help="APSQ group size (≥ 1, at most the PSUM buffer's banks)"),
+    gs_config: Path | None = typer.Option(
+        None, "--gs-config", help="APSQConfig YAML: per-layer gs from its gs + overrides (replaces --gs)"
+    ),
+    psum_bits: int = typer.Option(8, "--psum-bits", help="stored PSUM width in APSQ mode (bits)"),
+    baseline_bits: int | None = typer.Option(
+        None, "--baseline-bits", help="stored PSUM width of the baseline (default: the accelerator's acc_bits)"
+    ),
+    mode: str = typer.Option("apsq", "--mode", help="quantized PSUM mode to compare: apsq | psq"),
+    accelerator: str | None = typer.Option(
+        None, "--accelerator", help=f"accelerator YAML or a built-in: {', '.join(ACCELERATORS)}"
+    ),
+    dram: str | None = typer.Option(None, "--dram", help=f"DRAM energy preset: {', '.join(DRAM_PRESETS)}"),
+    schedule: str = typer.Option("untiled", "--schedule", help="untiled (fixed loop orders) | tiled (mapper)"),
+    spill: str = typer.Option("fractional", "--spill", help="fractional | all-or-nothing | zigzag"),
+    psum_granularity: str | None = typer.Option(
+        None, "--psum-granularity",
+        help="tensor | channel (one stored exponent per tile step and channel); default: --gs-config's, else tensor",
+    ),
+    override_tile: bool = typer.Option(
+        False, "--override-tile", help="price the array's rows even if the --gs-config tile differs"
+    ),
+    engine: str = typer.Option("apsq", "--engine", help="apsq (this model) | zigzag (zigzag-dse, optional)"),
+    seq_len: int | None = typer.Option(None, "--seq-len", help="bert-base / llama2-7b prefill tokens"),
+    image_size: int | None = typer.Option(None, "--image-size", help="segformer-b0 / efficientvit-b1 input size"),
+    phase: str | None = typer.Option(None, "--phase", help="llama2-7b: prefill | decode"),
+    context: int | None = typer.Option(None, "--context", help="llama2-7b decode: KV-cache length"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON (always with the per-layer breakdown)"),
+    per_layer: bool = typer.Option(False, "--per-layer", help="per-layer table"),
+    plot: Path | None = typer.Option(None, "--plot", help="write a breakdown PNG (baseline vs gs=1..4)"),
+    plot_layers_png: Path | None = typer.Option(None, "--plot-layers", help="write a per-layer energy PNG"),
+) -> None:
+    # No docstring: the group's help is the one given to typer_app in register().
+    if ctx.invoked_subcommand is not None:
+        return
+    from apsq.hw.energy_runs import load_workload
+
+    try:
+        _check_options(dataflow, mode, engine, schedule, spill, gs, baseline_bits)
+        acc = _load_accelerator(accelerator, dram)
+        opts = {"seq_len": seq_len, "image_size": image_size, "phase": phase, "context": context}
+        w = load_workload(model, trace, workload_file=workload_file, **opts)
+        if engine == "zigzag":
+            res = _run_zigzag(w, dataflow, psum_bits, acc, baseline_bits, spill)
+        else:
+            options = {"baseline_bits": baseline_bits, "spill": spill, "psum_granularity": psum_granularity,
+                       "override_tile": override_tile, "gs_above_banks": "error",
+                       "tile_mismatch": "error"}
+            cmp, summ = _run_apsq(w, dataflow, _gs_spec(gs, gs_config), psum_bits, acc, mode, schedule, options,
+                                  plot=plot, plot_layers_png=plot_layers_png)
+    except APSQError as exc:
+        fail(exc)
+    if engine == "zigzag":
+        _print_zigzag(res, w, dataflow, acc.name, psum_bits, spill, as_json=as_json, per_layer=per_layer)
+    elif as_json:
+        _print_json(cmp, acc.name, summ)
+    else:
+        _print_report(cmp, summ, w, dataflow, mode, schedule, per_layer=per_layer,
+                      written=(plot, plot_layers_png))
+
+
+def _check_options(dataflow: str, mode: str, engine: str, schedule: str, spill: str, gs: int,
+                   baseline_bits: int | None) -> None:
+    """The choices and ranges of ``apsq energy``'s options (:class:`APSQError` naming the first bad one)."""
+    from apsq.errors import check_choice, check_int
+    from apsq.hw.dataflow import DATAFLOWS
+    from apsq.hw.dataflow.common import SPILL_RULES
+    from apsq.hw.mapper import SCHEDULES
+
+    check_choice("dataflow", dataflow, tuple(DATAFLOWS))
+    check_choice("mode", mode, ("apsq", "psq"))
+    check_choice("engine", engine, ("apsq", "zigzag"))
+    check_choice("schedule", schedule, SCHEDULES)
+    check_choice("spill", spill, SPILL_RULES)
+    check_int("gs", gs, lo=1)
+    if baseline_bits is not None:
+        check_int("--baseline-bits", baseline_bits, lo=1, hi=64)
+
+
+def _load_accelerator(accelerator: str | None, dram: str | None) -> Accelerator:
+    """``--accelerator`` (a YAML or a built-in; default the 28 nm INT8 one) with ``--dram``'s preset."""
+    from apsq.hw.accelerator import load_accelerator, with_dram
+
+    acc = load_accelerator(accelerator)
+    return acc if dram is None else with_dram(acc, dram)
+
+
+def _gs_spec(gs: int, gs_config: Path | None) -> Any:
+    """``--gs``, or the per-layer gs of ``--gs-config``'s APSQConfig."""
+    if gs_config is None:
+        return gs
+    from apsq.nn.config import APSQConfig
+
+    if not gs_config.is_file():
+        raise APSQError(f"--gs-config file {str(gs_config)!r} does not exist")
+    return APSQConfig.from_yaml(gs_config)
+
+
+def _run_zigzag(w: Workload, dataflow: str, psum_bits: int, acc: Accelerator, baseline_bits: int | None,
+                spill: str) -> dict[str, Any]:
+    """``--engine zigzag``: ZigZag's total-energy saving beside this model's (stored PSUMs only: IS / WS)."""
+    from apsq.hw.energy_runs import zigzag_report
+
+    if dataflow == "os":
+        raise APSQError("--engine zigzag compares stored PSUMs; use --dataflow is or ws")
+    return zigzag_report(w, dataflow, psum_bits, acc, baseline_bits, spill)
+
+
+def _run_apsq(w: Workload, dataflow: str, gs_spec: Any, psum_bits: int, acc: Accelerator, mode: str, schedule: str,
+              options: dict[str, Any], *, plot: Path | None,
+              plot_layers_png: Path | None) -> tuple[Comparison, dict[str, Any]]:
+    """This model: baseline vs ``mode`` under ``schedule``, both schedules' summary, and the PNGs asked for."""
+    from apsq.hw.energy import compare
+    from apsq.hw.energy_plots import plot_breakdown, plot_layers
+    from apsq.hw.energy_runs import schedules_summary
+
+    cmp = compare(w, dataflow, gs_spec, psum_bits, acc, mode=mode, schedule=schedule, **options)
+    summ = schedules_summary(w, dataflow, gs_spec, psum_bits, acc, mode, **options)
+    if plot is not None:
+        plot_breakdown(w, dataflow, psum_bits, acc, str(plot), mode=mode, schedule=schedule)
+    if plot_layers_png is not None:
+        plot_layers(cmp, str(plot_layers_png))
+    return cmp, summ
+
+
+def _print_zigzag(res: dict[str, Any], w: Workload, dataflow: str, acc_name: str, psum_bits: int, spill: str, *,
+                  as_json: bool, per_layer: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    con = console()
+    if per_layer:
+        con.print(_zigzag_table(res, w, dataflow, acc_name, psum_bits, spill))
+    con.print(f"ZigZag: {100 * res['reduction']:.2f} % of total energy saved; apsq model: "
+              f"{100 * res['apsq_model']['reduction']:.2f} % ({res['difference_pp']:+.2f} pp)")
+
+
+def _print_json(cmp: Comparison, acc_name: str, summ: dict[str, Any]) -> None:
+    out = cmp.to_json(per_layer=True)
+    out["accelerator"] = acc_name
+    out["schedules"] = summ
+    typer.echo(json.dumps(out, indent=2))
+
+
+def _print_report(cmp: Comparison, summ: dict[str, Any], w: Workload, dataflow: str, mode: str, schedule: str, *,
+                  per_layer: bool, written: tuple[Path | None, ...]) -> None:
+    """The tables, the one-line summary and the files written."""
+    con = console()
+    con.print(_report_table(cmp))
+    if per_layer:
+        con.print(_layer_table(cmp, w))
+    con.print(_schedules_table(summ, dataflow, mode))
+    bound_b = cmp.baseline.per_layer()
+    con.print(
+        f"{schedule} schedule: reduction {100 * cmp.reduction:.2f} % of total energy, "
+        f"{100 * cmp.psum_reduction:.2f} % of PSUM energy; "
+        f"PSUM share of the baseline {100 * cmp.psum_share_baseline:.2f} %; PSUMs spill to DRAM: "
+        f"baseline {cmp.baseline.psum_spills}, {mode} {cmp.apsq.psum_spills}; "
+        f"latency {cmp.baseline.latency_us:,.1f} / {cmp.apsq.latency_us:,.1f} µs "
+        f"(max of compute, DRAM and each buffer port per layer; baseline bound by "
+        f"{', '.join(sorted({r['bound_by'] for r in bound_b}))})"
+    )
+    for f in written:
+        if f is not None:
+            con.print(f"wrote {literal(f)}")
+
+
+def energy_sweep(
+    model: str = typer.Option(..., "--model", "-m", help=f"built-in: {', '.join(WORKLOADS)}"),
+    dataflow: str = typer.Option("ws", "--dataflow", "-d", help="is | ws | os"),
+    values: str | None = typer.Option(None, "--values", help="comma-separated sizes (seq len / image size)"),
+    phase: str | None = typer.Option(
+        None, "--phase", help="llama2-7b: prefill (sweeps seq len) | decode (context)"
+    ),
+    psum_bits: int = typer.Option(8, "--psum-bits"),
+    accelerator: str | None = typer.Option(
+        None, "--accelerator", help=f"accelerator YAML or a built-in: {', '.join(ACCELERATORS)}"
+    ),
+    schedule: str = typer.Option("untiled", "--schedule", help="untiled | tiled"),
+    as_json: bool = typer.Option(False, "--json"),
+    plot: Path | None = typer.Option(None, "--plot", help="write energy-vs-size PNG"),
+) -> None:
+    """Energy vs sequence length / image size for the baseline and gs = 1..4, marking DRAM spills."""
+    from apsq.errors import check_choice
+    from apsq.hw.accelerator import load_accelerator
+    from apsq.hw.energy_plots import plot_sweep
+    from apsq.hw.energy_runs import SWEEP_DEFAULTS, run_sweep, sweep_option
+    from apsq.hw.mapper import SCHEDULES
+
+    try:
+        option = sweep_option(model, phase)
+        acc = load_accelerator(accelerator)
+        vals = parse_ints("--values", values) if values else SWEEP_DEFAULTS[option]
+        check_choice("schedule", schedule, SCHEDULES)
+        res = run_sweep(model, dataflow, vals, psum_bits, acc, phase, progress=not as_json, schedule=schedule,
+                        console=console(stderr=True))
+        if plot is not None:
+            plot_sweep(res, str(plot))
+    except APSQError as exc:
+        fail(exc)
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    _print_sweep(res, model, dataflow, option, vals, plot)
+
+
+def _print_sweep(res: dict[str, Any], model: str, dataflow: str, option: str, vals: tuple[int, ...],
+                 plot: Path | None) -> None:
+    from apsq.hw.energy_runs import GS_RANGE
+
+    cfgs = ["baseline"] + [f"gs={g}" for g in GS_RANGE]
+    t = table(f"{literal(model)} {dataflow.upper()}: total energy (µJ); * = PSUMs spill to DRAM", option, *cfgs)
+    for v in vals:
+        cells = []
+        for c in cfgs:
+            r = next(r for r in res["rows"] if r[option] == v and r["config"] == c)
+            cells.append(f"{r['total_pj'] / 1e6:,.1f}{'*' if r['spills'] else ''}")
+        t.add_row(str(v), *cells)
+    con = console()
+    con.print(t)
+    con.print("first size that spills: " + ", ".join(f"{c}: {s}" for c, s in res["first_spill"].items()))
+    if plot is not None:
+        con.print(f"wrote {literal(plot)}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``energy`` sub-app (default action + ``sweep``) to the ``apsq`` CLI."""
     energy = typer_app(help="Energy of a workload on an IS/WS/OS accelerator: INT32-PSUM baseline vs APSQ.")
-
-    @energy.callback(invoke_without_command=True)
-    def energy_main(
-        ctx: typer.Context,
-        model: str | None = typer.Option(None, "--model", "-m", help=f"built-in: {', '.join(WORKLOADS)}"),
-        trace: str | None = typer.Option(
-            None, "--trace", help="module:factory returning (model, inputs) or a Workload"
-        ),
-        workload_file: Path | None = typer.Option(
-            None, "--workload", help="workload YAML: layers: [{name, m, k, n, count} or {name, conv: {...}}]"
-        ),
-        dataflow: str = typer.Option("ws", "--dataflow", "-d", help="is | ws | os"),
-        gs: int = typer.Option(2, "--gs", help="APSQ group size (≥ 1, at most the PSUM buffer's banks)"),
-        gs_config: Path | None = typer.Option(
-            None, "--gs-config", help="APSQConfig YAML: per-layer gs from its gs + overrides (replaces --gs)"
-        ),
-        psum_bits: int = typer.Option(8, "--psum-bits", help="stored PSUM width in APSQ mode (bits)"),
-        baseline_bits: int | None = typer.Option(
-            None, "--baseline-bits", help="stored PSUM width of the baseline (default: the accelerator's acc_bits)"
-        ),
-        mode: str = typer.Option("apsq", "--mode", help="quantized PSUM mode to compare: apsq | psq"),
-        accelerator: str | None = typer.Option(
-            None, "--accelerator", help=f"accelerator YAML or a built-in: {', '.join(ACCELERATORS)}"
-        ),
-        dram: str | None = typer.Option(None, "--dram", help=f"DRAM energy preset: {', '.join(DRAM_PRESETS)}"),
-        schedule: str = typer.Option("untiled", "--schedule", help="untiled (fixed loop orders) | tiled (mapper)"),
-        spill: str = typer.Option("fractional", "--spill", help="fractional | all-or-nothing | zigzag"),
-        psum_granularity: str | None = typer.Option(
-            None, "--psum-granularity",
-            help="tensor | channel (one stored exponent per tile step and channel); default: --gs-config's, else tensor",
-        ),
-        override_tile: bool = typer.Option(
-            False, "--override-tile", help="price the array's rows even if the --gs-config tile differs"
-        ),
-        engine: str = typer.Option("apsq", "--engine", help="apsq (this model) | zigzag (zigzag-dse, optional)"),
-        seq_len: int | None = typer.Option(None, "--seq-len", help="bert-base / llama2-7b prefill tokens"),
-        image_size: int | None = typer.Option(None, "--image-size", help="segformer-b0 / efficientvit-b1 input size"),
-        phase: str | None = typer.Option(None, "--phase", help="llama2-7b: prefill | decode"),
-        context: int | None = typer.Option(None, "--context", help="llama2-7b decode: KV-cache length"),
-        as_json: bool = typer.Option(False, "--json", help="print JSON (always with the per-layer breakdown)"),
-        per_layer: bool = typer.Option(False, "--per-layer", help="per-layer table"),
-        plot: Path | None = typer.Option(None, "--plot", help="write a breakdown PNG (baseline vs gs=1..4)"),
-        plot_layers_png: Path | None = typer.Option(None, "--plot-layers", help="write a per-layer energy PNG"),
-    ) -> None:
-        if ctx.invoked_subcommand is not None:
-            return
-        from apsq.errors import check_choice, check_int
-        from apsq.hw.accelerator import load_accelerator, with_dram
-        from apsq.hw.dataflow import DATAFLOWS
-        from apsq.hw.dataflow.common import SPILL_RULES
-        from apsq.hw.energy import compare
-        from apsq.hw.energy_plots import plot_breakdown, plot_layers
-        from apsq.hw.energy_runs import load_workload, schedules_summary, zigzag_report
-        from apsq.hw.mapper import SCHEDULES
-
-        try:
-            check_choice("dataflow", dataflow, tuple(DATAFLOWS))
-            check_choice("mode", mode, ("apsq", "psq"))
-            check_choice("engine", engine, ("apsq", "zigzag"))
-            check_choice("schedule", schedule, SCHEDULES)
-            check_choice("spill", spill, SPILL_RULES)
-            check_int("gs", gs, lo=1)
-            if baseline_bits is not None:
-                check_int("--baseline-bits", baseline_bits, lo=1, hi=64)
-            acc = load_accelerator(accelerator)
-            if dram is not None:
-                acc = with_dram(acc, dram)
-            opts = {"seq_len": seq_len, "image_size": image_size, "phase": phase, "context": context}
-            w = load_workload(model, trace, workload_file=workload_file, **opts)
-            if engine == "zigzag":
-                if dataflow == "os":
-                    raise APSQError("--engine zigzag compares stored PSUMs; use --dataflow is or ws")
-                res = zigzag_report(w, dataflow, psum_bits, acc, baseline_bits, spill)
-            else:
-                gs_spec: Any = gs
-                if gs_config is not None:
-                    from apsq.nn.config import APSQConfig
-
-                    if not gs_config.is_file():
-                        raise APSQError(f"--gs-config file {str(gs_config)!r} does not exist")
-                    gs_spec = APSQConfig.from_yaml(gs_config)
-                options = {"baseline_bits": baseline_bits, "spill": spill, "psum_granularity": psum_granularity,
-                           "override_tile": override_tile, "gs_above_banks": "error",
-                           "tile_mismatch": "error"}
-                cmp = compare(w, dataflow, gs_spec, psum_bits, acc, mode=mode, schedule=schedule, **options)
-                summ = schedules_summary(w, dataflow, gs_spec, psum_bits, acc, mode, **options)
-                if plot is not None:
-                    plot_breakdown(w, dataflow, psum_bits, acc, str(plot), mode=mode, schedule=schedule)
-                if plot_layers_png is not None:
-                    plot_layers(cmp, str(plot_layers_png))
-        except APSQError as exc:
-            fail(exc)
-        con = console()
-        if engine == "zigzag":
-            if as_json:
-                typer.echo(json.dumps(res, indent=2))
-                return
-            if per_layer:
-                con.print(_zigzag_table(res, w, dataflow, acc.name, psum_bits, spill))
-            con.print(f"ZigZag: {100 * res['reduction']:.2f} % of total energy saved; apsq model: "
-                      f"{100 * res['apsq_model']['reduction']:.2f} % ({res['difference_pp']:+.2f} pp)")
-            return
-        if as_json:
-            out = cmp.to_json(per_layer=True)
-            out["accelerator"] = acc.name
-            out["schedules"] = summ
-            typer.echo(json.dumps(out, indent=2))
-            return
-        con.print(_report_table(cmp))
-        if per_layer:
-            con.print(_layer_table(cmp, w))
-        con.print(_schedules_table(summ, dataflow, mode))
-        bound_b = cmp.baseline.per_layer()
-        con.print(
-            f"{schedule} schedule: reduction {100 * cmp.reduction:.2f} % of total energy, "
-            f"{100 * cmp.psum_reduction:.2f} % of PSUM energy; "
-            f"PSUM share of the baseline {100 * cmp.psum_share_baseline:.2f} %; PSUMs spill to DRAM: "
-            f"baseline {cmp.baseline.psum_spills}, {mode} {cmp.apsq.psum_spills}; "
-            f"latency {cmp.baseline.latency_us:,.1f} / {cmp.apsq.latency_us:,.1f} µs "
-            f"(max of compute, DRAM and each buffer port per layer; baseline bound by "
-            f"{', '.join(sorted({r['bound_by'] for r in bound_b}))})"
-        )
-        for f in (plot, plot_layers_png):
-            if f is not None:
-                con.print(f"wrote {literal(f)}")
-
-    @energy.command("sweep")
-    def energy_sweep(
-        model: str = typer.Option(..., "--model", "-m", help=f"built-in: {', '.join(WORKLOADS)}"),
-        dataflow: str = typer.Option("ws", "--dataflow", "-d", help="is | ws | os"),
-        values: str | None = typer.Option(None, "--values", help="comma-separated sizes (seq len / image size)"),
-        phase: str | None = typer.Option(
-            None, "--phase", help="llama2-7b: prefill (sweeps seq len) | decode (context)"
-        ),
-        psum_bits: int = typer.Option(8, "--psum-bits"),
-        accelerator: str | None = typer.Option(
-            None, "--accelerator", help=f"accelerator YAML or a built-in: {', '.join(ACCELERATORS)}"
-        ),
-        schedule: str = typer.Option("untiled", "--schedule", help="untiled | tiled"),
-        as_json: bool = typer.Option(False, "--json"),
-        plot: Path | None = typer.Option(None, "--plot", help="write energy-vs-size PNG"),
-    ) -> None:
-        """Energy vs sequence length / image size for the baseline and gs = 1..4, marking DRAM spills."""
-        from apsq.errors import check_choice
-        from apsq.hw.accelerator import load_accelerator
-        from apsq.hw.energy_plots import plot_sweep
-        from apsq.hw.energy_runs import (
-            GS_RANGE,
-            SWEEP_DEFAULTS,
-            run_sweep,
-            sweep_option,
-        )
-        from apsq.hw.mapper import SCHEDULES
-
-        try:
-            option = sweep_option(model, phase)
-            acc = load_accelerator(accelerator)
-            vals = parse_ints("--values", values) if values else SWEEP_DEFAULTS[option]
-            check_choice("schedule", schedule, SCHEDULES)
-            res = run_sweep(model, dataflow, vals, psum_bits, acc, phase, progress=not as_json, schedule=schedule,
-                            console=console(stderr=True))
-            if plot is not None:
-                plot_sweep(res, str(plot))
-        except APSQError as exc:
-            fail(exc)
-        if as_json:
-            typer.echo(json.dumps(res, indent=2))
-            return
-        cfgs = ["baseline"] + [f"gs={g}" for g in GS_RANGE]
-        t = table(f"{literal(model)} {dataflow.upper()}: total energy (µJ); * = PSUMs spill to DRAM", option, *cfgs)
-        for v in vals:
-            cells = []
-            for c in cfgs:
-                r = next(r for r in res["rows"] if r[option] == v and r["config"] == c)
-                cells.append(f"{r['total_pj'] / 1e6:,.1f}{'*' if r['spills'] else ''}")
-            t.add_row(str(v), *cells)
-        con = console()
-        con.print(t)
-        con.print("first size that spills: " + ", ".join(f"{c}: {s}" for c, s in res["first_spill"].items()))
-        if plot is not None:
-            con.print(f"wrote {literal(plot)}")
-
+    energy.callback(invoke_without_command=True)(energy_main)
+    energy.command("sweep")(energy_sweep)
     app.add_typer(energy, name="energy")

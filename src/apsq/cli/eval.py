@@ -33,152 +33,158 @@ def _ints(text: str, name: str) -> list[int]:
         fail(exc)
 
 
+def sweep_cmd(
+    config: Path = typer.Option(..., "--config", "-c", help="Training YAML with an `apsq:` section."),
+    gs: str = typer.Option("1,2,3,4", help="Comma-separated APSQ group sizes."),
+    output: Path = typer.Option(None, "--output", "-o", help="Sweep folder (default runs/sweep_<config>)."),
+    baselines: bool = typer.Option(True, help="Also W8A8 with INT32 PSUMs and psq."),
+    energy: bool = typer.Option(True, help="Add the energy reduction of the traced model (IS, WS)."),
+    json_out: Path = typer.Option(None, "--json", help="Result JSON (default <output>/sweep.json)."),
+    png_out: Path = typer.Option(None, "--png", help="Plot (default <output>/sweep.png)."),
+    override_tile: bool = typer.Option(False, "--override-tile", help="price the array's pe_array.rows-deep "
+                                       "tiles although the config trains at another tile"),
+) -> None:
+    """Train every PSUM variant (reusing finished runs, resuming interrupted ones) and report."""
+    from apsq.eval.sweep import sweep
+    from apsq.train.config import load_config
+
+    gs_values = _ints(gs, "--gs")
+    try:
+        cfg = load_config(config)
+        out = output or Path("runs") / f"sweep_{config.stem}"
+        res = sweep(cfg, out, gs_values, baselines=baselines, json_path=json_out, png_path=png_out,
+                    energy=energy, override_tile=override_tile)
+    except APSQError as exc:
+        fail(exc, code=1)
+    _print_sweep(res)
+
+
+def _print_sweep(res: dict) -> None:
+    """The sweep's table: accuracy per variant beside the energy reduction (IS / WS) of each APSQ gs."""
+    t = table(f"gs sweep ({res['eval_split']} accuracy)", "variant", "accuracy", "energy red. IS / WS",
+              left=("variant",))
+    er = res.get("energy_reduction", {})
+    for key in ("fp32", "w8a8", "psq"):
+        if res.get(key) is not None:
+            t.add_row(key, f"{100 * res[key]:.2f} %", "")
+    for g, acc in res["apsq"].items():
+        e = ""
+        if "total" in er:
+            e = " / ".join(f"{100 * er['total'][df][g]:.1f} %" for df in er["total"])
+        t.add_row(f"apsq gs={g}", f"{100 * acc:.2f} %", e)
+    console().print(t)
+
+
+def llm_ppl(
+    gs: str = typer.Option("1,2,3,4", help="Comma-separated APSQ group sizes."),
+    train_steps: int = typer.Option(800, help="FP32 training steps of the small LLaMA."),
+    qat_steps: int = typer.Option(0, help="QAT + KD steps per variant (0: calibration only)."),
+    json_out: Path = typer.Option(Path("runs/llm_ppl.json"), "--json", help="Result JSON."),
+    save_model: Path = typer.Option(None, help="Keep the trained FP model + tokenizer here."),
+    threads: int = typer.Option(None, help="torch threads."),
+) -> None:
+    """Small LLaMA trained on the review/tweet/news sentences: test perplexity per PSUM variant."""
+    import torch
+
+    from apsq.eval.llm import LLMSettings, llm_sweep
+
+    if threads:
+        torch.set_num_threads(threads)
+    res = llm_sweep(LLMSettings(train_steps=train_steps, qat_steps=qat_steps), _ints(gs, "--gs"),
+                    save_dir=save_model)
+    res["command"] = command_line()
+    write_json(json_out, res)
+    typer.echo(json.dumps({k: res[k] for k in ("fp32", "w8a8", "psq", "apsq")}))
+
+
+def llm_mc(
+    model: Path = typer.Option(Path("runs/llm_tiny"), "--model",
+                               help="Small LLaMA saved by `apsq eval llm-ppl --save-model`."),
+    items: int = typer.Option(400, help="Sentence-completion items from the held-out movie-review sentences."),
+    seed: int = typer.Option(0, help="Item-generation seed (sentences, distractors, choice order)."),
+    ending_words: int = typer.Option(3, help="Words in each ending to pick (0: the sentence's second half)."),
+    gs: str = typer.Option("1,2,3,4", help="Comma-separated APSQ group sizes."),
+    tile: int = typer.Option(32, help="PE-array reduction depth."),
+    calib: int = typer.Option(16, help="Training-split movie-review sentences used for calibration."),
+    batch_size: int = typer.Option(32),
+    task_dir: Path = typer.Option(Path("runs/llm_mc_task"), help="Where the JSONL + task YAML are written."),
+    json_out: Path = typer.Option(Path("runs/llm_mc.json"), "--json", help="Result JSON."),
+    threads: int = typer.Option(None, help="torch threads."),
+) -> None:
+    """Local lm-eval multiple-choice task (sentence completion, 4 choices) per PSUM variant."""
+    import torch
+
+    from apsq.eval.mc_study import movie_mc_study
+
+    gs_values = _ints(gs, "--gs")
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        res = movie_mc_study(model, task_dir, gs_values, items=items, seed=seed, ending_words=ending_words,
+                             tile=tile, calib=calib, batch_size=batch_size)
+    except APSQError as exc:
+        fail(exc, code=1)
+    res["command"] = command_line()
+    write_json(json_out, res)
+    typer.echo(json.dumps({k: res[k] for k in ("fp32", "w8a8", "psq", "apsq")}))
+
+
+def lm_eval_cmd(
+    model: str = typer.Option(..., "--model", help="Hugging Face causal LM folder or hub id."),
+    tasks: str = typer.Option(..., "--tasks", help="Comma-separated lm-eval tasks, e.g. piqa,hellaswag."),
+    mode: str = typer.Option("apsq", help="PSUM mode: none, psq, apsq; 'fp' leaves the model unquantized."),
+    gs: int = typer.Option(2, help="APSQ group size."),
+    tile: int = typer.Option(32, help="PE-array reduction depth."),
+    limit: int = typer.Option(None, help="Examples per task (for a quick look)."),
+    batch_size: int = typer.Option(8),
+    include_path: Path = typer.Option(None, help="Folder of extra (local) lm-eval task YAMLs."),
+    device: str = typer.Option("auto", "--device", help="Where the model runs: auto (CUDA if present), cpu, cuda[:N]."),
+    json_out: Path = typer.Option(None, "--json", help="Write the results here."),
+) -> None:
+    """lm-eval zero-shot tasks on an APSQ-quantized Hugging Face model."""
+    import apsq
+    from apsq.eval.lm_eval_adapter import run_lm_eval
+
+    try:
+        cfg = None if mode == "fp" else apsq.APSQConfig(mode=mode, gs=gs, tile=tile)
+        res = run_lm_eval(model, [t for t in tasks.split(",") if t], cfg, limit=limit, batch_size=batch_size,
+                          include_path=include_path, device=device)
+    except APSQError as exc:
+        fail(exc, code=1)
+    text = json.dumps(res, indent=1, default=str)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(text + "\n")
+    typer.echo(json.dumps(res["results"], indent=1, default=str))
+
+
+def vision(
+    models: str = typer.Option("segformer-b0,efficientvit-b1", help="Comma-separated: segformer-b0, efficientvit-b1."),
+    image_size: int = typer.Option(512, help="Square input size in pixels."),
+    seed: int = typer.Option(0, help="Weight-initialisation and crop seed."),
+    device: str = typer.Option("auto", "--device", help="Where the model runs: auto (CUDA if present), cpu, cuda[:N]."),
+    json_out: Path = typer.Option(None, "--json", help="Write the results here."),
+    png_out: Path = typer.Option(None, "--png", help="Plot the relative errors here."),
+) -> None:
+    """Output error vs full precision per PSUM variant of random-init Segformer-B0 / EfficientViT-B1 on real photos."""
+    from apsq.eval.vision import run_vision
+
+    try:
+        results = run_vision([m for m in models.split(",") if m], image_size, seed, json_out, png_out,
+                             device=device)
+    except APSQError as exc:
+        fail(exc, code=1)
+    for res in results:
+        rows = ", ".join(f"{k} {100 * v['rel_error']:.1f}%" for k, v in res["variants"].items())
+        typer.echo(f"{res['model']} @ {res['image_size']}px: {rows}")
+
+
 def register(app: typer.Typer) -> None:
     """Add ``sweep`` and the ``eval`` sub-app to the ``apsq`` command line."""
-    @app.command("sweep")
-    def sweep_cmd(
-        config: Path = typer.Option(..., "--config", "-c", help="Training YAML with an `apsq:` section."),
-        gs: str = typer.Option("1,2,3,4", help="Comma-separated APSQ group sizes."),
-        output: Path = typer.Option(None, "--output", "-o", help="Sweep folder (default runs/sweep_<config>)."),
-        baselines: bool = typer.Option(True, help="Also W8A8 with INT32 PSUMs and psq."),
-        energy: bool = typer.Option(True, help="Add the energy reduction of the traced model (IS, WS)."),
-        json_out: Path = typer.Option(None, "--json", help="Result JSON (default <output>/sweep.json)."),
-        png_out: Path = typer.Option(None, "--png", help="Plot (default <output>/sweep.png)."),
-        override_tile: bool = typer.Option(False, "--override-tile", help="price the array's pe_array.rows-deep "
-                                           "tiles although the config trains at another tile"),
-    ) -> None:
-        """Train every PSUM variant (reusing finished runs, resuming interrupted ones) and report."""
-        from apsq.eval.sweep import sweep
-        from apsq.train.config import load_config
-
-        gs_values = _ints(gs, "--gs")
-        try:
-            cfg = load_config(config)
-            out = output or Path("runs") / f"sweep_{config.stem}"
-            res = sweep(cfg, out, gs_values, baselines=baselines, json_path=json_out, png_path=png_out,
-                          energy=energy, override_tile=override_tile)
-        except APSQError as exc:
-            fail(exc, code=1)
-        t = table(f"gs sweep ({res['eval_split']} accuracy)", "variant", "accuracy", "energy red. IS / WS",
-                  left=("variant",))
-        er = res.get("energy_reduction", {})
-        for key in ("fp32", "w8a8", "psq"):
-            if res.get(key) is not None:
-                t.add_row(key, f"{100 * res[key]:.2f} %", "")
-        for g, acc in res["apsq"].items():
-            e = ""
-            if "total" in er:
-                e = " / ".join(f"{100 * er['total'][df][g]:.1f} %" for df in er["total"])
-            t.add_row(f"apsq gs={g}", f"{100 * acc:.2f} %", e)
-        console().print(t)
-
+    app.command("sweep")(sweep_cmd)
     eval_app = typer_app(help="Evaluate quantized language models.", no_args_is_help=True)
-
-    @eval_app.command("llm-ppl")
-    def llm_ppl(
-        gs: str = typer.Option("1,2,3,4", help="Comma-separated APSQ group sizes."),
-        train_steps: int = typer.Option(800, help="FP32 training steps of the small LLaMA."),
-        qat_steps: int = typer.Option(0, help="QAT + KD steps per variant (0: calibration only)."),
-        json_out: Path = typer.Option(Path("runs/llm_ppl.json"), "--json", help="Result JSON."),
-        save_model: Path = typer.Option(None, help="Keep the trained FP model + tokenizer here."),
-        threads: int = typer.Option(None, help="torch threads."),
-    ) -> None:
-        """Small LLaMA trained on the review/tweet/news sentences: test perplexity per PSUM variant."""
-
-        import torch
-
-        from apsq.eval.llm import LLMSettings, llm_sweep
-
-        if threads:
-            torch.set_num_threads(threads)
-        res = llm_sweep(LLMSettings(train_steps=train_steps, qat_steps=qat_steps), _ints(gs, "--gs"),
-                        save_dir=save_model)
-        res["command"] = command_line()
-        write_json(json_out, res)
-        typer.echo(json.dumps({k: res[k] for k in ("fp32", "w8a8", "psq", "apsq")}))
-
-    @eval_app.command("llm-mc")
-    def llm_mc(
-        model: Path = typer.Option(Path("runs/llm_tiny"), "--model",
-                                   help="Small LLaMA saved by `apsq eval llm-ppl --save-model`."),
-        items: int = typer.Option(400, help="Sentence-completion items from the held-out movie-review sentences."),
-        seed: int = typer.Option(0, help="Item-generation seed (sentences, distractors, choice order)."),
-        ending_words: int = typer.Option(3, help="Words in each ending to pick (0: the sentence's second half)."),
-        gs: str = typer.Option("1,2,3,4", help="Comma-separated APSQ group sizes."),
-        tile: int = typer.Option(32, help="PE-array reduction depth."),
-        calib: int = typer.Option(16, help="Training-split movie-review sentences used for calibration."),
-        batch_size: int = typer.Option(32),
-        task_dir: Path = typer.Option(Path("runs/llm_mc_task"), help="Where the JSONL + task YAML are written."),
-        json_out: Path = typer.Option(Path("runs/llm_mc.json"), "--json", help="Result JSON."),
-        threads: int = typer.Option(None, help="torch threads."),
-    ) -> None:
-        """Local lm-eval multiple-choice task (sentence completion, 4 choices) per PSUM variant."""
-
-        import torch
-
-        from apsq.eval.mc_study import movie_mc_study
-
-        gs_values = _ints(gs, "--gs")
-        if threads:
-            torch.set_num_threads(threads)
-        try:
-            res = movie_mc_study(model, task_dir, gs_values, items=items, seed=seed, ending_words=ending_words,
-                                 tile=tile, calib=calib, batch_size=batch_size)
-        except APSQError as exc:
-            fail(exc, code=1)
-        res["command"] = command_line()
-        write_json(json_out, res)
-        typer.echo(json.dumps({k: res[k] for k in ("fp32", "w8a8", "psq", "apsq")}))
-
-    @eval_app.command("lm-eval")
-    def lm_eval_cmd(
-        model: str = typer.Option(..., "--model", help="Hugging Face causal LM folder or hub id."),
-        tasks: str = typer.Option(..., "--tasks", help="Comma-separated lm-eval tasks, e.g. piqa,hellaswag."),
-        mode: str = typer.Option("apsq", help="PSUM mode: none, psq, apsq; 'fp' leaves the model unquantized."),
-        gs: int = typer.Option(2, help="APSQ group size."),
-        tile: int = typer.Option(32, help="PE-array reduction depth."),
-        limit: int = typer.Option(None, help="Examples per task (for a quick look)."),
-        batch_size: int = typer.Option(8),
-        include_path: Path = typer.Option(None, help="Folder of extra (local) lm-eval task YAMLs."),
-        device: str = typer.Option("auto", "--device", help="Where the model runs: auto (CUDA if present), cpu, cuda[:N]."),
-        json_out: Path = typer.Option(None, "--json", help="Write the results here."),
-    ) -> None:
-        """lm-eval zero-shot tasks on an APSQ-quantized Hugging Face model."""
-        import apsq
-        from apsq.eval.lm_eval_adapter import run_lm_eval
-
-        try:
-            cfg = None if mode == "fp" else apsq.APSQConfig(mode=mode, gs=gs, tile=tile)
-            res = run_lm_eval(model, [t for t in tasks.split(",") if t], cfg, limit=limit, batch_size=batch_size,
-                              include_path=include_path, device=device)
-        except APSQError as exc:
-            fail(exc, code=1)
-        text = json.dumps(res, indent=1, default=str)
-        if json_out:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(text + "\n")
-        typer.echo(json.dumps(res["results"], indent=1, default=str))
-
-    @eval_app.command("vision")
-    def vision(
-        models: str = typer.Option("segformer-b0,efficientvit-b1", help="Comma-separated: segformer-b0, efficientvit-b1."),
-        image_size: int = typer.Option(512, help="Square input size in pixels."),
-        seed: int = typer.Option(0, help="Weight-initialisation and crop seed."),
-        device: str = typer.Option("auto", "--device", help="Where the model runs: auto (CUDA if present), cpu, cuda[:N]."),
-        json_out: Path = typer.Option(None, "--json", help="Write the results here."),
-        png_out: Path = typer.Option(None, "--png", help="Plot the relative errors here."),
-    ) -> None:
-        """Output error vs full precision per PSUM variant of random-init Segformer-B0 / EfficientViT-B1 on real photos."""
-        from apsq.eval.vision import run_vision
-
-        try:
-            results = run_vision([m for m in models.split(",") if m], image_size, seed, json_out, png_out,
-                                 device=device)
-        except APSQError as exc:
-            fail(exc, code=1)
-        for res in results:
-            rows = ", ".join(f"{k} {100 * v['rel_error']:.1f}%" for k, v in res["variants"].items())
-            typer.echo(f"{res['model']} @ {res['image_size']}px: {rows}")
-
+    eval_app.command("llm-ppl")(llm_ppl)
+    eval_app.command("llm-mc")(llm_mc)
+    eval_app.command("lm-eval")(lm_eval_cmd)
+    eval_app.command("vision")(vision)
     app.add_typer(eval_app, name="eval")
-
