@@ -87,6 +87,10 @@ def stamp_fp32(root: Path, seed: int) -> None:
 
 SCALE_SWEEP: list[str] = []
 EXTRA: list[str] = []
+FIRST: list[str] = []
+"""``--first apsq_gs4 apsq_gs2_channel``: run these variants (every seed) before the rest."""
+EXCLUDE: set[str] = set()
+"""``--exclude 1:apsq_gs2``: jobs another driver is running now (restarting the driver with a new order)."""
 """``--extra apsq_gs2_channel``: variants beside the table (e.g. per-channel PSUM steps), run for every seed
 after the table's variants."""
 STEPS_SWEEP: list[str] = []
@@ -100,7 +104,11 @@ def jobs(seeds: list[int]) -> list[tuple[int, str]]:
     sweep = [(seeds[0], f"apsq_gs2_scale{r}") for r in SCALE_SWEEP] + [(seeds[0], f"apsq_gs2_steps{n}")
                                                                         for n in STEPS_SWEEP]
     extra = [(s, v) for v in EXTRA for s in seeds]
-    return [(s, "fp32") for s in seeds if fp32_seed(s) == s] + first + rest + extra + sweep
+    order = first + rest + extra
+    if FIRST:  # --first: these variants (every seed) right after the priority ones
+        lead = [(s, v) for v in FIRST for s in seeds]
+        order = first + lead + [j for j in rest + extra if j not in lead]
+    return [(s, "fp32") for s in seeds if fp32_seed(s) == s] + order + sweep
 
 
 def done(root: Path, seed: int, name: str) -> bool:
@@ -112,7 +120,8 @@ def run_all(seeds: list[int], root: Path, workers: int, only: set[str] | None, d
     """Run the jobs; the FP32 fine-tunes of ``external`` seeds are run by another process (wait for them)."""
     todo = [j for j in jobs(seeds) if (only is None or j[1] in only or j[1] == "fp32" or "_s" in j[1])
             and not done(root, *j)
-            and not (j[1] == "fp32" and j[0] in external)]
+            and not (j[1] == "fp32" and j[0] in external)
+            and f"{j[0]}:{j[1]}" not in EXCLUDE]
     running: dict[tuple[int, str], subprocess.Popen] = {}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
@@ -302,12 +311,17 @@ def main() -> None:
                     "numbers of QAT steps")
     ap.add_argument("--extra", nargs="*", default=[], help="variants beside the table, e.g. apsq_gs2_channel "
                     "(per-channel PSUM steps)")
+    ap.add_argument("--first", nargs="*", default=[], help="variants to run (every seed) before the rest")
+    ap.add_argument("--exclude", nargs="*", default=[], metavar="SEED:VARIANT",
+                    help="jobs already running under another driver")
     ap.add_argument("--collect", action="store_true", help="only write the JSON from finished runs")
     ap.add_argument("--json", type=Path, default=Path("results/sentiment_minilm/sentiment_minilm.json"))
     a = ap.parse_args()
     SCALE_SWEEP.extend(a.scale_lr_sweep)
     STEPS_SWEEP.extend(a.steps_sweep)
     EXTRA.extend(a.extra)
+    FIRST.extend(a.first)
+    EXCLUDE.update(a.exclude)
     FP32_OF.update({int(k): int(v) for k, v in (x.split("=") for x in a.share_fp32)})
     deadline = None
     if a.deadline:
