@@ -202,6 +202,7 @@ def collect(seeds: list[int], root: Path, out: Path, command: str) -> dict:
         "note": "means over the seeds in per_seed (n_seeds each); one thread per run, two runs at a time, on a "
                 "shared 2-core CPU",
     }
+    res["target"] = target(mean, table)
     if len(sens_runs) > 1:
         res["sensitivity_gs2"] = {"seed": seeds[0], "runs": sens_runs,
                                   "previous_rule": {"scale_lr": 5e-3, "qat_steps": 100, "accuracy": PREVIOUS["apsq"]["2"]}}
@@ -216,6 +217,25 @@ def collect(seeds: list[int], root: Path, out: Path, command: str) -> dict:
     if len(sens_runs) > 1:
         plot_sensitivity(res, out.with_name(out.stem + "_sensitivity.png"))
     return res
+
+
+def target(mean: dict[str, float | None], table: dict[str, dict | None], min_seeds: int = 3) -> dict:
+    """Issue 11's target: APSQ INT8 at the best gs within 0.5 pp of W8A8 (INT32 PSUMs) and within 1.0 pp of
+    FP32, as means over at least ``min_seeds`` seeds; per tensor (the table) and per channel (``--extra``)."""
+    def check(names: list[str]) -> dict | None:
+        have = [n for n in names if mean.get(n) is not None]
+        if not have or mean.get("w8a8") is None or mean.get("fp32") is None:
+            return None
+        best = max(have, key=lambda n: mean[n])
+        gw, gf = 100 * (mean["w8a8"] - mean[best]), 100 * (mean["fp32"] - mean[best])
+        seeds_ok = all((table[n] or {}).get("n", 0) >= min_seeds for n in (best, "w8a8", "fp32"))
+        return {"best": best, "accuracy": mean[best], "below_w8a8_pp": round(gw, 2), "below_fp32_pp": round(gf, 2),
+                "n_seeds": table[best]["n"], "met": bool(gw <= 0.5 and gf <= 1.0 and seeds_ok)}
+
+    tensor = [f"apsq_gs{g}" for g in (1, 2, 3, 4)]
+    channel = [n for n in mean if n.endswith("_channel")]
+    return {"rule": "best-gs APSQ INT8 within 0.5 pp of W8A8 and 1.0 pp of FP32, >= 3 seeds",
+            "per_tensor": check(tensor), "per_channel": check(channel) if channel else None}
 
 
 def plot_sensitivity(res: dict, path: Path) -> None:
