@@ -229,8 +229,16 @@ def target(mean: dict[str, float | None], table: dict[str, dict | None], min_see
         best = max(have, key=lambda n: mean[n])
         gw, gf = 100 * (mean["w8a8"] - mean[best]), 100 * (mean["fp32"] - mean[best])
         seeds_ok = all((table[n] or {}).get("n", 0) >= min_seeds for n in (best, "w8a8", "fp32"))
-        return {"best": best, "accuracy": mean[best], "below_w8a8_pp": round(gw, 2), "below_fp32_pp": round(gf, 2),
-                "n_seeds": table[best]["n"], "met": bool(gw <= 0.5 and gf <= 1.0 and seeds_ok)}
+        out = {"best": best, "accuracy": mean[best], "below_w8a8_pp": round(gw, 2), "below_fp32_pp": round(gf, 2),
+               "n_seeds": table[best]["n"], "met": bool(gw <= 0.5 and gf <= 1.0 and seeds_ok)}
+        for ref in ("w8a8", "fp32"):  # the same seeds paired: per-seed gaps, their mean and standard error
+            a, b = table[best]["per_seed"], (table[ref] or {}).get("per_seed", {})
+            gaps = [100 * (b[k] - a[k]) for k in a if k in b]
+            if len(gaps) > 1:
+                out[f"paired_below_{ref}_pp"] = {"per_seed": [round(g, 2) for g in gaps],
+                                                 "mean": round(statistics.fmean(gaps), 2),
+                                                 "sem": round(statistics.stdev(gaps) / len(gaps) ** 0.5, 2)}
+        return out
 
     tensor = [f"apsq_gs{g}" for g in (1, 2, 3, 4)]
     channel = [n for n in mean if n.endswith("_channel")]
