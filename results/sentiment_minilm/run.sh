@@ -11,6 +11,10 @@ cd "$(dirname "$0")/../.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 if [ -x .venv/bin/apsq ]; then export PATH="$PWD/.venv/bin:$PATH"; fi
 
+# The committed runs: this line with --deadline 06:35, restarted twice with a new order (the first
+# restart: --first apsq_gs4 apsq_gs2_channel apsq_gs1 --exclude 1:apsq_gs2; the second, after per-channel
+# seeds 0/1 ended below per tensor: --first apsq_gs1 psq --exclude 0:apsq_gs1 2:apsq_gs2_channel,
+# --deadline 06:30). gs=3 and seed 2 of psq / per channel did not fit; this line runs what is missing.
 OMP_NUM_THREADS=1 python results/sentiment_minilm/run_sentiment_minilm.py --seeds 0 1 2 --workers 2 \
     --root runs/sent3 --extra apsq_gs2_channel
 # the JSON and plots from whatever has finished (also run at the end of the line above)
