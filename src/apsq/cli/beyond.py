@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from apsq.cli.common import (
+    OVERRIDE_TILE,
     command_line,
     console,
     fail,
@@ -33,16 +34,6 @@ def _write_keyed(path: Path | None, key: str | None, data: dict[str, Any]) -> No
             raise APSQError(f"--json {path}: not valid JSON ({exc}); cannot merge --key {key!r}") from None
     old[key] = data
     write_json(path, old)
-
-
-def _check_tile(setup: Any, override_tile: bool) -> None:
-    """One tile: the config's PSUM tile must be the default array's depth (before any model runs)."""
-    from apsq.hw.accelerator import default_accelerator
-    from apsq.hw.energy import resolve_tile
-
-    qcfg = setup.cfg.apsq_config()
-    if qcfg is not None:
-        resolve_tile(qcfg, default_accelerator(), override_tile=override_tile, on_mismatch="error")
 
 
 def baseline_cmd(
@@ -122,8 +113,7 @@ def lowbit_cmd(
     device: str = typer.Option("auto", "--device", help="where the models run: auto (CUDA if present) | cpu | cuda[:N]"),
     json_path: Path | None = typer.Option(None, "--json"),
     key: str | None = typer.Option(None, "--key", help="merge into --json under this key (e.g. the task)"),
-    override_tile: bool = typer.Option(False, "--override-tile", help="price the array's pe_array.rows-deep "
-                                       "tiles although the config trains at another tile"),
+    override_tile: bool = OVERRIDE_TILE,
 ) -> None:
     """W4A4 / W4A8 with APSQ PSUMs at 8/6/4 bits: accuracy (PTQ, optional QAT) and energy."""
     import torch
@@ -131,12 +121,13 @@ def lowbit_cmd(
     from apsq.beyond.lowbit import lowbit_variants, variant_energy
     from apsq.beyond.variants import run_variants
     from apsq.eval.setup import load_setup, select_variants, workload_of
+    from apsq.eval.sweep import check_energy_tile
     from apsq.hw.energy import evaluate
 
     try:
         torch.set_num_threads(threads)
         s = load_setup(config, fp32, eval_limit or None, device=device)
-        _check_tile(s, override_tile)
+        check_energy_tile(s.cfg, override_tile)
         variants = lowbit_variants(dict(s.cfg.apsq or {}), gs, psum_bits=parse_ints("--psum-bits", psum_bits))
         variants = select_variants(variants, only)
         path = fp32 or s.cfg.finetune.init
@@ -183,19 +174,19 @@ def a2q_cmd(
     threads: int = typer.Option(1, "--threads"),
     device: str = typer.Option("auto", "--device", help="where the models run: auto (CUDA if present) | cpu | cuda[:N]"),
     json_path: Path | None = typer.Option(None, "--json"),
-    override_tile: bool = typer.Option(False, "--override-tile", help="price the array's pe_array.rows-deep "
-                                       "tiles although the config trains at another tile"),
+    override_tile: bool = OVERRIDE_TILE,
 ) -> None:
     """A2Q / A2Q+ (brevitas) vs APSQ INT8 PSUMs vs W8A8 INT32: accuracy after the same QAT, and energy."""
     import torch
 
     from apsq.beyond.a2q import a2q_specs, energy_of, fp32_accuracy, run_a2q_study
     from apsq.eval.setup import load_setup, select_variants, workload_of
+    from apsq.eval.sweep import check_energy_tile
 
     try:
         torch.set_num_threads(threads)
         s = load_setup(config, fp32, eval_limit or None, device=device)
-        _check_tile(s, override_tile)
+        check_energy_tile(s.cfg, override_tile)
         specs = a2q_specs(dict(s.cfg.apsq or {}), parse_ints("--acc-bits", acc_bits), gs)
         specs = select_variants(specs, only)
         res = run_a2q_study(s, specs, qat_steps, progress=console(stderr=True).log)

@@ -32,6 +32,12 @@ MARKUP_MODE = "markdown"
 shapes such as ``[n, L]`` stay as written (rich markup would swallow them)."""
 
 
+OVERRIDE_TILE = typer.Option(False, "--override-tile", help="price the array's pe_array.rows-deep tiles although "
+                             "the config trains at another tile")
+"""The ``--override-tile`` option of every command that prices a trained config (one tile:
+:func:`apsq.hw.energy.resolve_tile`)."""
+
+
 def typer_app(**kwargs: Any) -> typer.Typer:
     """A :class:`typer.Typer` for ``apsq`` or one of its groups: Markdown help (:data:`MARKUP_MODE`), no
     local variables in tracebacks; ``kwargs`` go to :class:`typer.Typer` (``name``, ``help``, ...)."""

@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from apsq.cli.common import (
+    OVERRIDE_TILE,
     command_line,
     console,
     fail,
@@ -41,8 +42,7 @@ def sweep_cmd(
     energy: bool = typer.Option(True, help="Add the energy reduction of the traced model (IS, WS)."),
     json_out: Path = typer.Option(None, "--json", help="Result JSON (default <output>/sweep.json)."),
     png_out: Path = typer.Option(None, "--png", help="Plot (default <output>/sweep.png)."),
-    override_tile: bool = typer.Option(False, "--override-tile", help="price the array's pe_array.rows-deep "
-                                       "tiles although the config trains at another tile"),
+    override_tile: bool = OVERRIDE_TILE,
 ) -> None:
     """Train every PSUM variant (reusing finished runs, resuming interrupted ones) and report."""
     from apsq.eval.sweep import sweep

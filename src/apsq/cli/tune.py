@@ -9,7 +9,7 @@ from typing import Any
 import typer
 import yaml
 
-from apsq.cli.common import console, fail, parse_ints, table
+from apsq.cli.common import OVERRIDE_TILE, console, fail, parse_ints, table
 from apsq.errors import APSQError
 
 
@@ -34,8 +34,7 @@ def tune_gs_cmd(
     seq_len: int | None = typer.Option(None, "--seq-len", help="tokens of the energy workload (default max_len)"),
     accelerator: Path | None = typer.Option(None, "--accelerator", help="accelerator YAML (default 28 nm INT8)"),
     psum_kib: float | None = typer.Option(None, "--psum-kib", help="PSUM buffer capacity (KiB) override"),
-    override_tile: bool = typer.Option(False, "--override-tile", help="price the array's pe_array.rows-deep "
-                                       "tiles although the config trains at another tile"),
+    override_tile: bool = OVERRIDE_TILE,
     method: str = typer.Option("both", "--method", help="both | predictor | measured"),
     budget_uj: float | None = typer.Option(None, "--budget-uj", help="energy budget (µJ)"),
     budget_frac: float = typer.Option(0.5, "--budget-frac",
