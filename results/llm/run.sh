@@ -9,7 +9,8 @@ if [ -x .venv/bin/apsq ]; then export PATH="$PWD/.venv/bin:$PATH"; fi
 # llm_ppl.json, calibration only; also saves the model to runs/llm_tiny. LONG: 601.9 s recorded.
 apsq eval llm-ppl --json results/llm/llm_ppl.json --threads 1 --save-model runs/llm_tiny
 
-# llm_ppl_qat.json: 50 QAT + KD steps per variant. LONG: 1,567.6 s recorded.
+# llm_ppl_qat.json: 50 QAT + KD steps per variant at the library step-size rate (0.2). 364.3 s recorded
+# (1 thread, beside two trainings; 1,567.6 s in an earlier session).
 apsq eval llm-ppl --qat-steps 50 --threads 1 --json results/llm/llm_ppl_qat.json
 
 # llm_mc.json: reads runs/llm_tiny (the --model default, written by the first command).

@@ -61,6 +61,13 @@ def test_default_rate_can_move_an_exponent_within_the_default_schedule():
     assert sum(short.scale_lr * lr_factor(t, short) for t in range(short.steps)) >= 2.0
 
 
+def test_every_study_trains_step_sizes_at_the_library_rate():
+    """The causal-LM study has its own loop; its step-size rate must still be the library's default."""
+    from apsq.eval.llm import LLMSettings
+
+    assert LLMSettings().scale_lr == QATConfig().scale_lr
+
+
 def test_large_weight_gradients_do_not_starve_the_step_sizes():
     """Weight gradients 1e4 times the clip limit and step-size gradients of 1e-10 (MiniLM's typical
     size, results/recipe/step_size_dynamics.json): the step sizes still move by ~scale_lr in one Adam step.

@@ -31,6 +31,7 @@ import apsq
 from apsq.data.rt_sentences import CORPORA, corpus_path
 from apsq.data.splits import split_of
 from apsq.device import module_device, to_device
+from apsq.train.config import QATConfig
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ class LLMSettings:
     qat_steps: int = 0
     """Short QAT + KD (logits) per variant after calibration (0: calibration only)."""
     qat_lr: float = 1e-4
-    scale_lr: float = 5e-2
+    scale_lr: float = QATConfig.model_fields["scale_lr"].default
+    """The library's default step-size rate (:class:`apsq.train.config.QATConfig`), the recipe of every study."""
     tile: int = 32
     eval_limit: int | None = 2000
     seed: int = 0
