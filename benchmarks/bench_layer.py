@@ -10,9 +10,12 @@ ratios use process CPU time — robust when other jobs share the cores — and w
 * ``psq``, ``apsq_gs1`` .. ``apsq_gs4`` — our ``QuantLinear`` with INT8 PSUMs (fused path);
 * ``apsq_gs2_channel`` — the same with per-channel PSUM steps (``psum_granularity='channel'``: ``[n, N]``
   steps, the integer C kernel with a step per tile step and output column);
+* ``apsq_gs2_saturating``, ``apsq_gs2_channel_saturating`` — the same with PSUM steps 2x too small
+  (:data:`SATURATING_SHIFT`): many outputs have a saturated tile, as in a trained model, and the
+  backward's correction pass runs on them;
 * ``apsq_gs2_baseline`` (``--baseline REV``) — ``apsq_gs2`` with the integer kernel built from git
-  revision ``REV``'s ``csrc/psum_gemm*.c`` and ``int_gemm.py``: the per-tensor speed before a kernel
-  change, in the same run;
+  revision ``REV``'s ``csrc/psum_gemm*.c``, ``int_gemm.py`` and ``fused_int.py``: the speed before a kernel
+  change, in the same run (also ``*_saturating_baseline``);
 * ``apsq_gs2_reference`` (``--reference``) — the same layer through the reference Python loop;
 * ``apsq_gs2_torch_kernels`` / ``w8a8_torch_kernels`` (``--fallback``) — the same layers on the torch
   kernels and autograd LSQ (kernel option ``backend="torch"``): what runs without a C compiler.
@@ -63,6 +66,10 @@ from apsq.kernels import dispatch, options  # noqa: E402
 M_TOKENS = 512
 SHAPES = ((768, 3072), (3072, 768))
 TILE = 32
+SATURATING_SHIFT = 1
+"""``*_saturating`` variants: PSUM steps 2x below their initial value, so that many outputs have a
+saturated tile and the backward's correction pass has work, as after QAT (at the bench shapes 32-87 % of outputs; MiniLM after 200 QAT steps:
+10 % of outputs per tensor, 46 % per channel; docs/performance.md)."""
 
 
 @dataclass
@@ -74,6 +81,7 @@ class Variant:
     peak: dict[str, int] = field(default_factory=dict)
     saved: dict[str, int] = field(default_factory=dict)
     opts: dict[str, object] = field(default_factory=dict)  # kernel options while this variant runs
+    psum_shift: int = 0  # PSUM steps 2^-shift times their initial value (saturation, as in trained models)
 
 
 def _opts(values: dict[str, object]):
@@ -91,20 +99,22 @@ def _opts(values: dict[str, object]):
 
 @contextlib.contextmanager
 def _gemm_module(module):
-    from apsq.psum import fused_int
+    """The layers' integer path through ``module`` and its revision's autograd function (``module.fused_int``)."""
+    from apsq.psum import fused
 
-    before = fused_int._cgemm
-    fused_int._cgemm = module
+    before = fused.int_gemm_psum
+    fused.int_gemm_psum = module.fused_int.int_gemm_psum
     try:
         yield
     finally:
-        fused_int._cgemm = before
+        fused.int_gemm_psum = before
 
 
 def baseline_gemm(rev: str):
     """``apsq.kernels.int_gemm`` as of git revision ``rev`` (its ``int_gemm.py`` and ``csrc/psum_gemm*.c``),
-    loaded beside the current one: the per-tensor kernel before a change, timed in the same run.
-    Raises RuntimeError when git cannot show those files."""
+    loaded beside the current one, with that revision's autograd function (``apsq/psum/fused_int.py``, as
+    the attribute ``fused_int``; the two change together): the kernel before a change, timed in the same
+    run. Raises RuntimeError when git cannot show those files."""
     import subprocess
     import types
     from pathlib import Path
@@ -130,6 +140,11 @@ def baseline_gemm(rev: str):
                     for isa, flags in module.GEMM_ISAS.items()}
     if module.library() is None:
         raise RuntimeError(f"--baseline {rev}: the kernel does not build: {module.build_error()}")
+    autograd = types.ModuleType(name + "_fused_int")
+    sys.modules[autograd.__name__] = autograd
+    exec(compile(show("src/apsq/psum/fused_int.py"), f"{rev}:fused_int.py", "exec"), autograd.__dict__)
+    autograd._cgemm = module
+    module.fused_int = autograd
     return module
 
 
@@ -178,8 +193,16 @@ def variants(reference: bool, ablation: bool = False, fallback: bool = False,
     out.append(Variant("psq", _ours("psq")))
     out += [Variant(f"apsq_gs{gs}", _ours("apsq", gs)) for gs in (1, 2, 3, 4)]
     out.append(Variant("apsq_gs2_channel", _ours("apsq", 2, granularity="channel")))
+    out.append(Variant("apsq_gs2_saturating", _ours("apsq", 2), psum_shift=SATURATING_SHIFT))
+    out.append(Variant("apsq_gs2_channel_saturating", _ours("apsq", 2, granularity="channel"),
+                       psum_shift=SATURATING_SHIFT))
     if baseline is not None:
-        out.append(Variant("apsq_gs2_baseline", _ours("apsq", 2), opts={"gemm_module": baseline_gemm(baseline)}))
+        module = baseline_gemm(baseline)
+        out.append(Variant("apsq_gs2_baseline", _ours("apsq", 2), opts={"gemm_module": module}))
+        out.append(Variant("apsq_gs2_saturating_baseline", _ours("apsq", 2), opts={"gemm_module": module},
+                           psum_shift=SATURATING_SHIFT))
+        out.append(Variant("apsq_gs2_channel_saturating_baseline", _ours("apsq", 2, granularity="channel"),
+                           opts={"gemm_module": module}, psum_shift=SATURATING_SHIFT))
     if reference:
         out.append(Variant("apsq_gs2_reference", _ours("apsq", 2, "reference")))
     if fallback:
@@ -240,6 +263,9 @@ def bench_layers(vs: list[Variant], reps: int, seed: int = 0) -> None:
                 torch.manual_seed(seed + 1)
                 nn.init.normal_(layer.weight, std=k**-0.5)
                 layer(x0)
+                for name, p in layer.named_parameters():
+                    if v.psum_shift and name.startswith("psum."):
+                        p.sub_(v.psum_shift)  # log2 steps
             layers[v.name] = layer
         x = x0.clone().requires_grad_()
         for v in vs:  # warm-up, memory

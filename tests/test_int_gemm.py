@@ -194,10 +194,10 @@ def test_correction_does_not_depend_on_thread_count():
         prev = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            _, flag = _cgemm.backward(ops, s, plan, g, lb)
+            _, flag, zero_tiles = _cgemm.backward(ops, s, plan, g, lb)
             idx = flag.view(-1).nonzero().squeeze(1)
             gx, gw = torch.zeros(30, 96), torch.zeros(50, 96)
-            _cgemm.correct(ops, s, plan, 16, g, lb, idx, x, w, gx, gw)
+            _cgemm.correct(ops, plan, 16, g, zero_tiles, idx, x, w, gx, gw)
         finally:
             torch.set_num_threads(prev)
         results.append((idx.numel(), gx, gw))
@@ -270,13 +270,48 @@ def test_gradients_bit_identical_when_every_sum_is_exact(variant, mode, gs, shif
                x, w, scales, g)
     corrected = []
     real = _cgemm.correct
-    monkeypatch.setattr(_cgemm, "correct", lambda *a, **kw: corrected.append(a[6].numel()) or real(*a, **kw))
+    monkeypatch.setattr(_cgemm, "correct", lambda *a, **kw: corrected.append(a[5].numel()) or real(*a, **kw))
     got = _run(lambda a, b, s: linear_psum(a, b, s, tile, mode=mode, gs=gs, bits=8, x_step=sx, w_step=sw),
                x, w, scales, g)
     for a, b in zip(got, ref):
         assert torch.equal(a, b)
     if shift < 0:  # saturation: the correction kernel ran on many outputs
         assert corrected and corrected[0] > 100
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("mode,gs", [("psq", 1), ("apsq", 2), ("apsq", 5)])
+def test_zero_gradient_tiles_past_64_tiles_bit_identical(mode, gs, per_channel):
+    """150 tiles: each output's zero-gradient tiles span three 64-bit words of the first backward pass
+    (``int_gemm.backward``), which the correction pass reads; saturating steps put zero tiles in every
+    word (for apsq also whole groups before ``last_bad``). Exact sums: the gradients equal the
+    reference's bit for bit."""
+    gen = torch.Generator().manual_seed(21)
+    tile, k = 4, 600
+    x, w, sx, sw = _operands(gen, 9, k, 11, 8, 8, True, torch.float64)
+    parts = linear_partials(x, w, tile)
+    n = parts.shape[0]
+    assert n == 150
+    amax = parts.abs().amax(1) if per_channel else parts.abs().reshape(n, -1).amax(1)  # [n, N] or [n]
+    scales = torch.exp2(torch.round(torch.log2(amax.clamp_min(1e-30) / 128)) - 2)
+    g = torch.randint(-64, 64, (9, 11), generator=gen).double() / 16
+    ref = _run(lambda a, b, s: psum_accumulate(linear_partials(a, b, tile), s, mode=mode, gs=gs, bits=8),
+               x, w, scales, g)
+    words = []
+    real = _cgemm.backward
+
+    def spy(*a, **kw):
+        out = real(*a, **kw)
+        words.append(out[2])
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_cgemm, "backward", spy)
+        got = _run(lambda a, b, s: linear_psum(a, b, s, tile, mode=mode, gs=gs, bits=8, x_step=sx, w_step=sw),
+                   x, w, scales, g)
+    for a, b in zip(got, ref):
+        assert torch.equal(a, b)
+    assert words and words[0].shape[-1] == 3 and bool((words[0][..., 2] != 0).any())
 
 
 @pytest.mark.parametrize("mode,gs", [("psq", 1), ("apsq", 2)])

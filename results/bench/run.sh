@@ -9,6 +9,9 @@ if [ -x .venv/bin/apsq ]; then export PATH="$PWD/.venv/bin:$PATH"; fi
 
 python benchmarks/bench_layer.py --reps 5 --ablation --minilm --minilm-reps 5 --json > results/bench/bench_layer.json
 python benchmarks/bench_layer.py --reps 5 --threads 2 --json > results/bench/bench_layer_2threads.json
+# bench_correction.json: the correction pass reading the first pass's zero-tile bits, against the kernel of
+# f63c65f (it recomputed the tile dot products), in one run; 1 thread, two trainings on the other core.
+python benchmarks/bench_layer.py --baseline f63c65f --reps 5 --threads 1 --json > results/bench/bench_correction.json
 python benchmarks/bench_energy.py --json results/bench/energy_bench.json
 # rae_bench.json records its options but not --json; needs verilator (each build 36-65 s, docs/rae.md).
 OMP_NUM_THREADS=1 python benchmarks/bench_rae.py --lanes 4,8,32 --steps 64 --repeat 40 --gs 2 --depth 16 --amaranth-steps 16 --json results/bench/rae_bench.json

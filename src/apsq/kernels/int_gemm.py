@@ -55,6 +55,7 @@ _XA = lambda a: a["B"] * a["M"] * _KP(a)  # noqa: E731
 _WB = lambda a: a["B"] * a["N"] * _KP(a)  # noqa: E731
 _N = lambda a: a["N"]  # noqa: E731
 _NS = lambda a: a["n"] * (a["N"] if a["cs"] else 1)  # noqa: E731  steps [n] or [n][N]
+_ZB = lambda a: _bmn(a) * -(-a["n"] // 64)  # noqa: E731  zero-gradient tile bits [B, M, N, ceil(n / 64)]
 _STEPS = [doubles("sd", _NS), doubles("si", _NS), scalar("cs", "long")]
 _OPS = [tensor("xa", torch.int16, _XA), tensor("wb", torch.int16, _WB), scalar("B", "long"), scalar("M", "long"),
         scalar("N", "long"), scalar("n", "long"), scalar("te", "long")]
@@ -69,18 +70,20 @@ FWD = Entry("apsq_gemm_fwd", [*_OPS, tensor("unit", "T", _N), *_STEPS, *_PLAN,
 BWD = Entry("apsq_gemm_bwd", [*_OPS, tensor("unit", "T", _N), *_STEPS, *_PLAN,
                               tensor("g", "T", _bmn), tensor("lb", "bad", _bmn, optional=True),
                               u8_flag("lb8", of="lb"), tensor("gsc", torch.float64, _NS),
-                              tensor("flag", torch.uint8, _bmn), threads()], restype=ctypes.c_int)
-"""Step gradients ``gsc [n]`` (``[n][N]`` when ``cs``, per-channel steps) and the flags ``[B, M, N]`` of outputs needing a correction."""
+                              tensor("flag", torch.uint8, _bmn), tensor("zb", torch.int64, _ZB, optional=True),
+                              threads()], restype=ctypes.c_int)
+"""Step gradients ``gsc [n]`` (``[n][N]`` when ``cs``, per-channel steps), the flags ``[B, M, N]`` of outputs
+needing a correction and, when ``zb`` is given, their zero-gradient tiles ``[B, M, N, ceil(n / 64)]`` (one bit
+per tile)."""
 CODES = Entry("apsq_codes16", [tensor("src", "T", lambda a: a["R"] * a["K"]), scalar("R", "long"), scalar("K", "long"),
                                scalar("tile", "long"), scalar("te", "long"),
                                doubles("inv_step", lambda a: a["R"] if a["per_row"] else 1), scalar("per_row"),
                                tensor("dst", torch.int16, lambda a: a["R"] * -(-a["K"] // a["tile"]) * a["te"]),
                                threads()], restype=ctypes.c_long)
 """int16 codes of ``src [R, K] * inv_step`` per tile; returns the largest magnitude, -1 when inexact."""
-CORRECT = Entry("apsq_gemm_correct", [*_OPS, scalar("t", "long"), tensor("unit", "T", _N), doubles("si", _NS),
-                                      scalar("cs", "long"),
-                                      *_PLAN, tensor("g", "T", _bmn), tensor("lb", "bad", _bmn, optional=True),
-                                      u8_flag("lb8", of="lb"), tensor("idx", torch.int64, lambda a: a["F"]),
+CORRECT = Entry("apsq_gemm_correct", [scalar("B", "long"), scalar("M", "long"), scalar("N", "long"),
+                                      scalar("n", "long"), scalar("t", "long"), tensor("g", "T", _bmn),
+                                      tensor("zb", torch.int64, _ZB), tensor("idx", torch.int64, lambda a: a["F"]),
                                       scalar("F", "long"),
                                       tensor("xf", "T", lambda a: a["B"] * a["M"] * a["n"] * a["t"]),
                                       tensor("wf", "T", lambda a: a["B"] * a["N"] * a["n"] * a["t"]),
@@ -235,28 +238,29 @@ def forward(ops: IntOperands, s: list[float] | torch.Tensor, plan: Plan, out: to
 
 
 def backward(ops: IntOperands, s: list[float] | torch.Tensor, plan: Plan, g: torch.Tensor,
-             last_bad: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+             last_bad: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Step-size gradients (float64 ``[n]``, or ``[n, N]`` for per-channel steps ``s``; summed in an order
-    that does not depend on the thread count) and the uint8 ``[B, M, N]`` flags of outputs needing a
-    correction; ``g [B, M, N]`` contiguous."""
+    that does not depend on the thread count), the uint8 ``[B, M, N]`` flags of outputs needing a
+    correction and the zero-gradient tiles of every output, int64 ``[B, M, N, ceil(n / 64)]`` (bit
+    ``i % 64`` of word ``i // 64``: tile ``i``), for :func:`correct`; ``g [B, M, N]`` contiguous."""
     b, m, n_out = ops.dims
     cs = _column_stride(ops, s, plan)
     grad_s = torch.empty((plan.n, n_out) if cs else (plan.n,), dtype=torch.float64)
     flag = torch.empty(b, m, n_out, dtype=torch.uint8)
+    zero_tiles = torch.empty(b, m, n_out, -(-plan.n // 64), dtype=torch.int64)
     sd, si = step_arrays(s)
     _ok(BWD(library(), **_ops_args(ops, plan), sd=sd, si=si, cs=cs, **_plan_args(plan), g=g, lb=last_bad,
-            gsc=grad_s, flag=flag))
-    return grad_s, flag
+            gsc=grad_s, flag=flag, zb=zero_tiles))
+    return grad_s, flag, zero_tiles
 
 
-def correct(ops: IntOperands, s: list[float] | torch.Tensor, plan: Plan, tile: int, g: torch.Tensor,
-            last_bad: torch.Tensor | None, idx: torch.Tensor, xp: torch.Tensor, wp: torch.Tensor,
-            gxp: torch.Tensor | None, gwp: torch.Tensor | None) -> None:
+def correct(ops: IntOperands, plan: Plan, tile: int, g: torch.Tensor, zero_tiles: torch.Tensor, idx: torch.Tensor,
+            xp: torch.Tensor, wp: torch.Tensor, gxp: torch.Tensor | None, gwp: torch.Tensor | None) -> None:
     """In place: removes from ``gxp [B*M, n*t]`` / ``gwp [B*N, n*t]`` (``g @ W`` / ``g^T @ x`` per product)
-    the terms of the tiles whose gradient is 0 at the flagged outputs ``idx`` (ascending flat indices
-    into ``[B, M, N]``); ``xp`` / ``wp`` are the float operands in the same layout."""
+    the terms of the tiles whose gradient is 0 (``zero_tiles`` of :func:`backward`) at the flagged outputs
+    ``idx`` (ascending flat indices into ``[B, M, N]``); ``xp`` / ``wp`` are the float operands in the
+    same layout."""
+    b, m, n_out = ops.dims
     idx = idx.to(torch.int64).contiguous()
-    cs = _column_stride(ops, s, plan)
-    _, si = step_arrays(s)
-    _ok(CORRECT(library(), **_ops_args(ops, plan), t=tile, si=si, cs=cs, **_plan_args(plan), g=g, lb=last_bad, idx=idx,
-                F=idx.numel(), xf=xp, wf=wp, gx=gxp, gw=gwp))
+    _ok(CORRECT(library(), B=b, M=m, N=n_out, n=plan.n, t=tile, g=g, zb=zero_tiles, idx=idx, F=idx.numel(),
+                xf=xp, wf=wp, gx=gxp, gw=gwp))

@@ -217,3 +217,20 @@ static inline long lower_bound(const int64_t *idx, long F, int64_t key) {
 static inline int bad_at(const void *lb, int lb8, long e) {
     return lb8 ? ((const uint8_t *)lb)[e] : ((const int16_t *)lb)[e];
 }
+
+/* Stores word w of the zero-gradient tile bits of an MR x NR output block (rows x cols in range) at
+ * zb[e][w], e = e0 + r * N + j: the pending tiles that saturated (zw, one bit per tile of the word) and,
+ * for apsq, every tile of the groups before last_bad (bad[e]: tiles below min(bad * gs, n)). */
+static inline void store_zero_bits(uint64_t *zb, const uint64_t *zw, const int16_t *bad, long w, long Wz, long n,
+                                   int gs, long e0, long N, int rows, int cols) {
+    const long lo = w * 64;
+    for (int r = 0; r < rows; r++)
+        for (int j = 0; j < cols; j++) {
+            const int e = r * NR + j;
+            const long nb = lmin((long)bad[e] * gs, n);
+            uint64_t bits = zw[e];
+            if (nb >= lo + 64) bits = ~(uint64_t)0;
+            else if (nb > lo) bits |= ((uint64_t)1 << (nb - lo)) - 1;
+            zb[(e0 + r * N + j) * Wz + w] = bits;
+        }
+}

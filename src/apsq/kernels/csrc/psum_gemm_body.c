@@ -25,56 +25,33 @@ int SUF(apsq_gemm_fwd)(const int16_t *xa, const int16_t *wb, long B, long M, lon
                                                              out, lb, lb8, nthreads);
 }
 
-/* Backward, first pass (psum_gemm_pass.c): step gradients gsc [n] (cs = 0) or [n][N] (cs = 1) and the flags. */
+/* Backward, first pass (psum_gemm_pass.c): step gradients gsc [n] (cs = 0) or [n][N] (cs = 1), the flags and,
+ * when zb is not NULL, the zero-gradient tiles of every output, zb [B][M][N][(n + 63) / 64] (bit i % 64 of
+ * word i / 64: tile i; store_zero_bits). */
 int SUF(apsq_gemm_bwd)(const int16_t *xa, const int16_t *wb, long B, long M, long N, long n, long te, const T *unit,
                        const double *sd, const double *si, long cs, int apsq, int gs, int qn, int qp, const T *g,
-                       const void *lb, int lb8, double *gsc, uint8_t *flag, int nthreads) {
+                       const void *lb, int lb8, double *gsc, uint8_t *flag, uint64_t *zb, int nthreads) {
     return (cs ? SUF(gemm_bwd_lanes) : SUF(gemm_bwd_tensor))(xa, wb, B, M, N, n, te, unit, sd, si, apsq, gs, qn, qp,
-                                                             g, lb, lb8, gsc, flag, nthreads);
+                                                             g, lb, lb8, gsc, flag, zb, nthreads);
 }
 
 /* Backward, second pass: the operand gradients were computed as g @ W and g^T @ x, as if every tile
  * received g. For each flagged output e = idx[f] (row-major m * N + o, ascending) this subtracts
  * g[e] * W[o, tile i] from gx[m, tile i] and g[e] * x[m, tile i] from gw[o, tile i] for every tile i
- * whose gradient is 0 instead: psq, tile i saturated; apsq, tile i lies in a group before
- * last_bad[e], or is a pending tile that saturated. xf [M][n*t], wf [N][n*t] are the float operands
- * and gx, gw the gradients (same layout; either may be NULL). Rows of gx are updated by one thread
- * each, in f order; rows of gw likewise, in f order within a column: the result does not depend on
- * the thread count. Returns 0 when out of memory. */
-int SUF(apsq_gemm_correct)(const int16_t *xa, const int16_t *wb, long B, long M, long N, long n, long te, long t,
-                           const T *unit, const double *si, long cs, int apsq, int gs, int qn, int qp, const T *g,
-                           const void *lb, int lb8, const int64_t *idx, long F, const T *xf, const T *wf, T *gx,
-                           T *gw, int nthreads) {
-    const long Kp = n * te, Kt = n * t, W = (n + 63) / 64;
-    const T fqn = (T)qn, fqp = (T)qp, half = (T)0.5;
-    uint64_t *zm = (uint64_t *)calloc((size_t)(F ? F : 1) * W, sizeof(uint64_t));
+ * whose gradient is 0 instead: the bits zb [B*M*N][(n + 63) / 64] the first pass wrote (psq, tile i
+ * saturated; apsq, tile i lies in a group before last_bad[e], or is a pending tile that saturated).
+ * xf [M][n*t], wf [N][n*t] are the float operands and gx, gw the gradients (same layout; either may be
+ * NULL). Rows of gx are updated by one thread each, in f order; rows of gw likewise, in f order within
+ * a column: the result does not depend on the thread count. Returns 0 when out of memory. */
+int SUF(apsq_gemm_correct)(long B, long M, long N, long n, long t, const T *g, const uint64_t *zb,
+                           const int64_t *idx, long F, const T *xf, const T *wf, T *gx, T *gw, int nthreads) {
+    const long Kt = n * t, W = (n + 63) / 64;
     long *colptr = (long *)calloc(B * N + 1, sizeof(long));
     long *perm = (long *)malloc((size_t)(F ? F : 1) * sizeof(long));
-    if (!zm || !colptr || !perm) {
-        free(zm);
+    if (!colptr || !perm) {
         free(colptr);
         free(perm);
         return 0;
-    }
-    /* zero-gradient tiles of every flagged output, one bit per tile */
-#pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (long f = 0; f < F; f++) {
-        const long e = idx[f], m = e / N, o = (e / (M * N)) * N + e % N; /* rows of xa / wb */
-        const int bad = apsq ? bad_at(lb, lb8, e) : 0;
-        const long so = cs ? e % N : 0, rs = cs ? N : 1; /* this output's column in si [n][N] */
-        uint64_t *bits = zm + f * W;
-        for (long i = 0; i < n; i++) {
-            const long h = i / gs, l = lmin((h + 1) * gs, n) - 1;
-            int zero;
-            if (apsq && h < bad) zero = 1;
-            else if (apsq && i == l) zero = 0;
-            else {
-                const T u = ((T)dot16(xa + m * Kp + i * te, wb + o * Kp + i * te, te) * unit[o % N]) * (T)si[i * rs + so];
-                const T x = FLOOR(u + half);
-                zero = !(x >= fqn && x <= fqp);
-            }
-            if (zero) bits[i / 64] |= (uint64_t)1 << (i % 64);
-        }
     }
     if (gx) {
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 16)
@@ -83,8 +60,9 @@ int SUF(apsq_gemm_correct)(const int16_t *xa, const int16_t *wb, long B, long M,
             for (long f = lower_bound(idx, F, (int64_t)m * N); f < f1; f++) {
                 const long o = (idx[f] / (M * N)) * N + idx[f] % N;
                 const T ge = g[idx[f]];
+                const uint64_t *bits = zb + idx[f] * W;
                 for (long i = 0; i < n; i++) {
-                    if (!((zm[f * W + i / 64] >> (i % 64)) & 1)) continue;
+                    if (!((bits[i / 64] >> (i % 64)) & 1)) continue;
                     T *dst = gx + m * Kt + i * t;
                     const T *src = wf + o * Kt + i * t;
                     for (long k = 0; k < t; k++) dst[k] = dst[k] - ge * src[k];
@@ -98,7 +76,6 @@ int SUF(apsq_gemm_correct)(const int16_t *xa, const int16_t *wb, long B, long M,
         {
             long *fill = (long *)malloc((size_t)(B * N) * sizeof(long));
             if (!fill) {
-                free(zm);
                 free(colptr);
                 free(perm);
                 return 0;
@@ -112,8 +89,9 @@ int SUF(apsq_gemm_correct)(const int16_t *xa, const int16_t *wb, long B, long M,
             for (long q = colptr[o]; q < colptr[o + 1]; q++) {
                 const long f = perm[q], m = idx[f] / N;
                 const T ge = g[idx[f]];
+                const uint64_t *bits = zb + idx[f] * W;
                 for (long i = 0; i < n; i++) {
-                    if (!((zm[f * W + i / 64] >> (i % 64)) & 1)) continue;
+                    if (!((bits[i / 64] >> (i % 64)) & 1)) continue;
                     T *dst = gw + o * Kt + i * t;
                     const T *src = xf + m * Kt + i * t;
                     for (long k = 0; k < t; k++) dst[k] = dst[k] - ge * src[k];
@@ -121,7 +99,6 @@ int SUF(apsq_gemm_correct)(const int16_t *xa, const int16_t *wb, long B, long M,
             }
         }
     }
-    free(zm);
     free(colptr);
     free(perm);
     return 1;

@@ -108,8 +108,8 @@ static int PASS(gemm_fwd)(const int16_t *xa, const int16_t *wb, long B, long M, 
  * depend on the thread count. Returns 0 when out of memory. */
 static int PASS(gemm_bwd)(const int16_t *xa, const int16_t *wb, long B, long M, long N, long n, long te, const T *unit,
                        const double *sd, const double *si, int apsq, int gs, int qn, int qp, const T *g,
-                       const void *lb, int lb8, double *gsc, uint8_t *flag, int nthreads) {
-    const long Kp = n * te, kp2 = Kp / 2, tp2 = te / 2;
+                       const void *lb, int lb8, double *gsc, uint8_t *flag, uint64_t *zb, int nthreads) {
+    const long Kp = n * te, kp2 = Kp / 2, tp2 = te / 2, Wz = (n + 63) / 64;
     const long nrt = (M + MR - 1) / MR, nct = (N + NR - 1) / NR;
     const long rb = CS ? RB_CH : 1, nrc = (nrt + rb - 1) / rb, njobs = B * nrc * nct;
     int32_t *ap, *bp;
@@ -136,6 +136,7 @@ static int PASS(gemm_bwd)(const int16_t *xa, const int16_t *wb, long B, long M, 
             double tb[MT];
             int16_t bb[MT];
             uint8_t fl[MT];
+            uint64_t zw[MT]; /* zero-gradient tiles of the current 64-tile word, one bit per tile */
             const T fqn = (T)qn, fqp = (T)qp, half = (T)0.5, zero = (T)0;
             for (int j = 0; j < NR; j++) un[j] = o0 + j < N ? unit[o0 + j] : (T)0;
             for (int r = 0; r < MR; r++)
@@ -148,6 +149,7 @@ static int PASS(gemm_bwd)(const int16_t *xa, const int16_t *wb, long B, long M, 
                 }
             long g0 = 0, h = 0;
             for (long i = 0; i < n; i++) {
+                if (i % 64 == 0) memset(zw, 0, sizeof zw);
                 tile_product(a + i * tp2 * MR, b + i * tp2 * NR, tp2, c);
                 const T s = (T)sd[CS ? 0 : i], is = (T)si[CS ? 0 : i]; /* per tensor */
                 if (CS) SUF(tile_steps)(sd, si, i, o0, N, CS, sv, isv);
@@ -168,12 +170,14 @@ static int PASS(gemm_bwd)(const int16_t *xa, const int16_t *wb, long B, long M, 
                             const int m = x >= fqn && x <= fqp;
                             const T cc = x < fqn ? fqn : (x > fqp ? fqp : x);
                             fl[e] |= (uint8_t)!m;
+                            zw[e] |= (uint64_t)!m << (i % 64);
                             tb[e] = (double)gi[e] * (double)(cc - (m ? u : zero)); /* exact: |cc - u| <= 1/2 (Sterbenz) */
                             const T q = cc * (CS ? sv[j] : s);
                             pend[e] = first ? q : pend[e] + q;
                         }
                     if (CS) col_sums(tb, col + i * NR);
                     else loc[i] += block_sum(tb);
+                    if (zb && (i % 64 == 63 || i == n - 1)) store_zero_bits(zb, zw, bb, i / 64, Wz, n, gs, base + m0 * N + o0, N, rows, cols);
                     continue;
                 }
                 const int hp = l > g0, ha = h > 0;
@@ -189,6 +193,7 @@ static int PASS(gemm_bwd)(const int16_t *xa, const int16_t *wb, long B, long M, 
                     }
                 if (CS) col_sums(tb, col + i * NR);
                 else loc[i] += block_sum(tb);
+                if (zb && (i % 64 == 63 || i == n - 1)) store_zero_bits(zb, zw, bb, i / 64, Wz, n, gs, base + m0 * N + o0, N, rows, cols);
                 g0 = l + 1;
                 h++;
             }
