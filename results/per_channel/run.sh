@@ -29,3 +29,7 @@ OMP_NUM_THREADS=1 python results/per_channel/run_per_channel.py --fp32 runs/per_
 OMP_NUM_THREADS=1 python results/per_channel/run_per_channel.py --fp32 runs/per_channel/fp32_step200.safetensors --json results/per_channel/calibration_only_gs4.json --modes apsq:4
 python results/per_channel/run_per_channel.py --merge results/per_channel/calibration_only.json results/per_channel/calibration_only_gs34.json results/per_channel/calibration_only_gs4.json --json results/per_channel/minilm_calibration_only.json
 rm -f results/per_channel/calibration_only.json results/per_channel/calibration_only_gs34.json results/per_channel/calibration_only_gs4.json
+
+# qat_saturation.json: saturation and exponent movement after QAT, per tensor vs per channel (seed 0 of
+# results/sentiment_minilm/run.sh's runs; ~2 min).
+OMP_NUM_THREADS=1 python results/per_channel/qat_saturation.py --root runs/sent3 --seed 0 --variants apsq_gs2 apsq_gs2_channel --json results/per_channel/qat_saturation.json
