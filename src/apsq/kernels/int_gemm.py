@@ -28,7 +28,7 @@ from apsq.kernels.plan import Plan
 from apsq.kernels.steps import powers_of_two, reciprocals_exact, step_arrays
 
 __all__ = ["available", "build_error", "isa", "library", "GEMM_ISAS", "IntOperands", "int_operands", "forward",
-           "backward", "correct"]
+           "backward", "flagged", "correct"]
 
 
 _PASS_LAYOUTS = ((0, "tensor"), (1, "lanes"))
@@ -70,11 +70,9 @@ FWD = Entry("apsq_gemm_fwd", [*_OPS, tensor("unit", "T", _N), *_STEPS, *_PLAN,
 BWD = Entry("apsq_gemm_bwd", [*_OPS, tensor("unit", "T", _N), *_STEPS, *_PLAN,
                               tensor("g", "T", _bmn), tensor("lb", "bad", _bmn, optional=True),
                               u8_flag("lb8", of="lb"), tensor("gsc", torch.float64, _NS),
-                              tensor("flag", torch.uint8, _bmn), tensor("zb", torch.int64, _ZB, optional=True),
-                              threads()], restype=ctypes.c_int)
-"""Step gradients ``gsc [n]`` (``[n][N]`` when ``cs``, per-channel steps), the flags ``[B, M, N]`` of outputs
-needing a correction and, when ``zb`` is given, their zero-gradient tiles ``[B, M, N, ceil(n / 64)]`` (one bit
-per tile)."""
+                              tensor("zb", torch.int64, _ZB), threads()], restype=ctypes.c_int)
+"""Step gradients ``gsc [n]`` (``[n][N]`` when ``cs``, per-channel steps) and the zero-gradient tiles of every
+output ``zb [B, M, N, ceil(n / 64)]`` (one bit per tile; an output with any bit set needs a correction)."""
 CODES = Entry("apsq_codes16", [tensor("src", "T", lambda a: a["R"] * a["K"]), scalar("R", "long"), scalar("K", "long"),
                                scalar("tile", "long"), scalar("te", "long"),
                                doubles("inv_step", lambda a: a["R"] if a["per_row"] else 1), scalar("per_row"),
@@ -240,18 +238,24 @@ def forward(ops: IntOperands, s: list[float] | torch.Tensor, plan: Plan, out: to
 def backward(ops: IntOperands, s: list[float] | torch.Tensor, plan: Plan, g: torch.Tensor,
              last_bad: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Step-size gradients (float64 ``[n]``, or ``[n, N]`` for per-channel steps ``s``; summed in an order
-    that does not depend on the thread count), the uint8 ``[B, M, N]`` flags of outputs needing a
-    correction and the zero-gradient tiles of every output, int64 ``[B, M, N, ceil(n / 64)]`` (bit
-    ``i % 64`` of word ``i // 64``: tile ``i``), for :func:`correct`; ``g [B, M, N]`` contiguous."""
+    that does not depend on the thread count) and the zero-gradient tiles of every output, int64
+    ``[B, M, N, ceil(n / 64)]`` (bit ``i % 64`` of word ``i // 64``: tile ``i``; an output with any bit
+    set needs a correction, :func:`flagged`, :func:`correct`); ``g [B, M, N]`` contiguous."""
     b, m, n_out = ops.dims
     cs = _column_stride(ops, s, plan)
     grad_s = torch.empty((plan.n, n_out) if cs else (plan.n,), dtype=torch.float64)
-    flag = torch.empty(b, m, n_out, dtype=torch.uint8)
     zero_tiles = torch.empty(b, m, n_out, -(-plan.n // 64), dtype=torch.int64)
     sd, si = step_arrays(s)
     _ok(BWD(library(), **_ops_args(ops, plan), sd=sd, si=si, cs=cs, **_plan_args(plan), g=g, lb=last_bad,
-            gsc=grad_s, flag=flag, zb=zero_tiles))
-    return grad_s, flag, zero_tiles
+            gsc=grad_s, zb=zero_tiles))
+    return grad_s, zero_tiles
+
+
+def flagged(zero_tiles: torch.Tensor) -> torch.Tensor:
+    """Ascending flat indices into ``[B, M, N]`` of the outputs with a zero-gradient tile (``zero_tiles`` of
+    :func:`backward`)."""
+    words = zero_tiles.reshape(-1, zero_tiles.shape[-1])
+    return (words[:, 0] != 0 if words.shape[1] == 1 else (words != 0).any(1)).nonzero().squeeze(1)
 
 
 def correct(ops: IntOperands, plan: Plan, tile: int, g: torch.Tensor, zero_tiles: torch.Tensor, idx: torch.Tensor,

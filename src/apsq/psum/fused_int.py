@@ -75,8 +75,8 @@ class _IntGemmPsum(torch.autograd.Function):
         else:
             gxp = torch.bmm(g, wp.view(b, n_out, kt)).view(b * m, kt) if need[0] else None
             gwp = torch.bmm(g.transpose(1, 2), xp.view(b, m, kt)).view(b * n_out, kt) if need[1] else None
-        grad_s, flag, zero_tiles = _cgemm.backward(ops, s, plan, g, last_bad)
-        idx = flag.view(-1).nonzero().squeeze(1)
+        grad_s, zero_tiles = _cgemm.backward(ops, s, plan, g, last_bad)
+        idx = _cgemm.flagged(zero_tiles)
         if idx.numel() and (need[0] or need[1]):
             _cgemm.correct(ops, plan, tile, g, zero_tiles, idx, xp, wp, gxp, gwp)
         gx = gxp[:, :k].reshape(b, m, k) if need[0] else None

@@ -7,7 +7,7 @@
  * Arguments shared by the three functions:
  *   xa [B][M][n*te], wb [B][N][n*te]  int16 operand codes, tile i = columns [i*te, (i+1)*te);
  *                               output (b, m, o) = sum over k of xa[b][m][k] wb[b][o][k], stored at
- *                               e = (b * M + m) * N + o in out, last_bad, g and flag
+ *                               e = (b * M + m) * N + o in out, last_bad, g and zb
  *   unit [N]                    value of one code product for output column o (sx * sw[o]), every batch
  *   sd, si [n][cs ? N : 1]      steps s_i (s_{i,o} per output column when cs = 1, per-channel
  *                               PSUM steps; cs = 0: one per tile step) and their reciprocals
@@ -25,14 +25,14 @@ int SUF(apsq_gemm_fwd)(const int16_t *xa, const int16_t *wb, long B, long M, lon
                                                              out, lb, lb8, nthreads);
 }
 
-/* Backward, first pass (psum_gemm_pass.c): step gradients gsc [n] (cs = 0) or [n][N] (cs = 1), the flags and,
- * when zb is not NULL, the zero-gradient tiles of every output, zb [B][M][N][(n + 63) / 64] (bit i % 64 of
+/* Backward, first pass (psum_gemm_pass.c): step gradients gsc [n] (cs = 0) or [n][N] (cs = 1) and the
+ * zero-gradient tiles of every output (nonzero: the output needs a correction), zb [B][M][N][(n + 63) / 64] (bit i % 64 of
  * word i / 64: tile i; store_zero_bits). */
 int SUF(apsq_gemm_bwd)(const int16_t *xa, const int16_t *wb, long B, long M, long N, long n, long te, const T *unit,
                        const double *sd, const double *si, long cs, int apsq, int gs, int qn, int qp, const T *g,
-                       const void *lb, int lb8, double *gsc, uint8_t *flag, uint64_t *zb, int nthreads) {
+                       const void *lb, int lb8, double *gsc, uint64_t *zb, int nthreads) {
     return (cs ? SUF(gemm_bwd_lanes) : SUF(gemm_bwd_tensor))(xa, wb, B, M, N, n, te, unit, sd, si, apsq, gs, qn, qp,
-                                                             g, lb, lb8, gsc, flag, zb, nthreads);
+                                                             g, lb, lb8, gsc, zb, nthreads);
 }
 
 /* Backward, second pass: the operand gradients were computed as g @ W and g^T @ x, as if every tile

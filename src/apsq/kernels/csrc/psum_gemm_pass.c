@@ -99,7 +99,7 @@ static int PASS(gemm_fwd)(const int16_t *xa, const int16_t *wb, long B, long M, 
 }
 
 /* Backward, first pass: the LSQ step-size gradients gsc [n][CS ? N : 1] (double) for the output
- * gradient g [M][N], and flag [M][N] = 1 where some tile's gradient is not g itself (a pending tile or a
+ * gradient g [M][N], and zb [M][N][Wz] = the tiles whose gradient is not g itself (a pending tile or a
  * later closing step saturated). With u = v/s, r = floor(u + 1/2), m = (qn <= r <= qp),
  * c = clamp(r): dL/ds_i = sum g_i * (c - m * u) over every element (per tensor) or over the
  * elements of column o (dL/ds_{i,o}, per channel), g_i the gradient reaching step i's quantizer.
@@ -108,7 +108,7 @@ static int PASS(gemm_fwd)(const int16_t *xa, const int16_t *wb, long B, long M, 
  * depend on the thread count. Returns 0 when out of memory. */
 static int PASS(gemm_bwd)(const int16_t *xa, const int16_t *wb, long B, long M, long N, long n, long te, const T *unit,
                        const double *sd, const double *si, int apsq, int gs, int qn, int qp, const T *g,
-                       const void *lb, int lb8, double *gsc, uint8_t *flag, uint64_t *zb, int nthreads) {
+                       const void *lb, int lb8, double *gsc, uint64_t *zb, int nthreads) {
     const long Kp = n * te, kp2 = Kp / 2, tp2 = te / 2, Wz = (n + 63) / 64;
     const long nrt = (M + MR - 1) / MR, nct = (N + NR - 1) / NR;
     const long rb = CS ? RB_CH : 1, nrc = (nrt + rb - 1) / rb, njobs = B * nrc * nct;
@@ -135,7 +135,6 @@ static int PASS(gemm_bwd)(const int16_t *xa, const int16_t *wb, long B, long M, 
             T acc[MT], pend[MT], gt[MT], gv[MT], ga[MT], un[NR], sv[NR], isv[NR];
             double tb[MT];
             int16_t bb[MT];
-            uint8_t fl[MT];
             uint64_t zw[MT]; /* zero-gradient tiles of the current 64-tile word, one bit per tile */
             const T fqn = (T)qn, fqp = (T)qp, half = (T)0.5, zero = (T)0;
             for (int j = 0; j < NR; j++) un[j] = o0 + j < N ? unit[o0 + j] : (T)0;
@@ -145,7 +144,6 @@ static int PASS(gemm_bwd)(const int16_t *xa, const int16_t *wb, long B, long M, 
                     const long ge = base + (m0 + r) * N + o0 + j;
                     gt[e] = in ? g[ge] : zero;
                     bb[e] = (int16_t)(in && apsq ? bad_at(lb, lb8, ge) : 0);
-                    fl[e] = bb[e] != 0;
                 }
             long g0 = 0, h = 0;
             for (long i = 0; i < n; i++) {
@@ -169,7 +167,6 @@ static int PASS(gemm_bwd)(const int16_t *xa, const int16_t *wb, long B, long M, 
                             const T x = FLOOR(u + half);
                             const int m = x >= fqn && x <= fqp;
                             const T cc = x < fqn ? fqn : (x > fqp ? fqp : x);
-                            fl[e] |= (uint8_t)!m;
                             zw[e] |= (uint64_t)!m << (i % 64);
                             tb[e] = (double)gi[e] * (double)(cc - (m ? u : zero)); /* exact: |cc - u| <= 1/2 (Sterbenz) */
                             const T q = cc * (CS ? sv[j] : s);
@@ -177,7 +174,7 @@ static int PASS(gemm_bwd)(const int16_t *xa, const int16_t *wb, long B, long M, 
                         }
                     if (CS) col_sums(tb, col + i * NR);
                     else loc[i] += block_sum(tb);
-                    if (zb && (i % 64 == 63 || i == n - 1)) store_zero_bits(zb, zw, bb, i / 64, Wz, n, gs, base + m0 * N + o0, N, rows, cols);
+                    if (i % 64 == 63 || i == n - 1) store_zero_bits(zb, zw, bb, i / 64, Wz, n, gs, base + m0 * N + o0, N, rows, cols);
                     continue;
                 }
                 const int hp = l > g0, ha = h > 0;
@@ -193,11 +190,10 @@ static int PASS(gemm_bwd)(const int16_t *xa, const int16_t *wb, long B, long M, 
                     }
                 if (CS) col_sums(tb, col + i * NR);
                 else loc[i] += block_sum(tb);
-                if (zb && (i % 64 == 63 || i == n - 1)) store_zero_bits(zb, zw, bb, i / 64, Wz, n, gs, base + m0 * N + o0, N, rows, cols);
+                if (i % 64 == 63 || i == n - 1) store_zero_bits(zb, zw, bb, i / 64, Wz, n, gs, base + m0 * N + o0, N, rows, cols);
                 g0 = l + 1;
                 h++;
             }
-            for (int r = 0; r < rows; r++) memcpy(flag + base + (m0 + r) * N + o0, fl + r * NR, cols);
           }
         }
         if (!CS) {
