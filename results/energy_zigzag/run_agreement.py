@@ -1,12 +1,15 @@
 """Agreement of apsq's energy model with ZigZag (zigzag-dse 3.9.1) on BERT-Base and Segformer-B0.
 
-Same layers (traced built-ins: BERT-Base at 128 tokens, Segformer-B0 at 512x512), same accelerator
-(``zigzag-tpu-like``: ZigZag's tpu_like energies and sizes, output register widened to 32 bits), same
-fixed IS / WS loop orders (apsq's untiled schedule), INT32 -> INT8 stored PSUMs at gs = 1. For every
-layer and network: the total-energy reduction by ZigZag and by apsq under each spill rule, and the
-difference in percentage points. Writes ``agreement.json`` beside this file: per network
-``zigzag_reduction`` and ``apsq[<spill>]``; per distinct layer shape ``zigzag_dse`` (ZigZag's reduction)
-and ``apsq_<spill>`` (ours).
+Same layers (traced built-ins: BERT-Base at 128 tokens, Segformer-B0 at 512x512), same accelerator,
+same fixed IS / WS loop orders (apsq's untiled schedule), INT32 -> INT8 stored PSUMs at gs = 1. WS runs
+on ``zigzag-tpu-like`` (ZigZag's tpu_like energies and sizes, output register widened to 32 bits), IS on
+its input-stationary twin ``zigzag-tpu-like-is`` (stationary inputs in the per-PE register, weights from
+the shared SRAM; issue 23 item 5). IS on ``zigzag-tpu-like`` itself (a WS machine with no weight SRAM:
+every input tile re-reads the weights from DRAM) is kept as ``machine: "ws-machine"`` for the record:
+it is what this study measured before. For every layer and network: the total-energy reduction by
+ZigZag and by apsq under each spill rule, and the difference in percentage points. Writes
+``agreement.json`` beside this file: per network ``accelerator``, ``zigzag_reduction`` and
+``apsq[<spill>]``; per distinct layer shape ``zigzag_dse`` (ZigZag's reduction) and ``apsq_<spill>``.
 
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python results/energy_zigzag/run_agreement.py
 """
@@ -31,7 +34,7 @@ TOL_PP = 5.0
 
 def main() -> None:
     warnings.simplefilter("ignore")
-    acc = load_accelerator("zigzag-tpu-like")
+    machines = {"ws": load_accelerator("zigzag-tpu-like"), "is": load_accelerator("zigzag-tpu-like-is")}
     result: dict = {
         "command": "HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python results/energy_zigzag/run_agreement.py",
         "zigzag": "zigzag-dse 3.9.1",
@@ -44,9 +47,11 @@ def main() -> None:
     t0 = time.perf_counter()
     for name, opts in (("bert-base", {"seq_len": 128}), ("segformer-b0", {"image_size": 512})):
         w = builtin_workload(name, **opts)
-        for df in ("ws", "is"):
+        for df, machine in (("ws", "ws"), ("is", "is"), ("is", "ws")):
+            acc = machines[machine]
             z = evaluate_zigzag(w, df, 8, acc)
-            entry = {"workload": name, "options": opts, "dataflow": df, "zigzag_reduction": z.reduction,
+            entry = {"workload": name, "options": opts, "dataflow": df, "accelerator": acc.name,
+                     "machine": "own" if machine == df else "ws-machine", "zigzag_reduction": z.reduction,
                      "zigzag_baseline_pj": z.baseline_pj, "zigzag_apsq_pj": z.quantized_pj, "apsq": {}}
             layers = {}
             for spill in SPILL_RULES:
@@ -72,7 +77,7 @@ def main() -> None:
                 layers[key]["instances"] = n
             entry["distinct_layers"] = list(layers.values())
             result["networks"].append(entry)
-            print(f"{name} {df.upper()}: ZigZag {100 * z.reduction:.2f} %; apsq " + ", ".join(
+            print(f"{name} {df.upper()} on {acc.name}: ZigZag {100 * z.reduction:.2f} %; apsq " + ", ".join(
                 f"{s} {100 * v['reduction']:.2f} % ({v['difference_pp']:+.2f} pp, worst layer "
                 f"{v['worst_layer_difference_pp']:.2f} pp, {v['layers_within_tolerance']}/{v['layers']} within "
                 f"±{TOL_PP:g} pp)" for s, v in entry["apsq"].items()), flush=True)

@@ -157,10 +157,11 @@ def test_engine_on_two_small_layers():
     from apsq.hw.energy import compare
     from apsq.hw.engine_zigzag import evaluate_zigzag
 
-    tpu = load_accelerator("zigzag-tpu-like")
+    machines = {"ws": load_accelerator("zigzag-tpu-like"), "is": load_accelerator("zigzag-tpu-like-is")}
     w = Workload("two", (Layer("qk", "matmul", 128, 64, 128, 12, False), Layer("q", "linear", 128, 768, 768)))
-    gold = {"ws": (0.08272907650792338, 0.18511289870673375), "is": (0.05088415320243578, 0.07733609700583499)}
+    gold = {"ws": (0.08272907650792338, 0.18511289870673375), "is": (0.08272907650792338, 0.18413051391124746)}
     for df in ("ws", "is"):
+        tpu = machines[df]
         z = evaluate_zigzag(w, df, 8, tpu)
         assert z.layer_reduction.tolist() == pytest.approx(gold[df], rel=1e-6)
         ours = compare(w, df, 1, 8, tpu, spill="zigzag")
@@ -208,7 +209,23 @@ def test_engine_runs_on_the_default_accelerator():
 
     acc = load_accelerator(None)
     hw = to_zigzag_hardware(acc, "ws")
-    assert hw["memories"]["rf_w"]["r_cost"] == pytest.approx(acc.pe_array.reg_pj("weight") * acc.weight_bits)
+    assert hw["memories"]["rf_i2"]["r_cost"] == pytest.approx(acc.pe_array.reg_pj("weight") * acc.weight_bits)
     w = Workload("one", (Layer("q", "linear", 64, 128, 64),))
     z = evaluate_zigzag(w, "ws", 8, acc)
     assert 0 < z.reduction < 1
+
+
+def test_is_on_the_ws_machine_warns_and_both_engines_see_the_same_machine():
+    """IS on tpu_like (no weight SRAM) is flagged by both engines; ZigZag links the operands by dataflow."""
+    from apsq.hw.accelerator import load_accelerator
+    from apsq.hw.energy import compare
+    from apsq.hw.engine_zigzag import evaluate_zigzag
+
+    tpu = load_accelerator("zigzag-tpu-like")
+    w = Workload("q", (Layer("q", "linear", 128, 768, 768),))
+    with pytest.warns(UserWarning, match="no weight buffer"):
+        z = evaluate_zigzag(w, "is", 8, tpu)
+    with pytest.warns(UserWarning, match="no weight buffer"):
+        ours = compare(w, "is", 1, 8, tpu, spill="zigzag")
+    assert z.reduction == pytest.approx(0.07733609700583499, rel=1e-6)
+    assert ours.reduction == pytest.approx(z.reduction, abs=0.005)

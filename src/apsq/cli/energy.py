@@ -28,7 +28,7 @@ __all__ = ["ACCELERATORS", "DRAM_PRESETS", "WORKLOADS", "register"]
 
 WORKLOADS = ("bert-base", "segformer-b0", "efficientvit-b1", "llama2-7b")
 """``apsq.hw.workloads.BUILTIN_WORKLOADS`` (literal: naming them in ``--help`` must not import torch)."""
-ACCELERATORS = ("default", "apsq-28nm-int8", "zigzag-tpu-like", "worked-example")
+ACCELERATORS = ("default", "apsq-28nm-int8", "zigzag-tpu-like", "zigzag-tpu-like-is", "worked-example")
 """``apsq.hw.accelerator.BUILTIN_ACCELERATORS``."""
 DRAM_PRESETS = ("ddr3", "ddr4", "lpddr4", "hbm2", "zigzag")
 """``apsq.hw.accelerator.DRAM_PRESETS``."""

@@ -242,6 +242,7 @@ BUILTIN_ACCELERATORS: dict[str, str] = {
     "default": DEFAULT_ACCELERATOR,
     "apsq-28nm-int8": DEFAULT_ACCELERATOR,
     "zigzag-tpu-like": "zigzag_tpu_like.yaml",
+    "zigzag-tpu-like-is": "zigzag_tpu_like_is.yaml",
     "worked-example": "worked_example.yaml",
 }
 """Accelerators selectable by name (``--accelerator NAME``); anything else is read as a YAML path."""

@@ -29,7 +29,7 @@ from apsq.hw.dataflow import (
     psum_plan,
     shapes_of,
 )
-from apsq.hw.dataflow.common import BOUNDS, SPILL_RULES, ceil_div
+from apsq.hw.dataflow.common import BOUNDS, SPILL_RULES, ceil_div, check_streamed_buffer
 from apsq.hw.mapper import SCHEDULES, Schedule, map_layers
 from apsq.hw.workloads.base import Workload, config_name
 
@@ -245,6 +245,7 @@ def evaluate(
             raise APSQError(f"baseline_bits has {len(baseline_bits)} values but workload {workload.name!r} has "
                             f"{len(workload.layers)} layers")
     resolve_tile(gs, acc, tile, override_tile, tile_mismatch)
+    check_streamed_buffer(acc, dataflow)
     names = [ly.name for ly in workload.layers]
     gs_arr = workload.gs_array(gs)
     if mode == "apsq":

@@ -16,8 +16,12 @@ Conversion (``docs/energy-model.md`` §8):
   one memory serving all their operands (capacity = their sum), the others one memory each; our
   output buffer is ZigZag's ``O`` memory only when there is no PSUM buffer of its own (ZigZag has one
   memory chain per operand);
-- per-PE registers for weights (``I2``), inputs (``I1``, only where its energy is non-zero or the
-  dataflow keeps inputs stationary) and outputs (``O``), with our per-operand register energies;
+- memory operands by role (:func:`memory_operands`): the stationary operand's chain is ``I2`` (WS, OS:
+  weights; IS: inputs), the streamed operand's ``I1``, and the mapping links the layer's ``W`` / ``I``
+  to them by dataflow (:func:`operand_links`; until issue 23 every dataflow was linked as WS, so an IS
+  run priced the same WS machine on both sides and the cross-check could not see it);
+- per-PE registers for the stationary operand (``I2``), the streamed operand (``I1``, only where its
+  register energy is non-zero) and outputs (``O``), with our per-operand register energies;
 - DRAM with our pJ/bit; every port has ``bandwidth_min`` = 8 bits and ``bandwidth_max`` = the word
   width, so ZigZag's word-access rounding charges exact bits (cost per access = pJ/bit × word);
 - MAC energy = ``mac_pj``.
@@ -43,6 +47,7 @@ import yaml
 
 from apsq.errors import APSQError, check_bits, check_choice
 from apsq.hw.accelerator import Accelerator, default_accelerator
+from apsq.hw.dataflow.common import STATIONARY_OPERAND, check_streamed_buffer
 from apsq.hw.workloads.base import Layer, Workload
 
 __all__ = [
@@ -50,6 +55,8 @@ __all__ = [
     "ZigZagResult",
     "require_zigzag",
     "to_zigzag_hardware",
+    "memory_operands",
+    "operand_links",
     "zigzag_mapping",
     "zigzag_layer",
     "evaluate_zigzag",
@@ -99,23 +106,41 @@ def _memory(size_bits: float, r_pj_bit: float, w_pj_bit: float, word: int, opera
     }
 
 
+def memory_operands(dataflow: str) -> dict[str, str]:
+    """ZigZag memory operand of each of our operands under ``dataflow``, by role.
+
+    ``I2`` is the chain that ends in the per-PE register holding the **stationary** operand (as in
+    ZigZag's ``tpu_like``, whose ``I2`` chain is its weight register file), ``I1`` the **streamed**
+    operand's chain, ``O`` the outputs': WS (and OS) put weights on ``I2`` and inputs on ``I1``, IS the
+    other way round. :func:`zigzag_mapping` links the layer's ``W`` / ``I`` to them accordingly.
+    """
+    check_choice("dataflow", dataflow, ZZ_DATAFLOWS)
+    stationary = STATIONARY_OPERAND.get(dataflow, "weight")
+    streamed = "input" if stationary == "weight" else "weight"
+    return {stationary: "I2", streamed: "I1", "psum": "O"}
+
+
 def to_zigzag_hardware(acc: Accelerator, dataflow: str) -> dict[str, Any]:
     """ZigZag accelerator description (the YAML as a dict) for ``acc`` under ``dataflow``.
 
-    Registers: per PE (``served_dimensions: []``), one element of the operand each, costs our
-    per-operand register energy × width. The output register is ``acc_bits`` wide and its cost is per
-    ``acc_bits`` word, so a run at a narrower ``O`` precision still pays the INT32 register (see the
-    module docstring). Raises :class:`APSQError` for an unknown dataflow.
+    Memory operands by role (:func:`memory_operands`): the stationary operand's chain is ``I2``, the
+    streamed one's ``I1``. Registers: per PE (``served_dimensions: []``), one element of the operand
+    each, costing our per-operand register energy × width; the stationary operand always has one, the
+    streamed operand only where its register energy is non-zero (a broadcast operand has none). The
+    output register is ``acc_bits`` wide and its cost is per ``acc_bits`` word, so a run at a narrower
+    ``O`` precision still pays the INT32 register (see the module docstring). Raises
+    :class:`APSQError` for an unknown dataflow.
     """
-    check_choice("dataflow", dataflow, ZZ_DATAFLOWS)
+    op_of = memory_operands(dataflow)
+    stationary = next(b for b, o in op_of.items() if o == "I2")
     pe = acc.pe_array
+    bits = {"input": acc.act_bits, "weight": acc.weight_bits}
     mems: dict[str, Any] = {}
-    # per-PE registers (bottom of each operand's chain)
-    w_reg = pe.reg_pj("weight")  # the operand's own energy, else the shared reg_pj_per_bit
-    mems["rf_w"] = _memory(acc.weight_bits, w_reg, w_reg, acc.weight_bits, ["I2"], [])
-    i_reg = pe.reg_pj("input")
-    if i_reg > 0:
-        mems["rf_i"] = _memory(acc.act_bits, i_reg, i_reg, acc.act_bits, ["I1"], [])
+    # per-PE registers (bottom of each operand's chain); the operand's own energy, else reg_pj_per_bit
+    for operand in (stationary, next(b for b, o in op_of.items() if o == "I1")):
+        e = pe.reg_pj(operand)
+        if operand == stationary or e > 0:
+            mems[f"rf_{op_of[operand].lower()}"] = _memory(bits[operand], e, e, bits[operand], [op_of[operand]], [])
     o_reg = pe.reg_pj("psum")
     # the accumulator register is acc_bits wide whatever O is: min bandwidth = max = acc_bits, so one
     # access of any narrower O still costs one acc_bits word
@@ -131,20 +156,19 @@ def to_zigzag_hardware(acc: Accelerator, dataflow: str) -> dict[str, Any]:
     mems["rf_o"] = reg_o
     # on-chip SRAM: shared groups first
     bufs = {"input": acc.buffers.input, "weight": acc.buffers.weight, "psum": acc.buffers.psum}
-    op_of = {"input": "I1", "weight": "I2", "psum": "O"}
     groups: list[list[str]] = []
     shared = [b for b in (acc.shared_sram or ()) if b in bufs]
     if shared:
         groups.append(shared)
     groups += [[b] for b in bufs if b not in shared]
     for grp in groups:
-        live = [b for b in grp if bufs[b].capacity_kib > 0]
+        live = sorted((b for b in grp if bufs[b].capacity_kib > 0), key=lambda b: op_of[b])
         if not live:
             continue  # no buffer at this level: the operand goes from DRAM straight to its register
         first = bufs[live[0]]
         size = sum(bufs[b].capacity_bits for b in live)
         word = max(bufs[b].bits_per_cycle for b in live)
-        mems["sram_" + "_".join(live)] = _memory(
+        mems["sram_" + "_".join(op_of[b].lower() for b in live)] = _memory(
             size, first.read_pj_per_bit, first.write_pj_per_bit, word, [op_of[b] for b in live], ["D1", "D2"]
         )
     dram_word = 64
@@ -167,6 +191,13 @@ def to_zigzag_hardware(acc: Accelerator, dataflow: str) -> dict[str, Any]:
     }
 
 
+def operand_links(dataflow: str) -> dict[str, str]:
+    """ZigZag's ``memory_operand_links`` under ``dataflow``: the layer's ``W`` and ``I`` to the memory
+    operands their role gets in :func:`to_zigzag_hardware` (WS / OS: ``W`` → ``I2``; IS: ``I`` → ``I2``)."""
+    mo = memory_operands(dataflow)
+    return {"O": "O", "W": mo["weight"], "I": mo["input"]}
+
+
 def zigzag_mapping(layer: Layer, dataflow: str, acc: Accelerator) -> list[dict[str, Any]]:
     """The fixed loop order of ``apsq.hw.dataflow.<dataflow>`` as a ZigZag mapping (innermost first).
 
@@ -174,6 +205,7 @@ def zigzag_mapping(layer: Layer, dataflow: str, acc: Accelerator) -> list[dict[s
     WS: spatial N→D2 (columns), K→D1 (rows); temporal ``B`` (inner), ``C``, ``K``.
     IS: spatial M→D2, K→D1; temporal ``K`` (N, inner), ``C``, ``B``.
     OS: spatial M→D1, N→D2; temporal ``C`` (inner), ``K``, ``B``.
+    Operand links by dataflow (:func:`operand_links`): the stationary operand on the per-PE register chain.
     """
     R, C = acc.pe_array.rows, acc.pe_array.cols
     m, k, n = layer.m, layer.k, layer.n
@@ -195,7 +227,7 @@ def zigzag_mapping(layer: Layer, dataflow: str, acc: Accelerator) -> list[dict[s
         "name": "default",
         "spatial_mapping": sp,
         "temporal_ordering": order,
-        "memory_operand_links": {"O": "O", "W": "I2", "I": "I1"},
+        "memory_operand_links": operand_links(dataflow),
     }]
 
 
@@ -265,7 +297,8 @@ def zigzag_layer(layer: Layer, dataflow: str, acc: Accelerator, o_bits: int, wor
     scale = layer.count * layer.macs / (layer.count * m * k * n)  # padding: charge the real MACs' share
     by_ol = {str(op): [float(e) * layer.count for e in lv] for op, lv in cme.mem_energy_breakdown.items()}
     hw_mems = to_zigzag_hardware(acc, dataflow)["memories"]
-    mem_op = {"I": "I1", "W": "I2", "O": "O"}
+    links = operand_links(dataflow)
+    mem_op = {"I": links["I"], "W": links["W"], "O": "O"}
     levels = {op: [name for name, mm in hw_mems.items() if mem_op[op] in mm["operands"]] for op in mem_op}
     total = (float(cme.mem_energy) + float(cme.mac_energy)) * layer.count
     return ZigZagLayer(layer.name, total, float(cme.mac_energy) * layer.count * scale, by_ol, levels,
@@ -333,6 +366,7 @@ def evaluate_zigzag(
     require_zigzag()
     acc = accelerator or default_accelerator()
     check_choice("dataflow", dataflow, ZZ_DATAFLOWS)
+    check_streamed_buffer(acc, dataflow)
     check_bits("psum_bits", psum_bits, lo=1, hi=64)
     bb = acc.acc_bits if baseline_bits is None else check_bits("baseline_bits", baseline_bits, lo=1, hi=64)
     cache: dict[tuple[int, int, int, int], tuple[ZigZagLayer, ZigZagLayer]] = {}

@@ -18,6 +18,7 @@ result never returns to the PSUM buffer: it goes through the requantizer to the 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,9 @@ __all__ = [
     "AccessCounts",
     "assemble",
     "ceil_div",
+    "STATIONARY_OPERAND",
+    "STREAMED_OPERAND",
+    "check_streamed_buffer",
 ]
 
 OPERANDS = ("input", "weight", "psum", "output")
@@ -47,6 +51,30 @@ REG, SRAM, DRAM = range(3)
 
 def ceil_div(a: np.ndarray, b: int | np.ndarray) -> np.ndarray:
     return -(-a // b)
+
+
+STATIONARY_OPERAND = {"ws": "weight", "is": "input"}
+"""The operand held in the per-PE registers under IS / WS (OS holds the outputs; both operands stream)."""
+STREAMED_OPERAND = {"ws": "input", "is": "weight"}
+"""The operand streamed through the array under IS / WS, re-read once per stationary tile."""
+
+
+def check_streamed_buffer(acc, dataflow: str) -> None:  # noqa: ANN001
+    """Warn when ``acc`` has no buffer for ``dataflow``'s streamed operand (a machine built for another dataflow).
+
+    Under IS / WS the streamed operand passes once per stationary tile (``ceil(stationary dim / cols)``
+    times); with a 0-KiB buffer every pass is a DRAM read. ZigZag's ``tpu_like`` (``zigzag-tpu-like``)
+    is a WS machine: no weight SRAM, so IS on it re-reads the whole weight matrix per 32-token input
+    tile. The warning names the machine built for the dataflow (``zigzag-tpu-like-is`` for IS).
+    """
+    op = STREAMED_OPERAND.get(dataflow)
+    if op is None or getattr(acc.buffers, op).capacity_kib > 0:
+        return
+    warnings.warn(
+        f"accelerator {acc.name!r} has no {op} buffer (buffers.{op}.capacity_kib = 0) but {dataflow.upper()} streams "
+        f"the {op}s: every stationary tile re-reads them from DRAM. It is not a {dataflow.upper()} machine; use one "
+        f"that buffers the {op}s (e.g. 'zigzag-tpu-like-is' for IS on ZigZag's tpu_like)",
+        UserWarning, stacklevel=3)
 
 
 @dataclass(frozen=True)
@@ -210,6 +238,12 @@ def assemble(name: str, g: GemmShapes, t: DataflowTerms, plan: PsumPlan, acc, la
     reads[:, WT, SRAM] = t.w_sram_reads * c
     writes[:, WT, REG] = t.w_reg_writes * c
     reads[:, WT, REG] = macs if t.w_reg_reads is None else t.w_reg_reads * c
+    # an operand with no buffer (capacity 0) goes from DRAM straight to the PE registers: its DRAM reads
+    # already equal its register loads (every reuse misses, f = 1), and no SRAM access is charged
+    for op, buf in ((IN, acc.buffers.input), (WT, acc.buffers.weight)):
+        if buf.capacity_kib == 0:
+            reads[:, op, SRAM] = 0.0
+            writes[:, op, SRAM] = 0.0
     # PSUMs: the in-PE accumulator is read and written once per MAC (INT32 in every mode)
     reads[:, PS, REG] = macs
     writes[:, PS, REG] = macs

@@ -24,7 +24,9 @@ outer: the R x K block of X is reused across N) and ``N>M>K`` (the C x K block o
 
 A register that holds a stationary operand drives its multiplier for the whole streaming loop: it is
 written once per load and read once per load (ZigZag counts the same); a streamed operand is written
-and read once per MAC (it moves PE to PE).
+and read once per MAC (it moves PE to PE). The rule is per role, not per operand: IS is WS with X and W
+(and M and N) swapped, count for count (``tests/hw/test_dataflow_symmetry.py``); only the energies
+differ, each operand's register and buffer its own (``PEArray.reg_pj``, ``Accelerator.buffers``).
 """
 
 from __future__ import annotations
@@ -86,14 +88,19 @@ def stationary_terms(g: GemmShapes, acc, dataflow: str, tiles: np.ndarray | int 
     exp_reads = (n_k * g.n * (p if dataflow == "ws" else n_s)).astype(np.float64)
     common = dict(psum_live_outputs=tile * lanes, psum_lanes=lanes, compute_cycles=cycles,
                   exponent_reads=exp_reads)
-    if dataflow == "ws":
-        return DataflowTerms(
-            in_sram_reads=t_sram, in_dram_reads=t_dram, in_reg_writes=macs,
-            w_sram_reads=s_loads, w_dram_reads=s_dram, w_reg_writes=s_loads, w_reg_reads=s_loads, **common,
-        )
+    # The two roles are charged alike whichever operand plays them (IS = WS with X and W swapped):
+    # the stationary operand is loaded into the PE registers (one SRAM read, one register write and one
+    # register read per load); the streamed operand passes once per stationary tile and moves PE to PE
+    # (one register write and one read per MAC). Each at its own operand's register energy
+    # (PEArray.reg_pj): a machine that broadcasts its streamed operand without a register gives that
+    # operand's register 0 pJ/bit (ZigZag's tpu_like: inputs; its IS twin: weights).
+    stationary = dict(sram_reads=s_loads, dram_reads=s_dram, reg_writes=s_loads, reg_reads=s_loads)
+    streamed = dict(sram_reads=t_sram, dram_reads=t_dram, reg_writes=macs, reg_reads=macs)
+    x, w = (streamed, stationary) if dataflow == "ws" else (stationary, streamed)
     return DataflowTerms(
-        in_sram_reads=s_loads, in_dram_reads=s_dram, in_reg_writes=s_loads, in_reg_reads=s_loads,
-        w_sram_reads=t_sram, w_dram_reads=t_dram, w_reg_writes=macs, **common,
+        in_sram_reads=x["sram_reads"], in_dram_reads=x["dram_reads"], in_reg_writes=x["reg_writes"],
+        in_reg_reads=x["reg_reads"], w_sram_reads=w["sram_reads"], w_dram_reads=w["dram_reads"],
+        w_reg_writes=w["reg_writes"], w_reg_reads=w["reg_reads"], **common,
     )
 
 
