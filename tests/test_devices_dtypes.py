@@ -127,7 +127,7 @@ def test_low_precision_w8a8_layer_equals_float32_on_the_same_codes(mode, dtype):
     apsq.calibrate(lin, [x])
     low = copy.deepcopy(lin).to(dtype)
     q32, qlo = lin[0], low[0]
-    assert qlo.weight.dtype == dtype and qlo.act_quant.log2_scale.dtype == dtype
+    assert qlo.weight.dtype == dtype and qlo.act_quant.log2_scale.dtype == torch.float32  # steps stay float32
     with torch.no_grad():
         y32, ylo = q32(x), qlo(x.to(dtype))
         assert torch.equal(q32.act_quant.codes(x).long(), qlo.act_quant.codes(x.to(dtype)).long())
@@ -145,7 +145,8 @@ def test_low_precision_w8a8_layer_equals_float32_on_the_same_codes(mode, dtype):
 @pytest.mark.parametrize("dtype", LOW)
 def test_low_precision_model_calibrate_and_optimizer_steps(dtype):
     """A bf16 / fp16 model: calibrate on float32 batches (cast to the model's dtype), the same steps
-    as the float32 twin, then 3 SGD steps: finite, the loss falls, everything stays in ``dtype``.
+    as the float32 twin, then 3 SGD steps: finite, the loss falls, everything but the step parameters (float32, issue 25
+    item 1) stays in ``dtype``.
     (Pure-fp16 AdamW is not used: its default ``eps=1e-8`` is 0 in fp16 and turns the first update
     into NaN for any model -- fp16 training keeps float32 master weights or uses autocast.)"""
     x = _bf16_exact(16, 8, 8, 8, seed=7)
@@ -169,7 +170,8 @@ def test_low_precision_model_calibrate_and_optimizer_steps(dtype):
         losses.append(float(loss.detach()))
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
     assert module_dtype(low) == dtype
-    assert all(p.dtype == dtype for p in low.parameters())
+    steps = {n for n, _ in low.named_parameters() if n.endswith(("log2_scale", "log2_scales"))}
+    assert steps and all(p.dtype == (torch.float32 if n in steps else dtype) for n, p in low.named_parameters())
     assert all(bool(layer.psum.initialized) for _, layer in quant_layers(low))
 
 

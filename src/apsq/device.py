@@ -26,10 +26,16 @@ def module_device(module: nn.Module) -> torch.device:
 
 
 def module_dtype(module: nn.Module) -> torch.dtype:
-    """The dtype of the module's first floating parameter (float32 for a module with none)."""
-    for t in module.parameters():
-        if t.is_floating_point():
-            return t.dtype
+    """The dtype of the module's first floating parameter (float32 for a module with none).
+
+    Quantizer step parameters (named in a module's ``_float32_steps``: always float32, see
+    :mod:`apsq.quant.fp32_steps`) do not count: a bf16 model is bf16.
+    """
+    for mod in module.modules():
+        fixed = getattr(mod, "_float32_steps", ())
+        for name, t in mod.named_parameters(recurse=False):
+            if name not in fixed and t.is_floating_point():
+                return t.dtype
     return torch.float32
 
 

@@ -248,7 +248,7 @@ def _make_quantizers(layer: _QuantMixin, qcfg: LayerQuantConfig, channels: int, 
     )
     layer.psum = _psum_quantizer(layer._n(), qcfg, channels, channel_axis)
     for q in (layer.act_quant, layer.weight_quant, layer.psum):
-        q.to(device=device, dtype=dtype)  # quantizers follow the layer's dtype (issue 15 item 5)
+        q.to(device=device, dtype=dtype)  # the layer's device; step parameters stay float32 (issue 25 item 1)
 
 
 class QuantLinear(nn.Linear, _QuantMixin):

@@ -10,10 +10,11 @@ from apsq.nn.config import PSUM_GRANULARITIES
 from apsq.psum.accumulate import calibrate_psum_exponents, lane_steps, psum_accumulate
 from apsq.psum.fused import conv2d_psum, linear_psum, matmul_psum, psum_accumulate_fused
 from apsq.psum.tiling import conv2d_partials, linear_partials, matmul_partials
+from apsq.quant.fp32_steps import STEP_DTYPE, Float32Steps
 from apsq.quant.ops import grad_scale, lsq_grad_factor, pow2_ste, qrange
 
 
-class PSUMQuantizer(nn.Module):
+class PSUMQuantizer(Float32Steps):
     """Accumulates PSUM tiles with the configured mode, learning ``s_i = 2^round(log2_scales[i])``.
 
     Args:
@@ -31,10 +32,14 @@ class PSUMQuantizer(nn.Module):
         channel_axis: where the channel lies in one output tile ``partials[i]``, counted from the end:
             ``-1`` for Linear / matmul outputs ``[..., N]``, ``-3`` for Conv2d ``[B, Co, Ho, Wo]``.
 
+    ``log2_scales`` is float32 whatever the module's dtype (:class:`~apsq.quant.fp32_steps.Float32Steps`):
+    a dtype cast never moves an exponent.
+
     Raises:
         APSQError: bad bits / impl / granularity / channels / channel_axis.
     """
 
+    _float32_steps = ("log2_scales",)
     IMPLS = ("fused", "reference")
 
     def __init__(self, max_tiles: int, mode: str = "apsq", gs: int = 2, bits: int = 8, impl: str = "fused",
@@ -49,9 +54,9 @@ class PSUMQuantizer(nn.Module):
         self.granularity, self.channel_axis = granularity, channel_axis
         shape = (max_tiles, channels) if granularity == "channel" else (max_tiles,)
         if mode == "none":  # never used by the forward: a buffer, so DDP sees no unused parameter
-            self.register_buffer("log2_scales", torch.zeros(shape))
+            self.register_buffer("log2_scales", torch.zeros(shape, dtype=STEP_DTYPE))
         else:
-            self.log2_scales = nn.Parameter(torch.zeros(shape))
+            self.log2_scales = nn.Parameter(torch.zeros(shape, dtype=STEP_DTYPE))
         self.register_buffer("initialized", torch.tensor(mode == "none"))
         self.observe = None  # set by statistics tracking
 

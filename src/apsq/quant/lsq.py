@@ -14,10 +14,11 @@ from apsq.quant.ops import (
     qrange,
     quantize_codes,
 )
+from apsq.quant.fp32_steps import STEP_DTYPE, Float32Steps
 from apsq.quant.search import best_pow2_exponent
 
 
-class LSQQuantizer(nn.Module):
+class LSQQuantizer(Float32Steps):
     """Signed ``bits``-bit fake quantizer with a learned power-of-two step ``s = 2^round(log2_scale)``.
 
     Args:
@@ -27,8 +28,11 @@ class LSQQuantizer(nn.Module):
 
     The step is initialised on the first batch it sees (or by :meth:`init_from`) to the MSE-optimal
     power of two; afterwards ``log2_scale`` is a trainable parameter, rounded with the STE and trained
-    with LSQ's gradient, scaled by ``1/sqrt(numel * qp)``.
+    with LSQ's gradient, scaled by ``1/sqrt(numel * qp)``. ``log2_scale`` is float32 whatever the
+    module's dtype (:class:`~apsq.quant.fp32_steps.Float32Steps`): a dtype cast never moves an exponent.
     """
+
+    _float32_steps = ("log2_scale",)
 
     def __init__(self, bits: int = 8, channel_axis: int | None = None, num_channels: int = 1) -> None:
         super().__init__()
@@ -36,7 +40,7 @@ class LSQQuantizer(nn.Module):
         self.bits = bits
         self.channel_axis = channel_axis
         n = num_channels if channel_axis is not None else 1
-        self.log2_scale = nn.Parameter(torch.zeros(n))
+        self.log2_scale = nn.Parameter(torch.zeros(n, dtype=STEP_DTYPE))
         self.register_buffer("initialized", torch.tensor(False))
 
     def extra_repr(self) -> str:
