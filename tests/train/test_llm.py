@@ -77,7 +77,10 @@ def test_lm_eval_adapter_on_local_task(tiny_lm, tmp_path):
         "metric_list:\n  - metric: acc\n"
     )
     res = run_lm_eval(str(model_dir), ["apsq_local_mc"], APSQConfig(mode="apsq", gs=2, tile=8),
-                      include_path=tmp_path, batch_size=4, include_defaults=False)
+                      include_path=tmp_path, batch_size=4, include_defaults=False,
+                      calibration=[f"{r['q']} {r['choices'][0]}" for r in rows])
     acc = res["results"]["apsq_local_mc"]["acc,none"]
     assert acc == 1.0  # the trained continuation beats gibberish under the quantized model
+    assert res["results"]["apsq_local_mc"]["acc_stderr,none"] == 0.0  # reported (sqrt(p (1-p) / (n-1)))
+    assert res["calibration"] == {"sentences": 4}
     assert res["config"]["gs"] == 2 and res["config"]["exclude"] == ["lm_head"]

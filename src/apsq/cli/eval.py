@@ -1,4 +1,4 @@
-"""``apsq sweep`` (the gs sweep of a training config) and ``apsq eval llm-ppl | llm-mc | lm-eval | vision``.
+"""``apsq sweep`` (the gs sweep of a training config) and ``apsq eval llm-ppl | llm-mc | lm-eval | zero-shot | vision``.
 
 Argument parsing and printing only: the runs are :mod:`apsq.eval` (imported inside each command).
 Bad arguments exit 2, failed runs 1, both with ``error: ...`` on stderr.
@@ -129,6 +129,65 @@ def llm_mc(
     typer.echo(json.dumps({k: res[k] for k in ("fp32", "w8a8", "psq", "apsq")}))
 
 
+CALIBRATION_HELP = ("Calibration text: wikitext2 (WikiText-2 train, the hub), corpus (apsq's offline sentences) or a "
+                    "text file; windows of --calib-seq-len tokens (apsq.eval.calibration).")
+
+
+def zero_shot_cmd(
+    model: str = typer.Option(None, "--model", help="Hugging Face causal LM folder or hub id (or the config's model)."),
+    config: Path = typer.Option(None, "--config", "-c", help="Zero-shot YAML, e.g. configs/paper/llama2_7b_zero_shot.yaml."),
+    tasks: str = typer.Option(None, "--tasks", help="Comma-separated lm-eval tasks (default: the paper's seven)."),
+    variants: str = typer.Option(None, "--variants", help="Comma-separated: fp, w8a8, psq, apsq (default: all)."),
+    gs: str = typer.Option(None, "--gs", help="Comma-separated APSQ group sizes (default 1,2,3,4)."),
+    local_data: Path = typer.Option(None, "--local-data",
+                                    help="Folder of <task>.jsonl in each task's hub format (offline)."),
+    calibration: str = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
+    calib_samples: int = typer.Option(None, "--calib-samples", help="Calibration windows (default 128)."),
+    calib_seq_len: int = typer.Option(None, "--calib-seq-len", help="Tokens per calibration window (default 512)."),
+    limit: int = typer.Option(None, help="Items per task (a quick look; default: all)."),
+    batch_size: int = typer.Option(None, help="lm-eval batch size (default 8)."),
+    dtype: str = typer.Option(None, help="auto (float16 on CUDA, float32 on the CPU), float16, bfloat16, float32."),
+    device: str = typer.Option(None, "--device", help="Where the model runs: auto (CUDA if present), cpu, cuda[:N]."),
+    output: Path = typer.Option(None, "--output", "-o", help="Result folder (default runs/zero_shot_<model>)."),
+    energy_workload: str = typer.Option(None, help="Price a built-in workload (e.g. llama2-7b) instead of the model's config."),
+) -> None:
+    """The paper's zero-shot protocol: FP / W8A8-INT32 / psq / APSQ per gs on the zero-shot tasks (lm-eval, with
+    stderr), calibration only; JSON + table + PNG, the average drop beside the IS / WS energy reduction."""
+    from apsq.eval.zero_shot import load_zero_shot_config, run_zero_shot, variant_label, zero_shot_table
+
+    def _list(text: str | None) -> list[str] | None:
+        return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+    try:
+        cfg = load_zero_shot_config(config, {
+            "model": model, "tasks": _list(tasks), "variants": _list(variants),
+            "gs": None if gs is None else list(parse_ints("--gs", gs)),
+            "local_data": None if local_data is None else str(local_data), "limit": limit, "batch_size": batch_size,
+            "dtype": dtype, "device": device, "energy": {"workload": energy_workload},
+            "calibration": {"source": calibration, "samples": calib_samples, "seq_len": calib_seq_len}})
+    except APSQError as exc:
+        fail(exc)
+    out = output or Path(cfg.output or f"runs/zero_shot_{Path(cfg.model).name}")
+    try:
+        res = run_zero_shot(cfg, out, command=command_line())
+    except APSQError as exc:
+        fail(exc, code=1)
+    typer.echo(zero_shot_table(res))
+    best, er = res["best_gs"], res.get("energy_reduction") or {}
+    if best is not None:
+        v = res["variants"][f"apsq_gs{best}"]
+        line = f"best gs = {best}: average {100 * v['average']:.2f} %"
+        if "drop_pp" in v:
+            line += f", drop {v['drop_pp']:+.2f} pp vs {variant_label('fp', res['dtype'])}"
+        if "total" in er:
+            line += "; energy reduction " + " / ".join(f"{d.upper()} {100 * r[str(best)]:.1f} %"
+                                                     for d, r in er["total"].items())
+        typer.echo(line)
+    if "error" in er:
+        typer.echo(f"energy: {er['error']}")
+    typer.echo(f"wrote {out / 'zero_shot.json'}, zero_shot.md, zero_shot.png")
+
+
 def lm_eval_cmd(
     model: str = typer.Option(..., "--model", help="Hugging Face causal LM folder or hub id."),
     tasks: str = typer.Option(..., "--tasks", help="Comma-separated lm-eval tasks, e.g. piqa,hellaswag."),
@@ -138,17 +197,22 @@ def lm_eval_cmd(
     limit: int = typer.Option(None, help="Examples per task (for a quick look)."),
     batch_size: int = typer.Option(8),
     include_path: Path = typer.Option(None, help="Folder of extra (local) lm-eval task YAMLs."),
+    calibration: str = typer.Option("wikitext2", "--calibration", help=CALIBRATION_HELP),
+    calib_samples: int = typer.Option(128, "--calib-samples", help="Calibration windows."),
+    calib_seq_len: int = typer.Option(512, "--calib-seq-len", help="Tokens per calibration window."),
     device: str = typer.Option("auto", "--device", help="Where the model runs: auto (CUDA if present), cpu, cuda[:N]."),
     json_out: Path = typer.Option(None, "--json", help="Write the results here."),
 ) -> None:
-    """lm-eval zero-shot tasks on an APSQ-quantized Hugging Face model."""
+    """lm-eval zero-shot tasks on an APSQ-quantized Hugging Face model (each metric with its stderr)."""
     import apsq
+    from apsq.eval.calibration import CalibrationSet
     from apsq.eval.lm_eval_adapter import run_lm_eval
 
     try:
         cfg = None if mode == "fp" else apsq.APSQConfig(mode=mode, gs=gs, tile=tile)
+        cal = CalibrationSet(source=calibration, samples=calib_samples, seq_len=calib_seq_len)
         res = run_lm_eval(model, [t for t in tasks.split(",") if t], cfg, limit=limit, batch_size=batch_size,
-                          include_path=include_path, device=device)
+                          include_path=include_path, device=device, calibration=cal)
     except APSQError as exc:
         fail(exc, code=1)
     text = json.dumps(res, indent=1, default=str)
@@ -186,5 +250,6 @@ def register(app: typer.Typer) -> None:
     eval_app.command("llm-ppl")(llm_ppl)
     eval_app.command("llm-mc")(llm_mc)
     eval_app.command("lm-eval")(lm_eval_cmd)
+    eval_app.command("zero-shot")(zero_shot_cmd)
     eval_app.command("vision")(vision)
     app.add_typer(eval_app, name="eval")

@@ -2,9 +2,13 @@
 causal LM: ``apsq eval lm-eval --model PATH --tasks piqa,hellaswag,...``.
 
 The model is loaded with ``transformers``, quantized with :func:`apsq.quantize_` (``lm_head``
-excluded), calibrated on a few sentences, and handed to lm-eval's ``HFLM`` wrapper as a live model.
-Built-in tasks download their data from the hub; ``include_path`` adds local task YAMLs (how it is
-tested offline). ``lm-eval`` is an optional dependency (``pip install apsq[eval]``).
+excluded), calibrated on the documented calibration set (:mod:`apsq.eval.calibration`: 128 windows of
+512 tokens of WikiText-2's training split by default), and handed to lm-eval's ``HFLM`` wrapper as a
+live model. A model whose checkpoint is already quantized (an APSQ model loaded quantized by
+``from_pretrained``) is evaluated as loaded: never re-quantized, never re-calibrated. Built-in tasks
+download their data from the hub; ``include_path`` adds local task YAMLs (how it is tested offline).
+Every metric comes with lm-eval's standard error. ``lm-eval`` is an optional dependency
+(``pip install apsq[eval]``).
 """
 
 from __future__ import annotations
@@ -21,13 +25,15 @@ from tqdm.auto import tqdm
 import apsq
 from apsq.device import resolve_device
 from apsq.errors import APSQError
+from apsq.eval.calibration import CalibrationSet, calibration_batches
 
-CALIBRATION_TEXT = (
-    "The quick brown fox jumps over the lazy dog.",
-    "A gripping, beautifully shot story that never loses its nerve.",
-    "Scientists reported on Tuesday that the new vaccine was safe and effective.",
-    "She put the kettle on, opened the window and sat down to read the letter again.",
-)
+Calibration = CalibrationSet | Sequence[str]
+"""A :class:`~apsq.eval.calibration.CalibrationSet` (token windows of a documented corpus), or explicit
+sentences (one batch each; ``apsq eval llm-mc`` calibrates on training sentences of its corpus)."""
+
+BOOTSTRAP_ITERS = 1000
+"""lm-eval's ``bootstrap_iters``: ``acc`` / ``acc_norm`` (means) get their closed-form standard error
+``sqrt(p (1 - p) / (n - 1))``; bootstrapped metrics (F1, MCC) this many resamples."""
 
 
 def with_head_excluded(config: apsq.APSQConfig) -> apsq.APSQConfig:
@@ -48,12 +54,34 @@ def prepend_bos(tok: Any) -> Any:
     return tok
 
 
-def quantized_causal_lm(model_path: str, config: apsq.APSQConfig | None, calibration: Sequence[str] = CALIBRATION_TEXT,
+def is_quantized(model: torch.nn.Module) -> bool:
+    """Whether ``model`` already holds APSQ-quantized layers (e.g. a QAT-trained checkpoint loaded quantized)."""
+    from apsq.nn.transform import quant_layers
+
+    return next(quant_layers(model), None) is not None
+
+
+def _calibration_batches(tok: Any, model: Any, calibration: Calibration) -> list[dict[str, torch.Tensor]]:
+    if isinstance(calibration, CalibrationSet):
+        return calibration_batches(tok, calibration, getattr(model.config, "max_position_embeddings", None))
+    if isinstance(calibration, str) or not calibration:
+        raise APSQError("calibration must be a CalibrationSet or a non-empty list of sentences")
+    return [dict(tok(s, return_tensors="pt")) for s in calibration]
+
+
+def quantized_causal_lm(model_path: str, config: apsq.APSQConfig | None, calibration: Calibration | None = None,
                         dtype: torch.dtype = torch.float32, add_bos: bool = False,
                         device: str | torch.device | None = "auto") -> tuple[Any, Any]:
     """``(model, tokenizer)``: the causal LM at ``model_path`` in ``dtype`` on ``device`` (``"auto"``:
-    CUDA when present), quantized and calibrated there (``config`` ``None``: left in full precision;
-    :func:`apsq.calibrate` moves the tokenized sentences to the model). ``add_bos``: see :func:`prepend_bos`."""
+    CUDA when present), quantized with ``config`` and calibrated there on ``calibration`` (default
+    :class:`~apsq.eval.calibration.CalibrationSet` ``()``: WikiText-2, 128 x 512 tokens, seed 0).
+    ``config`` ``None``: left as loaded (full precision, or the quantized model a QAT checkpoint holds).
+    ``add_bos``: see :func:`prepend_bos`.
+
+    Raises:
+        APSQError: the model cannot be loaded; ``config`` given for a checkpoint that is already
+            quantized (its trained steps would be overwritten: pass ``config=None``).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = resolve_device(device, "device")
@@ -66,22 +94,22 @@ def quantized_causal_lm(model_path: str, config: apsq.APSQConfig | None, calibra
     if add_bos:
         prepend_bos(tok)
     if config is not None:
+        if is_quantized(model):
+            raise APSQError(f"{model_path!r} is already APSQ-quantized (a trained checkpoint); evaluate it as loaded "
+                            "(mode 'fp' / config None) instead of quantizing and calibrating it again")
         apsq.quantize_(model, with_head_excluded(config))
-        enc = tok(list(calibration), return_tensors="pt", padding=tok.pad_token is not None)
-        batches = [{"input_ids": enc["input_ids"][i: i + 1],
-                    "attention_mask": enc["attention_mask"][i: i + 1]} for i in range(len(calibration))]
-        if tok.pad_token is None:  # un-padded: run sentence by sentence
-            batches = [dict(tok(s, return_tensors="pt")) for s in calibration]
-        apsq.calibrate(model, batches)
+        apsq.calibrate(model, _calibration_batches(tok, model, CalibrationSet() if calibration is None else calibration))
     model.eval()
     return model, tok
 
 
 def run_lm_eval(model_path: str, tasks: Sequence[str], config: apsq.APSQConfig | None, *, limit: int | None = None,
                 batch_size: int = 8, include_path: str | Path | None = None, num_fewshot: int = 0,
-                include_defaults: bool = True, calibration: Sequence[str] = CALIBRATION_TEXT,
-                add_bos: bool = False, device: str | torch.device | None = "auto") -> dict[str, Any]:
-    """lm-eval results (``{"results": {task: metrics}}``) of the quantized model.
+                include_defaults: bool = True, calibration: Calibration | None = None,
+                add_bos: bool = False, device: str | torch.device | None = "auto",
+                dtype: torch.dtype = torch.float32, bootstrap_iters: int = BOOTSTRAP_ITERS) -> dict[str, Any]:
+    """lm-eval results (``{"results": {task: metrics}}``, each metric with its ``<metric>_stderr``) of
+    the model quantized with ``config`` (:func:`quantized_causal_lm`).
 
     ``include_defaults=False`` skips indexing lm-eval's built-in tasks (only ``include_path``'s);
     ``add_bos`` prepends the tokenizer's BOS to every context (:func:`prepend_bos`); ``device``: where
@@ -92,17 +120,21 @@ def run_lm_eval(model_path: str, tasks: Sequence[str], config: apsq.APSQConfig |
         from lm_eval.tasks import TaskManager
     except ImportError as exc:  # pragma: no cover
         raise APSQError("apsq eval lm-eval needs lm-eval: pip install 'apsq[eval]'") from exc
-    model, tok = quantized_causal_lm(model_path, config, calibration, add_bos=add_bos, device=device)
+    model, tok = quantized_causal_lm(model_path, config, calibration, dtype=dtype, add_bos=add_bos, device=device)
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size,
               add_bos_token=True if add_bos else None)
     tm = TaskManager(include_path=str(include_path) if include_path else None, include_defaults=include_defaults)
     res = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit,
-                                  task_manager=tm, bootstrap_iters=0, random_seed=0, numpy_random_seed=0,
+                                  task_manager=tm, bootstrap_iters=bootstrap_iters, random_seed=0, numpy_random_seed=0,
                                   torch_random_seed=0, fewshot_random_seed=0)
     if res is None:
         raise APSQError("lm-eval returned no results")
-    return {"results": res["results"], "config": None if config is None else with_head_excluded(config).to_dict(),
-            "model": model_path, "tasks": list(tasks), "limit": limit}
+    cal = calibration.to_dict() if isinstance(calibration, CalibrationSet) else (
+        CalibrationSet().to_dict() if calibration is None else {"sentences": len(calibration)})
+    return {"results": res["results"], "n_samples": res.get("n-samples", {}),
+            "config": None if config is None else with_head_excluded(config).to_dict(),
+            "calibration": cal if config is not None else None, "quantized_checkpoint": is_quantized(model),
+            "model": model_path, "tasks": list(tasks), "limit": limit, "dtype": str(dtype).removeprefix("torch.")}
 
 
 # --- a local multiple-choice task: sentence completion on held-out sentences ---------------------------
@@ -164,7 +196,7 @@ def write_mc_task(items: Sequence[dict[str, Any]], folder: str | Path, task: str
 
 
 def mc_sweep(model_path: str, task_dir: str | Path, gs_values: Sequence[int] = (1, 2, 3, 4), *, tile: int = 32,
-             calibration: Sequence[str] = CALIBRATION_TEXT, batch_size: int = 32, add_bos: bool = True,
+             calibration: Calibration | None = None, batch_size: int = 32, add_bos: bool = True,
              task: str = MC_TASK, progress: bool = True, device: str | torch.device | None = "auto") -> dict[str, Any]:
     """``acc`` / ``acc_norm`` of the task in ``task_dir`` for FP32, W8A8 (INT32 PSUM), psq and APSQ
     per gs (calibration only): ``{"fp32": {...}, "w8a8": {...}, "psq": {...}, "apsq": {"<gs>": {...}}}``."""

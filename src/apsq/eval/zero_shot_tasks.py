@@ -1,0 +1,119 @@
+"""The paper's seven zero-shot tasks as lm-eval tasks, from the hub or from local files in each task's format.
+
+LLaMA2-7B's row of the paper's Table I averages "7 zero-shot tasks"; we read them as the seven that
+LLM-QAT / OmniQuant-style papers report: BoolQ, PIQA, HellaSwag, WinoGrande, ARC-easy, ARC-challenge,
+OpenBookQA. Each runs through lm-eval's own task definition (prompt, choices, target, metrics) of the
+pinned lm-eval 0.4.13.
+
+Offline (and in CI), :func:`write_local_tasks` turns a folder of ``<task>.jsonl`` files -- rows in the
+hub dataset's own format, fields as in :data:`TASK_FIELDS` -- into lm-eval task YAMLs that ``include``
+lm-eval's built-in definition and swap only the data source (JSON lines instead of the hub) and the
+splits (the evaluated split only). The task keeps its name, its prompt and its metrics, so the same
+command and the same JSON keys serve both.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from apsq.errors import APSQError
+
+__all__ = ["PAPER_TASKS", "TASK_FIELDS", "TaskSpec", "lm_eval_task_dir", "write_local_tasks"]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One zero-shot task: lm-eval's YAML (relative to ``lm_eval/tasks``), the split lm-eval evaluates,
+    the fields of one hub row, and the metric the average uses (``acc_norm`` where lm-eval normalises
+    by length and papers report it)."""
+
+    yaml: str
+    split: str
+    fields: tuple[str, ...]
+    metric: str
+
+
+TASK_FIELDS: dict[str, TaskSpec] = {
+    "boolq": TaskSpec("super_glue/boolq/default.yaml", "validation", ("passage", "question", "label"), "acc"),
+    "piqa": TaskSpec("piqa/piqa.yaml", "validation", ("goal", "sol1", "sol2", "label"), "acc"),
+    "hellaswag": TaskSpec("hellaswag/hellaswag.yaml", "validation",
+                          ("activity_label", "ctx_a", "ctx_b", "endings", "label"), "acc_norm"),
+    "winogrande": TaskSpec("winogrande/default.yaml", "validation", ("sentence", "option1", "option2", "answer"),
+                           "acc"),
+    "arc_easy": TaskSpec("arc/arc_easy.yaml", "test", ("question", "choices", "answerKey"), "acc"),
+    "arc_challenge": TaskSpec("arc/arc_challenge.yaml", "test", ("question", "choices", "answerKey"), "acc_norm"),
+    "openbookqa": TaskSpec("openbookqa/openbookqa.yaml", "test", ("question_stem", "choices", "answerKey"),
+                           "acc_norm"),
+}
+"""Task name (lm-eval's) -> :class:`TaskSpec`. ARC / OpenBookQA ``choices`` is ``{"text": [...], "label":
+[...]}``; HellaSwag's ``label`` is a digit string, WinoGrande's ``answer`` ``"1"`` / ``"2"`` (as on the hub)."""
+
+PAPER_TASKS: tuple[str, ...] = tuple(TASK_FIELDS)
+
+
+def lm_eval_task_dir() -> Path:
+    """The folder of lm-eval's built-in task YAMLs."""
+    try:
+        import lm_eval.tasks
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise APSQError("the zero-shot tasks need lm-eval: pip install 'apsq[eval]'") from exc
+    return Path(lm_eval.tasks.__file__).parent
+
+
+def _check_rows(task: str, path: Path, fields: Sequence[str]) -> int:
+    """Rows in ``path`` (JSON lines); a row that is not an object or lacks a field raises APSQError."""
+    n = 0
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise APSQError(f"{path}:{i}: not a JSON line ({exc})") from exc
+        missing = [f for f in fields if not isinstance(row, dict) or f not in row]
+        if missing:
+            raise APSQError(f"{path}:{i}: a {task} row needs the fields {list(fields)} (the hub's format); "
+                            f"missing {missing}")
+        n += 1
+    if n == 0:
+        raise APSQError(f"{path}: no rows")
+    return n
+
+
+def write_local_tasks(data_dir: str | Path, out_dir: str | Path, tasks: Sequence[str]) -> dict[str, int]:
+    """Write one lm-eval YAML per task into ``out_dir`` (to pass as ``include_path``), each reading
+    ``data_dir/<task>.jsonl``; returns ``{task: rows}``.
+
+    Raises:
+        APSQError: an unknown task (allowed: :data:`PAPER_TASKS`), a missing file, a row without the
+            task's fields -- before anything is written.
+    """
+    data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir).resolve()
+    bad = [t for t in tasks if t not in TASK_FIELDS]
+    if bad:
+        raise APSQError(f"tasks: local task files are supported for {', '.join(PAPER_TASKS)}; got {bad}")
+    root = lm_eval_task_dir()
+    rows = {}
+    for t in tasks:
+        f = data_dir / f"{t}.jsonl"
+        if not f.is_file():
+            raise APSQError(f"local data: {f} does not exist (one <task>.jsonl per task, rows in the hub's format: "
+                            f"{', '.join(TASK_FIELDS[t].fields)})")
+        rows[t] = _check_rows(t, f, TASK_FIELDS[t].fields)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for t in tasks:
+        spec = TASK_FIELDS[t]
+        split = spec.split
+        other = {"training_split": None, "validation_split": split if split == "validation" else None,
+                 "test_split": split if split == "test" else None}
+        text = (f"include: {json.dumps(str(root / spec.yaml))}\n"
+                f"task: {t}\n"
+                "dataset_path: json\n"
+                "dataset_name: null\n"
+                f"dataset_kwargs:\n  data_files:\n    {split}: {json.dumps(str(data_dir / f'{t}.jsonl'))}\n"
+                + "".join(f"{k}: {'null' if v is None else v}\n" for k, v in other.items()))
+        (out_dir / f"{t}.yaml").write_text(text)
+    return rows

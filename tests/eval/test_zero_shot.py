@@ -1,0 +1,151 @@
+"""``apsq eval zero-shot``: the paper's seven tasks through lm-eval on local files in each task's format,
+the calibration set, the summary arithmetic and the refusals."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+from zero_shot_fixtures import save_tiny_llama, task_rows, write_task_files
+
+from apsq.errors import APSQError
+from apsq.eval.zero_shot_tasks import PAPER_TASKS, TASK_FIELDS, write_local_tasks
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    return save_tiny_llama(tmp_path_factory.mktemp("lm") / "tiny")
+
+
+def test_fixture_rows_carry_each_tasks_hub_fields():
+    for t in PAPER_TASKS:
+        for row in task_rows(t, 3):
+            assert set(TASK_FIELDS[t].fields) <= set(row)
+
+
+def test_local_task_yaml_keeps_lm_evals_definition(tmp_path):
+    pytest.importorskip("lm_eval")
+    write_task_files(tmp_path / "data", PAPER_TASKS, n=4)
+    rows = write_local_tasks(tmp_path / "data", tmp_path / "tasks", PAPER_TASKS)
+    assert rows == dict.fromkeys(PAPER_TASKS, 4)
+    text = (tmp_path / "tasks" / "arc_challenge.yaml").read_text()
+    assert "arc/arc_challenge.yaml" in text and "test_split: test" in text and "training_split: null" in text
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    cfg = load_yaml(tmp_path / "tasks" / "hellaswag.yaml", resolve_func=True)  # lm-eval's prompt, our data
+    assert cfg["dataset_path"] == "json" and cfg["doc_to_text"] == "{{query}}" and callable(cfg["process_docs"])
+
+
+def test_local_task_files_refused_before_anything_is_written(tmp_path):
+    pytest.importorskip("lm_eval")
+    data = write_task_files(tmp_path / "data", ["piqa"], n=2)
+    row = task_rows("piqa", 1)[0]
+    del row["sol2"]
+    (data / "piqa.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(APSQError, match=r"piqa row needs the fields .*missing \['sol2'\]"):
+        write_local_tasks(data, tmp_path / "tasks", ["piqa"])
+    with pytest.raises(APSQError, match="boolq.jsonl does not exist"):
+        write_local_tasks(data, tmp_path / "tasks", ["boolq"])
+    with pytest.raises(APSQError, match="local task files are supported for boolq, piqa"):
+        write_local_tasks(data, tmp_path / "tasks", ["mmlu"])
+    assert not (tmp_path / "tasks").exists()
+
+
+def test_calibration_windows_are_seeded_bos_first_and_from_the_source(tiny_llama, tmp_path):
+    from transformers import AutoTokenizer
+
+    from apsq.eval.calibration import CalibrationSet, calibration_batches
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    text = tmp_path / "calib.txt"
+    text.write_text(" ".join(f"river stone {w}" for w in ("bird", "sun", "moon", "tree") * 40))
+    spec = CalibrationSet(source=str(text), samples=5, seq_len=20, seed=3)
+    a, b = calibration_batches(tok, spec, 16), calibration_batches(tok, spec, 16)
+    assert len(a) == 5 and all(x["input_ids"].shape == (1, 16) for x in a)  # capped at the model's positions
+    assert all(x["input_ids"][0, 0] == tok.bos_token_id for x in a)
+    assert all((x["input_ids"] == y["input_ids"]).all() for x, y in zip(a, b))
+    other = calibration_batches(tok, CalibrationSet(source=str(text), samples=5, seq_len=20, seed=4), 16)
+    assert any((x["input_ids"] != y["input_ids"]).any() for x, y in zip(a, other))
+    ids = tok(text.read_text(), add_special_tokens=False)["input_ids"]
+    w = a[0]["input_ids"][0, 1:].tolist()
+    assert any(ids[i:i + len(w)] == w for i in range(len(ids)))  # a window of the source's tokens
+    with pytest.raises(APSQError, match="calibration.source must be wikitext2, corpus or an existing text file"):
+        CalibrationSet(source="no-such-file.txt")
+
+
+def test_summary_average_drop_and_stderr_by_hand():
+    from apsq.eval.zero_shot import summarize
+
+    def v(a, b):
+        return {"tasks": {"t1": {"metric": "acc", "acc": a, "acc_stderr": 0.03},
+                          "t2": {"metric": "acc_norm", "acc_norm": b, "acc_norm_stderr": 0.04}}}
+
+    s = summarize({"fp": v(0.70, 0.50), "apsq_gs1": v(0.66, 0.50), "apsq_gs2": v(0.70, 0.48)}, ["t1", "t2"])
+    pv = s["per_variant"]
+    assert pv["fp"]["average"] == pytest.approx(0.60)
+    assert pv["fp"]["average_stderr"] == pytest.approx(0.025)  # sqrt(0.03^2 + 0.04^2) / 2
+    assert pv["apsq_gs1"]["drop_pp"] == pytest.approx(2.0) and pv["apsq_gs2"]["drop_pp"] == pytest.approx(1.0)
+    assert pv["apsq_gs2"]["drop_stderr_pp"] == pytest.approx(100 * math.sqrt(2) * 0.025)
+    assert s["best_gs"] == 2
+
+
+def test_bad_zero_shot_config_names_the_key(tmp_path):
+    from apsq.eval.zero_shot import load_zero_shot_config
+
+    with pytest.raises(APSQError, match=r"variants must be a non-empty list of fp, w8a8, psq, apsq"):
+        load_zero_shot_config(None, {"model": "x", "variants": ["fp", "int4"]})
+    with pytest.raises(APSQError, match=r"apsq: \['gs'\] are set per variant"):
+        load_zero_shot_config(None, {"model": "x", "apsq": {"gs": 2}})
+    with pytest.raises(APSQError, match="unknown key 'taks'"):
+        load_zero_shot_config(None, {"model": "x", "taks": ["piqa"]})
+    cfg = load_zero_shot_config("configs/paper/llama2_7b_zero_shot.yaml", {"calibration": {"samples": 4}})
+    assert cfg.tasks == PAPER_TASKS and cfg.calibration.samples == 4 and cfg.calibration.seq_len == 512
+    assert list(cfg.variant_configs()) == ["fp", "w8a8", "psq", "apsq_gs1", "apsq_gs2", "apsq_gs3", "apsq_gs4"]
+
+
+@pytest.mark.slow
+def test_zero_shot_command_on_local_tasks_with_the_small_llama(tiny_llama, tmp_path):
+    pytest.importorskip("lm_eval")
+    from apsq.cli import app
+
+    n = 6
+    data = write_task_files(tmp_path / "data", PAPER_TASKS, n=n)
+    calib = tmp_path / "calib.txt"
+    calib.write_text(" ".join(" ".join(task_rows("piqa", 40, seed=9)[i]["goal"] for i in range(40)) for _ in range(3)))
+    out = tmp_path / "zs"
+    r = CliRunner().invoke(app, ["eval", "zero-shot", "--model", str(tiny_llama), "--local-data", str(data),
+                                 "--variants", "fp,w8a8,apsq", "--gs", "2", "--calibration", str(calib),
+                                 "--calib-samples", "4", "--calib-seq-len", "32", "--device", "cpu", "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "zero_shot.json").read_text())
+    assert list(res["variants"]) == ["fp", "w8a8", "apsq_gs2"]
+    assert res["tasks"] == list(PAPER_TASKS) and res["dtype"] == "float32" and res["calibration"]["samples"] == 4
+    for name, v in res["variants"].items():
+        vals = []
+        for t in PAPER_TASKS:
+            s = v["tasks"][t]
+            p = s[s["metric"]]
+            assert s["n"] == n and abs(p * n - round(p * n)) < 1e-9  # a fraction of the n items
+            assert s[f"{s['metric']}_stderr"] == pytest.approx(math.sqrt(p * (1 - p) / (n - 1)))
+            vals.append(p)
+        assert v["average"] == pytest.approx(sum(vals) / len(vals))
+        if name != "fp":
+            assert v["drop_pp"] == pytest.approx(100 * (res["variants"]["fp"]["average"] - v["average"]))
+            assert v["config"]["mode"] == ("none" if name == "w8a8" else "apsq")
+    assert res["metrics"]["hellaswag"] == "acc_norm" and res["metrics"]["boolq"] == "acc"
+    er = res["energy_reduction"]
+    assert set(er["total"]) == {"is", "ws"} and set(er["total"]["is"]) == {"2"}
+    assert res["best_gs"] == 2 and f"best gs = {res['best_gs']}" in r.output
+    table = (out / "zero_shot.md").read_text()
+    assert "APSQ INT8 gs=2" in table and "FP32" in table and (out / "zero_shot.png").stat().st_size > 10_000
+
+
+def test_zero_shot_refuses_missing_local_files_before_loading(tmp_path):
+    pytest.importorskip("lm_eval")
+    from apsq.cli import app
+
+    r = CliRunner().invoke(app, ["eval", "zero-shot", "--model", str(tmp_path / "nothing"), "--local-data",
+                                 str(tmp_path), "--tasks", "piqa", "--output", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "piqa.jsonl does not exist" in r.output
