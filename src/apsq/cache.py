@@ -5,16 +5,25 @@ and the RAE's Verilator builds live in sub-folders of this root. Folders that ho
 runs are private (:func:`private_dir`): owned by this user and writable by nobody else; when the root
 cannot be written, a per-user fallback ``<tmp>/apsq-<uid>`` is created with mode 0700 (issue 16
 item 11), and every folder or file is checked (:func:`check_private`) before anything in it is loaded.
+
+The one hash-checked build cache (issue 27 item 3): a builder stores a file it made with
+:func:`store_verified` (written atomically beside a ``<file>.sha256`` record of its content); before a
+library is loaded (:mod:`apsq.kernels.build`) or an executable run (:mod:`apsq.hw.rae.verilator`),
+:func:`verify_stored` checks owner, mode and hash, so a file planted or damaged by someone else is
+rebuilt, never used.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["CACHE_ENV", "CacheError", "cache_root", "check_private", "private_dir"]
+__all__ = ["CACHE_ENV", "CacheError", "cache_root", "check_private", "private_dir", "sha256_file",
+           "write_atomic", "store_verified", "verify_stored"]
 
 CACHE_ENV = "APSQ_CACHE"
 
@@ -95,3 +104,57 @@ def private_dir(name: str) -> Path:
         raise CacheError(f"cannot create the cache folder {path}: {exc}") from exc
     check_private(path, strict=True)
     return path
+
+
+# ------------------------------------------------------------------------------------------------
+# Built files with a hash record: written atomically, verified before use.
+# ------------------------------------------------------------------------------------------------
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's content (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_atomic(target: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Write ``data`` to ``target`` through a temporary file in the same folder (fsync, chmod ``mode``,
+    ``os.replace``): readers see the old file or the new one, never a part."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _record(target: Path) -> Path:
+    return target.with_name(target.name + ".sha256")
+
+
+def store_verified(target: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Store a built file: ``target`` (mode ``mode``, e.g. ``0o700`` for an executable) and its
+    ``<target>.sha256`` record, each written atomically (concurrent builders of one key agree)."""
+    write_atomic(target, data, mode=mode)
+    write_atomic(_record(target), hashlib.sha256(data).hexdigest().encode())
+
+
+def verify_stored(target: Path) -> None:
+    """Raise :class:`CacheError` unless ``target``'s folder, the file and its ``.sha256`` record are
+    private (:func:`check_private`) and the file's SHA-256 equals the recorded one."""
+    check_private(target.parent)
+    check_private(target)
+    record = _record(target)
+    check_private(record)
+    want = record.read_text().strip()
+    got = sha256_file(target)
+    if got != want:
+        raise CacheError(f"{target}: content hash {got[:12]}… differs from the one recorded at build time "
+                         f"({want[:12]}…); not using it")

@@ -133,7 +133,8 @@ def simulate_cmd(
     lane_exponents: Annotated[bool, typer.Option(
         "--lane-exponents", help="one exponent per step and lane (per-channel PSUM steps): exponents [n, L]")] = False,
     backend: Annotated[str, typer.Option(
-        help="amaranth (Python simulator) or verilator (the exported Verilog, compiled; cached build)")] = "amaranth",
+        help="amaranth (Python simulator), verilator (the exported Verilog, compiled; cached build) "
+             "or icarus (the exported Verilog in Icarus)")] = "amaranth",
     icarus: Annotated[bool, typer.Option(help="also run the exported Verilog in Icarus Verilog")] = False,
 ) -> None:
     """Run a random layer through the RTL and compare with the integer golden model."""

@@ -19,10 +19,8 @@ recorded one — a library planted or damaged by someone else is rebuilt, never 
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import hashlib
-import os
 import platform
 import shutil
 import subprocess
@@ -32,7 +30,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from apsq.cache import CacheError, check_private, private_dir
+from apsq.cache import CacheError, check_private, private_dir, store_verified, verify_stored
 from apsq.kernels import options
 
 __all__ = ["FLAG_SETS", "CacheError", "kernel_dir", "check_private", "build_library", "load_verified",
@@ -72,41 +70,11 @@ def kernel_dir() -> Path:
     return private_dir("kernels")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _write_atomic(target: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def load_verified(target: Path) -> ctypes.CDLL:
     """Load ``target`` after checking its folder and file (:func:`check_private`) and that its SHA-256
-    equals the one recorded at build time (``<target>.sha256``); raises CacheError otherwise."""
-    check_private(target.parent)
-    check_private(target)
-    record = target.with_name(target.name + ".sha256")
-    check_private(record)
-    want = record.read_text().strip()
-    got = _sha256(target)
-    if got != want:
-        raise CacheError(f"{target}: content hash {got[:12]}… differs from the one recorded at build time "
-                         f"({want[:12]}…); not loading it")
+    equals the one recorded at build time (``<target>.sha256``; :func:`apsq.cache.verify_stored`);
+    raises CacheError otherwise."""
+    verify_stored(target)
     return ctypes.CDLL(str(target))
 
 
@@ -123,8 +91,7 @@ def _compile(cc: str, source: str, flags: list[str], name: str, target: Path) ->
         if res.returncode != 0:
             return res.stderr.strip()[-400:]
         data = out.read_bytes()
-    _write_atomic(target, data)
-    _write_atomic(target.with_name(target.name + ".sha256"), hashlib.sha256(data).hexdigest().encode())
+    store_verified(target, data)
     return None
 
 

@@ -1,9 +1,10 @@
 """Run the *exported Verilog* of the RAE in Icarus Verilog (a second, independent simulator).
 
-:func:`run_layers_icarus` feeds the same packed beats as :func:`apsq.hw.rae.sim.run_layers` to
-``rae.v`` through a small generated Verilog testbench (stimulus via ``$readmemh``, a synchronous
-producer/consumer, optional pseudo-random ``o__ready`` back-pressure) and parses the output codes.
-This checks the Verilog that a tool flow would consume, not only the Amaranth model.
+:func:`run_layers_icarus` feeds the packed beats of :func:`apsq.hw.rae.beats.build_schedule` to
+``rae.v`` through a small Verilog testbench (``templates/icarus_tb.v``, package data: stimulus via
+``$readmemh``, a synchronous producer/consumer, optional pseudo-random ``o__ready`` back-pressure) and
+parses the output codes. This checks the Verilog that a tool flow would consume, not only the Amaranth
+model. Backend ``icarus`` of :func:`apsq.hw.rae.sim.run_layers` (:func:`run_layers_icarus_stats`).
 
 Compiled with ``iverilog -g2005``, not ``-g2012``: Yosys's Verilog back end starts every
 ``always @*`` block with a dummy register initialised in its declaration
@@ -19,6 +20,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,90 +28,33 @@ import numpy as np
 from amaranth.hdl import Shape
 
 from apsq.errors import APSQError
+from apsq.hw.rae.beats import EnginePass, LayerJob, RunStats, build_schedule, scatter_outputs, unpack_out
 from apsq.hw.rae.engine import NUM_BANKS, RAEParams
-from apsq.hw.rae.sim import LayerJob, unpack_out, build_schedule, scatter_outputs
+from apsq.hw.rae.template import render
 from apsq.hw.rae.verilog import TOP_NAME, write_verilog
 
-__all__ = ["testbench_text", "run_layers_icarus", "check_icarus"]
+__all__ = ["testbench_text", "run_layers_icarus", "run_layers_icarus_stats", "check_icarus"]
 
 
 def check_icarus() -> None:
     """Raise :class:`APSQError` unless ``iverilog`` and ``vvp`` are on ``PATH``."""
     for tool in ("iverilog", "vvp"):
         if shutil.which(tool) is None:
-            raise APSQError(f"{tool} is not installed (Debian: apt-get install iverilog); --icarus needs it")
+            raise APSQError(f"{tool} is not installed (Debian: apt-get install iverilog); the icarus backend needs it")
 
 
-def testbench_text(params: RAEParams, n_beats: int, n_passes: int, n_out: int, backpressure: bool) -> str:
-    """A Verilog testbench: prints ``OUT <hex>`` per output beat and ``CYCLES n``."""
-    iw = params.in_layout().size
-    ow = params.out_layout().size
+def testbench_text(params: RAEParams, n_beats: int, n_passes: int, n_out: int, backpressure: bool,
+                   seed: int = 1) -> str:
+    """The Verilog testbench (``templates/icarus_tb.v``): prints ``OUT <hex>`` per output beat and
+    ``CYCLES n``; with ``backpressure`` the consumer holds ``o_ready`` low a pseudo-random quarter of
+    the cycles (``$random`` seeded with ``seed``)."""
     pw = max(1, Shape.cast(range(NUM_BANKS * params.depth)).width)
     ready = "o_ready <= ($random(seed) & 3) != 0;" if backpressure else "o_ready <= 1'b1;"
-    return f"""`timescale 1ns/1ps
-module tb;
-  reg clk = 1'b0;
-  reg rst = 1'b1;
-  always #5 clk = ~clk;
-  reg s0 = 1'b0, s1 = 1'b0;
-  reg [{pw - 1}:0] last_pos = 0;
-  reg i_valid = 1'b0;
-  reg [{iw - 1}:0] i_payload = 0;
-  wire i_ready, o_valid, busy;
-  reg o_ready = 1'b0;
-  wire [{ow - 1}:0] o_payload;
-  {TOP_NAME} dut (.clk(clk), .rst(rst), .s0(s0), .s1(s1), .last_pos(last_pos),
-    .i__valid(i_valid), .i__ready(i_ready), .i__payload(i_payload),
-    .o__valid(o_valid), .o__ready(o_ready), .o__payload(o_payload), .busy(busy));
-  reg [{iw - 1}:0] beats [0:{max(1, n_beats) - 1}];
-  reg [31:0] cfg [0:{3 * n_passes - 1}];  // per pass: gs-1, M-1, beats
-  integer seed = 1, k = 0, k_end = 0, pass = 0, outs = 0, expected = 0, cycles = 0, sending = 0;
-  initial begin
-    $readmemh("beats.hex", beats);
-    $readmemh("cfg.hex", cfg);
-    repeat (2) @(posedge clk);
-    @(negedge clk) rst = 1'b0;
-  end
-  always @(posedge clk) if (!rst) begin
-    cycles <= cycles + 1;
-    {ready}
-    if (o_valid && o_ready) begin
-      $display("OUT %h", o_payload);
-      outs <= outs + 1;
-      if (outs + 1 == {n_out}) begin
-        $display("CYCLES %0d", cycles + 1);
-        $finish;
-      end
-    end
-    if (!sending) begin
-      if (pass < {n_passes} && !busy && !i_valid && outs == expected) begin
-        s0 <= cfg[3 * pass][0];
-        s1 <= cfg[3 * pass][1];
-        last_pos <= cfg[3 * pass + 1];
-        k_end <= k + cfg[3 * pass + 2];
-        i_payload <= beats[k];
-        i_valid <= 1'b1;
-        sending <= 1;
-      end
-    end else if (i_valid && i_ready) begin
-      k <= k + 1;
-      if (k + 1 == k_end) begin
-        i_valid <= 1'b0;
-        sending <= 0;
-        expected <= expected + cfg[3 * pass + 1] + 1;
-        pass <= pass + 1;
-      end else begin
-        i_payload <= beats[k + 1];
-      end
-    end
-  end
-  initial begin
-    #{10 * (20 * max(1, n_beats) + 200)};
-    $display("TIMEOUT");
-    $finish;
-  end
-endmodule
-"""
+    return render(
+        "icarus_tb.v", PW1=pw - 1, IW1=params.in_layout().size - 1, OW1=params.out_layout().size - 1,
+        TOP=TOP_NAME, BEATS1=max(1, n_beats) - 1, CFG1=3 * n_passes - 1, READY=ready, N_OUT=n_out,
+        N_PASSES=n_passes, SEED=seed & 0x7FFFFFFF, TIMEOUT_NS=10 * (20 * max(1, n_beats) + 200),
+    )
 
 
 def run_layers_icarus(
@@ -118,11 +63,19 @@ def run_layers_icarus(
     *,
     backpressure: bool = False,
     workdir: Path | None = None,
+    seed: int = 1,
 ) -> tuple[list[np.ndarray], int]:
     """Simulate ``jobs`` on the exported Verilog with Icarus; return (codes per layer, cycles).
 
     Raises :class:`APSQError` when ``iverilog``/``vvp`` are missing or the simulation fails.
     """
+    codes, cycles, _ = _simulate(jobs, params, backpressure, workdir, seed)
+    return codes, cycles
+
+
+def _simulate(
+    jobs: Sequence[LayerJob], params: RAEParams, backpressure: bool, workdir: Path | None, seed: int
+) -> tuple[list[np.ndarray], int, list[EnginePass]]:
     check_icarus()
     schedule = build_schedule(jobs, params)
     beats = [b for ps in schedule for b in ps.beats()]
@@ -136,7 +89,7 @@ def run_layers_icarus(
         (wd / "cfg.hex").write_text(
             "".join(f"{ps.gs - 1:08x}\n{ps.positions - 1:08x}\n{len(ps.words):08x}\n" for ps in schedule)
         )
-        (wd / "tb.v").write_text(testbench_text(params, len(beats), len(schedule), n_out, backpressure))
+        (wd / "tb.v").write_text(testbench_text(params, len(beats), len(schedule), n_out, backpressure, seed))
         comp = subprocess.run(["iverilog", "-g2005", "-o", "sim.vvp", "tb.v", "rae.v"], cwd=wd,
                               capture_output=True, text=True, check=False)
         if comp.returncode != 0:
@@ -147,4 +100,20 @@ def run_layers_icarus(
         raise APSQError(f"Icarus simulation failed or timed out:\n{run.stdout[-2000:]}{run.stderr[-2000:]}")
     outputs = [unpack_out(params, int(line.split()[1], 16)) for line in lines if line.startswith("OUT ")]
     cycles = next(int(line.split()[1]) for line in lines if line.startswith("CYCLES "))
-    return scatter_outputs(schedule, outputs, jobs, params), cycles
+    return scatter_outputs(schedule, outputs, jobs, params), cycles, schedule
+
+
+def run_layers_icarus_stats(
+    jobs: Sequence[LayerJob], params: RAEParams, *, backpressure: float = 0.0, seed: int = 0
+) -> tuple[list[np.ndarray], RunStats]:
+    """:func:`run_layers_icarus` in the registry's shape: (codes per layer, :class:`RunStats` with
+    ``cycles``, ``beats_in``, ``beats_out`` and ``wall_s``; the testbench does not classify stalls).
+    ``cycles`` is one more than the other backends' (the testbench's synchronous producer offers the
+    first beat one clock after reset, the others in the first cycle).
+    ``backpressure > 0`` turns on the testbench's pseudo-random ``o_ready`` pattern (a quarter of the
+    cycles, whatever the probability; ``$random`` seeded with ``seed + 1``)."""
+    t0 = time.perf_counter()
+    codes, cycles, schedule = _simulate(jobs, params, backpressure > 0, None, seed + 1)
+    wall = time.perf_counter() - t0
+    return codes, RunStats(cycles=cycles, beats_in=sum(len(p.words) for p in schedule),
+                           beats_out=sum(p.positions for p in schedule), wall_s=wall)

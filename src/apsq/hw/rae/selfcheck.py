@@ -1,5 +1,5 @@
-"""``apsq rae simulate``'s check: one random layer through the RTL (and optionally the exported Verilog in
-Icarus), compared code for code with the integer golden model
+"""``apsq rae simulate``'s check: one random layer through the RTL on a backend of the registry
+(:mod:`apsq.hw.rae.sim`; optionally also on ``icarus``, the exported Verilog in Icarus), compared code for code with the integer golden model
 (:func:`apsq.integer.psum.psum_accumulate_int`, the APSQ recursion of the paper's Eq. 3-4).
 
 Tile sums are uniform in ``[-2^19, 2^19)`` (a 32-deep INT8 x INT8 tile stays within that), exponents in
@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from apsq.errors import check_choice
 from apsq.hw.rae.engine import RAEParams
-from apsq.hw.rae.sim import BACKENDS, RunStats, run_layers, validate_layer
+from apsq.hw.rae.sim import RunStats, check_backend, run_layers, validate_layer
 
 __all__ = ["SelfCheck", "check_tools", "random_layer_check"]
 
@@ -41,22 +40,16 @@ class SelfCheck:
 def check_tools(backend: str, icarus: bool) -> None:
     """Raise :class:`apsq.errors.APSQError` before any work if ``backend`` is unknown or a needed
     simulator (Verilator, Icarus Verilog) is not installed."""
-    check_choice("backend", backend, BACKENDS)
+    check_backend(backend)
     if icarus:
-        from apsq.hw.rae.icarus import check_icarus
-
-        check_icarus()
-    if backend == "verilator":
-        from apsq.hw.rae.verilator import check_verilator
-
-        check_verilator()
+        check_backend("icarus")
 
 
 def random_layer_check(*, lanes: int, steps: int, gs: int, bits: int = 8, positions: int = 1,
                        backpressure: float = 0.0, seed: int = 0, lane_exponents: bool = False,
                        backend: str = "amaranth", icarus: bool = False) -> SelfCheck:
     """Run a seeded random layer of ``steps`` tile steps and ``lanes * positions`` outputs through the RTL
-    (``backend``: amaranth | verilator; with ``icarus`` also the exported Verilog) and compare with the
+    (``backend``: one of :data:`apsq.hw.rae.sim.BACKENDS`; with ``icarus`` also in Icarus) and compare with the
     integer golden model. Bad parameters or missing tools raise :class:`apsq.errors.APSQError` first."""
     import torch
 
@@ -74,9 +67,8 @@ def random_layer_check(*, lanes: int, steps: int, gs: int, bits: int = 8, positi
     gold = psum_accumulate_int(torch.tensor(t), torch.tensor(e), mode="apsq", gs=gs, bits=bits).code.numpy()
     v_equal = v_cycles = None
     if icarus:
-        from apsq.hw.rae.icarus import run_layers_icarus
-
-        (v_codes,), v_cycles = run_layers_icarus([job], params)
+        (v_codes,), v_stats = run_layers([job], params, backend="icarus")
+        v_cycles = v_stats.cycles
         v_equal = bool(np.array_equal(v_codes, gold))
     return SelfCheck(backend=backend, outputs=cols, lane_exponents=lane_exponents,
                      rtl_equal=bool(np.array_equal(codes, gold)), stats=stats, icarus_equal=v_equal,

@@ -1,279 +1,107 @@
-"""Drive the RAE RTL in Amaranth's simulator: bit-exact co-simulation with the integer golden model.
+"""The one simulator registry of the RAE: every caller runs the RTL through :func:`run_layers` or
+:func:`simulate` and names a backend.
 
-:func:`simulate` is the one-call API (``partials [n, L]`` -> final codes ``[L]``); :func:`run_layers`
-runs several layers back to back on one engine instance (amortising elaboration), with optional
-random valid/ready back-pressure, and reports cycle counts.
+Backends (:data:`BACKENDS`), each a module of its own that knows nothing of the others:
 
-Mapping of a layer onto the engine: the ``L`` output columns are cut into blocks of ``lanes``
-(zero-padded); block ``b`` is output position ``b`` of its pass (bank set ``b // depth``, address
-``b % depth``). For each step ``i`` the driver
-sends one beat per position (``exponent e_i``, ``s2 = closing_steps(n, gs)[i]``, ``last`` on step
-``n - 1``), so a layer of ``n`` steps and ``M`` positions is ``n * M`` input beats and ``M`` output
-beats. Positions beyond the banks' capacity (``floor(4 / gs) * depth``) run as further passes.
+* ``"amaranth"`` — the RTL as written, in Amaranth's Python simulator
+  (:mod:`apsq.hw.rae.amaranth_sim`; ~10^3 cycles/s, no tools needed);
+* ``"verilator"`` — the exported Verilog compiled to C++ by Verilator (:mod:`apsq.hw.rae.verilator`;
+  cached build, ~10^6 cycles/s; needs ``verilator``, ``make`` and a C++ compiler);
+* ``"icarus"`` — the exported Verilog in Icarus Verilog (:mod:`apsq.hw.rae.icarus`; an independent
+  event-driven simulator; needs ``iverilog``/``vvp``).
+
+All take the same packed beats (:mod:`apsq.hw.rae.beats`) and return each layer's final codes and a
+:class:`~apsq.hw.rae.beats.RunStats`; without back-pressure all three report the same cycle count.
+The codes equal :func:`apsq.integer.psum.psum_accumulate_int` (``mode='apsq'``) bit for bit.
 """
 
 from __future__ import annotations
 
-import math
-import random
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from apsq.errors import APSQError, check_bits, check_choice, check_int
-from apsq.hw.rae.engine import NUM_BANKS, PIPELINE_LATENCY, RAE, RAEParams
-from apsq.psum.accumulate import closing_steps
+from apsq.errors import APSQError, check_bits, check_choice
+from apsq.hw.rae.amaranth_sim import run_layers_amaranth
+from apsq.hw.rae.beats import (
+    EnginePass,
+    LayerJob,
+    RunStats,
+    build_schedule,
+    pack_beats,
+    scatter_outputs,
+    unpack_codes,
+    validate_layer,
+    words_to_int,
+)
+from apsq.hw.rae.engine import RAEParams
+from apsq.hw.rae.icarus import check_icarus, run_layers_icarus_stats
+from apsq.hw.rae.verilator import check_verilator, run_layers_verilator
 
 __all__ = [
     "BACKENDS",
+    "Backend",
+    "get_backend",
+    "check_backend",
+    "run_layers",
+    "simulate",
+    # the beat format, re-exported for the callers that imported it from here
     "EnginePass",
     "LayerJob",
     "RunStats",
-    "simulate",
-    "run_layers",
     "validate_layer",
     "build_schedule",
     "scatter_outputs",
     "pack_beats",
     "unpack_codes",
+    "words_to_int",
 ]
 
-BACKENDS = ("amaranth", "verilator")
-"""Simulators behind :func:`run_layers`: Amaranth's Python simulator (the RTL as written) or Verilator
-(the exported Verilog compiled to C++, :mod:`apsq.hw.rae.verilator`)."""
+Runner = Callable[..., tuple[list[np.ndarray], RunStats]]
+
+
+def _no_tools() -> None:
+    """The Amaranth simulator ships with apsq: nothing to check."""
 
 
 @dataclass(frozen=True)
-class LayerJob:
-    """One layer for the engine: integer tile sums ``[n, L]``, exponents ``[n]`` or ``[n, L]``, group size."""
+class Backend:
+    """One simulator: ``run(jobs, params, *, backpressure, seed) -> (codes per layer, RunStats)``;
+    ``check()`` raises :class:`APSQError` when a tool it needs is missing; ``exact_stalls``: it
+    classifies stalls (hazard / back-pressure / idle) the same way as the others."""
 
-    partials: np.ndarray
-    exponents: np.ndarray
-    gs: int
-
-
-@dataclass
-class RunStats:
-    """Cycle accounting of one :func:`run_layers` call (all layers together).
-
-    ``cycles``: clock cycles from the first beat offered to the last code taken;
-    ``beats_in``/``beats_out``: stream transfers; ``hazard_stalls``: cycles the engine refused a
-    valid beat because the word it must read was still in the pipeline (read-after-write);
-    ``backpressure_stalls``: cycles it refused one because the output was not taken;
-    ``idle_in``: cycles the producer offered nothing (random gaps, or draining before a
-    reconfiguration); ``per_pass_cycles``: input-side cycles of each pass (layer, or part of a
-    layer wider than ``lanes * depth``); ``wall_s``: simulation wall time; ``cycles_per_s``: speed.
-    """
-
-    cycles: int = 0
-    beats_in: int = 0
-    beats_out: int = 0
-    hazard_stalls: int = 0
-    backpressure_stalls: int = 0
-    idle_in: int = 0
-    wall_s: float = 0.0
-    per_pass_cycles: list[int] = field(default_factory=list)
-
-    @property
-    def cycles_per_s(self) -> float:
-        return self.cycles / self.wall_s if self.wall_s > 0 else float("nan")
-
-    @property
-    def fill(self) -> int:
-        """Pipeline fill/drain per layer: cycles from the last input beat to its output code."""
-        return PIPELINE_LATENCY
+    name: str
+    description: str
+    run: Runner
+    check: Callable[[], None]
+    exact_stalls: bool = True
 
 
-def _as_int_array(name: str, x: object) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        if x.dtype.is_floating_point or x.dtype == torch.bool or x.is_complex():
-            raise APSQError(f"{name} must hold integers, got dtype {x.dtype}")
-        return x.detach().cpu().numpy().astype(np.int64)
-    a = np.asarray(x)
-    if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
-        raise APSQError(f"{name} must hold integers, got dtype {a.dtype}")
-    return a.astype(np.int64)
+_REGISTRY: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        Backend("amaranth", "the RTL in Amaranth's Python simulator", run_layers_amaranth, _no_tools),
+        Backend("verilator", "the exported Verilog compiled by Verilator (cached build)", run_layers_verilator,
+                check_verilator),
+        Backend("icarus", "the exported Verilog in Icarus Verilog", run_layers_icarus_stats, check_icarus,
+                exact_stalls=False),
+    )
+}
+
+BACKENDS: tuple[str, ...] = tuple(_REGISTRY)
+"""The simulators behind :func:`run_layers`: ``amaranth``, ``verilator``, ``icarus``."""
 
 
-def validate_layer(partials: object, exponents: object, gs: int, params: RAEParams) -> LayerJob:
-    """Check one layer against the engine's limits; raise :class:`APSQError` before simulating.
-
-    ``partials`` integer ``[n, L]``; ``exponents`` integer ``[n]`` (one per step) or ``[n, L]`` (one per
-    step and lane/output channel, needs ``params.lane_exponents``). ``gs`` must be 1..4 (four banks),
-    exponents within the shifter range ``[params.exp_min, params.exp_max]``, tile sums within
-    ``tile_bits`` signed bits.
-    """
-    check_int("gs", gs, lo=1, hi=NUM_BANKS)
-    t = _as_int_array("partials", partials)
-    if t.ndim != 2 or t.shape[0] < 1 or t.shape[1] < 1:
-        raise APSQError(f"partials must be [n, L] with n >= 1 steps and L >= 1 lanes, got shape {t.shape}")
-    e = _as_int_array("exponents", exponents)
-    n, cols = t.shape
-    if e.ndim == 2 and e.shape == (n, cols):
-        if not params.lane_exponents:
-            raise APSQError(
-                f"exponents of shape [n, L] = {e.shape} (one per lane) need an engine with per-lane shifts: "
-                "RAEParams(lane_exponents=True); this engine takes exponents [n]"
-            )
-    elif e.ndim != 1 or e.shape[0] != n:
-        raise APSQError(
-            f"exponents must be [n] (one per step) or [n, L] (one per step and lane) with n={n}, L={cols}; "
-            f"got shape {e.shape}"
-        )
-    lo, hi = int(e.min()), int(e.max())
-    if lo < params.exp_min or hi > params.exp_max:
-        raise APSQError(
-            f"exponents must be in the shifter range [{params.exp_min}, {params.exp_max}] "
-            f"(frac_bits={params.frac_bits}, shift_bits={params.shift_bits}); got min {lo}, max {hi}"
-        )
-    tmin, tmax = int(t.min()), int(t.max())
-    if tmin < params.tile_min or tmax > params.tile_max:
-        raise APSQError(
-            f"partials overflow the {params.tile_bits}-bit tile-sum inputs: allowed "
-            f"[{params.tile_min}, {params.tile_max}], got min {tmin}, max {tmax}"
-        )
-    return LayerJob(t, e, gs)
+def get_backend(name: str) -> Backend:
+    """The registered :class:`Backend` called ``name``; :class:`APSQError` naming the choices otherwise."""
+    check_choice("backend", name, BACKENDS)
+    return _REGISTRY[name]
 
 
-_M32 = np.uint64(0xFFFFFFFF)
-
-
-def _put_field(words: np.ndarray, values: np.ndarray, width: int, offset: int) -> None:
-    """OR the low ``width`` bits of ``values`` [B] into the uint64 word array ``words`` [B, W] (32-bit
-    words) at bit ``offset`` (two's complement for negative values)."""
-    v = values.astype(np.int64).view(np.uint64)
-    if width < 64:
-        v = v & np.uint64((1 << width) - 1)
-    bit, idx = offset % 32, offset // 32
-    for t in range(-(-(bit + width) // 32)):
-        chunk = (v << np.uint64(bit)) if t == 0 else (v >> np.uint64(32 * t - bit))
-        words[:, idx + t] |= chunk & _M32
-
-
-def pack_beats(params: RAEParams, tiles: np.ndarray, exps: np.ndarray, s2: np.ndarray, last: np.ndarray) -> np.ndarray:
-    """Input payloads as 32-bit words, LSB first: ``uint32 [B, ceil(width / 32)]``.
-
-    ``tiles`` [B, L], ``exps`` [B] (or [B, L] with ``lane_exponents``), ``s2``/``last`` [B]; the field
-    order is :meth:`RAEParams.in_layout` (lane ``l``'s tile at bit ``l * tile_bits``, then the
-    exponent(s), ``s2``, ``last``). Vectorised: one numpy pass per field.
-    """
-    tb, ew, lanes = params.tile_bits, params.exp_width, params.lanes
-    width = params.in_layout().size
-    words = np.zeros((tiles.shape[0], -(-width // 32)), dtype=np.uint64)
-    for lane in range(lanes):
-        _put_field(words, tiles[:, lane], tb, lane * tb)
-    off = lanes * tb
-    if params.lane_exponents:
-        for lane in range(lanes):
-            _put_field(words, exps[:, lane], ew, off + lane * ew)
-        off += lanes * ew
-    else:
-        _put_field(words, exps, ew, off)
-        off += ew
-    _put_field(words, s2, 1, off)
-    _put_field(words, last, 1, off + 1)
-    return words.astype(np.uint32)
-
-
-def words_to_int(row: np.ndarray) -> int:
-    """One packed beat (uint32 words, LSB first) as a Python integer."""
-    return int.from_bytes(np.ascontiguousarray(row, dtype="<u4").tobytes(), "little")
-
-
-def int_to_words(value: int, n_words: int) -> np.ndarray:
-    """Inverse of :func:`words_to_int`."""
-    return np.frombuffer(value.to_bytes(4 * n_words, "little"), dtype="<u4").astype(np.uint32)
-
-
-def unpack_codes(params: RAEParams, words: np.ndarray) -> np.ndarray:
-    """Output payloads ``uint32 [B, ceil(L * bits / 32)]`` -> signed codes ``int64 [B, L]``."""
-    b = params.bits
-    w = np.concatenate([words.astype(np.uint64), np.zeros((words.shape[0], 1), dtype=np.uint64)], axis=1)
-    out = np.empty((words.shape[0], params.lanes), dtype=np.int64)
-    mask = np.uint64((1 << b) - 1)
-    for lane in range(params.lanes):
-        bit, idx = (lane * b) % 32, (lane * b) // 32
-        v = ((w[:, idx] >> np.uint64(bit)) | (w[:, idx + 1] << np.uint64(32 - bit))) & mask
-        c = v.astype(np.int64)
-        out[:, lane] = np.where(c >> (b - 1) != 0, c - (1 << b), c)
-    return out
-
-
-def unpack_out(params: RAEParams, word: int) -> list[int]:
-    """One output payload (Python integer) -> the ``L`` signed codes."""
-    n_words = -(-params.out_layout().size // 32)
-    return unpack_codes(params, int_to_words(word, n_words)[None, :])[0].tolist()
-
-
-def _passes(job: LayerJob, params: RAEParams) -> list[tuple[int, int]]:
-    """Column blocks of one layer: ``[(first position, positions in this pass), ...]``."""
-    blocks = math.ceil(job.partials.shape[1] / params.lanes)
-    cap = params.capacity(job.gs)
-    return [(b0, min(cap, blocks - b0)) for b0 in range(0, blocks, cap)]
-
-
-@dataclass(frozen=True)
-class EnginePass:
-    """One engine pass: layer index, gs, first position, positions ``M``, packed input beats
-    ``words`` (uint32 ``[n * M, W]``, WS order: for each step, every position)."""
-
-    layer: int
-    gs: int
-    first: int
-    positions: int
-    words: np.ndarray
-
-    def beats(self) -> list[int]:
-        """The input beats as Python integers (for the Amaranth and Icarus drivers)."""
-        return [words_to_int(r) for r in self.words]
-
-
-def build_schedule(jobs: Sequence[LayerJob], params: RAEParams) -> list[EnginePass]:
-    """The passes and packed input beats of ``jobs`` (vectorised; exponents ``[n]`` are broadcast to
-    all lanes on an engine with ``lane_exponents``)."""
-    lanes = params.lanes
-    schedule: list[EnginePass] = []
-    for li, job in enumerate(jobs):
-        n, cols = job.partials.shape
-        blocks = math.ceil(cols / lanes)
-        padded = np.zeros((n, blocks * lanes), dtype=np.int64)
-        padded[:, :cols] = job.partials
-        e = job.exponents
-        if params.lane_exponents:
-            pe = np.zeros((n, blocks * lanes), dtype=np.int64)  # padding lanes: exponent 0 (in range)
-            pe[:, :cols] = e if e.ndim == 2 else e[:, None]
-        closing = np.array(closing_steps(n, job.gs), dtype=np.int64)
-        last = (np.arange(n) == n - 1).astype(np.int64)
-        for b0, m in _passes(job, params):
-            tiles = padded[:, b0 * lanes:(b0 + m) * lanes].reshape(n * m, lanes)
-            if params.lane_exponents:
-                exps = pe[:, b0 * lanes:(b0 + m) * lanes].reshape(n * m, lanes)
-            else:
-                exps = np.repeat(e, m)
-            words = pack_beats(params, tiles, exps, np.repeat(closing, m), np.repeat(last, m))
-            schedule.append(EnginePass(li, job.gs, b0, m, words))
-    return schedule
-
-
-def scatter_outputs(
-    schedule: Sequence[EnginePass], outputs: np.ndarray | Sequence[Sequence[int]], jobs: Sequence[LayerJob],
-    params: RAEParams,
-) -> list[np.ndarray]:
-    """Reassemble the output beats (in order, codes ``[beats, L]``) into each layer's codes ``[L]``."""
-    lanes = params.lanes
-    out = np.asarray(outputs, dtype=np.int64).reshape(-1, lanes)
-    total = sum(p.positions for p in schedule)
-    if out.shape[0] != total:
-        raise APSQError(f"the engine produced {out.shape[0]} output beats, expected {total}")
-    results = [np.zeros(math.ceil(j.partials.shape[1] / lanes) * lanes, dtype=np.int64) for j in jobs]
-    k = 0
-    for p in schedule:
-        results[p.layer][p.first * lanes:(p.first + p.positions) * lanes] = out[k:k + p.positions].reshape(-1)
-        k += p.positions
-    return [r[: j.partials.shape[1]] for r, j in zip(results, jobs, strict=True)]
+def check_backend(name: str) -> None:
+    """Raise :class:`APSQError` before any work if ``name`` is unknown or its tools are not installed."""
+    get_backend(name).check()
 
 
 def run_layers(
@@ -284,92 +112,26 @@ def run_layers(
     seed: int = 0,
     backend: str = "amaranth",
 ) -> tuple[list[np.ndarray], RunStats]:
-    """Run ``jobs`` back to back on one RAE instance; return each layer's final codes ``[L]``.
+    """Run ``jobs`` back to back on one RAE instance; return each layer's final codes ``[L]`` and the
+    run's :class:`RunStats` (all layers together; ``per_pass_cycles`` per pass).
 
     Args:
-        jobs: validated layers (:func:`validate_layer`).
-        params: the engine instance's parameters.
+        jobs: validated layers (:func:`validate_layer`), any mix of group sizes, step counts and widths.
+        params: the engine instance's parameters (``lane_exponents=True`` for exponents ``[n, L]``).
         backpressure: probability (0..1) that the producer inserts an idle cycle before a beat and,
-            independently, that the consumer holds ``o.ready`` low in a cycle.
-        seed: seed of the back-pressure pattern (the two backends draw different patterns).
-        backend: ``"amaranth"`` (Python simulator) or ``"verilator"`` (compiled; needs ``verilator``
-            and a C++ compiler; the build is cached).
+            independently, that the consumer holds ``o.ready`` low in a cycle (``icarus``: any value
+            > 0 turns on its fixed quarter-of-the-cycles ``o_ready`` pattern).
+        seed: seed of the back-pressure pattern (each backend draws its own pattern).
+        backend: one of :data:`BACKENDS`.
 
     Raises:
-        APSQError: bad ``backpressure`` or ``backend``, or the simulator is missing or fails.
+        APSQError: bad ``backpressure`` or ``backend``, a missing tool, or a failed simulation.
     """
-    check_choice("backend", backend, BACKENDS)
+    b = get_backend(backend)
     if not 0.0 <= backpressure < 1.0:
         raise APSQError(f"backpressure must be a probability in [0, 1), got {backpressure}")
-    if backend == "verilator":
-        from apsq.hw.rae.verilator import run_layers_verilator
-
-        return run_layers_verilator(jobs, params, backpressure=backpressure, seed=seed)
-    from amaranth.sim import Simulator
-    dut = RAE(params)
-    schedule = build_schedule(jobs, params)
-    stats = RunStats()
-    rng = random.Random(seed)
-    outputs: list[list[int]] = []  # per pass, filled by the consumer
-    total_out = sum(p.positions for p in schedule)
-    taken = {"expected": 0}  # outputs the producer has sent beats for (waits for them before a reconfiguration)
-
-    async def producer(ctx):
-        cyc = 0
-        for ps in schedule:
-            gs, m = ps.gs, ps.positions
-            # reconfigure only when the engine is idle and all outputs of the previous pass are taken
-            while ctx.get(dut.busy) or len(outputs) < taken["expected"]:
-                await ctx.tick()
-                cyc += 1
-                stats.idle_in += 1
-            start = cyc
-            ctx.set(dut.s0, (gs - 1) & 1)
-            ctx.set(dut.s1, (gs - 1) >> 1)
-            ctx.set(dut.last_pos, m - 1)
-            for word in ps.beats():
-                while backpressure and rng.random() < backpressure:
-                    ctx.set(dut.i.valid, 0)
-                    await ctx.tick()
-                    cyc += 1
-                    stats.idle_in += 1
-                ctx.set(dut.i.payload.as_value(), word)
-                ctx.set(dut.i.valid, 1)
-                while True:
-                    _, _, ready, ovalid, oready = await ctx.tick().sample(dut.i.ready, dut.o.valid, dut.o.ready)
-                    cyc += 1
-                    if ready:
-                        break
-                    if ovalid and not oready:
-                        stats.backpressure_stalls += 1
-                    else:
-                        stats.hazard_stalls += 1
-                stats.beats_in += 1
-            ctx.set(dut.i.valid, 0)
-            taken["expected"] += m
-            stats.per_pass_cycles.append(cyc - start)
-
-    async def consumer(ctx):
-        cyc = 0
-        while len(outputs) < total_out:
-            ctx.set(dut.o.ready, 0 if (backpressure and rng.random() < backpressure) else 1)
-            _, _, valid, ready, word = await ctx.tick().sample(dut.o.valid, dut.o.ready, dut.o.payload.as_value())
-            cyc += 1
-            if valid and ready:
-                outputs.append(unpack_out(params, word))
-        stats.cycles = cyc
-        stats.beats_out = len(outputs)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(producer)
-    sim.add_testbench(consumer)
-    t0 = time.perf_counter()
-    sim.run()
-    stats.wall_s = time.perf_counter() - t0
-
-    codes = scatter_outputs(schedule, outputs, jobs, params)
-    return codes, stats
+    b.check()
+    return b.run(jobs, params, backpressure=backpressure, seed=seed)
 
 
 def simulate(
@@ -400,13 +162,13 @@ def simulate(
         depth: bank depth (the engine holds ``floor(4 / gs) * depth`` positions at once).
         backpressure, seed: random valid/ready gaps (see :func:`run_layers`).
         return_stats: also return the :class:`RunStats`.
-        backend: ``"amaranth"`` or ``"verilator"`` (see :func:`run_layers`).
+        backend: one of :data:`BACKENDS` (see :func:`run_layers`).
 
     Equals ``psum_accumulate_int(partials, exponents, mode='apsq', gs=gs, bits=bits).code`` bit for bit
     (per lane when the exponents are ``[n, L]``).
     """
     check_bits("bits", bits)
-    check_choice("backend", backend, BACKENDS)
+    get_backend(backend)
     shape = np.shape(partials)
     if lanes is None:
         lanes = shape[1] if len(shape) == 2 else 1

@@ -1,0 +1,272 @@
+"""The RAE's beat format and schedule, shared by every simulator backend (:mod:`apsq.hw.rae.sim`).
+
+A layer (:class:`LayerJob`: integer tile sums ``[n, L]``, exponents ``[n]`` or ``[n, L]``, group size)
+is checked against the engine's limits by :func:`validate_layer` and mapped onto the engine by
+:func:`build_schedule`: the ``L`` output columns are cut into blocks of ``lanes`` (zero-padded); block
+``b`` is output position ``b`` of its pass (bank set ``b // depth``, address ``b % depth``). For each
+step ``i`` one beat goes in per position (``exponent e_i``, ``s2 = closing_steps(n, gs)[i]``, ``last``
+on step ``n - 1``), so a layer of ``n`` steps and ``M`` positions is ``n * M`` input beats and ``M``
+output beats. Positions beyond the banks' capacity (``floor(4 / gs) * depth``) run as further passes
+(:class:`EnginePass`). Beats are packed as 32-bit words, LSB first, in the field order of
+:meth:`apsq.hw.rae.engine.RAEParams.in_layout` (:func:`pack_beats`); the output codes come back the
+same way (:func:`unpack_codes`) and :func:`scatter_outputs` puts them back into each layer's ``[L]``.
+:class:`RunStats` is the cycle accounting every backend reports.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from apsq.errors import APSQError, check_int
+from apsq.hw.rae.engine import NUM_BANKS, PIPELINE_LATENCY, RAEParams
+from apsq.psum.accumulate import closing_steps
+
+__all__ = [
+    "EnginePass",
+    "LayerJob",
+    "RunStats",
+    "validate_layer",
+    "pack_beats",
+    "words_to_int",
+    "int_to_words",
+    "unpack_codes",
+    "unpack_out",
+    "build_schedule",
+    "scatter_outputs",
+]
+
+
+@dataclass(frozen=True)
+class LayerJob:
+    """One layer for the engine: integer tile sums ``[n, L]``, exponents ``[n]`` or ``[n, L]``, group size."""
+
+    partials: np.ndarray
+    exponents: np.ndarray
+    gs: int
+
+
+@dataclass
+class RunStats:
+    """Cycle accounting of one :func:`apsq.hw.rae.sim.run_layers` call (all layers together).
+
+    ``cycles``: clock cycles from the first beat offered to the last code taken;
+    ``beats_in``/``beats_out``: stream transfers; ``hazard_stalls``: cycles the engine refused a
+    valid beat because the word it must read was still in the pipeline (read-after-write);
+    ``backpressure_stalls``: cycles it refused one because the output was not taken;
+    ``idle_in``: cycles the producer offered nothing (random gaps, or draining before a
+    reconfiguration); ``per_pass_cycles``: input-side cycles of each pass (layer, or part of a
+    layer wider than ``lanes * depth``); ``wall_s``: simulation wall time; ``cycles_per_s``: speed.
+    """
+
+    cycles: int = 0
+    beats_in: int = 0
+    beats_out: int = 0
+    hazard_stalls: int = 0
+    backpressure_stalls: int = 0
+    idle_in: int = 0
+    wall_s: float = 0.0
+    per_pass_cycles: list[int] = field(default_factory=list)
+
+    @property
+    def cycles_per_s(self) -> float:
+        return self.cycles / self.wall_s if self.wall_s > 0 else float("nan")
+
+    @property
+    def fill(self) -> int:
+        """Pipeline fill/drain per layer: cycles from the last input beat to its output code."""
+        return PIPELINE_LATENCY
+
+
+def _as_int_array(name: str, x: object) -> np.ndarray:
+    torch = sys.modules.get("torch")  # a tensor exists only if torch was imported: no import here
+    if torch is not None and isinstance(x, torch.Tensor):
+        if x.dtype.is_floating_point or x.dtype == torch.bool or x.is_complex():
+            raise APSQError(f"{name} must hold integers, got dtype {x.dtype}")
+        return x.detach().cpu().numpy().astype(np.int64)
+    a = np.asarray(x)
+    if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
+        raise APSQError(f"{name} must hold integers, got dtype {a.dtype}")
+    return a.astype(np.int64)
+
+
+def validate_layer(partials: object, exponents: object, gs: int, params: RAEParams) -> LayerJob:
+    """Check one layer against the engine's limits; raise :class:`APSQError` before simulating.
+
+    ``partials`` integer ``[n, L]``; ``exponents`` integer ``[n]`` (one per step) or ``[n, L]`` (one per
+    step and lane/output channel, needs ``params.lane_exponents``). ``gs`` must be 1..4 (four banks),
+    exponents within the shifter range ``[params.exp_min, params.exp_max]``, tile sums within
+    ``tile_bits`` signed bits.
+    """
+    check_int("gs", gs, lo=1, hi=NUM_BANKS)
+    t = _as_int_array("partials", partials)
+    if t.ndim != 2 or t.shape[0] < 1 or t.shape[1] < 1:
+        raise APSQError(f"partials must be [n, L] with n >= 1 steps and L >= 1 lanes, got shape {t.shape}")
+    e = _as_int_array("exponents", exponents)
+    n, cols = t.shape
+    if e.ndim == 2 and e.shape == (n, cols):
+        if not params.lane_exponents:
+            raise APSQError(
+                f"exponents of shape [n, L] = {e.shape} (one per lane) need an engine with per-lane shifts: "
+                "RAEParams(lane_exponents=True); this engine takes exponents [n]"
+            )
+    elif e.ndim != 1 or e.shape[0] != n:
+        raise APSQError(
+            f"exponents must be [n] (one per step) or [n, L] (one per step and lane) with n={n}, L={cols}; "
+            f"got shape {e.shape}"
+        )
+    lo, hi = int(e.min()), int(e.max())
+    if lo < params.exp_min or hi > params.exp_max:
+        raise APSQError(
+            f"exponents must be in the shifter range [{params.exp_min}, {params.exp_max}] "
+            f"(frac_bits={params.frac_bits}, shift_bits={params.shift_bits}); got min {lo}, max {hi}"
+        )
+    tmin, tmax = int(t.min()), int(t.max())
+    if tmin < params.tile_min or tmax > params.tile_max:
+        raise APSQError(
+            f"partials overflow the {params.tile_bits}-bit tile-sum inputs: allowed "
+            f"[{params.tile_min}, {params.tile_max}], got min {tmin}, max {tmax}"
+        )
+    return LayerJob(t, e, gs)
+
+
+_M32 = np.uint64(0xFFFFFFFF)
+
+
+def _put_field(words: np.ndarray, values: np.ndarray, width: int, offset: int) -> None:
+    """OR the low ``width`` bits of ``values`` [B] into the uint64 word array ``words`` [B, W] (32-bit
+    words) at bit ``offset`` (two's complement for negative values)."""
+    v = values.astype(np.int64).view(np.uint64)
+    if width < 64:
+        v = v & np.uint64((1 << width) - 1)
+    bit, idx = offset % 32, offset // 32
+    for t in range(-(-(bit + width) // 32)):
+        chunk = (v << np.uint64(bit)) if t == 0 else (v >> np.uint64(32 * t - bit))
+        words[:, idx + t] |= chunk & _M32
+
+
+def pack_beats(params: RAEParams, tiles: np.ndarray, exps: np.ndarray, s2: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Input payloads as 32-bit words, LSB first: ``uint32 [B, ceil(width / 32)]``.
+
+    ``tiles`` [B, L], ``exps`` [B] (or [B, L] with ``lane_exponents``), ``s2``/``last`` [B]; the field
+    order is :meth:`RAEParams.in_layout` (lane ``l``'s tile at bit ``l * tile_bits``, then the
+    exponent(s), ``s2``, ``last``). Vectorised: one numpy pass per field.
+    """
+    tb, ew, lanes = params.tile_bits, params.exp_width, params.lanes
+    width = params.in_layout().size
+    words = np.zeros((tiles.shape[0], -(-width // 32)), dtype=np.uint64)
+    for lane in range(lanes):
+        _put_field(words, tiles[:, lane], tb, lane * tb)
+    off = lanes * tb
+    if params.lane_exponents:
+        for lane in range(lanes):
+            _put_field(words, exps[:, lane], ew, off + lane * ew)
+        off += lanes * ew
+    else:
+        _put_field(words, exps, ew, off)
+        off += ew
+    _put_field(words, s2, 1, off)
+    _put_field(words, last, 1, off + 1)
+    return words.astype(np.uint32)
+
+
+def words_to_int(row: np.ndarray) -> int:
+    """One packed beat (uint32 words, LSB first) as a Python integer."""
+    return int.from_bytes(np.ascontiguousarray(row, dtype="<u4").tobytes(), "little")
+
+
+def int_to_words(value: int, n_words: int) -> np.ndarray:
+    """Inverse of :func:`words_to_int`."""
+    return np.frombuffer(value.to_bytes(4 * n_words, "little"), dtype="<u4").astype(np.uint32)
+
+
+def unpack_codes(params: RAEParams, words: np.ndarray) -> np.ndarray:
+    """Output payloads ``uint32 [B, ceil(L * bits / 32)]`` -> signed codes ``int64 [B, L]``."""
+    b = params.bits
+    w = np.concatenate([words.astype(np.uint64), np.zeros((words.shape[0], 1), dtype=np.uint64)], axis=1)
+    out = np.empty((words.shape[0], params.lanes), dtype=np.int64)
+    mask = np.uint64((1 << b) - 1)
+    for lane in range(params.lanes):
+        bit, idx = (lane * b) % 32, (lane * b) // 32
+        v = ((w[:, idx] >> np.uint64(bit)) | (w[:, idx + 1] << np.uint64(32 - bit))) & mask
+        c = v.astype(np.int64)
+        out[:, lane] = np.where(c >> (b - 1) != 0, c - (1 << b), c)
+    return out
+
+
+def unpack_out(params: RAEParams, word: int) -> list[int]:
+    """One output payload (Python integer) -> the ``L`` signed codes."""
+    n_words = -(-params.out_layout().size // 32)
+    return unpack_codes(params, int_to_words(word, n_words)[None, :])[0].tolist()
+
+
+def _passes(job: LayerJob, params: RAEParams) -> list[tuple[int, int]]:
+    """Column blocks of one layer: ``[(first position, positions in this pass), ...]``."""
+    blocks = math.ceil(job.partials.shape[1] / params.lanes)
+    cap = params.capacity(job.gs)
+    return [(b0, min(cap, blocks - b0)) for b0 in range(0, blocks, cap)]
+
+
+@dataclass(frozen=True)
+class EnginePass:
+    """One engine pass: layer index, gs, first position, positions ``M``, packed input beats
+    ``words`` (uint32 ``[n * M, W]``, WS order: for each step, every position)."""
+
+    layer: int
+    gs: int
+    first: int
+    positions: int
+    words: np.ndarray
+
+    def beats(self) -> list[int]:
+        """The input beats as Python integers (for the Amaranth and Icarus drivers)."""
+        return [words_to_int(r) for r in self.words]
+
+
+def build_schedule(jobs: Sequence[LayerJob], params: RAEParams) -> list[EnginePass]:
+    """The passes and packed input beats of ``jobs`` (vectorised; exponents ``[n]`` are broadcast to
+    all lanes on an engine with ``lane_exponents``)."""
+    lanes = params.lanes
+    schedule: list[EnginePass] = []
+    for li, job in enumerate(jobs):
+        n, cols = job.partials.shape
+        blocks = math.ceil(cols / lanes)
+        padded = np.zeros((n, blocks * lanes), dtype=np.int64)
+        padded[:, :cols] = job.partials
+        e = job.exponents
+        if params.lane_exponents:
+            pe = np.zeros((n, blocks * lanes), dtype=np.int64)  # padding lanes: exponent 0 (in range)
+            pe[:, :cols] = e if e.ndim == 2 else e[:, None]
+        closing = np.array(closing_steps(n, job.gs), dtype=np.int64)
+        last = (np.arange(n) == n - 1).astype(np.int64)
+        for b0, m in _passes(job, params):
+            tiles = padded[:, b0 * lanes:(b0 + m) * lanes].reshape(n * m, lanes)
+            if params.lane_exponents:
+                exps = pe[:, b0 * lanes:(b0 + m) * lanes].reshape(n * m, lanes)
+            else:
+                exps = np.repeat(e, m)
+            words = pack_beats(params, tiles, exps, np.repeat(closing, m), np.repeat(last, m))
+            schedule.append(EnginePass(li, job.gs, b0, m, words))
+    return schedule
+
+
+def scatter_outputs(
+    schedule: Sequence[EnginePass], outputs: np.ndarray | Sequence[Sequence[int]], jobs: Sequence[LayerJob],
+    params: RAEParams,
+) -> list[np.ndarray]:
+    """Reassemble the output beats (in order, codes ``[beats, L]``) into each layer's codes ``[L]``."""
+    lanes = params.lanes
+    out = np.asarray(outputs, dtype=np.int64).reshape(-1, lanes)
+    total = sum(p.positions for p in schedule)
+    if out.shape[0] != total:
+        raise APSQError(f"the engine produced {out.shape[0]} output beats, expected {total}")
+    results = [np.zeros(math.ceil(j.partials.shape[1] / lanes) * lanes, dtype=np.int64) for j in jobs]
+    k = 0
+    for p in schedule:
+        results[p.layer][p.first * lanes:(p.first + p.positions) * lanes] = out[k:k + p.positions].reshape(-1)
+        k += p.positions
+    return [r[: j.partials.shape[1]] for r, j in zip(results, jobs, strict=True)]
