@@ -74,9 +74,9 @@ def build_model(cfg: TrainConfig, weights: bool = True) -> nn.Module:
     if name == "bert-tiny":
         bc = BertConfig(vocab_size=30522, hidden_size=m.hidden_size, num_hidden_layers=m.num_layers,
                         num_attention_heads=max(1, m.hidden_size // 16), intermediate_size=2 * m.hidden_size,
-                        max_position_embeddings=max(128, m.max_len), num_labels=m.num_labels)
-        return BertForSequenceClassification(bc, **({"attn_implementation": "eager"}
-                                                     if (cfg.apsq or {}).get("attention_matmuls") else {}))
+                        max_position_embeddings=max(128, m.max_len), num_labels=m.num_labels,
+                        **({"attn_implementation": "eager"} if (cfg.apsq or {}).get("attention_matmuls") else {}))
+        return BertForSequenceClassification(bc)
     path = minilm_path() if name == "minilm" else name
     # attention-matmul quantization hooks the eager attention; otherwise keep the fast default
     extra = {"attn_implementation": "eager"} if (cfg.apsq or {}).get("attention_matmuls") else {}

@@ -1,0 +1,107 @@
+"""``apsq deploy export RUN_OR_CHECKPOINT -o PROGRAM`` and ``apsq deploy run PROGRAM --input ... --backend ...``.
+
+Argument parsing and printing only: the work is :mod:`apsq.deploy` (imported inside each command). Bad
+input exits 2, a failed run (or a verification mismatch) 1, both with one ``error: ...`` line on stderr.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from apsq.cli.common import command_line, console, fail, table, typer_app, write_json
+from apsq.errors import APSQError
+
+__all__ = ["register"]
+
+deploy_app = typer_app(name="deploy", help="Deploy a trained model to the RAE: export the engine program, run it "
+                                           "(golden | amaranth | verilator) with a stage-by-stage exact check.",
+                       no_args_is_help=True)
+
+
+@deploy_app.command("export")
+def export_cmd(
+    run_dir: Path = typer.Argument(..., metavar="RUN_OR_CHECKPOINT", help="An `apsq train` run folder (QAT stage) or "
+                                   "its checkpoint.safetensors."),
+    output: Path = typer.Option(..., "--output", "-o", help="Program folder to write (manifest.json + "
+                                "tensors.safetensors)."),
+    lanes: int = typer.Option(32, help="RAE lanes (outputs per beat)."),
+    depth: int = typer.Option(16, help="Words per PSUM bank."),
+    frac_bits: int = typer.Option(8, help="RAE fraction bits (smallest shift -frac_bits)."),
+    shift_bits: int = typer.Option(5, help="RAE shift width (largest shift 2^shift_bits - 1 - frac_bits)."),
+) -> None:
+    """Write the engine program of a trained run (never recalibrates; refuses what the engine cannot hold)."""
+    import torch
+
+    from apsq.deploy import export, save
+    from apsq.deploy.batches import input_batches
+    from apsq.deploy.export import load_trained
+
+    torch.set_num_threads(1)
+    try:
+        model, cfg, ckpt = load_trained(run_dir)
+        prog_cfg = cfg.model_dump(mode="json")
+        _, batches = input_batches(prog_cfg, "eval", limit=2, batch_size=2)  # the traced example
+        example = next(batches)
+        example.pop("labels", None)
+        prog = export(model, example, lanes=lanes, depth=depth, frac_bits=frac_bits, shift_bits=shift_bits,
+                      source=str(ckpt), train_config=prog_cfg)
+        save(prog, output)
+    except APSQError as exc:
+        fail(exc)
+    m = prog.manifest
+    lo = min(min(_flat(lay.engine_exponents)) for lay in m.layers)
+    hi = max(max(_flat(lay.engine_exponents)) for lay in m.layers)
+    widest = max(lay.tile_sum_bits for lay in m.layers)
+    console().print(f"{len(m.layers)} engine layers, {len(m.host_ops)} host ops; shifts [{lo}, {hi}] of "
+                    f"[{m.engine.exp_min}, {m.engine.exp_max}]; widest tile sum {widest} of {m.engine.tile_bits} bits; "
+                    f"lane exponents {m.engine.lane_exponents}; written to {output}")
+
+
+def _flat(e):
+    return [v for row in e for v in (row if isinstance(row, list) else [row])]
+
+
+@deploy_app.command("run")
+def run_cmd(
+    program: Path = typer.Argument(..., help="Program folder (apsq deploy export)."),
+    input_: str = typer.Option("eval", "--input", "-i", help="'eval' (the run's evaluation split) or a text file, "
+                               "one sentence per line."),
+    backend: str = typer.Option("golden", help="golden | amaranth | verilator."),
+    limit: int = typer.Option(None, help="Only the first N inputs."),
+    batch_size: int = typer.Option(32, help="Sentences per forward."),
+    verify: bool = typer.Option(True, help="Check every layer stage by stage and the logits against PyTorch."),
+    mismatch_dir: Path = typer.Option(Path("deploy-mismatch"), help="Where a mismatch's .npz is written."),
+    json_out: Path = typer.Option(None, "--json", help="Write the summary JSON here."),
+) -> None:
+    """Whole-model inference with every quantized matmul's PSUMs on BACKEND, exactly verified."""
+    import torch
+
+    from apsq.deploy import DeployMismatch, load
+    from apsq.deploy.batches import run_batches
+
+    torch.set_num_threads(1)
+    try:
+        prog = load(program)
+        if backend not in ("golden", "amaranth", "verilator"):
+            raise APSQError(f"--backend must be golden, amaranth or verilator, got {backend!r}")
+        res = run_batches(prog, input_, backend, limit=limit, batch_size=batch_size, verify=verify,
+                          mismatch_dir=mismatch_dir)
+    except DeployMismatch as exc:
+        fail(exc, code=1)
+    except APSQError as exc:
+        fail(exc)
+    res["command"] = command_line()
+    write_json(json_out, res)
+    t = table(f"apsq deploy run: {res['sentences']} inputs on {backend}", "quantity", "value", left=("quantity",))
+    for key in ("identical_predictions", "identical_logits", "accuracy", "lane_steps", "rtl_cycles",
+                "rtl_lane_steps_per_s", "sentences_per_min", "wall_s"):
+        if res.get(key) is not None:
+            v = res[key]
+            t.add_row(key, f"{v:.4f}" if isinstance(v, float) and key == "accuracy" else str(v))
+    console().print(t)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(deploy_app, name="deploy")

@@ -1,0 +1,134 @@
+"""Many inputs through a program: the inputs of an ``apsq train`` export, batched, with a JSON summary.
+
+:func:`input_batches` reads ``eval`` (the run's evaluation split, with labels) or a text file (one
+sentence per line) and tokenizes them as training did; :func:`run_batches` runs them through
+:func:`apsq.deploy.run` batch by batch and summarises: predictions and logits identical to the PyTorch
+model's, accuracy, per-layer totals and the throughput (sentences/min, RTL lane-steps/s).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from apsq.deploy.program import Program, manifest_digest
+from apsq.deploy.runner import host_model, outputs_of, run
+from apsq.errors import APSQError, check_int
+
+__all__ = ["input_batches", "run_batches"]
+
+
+def input_batches(train_config: Mapping[str, Any] | None, source: str, *, limit: int | None = None,
+                  batch_size: int = 32) -> tuple[int, Iterator[dict[str, torch.Tensor]]]:
+    """``(count, batches)`` for the model of an ``apsq train`` config: ``source`` is ``eval`` (the
+    run's evaluation split, first ``limit`` in order) or a UTF-8 text file with one sentence per line.
+    Batches hold ``labels`` when known."""
+    from apsq.train.config import parse_config
+
+    check_int("batch_size", batch_size, lo=1)
+    if limit is not None:
+        check_int("limit", limit, lo=1)
+    if train_config is None:
+        raise APSQError("this program was exported from a Python model: run it with apsq.deploy.run(program, "
+                        "inputs, model=...)")
+    cfg = parse_config(dict(train_config), "program host")
+    if cfg.model.name == "digits-cnn":
+        raise APSQError("apsq deploy run takes text models (the digits CNN: use the Python API)")
+    from apsq.data.text import TextExample, TokenizedText
+    from apsq.train.models import load_tokenizer
+
+    tok = load_tokenizer(cfg)
+    if source == "eval":
+        from apsq.train.tasks import build_task
+
+        data = build_task(cfg, tok).eval
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise APSQError(f"--input {source!r}: give 'eval' (the run's evaluation split) or a text file with one "
+                            "sentence per line")
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        if not lines:
+            raise APSQError(f"--input {source}: the file holds no sentence")
+        data = TokenizedText([TextExample(id=str(i), text=s, label=-1) for i, s in enumerate(lines)], tok, cfg.model.max_len)
+    n = len(data) if limit is None else min(limit, len(data))
+
+    def gen() -> Iterator[dict[str, torch.Tensor]]:
+        for i in range(0, n, batch_size):
+            b = data.batch(list(range(i, min(n, i + batch_size))))
+            if source != "eval":
+                b.pop("labels", None)
+            yield b
+
+    return n, gen()
+
+
+def run_batches(program: Program, source: str, backend: str = "golden", *, limit: int | None = None,
+                batch_size: int = 32, verify: bool = True, mismatch_dir: str | Path = "deploy-mismatch",
+                progress: Any = None) -> dict[str, Any]:
+    """Run ``source`` through ``program`` on ``backend``; a JSON-ready summary (see the module docstring).
+
+    Raises :class:`apsq.deploy.DeployMismatch` at the first difference (with its ``.npz``)."""
+    model = host_model(program)
+    n, batches = input_batches(program.manifest.host.train_config, source, limit=limit, batch_size=batch_size)
+    layers: dict[int, dict[str, Any]] = {}
+    same_pred = same_logits = correct = labelled = done = 0
+    wall = rtl_wall = 0.0
+    lane_steps = cycles = 0
+    t0 = time.perf_counter()
+    for batch in batches:
+        labels = batch.pop("labels", None)
+        rep = run(program, batch, backend, model=model, verify=verify, mismatch_dir=mismatch_dir)
+        out = outputs_of(rep.output)
+        pred = out.argmax(-1)
+        if verify:
+            ref = outputs_of(rep.reference)
+            same_pred += int((pred == ref.argmax(-1)).sum())
+            same_logits += int((out == ref).all(-1).sum())
+        if labels is not None and bool((labels >= 0).all()):
+            correct += int((pred == labels).sum())
+            labelled += len(labels)
+        done += len(pred)
+        wall += rep.wall_s
+        rtl_wall += rep.rtl_wall_s
+        lane_steps += rep.lane_steps
+        for lr in rep.layers:
+            d = layers.setdefault(lr.index, {"index": lr.index, "name": lr.name, "op": lr.op, "calls": 0, "outputs": 0,
+                                             "checked_outputs": 0, "lane_steps": 0, "rtl_cycles": 0, "rtl_beats_in": 0})
+            for k in ("calls", "outputs", "checked_outputs", "lane_steps", "rtl_cycles", "rtl_beats_in"):
+                d[k] += getattr(lr, k)
+            cycles += lr.rtl_cycles
+        if progress is not None:
+            progress(done, n)
+    total = time.perf_counter() - t0
+    m = program.manifest
+    return {
+        "backend": backend,
+        "input": source,
+        "sentences": done,
+        "verified": verify,
+        "identical_predictions": same_pred if verify else None,
+        "identical_logits": same_logits if verify else None,
+        "accuracy": correct / labelled if labelled else None,
+        "layers_per_sentence": len(m.layers),
+        "lane_steps": lane_steps,
+        "rtl_cycles": cycles if backend != "golden" else None,
+        "rtl_simulation_s": round(rtl_wall, 3) if backend != "golden" else None,
+        "rtl_lane_steps_per_s": round(lane_steps / rtl_wall) if rtl_wall > 0 else None,
+        "engine_run_s": round(wall, 2),
+        "wall_s": round(total, 2),
+        "sentences_per_min": round(60 * done / total, 2) if total > 0 else None,
+        "engine": m.engine.model_dump(),
+        "program": {"source": m.source, "schema_version": m.schema_version, "manifest_sha256": manifest_digest(m),
+                    "gs": sorted({lay.gs for lay in m.layers}),
+                    "psum_granularity": sorted({lay.psum_granularity for lay in m.layers})},
+        "per_layer": [layers[i] for i in sorted(layers)],
+        "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                    "load_avg_1m": round(os.getloadavg()[0], 2), "torch_threads": torch.get_num_threads()},
+    }

@@ -1,0 +1,86 @@
+"""``apsq deploy export`` / ``apsq deploy run`` on a real ``apsq train`` run (a tiny BERT, attention quantized)."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from apsq.cli import app
+
+runner = CliRunner()
+
+
+def _standin(path):
+    """Sentences in the Rotten Tomatoes ground-truth format (id, rating, text) with a word-level signal."""
+    rng = random.Random(0)
+    pos, neg = "good great moving funny warm".split(), "bad dull boring awful flat".split()
+    lines = []
+    for i in range(1, 121):
+        rating = rng.choice([-2.0, -0.5, 0.7, 2.1])
+        lines.append(f"{i}\t{rating}\tthe movie is " + " and ".join(rng.sample(pos if rating > 0 else neg, 2)))
+    path.write_text("\r\n".join(lines) + "\r\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from apsq.train.config import parse_config
+    from apsq.train.loop import train
+
+    tmp = tmp_path_factory.mktemp("deploy_run")
+    cfg = parse_config({
+        "seed": 0,
+        "model": {"name": "bert-tiny", "max_len": 16, "hidden_size": 32, "num_layers": 1},
+        "data": {"name": "rt-sentences", "path": str(_standin(tmp / "rt.txt"))},
+        "finetune": {"steps": 2, "batch_size": 8, "lr": 1e-3},
+        "apsq": {"mode": "apsq", "gs": 2, "tile": 8, "exclude": ["classifier"], "attention_matmuls": True,
+                 "overrides": {"*.pooler.dense": {"gs": 4}}},
+        "qat": {"steps": 2, "batch_size": 8, "lr": 1e-4, "calib_batches": 2},
+        "save_every": 2,
+        "threads": 1,
+    })
+    train(cfg, tmp / "run", progress=False)
+    return tmp / "run"
+
+
+def test_export_and_run_golden(trained_run, tmp_path):
+    prog = tmp_path / "prog"
+    res = runner.invoke(app, ["deploy", "export", str(trained_run), "-o", str(prog)])
+    assert res.exit_code == 0, res.output
+    assert "engine layers" in res.output and (prog / "manifest.json").is_file()
+    manifest = json.loads((prog / "manifest.json").read_text())
+    assert manifest["host"]["builder"] == "apsq-train"
+    assert {lay["op"] for lay in manifest["layers"]} == {"linear", "attention_qk", "attention_av"}
+    assert {lay["gs"] for lay in manifest["layers"]} == {2, 4}
+    out = tmp_path / "run.json"
+    res = runner.invoke(app, ["deploy", "run", str(prog), "--limit", "10", "--batch-size", "4", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(out.read_text())
+    assert summary["sentences"] == 10 and summary["identical_logits"] == 10 and summary["identical_predictions"] == 10
+    assert all(lay["checked_outputs"] == lay["outputs"] > 0 for lay in summary["per_layer"])
+    sentences = tmp_path / "s.txt"
+    sentences.write_text("a good and warm movie\nboring\n")
+    res = runner.invoke(app, ["deploy", "run", str(prog), "--input", str(sentences), "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["identical_logits"] == 2
+    if shutil.which("verilator"):
+        res = runner.invoke(app, ["deploy", "run", str(prog), "--limit", "3", "--backend", "verilator", "--json", str(out)])
+        assert res.exit_code == 0, res.output
+        s = json.loads(out.read_text())
+        assert s["identical_logits"] == 3 and s["rtl_cycles"] > 0 and s["rtl_lane_steps_per_s"] > 0
+
+
+def test_cli_errors_are_one_line(trained_run, tmp_path):
+    res = runner.invoke(app, ["deploy", "export", str(tmp_path / "nothing"), "-o", str(tmp_path / "p")])
+    assert res.exit_code == 2 and res.output.strip().startswith("error:") and "does not exist" in res.output
+    assert not (tmp_path / "p").exists()  # nothing written
+    res = runner.invoke(app, ["deploy", "export", str(trained_run), "-o", str(tmp_path / "p"), "--shift-bits", "1",
+                              "--frac-bits", "0"])
+    assert res.exit_code == 2 and "outside the RAE's shifter range" in res.output
+    assert not (tmp_path / "p").exists()
+    res = runner.invoke(app, ["deploy", "run", str(tmp_path / "nothing")])
+    assert res.exit_code == 2 and "no manifest.json" in res.output
