@@ -284,7 +284,7 @@ def test_cli_rae_shape_in_error_kept():
     ({"data": {"name": "imagenet"}}, "data.name must be one of rt-sentences, digits, glue-cola"),
     ({"model": {"num_labels": 10}}, "num_labels is 10 but data 'rt-sentences' has 2 classes"),
     ({"model": {"name": "bert-tiny", "num_labels": 2}, "data": {"name": "glue-mnli"}}, "has 3 classes"),
-    ({"data": {"name": "glue-stsb"}}, "regression task"),
+    ({"data": {"name": "glue-stsb"}}, "'glue-stsb' is a regression \\(one output\\); set model.num_labels: 1"),
 ])
 def test_pairing_rejected_with_allowed_values(cfg, match):
     from apsq.train.config import parse_config

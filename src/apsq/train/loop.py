@@ -204,17 +204,31 @@ def logits_of(out: Any) -> torch.Tensor:
     return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
 
 
+def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for class labels (int); mean-squared error of the single output for real-valued
+    labels (a regression such as GLUE STS-B: float labels, ``logits [B, 1]``)."""
+    if labels.is_floating_point():
+        return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+    return F.cross_entropy(logits, labels)
+
+
 def distill_loss(student: Any, teacher: Any, labels: torch.Tensor, cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    """``kd * T^2 KL(p_t || p_s) + ce * CE(s, y) + hidden * mean_l MSE(h_s^l, h_t^l)`` (Hinton et al. 2015)."""
+    """``kd * T^2 KL(p_t || p_s) + ce * CE(s, y) + hidden * mean_l MSE(h_s^l, h_t^l)`` (Hinton et al. 2015).
+
+    A regression (float ``labels``): ``kd`` is the mean-squared error between the student's and the
+    teacher's outputs (no temperature) and ``ce`` the mean-squared error with the labels (:func:`task_loss`)."""
     d = cfg.distill
     s, t = logits_of(student), logits_of(teacher).detach()
     temp = d.temperature
-    kd = F.kl_div(F.log_softmax(s / temp, -1), F.log_softmax(t / temp, -1), log_target=True,
-                  reduction="batchmean") * temp * temp
+    if labels.is_floating_point():
+        kd = F.mse_loss(s, t)
+    else:
+        kd = F.kl_div(F.log_softmax(s / temp, -1), F.log_softmax(t / temp, -1), log_target=True,
+                      reduction="batchmean") * temp * temp
     parts = {"kd": kd}
     total = d.kd_weight * kd
     if d.ce_weight > 0:
-        parts["ce"] = F.cross_entropy(s, labels)
+        parts["ce"] = task_loss(s, labels)
         total = total + d.ce_weight * parts["ce"]
     if d.hidden_weight > 0:
         hs, ht = student.hidden_states, teacher.hidden_states
@@ -255,6 +269,35 @@ def evaluate(model: nn.Module, data: BatchSource, batch_size: int = 64, rank: in
     return float(counts[0] / counts[1])
 
 
+@torch.no_grad()
+def evaluate_glue(model: nn.Module, data: BatchSource, task: str, batch_size: int = 64, rank: int = 0, world: int = 1,
+                  device: torch.device | str = "cpu", gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  desc: str = "eval", progress: bool = True) -> dict[str, float]:
+    """GLUE's official metrics of ``task`` (:func:`apsq.train.glue.glue_metrics`, with ``score``) of
+    ``model`` on ``data``: predicted classes (argmax) or, for STS-B, the single output. Rows are sharded
+    over ``world`` processes and the predictions collected with ``gather`` (accelerate's; stacks the
+    ranks' equal-sized tensors)."""
+    from apsq.train.glue import glue_metrics
+
+    was = model.training
+    model.eval()
+    mine = list(range(rank, len(data), world))
+    per = -(-len(data) // world)
+    rows = torch.full((per, 3), -1.0, dtype=torch.float64, device=device)  # row, prediction, label
+    for i in tqdm(range(0, len(mine), batch_size), desc=desc, disable=not progress, leave=False):
+        take = mine[i: i + batch_size]
+        inputs, labels = _inputs(data.batch(take), torch.device(device))
+        out = logits_of(model(**inputs))
+        pred = out.squeeze(-1) if labels.is_floating_point() else out.argmax(-1)
+        rows[i: i + len(take)] = torch.stack([torch.as_tensor(take, dtype=torch.float64, device=device),
+                                              pred.double(), labels.double()], -1)
+    allr = (gather(rows) if gather is not None else rows).cpu().reshape(-1, 3)
+    allr = allr[allr[:, 0] >= 0]
+    allr = allr[allr[:, 0].argsort()]
+    model.train(was)
+    return glue_metrics(task, allr[:, 1].numpy(), allr[:, 2].numpy())
+
+
 def run_steps(model: nn.Module, opt: torch.optim.Optimizer, data: BatchSource, sched: ScheduleConfig,
               cfg: TrainConfig, stage: str, *, teacher: nn.Module | None = None, start: int = 0, rank: int = 0,
               world: int = 1, device: torch.device | str | None = None,
@@ -292,7 +335,7 @@ def run_steps(model: nn.Module, opt: torch.optim.Optimizer, data: BatchSource, s
         inputs, labels = move(data.batch(idx[rank * per:(rank + 1) * per]))
         out = model(**inputs, output_hidden_states=True) if hidden else model(**inputs)
         if teacher is None:
-            parts = {"loss": F.cross_entropy(logits_of(out), labels)}
+            parts = {"loss": task_loss(logits_of(out), labels)}
         else:
             with torch.no_grad():
                 tin = to_device(inputs, device, module_dtype(teacher))
@@ -458,6 +501,15 @@ class _Run:
         return model
 
     def _eval(self, model: nn.Module, stage: str, step: int) -> float:
+        """The evaluation score: accuracy, or for GLUE the task's score (the mean of its official
+        metrics, kept in ``self.task_metrics``)."""
+        if self.task.glue is not None:
+            self.task_metrics = evaluate_glue(self.acc.unwrap_model(model), self.task.eval, self.task.glue,
+                                              self.cfg.eval.batch_size, self.rank, self.world, self.acc.device,
+                                              gather=self.acc.gather, desc=f"eval {stage}", progress=self.progress)
+            self.metrics.log(stage=stage, step=step, split=self.task.eval_split, accuracy=self.task_metrics["score"],
+                             glue=self.task_metrics)
+            return self.task_metrics["score"]
         acc = evaluate(self.acc.unwrap_model(model), self.task.eval, self.cfg.eval.batch_size, self.rank, self.world,
                        self.acc.device, reduce=lambda t: self.acc.reduce(t, "sum"), desc=f"eval {stage}",
                        progress=self.progress)
@@ -472,6 +524,7 @@ class _Run:
         t_start = time.time()
         tok = None if cfg.model.name == "digits-cnn" else load_tokenizer(cfg)
         self.task: Task = build_task(cfg, tok)
+        self.task_metrics: dict[str, float] | None = None  # GLUE metrics of the latest evaluation
         model = build_model(cfg)
         self.metrics.truncate_after(self.state["stage"], self.state["step"])
         # stage 1: full precision
@@ -485,24 +538,30 @@ class _Run:
                 load_model_state(model, t, Path(cfg.finetune.init))
             model = self._stage("finetune", cfg.finetune, model, None, self.task.train)
             fp32_acc = cached_fp32_accuracy(init_meta, cfg) if cfg.finetune.init else None
+            fp32_glue = init_meta.get("fp32_glue") if fp32_acc is not None else None
             if self.state.get("fp32_accuracy") is not None:  # resumed after this stage was evaluated and
                 fp32_acc = self.state["fp32_accuracy"]       # logged (killed before QAT's first checkpoint)
-            elif fp32_acc is None:
+                fp32_glue = self.state.get("fp32_glue")
+            elif fp32_acc is None or (self.task.glue is not None and fp32_glue is None):
                 fp32_acc = self._eval(model, "finetune", cfg.finetune.steps)
+                fp32_glue = self.task_metrics
             else:
                 self.metrics.log(stage="finetune", step=0, split=self.task.eval_split, accuracy=fp32_acc,
                                  source=str(cfg.finetune.init))
             if self.main:
                 atomic_save_tensors(self.out / FP32, {f"model/{k}": v for k, v in model.state_dict().items()},
                                     {"fingerprint": cfg.fingerprint(), "fp32_accuracy": fp32_acc,
-                                     "eval_key": eval_key(cfg)})
+                                     "fp32_glue": fp32_glue, "eval_key": eval_key(cfg)})
             self.state["fp32_accuracy"] = fp32_acc
+            self.state["fp32_glue"] = fp32_glue
             self._save("finetune", cfg.finetune.steps, model, None)
         else:
             t, _ = read_tensors(self.out / FP32)
             load_model_state(model, t, self.out / FP32)
         result: dict[str, Any] = {"fp32_accuracy": self.state["fp32_accuracy"], "eval_split": self.task.eval_split,
                                   "eval_examples": len(self.task.eval), "seed": cfg.seed, "finetune_steps": cfg.finetune.steps, "processes": self.world}
+        if self.task.glue is not None:  # GLUE's official metrics; "accuracy" holds the task's score (their mean)
+            result.update(glue_task=self.task.glue, fp32_glue=self.state.get("fp32_glue"))
         qcfg = cfg.apsq_config()
         if qcfg is not None:
             teacher = copy.deepcopy(model).eval()
@@ -524,6 +583,8 @@ class _Run:
             model = self._stage("qat", cfg.qat, model, teacher, self.task.train)
             result.update(accuracy=self._eval(model, "qat", cfg.qat.steps), qat_steps=cfg.qat.steps,
                           apsq=qcfg.to_dict())
+            if self.task.glue is not None:
+                result["glue"] = self.task_metrics
         result["replica_max_abs_diff"] = self._replica_diff(model)
         result["seconds"] = round(time.time() - t_start, 1)
         if self.main:

@@ -8,6 +8,7 @@ from typing import Protocol
 
 import torch
 
+from apsq.data.registry import GLUE_REGRESSION
 from apsq.errors import APSQError
 from apsq.train.config import TrainConfig
 
@@ -37,6 +38,8 @@ class Task:
     train: BatchSource
     eval: BatchSource
     eval_split: str
+    glue: str | None = None
+    """The GLUE task name when the data is GLUE: evaluation reports its official metrics (:mod:`apsq.train.glue`)."""
 
 
 def subset(total: int, n: int | None) -> list[int]:
@@ -66,6 +69,7 @@ def build_task(cfg: TrainConfig, tokenizer=None) -> Task:
         return Task(TensorBatches(xt[i], yt[i]), TensorBatches(xe[j], ye[j]), d.eval_split)
     from apsq.data.text import TokenizedText
 
+    glue = None
     if tokenizer is None:
         raise APSQError(f"data {d.name!r} is text and needs a tokenizer (a text model: minilm, bert-tiny or a Hugging "
                         "Face model); image data: digits (with model digits-cnn)")
@@ -77,12 +81,13 @@ def build_task(cfg: TrainConfig, tokenizer=None) -> Task:
     elif d.name.startswith("glue-"):
         from apsq.data.hub import load_glue
 
-        task = d.name[len("glue-"):]
+        glue = task = d.name[len("glue-"):]
         # GLUE's test labels are hidden: its validation split is the evaluation set.
         train = load_glue(task, "train", data_files=d.path)
-        ev = load_glue(task, "validation" if d.eval_split != "train" else "train", data_files=d.path)
+        ev = load_glue(task, "validation" if d.eval_split != "train" else "train", data_files=d.eval_path or d.path)
     else:
         raise APSQError(f"data.name must be rt-sentences, digits or glue-<task>; got {d.name!r}")
     train, ev = _limit(train, d.train_limit), _limit(ev, d.eval_limit)
-    return Task(TokenizedText(train, tokenizer, cfg.model.max_len), TokenizedText(ev, tokenizer, cfg.model.max_len),
-                d.eval_split)
+    reg = glue in GLUE_REGRESSION
+    return Task(TokenizedText(train, tokenizer, cfg.model.max_len, reg),
+                TokenizedText(ev, tokenizer, cfg.model.max_len, reg), d.eval_split, glue)

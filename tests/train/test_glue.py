@@ -1,0 +1,95 @@
+"""GLUE complete: every task trains (STS-B as a regression), each with its official metric."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from glue_fixtures import write_glue
+
+from apsq.errors import APSQError
+from apsq.train.glue import GLUE_METRICS, glue_average, glue_metrics
+
+
+def test_metrics_by_hand():
+    y = [1, 1, 1, 0, 0, 0, 1, 0]
+    p = [1, 1, 0, 0, 0, 1, 1, 0]  # tp 3, fn 1, fp 1, tn 3
+    m = glue_metrics("mrpc", p, y)
+    assert m["accuracy"] == 0.75 and m["f1"] == pytest.approx(0.75) and m["score"] == pytest.approx(0.75)
+    mcc = (3 * 3 - 1 * 1) / math.sqrt(4 * 4 * 4 * 4)  # (tp tn - fp fn) / sqrt((tp+fp)(tp+fn)(tn+fp)(tn+fn))
+    assert glue_metrics("cola", p, y) == {"matthews": pytest.approx(mcc), "score": pytest.approx(mcc)}
+    s = glue_metrics("stsb", [0.5, 1.0, 3.0, 2.0], [1.0, 2.0, 3.0, 3.5])
+    assert s["spearman"] == pytest.approx(0.8)  # ranks 1,2,4,3 vs 1,2,3,4: 1 - 6 * 2 / (4 * 15)
+    x, t = np.array([0.5, 1.0, 3.0, 2.0]), np.array([1.0, 2.0, 3.0, 3.5])
+    r = ((x - x.mean()) * (t - t.mean())).sum() / math.sqrt(((x - x.mean()) ** 2).sum() * ((t - t.mean()) ** 2).sum())
+    assert s["pearson"] == pytest.approx(r) and s["score"] == pytest.approx((r + 0.8) / 2)
+    assert glue_metrics("stsb", [2.0] * 4, [1.0, 2.0, 4.0, 3.5])["pearson"] == 0.0  # constant: no correlation
+    assert glue_average({"cola": 0.2, "stsb": 0.8}) == pytest.approx(0.5)
+    assert set(GLUE_METRICS) == {"cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli"}
+    with pytest.raises(APSQError, match="task must be one of"):
+        glue_metrics("sst3", [1], [1])
+    with pytest.raises(APSQError, match="as many predictions as labels"):
+        glue_metrics("sst2", [1, 0], [1])
+
+
+def test_every_glue_task_is_a_config_and_stsb_needs_one_output():
+    from apsq.data.registry import dataset_names
+    from apsq.train.config import parse_config
+
+    assert {f"glue-{t}" for t in GLUE_METRICS} <= set(dataset_names())
+    parse_config({"model": {"name": "minilm", "num_labels": 1}, "data": {"name": "glue-stsb"}})
+    with pytest.raises(APSQError, match=r"'glue-stsb' is a regression \(one output\); set model.num_labels: 1"):
+        parse_config({"model": {"name": "minilm", "num_labels": 2}, "data": {"name": "glue-stsb"}})
+
+
+def _cfg(task, train, val, labels, **over):
+    cfg = {"seed": 0, "model": {"name": "minilm", "num_labels": labels, "max_len": 24},
+           "data": {"name": f"glue-{task}", "path": str(train), "eval_path": str(val), "eval_split": "validation"},
+           "finetune": {"steps": 6, "batch_size": 8, "lr": 1e-4},
+           "apsq": {"mode": "apsq", "gs": 2, "tile": 32}, "qat": {"steps": 2, "batch_size": 8, "calib_batches": 1},
+           "save_every": 100, "threads": 1}
+    cfg.update(over)
+    return cfg
+
+
+@pytest.mark.slow
+def test_stsb_regression_trains_and_reports_pearson_spearman(tmp_path):
+    from apsq.data.hub import load_glue
+    from apsq.train.config import parse_config
+    from apsq.train.loop import train
+
+    train_f, val_f = write_glue(tmp_path / "data", "stsb")
+    assert isinstance(load_glue("stsb", "train", data_files=str(train_f))[0].label, float)
+    res = train(parse_config(_cfg("stsb", train_f, val_f, 1)), tmp_path / "run", progress=False)
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert saved["glue_task"] == "stsb" and set(saved["glue"]) == {"pearson", "spearman", "score"}
+    assert saved["accuracy"] == pytest.approx(saved["glue"]["score"])  # the score stands in the accuracy field
+    assert saved["fp32_accuracy"] == pytest.approx(saved["fp32_glue"]["score"])
+    assert -1 <= saved["glue"]["pearson"] <= 1 and saved["eval_examples"] == 24
+    assert res["model"].classifier.out_features == 1
+    losses = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in losses if "loss" in r)
+    # the logged FP32 evaluation carries the metrics the result reports
+    fp = next(r for r in losses if r.get("stage") == "finetune" and "glue" in r)
+    assert fp["glue"] == saved["fp32_glue"]
+
+
+@pytest.mark.slow
+def test_mrpc_reports_f1_and_accuracy_and_qat_reuses_the_fp32_metrics(tmp_path):
+    from apsq.train.config import parse_config
+    from apsq.train.loop import train
+
+    for task, keys in (("mrpc", {"f1", "accuracy", "score"}),):
+        train_f, val_f = write_glue(tmp_path / "data", task)
+        out = tmp_path / task
+        cfg = _cfg(task, train_f, val_f, 2, apsq=None)
+        train(parse_config(cfg), out / "fp32", progress=False)
+        fp = json.loads((out / "fp32" / "result.json").read_text())
+        assert set(fp["fp32_glue"]) == keys and "glue" not in fp
+        q = _cfg(task, train_f, val_f, 2, finetune={"steps": 0, "init": str(out / "fp32" / "fp32.safetensors")})
+        res = json.loads(json.dumps({k: v for k, v in train(parse_config(q), out / "q", progress=False).items()
+                                     if k != "model"}))
+        assert res["fp32_glue"] == fp["fp32_glue"]  # read from the FP32 checkpoint, not re-evaluated
+        assert set(res["glue"]) == keys and res["accuracy"] == pytest.approx(res["glue"]["score"])
