@@ -135,7 +135,9 @@ def test_gpt2_conv1d_layers_are_quantized():
     names = [n for n, _ in apsq.quant_layers(model)]
     assert sum(isinstance(m, QuantTransposedLinear) for _, m in apsq.quant_layers(model)) == 8
     assert "lm_head" in names and len(names) == 9
-    assert model.apsq_report.skipped == ()
+    # attention_matmuls is off: QK^T / AV are listed as left alone by the config (issue 25 item 11)
+    assert [(s.name, s.by_config) for s in model.apsq_report.skipped] == [
+        (f"transformer.h.{i}.attn.{mm}", True) for i in range(2) for mm in ("qk_matmul", "av_matmul")]
     apsq.calibrate(model, [ids])
     assert _rel(model(ids).logits, ref) < 1e-3
 

@@ -97,6 +97,10 @@ class Residual(nn.Module):
 class LiteMLA(nn.Module):
     """Lightweight multi-scale linear attention (ReLU kernel), heads of dimension ``dim``."""
 
+    apsq_reductions = ("vk_matmul", "out_matmul")
+    """The two activation x activation matmuls of :meth:`_linear_attention`: apsq leaves them in full
+    precision and ``apsq.quantize_`` lists them in ``model.apsq_report.skipped``."""
+
     def __init__(self, channels: int, dim: int = B1_DIM, scales: tuple[int, ...] = (5,), eps: float = 1e-15) -> None:
         super().__init__()
         heads = channels // dim

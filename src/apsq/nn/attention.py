@@ -1,6 +1,6 @@
 """Quantized attention matmuls (``QK^T`` and ``AV``) for Hugging Face models.
 
-Hugging Face BERT, Segformer and LLaMA route attention through ``ALL_ATTENTION_FUNCTIONS``: the
+Hugging Face BERT, Segformer, LLaMA and GPT-2 route attention through ``ALL_ATTENTION_FUNCTIONS``: the
 attention module calls the function registered under ``config._attn_implementation``. We register
 ``"apsq"``, an eager attention whose two matmuls are :class:`~apsq.nn.layers.QuantMatmul` modules
 attached to the attention module as ``apsq_qk`` and ``apsq_av``; :func:`attach_attention_matmuls`
@@ -18,7 +18,7 @@ from apsq.nn.config import LayerQuantConfig
 from apsq.nn.layers import QuantMatmul
 
 ATTENTION_NAME = "apsq"
-SUPPORTED_ATTENTION = ("BertSelfAttention", "SegformerAttention", "LlamaAttention")
+SUPPORTED_ATTENTION = ("BertSelfAttention", "SegformerAttention", "LlamaAttention", "GPT2Attention")
 """Attention classes known to call the attention interface with ``(module, q, k, v, mask, ...)``."""
 
 

@@ -23,15 +23,17 @@ any autograd graph is built, so a checkpointed forward recomputes the same graph
 from __future__ import annotations
 
 import functools
+import json
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from apsq.errors import APSQError, check_finite
-from apsq.nn.config import LayerQuantConfig
+from apsq.nn.config import LAYER_FIELDS, LayerQuantConfig
 from apsq.nn.exactness import exact_dtype, psum_bound_bits
 from apsq.nn.psum_quantizer import PSUMQuantizer
 from apsq.nn.sampling import ContentSample
@@ -47,6 +49,51 @@ from apsq.quant.lsq import LSQQuantizer
 
 DEFAULT_CALIB_ROWS = 1024
 """Rows (tokens / pixels) of layer input kept per layer for calibration."""
+
+SETTINGS_FORMAT = 1
+"""Version of the settings record a quantized layer keeps in its state dict (``<layer>._extra_state``)."""
+
+
+def settings_record(kind: str, qcfg: LayerQuantConfig) -> dict[str, Any]:
+    """The layer settings that travel with its state dict: ``{"format", "kind", "settings": {field: value}}``."""
+    return {"format": SETTINGS_FORMAT, "kind": kind, "settings": {f: getattr(qcfg, f) for f in LAYER_FIELDS}}
+
+
+def encode_settings(record: dict[str, Any]) -> torch.Tensor:
+    """``record`` as a uint8 tensor of its JSON bytes (safetensors stores tensors only)."""
+    return torch.tensor(list(json.dumps(record, sort_keys=True).encode()), dtype=torch.uint8)
+
+
+def decode_settings(state: Any, where: str) -> dict[str, Any]:
+    """Inverse of :func:`encode_settings` (a dict is taken as it is); :class:`APSQError` naming ``where``
+    for anything else."""
+    if isinstance(state, dict):
+        return state
+    try:
+        record = json.loads(bytes(state.detach().to("cpu", torch.uint8).tolist()).decode())
+    except (AttributeError, TypeError, ValueError, RuntimeError) as exc:
+        raise APSQError(f"{where}: the checkpoint's layer settings (_extra_state) are unreadable ({exc}); "
+                        "it was not written by apsq's quantized layer") from None
+    if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
+        raise APSQError(f"{where}: the checkpoint's layer settings (_extra_state) hold {record!r}, not an apsq "
+                        "settings record")
+    return record
+
+
+def settings_mismatch(layer: str, own: dict[str, Any], saved: dict[str, Any]) -> APSQError | None:
+    """The error for a checkpoint layer whose settings differ from this model's (``None`` if equal)."""
+    fields = sorted(set(own["settings"]) | set(saved["settings"]))
+    diff = [f"{f} (checkpoint {saved['settings'].get(f, '<absent>')!r}, model {own['settings'].get(f, '<absent>')!r})"
+            for f in fields if saved["settings"].get(f, "<absent>") != own["settings"].get(f, "<absent>")]
+    if saved.get("kind") != own["kind"]:
+        diff.insert(0, f"kind (checkpoint {saved.get('kind')!r}, model {own['kind']!r})")
+    if not diff:
+        return None
+    return APSQError(
+        f"layer {layer or '?'}: the checkpoint was saved with other quantization settings: {'; '.join(diff)}. "
+        "Quantize the model with the checkpoint's settings (its APSQConfig) before loading; nothing was loaded "
+        "into this layer"
+    )
 
 
 class _Calibration:
@@ -99,6 +146,20 @@ class _QuantMixin:
         self._calib: _Calibration | None = None
         self._recorder: StatsRecorder | None = None
         self.layer_name = ""
+
+    # --- settings in the state dict ------------------------------------------------------------
+    def get_extra_state(self) -> torch.Tensor:
+        """The layer's settings (:func:`settings_record`, JSON bytes as uint8): saved with its steps, so a
+        checkpoint always says which settings its steps belong to."""
+        return encode_settings(settings_record(self.kind, self.qcfg))
+
+    def set_extra_state(self, state: Any) -> None:
+        """Check a checkpoint's settings against this layer's; :class:`APSQError` naming the layer and
+        every differing field (the steps of one setting are meaningless under another)."""
+        where = f"{self.kind} layer {self.layer_name or '?'}"
+        err = settings_mismatch(self.layer_name, settings_record(self.kind, self.qcfg), decode_settings(state, where))
+        if err is not None:
+            raise err
 
     # --- calibration ---------------------------------------------------------------------------
     def start_calibration(self, max_rows: int = DEFAULT_CALIB_ROWS) -> None:
@@ -258,6 +319,8 @@ class QuantLinear(nn.Linear, _QuantMixin):
     """
 
     kind = "linear"
+    get_extra_state = _QuantMixin.get_extra_state  # nn.Module's (no state) comes first in the MRO
+    set_extra_state = _QuantMixin.set_extra_state
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, qcfg: LayerQuantConfig,
                  check_finite: bool = True, device=None, dtype=None) -> None:
@@ -527,6 +590,8 @@ class QuantMatmul(nn.Module, _QuantMixin):
     """
 
     kind = "matmul"
+    get_extra_state = _QuantMixin.get_extra_state  # nn.Module's (no state) comes first in the MRO
+    set_extra_state = _QuantMixin.set_extra_state
 
     def __init__(self, max_k: int, qcfg: LayerQuantConfig, check_finite: bool = True, *,
                  out_features: int | None = None, name: str = "") -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -16,7 +18,7 @@ from torch import nn
 
 from apsq.device import module_device, module_dtype, to_device
 from apsq.errors import APSQError, check_int
-from apsq.nn.attention import attach_attention_matmuls, is_supported_attention
+from apsq.nn.attention import SUPPORTED_ATTENTION, attach_attention_matmuls, is_supported_attention
 from apsq.nn.config import APSQConfig, LayerQuantConfig
 from apsq.nn.layers import (
     DEFAULT_CALIB_ROWS,
@@ -25,7 +27,10 @@ from apsq.nn.layers import (
     QuantConv2d,
     QuantLinear,
     QuantTransposedLinear,
+    decode_settings,
     per_channel_matmul_error,
+    settings_mismatch,
+    settings_record,
 )
 from apsq.nn.stats import LayerStats
 
@@ -71,7 +76,11 @@ class QuantizeReport:
     quantized: tuple[str, ...] = ()
     """Names of the swapped layers (one per module, its first name)."""
     skipped: tuple[SkippedLayer, ...] = ()
-    """Layers with a reduction left in full precision (excluded, type not enabled, or unsupported)."""
+    """Layers with a reduction left in full precision (excluded, type not enabled, or unsupported), and
+    reductions inside modules apsq does not swap: attention's ``<name>.qk_matmul`` / ``<name>.av_matmul``
+    when they are not quantized, and every name a module lists in ``apsq_reductions``."""
+    config: APSQConfig | None = None
+    """The config :func:`quantize_` applied (a second call compares against it)."""
 
     def describe(self, limit: int = 8) -> str:
         """``name (Type): reason; ...`` for the first ``limit`` skipped layers."""
@@ -144,20 +153,37 @@ def quantize_(model: nn.Module, config: APSQConfig | None = None) -> nn.Module:
     Quantized layers share the original parameters. Their step sizes are initialised by
     :func:`calibrate` (or lazily from the first batch). A module used at several places (``nn.Sequential
     (lin, act, lin)``, or one module under two parents) becomes one quantized module used at all of them.
-    Layers with a reduction that stay in full precision (excluded, type not in ``layer_types``, or a type
-    apsq has no twin for) are listed in ``model.apsq_report`` (:class:`QuantizeReport`); unsupported
-    types also raise one warning. Returns ``model``.
+    Every reduction that stays in full precision is listed in ``model.apsq_report``
+    (:class:`QuantizeReport`): layers excluded, of a type not in ``layer_types`` or without a quantized twin;
+    attention matmuls (``<attention>.qk_matmul`` / ``.av_matmul``) of every ``*Attention`` module when
+    ``attention_matmuls`` is off or its class is not one apsq hooks (:data:`apsq.nn.attention.SUPPORTED_ATTENTION`);
+    and the reductions a module of ours declares in ``apsq_reductions`` (EfficientViT's linear attention).
+    Those left alone by the config are listed silently, the others also raise one warning.
+
+    Every layer's settings travel with its state dict (``<layer>._extra_state``): loading a state dict
+    saved with other settings is an :class:`APSQError` naming the layers and fields, raised before any
+    tensor is loaded (the whole model is checked first). Returns ``model``.
+
+    Calling it again on a quantized model with the same config does nothing (the report is kept); with
+    another config it is refused (start from the float model: quantize_ never re-applies).
 
     Raises:
-        APSQError: a bad config; ``model`` itself a quantized layer; a shared module whose names get
-            different settings; settings a layer cannot take. Raised before the model is changed.
+        APSQError: a bad config; a pattern of ``exclude`` / ``overrides`` that matches no layer of the model
+            (named, with close names); ``model`` itself a quantized layer; a model already quantized with
+            another config; a float model whose config says it was saved quantized by apsq (its trained
+            steps were dropped on loading); a shared module whose names get different settings; settings a
+            layer cannot take. Raised before the model is changed.
     """
     config = config or APSQConfig()
     if not isinstance(config, APSQConfig):
         raise APSQError(f"config must be an APSQConfig, got {type(config).__name__}")
     if isinstance(model, QUANT_LAYER_TYPES):
         raise APSQError("model is already a quantized layer; pass its parent")
+    if _already_quantized(model, config):
+        return model
     _check_attention_granularity(model, config)
+    uses = _uses(model)
+    _check_patterns(model, config, uses)
     swaps: list[tuple[_Use, nn.Module]] = []
     skipped: list[SkippedLayer] = []
     unsupported: set[int] = set()
@@ -165,7 +191,7 @@ def quantize_(model: nn.Module, config: APSQConfig | None = None) -> nn.Module:
     if root_cls is not None or root_why is not None:
         skipped.append(SkippedLayer("(model)", type(model).__name__, "the model itself is a single layer; wrap it "
                                     "(e.g. nn.Sequential(layer)) so quantize_ can replace it"))
-    for use in _uses(model):
+    for use in uses:
         if any(id(p) in unsupported for p, _ in use.places):
             unsupported.add(id(use.module))  # inside a skipped layer: reported with it
             continue
@@ -199,8 +225,10 @@ def quantize_(model: nn.Module, config: APSQConfig | None = None) -> nn.Module:
         for name, module in list(model.named_modules()):
             if is_supported_attention(module) and not hasattr(module, "apsq_qk"):
                 _attach(module, name, config)
-    report = QuantizeReport(tuple(u.names[0] for u, _ in swaps), tuple(skipped))
+    skipped.extend(_unquantized_reductions(model, config))
+    report = QuantizeReport(tuple(u.names[0] for u, _ in swaps), tuple(skipped), config)
     model.apsq_report = report
+    model.register_load_state_dict_pre_hook(_check_settings_before_load)
     bad = [s for s in skipped if not s.by_config]
     if bad:
         warnings.warn(
@@ -209,6 +237,135 @@ def quantize_(model: nn.Module, config: APSQConfig | None = None) -> nn.Module:
             stacklevel=2,
         )
     return model
+
+
+def _config_diff(old: APSQConfig, new: APSQConfig) -> str:
+    fields = [f for f in old.to_dict() if getattr(old, f) != getattr(new, f)]
+    return ", ".join(f"{f} {getattr(old, f)!r} -> {getattr(new, f)!r}" for f in fields)
+
+
+def _saved_quant_method(model: nn.Module) -> str | None:
+    """``quant_method`` of a Hugging Face model's ``config.quantization_config`` when it is still the raw
+    mapping from ``config.json`` (no quantizer ran on loading), else ``None``."""
+    qc = getattr(getattr(model, "config", None), "quantization_config", None)
+    return qc.get("quant_method") if isinstance(qc, Mapping) else None
+
+
+def _already_quantized(model: nn.Module, config: APSQConfig) -> bool:
+    """True if ``model`` was quantized with ``config`` (nothing to do); :class:`APSQError` if it holds
+    quantized layers of another (or an unknown) config, or if it is the float shell of an apsq checkpoint."""
+    layers = [n for n, _ in quant_layers(model)]
+    if not layers:
+        if _saved_quant_method(model) == "apsq":
+            raise APSQError(
+                "quantize_: this model's config says it was saved quantized by apsq (config.quantization_config "
+                "quant_method 'apsq'), but it holds no quantized layer: from_pretrained dropped its trained steps "
+                "because apsq's quantizer was not registered. Quantizing it again would re-initialise those steps; "
+                "`import apsq.integrations.transformers` before from_pretrained to load it quantized"
+            )
+        return False
+    prev = getattr(getattr(model, "apsq_report", None), "config", None)
+    if prev == config:
+        return True
+    what = (f"with another config ({_config_diff(prev, config)})" if isinstance(prev, APSQConfig)
+            else f"({len(layers)} quantized layers, e.g. {layers[0]!r})")
+    raise APSQError(
+        f"quantize_: the model is already quantized {what}; quantize_ does not re-apply (its learned steps "
+        "and report would be lost). Start from the float model, with one config (overrides for per-layer "
+        "settings); nothing was changed"
+    )
+
+
+def _pattern_fields(config: APSQConfig) -> list[tuple[str, str]]:
+    """``(field, pattern)`` for every module-name pattern the user gave."""
+    return [("exclude", p) for p in config.exclude] + [("overrides", p) for p in config.overrides]
+
+
+def _check_patterns(model: nn.Module, config: APSQConfig, uses: list[_Use]) -> None:
+    """:class:`APSQError` naming every ``exclude`` / ``overrides`` pattern that matches no layer quantize_
+    decides about (a typo would silently quantize the layer it meant), with the closest layer names."""
+    fields = _pattern_fields(config)
+    if not fields:
+        return
+    layers: list[str] = []
+    for use in uses:
+        cls, why = _quant_class(use.module, config.layer_types)
+        if cls is not None or why is not None:
+            layers.extend(use.names)
+    for name, module in model.named_modules():
+        if is_supported_attention(module):
+            layers.extend((f"{name}.qk_matmul", f"{name}.av_matmul"))
+    modules = {n: type(m).__name__ for n, m in model.named_modules() if n}
+    bad = []
+    for field_name, pattern in fields:
+        if any(fnmatch.fnmatchcase(n, pattern) for n in layers):
+            continue
+        hint = ""
+        if pattern in modules:
+            hint = (f" ({pattern!r} is a {modules[pattern]} without a reduction of its own; "
+                    f"{pattern + '.*'!r} covers the layers inside it)")
+        else:
+            close = difflib.get_close_matches(pattern, layers, n=3, cutoff=0.6)
+            if close:
+                hint = f" (did you mean {', '.join(repr(c) for c in close)}?)"
+        bad.append(f"{field_name} pattern {pattern!r}{hint}")
+    if bad:
+        example = ", ".join(repr(n) for n in layers[:4]) or "none"
+        raise APSQError(
+            f"quantize_: {'; '.join(bad)} matches no layer of this model (patterns are fnmatch patterns on "
+            f"module names, e.g. {example}); fix or remove it. Nothing was changed"
+        )
+
+
+def _attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Innermost modules whose class name ends in ``Attention`` (Hugging Face's naming), except
+    ``nn.MultiheadAttention`` (reported as a layer)."""
+    found = [(n, m) for n, m in model.named_modules()
+             if type(m).__name__.endswith("Attention") and not isinstance(m, nn.MultiheadAttention)]
+    return [(n, m) for n, m in found
+            if not any(c is not m and type(c).__name__.endswith("Attention") for c in m.modules())]
+
+
+def _unquantized_reductions(model: nn.Module, config: APSQConfig) -> list[SkippedLayer]:
+    """Reductions inside modules quantize_ does not swap and that stay in full precision."""
+    out: list[SkippedLayer] = []
+    for name, module in _attention_modules(model):
+        if hasattr(module, "apsq_qk"):
+            continue
+        kind = type(module).__name__
+        if not config.attention_matmuls:
+            why, by_config = "attention matmul left in full precision (attention_matmuls is off)", True
+        elif type(module).__name__ not in SUPPORTED_ATTENTION or not hasattr(module, "config"):
+            why, by_config = (f"apsq hooks the attention matmuls of {', '.join(SUPPORTED_ATTENTION)} only; this "
+                              f"{kind}'s QK^T / AV stay in full precision"), False
+        else:
+            why, by_config = "excluded by the config (exclude / enabled: false)", True
+        out.extend(SkippedLayer(f"{name}.{mm}", kind, why, by_config) for mm in ("qk_matmul", "av_matmul"))
+    for name, module in model.named_modules():
+        for red in getattr(type(module), "apsq_reductions", ()):
+            out.append(SkippedLayer(f"{name}.{red}" if name else red, type(module).__name__,
+                                    "an activation x activation matmul inside this module's forward; apsq has no "
+                                    "quantized twin for it (the energy model still prices it)"))
+    return out
+
+
+def _check_settings_before_load(module: nn.Module, state_dict: Mapping[str, Any], prefix: str, *_: Any) -> None:
+    """``load_state_dict`` pre-hook of a quantized model: every layer's saved settings are compared before
+    any tensor is loaded; one :class:`APSQError` names all layers that differ."""
+    errors: list[tuple[str, str]] = []
+    for name, layer in quant_layers(module):
+        key = f"{prefix}{name}._extra_state" if name else f"{prefix}_extra_state"
+        if key in state_dict:
+            where = f"{layer.kind} layer {layer.layer_name or name}"
+            err = settings_mismatch(layer.layer_name or name, settings_record(layer.kind, layer.qcfg),
+                                    decode_settings(state_dict[key], where))
+            if err is not None:
+                errors.append((layer.layer_name or name, str(err)))
+    if errors:
+        others = [n for n, _ in errors[1:]]
+        more = (f" Other layers that differ: {', '.join(others[:8])}{' ...' if len(others) > 8 else ''}."
+                if others else "")
+        raise APSQError(errors[0][1].replace("nothing was loaded into this layer", "nothing was loaded") + more)
 
 
 def _attach(module: nn.Module, name: str, config: APSQConfig) -> None:

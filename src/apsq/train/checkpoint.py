@@ -135,7 +135,9 @@ def load_model_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], s
     own = model.state_dict()
     missing = sorted(set(own) - set(sd))
     extra = sorted(set(sd) - set(own))
-    bad_shape = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
+    # a layer's settings record (``_extra_state``) is compared by the layer itself (an APSQError naming the fields)
+    bad_shape = sorted(k for k in set(own) & set(sd)
+                       if not k.endswith("_extra_state") and own[k].shape != sd[k].shape)
     if missing or extra or bad_shape:
         parts = []
         for label, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", bad_shape)):
