@@ -243,3 +243,61 @@ def test_item11_bert_attention_matmuls_off_are_listed_by_config():
         apsq.quantize_(model, apsq.APSQConfig())
     names = [s.name for s in model.apsq_report.skipped]
     assert names == [f"encoder.layer.{i}.attention.self.{mm}" for i in range(2) for mm in ("qk_matmul", "av_matmul")]
+
+
+# --- item 3: padded positions never enter calibration --------------------------------------------
+def _llama(attention: bool):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval()
+    return apsq.quantize_(model, apsq.APSQConfig(gs=2, tile=8, attention_matmuls=attention))
+
+
+def _steps(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k.endswith(("log2_scale", "log2_scales"))}
+
+
+PAD = 2
+"""The padding token: an ordinary token (end-of-sequence as padding, as most LLaMA tokenizers do)."""
+
+
+def _sentences() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    return torch.randint(1, 100, (1, 12), generator=g), torch.randint(1, 100, (1, 5), generator=g)
+
+
+@pytest.mark.parametrize("attention", [False, True], ids=["linears", "linears+attention"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_item3_padded_batch_calibrates_like_the_unpadded_sentences(attention, side):
+    long, short = _sentences()
+    pad = torch.full((1, 7), PAD)
+    short_padded = torch.cat([short, pad], 1) if side == "right" else torch.cat([pad, short], 1)
+    real = torch.tensor([1] * 5 + [0] * 7) if side == "right" else torch.tensor([0] * 7 + [1] * 5)
+    mask = torch.stack([torch.ones(12, dtype=torch.long), real])
+    batch = {"input_ids": torch.cat([long, short_padded], 0), "attention_mask": mask}
+    padded = apsq.calibrate(_llama(attention), [batch])
+    unpadded = apsq.calibrate(_llama(attention), [{"input_ids": long}, {"input_ids": short}])
+    a, b = _steps(padded), _steps(unpadded)
+    assert len(a) == 3 * 15 + (3 * 4 if attention else 0)  # act, weight, PSUM steps of 15 linears (+ 4 matmuls)
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert differ == [], f"{len(differ)} of {len(a)} step tensors differ: {differ[:4]}"
+
+
+def test_item3_lazy_initialisation_skips_padded_rows_too():
+    """The first layer's input does not depend on quantization: a lazy first forward of the padded batch
+    initialises it exactly as calibration on the unpadded sentences does."""
+    long, short = _sentences()
+    batch = {"input_ids": torch.cat([long, torch.cat([short, torch.full((1, 7), PAD)], 1)], 0),
+             "attention_mask": torch.cat([torch.ones(1, 17), torch.zeros(1, 7)], 1).reshape(2, 12).long()}
+    lazy = _llama(False)
+    with torch.no_grad():
+        lazy(**batch)
+    calibrated = apsq.calibrate(_llama(False), [{"input_ids": long}, {"input_ids": short}])
+    for proj in ("q_proj", "k_proj", "v_proj"):
+        a = getattr(lazy.model.layers[0].self_attn, proj)
+        b = getattr(calibrated.model.layers[0].self_attn, proj)
+        assert torch.equal(a.act_quant.log2_scale, b.act_quant.log2_scale)
+        assert torch.equal(a.psum.log2_scales, b.psum.log2_scales)

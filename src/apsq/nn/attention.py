@@ -100,6 +100,7 @@ def attach_attention_matmuls(
     qk = QuantMatmul(_head_dim(module), qk_cfg, check_finite, name=f"{name}.qk_matmul")
     av = QuantMatmul(_max_keys(module), av_cfg, check_finite, out_features=_head_dim(module),
                      name=f"{name}.av_matmul")
+    qk.positions, av.positions = ("m", "n"), ("m", "k")  # queries x keys; queries x (reduction over keys)
     _register()
     module.apsq_qk = qk
     module.apsq_av = av

@@ -35,6 +35,7 @@ from torch import nn
 from apsq.errors import APSQError, check_finite
 from apsq.nn.config import LAYER_FIELDS, LayerQuantConfig
 from apsq.nn.exactness import exact_dtype, psum_bound_bits
+from apsq.nn.padding import current_mask, valid_rows
 from apsq.nn.psum_quantizer import PSUMQuantizer
 from apsq.nn.sampling import ContentSample
 from apsq.nn.stats import LayerStats, StatsRecorder
@@ -359,10 +360,11 @@ class QuantLinear(nn.Linear, _QuantMixin):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check("x", x)
-        if self._calib is not None:
-            self._calib.add(x.detach().reshape(-1, self.in_features))
+        if self._calib is not None:  # rows of real tokens only (apsq.nn.padding)
+            self._calib.add(valid_rows(x.detach()))
             return F.linear(x, self.linear_weight(), self.bias)
-        self._ensure_initialized(x.reshape(-1, self.in_features))
+        if self.needs_init():
+            self._ensure_initialized(valid_rows(x))
         y = self.accumulate(x)
         if self.bias is not None:
             y = y + self.bias
@@ -600,6 +602,9 @@ class QuantMatmul(nn.Module, _QuantMixin):
             raise per_channel_matmul_error(name)
         super().__init__()
         self.max_k = max_k
+        self.positions: tuple[str, ...] = ()
+        """Axes of ``a @ b`` that are token positions (``"m"``, ``"k"``, ``"n"``): cropped to the real
+        tokens of each sentence for calibration (:meth:`_pair_groups`); set by the attention hook."""
         self._setup_common(qcfg, check_finite)
         self.layer_name = name
         self.a_quant = LSQQuantizer(qcfg.act_bits)
@@ -633,6 +638,28 @@ class QuantMatmul(nn.Module, _QuantMixin):
         b3 = b.detach().to(a.dtype).expand(*lead, k, n).reshape(-1, k, n).transpose(1, 2)
         return torch.cat([a3, b3], 1), (m, k, n)
 
+    def _pair_groups(self, a: torch.Tensor, b: torch.Tensor) -> list[tuple[torch.Tensor, tuple[int, int, int]]]:
+        """:meth:`_pairs` of the whole batch, or -- inside a model call with a padding mask
+        (:mod:`apsq.nn.padding`) and :attr:`positions` set -- of each sentence cropped to its real tokens
+        along the axes in :attr:`positions` (``"m"`` rows, ``"k"`` reduction, ``"n"`` columns) whose
+        length is the mask's."""
+        mask = current_mask()
+        if not self.positions or mask is None or a.dim() != 4 or a.shape[0] != mask.shape[0]:
+            return [self._pairs(a, b)]
+        s = mask.shape[1]
+        groups = []
+        for i in range(a.shape[0]):
+            idx = mask[i].nonzero().squeeze(1).to(a.device)
+            ai, bi = a[i:i + 1], (b[i:i + 1] if b.shape[0] == a.shape[0] else b)
+            if "m" in self.positions and ai.shape[-2] == s:
+                ai = ai.index_select(-2, idx)
+            if "k" in self.positions and ai.shape[-1] == s and bi.shape[-2] == s:
+                ai, bi = ai.index_select(-1, idx), bi.index_select(-2, idx)
+            if "n" in self.positions and bi.shape[-1] == s:
+                bi = bi.index_select(-1, idx)
+            groups.append(self._pairs(ai, bi))
+        return groups
+
     @staticmethod
     def _split(key: tuple[int, ...], items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Inverse of :meth:`_pairs`: ``a [R, M, K]``, ``b [R, K, N]``."""
@@ -646,10 +673,15 @@ class QuantMatmul(nn.Module, _QuantMixin):
             self.stats.k = a.shape[-1]
             self.stats.n_tiles = num_tiles(a.shape[-1], self.qcfg.tile)
         if self._calib is not None:
-            self._calib.add(*self._pairs(a, b))
+            for items, key in self._pair_groups(a, b):
+                self._calib.add(items, key)
             return a @ b
         if self.needs_init():
-            self._ensure_initialized(*self._pairs(a, b))
+            groups = self._pair_groups(a, b)
+            if any(items.numel() == 0 for items, _ in groups):
+                raise _empty_error(self.layer_name, self.kind, tuple(a.shape))
+            with torch.no_grad():
+                self._init_steps([(key, items.detach()) for items, key in groups])
         return self._finish_output(self.accumulate(a, b), lambda: a @ b)
 
     @_exact_under_autocast

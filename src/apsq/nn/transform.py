@@ -32,6 +32,7 @@ from apsq.nn.layers import (
     settings_mismatch,
     settings_record,
 )
+from apsq.nn.padding import install as install_padding_capture
 from apsq.nn.stats import LayerStats
 
 _SWAPS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
@@ -229,6 +230,7 @@ def quantize_(model: nn.Module, config: APSQConfig | None = None) -> nn.Module:
     report = QuantizeReport(tuple(u.names[0] for u, _ in swaps), tuple(skipped), config)
     model.apsq_report = report
     model.register_load_state_dict_pre_hook(_check_settings_before_load)
+    install_padding_capture(model)  # calibration and lazy initialisation skip padded positions
     bad = [s for s in skipped if not s.by_config]
     if bad:
         warnings.warn(
