@@ -186,15 +186,41 @@ def test_calibrating_a_model_with_nothing_swapped_says_what_was_skipped():
         apsq.calibrate(nn.Sequential(nn.Linear(4, 4)), [torch.randn(2, 4)])
 
 
-def test_energy_trace_prices_exactly_the_quantized_layers():
+def test_energy_trace_prices_full_precision_layers_at_the_baseline_width():
+    """Issue 23 item 6: a layer left in full precision (GPT-2's lm_head here) is priced at the INT32
+    baseline width in both columns, never dropped; the quantized layers carry their own gs."""
+    from apsq.errors import APSQError
+    from apsq.hw.energy import compare
     from apsq.hw.workloads.trace import trace
 
-    model = _tiny_gpt2()
-    apsq.quantize_(model, apsq.APSQConfig(exclude=("lm_head",)))
-    apsq.calibrate(model, [torch.randint(0, 64, (1, 8))])
-    wl = trace(model, torch.randint(0, 64, (1, 8)))
-    gemm_modules = {layer.name for layer in wl.layers if layer.kind != "matmul"}
-    assert gemm_modules == {n for n, _ in apsq.quant_layers(model)}
+    transformers = pytest.importorskip("transformers")
+
+    def gpt2():  # n_embd 64: lm_head's K spans two 32-deep tiles, so its PSUMs are stored
+        torch.manual_seed(0)
+        return transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=64, n_positions=32, n_embd=64,
+                                                                    n_layer=2, n_head=2)).eval()
+
+    ids = torch.randint(0, 64, (1, 8))
+    plain = trace(gpt2(), ids)
+    model = gpt2()
+    apsq.quantize_(model, apsq.APSQConfig(gs=3, exclude=("lm_head",)))
+    apsq.calibrate(model, [ids])
+    wl = trace(model, ids)
+    assert [ly.name for ly in wl.layers] == [ly.name for ly in plain.layers] and wl.macs == plain.macs
+    quantized = {n for n, _ in apsq.quant_layers(model)}
+    for ly in wl.layers:
+        assert ly.full_precision == (ly.name not in quantized), ly.name  # attention matmuls: float in GPT-2
+        assert ly.gs == (None if ly.full_precision else 3)
+    assert "lm_head" in {ly.name for ly in wl.layers if ly.full_precision}
+    c = compare(wl, "ws")  # the model's own gs (3)
+    assert set(c.apsq.gs[~wl.arrays["full_precision"]].tolist()) == {3}
+    head = [i for i, ly in enumerate(wl.layers) if ly.name == "lm_head"][0]
+    assert c.apsq.layer_total_pj[head] == c.baseline.layer_total_pj[head]  # priced alike in both columns
+    assert "lm_head" in c.to_json()["full_precision_layers"]
+    assert 0 < c.reduction < compare(plain, "ws", 3).reduction  # the float layers save nothing
+    with pytest.raises(APSQError, match=r"uses gs=3, but gs=2 was asked for"):
+        compare(wl, "ws", gs=2)
+    assert compare(wl.without_own_gs(), "ws", gs=2).apsq.gs.max() == 2
 
 
 # --- 4. calibration independent of order and batching -------------------------------------------

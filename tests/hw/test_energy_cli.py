@@ -87,6 +87,22 @@ def test_trace_factory_file(app, tmp_path):
     assert [ly["name"] for ly in out["layers"]["baseline"]] == ["0", "1"]
 
 
+def test_trace_module_from_the_current_directory(app, tmp_path, monkeypatch):
+    """``--trace mymodel:make`` beside mymodel.py works without PYTHONPATH=. (issue 23 item 6)."""
+    import sys
+
+    (tmp_path / "apsq_cwd_model.py").write_text(
+        "import torch\nfrom torch import nn\n"
+        "def make():\n    return nn.Sequential(nn.Linear(256, 64)), (torch.zeros(128, 256),)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    path = list(sys.path)
+    r = _run(app, "--trace", "apsq_cwd_model:make", "-d", "ws", "--json")
+    sys.modules.pop("apsq_cwd_model", None)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["workload"] == "apsq_cwd_model:make" and sys.path == path
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

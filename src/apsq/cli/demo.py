@@ -51,7 +51,9 @@ def _qat_table(res: dict, console: Console) -> None:
     fp = f"{res['fp32']:.4f}" + (f" ± {half:.3f}" if half else "")
     console.print(f"all-MiniLM-L6-v2, movie-review sentences: FP32 accuracy {fp}"
                   + (f" ({n} test sentences; ± is the 95 % interval)" if n else ""))
-    cols = ["variant", "QAT+KD acc."] + (["calib. acc."] if with_cal else []) + ["energy saved IS", "energy saved WS"]
+    sched = energy.get("schedule", "untiled") if isinstance(energy, dict) else "untiled"
+    cols = (["variant", "QAT+KD acc."] + (["calib. acc."] if with_cal else [])
+            + [f"energy saved IS ({sched})", f"energy saved WS ({sched})"])
     t = table("", *cols, left=("variant",))
     for name, row in res["variants"].items():
         saved = [total.get(df, {}).get(str(row["gs"])) if row["mode"] == "apsq" else None for df in ("is", "ws")]
@@ -63,6 +65,10 @@ def _qat_table(res: dict, console: Console) -> None:
         cells += ["-" if e is None else f"{100 * e:.1f} %" for e in saved]
         t.add_row(*cells)
     console.print(t)
+    from apsq.eval.sweep import energy_lines
+
+    for line in energy_lines(energy):
+        console.print(line)
     from apsq.eval.demo_report import best_apsq
 
     best = best_apsq(res)

@@ -114,7 +114,9 @@ def energy_main(
         None, "--workload", help="workload YAML: layers: [{name, m, k, n, count} or {name, conv: {...}}]"
     ),
     dataflow: str = typer.Option("ws", "--dataflow", "-d", help="is | ws | os"),
-    gs: int = typer.Option(2, "--gs", help="APSQ group size (≥ 1, at most the PSUM buffer's banks)"),
+    gs: int | None = typer.Option(
+        None, "--gs", help="APSQ group size (≥ 1, at most the PSUM buffer's banks; default: a traced quantized "
+                           "model's own, else 2)"),
     gs_config: Path | None = typer.Option(
         None, "--gs-config", help="APSQConfig YAML: per-layer gs from its gs + overrides (replaces --gs)"
     ),
@@ -162,7 +164,7 @@ def energy_main(
             options = {"baseline_bits": baseline_bits, "spill": spill, "psum_granularity": psum_granularity,
                        "override_tile": override_tile, "gs_above_banks": "error",
                        "tile_mismatch": "error"}
-            cmp, summ = _run_apsq(w, dataflow, _gs_spec(gs, gs_config), psum_bits, acc, mode, schedule, options,
+            cmp, summ = _run_apsq(w, dataflow, _gs_spec(gs, gs_config, w), psum_bits, acc, mode, schedule, options,
                                   plot=plot, plot_layers_png=plot_layers_png)
     except APSQError as exc:
         fail(exc)
@@ -175,7 +177,7 @@ def energy_main(
                       written=(plot, plot_layers_png))
 
 
-def _check_options(dataflow: str, mode: str, engine: str, schedule: str, spill: str, gs: int,
+def _check_options(dataflow: str, mode: str, engine: str, schedule: str, spill: str, gs: int | None,
                    baseline_bits: int | None) -> None:
     """The choices and ranges of ``apsq energy``'s options (:class:`APSQError` naming the first bad one)."""
     from apsq.errors import check_choice, check_int
@@ -188,7 +190,8 @@ def _check_options(dataflow: str, mode: str, engine: str, schedule: str, spill: 
     check_choice("engine", engine, ("apsq", "zigzag"))
     check_choice("schedule", schedule, SCHEDULES)
     check_choice("spill", spill, SPILL_RULES)
-    check_int("gs", gs, lo=1)
+    if gs is not None:
+        check_int("gs", gs, lo=1)
     if baseline_bits is not None:
         check_int("--baseline-bits", baseline_bits, lo=1, hi=64)
 
@@ -201,10 +204,11 @@ def _load_accelerator(accelerator: str | None, dram: str | None) -> Accelerator:
     return acc if dram is None else with_dram(acc, dram)
 
 
-def _gs_spec(gs: int, gs_config: Path | None) -> Any:
-    """``--gs``, or the per-layer gs of ``--gs-config``'s APSQConfig."""
+def _gs_spec(gs: int | None, gs_config: Path | None, w: Workload) -> Any:
+    """``--gs``, or the per-layer gs of ``--gs-config``'s APSQConfig; without either, a traced quantized
+    model's own group sizes (``None``), else 2."""
     if gs_config is None:
-        return gs
+        return gs if gs is not None else (None if w.own_gs else 2)
     from apsq.nn.config import APSQConfig
 
     if not gs_config.is_file():

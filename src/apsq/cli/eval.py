@@ -61,9 +61,11 @@ def sweep_cmd(
 
 def _print_sweep(res: dict) -> None:
     """The sweep's table: accuracy per variant beside the energy reduction (IS / WS) of each APSQ gs."""
-    t = table(f"gs sweep ({res['eval_split']} accuracy)", "variant", "accuracy", "energy red. IS / WS",
-              left=("variant",))
     er = res.get("energy_reduction", {})
+    sched = er.get("schedule", "untiled") if isinstance(er, dict) else "untiled"
+    t = table(f"gs sweep ({res['eval_split']} accuracy)", "variant", "accuracy",
+              f"energy saved {' / '.join(df.upper() for df in er.get('total', {}))} ({sched})"
+              if isinstance(er, dict) and "total" in er else "energy saved", left=("variant",))
     for key in ("fp32", "w8a8", "psq"):
         if res.get(key) is not None:
             t.add_row(key, f"{100 * res[key]:.2f} %", "")
@@ -72,7 +74,12 @@ def _print_sweep(res: dict) -> None:
         if "total" in er:
             e = " / ".join(f"{100 * er['total'][df][g]:.1f} %" for df in er["total"])
         t.add_row(f"apsq gs={g}", f"{100 * acc:.2f} %", e)
-    console().print(t)
+    con = console()
+    con.print(t)
+    from apsq.eval.sweep import energy_lines
+
+    for line in energy_lines(er):
+        con.print(line)
 
 
 def llm_ppl(

@@ -26,9 +26,10 @@ def accuracy_table(fp32: float | None, runs: dict[str, dict[str, Any]]) -> dict[
 
 def plot_accuracy_vs_gs(table: dict[str, Any], path: str | Path, title: str = "",
                         energy: dict[str, dict[str, float]] | None = None,
-                        calibrated: dict[str, float] | None = None) -> Path:
+                        calibrated: dict[str, float] | None = None, energy_schedule: str = "tiled") -> Path:
     """Accuracy (%) of APSQ per gs with the FP32 / W8A8 / psq levels as lines; energy reduction (%)
-    per gs on a second axis when ``energy`` (``{dataflow: {gs: reduction}}``) is given."""
+    per gs on a second axis when ``energy`` (``{dataflow: {gs: reduction}}``, under the schedule
+    ``energy_schedule`` names in the legend) is given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,8 +58,8 @@ def plot_accuracy_vs_gs(table: dict[str, Any], path: str | Path, title: str = ""
         for i, (df, red) in enumerate(energy.items()):
             eg = [g for g in gs if str(g) in red]
             ax2.plot(eg, [100 * red[str(g)] for g in eg], "s-.", color=f"C{4 + i}", alpha=0.7,
-                     label=f"energy reduction {df.upper()}")
-        ax2.set_ylabel("energy reduction vs INT32 PSUM (%)")
+                     label=f"total energy saved {df.upper()} ({energy_schedule} schedule)")
+        ax2.set_ylabel("total energy saved vs INT32 PSUM (%)")
         top = max((100 * v for red in energy.values() for v in red.values()), default=0.0)
         ax2.set_ylim(0, min(100.0, max(10.0, 1.2 * top)))  # from 0: small differences are not magnified
         h2, l2 = ax2.get_legend_handles_labels()

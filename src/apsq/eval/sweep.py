@@ -73,10 +73,21 @@ def check_energy_tile(cfg: TrainConfig, override_tile: bool = False) -> int:
     return resolve_tile(cfg.apsq_config(), acc, override_tile=override_tile, on_mismatch="error") or acc.pe_array.rows
 
 
+ENERGY_MEANING = ("total energy saved vs INT32 PSUMs by the accelerator model (default 28 nm accelerator, the model "
+                  "traced at {tokens} tokens), under the mapper's tiled schedule: each design tiled for least energy, "
+                  "as a designer would build it (docs/energy-results.md)")
+"""The one line the demo and the sweep print under their energy columns (``{tokens}`` filled in)."""
+
+
 def energy_reductions(cfg: TrainConfig, gs_values: Sequence[int], dataflows: Sequence[str] = ("is", "ws"),
                       seq_len: int | None = None, override_tile: bool = False) -> dict[str, Any]:
     """Energy reduction vs INT32 PSUMs per dataflow and gs for the config's model, traced on the
     meta device at ``seq_len`` tokens (default ``model.max_len``) with :mod:`apsq.hw.energy`.
+
+    ``total`` / ``psum`` / ``spills`` are under the mapper's **tiled** schedule (``schedule``; what the
+    demo and the sweep show), ``untiled`` holds the same three for the fixed loop orders (whose IS
+    figures come from INT32 PSUMs spilling to DRAM); ``spills[df][gs]`` says whether the baseline's
+    and APSQ's PSUMs spill; ``meaning`` is the line to print beside the numbers.
     The config's tile must be the array's depth unless ``override_tile`` (:func:`check_energy_tile`);
     ``config_tile`` and ``priced_tile`` are recorded."""
     from apsq.eval.setup import workload_of
@@ -85,15 +96,48 @@ def energy_reductions(cfg: TrainConfig, gs_values: Sequence[int], dataflows: Seq
     qcfg = cfg.apsq_config()
     rows = check_energy_tile(cfg, override_tile)
     wl = workload_of(cfg, seq_len)
+    tokens = seq_len or cfg.model.max_len
     out: dict[str, Any] = {"workload": wl.name, "psum_bits": qcfg.psum_bits, "config_tile": qcfg.tile,
-                           "priced_tile": rows, "total": {}, "psum": {}}
-    for df in dataflows:
-        out["total"][df], out["psum"][df] = {}, {}
-        for g in gs_values:
-            c = compare(wl, df, gs=int(g), psum_bits=qcfg.psum_bits)
-            out["total"][df][str(g)] = round(float(c.reduction), 6)
-            out["psum"][df][str(g)] = round(float(c.psum_reduction), 6)
+                           "priced_tile": rows, "schedule": "tiled", "meaning": ENERGY_MEANING.format(tokens=tokens)}
+    for sched in ("tiled", "untiled"):
+        part: dict[str, Any] = {"total": {}, "psum": {}, "spills": {}}
+        for df in dataflows:
+            part["total"][df], part["psum"][df], part["spills"][df] = {}, {}, {}
+            for g in gs_values:
+                c = compare(wl, df, gs=int(g), psum_bits=qcfg.psum_bits, schedule=sched)
+                part["total"][df][str(g)] = round(float(c.reduction), 6)
+                part["psum"][df][str(g)] = round(float(c.psum_reduction), 6)
+                part["spills"][df][str(g)] = {"baseline": c.baseline.psum_spills, "apsq": c.apsq.psum_spills}
+        if sched == "tiled":
+            out.update(part)
+        else:
+            out["untiled"] = part
     return out
+
+
+def energy_lines(er: dict[str, Any]) -> list[str]:
+    """What the energy numbers of :func:`energy_reductions` mean, and the untiled figures beside them
+    (for the demo's and the sweep's tables; empty when the energy model did not run)."""
+    if not isinstance(er, dict) or "total" not in er:
+        return []
+
+    def spill(part: dict[str, Any], who: str) -> str:
+        return "yes" if any(v[who] for d in part["spills"].values() for v in d.values()) else "no"
+
+    def span(red: dict[str, float]) -> str:
+        lo, hi = min(red.values()), max(red.values())
+        return f"{100 * lo:.1f} %" if round(100 * lo, 1) == round(100 * hi, 1) else f"{100 * lo:.1f}–{100 * hi:.1f} %"
+
+    sched = er.get("schedule", "untiled")  # results written before issue 23 item 6 are untiled
+    lines = [f"Energy: {er.get('meaning', 'total energy saved vs INT32 PSUMs, fixed (untiled) loop orders')}."]
+    if "spills" in er:
+        lines.append(f"{sched}: PSUMs spill to DRAM: INT32 baseline {spill(er, 'baseline')}, APSQ {spill(er, 'apsq')}.")
+    un = er.get("untiled")
+    if un:
+        lines.append("untiled (fixed loop orders) for comparison: " + ", ".join(
+            f"{df.upper()} {span(red)}" for df, red in un["total"].items())
+            + f"; PSUMs spill: INT32 baseline {spill(un, 'baseline')}, APSQ {spill(un, 'apsq')}.")
+    return lines
 
 
 def sweep(base: TrainConfig, output: str | Path, gs_values: Sequence[int] = (1, 2, 3, 4), *, baselines: bool = True,
@@ -141,5 +185,6 @@ def sweep(base: TrainConfig, output: str | Path, gs_values: Sequence[int] = (1, 
                               f"W{base.apsq_config().weight_bits}A{base.apsq_config().act_bits}, "
                               f"INT{base.apsq_config().psum_bits} PSUM",
                         energy=er.get("total") if isinstance(er, dict) and "total" in er else None,
-                        calibrated=calibrated)
+                        calibrated=calibrated, energy_schedule=er.get("schedule", "untiled")
+                        if isinstance(er, dict) else "untiled")
     return table

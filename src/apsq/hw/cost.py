@@ -52,10 +52,12 @@ class LayerEnergy:
 
 
 def layer_energy(counts: AccessCounts, acc, mode: str, g: GemmShapes,  # noqa: ANN001
-                 psum_granularity: str | np.ndarray = "tensor") -> LayerEnergy:
+                 psum_granularity: str | np.ndarray = "tensor",
+                 full_precision: np.ndarray | None = None) -> LayerEnergy:
     """The energy terms of ``counts`` on ``acc`` for PSUM ``mode`` (see the module docstring).
 
     ``psum_granularity``: ``tensor`` / ``channel`` for every layer, or a bool array (True = channel) per layer.
+    ``full_precision``: bool per layer; those layers have no RAE logic and no exponents in any mode.
     """
     if isinstance(psum_granularity, str):
         check_choice("psum_granularity", psum_granularity, PSUM_GRANULARITIES)
@@ -84,4 +86,7 @@ def layer_energy(counts: AccessCounts, acc, mode: str, g: GemmShapes,  # noqa: A
                 + counts.exponent_reads * e_bits * psum_buf.read_pj_per_bit,
                 0.0,
             )
+    if full_precision is not None:
+        keep = ~np.broadcast_to(np.asarray(full_precision, dtype=bool), rae.shape)
+        rae, exps = rae * keep, exps * keep
     return LayerEnergy(memory, mac, rae, exps)

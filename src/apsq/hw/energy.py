@@ -113,6 +113,7 @@ class EnergyReport:
     exponent_pj: np.ndarray | None = None  # [L] per-channel exponent storage
     schedule: Schedule | None = None
     spill: str = "fractional"
+    full_precision: np.ndarray | None = None  # [L] layers left in full precision (priced at the baseline width)
 
     def _extra(self) -> np.ndarray:
         z = np.zeros(len(self.mac_pj))
@@ -171,6 +172,7 @@ class EnergyReport:
                 "by_operand": {op: float(e[j].sum()) for j, op in enumerate(OPERANDS)},
                 "macs": float(self.counts.macs[i]),
                 "gs": int(self.gs[i]),
+                "full_precision": bool(self.full_precision is not None and self.full_precision[i]),
                 "psum_footprint_kib": float(self.counts.psum_footprint_bits[i] / 8192),
                 "psum_spill": float(self.counts.psum_spill[i]),
                 "cycles": float(self.counts.cycles[i]),
@@ -199,7 +201,7 @@ def evaluate(
     workload: Workload,
     dataflow: str,
     mode: str = "apsq",
-    gs: int | Mapping[str, int] | Sequence[int] = 1,
+    gs: int | Mapping[str, int] | Sequence[int] | None = None,
     psum_bits: int = 8,
     accelerator: Accelerator | None = None,
     baseline_bits: int | Sequence[int] | None = None,
@@ -214,9 +216,12 @@ def evaluate(
     """Energy of ``workload`` under ``dataflow`` (``is``/``ws``/``os``) and PSUM ``mode``.
 
     ``gs``: APSQ group size, one int, per layer (see :meth:`Workload.gs_array`) or an
-    :class:`apsq.APSQConfig`; ``psum_bits``: the stored PSUM width in ``psq``/``apsq`` (``none`` stores
-    the accelerator's ``acc_bits``, or ``baseline_bits``: one width or one per layer; the in-PE register
-    stays ``acc_bits`` wide). ``schedule``: ``untiled`` (fixed loop orders) or ``tiled`` (the mapper's
+    :class:`apsq.APSQConfig`; ``None`` (default) prices a traced quantized model's own group sizes,
+    else 1, and an explicit ``gs`` that contradicts the model's own is an error
+    (:meth:`Workload.gs_array`). ``psum_bits``: the stored PSUM width in ``psq``/``apsq`` (``none``
+    stores the accelerator's ``acc_bits``, or ``baseline_bits``: one width or one per layer; the in-PE
+    register stays ``acc_bits`` wide). Layers a traced model left in full precision
+    (``Layer.full_precision``) are priced as ``none`` at that baseline width in every mode. ``schedule``: ``untiled`` (fixed loop orders) or ``tiled`` (the mapper's
     per-layer choice); ``spill``: ``fractional`` or ``all-or-nothing`` (ZigZag's semantics);
     ``psum_granularity``: ``tensor`` or ``channel`` (one PSUM exponent per tile step and output channel,
     stored and read: :mod:`apsq.hw.cost`); ``None`` takes each layer's from an APSQConfig ``gs`` (else
@@ -237,8 +242,9 @@ def evaluate(
     check_choice("gs_above_banks", gs_above_banks, ("warn", "error"))
     check_choice("tile_mismatch", tile_mismatch, ("warn", "error"))
     if baseline_bits is not None:
-        if mode != "none":
-            raise APSQError(f"baseline_bits applies to mode 'none' only, got mode={mode!r}")
+        if mode != "none" and not workload.arrays["full_precision"].any():
+            raise APSQError(f"baseline_bits applies to mode 'none' only (and to layers a quantized model left in full "
+                            f"precision, of which workload {workload.name!r} has none), got mode={mode!r}")
         if np.ndim(baseline_bits) == 0:
             check_bits("baseline_bits", int(baseline_bits), lo=1, hi=64)
         elif len(baseline_bits) != len(workload.layers):
@@ -248,18 +254,19 @@ def evaluate(
     check_streamed_buffer(acc, dataflow)
     names = [ly.name for ly in workload.layers]
     gs_arr = workload.gs_array(gs)
+    fp = workload.arrays["full_precision"]
     if mode == "apsq":
-        check_gs_banks(gs_arr, acc, names, error=gs_above_banks == "error")
+        check_gs_banks(np.where(fp, 1, gs_arr), acc, names, error=gs_above_banks == "error")
     granularity: str | np.ndarray = psum_granularity or "tensor"
     if psum_granularity is None and hasattr(gs, "for_module"):  # an APSQConfig: per layer, overrides applied
         granularity = np.array([getattr(gs.for_module(config_name(n)), "psum_granularity", "tensor") == "channel"
                                 for n in names])
     g = shapes_of(workload, acc)
     plan = psum_plan(ceil_div(g.k, acc.pe_array.rows), mode, gs_arr, psum_bits,
-                     acc.acc_bits if baseline_bits is None else baseline_bits)
+                     acc.acc_bits if baseline_bits is None else baseline_bits, fp)
     counts, sched = map_layers(g, acc, dataflow, plan, names, f"{workload.name} ({dataflow.upper()})",
-                               schedule, spill, mode, granularity)
-    e: LayerEnergy = layer_energy(counts, acc, mode, g, granularity)
+                               schedule, spill, mode, granularity, fp)
+    e: LayerEnergy = layer_energy(counts, acc, mode, g, granularity, fp)
     return EnergyReport(
         workload.name,
         dataflow,
@@ -275,6 +282,7 @@ def evaluate(
         e.exponents,
         sched,
         spill,
+        fp,
     )
 
 
@@ -327,6 +335,8 @@ class Comparison:
             "psum_share_baseline": self.psum_share_baseline,
             "baseline_psum_pj": self.baseline.psum_pj,
             "apsq_psum_pj": self.apsq.psum_pj,
+            "full_precision_layers": [n for n, f in zip(self.apsq.layer_names, self.apsq.full_precision
+                                                        if self.apsq.full_precision is not None else []) if f],
             "baseline_spills": self.baseline.psum_spills,
             "apsq_spills": self.apsq.psum_spills,
             "latency_us": {"baseline": self.baseline.latency_us, "apsq": self.apsq.latency_us},
@@ -340,7 +350,7 @@ class Comparison:
 def compare(
     workload: Workload,
     dataflow: str,
-    gs: int | Mapping[str, int] | Sequence[int] = 1,
+    gs: int | Mapping[str, int] | Sequence[int] | None = None,
     psum_bits: int = 8,
     accelerator: Accelerator | None = None,
     mode: str = "apsq",
@@ -348,11 +358,15 @@ def compare(
 ) -> Comparison:
     """Baseline (``none``, INT32 PSUMs or ``baseline_bits``) vs ``mode`` (default APSQ) at ``psum_bits``, ``gs``.
 
-    ``options``: ``baseline_bits`` (baseline only) and every keyword of :func:`evaluate` (``schedule``,
-    ``spill``, ``psum_granularity``, ``tile``, ``override_tile``, ``gs_above_banks``, ``tile_mismatch``),
+    ``gs=None`` (default): a traced quantized model's own group sizes, else 1; an explicit ``gs`` that
+    contradicts the model's own is an :class:`APSQError` (:meth:`Workload.gs_array`). ``options``:
+    ``baseline_bits`` (the baseline's stored width, and that of layers left in full precision in
+    both columns) and every keyword of :func:`evaluate` (``schedule``, ``spill``,
+    ``psum_granularity``, ``tile``, ``override_tile``, ``gs_above_banks``, ``tile_mismatch``),
     applied to both.
     """
-    bb = options.pop("baseline_bits", None)
-    base = evaluate(workload, dataflow, "none", gs, psum_bits, accelerator, baseline_bits=bb, **options)
+    base = evaluate(workload, dataflow, "none", gs, psum_bits, accelerator, **options)
+    if not workload.arrays["full_precision"].any():
+        options.pop("baseline_bits", None)  # the baseline's width only; else also the full-precision layers'
     q = evaluate(workload, dataflow, mode, gs, psum_bits, accelerator, **options)
     return Comparison(base, q)

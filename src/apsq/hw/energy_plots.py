@@ -30,6 +30,7 @@ def plot_breakdown(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    workload = workload.without_own_gs()  # a sweep over gs: a traced model's own gs is one of the bars
     reports = [evaluate(workload, dataflow, "none", 1, psum_bits, acc, schedule=schedule)]
     reports += [evaluate(workload, dataflow, mode, g, psum_bits, acc, schedule=schedule) for g in gs_values]
     labels = ["INT32\nbaseline"] + [f"{mode.upper()}\ngs={g}" for g in gs_values]

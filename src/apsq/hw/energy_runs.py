@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,10 @@ GS_RANGE = (1, 2, 3, 4)
 
 
 def _import_factory(spec: str) -> Callable[..., Any]:
-    """The object ``spec`` = ``module:attr`` or ``path/file.py:attr`` names (a model factory)."""
+    """The object ``spec`` = ``module:attr`` or ``path/file.py:attr`` names (a model factory).
+
+    A module name is imported with the current directory first on ``sys.path`` (only for that import).
+    """
     if ":" not in spec:
         raise APSQError(f"--trace must be 'module:factory' or 'path/file.py:factory', got {spec!r}")
     mod_name, attr = spec.rsplit(":", 1)
@@ -52,10 +56,20 @@ def _import_factory(spec: str) -> Callable[..., Any]:
         module = importlib.util.module_from_spec(s)
         s.loader.exec_module(module)  # type: ignore[union-attr]
     else:
+        # `apsq energy --trace mymodel:make` run beside mymodel.py: the current directory is on the path for
+        # this import (as for `python -m`), so no PYTHONPATH=. is needed
+        cwd = str(Path.cwd())
+        added = cwd not in sys.path
+        if added:
+            sys.path.insert(0, cwd)
         try:
             module = importlib.import_module(mod_name)
         except ImportError as exc:
-            raise APSQError(f"--trace: cannot import module {mod_name!r}: {exc}") from None
+            raise APSQError(f"--trace: cannot import module {mod_name!r} (searched the current directory and "
+                            f"sys.path): {exc}") from None
+        finally:
+            if added:
+                sys.path.remove(cwd)
     if not hasattr(module, attr):
         raise APSQError(f"--trace: module {mod_name!r} has no attribute {attr!r}")
     return getattr(module, attr)
@@ -163,7 +177,7 @@ def zigzag_report(w: Workload, dataflow: str, psum_bits: int, acc: Accelerator, 
                   spill: str) -> dict[str, Any]:
     """ZigZag's result beside ours (same fixed orders, untiled), per layer and in total."""
     z = evaluate_zigzag(w, dataflow, psum_bits, acc, baseline_bits)
-    ours = compare(w, dataflow, 1, psum_bits, acc, mode="apsq", baseline_bits=baseline_bits, spill=spill,
+    ours = compare(w, dataflow, None, psum_bits, acc, mode="apsq", baseline_bits=baseline_bits, spill=spill,
                    gs_above_banks="warn")
     out = z.to_json()
     out["accelerator"] = acc.name

@@ -82,11 +82,12 @@ def _candidates(g: GemmShapes, acc, dataflow: str, plan: PsumPlan) -> np.ndarray
 
 def map_layers(g: GemmShapes, acc, dataflow: str, plan: PsumPlan, names: list[str], label: str,  # noqa: ANN001
                schedule: str = "untiled", spill: str = "fractional", mode: str = "none",
-               psum_granularity: str | np.ndarray = "tensor") -> tuple[AccessCounts, Schedule]:
+               psum_granularity: str | np.ndarray = "tensor",
+               full_precision: np.ndarray | None = None) -> tuple[AccessCounts, Schedule]:
     """Access counts of the chosen schedule per layer, and the schedule itself.
 
     ``schedule``: ``untiled`` (fixed orders) or ``tiled`` (the search above). ``spill``: see
-    :data:`~apsq.hw.dataflow.common.SPILL_RULES`.
+    :data:`~apsq.hw.dataflow.common.SPILL_RULES`. ``full_precision``: bool per layer (no RAE cost).
     """
     check_choice("schedule", schedule, SCHEDULES)
     L = len(g.m)
@@ -117,7 +118,8 @@ def map_layers(g: GemmShapes, acc, dataflow: str, plan: PsumPlan, names: list[st
     t = _concat_terms(parts)
     counts = assemble(label, G, t, _rep(plan, n_rows), acc, list(names) * n_rows, spill)
     gran = psum_granularity if isinstance(psum_granularity, str) else np.tile(psum_granularity, n_rows)
-    e = layer_energy(counts, acc, mode, G, gran).total.reshape(n_rows, L)
+    fp = None if full_precision is None else np.tile(np.asarray(full_precision, dtype=bool), n_rows)
+    e = layer_energy(counts, acc, mode, G, gran, fp).total.reshape(n_rows, L)
     # prefer the untiled candidate (row 0), then fewer tiles, when energies tie (relative 1e-12)
     best = np.argmin(e * (1 + 1e-12 * np.arange(n_rows)[:, None]), axis=0)
     idx = best * L + np.arange(L)

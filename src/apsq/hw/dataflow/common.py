@@ -90,12 +90,19 @@ class PsumPlan:
 
 
 def psum_plan(steps: np.ndarray, mode: str, gs: np.ndarray | int, psum_bits: int,
-              acc_bits: int | np.ndarray) -> PsumPlan:
+              acc_bits: int | np.ndarray, full_precision: np.ndarray | None = None) -> PsumPlan:
     """Reads, writes and live slots per output element for ``mode`` (see the module docstring).
 
     ``psum_bits`` is the stored width in ``psq``/``apsq``; ``none`` stores ``acc_bits`` (one width, or
-    one per layer, e.g. the exact width ``16 + ceil(log2 K)``).
+    one per layer, e.g. the exact width ``16 + ceil(log2 K)``). ``full_precision`` (bool per layer):
+    layers a quantized model left in full precision, planned as ``none`` at ``acc_bits`` in every mode.
     """
+    if full_precision is not None and mode != "none" and np.any(full_precision):
+        q = psum_plan(steps, mode, gs, psum_bits, acc_bits)
+        b = psum_plan(steps, "none", gs, psum_bits, acc_bits)
+        fp = np.asarray(full_precision, dtype=bool)
+        return PsumPlan(mode, q.steps, np.where(fp, b.reads, q.reads), np.where(fp, b.writes, q.writes),
+                        np.where(fp, b.slots, q.slots), np.where(fp, b.bits, q.bits).astype(np.int64))
     check_choice("mode", mode, PSUM_MODES)
     check_bits("psum_bits", psum_bits, lo=1, hi=64)
     steps = np.asarray(steps, dtype=np.int64)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -39,6 +39,11 @@ class Layer:
     """independent GEMMs of this shape (heads x batch for attention, groups for grouped convs)."""
     w_is_weight: bool = True
     """True when W is a stored parameter (weight width); False when it is an activation."""
+    full_precision: bool = False
+    """Left in full precision (or INT32 PSUMs) by the traced model's quantization: priced at the baseline
+    PSUM width in every mode, never dropped (:func:`apsq.hw.workloads.trace`)."""
+    gs: int | None = None
+    """The traced quantized module's own APSQ group size (None: not a quantized module)."""
 
     def __post_init__(self) -> None:
         if self.kind not in LAYER_KINDS:
@@ -47,6 +52,8 @@ class Layer:
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise APSQError(f"layer {self.name!r}: {f} must be a positive integer, got {v!r}")
+        if self.gs is not None:
+            check_int(f"layer {self.name!r}: gs", self.gs, lo=1)
 
     @property
     def macs(self) -> int:
@@ -88,20 +95,50 @@ class Workload:
             "n": np.array([ly.n for ly in self.layers], dtype=np.int64),
             "count": np.array([ly.count for ly in self.layers], dtype=np.int64),
             "w_is_weight": np.array([ly.w_is_weight for ly in self.layers], dtype=bool),
+            "full_precision": np.array([ly.full_precision for ly in self.layers], dtype=bool),
         }
 
     @property
     def macs(self) -> int:
         return int(sum(ly.macs for ly in self.layers))
 
-    def gs_array(self, gs: int | Mapping[str, int] | Sequence[int], default: int = 1) -> np.ndarray:
+    @property
+    def own_gs(self) -> dict[str, int]:
+        """The group sizes the traced quantized model itself uses, by layer name (empty if none)."""
+        return {ly.name: int(ly.gs) for ly in self.layers if ly.gs is not None and not ly.full_precision}
+
+    def gs_array(self, gs: int | Mapping[str, int] | Sequence[int] | None, default: int = 1) -> np.ndarray:
         """Per-layer APSQ group sizes.
 
         ``gs`` is one int for every layer, a sequence with one value per layer, a mapping of
         layer-name patterns (fnmatch; later patterns win) to group sizes, with ``default`` elsewhere, or
         an :class:`apsq.APSQConfig` (each layer's ``for_module(name).gs``, overrides applied; traced
         attention matmuls ``*.qk`` / ``*.av`` are looked up as ``*.apsq_qk`` / ``*.apsq_av``).
+
+        **Precedence with a traced quantized model** (layers with their own ``gs``, :attr:`own_gs`):
+        ``gs=None`` prices the model's own group sizes (``default`` where a layer has none); an
+        explicit ``gs`` that differs from the model's own on any quantized layer is an
+        :class:`APSQError` naming the layer and both values — never a silent override. To price other
+        group sizes, trace a model quantized with them or drop the traced ones with
+        ``workload.without_own_gs()``.
         """
+        own = self.own_gs
+        if gs is None:
+            return np.array([own.get(ly.name, default) for ly in self.layers], dtype=np.int64)
+        out = self._gs_array(gs, default)
+        for i, ly in enumerate(self.layers):
+            if ly.name in own and own[ly.name] != out[i]:
+                raise APSQError(
+                    f"gs: workload {self.name!r} was traced from a quantized model whose layer {ly.name!r} uses "
+                    f"gs={own[ly.name]}, but gs={int(out[i])} was asked for; pass gs=None (apsq energy: omit --gs) "
+                    "to price the model's own group sizes, or workload.without_own_gs() to price others")
+        return out
+
+    def without_own_gs(self) -> Workload:
+        """This workload without the traced model's own group sizes (any ``gs`` may then be priced)."""
+        return Workload(self.name, tuple(replace(ly, gs=None) for ly in self.layers), dict(self.options))
+
+    def _gs_array(self, gs: int | Mapping[str, int] | Sequence[int], default: int = 1) -> np.ndarray:
         if hasattr(gs, "for_module"):
             return np.array([gs.for_module(config_name(ly.name)).gs for ly in self.layers], dtype=np.int64)
         if isinstance(gs, Mapping):

@@ -56,12 +56,21 @@ class _GemmRecorder(TorchFunctionMode):
         self.layers: list[Layer] = []
         self._seen: Counter[str] = Counter()
         self.inside_gemm_module = 0
+        self.quantized_model = False  # set by trace() for a model apsq.quantize_ has seen
+        self.current_qcfg: Any = None  # the quantization config of the GEMM module being recorded
 
     def record_module(self, mod: nn.Module, args: tuple, out: Any) -> None:
         """One layer for a GEMM module, from its weight and its input / output shapes."""
         if not isinstance(out, torch.Tensor) or not args or not isinstance(args[0], torch.Tensor):
             return
         x = args[0]
+        self.current_qcfg = getattr(mod, "qcfg", None)
+        try:
+            self._record_module(mod, args, out, x)
+        finally:
+            self.current_qcfg = None
+
+    def _record_module(self, mod: nn.Module, args: tuple, out: Any, x: Any) -> None:
         if isinstance(mod, nn.Linear):
             self._add("linear", x.numel() // max(1, mod.in_features), mod.in_features, mod.out_features, 1, True)
         elif isinstance(mod, (nn.Conv1d, nn.Conv2d)):
@@ -83,7 +92,11 @@ class _GemmRecorder(TorchFunctionMode):
     def _add(self, kind: str, m: int, k: int, n: int, count: int, w_is_weight: bool, suffix: str = "") -> None:
         if min(m, k, n, count) < 1:
             return  # empty GEMM (e.g. zero-length input): nothing to map
-        self.layers.append(Layer(self._name(suffix), kind, int(m), int(k), int(n), int(count), w_is_weight))
+        qcfg = self.current_qcfg
+        full = self.quantized_model and (qcfg is None or getattr(qcfg, "mode", "none") == "none")
+        gs = None if qcfg is None or full else int(qcfg.gs)
+        self.layers.append(Layer(self._name(suffix), kind, int(m), int(k), int(n), int(count), w_is_weight,
+                                 full_precision=full, gs=gs))
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
@@ -132,26 +145,31 @@ def trace(
     """Run ``model(*args, **kwargs)`` once under ``no_grad`` and return its GEMM layers in order.
 
     Put the model and inputs on the meta device to trace without memory or compute.
+
+    A model that :func:`apsq.quantize_` has seen (it has ``apsq_report``): its quantized GEMM modules
+    carry their own ``gs`` (:attr:`Layer.gs`; ``evaluate(..., gs=None)`` prices them); every other
+    GEMM — layers left in full precision (``exclude``, unsupported types), INT32-PSUM modules
+    (``mode="none"``) and matmuls no quantized module computes — is kept with
+    ``full_precision=True`` and priced at the baseline PSUM width in both columns of a comparison
+    (issue 23 item 6: dropping them, e.g. GPT-2's ``lm_head``, overstated the saving).
     """
     if not isinstance(model, nn.Module):
         raise APSQError(f"trace needs a torch.nn.Module, got {type(model).__name__}")
     stack: list[str] = []
     names = {id(mod): n for n, mod in model.named_modules()}
-    # an apsq-quantized model: the layers quantize_ left in full precision are not priced (issue 15 item 3)
-    left_out = {s.name for s in getattr(getattr(model, "apsq_report", None), "skipped", ())}
-    skip = {id(mod) for n, mod in model.named_modules() if n in left_out}
     handles = []
     recorder = _GemmRecorder(stack)
+    recorder.quantized_model = getattr(model, "apsq_report", None) is not None
 
     def pre(mod: nn.Module, _inp: Any) -> None:
         stack.append(names.get(id(mod), type(mod).__name__))
-        if _is_gemm_module(mod) or id(mod) in skip:
+        if _is_gemm_module(mod):
             recorder.inside_gemm_module += 1
 
     def post(mod: nn.Module, inp: Any, out: Any) -> None:
-        if _is_gemm_module(mod) or id(mod) in skip:
+        if _is_gemm_module(mod):
             recorder.inside_gemm_module -= 1
-            if recorder.inside_gemm_module == 0 and id(mod) not in skip:
+            if recorder.inside_gemm_module == 0:
                 recorder.record_module(mod, inp, out)
         if stack:
             stack.pop()
