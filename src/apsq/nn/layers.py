@@ -38,6 +38,7 @@ from apsq.nn.exactness import exact_dtype, psum_bound_bits
 from apsq.nn.padding import current_mask, valid_rows
 from apsq.nn.psum_quantizer import PSUMQuantizer
 from apsq.nn.sampling import ContentSample
+from apsq.nn.sharding import refuse_lazy_init
 from apsq.nn.stats import LayerStats, StatsRecorder
 from apsq.psum.accumulate import saturating_accumulate
 from apsq.psum.tiling import (
@@ -212,9 +213,10 @@ class _QuantMixin:
 
     def _ensure_initialized(self, items: torch.Tensor, key: tuple[int, ...] | None = None) -> None:
         """Lazy initialisation from this batch, before any graph is built (identical recomputation
-        under activation checkpointing)."""
+        under activation checkpointing). Refused under ``torch.distributed`` (:mod:`apsq.nn.sharding`)."""
         if not self.needs_init():
             return
+        refuse_lazy_init(self.layer_name, self.kind)
         if items.shape[0] == 0 or items.numel() == 0:
             raise _empty_error(self.layer_name, self.kind, tuple(items.shape))
         with torch.no_grad():

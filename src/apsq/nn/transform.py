@@ -33,6 +33,7 @@ from apsq.nn.layers import (
     settings_record,
 )
 from apsq.nn.padding import install as install_padding_capture
+from apsq.nn.sharding import check_same_calibration, full_parameters, reshard
 from apsq.nn.stats import LayerStats
 
 _SWAPS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
@@ -443,9 +444,14 @@ def calibrate(
     (:meth:`~apsq.nn.psum_quantizer.PSUMQuantizer.init_from`). Layers no batch reached keep lazy
     initialisation. The model's train/eval mode is restored, also on error.
 
+    Under ``torch.distributed`` it is a collective (:mod:`apsq.nn.sharding`): every rank passes the
+    same batches (checked), and the steps equal a single process's, before or after FSDP2's
+    ``fully_shard`` (sharded parameters are gathered per layer and the steps written into the shards).
+
     Raises:
-        APSQError: no quantized layer (saying what :func:`quantize_` skipped and why), no batch, or a
-            layer whose calibration inputs hold no rows -- before any step is changed.
+        APSQError: no quantized layer (saying what :func:`quantize_` skipped and why), no batch, a
+            layer whose calibration inputs hold no rows, or (distributed) ranks that saw different
+            batches -- before any step is changed.
     """
     check_int("max_rows", max_rows, lo=1)
     layers = [m for _, m in quant_layers(model)]
@@ -463,6 +469,7 @@ def calibrate(
             seen += 1
         if seen == 0:
             raise APSQError("calibrate: batches was empty; give at least one batch")
+        check_same_calibration(layers)  # under torch.distributed: every rank saw the same data
         called = [m for m in layers if m.calibration_calls]
         empty = [m.layer_name or type(m).__name__ for m in called if m.calibration_rows == 0]
         if empty:
@@ -471,10 +478,12 @@ def calibrate(
                 f"{' ...' if len(empty) > 6 else ''} (empty inputs); give batches with at least one row"
             )
         for m in called:
-            m.finish_calibration()
+            with full_parameters(m):  # FSDP2 / DTensor shards: gathered, steps written back into the shards
+                m.finish_calibration()
     finally:
         for m in layers:
             m.stop_calibration()
+        reshard(model)  # FSDP2 keeps the root unsharded after a forward: give back the sharded parameters
         model.train(was_training)
     return model
 
