@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apsq.errors import APSQError
@@ -118,11 +118,37 @@ def test_psum_buffer_too_small_for_one_tile():
 
 
 @pytest.mark.parametrize("field", ["m", "k", "n", "count"])
-@pytest.mark.parametrize("value", [0, -5])
-def test_negative_or_zero_sizes(field, value):
+@pytest.mark.parametrize("value", [0, -5, 2**31 + 1, 2**70])
+def test_sizes_outside_the_accepted_range(field, value):
     kw = {"m": 4, "k": 4, "n": 4, "count": 1, field: value}
-    with pytest.raises(APSQError, match=f"{field} must be a positive integer"):
+    with pytest.raises(APSQError, match=rf"{field} must be an integer in 1 \.\. 2\*\*31"):
         Layer("x", "linear", **kw)
+
+
+dims = st.integers(1, 2**31)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.tuples(dims, dims, dims, dims), st.sampled_from(["is", "ws", "os"]), st.sampled_from(["none", "apsq"]),
+       st.sampled_from(["untiled", "tiled"]), st.sampled_from(["tensor", "channel"]))
+def test_counts_never_wrap_over_the_accepted_range(shape, dataflow, mode, schedule, granularity):
+    """Issue 25 item 6: every count is float64 (m = k = n = 2**21 gave a negative MAC energy in int64)."""
+    m, k, n, count = shape
+    acc = default_accelerator()
+    r = evaluate(_wl(m, k, n, count), dataflow, mode, 2, 8, acc, schedule=schedule, psum_granularity=granularity,
+                 gs_above_banks="warn")
+    exact_macs = m * k * n * count  # a Python int: exact
+    assert float(r.counts.macs[0]) == pytest.approx(exact_macs, rel=1e-15)
+    assert float(r.mac_pj[0]) == pytest.approx(exact_macs * acc.pe_array.mac_pj, rel=1e-12)
+    for arr in (r.counts.reads, r.counts.writes, r.energy_pj, r.counts.cycles, r.layer_total_pj):
+        assert np.isfinite(arr).all() and (arr >= 0).all()
+    # every stationary element is loaded at least once and every MAC reads its streamed operand
+    assert r.total_pj >= r.mac_pj.sum() > 0 and r.latency_us > 0
+
+
+def test_the_reported_wrap():
+    r = evaluate(_wl(2**21, 2**21, 2**21, 1), "ws", "none", 1, 8)
+    assert r.mac_pj[0] == pytest.approx(2.0**63 * default_accelerator().pe_array.mac_pj, rel=1e-12) and r.total_pj > 0
 
 
 def test_empty_workload_and_bad_kind():

@@ -67,14 +67,24 @@ ZZ_DATAFLOWS = ("is", "ws", "os")
 
 
 def require_zigzag() -> Any:
-    """Import ``zigzag.api`` or raise :class:`APSQError` naming the package to install."""
+    """Import ``zigzag.api`` or raise :class:`APSQError` saying why.
+
+    zigzag-dse not installed: how to install it. Installed but its import fails (e.g. ``six``, which
+    zigzag-dse 3.9.1 imports without declaring it; the ``baselines`` extra now declares it): the real
+    import error, with the module that is missing.
+    """
     try:
         import zigzag.api as api  # noqa: PLC0415
-    except ImportError:
-        raise APSQError(
-            "--engine zigzag needs the optional package zigzag-dse (3.9.1): pip install 'apsq[baselines]' "
-            "or pip install zigzag-dse==3.9.1"
-        ) from None
+    except ImportError as exc:
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "zigzag":
+            raise APSQError(
+                "--engine zigzag needs the optional package zigzag-dse (3.9.1): pip install 'apsq[baselines]' "
+                "or pip install zigzag-dse==3.9.1"
+            ) from None
+        missing = f" (missing module {exc.name!r}: pip install {exc.name})" if getattr(exc, "name", None) else ""
+        raise APSQError(f"--engine zigzag: zigzag-dse is installed but importing it failed: "
+                        f"{type(exc).__name__}: {exc}{missing}; pip install 'apsq[baselines]' installs what it "
+                        "needs") from exc
     return api
 
 

@@ -1,6 +1,7 @@
 """What every dataflow shares: PSUM traffic per accumulation mode, refetch and spill rules, assembly.
 
-Arrays run over layers (numpy, int64/float64), so one call evaluates a whole workload.
+Arrays run over layers (numpy; shapes and counts in float64, see :class:`GemmShapes`), so one call evaluates a
+whole workload.
 
 PSUM traffic per output element over ``n = ceil(K / rows)`` tile steps (method doc §3; the last step's
 result never returns to the PSUM buffer: it goes through the requantizer to the output buffer):
@@ -156,7 +157,13 @@ def refetch_fraction(footprint_bits: np.ndarray, capacity_bits: float | np.ndarr
 
 @dataclass(frozen=True)
 class GemmShapes:
-    """Per-layer GEMM shapes and operand widths (arrays)."""
+    """Per-layer GEMM shapes and operand widths (arrays, held as float64).
+
+    float64, not int64, so that no count can wrap: ``M·K·N·count`` of four dimensions of up to 2³¹
+    (what :class:`~apsq.hw.workloads.Layer` accepts) is 2¹²⁴, far past int64 (2⁶³; ``m = k = n = 2²¹``
+    gave a negative MAC energy). Every dimension and every product up to 2⁵³ is exact; beyond that a
+    count is rounded to float64's 53 bits (relative error < 1e-15), never wrapped.
+    """
 
     m: np.ndarray
     k: np.ndarray
@@ -164,6 +171,10 @@ class GemmShapes:
     count: np.ndarray
     w_bits: np.ndarray
     act_bits: int
+
+    def __post_init__(self) -> None:
+        for f in ("m", "k", "n", "count", "w_bits"):
+            object.__setattr__(self, f, np.asarray(getattr(self, f), dtype=np.float64))
 
     @property
     def macs(self) -> np.ndarray:

@@ -18,9 +18,12 @@ import numpy as np
 
 from apsq.errors import APSQError, check_int
 
-__all__ = ["Layer", "Workload", "LAYER_KINDS", "config_name"]
+__all__ = ["Layer", "Workload", "LAYER_KINDS", "MAX_DIM", "config_name"]
 
 LAYER_KINDS = ("linear", "conv2d", "conv1d", "matmul")
+MAX_DIM = 1 << 31
+"""Largest M, K, N and count of one layer (a sane finite range; the energy model's counts are float64 and
+never wrap for any shape in it: :class:`apsq.hw.dataflow.GemmShapes`)."""
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,8 @@ class Layer:
             raise APSQError(f"layer {self.name!r}: kind must be one of {', '.join(LAYER_KINDS)}; got {self.kind!r}")
         for f in ("m", "k", "n", "count"):
             v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise APSQError(f"layer {self.name!r}: {f} must be a positive integer, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= MAX_DIM:
+                raise APSQError(f"layer {self.name!r}: {f} must be an integer in 1 .. 2**31, got {v!r}")
         if self.gs is not None:
             check_int(f"layer {self.name!r}: gs", self.gs, lo=1)
 

@@ -38,11 +38,10 @@ from pydantic import (
 )
 
 from apsq.errors import APSQError, read_yaml
-from apsq.hw.workloads.base import LAYER_KINDS, Layer, Workload
+from apsq.hw.workloads.base import LAYER_KINDS, MAX_DIM, Layer, Workload
 
 __all__ = ["load_workload_file", "workload_from_dict", "ConvSpec", "LayerSpec", "WorkloadSpec"]
 
-MAX_DIM = 1 << 31  # elements along one GEMM dimension (a sane finite range)
 
 Pair = StrictInt | conlist(StrictInt, min_length=2, max_length=2)
 
