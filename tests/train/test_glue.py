@@ -93,3 +93,51 @@ def test_mrpc_reports_f1_and_accuracy_and_qat_reuses_the_fp32_metrics(tmp_path):
                                      if k != "model"}))
         assert res["fp32_glue"] == fp["fp32_glue"]  # read from the FP32 checkpoint, not re-evaluated
         assert set(res["glue"]) == keys and res["accuracy"] == pytest.approx(res["glue"]["score"])
+
+
+@pytest.mark.slow
+def test_glue_study_runs_every_variant_and_averages(tmp_path):
+    import yaml
+
+    from apsq.cli import app
+    from typer.testing import CliRunner
+
+    files = {}
+    for t in ("stsb", "rte"):
+        tr, va = write_glue(tmp_path / "data", t, n_train=16, n_val=8)
+        files[t] = {"train": str(tr), "validation": str(va)}
+    base = {k: v for k, v in _cfg("rte", "x", "y", 2).items() if k != "data"}
+    base.update(finetune={"steps": 2, "batch_size": 8, "lr": 1e-4}, qat={"steps": 1, "batch_size": 8, "calib_batches": 1})
+    base["model"] = {"name": "minilm", "max_len": 16}
+    study = {"base": base, "tasks": ["stsb", "rte"], "data_files": files, "gs": [2], "output": str(tmp_path / "g")}
+    (tmp_path / "glue.yaml").write_text(yaml.safe_dump(study))
+    r = CliRunner().invoke(app, ["paper", "glue", "--config", str(tmp_path / "glue.yaml")])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "g" / "glue.json").read_text())
+    assert res["missing"] == [] and set(res["per_task"]) == {"stsb", "rte"}
+    assert set(res["per_task"]["stsb"]) == {"fp32", "w8a8", "psq", "apsq_gs2"}
+    for v, a in res["glue_average"].items():
+        scores = [res["per_task"][t][v]["score"] for t in ("stsb", "rte")]
+        assert a["average"] == pytest.approx(sum(scores) / 2)
+        if v != "fp32":
+            assert a["drop_pp"] == pytest.approx(100 * (res["glue_average"]["fp32"]["average"] - a["average"]))
+    assert set(res["per_task"]["stsb"]["apsq_gs2"]) == {"pearson", "spearman", "score"}
+    assert "GLUE avg" in (tmp_path / "g" / "glue.md").read_text() and res["best_gs"] == 2
+    # the task's sweep.json prices the traced MiniLM beside its scores
+    assert "total" in json.loads((tmp_path / "g" / "rte" / "sweep.json").read_text())["energy_reduction"]
+
+
+def test_glue_study_config_refused_with_the_key(tmp_path):
+    from apsq.eval.glue_study import load_glue_study
+
+    (tmp_path / "a.yaml").write_text("base: {model: {name: minilm}}\ntasks: [cola, sts]\n")
+    with pytest.raises(APSQError, match=r"tasks: tasks must be GLUE tasks"):
+        load_glue_study(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("base: {model: {name: minilm}}\ntasks: [cola]\nper_task: {rte: {}}\n")
+    with pytest.raises(APSQError, match=r"per_task / data_files name tasks not in tasks: \['rte'\]"):
+        load_glue_study(tmp_path / "b.yaml")
+    s = load_glue_study("configs/paper/bert_base_glue.yaml")
+    from apsq.eval.glue_study import task_configs
+
+    c = task_configs(s)
+    assert c["stsb"].model.num_labels == 1 and c["mnli"].model.num_labels == 3 and c["qqp"].finetune.steps == 34111

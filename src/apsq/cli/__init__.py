@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "apsq.cli.eval",  # apsq eval, apsq sweep
     "apsq.cli.tune",  # apsq tune-gs
     "apsq.cli.beyond",  # apsq beyond baseline | low-bit | a2q
+    "apsq.cli.paper",  # apsq paper table1 | glue
     "apsq.cli.deploy",  # apsq deploy export | run
 )
 
