@@ -84,7 +84,8 @@ def run_batches(program: Program, source: str, backend: str = "golden", *, limit
     t0 = time.perf_counter()
     for batch in batches:
         labels = batch.pop("labels", None)
-        rep = run(program, batch, backend, model=model, verify=verify, mismatch_dir=mismatch_dir)
+        rep = run(program, batch, backend, model=model, verify=verify, mismatch_dir=mismatch_dir,
+                  integer_check=done == 0)  # the trained layers' int64 integer model: first batch (slow)
         out = outputs_of(rep.output)
         pred = out.argmax(-1)
         if verify:
@@ -113,6 +114,8 @@ def run_batches(program: Program, source: str, backend: str = "golden", *, limit
         "input": source,
         "sentences": done,
         "verified": verify,
+        "stages": (["fake-quant PyTorch", "integer_forward (first batch)", "program golden"]
+                   + ([f"RTL ({backend})"] if backend != "golden" else [])) if verify else [],
         "identical_predictions": same_pred if verify else None,
         "identical_logits": same_logits if verify else None,
         "accuracy": correct / labelled if labelled else None,
