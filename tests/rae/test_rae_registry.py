@@ -12,7 +12,7 @@ import torch
 
 from apsq.cache import CacheError, store_verified, verify_stored
 from apsq.errors import APSQError
-from apsq.hw.rae import BACKENDS, RAEParams, check_backend, run_layers, validate_layer
+from apsq.hw.rae import BACKENDS, RAEParams, check_backend, expected_activity, run_layers, validate_layer
 from apsq.hw.rae.sim import get_backend
 from apsq.hw.rae.template import render, template_text
 from apsq.integer.psum import psum_accumulate_int
@@ -56,6 +56,46 @@ def test_every_backend_is_bit_exact_with_the_same_cycles(backend):
     _, ref = run_layers(jobs, PARAMS, backend="amaranth")
     extra = 1 if backend == "icarus" else 0
     assert (stats.cycles, stats.beats_in, stats.beats_out) == (ref.cycles + extra, ref.beats_in, ref.beats_out)
+    assert stats.activity == expected_activity(jobs, PARAMS) == ref.activity
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("lane", [False, True])
+def test_activity_counted_by_the_rtl_equals_the_schedule(backend, lane):
+    """Bank reads/writes by bank, requantizations and closings, counted from the engine's enables
+    (with back-pressure: gaps change the cycles, not the work), equal the golden path's count."""
+    try:
+        check_backend(backend)
+    except APSQError as exc:
+        pytest.skip(str(exc))
+    params = RAEParams(lanes=3, depth=2, lane_exponents=lane)
+    rng = np.random.default_rng(17 + lane)
+    jobs = []
+    for gs in (1, 2, 3, 4, 2, 1):
+        n, cols = int(rng.integers(1, 10)), int(rng.integers(1, 40))  # up to 14 positions: several passes
+        e = rng.integers(-8, 24, size=(n, cols) if lane else n)
+        jobs.append(validate_layer(rng.integers(-(1 << 20), 1 << 20, size=(n, cols)), e, gs, params))
+    _, stats = run_layers(jobs, params, backend=backend, backpressure=0.3, seed=4)
+    assert stats.activity == expected_activity(jobs, params)
+
+
+def test_expected_activity_is_the_energy_models_count():
+    """Per output position, ``n`` steps in ``G = ceil(n / gs)`` groups: ``n - 1`` reads and ``n - 1`` writes
+    (hw/dataflow/common.py's APSQ PSUM traffic), ``n`` requantizations, ``G`` closings; reads of a group
+    never exceed its banks."""
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        params = RAEParams(lanes=int(rng.integers(1, 9)), depth=int(rng.integers(2, 6)))
+        jobs, pos = [], []
+        for _ in range(int(rng.integers(1, 4))):
+            gs, n, cols = int(rng.integers(1, 5)), int(rng.integers(1, 20)), int(rng.integers(1, 100))
+            jobs.append(validate_layer(np.zeros((n, cols), dtype=np.int64), np.zeros(n, dtype=np.int64), gs, params))
+            pos.append((-(-cols // params.lanes), n, -(-n // gs)))
+        act = expected_activity(jobs, params)
+        assert act.reads == act.writes == sum(m * (n - 1) for m, n, _ in pos)
+        assert act.requantizations == sum(m * n for m, n, _ in pos)
+        assert act.accumulations == sum(m * g for m, _, g in pos)
+        assert act.shifts == act.reads + act.requantizations
 
 
 def test_check_backend_names_the_missing_tool(monkeypatch):

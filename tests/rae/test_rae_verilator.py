@@ -210,3 +210,28 @@ def test_per_lane_verilog_ports_and_exponent_banks():
     assert len(re.findall(r"reg \[31:0\] \w+ \[15:0\];", text)) == 4  # code banks: 4 lanes x INT8
     assert len(re.findall(r"reg \[19:0\] \w+ \[15:0\];", text)) == 4  # exponent banks: 4 lanes x 5 bits
     assert params.bank_bits == 4 * 16 * 4 * (8 + 5)
+
+
+@needs_verilator
+def test_driver_server_keeps_state_apart_and_restarts_after_a_failure():
+    """The driver stays up between calls: a repeated call gives the same codes and cycles as the first
+    (the engine is idle between requests); a driver that died is replaced on the next call."""
+    from apsq.hw.rae import verilator
+
+    rng = np.random.default_rng(21)
+    layers = [random_layer(rng, lane=False, gs=gs) for gs in (3, 1, 4, 2)]
+    jobs = [validate_layer(t, e, gs, PARAMS) for t, e, gs in layers]
+    first, s1 = run_layers(jobs, PARAMS, backend="verilator")
+    again, s2 = run_layers(jobs[::-1], PARAMS, backend="verilator")
+    for c, d, (t, e, gs) in zip(first, again[::-1], layers, strict=True):
+        np.testing.assert_array_equal(c, golden(t, e, gs))
+        np.testing.assert_array_equal(d, c)
+    exe, _ = verilator.build_simulator(PARAMS)
+    srv = verilator._server(exe)
+    srv.proc.kill()
+    srv.proc.wait()
+    codes, s3 = run_layers(jobs, PARAMS, backend="verilator")
+    assert verilator._server(exe) is not srv
+    assert (s3.cycles, s3.hazard_stalls, s3.idle_in) == (s1.cycles, s1.hazard_stalls, s1.idle_in)
+    for c, d in zip(codes, first, strict=True):
+        np.testing.assert_array_equal(c, d)

@@ -160,6 +160,13 @@ def simulate_cmd(
         f"idle {stats.idle_in:,}; simulation {stats.wall_s:.2g} s = {stats.cycles_per_s:,.0f} cycles/s",
         soft_wrap=True,
     )
+    act = stats.activity
+    console.print(
+        f"activity (from the engine's enables): bank reads {act.bank_reads}, writes {act.bank_writes}, "
+        f"requantizations {act.requantizations:,}, closings {act.accumulations:,}, shifts {act.shifts:,} "
+        f"(words of L = {lanes} codes); equals the schedule's count: {_yes(res.activity_equal)}",
+        soft_wrap=True,
+    )
     if not res.ok:
         raise typer.Exit(1)
 

@@ -17,7 +17,7 @@ import numpy as np
 from amaranth.sim import Simulator
 
 from apsq.hw.rae.beats import LayerJob, RunStats, build_schedule, scatter_outputs, unpack_out
-from apsq.hw.rae.engine import RAE, RAEParams
+from apsq.hw.rae.engine import NUM_BANKS, RAE, RAEParams
 
 __all__ = ["run_layers_amaranth"]
 
@@ -71,12 +71,20 @@ def run_layers_amaranth(
             taken["expected"] += m
             stats.per_pass_cycles.append(cyc - start)
 
+    act = stats.activity
+
     async def consumer(ctx):
         cyc = 0
         while len(outputs) < total_out:
             ctx.set(dut.o.ready, 0 if (backpressure and rng.random() < backpressure) else 1)
-            _, _, valid, ready, word = await ctx.tick().sample(dut.o.valid, dut.o.ready, dut.o.payload.as_value())
+            _, _, valid, ready, word, rd, wr, rq, acc = await ctx.tick().sample(
+                dut.o.valid, dut.o.ready, dut.o.payload.as_value(), dut.bank_rd, dut.bank_wr, dut.rq, dut.acc)
             cyc += 1
+            for k in range(NUM_BANKS):  # the engine's own enables, as they were at this clock edge
+                act.bank_reads[k] += (rd >> k) & 1
+                act.bank_writes[k] += (wr >> k) & 1
+            act.requantizations += rq
+            act.accumulations += acc
             if valid and ready:
                 outputs.append(unpack_out(params, word))
         stats.cycles = cyc

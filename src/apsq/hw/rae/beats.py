@@ -27,6 +27,7 @@ from apsq.hw.rae.engine import NUM_BANKS, PIPELINE_LATENCY, RAEParams
 from apsq.psum.accumulate import closing_steps
 
 __all__ = [
+    "Activity",
     "EnginePass",
     "LayerJob",
     "RunStats",
@@ -38,6 +39,7 @@ __all__ = [
     "unpack_out",
     "build_schedule",
     "scatter_outputs",
+    "expected_activity",
 ]
 
 
@@ -51,6 +53,56 @@ class LayerJob:
 
 
 @dataclass
+class Activity:
+    """What the engine did: bank accesses by bank, requantizations and group closings.
+
+    Measured by every simulator backend from the engine's own enables (the ``bank_rd``, ``bank_wr``,
+    ``rq`` and ``acc`` ports of :class:`apsq.hw.rae.engine.RAE`), and predicted from the schedule
+    alone by :func:`expected_activity` (the golden path); the two are equal (tested). Units: a bank
+    access is one word of ``L`` codes (plus, with ``lane_exponents``, the twin exponent word); a
+    requantization or closing is one beat, all ``L`` lanes. Padding lanes of a layer whose width is
+    not a multiple of ``L`` are counted (the engine does that work); per output position a layer of
+    ``n`` steps costs ``n - 1`` reads, ``n - 1`` writes and ``n`` requantizations.
+
+    ``bank_reads[k]`` / ``bank_writes[k]``: reads / writes of bank ``k`` (0..3); ``requantizations``:
+    beats requantized (round-half-up right shift and clamp; the last step's leaves as the output);
+    ``accumulations``: beats that closed a group (the tile sum added to the pending codes and ``A``).
+    """
+
+    bank_reads: list[int] = field(default_factory=lambda: [0] * NUM_BANKS)
+    bank_writes: list[int] = field(default_factory=lambda: [0] * NUM_BANKS)
+    requantizations: int = 0
+    accumulations: int = 0
+
+    @property
+    def reads(self) -> int:
+        """Bank word reads in all (one aligned code per lane each: the adds of a closing)."""
+        return sum(self.bank_reads)
+
+    @property
+    def writes(self) -> int:
+        """Bank word writes in all."""
+        return sum(self.bank_writes)
+
+    @property
+    def shifts(self) -> int:
+        """Shift operations per lane: one left (alignment) shift per code read plus one right
+        (requantizing) shift per requantization."""
+        return self.reads + self.requantizations
+
+    def __add__(self, other: Activity) -> Activity:
+        return Activity([a + b for a, b in zip(self.bank_reads, other.bank_reads, strict=True)],
+                        [a + b for a, b in zip(self.bank_writes, other.bank_writes, strict=True)],
+                        self.requantizations + other.requantizations, self.accumulations + other.accumulations)
+
+    def to_dict(self) -> dict:
+        """JSON-ready counts, with the totals and shifts."""
+        return {"bank_reads": list(self.bank_reads), "bank_writes": list(self.bank_writes), "reads": self.reads,
+                "writes": self.writes, "requantizations": self.requantizations,
+                "accumulations": self.accumulations, "shifts": self.shifts}
+
+
+@dataclass
 class RunStats:
     """Cycle accounting of one :func:`apsq.hw.rae.sim.run_layers` call (all layers together).
 
@@ -60,7 +112,9 @@ class RunStats:
     ``backpressure_stalls``: cycles it refused one because the output was not taken;
     ``idle_in``: cycles the producer offered nothing (random gaps, or draining before a
     reconfiguration); ``per_pass_cycles``: input-side cycles of each pass (layer, or part of a
-    layer wider than ``lanes * depth``); ``wall_s``: simulation wall time; ``cycles_per_s``: speed.
+    layer wider than ``lanes * depth``); ``wall_s``: simulation wall time; ``cycles_per_s``: speed;
+    ``activity``: bank reads/writes by bank, requantizations and closings (:class:`Activity`),
+    counted from the engine's enables.
     """
 
     cycles: int = 0
@@ -71,6 +125,7 @@ class RunStats:
     idle_in: int = 0
     wall_s: float = 0.0
     per_pass_cycles: list[int] = field(default_factory=list)
+    activity: Activity = field(default_factory=Activity)
 
     @property
     def cycles_per_s(self) -> float:
@@ -137,16 +192,34 @@ def validate_layer(partials: object, exponents: object, gs: int, params: RAEPara
 _M32 = np.uint64(0xFFFFFFFF)
 
 
-def _put_field(words: np.ndarray, values: np.ndarray, width: int, offset: int) -> None:
-    """OR the low ``width`` bits of ``values`` [B] into the uint64 word array ``words`` [B, W] (32-bit
-    words) at bit ``offset`` (two's complement for negative values)."""
-    v = values.astype(np.int64).view(np.uint64)
+def _put_fields(words: np.ndarray, values: np.ndarray, width: int, offset: int) -> None:
+    """OR ``k`` fields of ``width`` bits, ``values`` ``[B, k]`` (two's complement for negative values),
+    into the uint64 word array ``words`` ``[B, W]`` (32-bit words, LSB first): field ``j`` at bit
+    ``offset + j * width``. Vectorised over beats and fields: word-aligned 32-bit fields are copied;
+    narrower ones are shifted into place and summed per word (the fields do not overlap, so the sum
+    is their OR)."""
+    k = values.shape[1]
+    v = values.astype(np.int64, copy=False).view(np.uint64)
     if width < 64:
         v = v & np.uint64((1 << width) - 1)
-    bit, idx = offset % 32, offset // 32
-    for t in range(-(-(bit + width) // 32)):
-        chunk = (v << np.uint64(bit)) if t == 0 else (v >> np.uint64(32 * t - bit))
-        words[:, idx + t] |= chunk & _M32
+    if width == 32 and offset % 32 == 0:
+        words[:, offset // 32:offset // 32 + k] |= v
+        return
+    if width > 32:
+        for j in range(k):
+            bit, idx = (offset + j * width) % 32, (offset + j * width) // 32
+            for t in range(-(-(bit + width) // 32)):
+                chunk = (v[:, j] << np.uint64(bit)) if t == 0 else (v[:, j] >> np.uint64(32 * t - bit))
+                words[:, idx + t] |= chunk & _M32
+        return
+    starts = offset + width * np.arange(k)
+    idx, bit = starts // 32, (starts % 32).astype(np.uint64)
+    for part, target, keep in (((v << bit) & _M32, idx, slice(None)),
+                               (v >> (np.uint64(32) - bit), idx + 1, bit + np.uint64(width) > 32)):
+        part, target = part[:, keep], target[keep]
+        if target.size:
+            cols, first = np.unique(target, return_index=True)  # target is sorted: contiguous groups
+            words[:, cols] |= np.add.reduceat(part, first, axis=1)
 
 
 def pack_beats(params: RAEParams, tiles: np.ndarray, exps: np.ndarray, s2: np.ndarray, last: np.ndarray) -> np.ndarray:
@@ -154,23 +227,20 @@ def pack_beats(params: RAEParams, tiles: np.ndarray, exps: np.ndarray, s2: np.nd
 
     ``tiles`` [B, L], ``exps`` [B] (or [B, L] with ``lane_exponents``), ``s2``/``last`` [B]; the field
     order is :meth:`RAEParams.in_layout` (lane ``l``'s tile at bit ``l * tile_bits``, then the
-    exponent(s), ``s2``, ``last``). Vectorised: one numpy pass per field.
+    exponent(s), ``s2``, ``last``). Vectorised: one numpy pass per kind of field.
     """
     tb, ew, lanes = params.tile_bits, params.exp_width, params.lanes
     width = params.in_layout().size
     words = np.zeros((tiles.shape[0], -(-width // 32)), dtype=np.uint64)
-    for lane in range(lanes):
-        _put_field(words, tiles[:, lane], tb, lane * tb)
+    _put_fields(words, tiles, tb, 0)
     off = lanes * tb
     if params.lane_exponents:
-        for lane in range(lanes):
-            _put_field(words, exps[:, lane], ew, off + lane * ew)
+        _put_fields(words, exps, ew, off)
         off += lanes * ew
     else:
-        _put_field(words, exps, ew, off)
+        _put_fields(words, exps[:, None], ew, off)
         off += ew
-    _put_field(words, s2, 1, off)
-    _put_field(words, last, 1, off + 1)
+    _put_fields(words, np.stack([s2, last], axis=1), 1, off)
     return words.astype(np.uint32)
 
 
@@ -188,14 +258,11 @@ def unpack_codes(params: RAEParams, words: np.ndarray) -> np.ndarray:
     """Output payloads ``uint32 [B, ceil(L * bits / 32)]`` -> signed codes ``int64 [B, L]``."""
     b = params.bits
     w = np.concatenate([words.astype(np.uint64), np.zeros((words.shape[0], 1), dtype=np.uint64)], axis=1)
-    out = np.empty((words.shape[0], params.lanes), dtype=np.int64)
-    mask = np.uint64((1 << b) - 1)
-    for lane in range(params.lanes):
-        bit, idx = (lane * b) % 32, (lane * b) // 32
-        v = ((w[:, idx] >> np.uint64(bit)) | (w[:, idx + 1] << np.uint64(32 - bit))) & mask
-        c = v.astype(np.int64)
-        out[:, lane] = np.where(c >> (b - 1) != 0, c - (1 << b), c)
-    return out
+    starts = b * np.arange(params.lanes)
+    idx, bit = starts // 32, (starts % 32).astype(np.uint64)
+    v = ((w[:, idx] >> bit) | (w[:, idx + 1] << (np.uint64(32) - bit))) & np.uint64((1 << b) - 1)
+    c = v.astype(np.int64)
+    return np.where(c >> (b - 1) != 0, c - (1 << b), c)
 
 
 def unpack_out(params: RAEParams, word: int) -> list[int]:
@@ -228,29 +295,35 @@ class EnginePass:
 
 
 def build_schedule(jobs: Sequence[LayerJob], params: RAEParams) -> list[EnginePass]:
-    """The passes and packed input beats of ``jobs`` (vectorised; exponents ``[n]`` are broadcast to
-    all lanes on an engine with ``lane_exponents``)."""
+    """The passes and packed input beats of ``jobs`` (vectorised, one packing per layer; exponents
+    ``[n]`` are broadcast to all lanes on an engine with ``lane_exponents``)."""
     lanes = params.lanes
     schedule: list[EnginePass] = []
     for li, job in enumerate(jobs):
         n, cols = job.partials.shape
         blocks = math.ceil(cols / lanes)
-        padded = np.zeros((n, blocks * lanes), dtype=np.int64)
-        padded[:, :cols] = job.partials
+        padded = np.zeros((n, blocks, lanes), dtype=np.int64)
+        padded.reshape(n, -1)[:, :cols] = job.partials
         e = job.exponents
         if params.lane_exponents:
-            pe = np.zeros((n, blocks * lanes), dtype=np.int64)  # padding lanes: exponent 0 (in range)
-            pe[:, :cols] = e if e.ndim == 2 else e[:, None]
+            pe = np.zeros((n, blocks, lanes), dtype=np.int64)  # padding lanes: exponent 0 (in range)
+            pe.reshape(n, -1)[:, :cols] = e if e.ndim == 2 else e[:, None]
         closing = np.array(closing_steps(n, job.gs), dtype=np.int64)
         last = (np.arange(n) == n - 1).astype(np.int64)
-        for b0, m in _passes(job, params):
-            tiles = padded[:, b0 * lanes:(b0 + m) * lanes].reshape(n * m, lanes)
-            if params.lane_exponents:
-                exps = pe[:, b0 * lanes:(b0 + m) * lanes].reshape(n * m, lanes)
-            else:
-                exps = np.repeat(e, m)
-            words = pack_beats(params, tiles, exps, np.repeat(closing, m), np.repeat(last, m))
-            schedule.append(EnginePass(li, job.gs, b0, m, words))
+        passes = _passes(job, params)
+        # every pass's beats in one array (pass after pass; in a pass, step after step, every position)
+        tiles = np.concatenate([padded[:, b0:b0 + m].reshape(n * m, lanes) for b0, m in passes])
+        if params.lane_exponents:
+            exps = np.concatenate([pe[:, b0:b0 + m].reshape(n * m, lanes) for b0, m in passes])
+        else:
+            exps = np.concatenate([np.repeat(e, m) for _, m in passes])
+        s2 = np.concatenate([np.repeat(closing, m) for _, m in passes])
+        lst = np.concatenate([np.repeat(last, m) for _, m in passes])
+        words = pack_beats(params, tiles, exps, s2, lst)
+        k = 0
+        for b0, m in passes:
+            schedule.append(EnginePass(li, job.gs, b0, m, words[k:k + n * m]))
+            k += n * m
     return schedule
 
 
@@ -270,3 +343,37 @@ def scatter_outputs(
         results[p.layer][p.first * lanes:(p.first + p.positions) * lanes] = out[k:k + p.positions].reshape(-1)
         k += p.positions
     return [r[: j.partials.shape[1]] for r, j in zip(results, jobs, strict=True)]
+
+
+def expected_activity(jobs: Sequence[LayerJob], params: RAEParams) -> Activity:
+    """The :class:`Activity` the engine performs for ``jobs``, from the schedule alone (no simulation):
+    the golden path's count, equal to what every backend measures.
+
+    Per pass (``m`` positions; position ``q`` in bank set ``q // depth``, whose banks start at
+    ``base = set * gs`` for ``gs <= 2``, else 0) and step ``i``: a closing step reads the group's
+    pending banks ``base .. base + slot - 1`` and, after the first group, ``A`` in ``base + gs - 1``;
+    every step but the last writes bank ``base + slot`` (or ``A``'s bank when closing); every beat
+    is requantized.
+    """
+    act = Activity()
+    for job in jobs:
+        n, gs = job.partials.shape[0], job.gs
+        closing = closing_steps(n, gs)
+        for _, m in _passes(job, params):
+            per_set = np.bincount(np.arange(m) // params.depth, minlength=NUM_BANKS)
+            bases = [(s * gs if gs <= 2 else 0, int(c)) for s, c in enumerate(per_set) if c]
+            slot, have_a = 0, False
+            for i in range(n):
+                act.requantizations += m
+                if closing[i]:
+                    act.accumulations += m
+                    for base, c in bases:
+                        for k in range(base, base + slot):
+                            act.bank_reads[k] += c
+                        if have_a:
+                            act.bank_reads[base + gs - 1] += c
+                if i < n - 1:
+                    for base, c in bases:
+                        act.bank_writes[base + (gs - 1 if closing[i] else slot)] += c
+                slot, have_a = (0, True) if closing[i] else (slot + 1, have_a)
+    return act

@@ -157,6 +157,13 @@ class RAE(wiring.Component):
             order); ``i.ready`` may depend combinationally on ``i.valid``/``i.payload`` (hazard stall).
         o: stream of output beats, one per position of the layer's last step (``last = 1``).
         busy: a beat is in flight (the pipeline or the output register holds one).
+        bank_rd, bank_wr: activity, one bit per bank: the bank's read / write enable this cycle (a
+            word of ``L`` codes, and with ``lane_exponents`` its exponent word). A bank is read only
+            by a closing beat, for a pending code or ``A``; a code is written on every step but the
+            layer's last (whose result leaves through ``o``), so a layer of ``n`` steps reads and
+            writes each output position ``n - 1`` times (``docs/rae.md``, activity counts).
+        rq, acc: activity: stage 2 requantizes a beat this cycle (all ``L`` lanes); that beat closes
+            a group (its tile sum was added to the codes read).
     """
 
     def __init__(self, params: RAEParams | None = None, **kwargs: int) -> None:
@@ -175,6 +182,10 @@ class RAE(wiring.Component):
             "i": In(stream.Signature(p.in_layout())),
             "o": Out(stream.Signature(p.out_layout())),
             "busy": Out(1),
+            "bank_rd": Out(NUM_BANKS),
+            "bank_wr": Out(NUM_BANKS),
+            "rq": Out(1),
+            "acc": Out(1),
         })
 
     def elaborate(self, platform: object) -> Module:  # noqa: PLR0915 - one datapath, kept together
@@ -230,6 +241,7 @@ class RAE(wiring.Component):
         rmask1 = Signal(NUM_BANKS)
         wbank1, wbank2 = Signal(2), Signal(2)
         last1, last2 = Signal(), Signal()
+        closing1, closing2 = Signal(), Signal()
         p0 = [Signal(signed(w), name=f"p0_{lane}") for lane in range(lanes)]
         p1 = [Signal(signed(w), name=f"p1_{lane}") for lane in range(lanes)]
 
@@ -264,8 +276,12 @@ class RAE(wiring.Component):
         m.d.comb += self.i.ready.eq(adv & ~hazard)
         accept = Signal()
         m.d.comb += accept.eq(self.i.valid & self.i.ready)
-        for rp in rports + erports:
-            m.d.comb += [rp.addr.eq(addr), rp.en.eq(adv)]
+        # a bank is read only for a closing beat, and only the banks it adds (pending codes, A)
+        m.d.comb += self.bank_rd.eq(Mux(accept, rmask0, 0))
+        for k, rp in enumerate(rports):
+            m.d.comb += [rp.addr.eq(addr), rp.en.eq(self.bank_rd[k])]
+        for k, rp in enumerate(erports):
+            m.d.comb += [rp.addr.eq(addr), rp.en.eq(self.bank_rd[k])]
 
         step_end = Signal()
         m.d.comb += step_end.eq(pos == self.last_pos)
@@ -294,13 +310,13 @@ class RAE(wiring.Component):
         with m.If(accept):
             m.d.sync += [pos1.eq(pos), addr1.eq(addr), rmask1.eq(rmask0), wbank1.eq(wbank0)]
             m.d.sync += [sh1[j].eq(sh0[j]) for j in range(n_sh)]
-            m.d.sync += last1.eq(pay.last)
+            m.d.sync += [last1.eq(pay.last), closing1.eq(closing0)]
             m.d.sync += [tile1[lane].eq(pay.tile[lane]) for lane in range(lanes)]
             m.d.sync += [rsh1[k].eq(bsh[k]) for k in range(len(bsh))]
 
         # ---- stage 1: align (left shifts) and first adder level ----
         with m.If(adv):
-            m.d.sync += [v2.eq(v1), addr2.eq(addr1), wbank2.eq(wbank1), last2.eq(last1)]
+            m.d.sync += [v2.eq(v1), addr2.eq(addr1), wbank2.eq(wbank1), last2.eq(last1), closing2.eq(closing1)]
             m.d.sync += [sh2[j].eq(sh1[j]) for j in range(n_sh)]
             for lane in range(lanes):
                 x = []
@@ -326,11 +342,16 @@ class RAE(wiring.Component):
                 c.eq(Mux(r > qp, qp, Mux(r < qn, qn, r))),
             ]
             codes.append(c)
+        # requantize every beat; write its code back unless it is the layer's last step (that code
+        # leaves through the output register and is never read again)
+        m.d.comb += [self.rq.eq(v2 & adv), self.acc.eq(v2 & adv & closing2)]
+        for k in range(NUM_BANKS):
+            m.d.comb += self.bank_wr[k].eq(v2 & adv & ~last2 & (wbank2 == k))
         for k, wp in enumerate(wports):
-            m.d.comb += [wp.addr.eq(addr2), wp.en.eq(v2 & adv & (wbank2 == k))]
+            m.d.comb += [wp.addr.eq(addr2), wp.en.eq(self.bank_wr[k])]
             m.d.comb += [wp.data[lane].eq(codes[lane]) for lane in range(lanes)]
         for k, wp in enumerate(ewports):
-            m.d.comb += [wp.addr.eq(addr2), wp.en.eq(v2 & adv & (wbank2 == k))]
+            m.d.comb += [wp.addr.eq(addr2), wp.en.eq(self.bank_wr[k])]
             m.d.comb += [wp.data[lane].eq(sh2[lane]) for lane in range(lanes)]
 
         # ---- output register ----

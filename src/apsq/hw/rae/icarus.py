@@ -28,7 +28,7 @@ import numpy as np
 from amaranth.hdl import Shape
 
 from apsq.errors import APSQError
-from apsq.hw.rae.beats import EnginePass, LayerJob, RunStats, build_schedule, scatter_outputs, unpack_out
+from apsq.hw.rae.beats import Activity, EnginePass, LayerJob, RunStats, build_schedule, scatter_outputs, unpack_out
 from apsq.hw.rae.engine import NUM_BANKS, RAEParams
 from apsq.hw.rae.template import render
 from apsq.hw.rae.verilog import TOP_NAME, write_verilog
@@ -45,8 +45,8 @@ def check_icarus() -> None:
 
 def testbench_text(params: RAEParams, n_beats: int, n_passes: int, n_out: int, backpressure: bool,
                    seed: int = 1) -> str:
-    """The Verilog testbench (``templates/icarus_tb.v``): prints ``OUT <hex>`` per output beat and
-    ``CYCLES n``; with ``backpressure`` the consumer holds ``o_ready`` low a pseudo-random quarter of
+    """The Verilog testbench (``templates/icarus_tb.v``): prints ``OUT <hex>`` per output beat,
+    ``CYCLES n`` and ``ACT`` (bank reads 0..3, writes 0..3, requantizations, closings); with ``backpressure`` the consumer holds ``o_ready`` low a pseudo-random quarter of
     the cycles (``$random`` seeded with ``seed``)."""
     pw = max(1, Shape.cast(range(NUM_BANKS * params.depth)).width)
     ready = "o_ready <= ($random(seed) & 3) != 0;" if backpressure else "o_ready <= 1'b1;"
@@ -69,13 +69,13 @@ def run_layers_icarus(
 
     Raises :class:`APSQError` when ``iverilog``/``vvp`` are missing or the simulation fails.
     """
-    codes, cycles, _ = _simulate(jobs, params, backpressure, workdir, seed)
+    codes, cycles, _, _ = _simulate(jobs, params, backpressure, workdir, seed)
     return codes, cycles
 
 
 def _simulate(
     jobs: Sequence[LayerJob], params: RAEParams, backpressure: bool, workdir: Path | None, seed: int
-) -> tuple[list[np.ndarray], int, list[EnginePass]]:
+) -> tuple[list[np.ndarray], int, list[EnginePass], Activity]:
     check_icarus()
     schedule = build_schedule(jobs, params)
     beats = [b for ps in schedule for b in ps.beats()]
@@ -100,20 +100,22 @@ def _simulate(
         raise APSQError(f"Icarus simulation failed or timed out:\n{run.stdout[-2000:]}{run.stderr[-2000:]}")
     outputs = [unpack_out(params, int(line.split()[1], 16)) for line in lines if line.startswith("OUT ")]
     cycles = next(int(line.split()[1]) for line in lines if line.startswith("CYCLES "))
-    return scatter_outputs(schedule, outputs, jobs, params), cycles, schedule
+    a = next([int(x) for x in line.split()[1:]] for line in lines if line.startswith("ACT "))
+    return scatter_outputs(schedule, outputs, jobs, params), cycles, schedule, Activity(a[0:4], a[4:8], a[8], a[9])
 
 
 def run_layers_icarus_stats(
     jobs: Sequence[LayerJob], params: RAEParams, *, backpressure: float = 0.0, seed: int = 0
 ) -> tuple[list[np.ndarray], RunStats]:
     """:func:`run_layers_icarus` in the registry's shape: (codes per layer, :class:`RunStats` with
-    ``cycles``, ``beats_in``, ``beats_out`` and ``wall_s``; the testbench does not classify stalls).
+    ``cycles``, ``beats_in``, ``beats_out``, ``wall_s`` and the activity; the testbench does not
+    classify stalls).
     ``cycles`` is one more than the other backends' (the testbench's synchronous producer offers the
     first beat one clock after reset, the others in the first cycle).
     ``backpressure > 0`` turns on the testbench's pseudo-random ``o_ready`` pattern (a quarter of the
     cycles, whatever the probability; ``$random`` seeded with ``seed + 1``)."""
     t0 = time.perf_counter()
-    codes, cycles, schedule = _simulate(jobs, params, backpressure > 0, None, seed + 1)
+    codes, cycles, schedule, activity = _simulate(jobs, params, backpressure > 0, None, seed + 1)
     wall = time.perf_counter() - t0
     return codes, RunStats(cycles=cycles, beats_in=sum(len(p.words) for p in schedule),
-                           beats_out=sum(p.positions for p in schedule), wall_s=wall)
+                           beats_out=sum(p.positions for p in schedule), wall_s=wall, activity=activity)

@@ -14,14 +14,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from apsq.hw.rae.engine import RAEParams
-from apsq.hw.rae.sim import RunStats, check_backend, run_layers, validate_layer
+from apsq.hw.rae.sim import Activity, RunStats, check_backend, expected_activity, run_layers, validate_layer
 
 __all__ = ["SelfCheck", "check_tools", "random_layer_check"]
 
 
 @dataclass(frozen=True)
 class SelfCheck:
-    """The result: ``rtl_equal`` (and ``icarus_equal`` when Icarus ran) against the golden model."""
+    """The result: ``rtl_equal`` (and ``icarus_equal`` when Icarus ran) against the golden model;
+    ``activity_equal``: the activity the RTL counted equals the schedule's (``expected``)."""
 
     backend: str
     outputs: int
@@ -30,11 +31,16 @@ class SelfCheck:
     stats: RunStats
     icarus_equal: bool | None = None
     icarus_cycles: int | None = None
+    expected: Activity | None = None
+
+    @property
+    def activity_equal(self) -> bool:
+        return self.expected == self.stats.activity
 
     @property
     def ok(self) -> bool:
-        """Every simulator that ran agrees with the golden model."""
-        return self.rtl_equal and self.icarus_equal is not False
+        """Every simulator that ran agrees with the golden model, codes and activity."""
+        return self.rtl_equal and self.activity_equal and self.icarus_equal is not False
 
 
 def check_tools(backend: str, icarus: bool) -> None:
@@ -72,4 +78,4 @@ def random_layer_check(*, lanes: int, steps: int, gs: int, bits: int = 8, positi
         v_equal = bool(np.array_equal(v_codes, gold))
     return SelfCheck(backend=backend, outputs=cols, lane_exponents=lane_exponents,
                      rtl_equal=bool(np.array_equal(codes, gold)), stats=stats, icarus_equal=v_equal,
-                     icarus_cycles=v_cycles)
+                     icarus_cycles=v_cycles, expected=expected_activity([job], params))

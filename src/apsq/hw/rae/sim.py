@@ -11,7 +11,10 @@ Backends (:data:`BACKENDS`), each a module of its own that knows nothing of the 
   event-driven simulator; needs ``iverilog``/``vvp``).
 
 All take the same packed beats (:mod:`apsq.hw.rae.beats`) and return each layer's final codes and a
-:class:`~apsq.hw.rae.beats.RunStats`; without back-pressure all three report the same cycle count.
+:class:`~apsq.hw.rae.beats.RunStats`; without back-pressure all three report the same cycle count
+(Icarus one more), and all count the engine's activity (bank reads/writes by bank, requantizations,
+closings: ``RunStats.activity``) from its enables, equal to :func:`expected_activity` (the golden
+path's count, from the schedule alone).
 The codes equal :func:`apsq.integer.psum.psum_accumulate_int` (``mode='apsq'``) bit for bit.
 """
 
@@ -25,12 +28,14 @@ import numpy as np
 from apsq.errors import APSQError, check_bits, check_choice
 from apsq.hw.rae.amaranth_sim import run_layers_amaranth
 from apsq.hw.rae.beats import (
+    Activity,
     EnginePass,
     LayerJob,
     RunStats,
     build_schedule,
     pack_beats,
     scatter_outputs,
+    expected_activity,
     unpack_codes,
     validate_layer,
     words_to_int,
@@ -47,6 +52,8 @@ __all__ = [
     "run_layers",
     "simulate",
     # the beat format, re-exported for the callers that imported it from here
+    "Activity",
+    "expected_activity",
     "EnginePass",
     "LayerJob",
     "RunStats",
