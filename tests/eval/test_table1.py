@@ -86,3 +86,18 @@ def test_rows_on_this_repository_and_the_command(tmp_path):
     assert dry.exit_code == 0 and all(row.full_command in " ".join(dry.output.split()) for row in ROWS)
     bad = CliRunner().invoke(app, ["paper", "table1", "--rows", "bert"])
     assert bad.exit_code == 2 and "unknown rows ['bert']" in bad.output
+
+
+def test_segmentation_study_format_uses_its_validation_choice(tmp_path):
+    row = next(r for r in ROWS if r.key == "segformer-b0-ade20k")
+    f = tmp_path / row.standin_json[0]
+    f.parent.mkdir(parents=True)
+    m = {"test_miou": {"fp32": {"mean": 0.62}, "w8a8": {"mean": 0.61}, "apsq_gs1": {"mean": 0.55},
+                       "apsq_gs2": {"mean": 0.60}, "apsq_gs4": {"mean": 0.605}},
+         "best_gs": {"chosen_on_validation": "apsq_gs2"}}
+    f.write_text(json.dumps({"models": {"segformer-b0": m, "efficientvit-b1": m}}))
+    r = collect_row(row, tmp_path, energy=False)
+    assert r["best_gs"] == 2 and r["gs_chosen"] == "on validation data" and r["drop"] == pytest.approx(2.0)
+    assert r["metric"] == "miou" and "mIoU" in table1_markdown({"rows": [r]})
+    with pytest.raises(APSQError, match="no model 'x'"):
+        scores_of(json.loads(f.read_text()), "x")

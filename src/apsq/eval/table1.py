@@ -57,6 +57,7 @@ class Row:
     standin_command: str
     standin_json: tuple[str, ...]
     """Candidate files, the first that exists is read (``*`` globs allowed)."""
+    standin_key: str | None
     fp_examples: int
     """Examples (sequences / images) of the full-precision fine-tune (0: the weights come from the hub)."""
     qat_examples: int
@@ -70,7 +71,7 @@ ROWS: tuple[Row, ...] = (
         "0.16 %", "64.38 %", "74.37 %",
         "apsq paper glue --config configs/paper/bert_base_glue.yaml", "runs/paper/bert_base_glue/glue.json",
         "MiniLM (all-MiniLM-L6-v2) on the Rotten Tomatoes sentences, 5 seeds",
-        "bash results/sentiment_minilm/run.sh", ("results/sentiment_minilm/sentiment_minilm.json",),
+        "bash results/sentiment_minilm/run.sh", ("results/sentiment_minilm/sentiment_minilm.json",), None,
         # configs/paper/bert_base_glue.yaml: 88,980 fine-tune and 30,220 QAT steps of 32; 59,808 validation rows
         88_980 * 32, 30_220 * 32, 59_808),
     Row("segformer-b0-ade20k", "Segformer-B0", "ADE20K (mIoU)", "miou", "segformer-b0", (("image_size", 512),),
@@ -78,7 +79,7 @@ ROWS: tuple[Row, ...] = (
         "apsq sweep --config configs/paper/segformer_b0_ade20k.yaml", "runs/sweep_segformer_b0_ade20k/sweep.json",
         "Segformer-B0 (random init) on the offline segmentation set (results/segmentation/)",
         "bash results/segmentation/run.sh",
-        ("results/segmentation/segformer_b0*.json", "results/segmentation/*segformer*.json"),
+        ("results/segmentation/segmentation.json",), "segformer-b0",
         # ADE20K weights from the hub (no FP training); QAT 16k iterations x 16 (10 % of mmseg's 160k schedule)
         0, 16_000 * 16, 2_000),
     Row("efficientvit-b1-ade20k", "EfficientViT-B1", "ADE20K (mIoU)", "miou", "efficientvit-b1",
@@ -87,7 +88,7 @@ ROWS: tuple[Row, ...] = (
         "runs/sweep_efficientvit_b1_ade20k/sweep.json",
         "EfficientViT-B1 on the offline segmentation set (results/segmentation/)",
         "bash results/segmentation/run.sh",
-        ("results/segmentation/efficientvit_b1*.json", "results/segmentation/*efficientvit*.json"),
+        ("results/segmentation/segmentation.json",), "efficientvit-b1",
         # no ADE20K weights of our EfficientViT-B1: FP training 160k x 16, then QAT 16k x 16 per variant
         160_000 * 16, 16_000 * 16, 2_000),
     Row("llama2-7b-zero-shot", "LLaMA2-7B", "7 zero-shot tasks", "accuracy", "llama2-7b", (("seq_len", 512),),
@@ -95,7 +96,7 @@ ROWS: tuple[Row, ...] = (
         "apsq eval zero-shot --config configs/paper/llama2_7b_zero_shot.yaml",
         "runs/paper/llama2_7b_zero_shot/zero_shot.json",
         "small LLaMA (2 layers, hidden 128) trained here, held-out sentence completion through lm-eval, "
-        "calibration only", "bash results/llm/run.sh", ("results/llm/llm_mc.json",),
+        "calibration only", "bash results/llm/run.sh", ("results/llm/llm_mc.json",), None,
         # calibration only; ~175k lm-eval log-likelihood requests of ~100 tokens per variant
         0, 0, 17_500_000),
 )
@@ -143,9 +144,23 @@ def _score(v: Any) -> float | None:
     return None
 
 
-def scores_of(res: dict[str, Any]) -> tuple[float | None, dict[int, float], dict[str, Any]]:
-    """``(fp score, {gs: APSQ score}, notes)`` of one result JSON in any supported format."""
+def scores_of(res: dict[str, Any], key: str | None = None) -> tuple[float | None, dict[int, float], dict[str, Any]]:
+    """``(fp score, {gs: APSQ score}, notes)`` of one result JSON in any supported format; ``key``: the
+    model of a multi-model study (``{"models": {key: {"test_miou": {variant: {"mean": x}}, "best_gs":
+    {"chosen_on_validation": "apsq_gs<g>"}}}}``, the segmentation study)."""
     notes: dict[str, Any] = {}
+    if "models" in res and key is not None:  # the segmentation study: means over seeds
+        if key not in res["models"]:
+            raise APSQError(f"the result has no model {key!r}; it has {sorted(res['models'])}")
+        m = res["models"][key]
+        table = m.get("test_miou") or {}
+        fp = _score(table.get("fp32"))
+        gs = {int(k.removeprefix("apsq_gs")): _score(v) for k, v in table.items() if k.startswith("apsq_gs")}
+        chosen = (m.get("best_gs") or {}).get("chosen_on_validation")
+        if isinstance(chosen, str) and chosen.startswith("apsq_gs"):
+            notes["selected_gs"] = int(chosen.removeprefix("apsq_gs"))
+        notes["format"] = f"multi-model study, model {key} (mean over seeds)"
+        return fp, {g: s for g, s in gs.items() if s is not None}, notes
     if "glue_average" in res:  # apsq paper glue
         avg = res["glue_average"]
         fp = _score(avg.get("fp32"))
@@ -206,7 +221,7 @@ def collect_row(row: Row, root: str | Path = ".", energy: bool = True) -> dict[s
         return out
     out.update(source=str(src.relative_to(root) if src.is_relative_to(root) else src),
                measured_on="the paper's model and data" if src == full else f"stand-in: {row.standin}")
-    fp, gs, notes = scores_of(json.loads(src.read_text()))
+    fp, gs, notes = scores_of(json.loads(src.read_text()), None if src == full else row.standin_key)
     out["notes"] = notes
     if not gs:
         out["error"] = "no APSQ variant in the result"
