@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import fnmatch
 import warnings
@@ -232,6 +233,7 @@ def quantize_(model: nn.Module, config: APSQConfig | None = None) -> nn.Module:
     model.apsq_report = report
     model.register_load_state_dict_pre_hook(_check_settings_before_load)
     install_padding_capture(model)  # calibration and lazy initialisation skip padded positions
+    _record_in_hf_config(model, config)
     bad = [s for s in skipped if not s.by_config]
     if bad:
         warnings.warn(
@@ -247,6 +249,27 @@ def _config_diff(old: APSQConfig, new: APSQConfig) -> str:
     return ", ".join(f"{f} {getattr(old, f)!r} -> {getattr(new, f)!r}" for f in fields)
 
 
+QUANT_METHOD = "apsq"
+"""``quant_method`` of the ``quantization_config`` apsq writes into a Hugging Face model's config."""
+
+
+def _record_in_hf_config(model: nn.Module, config: APSQConfig) -> None:
+    """Write ``{"quant_method": "apsq", "apsq": config}`` into a Hugging Face model's
+    ``config.quantization_config`` (unless a quantizer object is there already: ``from_pretrained``'s), so
+    ``save_pretrained`` records how to rebuild the model (:mod:`apsq.integrations.transformers`)."""
+    hf_config = getattr(model, "config", None)
+    if hf_config is None or not hasattr(hf_config, "to_json_string"):
+        return
+    current = getattr(hf_config, "quantization_config", None)
+    if current is None or isinstance(current, Mapping):
+        # the quantized model gets its own config: models built from the same config object stay float
+        own = copy.copy(hf_config)
+        for m in model.modules():
+            if getattr(m, "config", None) is hf_config:
+                m.config = own
+        own.quantization_config = {"quant_method": QUANT_METHOD, "apsq": config.to_dict()}
+
+
 def _saved_quant_method(model: nn.Module) -> str | None:
     """``quant_method`` of a Hugging Face model's ``config.quantization_config`` when it is still the raw
     mapping from ``config.json`` (no quantizer ran on loading), else ``None``."""
@@ -259,7 +282,7 @@ def _already_quantized(model: nn.Module, config: APSQConfig) -> bool:
     quantized layers of another (or an unknown) config, or if it is the float shell of an apsq checkpoint."""
     layers = [n for n, _ in quant_layers(model)]
     if not layers:
-        if _saved_quant_method(model) == "apsq":
+        if _saved_quant_method(model) == QUANT_METHOD:
             raise APSQError(
                 "quantize_: this model's config says it was saved quantized by apsq (config.quantization_config "
                 "quant_method 'apsq'), but it holds no quantized layer: from_pretrained dropped its trained steps "
