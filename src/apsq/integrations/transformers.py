@@ -25,13 +25,12 @@ Sources: ``transformers/quantizers/{base,auto,quantizer_torchao}.py``; ModelOpt'
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer
 from transformers.quantizers import HfQuantizer
 from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
 from transformers.utils.quantization_config import QuantizationConfigMixin
@@ -41,7 +40,8 @@ from apsq.errors import APSQError
 from apsq.nn import APSQConfig, calibrate, quant_layers, quantize_
 from apsq.nn.transform import QUANT_METHOD
 from apsq.train.config import DistillConfig, ScheduleConfig, TrainConfig
-from apsq.train.loop import clip_grad_norms_, distill_loss, is_step_size, logits_of, lr_factor, param_groups
+from apsq.nn.optim_check import StepSizeWarning
+from apsq.train.loop import clip_grad_norms_, distill_loss, logits_of, lr_factor
 
 __all__ = ["APSQHfConfig", "APSQHfQuantizer", "APSQTrainer", "StepSizeWarning", "QUANT_METHOD"]
 
@@ -125,3 +125,133 @@ def _register() -> None:
 
 
 _register()
+
+
+# --- Trainer --------------------------------------------------------------------------------------
+class APSQTrainer(Trainer):
+    """``transformers.Trainer`` with apsq's QAT recipe -- the same optimizer, schedule, clipping and
+    losses as ``apsq train`` (:func:`apsq.train.loop.run_steps`), so the step sizes learn.
+
+    * Optimizer: :func:`apsq.train.loop.make_optimizer` (the library's one rule, ``param_groups``):
+      weights at ``args.learning_rate`` with ``args.weight_decay``; biases and norms without decay; the
+      ``log2`` step sizes in their own group at ``scale_lr`` (default 0.2), ``eps`` 1e-20, no decay.
+    * Schedule: :func:`apsq.train.loop.lr_factor` (linear warm-up over ``args.warmup_steps`` -- a count,
+      or a fraction when < 1 -- then linear decay to 0), per group.
+    * Clipping: weights and step sizes clipped apart (:func:`apsq.train.loop.clip_grad_norms_`, each at
+      norm 1) right before every optimizer step; Trainer's own global clipping (``max_grad_norm``) is
+      turned off, since it would scale the step sizes' small gradients by the weights' norm.
+    * Calibration: before the first step, if any step is not initialised (a freshly quantized model),
+      :func:`apsq.calibrate` on the first ``calibration_batches`` training batches (labels dropped).
+      A model whose steps are initialised (loaded from a checkpoint, calibrated, resumed) is never
+      re-calibrated.
+    * Distillation (``teacher``, optional): the loss of :func:`apsq.train.loop.distill_loss` with
+      ``distill`` (:class:`apsq.train.config.DistillConfig`) against the frozen teacher. Classifier
+      logits ``[B, C]`` use it as ``apsq train`` does; token logits ``[B, S, V]`` (causal LMs) use its KD
+      term over the real tokens (``attention_mask``) plus ``ce_weight`` times the model's own loss.
+      Without a teacher the model's own loss (``labels`` in the batch) is minimised.
+
+    Args:
+        model, args, ...: as ``transformers.Trainer`` (an ``optimizers`` pair replaces the optimizer and
+            schedule above: then you own the rule).
+        teacher: frozen full-precision model for distillation (moved to the model's device).
+        distill: the distillation weights and temperature (default ``DistillConfig()``: KD only, T = 2).
+        scale_lr: learning rate of the step sizes (default ``QATConfig().scale_lr``).
+        calibration_batches: training batches for calibration (0: never calibrate here).
+
+    Raises:
+        APSQError: the model has no quantized layer; ``calibration_batches`` < 0.
+    """
+
+    def __init__(self, *args: Any, teacher: nn.Module | None = None, distill: DistillConfig | None = None,
+                 scale_lr: float | None = None, calibration_batches: int = 4, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not list(quant_layers(self.model)):
+            raise APSQError("APSQTrainer: the model has no quantized layer; call apsq.quantize_(model, config) "
+                            "first (or load it with from_pretrained and an APSQHfConfig)")
+        if isinstance(calibration_batches, bool) or not isinstance(calibration_batches, int) or calibration_batches < 0:
+            raise APSQError(f"APSQTrainer: calibration_batches must be an integer >= 0, got {calibration_batches!r}")
+        from apsq.train.config import QATConfig
+
+        self.teacher = teacher
+        self.distill_config = TrainConfig(distill=distill or DistillConfig())
+        self.scale_lr = QATConfig().scale_lr if scale_lr is None else float(scale_lr)
+        self.calibration_batches = calibration_batches
+        self.args.max_grad_norm = 0.0  # clipped per group in the optimizer's step pre-hook instead
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+
+    def schedule(self, num_training_steps: int) -> ScheduleConfig:
+        """The :class:`ScheduleConfig` equivalent of this Trainer's arguments for ``num_training_steps``."""
+        warm = self.args.get_warmup_steps(num_training_steps)
+        frac = warm / num_training_steps if num_training_steps else 0.0
+        while frac < 1 and int(frac * num_training_steps) < warm:  # lr_factor takes int(warmup * steps)
+            frac = float(torch.nextafter(torch.tensor(frac, dtype=torch.float64), torch.tensor(2.0, dtype=torch.float64)))
+        return ScheduleConfig(steps=num_training_steps, batch_size=max(1, self.args.per_device_train_batch_size),
+                              lr=self.args.learning_rate, scale_lr=self.scale_lr,
+                              weight_decay=self.args.weight_decay, warmup=min(frac, 1.0))
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            from apsq.train.loop import make_optimizer
+
+            opt_model = self.model if model is None else model
+            self.optimizer = make_optimizer(opt_model, self.schedule(max(1, self.args.max_steps)))
+            self.optimizer.register_step_pre_hook(_clip_before_step)
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        if self.lr_scheduler is None:
+            sched = self.schedule(num_training_steps)
+            opt = optimizer or self.optimizer
+            for g in opt.param_groups:  # LambdaLR multiplies each group's initial rate: its base_lr
+                g["lr"] = g.get("base_lr", g["lr"])
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: lr_factor(t, sched))
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    def train(self, *args: Any, **kwargs: Any):
+        """Calibrate (when some step is not initialised, see the class doc), then ``Trainer.train``."""
+        if self.calibration_batches and any(m.needs_init() for _, m in quant_layers(self.model)):
+            calibrate(self.model, _first_batches(self.get_train_dataloader(), self.calibration_batches))
+        if self.teacher is not None:
+            self.teacher.to(module_device(self.model))
+        return super().train(*args, **kwargs)
+
+    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None):
+        if self.teacher is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        d = self.distill_config.distill
+        hidden = d.hidden_weight > 0
+        labels = inputs.get("labels")
+        extra = {"output_hidden_states": True} if hidden else {}
+        out = model(**inputs, **extra)
+        with torch.no_grad():
+            tin = to_device({k: v for k, v in inputs.items() if k != "labels"}, module_device(self.teacher),
+                            module_dtype(self.teacher))
+            tout = self.teacher(**tin, **extra)
+        s = logits_of(out)
+        if s.dim() == 2:  # a classifier: exactly apsq train's loss
+            loss = distill_loss(out, tout, labels, self.distill_config)["loss"]
+        else:  # tokens: KD over the real positions, plus the model's own (shifted) loss
+            keep = inputs.get("attention_mask")
+            keep = torch.ones(s.shape[:-1], dtype=torch.bool, device=s.device) if keep is None else keep.bool()
+            kd_only = TrainConfig(distill=d.model_copy(update={"ce_weight": 0.0, "hidden_weight": 0.0}))
+            rows = torch.zeros(int(keep.sum()), dtype=torch.long, device=s.device)
+            loss = distill_loss(s[keep], logits_of(tout)[keep], rows, kd_only)["loss"]
+            if d.ce_weight > 0:
+                loss = loss + d.ce_weight * out.loss
+        return (loss, out) if return_outputs else loss
+
+
+def _clip_before_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    clip_grad_norms_(opt.param_groups)
+
+
+def _first_batches(loader: Iterable[Any], n: int) -> list[dict[str, Any]]:
+    out = []
+    for batch in loader:
+        out.append({k: v for k, v in dict(batch).items() if k != "labels"})
+        if len(out) == n:
+            break
+    return out

@@ -33,6 +33,7 @@ from apsq.nn.layers import (
     settings_mismatch,
     settings_record,
 )
+from apsq.nn.optim_check import watch as watch_optimizers
 from apsq.nn.padding import install as install_padding_capture
 from apsq.nn.sharding import check_same_calibration, full_parameters, reshard
 from apsq.nn.stats import LayerStats
@@ -233,6 +234,7 @@ def quantize_(model: nn.Module, config: APSQConfig | None = None) -> nn.Module:
     model.apsq_report = report
     model.register_load_state_dict_pre_hook(_check_settings_before_load)
     install_padding_capture(model)  # calibration and lazy initialisation skip padded positions
+    watch_optimizers(model)  # one StepSizeWarning for an optimizer that cannot learn the steps
     _record_in_hf_config(model, config)
     bad = [s for s in skipped if not s.by_config]
     if bad:
