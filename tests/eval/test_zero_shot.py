@@ -149,3 +149,25 @@ def test_zero_shot_refuses_missing_local_files_before_loading(tmp_path):
     r = CliRunner().invoke(app, ["eval", "zero-shot", "--model", str(tmp_path / "nothing"), "--local-data",
                                  str(tmp_path), "--tasks", "piqa", "--output", str(tmp_path / "o")])
     assert r.exit_code == 1 and "piqa.jsonl does not exist" in r.output
+
+
+def test_sentence_standin_rows_are_in_each_tasks_format_and_hold_the_truth():
+    from apsq.eval.zero_shot_tasks import STANDIN_TASKS, sentence_task_rows
+
+    sents = [f"the {a} film about a {b} was {c} and {d} to the very end" for a in ("new", "old", "long", "short")
+             for b in ("river", "stone", "forest") for c in ("moving", "boring", "clever") for d in ("funny", "tense")]
+    for t in STANDIN_TASKS:
+        rows = sentence_task_rows(sents, t, 10, seed=1)
+        assert len(rows) == 10 and all(set(TASK_FIELDS[t].fields) <= set(r) for r in rows)
+        assert rows == sentence_task_rows(sents, t, 10, seed=1)  # seeded
+    for r in sentence_task_rows(sents, "piqa", 10):
+        truth = (r["sol1"], r["sol2"])[r["label"]]
+        assert f"{r['goal']} {truth}" in sents
+    for r in sentence_task_rows(sents, "winogrande", 10):
+        truth = r["option1"] if r["answer"] == "1" else r["option2"]
+        assert r["sentence"].replace("_", truth) in sents and len(r["sentence"].split("_")[1].split()) >= 2
+    for r in sentence_task_rows(sents, "arc_easy", 10):
+        truth = r["choices"]["text"][r["choices"]["label"].index(r["answerKey"])]
+        assert f"{r['question']} {truth}" in sents
+    with pytest.raises(APSQError, match="task must be one of hellaswag, piqa, winogrande, arc_easy"):
+        sentence_task_rows(sents, "boolq", 2)

@@ -157,6 +157,8 @@ def zero_shot_cmd(
     device: str = typer.Option(None, "--device", help="Where the model runs: auto (CUDA if present), cpu, cuda[:N]."),
     output: Path = typer.Option(None, "--output", "-o", help="Result folder (default runs/zero_shot_<model>)."),
     energy_workload: str = typer.Option(None, help="Price a built-in workload (e.g. llama2-7b) instead of the model's config."),
+    add_bos: bool = typer.Option(None, "--add-bos/--no-add-bos",
+                                 help="Put the tokenizer's BOS before every context (a tokenizer that adds none)."),
 ) -> None:
     """The paper's zero-shot protocol: FP / W8A8-INT32 / psq / APSQ per gs on the zero-shot tasks (lm-eval, with
     stderr), calibration only; JSON + table + PNG, the average drop beside the IS / WS energy reduction."""
@@ -170,7 +172,7 @@ def zero_shot_cmd(
             "model": model, "tasks": _list(tasks), "variants": _list(variants),
             "gs": None if gs is None else list(parse_ints("--gs", gs)),
             "local_data": None if local_data is None else str(local_data), "limit": limit, "batch_size": batch_size,
-            "dtype": dtype, "device": device, "energy": {"workload": energy_workload},
+            "dtype": dtype, "device": device, "energy": {"workload": energy_workload}, "add_bos": add_bos,
             "calibration": {"source": calibration, "samples": calib_samples, "seq_len": calib_seq_len}})
     except APSQError as exc:
         fail(exc)

@@ -7,8 +7,8 @@ seven zero-shot tasks). Each row has
   and the JSON it writes;
 * a **stand-in** measured here on a CPU: MiniLM on the Rotten Tomatoes sentences for BERT-Base
   (``results/sentiment_minilm/``), the offline segmentation set for the vision models
-  (``results/segmentation/``), the small LLaMA on the held-out sentence-completion task through
-  lm-eval for LLaMA2-7B (``results/llm/llm_mc.json``);
+  (``results/segmentation/``), the small LLaMA through ``apsq eval zero-shot`` on four task formats
+  built from held-out sentences for LLaMA2-7B (``results/zero_shot_small_llama/``);
 * the paper's published numbers (``docs/apsq-method.md`` section 6).
 
 Collected per row, from the full run when its JSON exists, else from the stand-in: the score of the
@@ -95,8 +95,10 @@ ROWS: tuple[Row, ...] = (
         "0.59 %", "≈1.02×", "31.7×",
         "apsq eval zero-shot --config configs/paper/llama2_7b_zero_shot.yaml",
         "runs/paper/llama2_7b_zero_shot/zero_shot.json",
-        "small LLaMA (2 layers, hidden 128) trained here, held-out sentence completion through lm-eval, "
-        "calibration only", "bash results/llm/run.sh", ("results/llm/llm_mc.json",), None,
+        "small LLaMA (2 layers, hidden 128) trained here, calibration only: lm-eval on HellaSwag / PIQA / "
+        "WinoGrande / ARC-e formats built from held-out sentences (else the sentence-completion task of results/llm)",
+        "bash results/zero_shot_small_llama/run.sh",
+        ("results/zero_shot_small_llama/zero_shot.json", "results/llm/llm_mc.json"), None,
         # calibration only; ~175k lm-eval log-likelihood requests of ~100 tokens per variant
         0, 0, 17_500_000),
 )

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from apsq.errors import APSQError
 
-__all__ = ["PAPER_TASKS", "TASK_FIELDS", "TaskSpec", "lm_eval_task_dir", "write_local_tasks"]
+__all__ = ["PAPER_TASKS", "STANDIN_TASKS", "TASK_FIELDS", "TaskSpec", "lm_eval_task_dir", "sentence_task_rows",
+           "write_local_tasks", "write_sentence_tasks"]
 
 
 @dataclass(frozen=True)
@@ -117,3 +118,80 @@ def write_local_tasks(data_dir: str | Path, out_dir: str | Path, tasks: Sequence
                 + "".join(f"{k}: {'null' if v is None else v}\n" for k, v in other.items()))
         (out_dir / f"{t}.yaml").write_text(text)
     return rows
+
+
+# --- a stand-in built from real held-out sentences, in the tasks' own formats --------------------------
+
+STANDIN_TASKS = ("hellaswag", "piqa", "winogrande", "arc_easy")
+"""The task formats a sentence-completion item fits honestly (BoolQ's yes / no questions about a passage
+and the science questions of ARC-c / OpenBookQA have no counterpart in plain sentences)."""
+
+
+def sentence_task_rows(sentences: Sequence[str], task: str, n: int, seed: int = 0) -> list[dict]:
+    """``n`` rows of ``task`` (one of :data:`STANDIN_TASKS`), in its hub format, built from ``sentences``:
+
+    * ``hellaswag``: a sentence's first half as ``ctx_a`` (``activity_label`` "Review"), its true second
+      half among three second halves of other sentences (``endings``, ``label`` a digit string);
+    * ``piqa``: first half as ``goal``, the true second half and one other as ``sol1`` / ``sol2``;
+    * ``arc_easy``: first half as ``question``, four endings as ``choices`` A-D, ``answerKey``;
+    * ``winogrande``: one word of the sentence's second half (4+ letters, two or more words after it:
+      lm-eval scores the rest of the sentence) blanked by ``_``, the true word and a word of another
+      sentence as ``option1`` / ``option2``, ``answer`` "1" / "2".
+
+    Items are drawn with :func:`apsq.eval.lm_eval_adapter.completion_items` (seeded; distractors are
+    other sentences' endings), so a model scores above chance only by modelling the text.
+    """
+    import random
+
+    from apsq.eval.lm_eval_adapter import completion_items
+
+    if task not in STANDIN_TASKS:
+        raise APSQError(f"task must be one of {', '.join(STANDIN_TASKS)} for a sentence stand-in; got {task!r}")
+    if task != "winogrande":
+        k = {"hellaswag": 4, "piqa": 2, "arc_easy": 4}[task]
+        items = completion_items(sentences, n, seed, n_choices=k)
+        rows: list[dict] = []
+        for it in items:
+            if task == "hellaswag":
+                rows.append({"ind": it["id"], "activity_label": "Review", "ctx_a": it["context"], "ctx_b": "",
+                             "ctx": it["context"], "endings": it["choices"], "source_id": "standin",
+                             "split": "val", "split_type": "indomain", "label": str(it["label"])})
+            elif task == "piqa":
+                rows.append({"goal": it["context"], "sol1": it["choices"][0], "sol2": it["choices"][1],
+                             "label": it["label"]})
+            else:
+                keys = ["A", "B", "C", "D"]
+                rows.append({"id": f"standin-{it['id']}", "question": it["context"],
+                             "choices": {"text": it["choices"], "label": keys}, "answerKey": keys[it["label"]]})
+        return rows
+    rng = random.Random(f"winogrande:{seed}")
+    pool = sorted({" ".join(s.split()) for s in sentences if len(s.split()) >= 6})
+    words = sorted({w for s in pool for w in s.split() if len(w) >= 4 and w.isalpha()})
+    cand = [(s, i) for s in pool for i, w in enumerate(s.split())
+            if len(s.split()) // 2 <= i <= len(s.split()) - 3 and len(w) >= 4 and w.isalpha()]  # 2+ words follow
+    if len(cand) < n or len(words) < 2:
+        raise APSQError(f"n={n} winogrande items need n sentences with a 4+ letter word in their second half; "
+                        f"{len(cand)} available")
+    rows = []
+    for s, i in (cand[j] for j in rng.sample(range(len(cand)), n)):
+        toks = s.split()
+        true = toks[i]
+        other = true
+        while other == true:
+            other = words[rng.randrange(len(words))]
+        first = rng.random() < 0.5
+        rows.append({"sentence": " ".join(toks[:i] + ["_"] + toks[i + 1:]),
+                     "option1": true if first else other, "option2": other if first else true,
+                     "answer": "1" if first else "2"})
+    return rows
+
+
+def write_sentence_tasks(sentences: Sequence[str], folder: str | Path, n: int, seed: int = 0,
+                         tasks: Sequence[str] = STANDIN_TASKS) -> Path:
+    """Write ``folder/<task>.jsonl`` (:func:`sentence_task_rows`, seed ``seed + index``) for ``--local-data``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, t in enumerate(tasks):
+        rows = sentence_task_rows(sentences, t, n, seed + k)
+        (folder / f"{t}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
