@@ -57,9 +57,12 @@ def test_export_and_run_golden(trained_run, tmp_path):
     assert {lay["op"] for lay in manifest["layers"]} == {"linear", "attention_qk", "attention_av"}
     assert {lay["gs"] for lay in manifest["layers"]} == {2, 4}
     out = tmp_path / "run.json"
-    res = runner.invoke(app, ["deploy", "run", str(prog), "--limit", "10", "--batch-size", "4", "--json", str(out)])
+    res = runner.invoke(app, ["deploy", "run", str(prog), "--limit", "10", "--batch-size", "4", "--json", str(out),
+                              "--energy"])
     assert res.exit_code == 0, res.output
+    assert "energy of what the engine did vs the energy model" in res.output
     summary = json.loads(out.read_text())
+    assert summary["energy"]["all_counts_equal"] is True and len(summary["energy"]["layers"]) == len(manifest["layers"])
     assert summary["sentences"] == 10 and summary["identical_logits"] == 10 and summary["identical_predictions"] == 10
     assert all(lay["checked_outputs"] == lay["outputs"] > 0 for lay in summary["per_layer"])
     sentences = tmp_path / "s.txt"

@@ -74,6 +74,8 @@ def run_cmd(
     verify: bool = typer.Option(True, help="Check every layer stage by stage and the logits against PyTorch."),
     mismatch_dir: Path = typer.Option(Path("deploy-mismatch"), help="Where a mismatch's .npz is written."),
     json_out: Path = typer.Option(None, "--json", help="Write the summary JSON here."),
+    energy: bool = typer.Option(False, "--energy", help="Print the counted PSUM / RAE activity, priced, beside the "
+                                "energy model's terms for the same layers (WS, untiled)."),
 ) -> None:
     """Whole-model inference with every quantized matmul's PSUMs on BACKEND, exactly verified."""
     import torch
@@ -87,7 +89,7 @@ def run_cmd(
         if backend not in ("golden", "amaranth", "verilator"):
             raise APSQError(f"--backend must be golden, amaranth or verilator, got {backend!r}")
         res = run_batches(prog, input_, backend, limit=limit, batch_size=batch_size, verify=verify,
-                          mismatch_dir=mismatch_dir)
+                          mismatch_dir=mismatch_dir, energy=energy)
     except DeployMismatch as exc:
         fail(exc, code=1)
     except APSQError as exc:
@@ -101,6 +103,28 @@ def run_cmd(
             v = res[key]
             t.add_row(key, f"{v:.4f}" if isinstance(v, float) and key == "accuracy" else str(v))
     console().print(t)
+    if energy and res.get("energy"):
+        _print_energy(res["energy"])
+
+
+def _print_energy(e: dict) -> None:
+    t = table(f"energy of what the engine did vs the energy model ({e['dataflow'].upper()}, {e['schedule']}, "
+              f"{e['accelerator']}), nJ", "layer", "gs", "writes", "reads", "equal", "PSUM counted", "PSUM model",
+              "RAE counted", "RAE model", "abstracted", left=("layer",))
+    for r in e["layers"]:
+        c = r["counted"]
+        t.add_row(r["name"], str(r["gs"]), f"{c['stored_writes']:,}", f"{c['reads']:,}",
+                  "yes" if r["writes_equal"] and r["reads_equal"] else "NO",
+                  *(f"{r[k] / 1000:.2f}" for k in ("counted_psum_pj", "model_psum_pj", "counted_rae_pj", "model_rae_pj",
+                                                   "abstracted_pj")))
+    tot = e["total"]
+    t.add_row("total", "", "", "", "yes" if e["all_counts_equal"] else "NO",
+              *(f"{tot[k] / 1000:.2f}" for k in ("counted_psum_pj", "model_psum_pj", "counted_rae_pj", "model_rae_pj",
+                                                 "abstracted_pj")))
+    console().print(t)
+    console().print(f"largest PSUM spill share in the model: {e['psum_spill_max']:.3f} (spilled accesses are priced at "
+                    "DRAM energies by the model, at the PSUM banks' by the counts); abstracted by the model: "
+                    + "; ".join(e["abstracted_terms"]))
 
 
 def register(app: typer.Typer) -> None:

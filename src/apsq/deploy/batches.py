@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from apsq.deploy.activity import Activity, energy_side_by_side
 from apsq.deploy.program import Program, manifest_digest
 from apsq.deploy.runner import host_model, outputs_of, run
 from apsq.errors import APSQError, check_int
@@ -71,13 +72,17 @@ def input_batches(train_config: Mapping[str, Any] | None, source: str, *, limit:
 
 def run_batches(program: Program, source: str, backend: str = "golden", *, limit: int | None = None,
                 batch_size: int = 32, verify: bool = True, mismatch_dir: str | Path = "deploy-mismatch",
-                progress: Any = None) -> dict[str, Any]:
+                energy: bool = False, progress: Any = None) -> dict[str, Any]:
     """Run ``source`` through ``program`` on ``backend``; a JSON-ready summary (see the module docstring).
+
+    ``energy``: also the counted PSUM / RAE activity beside the energy model's for the same GEMMs
+    (:func:`apsq.deploy.activity.energy_side_by_side`, under ``"energy"``).
 
     Raises :class:`apsq.deploy.DeployMismatch` at the first difference (with its ``.npz``)."""
     model = host_model(program)
     n, batches = input_batches(program.manifest.host.train_config, source, limit=limit, batch_size=batch_size)
     layers: dict[int, dict[str, Any]] = {}
+    acts = {lay.index: (lay, [], Activity()) for lay in program.layers}
     same_pred = same_logits = correct = labelled = done = 0
     wall = rtl_wall = 0.0
     lane_steps = cycles = 0
@@ -105,10 +110,15 @@ def run_batches(program: Program, source: str, backend: str = "golden", *, limit
             for k in ("calls", "outputs", "checked_outputs", "lane_steps", "rtl_cycles", "rtl_beats_in"):
                 d[k] += getattr(lr, k)
             cycles += lr.rtl_cycles
+            acts[lr.index][1].extend(lr.shapes)
+            acts[lr.index][2].add(lr.activity)
         if progress is not None:
             progress(done, n)
     total = time.perf_counter() - t0
     m = program.manifest
+    used = [acts[i] for i in sorted(acts) if acts[i][1]]
+    for d in layers.values():
+        d["activity"] = acts[d["index"]][2].to_dict()
     return {
         "backend": backend,
         "input": source,
@@ -132,6 +142,7 @@ def run_batches(program: Program, source: str, backend: str = "golden", *, limit
                     "gs": sorted({lay.gs for lay in m.layers}),
                     "psum_granularity": sorted({lay.psum_granularity for lay in m.layers})},
         "per_layer": [layers[i] for i in sorted(layers)],
+        "energy": energy_side_by_side(used) if energy and used else None,
         "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                     "load_avg_1m": round(os.getloadavg()[0], 2), "torch_threads": torch.get_num_threads()},
     }

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from apsq.deploy.activity import Activity, count_layer
 from apsq.deploy.export import build_host, forward
 from apsq.deploy.program import EngineLayer, Program
 from apsq.errors import APSQError, check_choice
@@ -72,9 +73,13 @@ class LayerReport:
     rtl_cycles: int = 0
     rtl_beats_in: int = 0
     rtl_wall_s: float = 0.0
+    activity: Activity = field(default_factory=Activity)
+    shapes: list[tuple[int, int, int]] = field(default_factory=list)
+    """``(M rows, K, N)`` of every call (for the energy model)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        d = {k: v for k, v in self.__dict__.items() if k not in ("activity", "shapes")}
+        return {**d, "activity": self.activity.to_dict()}
 
 
 @dataclass
@@ -140,6 +145,7 @@ class _EngineLayer:
                  verify: bool, mismatch_dir: Path, report: LayerReport, integer_check: bool = True) -> None:
         self.lay, self.module, self.backend, self.params = lay, module, backend, params
         self.integer_check = integer_check
+        self.engine = program.manifest.engine
         self.verify, self.mismatch_dir, self.report = verify, mismatch_dir, report
         self.wc = program.tensor(lay, "weight_codes").to(torch.int64) if "weight_codes" in lay.tensors else None
         self.e_all = torch.tensor(lay.engine_exponents, dtype=torch.int64)  # [n] or [n, C]
@@ -202,6 +208,10 @@ class _EngineLayer:
         rep.calls += 1
         rep.outputs += gold.code.numel()
         rep.lane_steps += t.numel()
+        k = xs[0].shape[-1] if lay.op != "conv2d" else lay.k
+        n_out = gold.code.shape[-3] if lay.op == "conv2d" else gold.code.shape[-1]
+        rep.shapes.append((gold.code.numel() // n_out, k, n_out))
+        rep.activity.add(count_layer(t.shape[0], lay.gs, gold.code.numel(), self.engine))
         if self.backend != "golden":
             rtl_codes, stats = self.rtl(t)
             rep.rtl_cycles += stats.cycles

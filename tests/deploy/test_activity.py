@@ -1,0 +1,79 @@
+"""Activity counted from the engine's schedule == the energy model's PSUM and RAE counts, on every layer."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from apsq import deploy
+from apsq.deploy.activity import count_layer, energy_side_by_side
+from apsq.deploy.program import EngineSpec
+from conftest import conv_net, tiny_bert
+
+ENGINE = EngineSpec(lanes=32, depth=16, bits=8, tile_bits=32, frac_bits=8, shift_bits=5, lane_exponents=True)
+
+
+@pytest.mark.parametrize("gs", [1, 2, 3, 4])
+@pytest.mark.parametrize("n", [1, 2, 5, 12, 48])
+def test_counts_per_output(gs, n):
+    """Per output: n requantizations, n - 1 stored writes (+ the final A), n - 1 reads, gs banks used."""
+    outputs = 5000  # 156 blocks of 32 lanes and a short one: several passes, every bank set
+    a = count_layer(n, gs, outputs, ENGINE)
+    assert a.requantizations == n * outputs and a.final_writes == outputs == a.final_requantizations
+    assert a.stored_writes == (n - 1) * outputs == a.reads == a.accumulations
+    assert a.padding_lane_steps == n * (math.ceil(outputs / 32) * 32 - outputs)
+    used = [k for k in range(4) if a.bank_writes[k]]
+    # gs 1: four bank sets of one bank; gs 2: two sets of two (n = 1 writes only each set's A bank);
+    # gs 3 / 4: one set, of which a layer shorter than gs uses its pending banks and the A bank
+    assert len(used) == {1: 4, 2: 2 if n == 1 else 4}.get(gs, min(gs, n))
+
+
+def _minilm_layers(tokens: int):
+    """all-MiniLM-L6-v2's 37 quantized Linear layers (6 x Q, K, V, O, FFN up, down + pooler), tile 32."""
+    shapes = []
+    for i in range(6):
+        for name, k, n in (("query", 384, 384), ("key", 384, 384), ("value", 384, 384), ("attention.output", 384, 384),
+                           ("intermediate", 384, 1536), ("output", 1536, 384)):
+            shapes.append((f"encoder.layer.{i}.{name}", tokens, k, n))
+    shapes.append(("pooler.dense", 1, 384, 384))
+    return shapes
+
+
+@pytest.mark.parametrize("gs", [2, 4])
+def test_counts_equal_the_energy_model_on_every_minilm_layer(gs):
+    from apsq.deploy.program import EngineLayer, closing_flags
+
+    layers = []
+    for idx, (name, m, k, n) in enumerate(_minilm_layers(64)):
+        steps = k // 32
+        lay = EngineLayer(index=idx, name=name, op="linear", k=k, out_features=n, tile=32, n_steps=steps, gs=gs,
+                          s0=(gs - 1) & 1, s1=(gs - 1) >> 1, s2=closing_flags(steps, gs), psum_bits=8, act_bits=8,
+                          weight_bits=8, psum_granularity="tensor", act_exponent=0, weight_exponents=[0],
+                          psum_exponents=[0] * steps, engine_exponents=[0] * steps, max_tile_sum=1, tile_sum_bits=2,
+                          has_bias=False)
+        layers.append((lay, [(m, k, n)], count_layer(steps, gs, m * n, ENGINE)))
+    res = energy_side_by_side(layers)
+    assert len(res["layers"]) == 37 and res["all_counts_equal"]
+    for r in res["layers"]:
+        assert r["writes_equal"] and r["reads_equal"]
+        assert r["counted_rae_pj"] == pytest.approx(r["model_rae_pj"], rel=1e-12)
+    if res["psum_spill_max"] == 0:  # everything on chip: the priced PSUM traffic agrees too
+        assert res["total"]["counted_psum_pj"] == pytest.approx(res["total"]["model_psum_pj"], rel=1e-12)
+    assert res["total"]["abstracted_pj"] > 0
+
+
+def test_runner_counts_what_it_ran():
+    model, x = conv_net(gs=3)
+    prog = deploy.export(model, x)
+    rep = deploy.run(prog, x, model=model)
+    conv, lin = rep.layers
+    assert conv.shapes == [(4 * 36, 27, 8)] and lin.shapes == [(4, 288, 10)]
+    assert conv.activity.stored_writes == (prog.layers[0].n_steps - 1) * conv.outputs
+    model2, batch = tiny_bert(gs=2)
+    prog2 = deploy.export(model2, batch)
+    rep2 = deploy.run(prog2, batch, model=model2)
+    res = energy_side_by_side([(lay, r.shapes, r.activity) for lay, r in zip(prog2.layers, rep2.layers, strict=True)])
+    assert res["all_counts_equal"]
+    assert torch.tensor([r["counted"]["reads"] for r in res["layers"]]).gt(0).any()
