@@ -11,88 +11,26 @@ mapper's per-layer choice (``tiled``, :mod:`apsq.hw.mapper`). Formulas and a wor
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from apsq.errors import PSUM_MODES, APSQError, check_bits, check_choice, check_int
-from apsq.hw.accelerator import Accelerator, default_accelerator
-from apsq.hw.cost import PSUM_GRANULARITIES, LayerEnergy, energy_per_bit, layer_energy
-from apsq.hw.dataflow import (
-    DATAFLOWS,
-    LEVELS,
-    OPERANDS,
-    AccessCounts,
-    psum_plan,
-    shapes_of,
-)
-from apsq.hw.dataflow.common import BOUNDS, SPILL_RULES, ceil_div, check_streamed_buffer
-from apsq.hw.mapper import SCHEDULES, Schedule, map_layers
+from apsq.config import APSQConfig
+from apsq.errors import APSQError
+from apsq.hw.accelerator import Accelerator
+from apsq.hw.cost import LayerEnergy, energy_per_bit, layer_energy
+from apsq.hw.dataflow import LEVELS, OPERANDS, AccessCounts, psum_plan, shapes_of
+from apsq.hw.dataflow.common import BOUNDS, ceil_div, check_streamed_buffer
+from apsq.hw.energy_spec import EnergySpec, GsSpec, check_gs_banks, resolve_tile
+from apsq.hw.mapper import Schedule, map_layers
 from apsq.hw.workloads.base import Workload, config_name
 
-__all__ = ["EnergyReport", "Comparison", "evaluate", "compare", "energy_per_bit", "resolve_tile", "check_gs_banks"]
+__all__ = ["EnergyReport", "Comparison", "EnergySpec", "evaluate", "compare", "energy_per_bit", "resolve_tile",
+           "check_gs_banks"]
 
 PS, SRAM, DRAM = OPERANDS.index("psum"), LEVELS.index("sram"), LEVELS.index("dram")
-
-
-def resolve_tile(gs: Any, acc: Accelerator, tile: int | None = None, override_tile: bool = False,
-                 on_mismatch: str = "error") -> int | None:
-    """The PSUM tile of a quantization config checked against the array's reduction depth (``rows``).
-
-    ``gs`` may be an :class:`apsq.APSQConfig` (its ``tile`` and per-layer overrides' tiles), ``tile`` an
-    explicit value. The energy model steps K by ``pe_array.rows``; a config that trains with another
-    tile describes a different accumulation, so a mismatch is an :class:`APSQError` (``on_mismatch=
-    "error"``, the CLI) or a :class:`UserWarning` (``"warn"``) unless ``override_tile`` says the mismatch
-    is on purpose; the array's rows are then priced. Returns the tile in force, or ``None`` when nothing
-    was given.
-    """
-    tiles: set[int] = set()
-    if tile is not None:
-        tiles.add(check_int("tile", tile, lo=1))
-    if hasattr(gs, "for_module") and hasattr(gs, "tile"):
-        tiles.add(int(gs.tile))
-        for values in (getattr(gs, "overrides", None) or {}).values():
-            if isinstance(values, Mapping) and "tile" in values:
-                tiles.add(int(values["tile"]))
-    if not tiles:
-        return None
-    rows = acc.pe_array.rows
-    bad = sorted(t for t in tiles if t != rows)
-    if bad and not override_tile:
-        if on_mismatch == "warn":
-            warnings.warn(
-                f"the quantization config's PSUM tile {bad[0]} differs from pe_array.rows = {rows} of {acc.name!r}: "
-                f"pricing {rows}-deep tiles (pass override_tile=True to say this is on purpose)",
-                UserWarning, stacklevel=3)
-            return rows
-        raise APSQError(
-            f"the quantization config's PSUM tile {bad if len(bad) > 1 else bad[0]} does not match the accelerator's "
-            f"reduction depth pe_array.rows = {rows} ({acc.name!r}); train with tile={rows}, use an accelerator "
-            f"with rows={bad[0]}, or pass override_tile=True (--override-tile) to price {rows}-deep tiles anyway"
-        )
-    return rows
-
-
-def check_gs_banks(gs_arr: np.ndarray, acc: Accelerator, names: Sequence[str], error: bool = False) -> None:
-    """gs above the PSUM buffer's banks (the RAE's, 4 by default) warns, or raises when ``error``.
-
-    The RAE reads a group's gs-1 pending codes and A in one step from separate banks (method doc §7),
-    so gs <= banks. The energy model can still price a larger gs by capacity.
-    """
-    banks = acc.buffers.psum.banks
-    over = np.flatnonzero(gs_arr > banks)
-    if over.size == 0:
-        return
-    i = int(over[0])
-    msg = (f"gs={int(gs_arr[i])} for layer {names[i]!r} exceeds the PSUM buffer's {banks} banks "
-           f"(buffers.psum.banks of {acc.name!r}); the RAE closes a group from one code per bank, so gs must be "
-           f"<= {banks}" + (f" ({over.size} layers affected)" if over.size > 1 else ""))
-    if error:
-        raise APSQError(msg)
-    warnings.warn(msg + "; priced by capacity only", UserWarning, stacklevel=3)
 
 
 @dataclass(frozen=True)
@@ -199,79 +137,57 @@ class EnergyReport:
 
 def evaluate(
     workload: Workload,
-    dataflow: str,
+    dataflow: str | EnergySpec,
     mode: str = "apsq",
-    gs: int | Mapping[str, int] | Sequence[int] | None = None,
+    gs: GsSpec | Sequence[int] = None,
     psum_bits: int = 8,
     accelerator: Accelerator | None = None,
-    baseline_bits: int | Sequence[int] | None = None,
-    schedule: str = "untiled",
-    spill: str = "fractional",
-    psum_granularity: str | None = None,
-    tile: int | None = None,
-    override_tile: bool = False,
-    gs_above_banks: str = "warn",
-    tile_mismatch: str = "warn",
+    **options: Any,
 ) -> EnergyReport:
-    """Energy of ``workload`` under ``dataflow`` (``is``/``ws``/``os``) and PSUM ``mode``.
+    """Energy of ``workload`` at one point: an :class:`EnergySpec`, or its fields as arguments.
 
-    ``gs``: APSQ group size, one int, per layer (see :meth:`Workload.gs_array`) or an
-    :class:`apsq.APSQConfig`; ``None`` (default) prices a traced quantized model's own group sizes,
-    else 1, and an explicit ``gs`` that contradicts the model's own is an error
-    (:meth:`Workload.gs_array`). ``psum_bits``: the stored PSUM width in ``psq``/``apsq`` (``none``
-    stores the accelerator's ``acc_bits``, or ``baseline_bits``: one width or one per layer; the in-PE
-    register stays ``acc_bits`` wide). Layers a traced model left in full precision
-    (``Layer.full_precision``) are priced as ``none`` at that baseline width in every mode. ``schedule``: ``untiled`` (fixed loop orders) or ``tiled`` (the mapper's
-    per-layer choice); ``spill``: ``fractional`` or ``all-or-nothing`` (ZigZag's semantics);
-    ``psum_granularity``: ``tensor`` or ``channel`` (one PSUM exponent per tile step and output channel,
-    stored and read: :mod:`apsq.hw.cost`); ``None`` takes each layer's from an APSQConfig ``gs`` (else
-    ``tensor``). ``tile`` / an APSQConfig's tile must equal ``pe_array.rows``
-    unless ``override_tile``: ``tile_mismatch`` = ``warn`` (API default) or ``error`` (``apsq energy``)
-    (:func:`resolve_tile`). ``gs_above_banks``: ``warn`` or ``error`` when an APSQ gs exceeds the PSUM
-    buffer's banks (:func:`check_gs_banks`). Errors are :class:`APSQError`, raised before anything is
-    computed.
+    ``evaluate(w, EnergySpec("is", "apsq", gs=2, schedule="tiled"))`` and ``evaluate(w, "is", "apsq", 2,
+    schedule="tiled")`` are the same; ``options`` are the spec's other fields (``baseline_bits``,
+    ``schedule``, ``spill``, ``psum_granularity``, ``tile``, ``override_tile``, ``gs_above_banks``,
+    ``tile_mismatch``, ``on_limit``; meanings in :class:`EnergySpec`). ``gs=None`` prices a traced
+    quantized model's own group sizes (else 1); an explicit ``gs`` that contradicts them is an error
+    (:meth:`Workload.gs_array`). Layers a traced model left in full precision (``Layer.full_precision``)
+    are priced as ``none`` at the baseline width in every mode. Errors are :class:`APSQError`, raised
+    before anything is computed.
     """
-    acc = accelerator or default_accelerator()
-    check_choice("dataflow", dataflow, tuple(DATAFLOWS))
-    check_choice("mode", mode, PSUM_MODES)
-    check_bits("psum_bits", psum_bits, lo=1, hi=64)
-    check_choice("schedule", schedule, SCHEDULES)
-    check_choice("spill", spill, SPILL_RULES)
-    if psum_granularity is not None:
-        check_choice("psum_granularity", psum_granularity, PSUM_GRANULARITIES)
-    check_choice("gs_above_banks", gs_above_banks, ("warn", "error"))
-    check_choice("tile_mismatch", tile_mismatch, ("warn", "error"))
-    if baseline_bits is not None:
-        if mode != "none" and not workload.arrays["full_precision"].any():
+    return _price(workload, EnergySpec.of(dataflow, mode, gs, psum_bits, accelerator, **options))
+
+
+def _price(workload: Workload, spec: EnergySpec) -> EnergyReport:
+    """The energy of ``workload`` at ``spec`` (the model of the module docstring)."""
+    acc, mode, dataflow, bb = spec.acc, spec.mode, spec.dataflow, spec.baseline_bits
+    fp = workload.arrays["full_precision"]
+    if bb is not None:
+        if mode != "none" and not fp.any():
             raise APSQError(f"baseline_bits applies to mode 'none' only (and to layers a quantized model left in full "
                             f"precision, of which workload {workload.name!r} has none), got mode={mode!r}")
-        if np.ndim(baseline_bits) == 0:
-            check_bits("baseline_bits", int(baseline_bits), lo=1, hi=64)
-        elif len(baseline_bits) != len(workload.layers):
-            raise APSQError(f"baseline_bits has {len(baseline_bits)} values but workload {workload.name!r} has "
+        if isinstance(bb, tuple) and len(bb) != len(workload.layers):
+            raise APSQError(f"baseline_bits has {len(bb)} values but workload {workload.name!r} has "
                             f"{len(workload.layers)} layers")
-    resolve_tile(gs, acc, tile, override_tile, tile_mismatch)
     check_streamed_buffer(acc, dataflow)
     names = [ly.name for ly in workload.layers]
-    gs_arr = workload.gs_array(gs)
-    fp = workload.arrays["full_precision"]
+    gs_arr = workload.gs_array(spec.gs)
     if mode == "apsq":
-        check_gs_banks(np.where(fp, 1, gs_arr), acc, names, error=gs_above_banks == "error")
-    granularity: str | np.ndarray = psum_granularity or "tensor"
-    if psum_granularity is None and hasattr(gs, "for_module"):  # an APSQConfig: per layer, overrides applied
-        granularity = np.array([getattr(gs.for_module(config_name(n)), "psum_granularity", "tensor") == "channel"
-                                for n in names])
+        check_gs_banks(np.where(fp, 1, gs_arr), acc, names, error=spec.gs_above_banks == "error")
+    granularity: str | np.ndarray = spec.psum_granularity or "tensor"
+    if spec.psum_granularity is None and isinstance(spec.gs, APSQConfig):  # per layer, overrides applied
+        granularity = np.array([spec.gs.for_module(config_name(n)).psum_granularity == "channel" for n in names])
     g = shapes_of(workload, acc)
-    plan = psum_plan(ceil_div(g.k, acc.pe_array.rows), mode, gs_arr, psum_bits,
-                     acc.acc_bits if baseline_bits is None else baseline_bits, fp)
+    plan = psum_plan(ceil_div(g.k, spec.rows), mode, gs_arr, spec.psum_bits,
+                     acc.acc_bits if bb is None else (np.asarray(bb) if isinstance(bb, tuple) else bb), fp)
     counts, sched = map_layers(g, acc, dataflow, plan, names, f"{workload.name} ({dataflow.upper()})",
-                               schedule, spill, mode, granularity, fp)
+                               spec.schedule, spec.spill, mode, granularity, fp)
     e: LayerEnergy = layer_energy(counts, acc, mode, g, granularity, fp)
     return EnergyReport(
         workload.name,
         dataflow,
         mode,
-        psum_bits,
+        spec.psum_bits,
         gs_arr,
         tuple(names),
         e.memory,
@@ -281,7 +197,7 @@ def evaluate(
         e.rae,
         e.exponents,
         sched,
-        spill,
+        spec.spill,
         fp,
     )
 
@@ -349,24 +265,22 @@ class Comparison:
 
 def compare(
     workload: Workload,
-    dataflow: str,
-    gs: int | Mapping[str, int] | Sequence[int] | None = None,
+    dataflow: str | EnergySpec,
+    gs: GsSpec | Sequence[int] = None,
     psum_bits: int = 8,
     accelerator: Accelerator | None = None,
     mode: str = "apsq",
     **options: Any,
 ) -> Comparison:
-    """Baseline (``none``, INT32 PSUMs or ``baseline_bits``) vs ``mode`` (default APSQ) at ``psum_bits``, ``gs``.
+    """Baseline (``none``: INT32 PSUMs or ``baseline_bits``) vs ``mode`` (default APSQ) at one point.
 
-    ``gs=None`` (default): a traced quantized model's own group sizes, else 1; an explicit ``gs`` that
-    contradicts the model's own is an :class:`APSQError` (:meth:`Workload.gs_array`). ``options``:
-    ``baseline_bits`` (the baseline's stored width, and that of layers left in full precision in
-    both columns) and every keyword of :func:`evaluate` (``schedule``, ``spill``,
-    ``psum_granularity``, ``tile``, ``override_tile``, ``gs_above_banks``, ``tile_mismatch``),
-    applied to both.
+    ``compare(w, EnergySpec("ws", gs=2, schedule="tiled"))`` or the spec's fields as arguments
+    (``options``: see :func:`evaluate`); one spec, validated once, prices both columns. ``gs=None``
+    (default): a traced quantized model's own group sizes, else 1. ``baseline_bits`` is the baseline's
+    stored width, and that of layers left in full precision in both columns.
     """
-    base = evaluate(workload, dataflow, "none", gs, psum_bits, accelerator, **options)
-    if not workload.arrays["full_precision"].any():
-        options.pop("baseline_bits", None)  # the baseline's width only; else also the full-precision layers'
-    q = evaluate(workload, dataflow, mode, gs, psum_bits, accelerator, **options)
-    return Comparison(base, q)
+    spec = EnergySpec.of(dataflow, mode, gs, psum_bits, accelerator, **options)
+    base = _price(workload, spec.with_mode("none"))
+    if spec.baseline_bits is not None and not workload.arrays["full_precision"].any():
+        spec = spec.without_baseline_bits()  # the baseline's width only; else also the full-precision layers'
+    return Comparison(base, _price(workload, spec))

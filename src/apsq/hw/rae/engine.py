@@ -36,12 +36,14 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigne
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from apsq.config import RAE_BANKS
 from apsq.errors import APSQError, check_bits, check_int
 
 __all__ = ["RAEParams", "RAE", "NUM_BANKS", "PIPELINE_LATENCY"]
 
-NUM_BANKS = 4
-"""SRAM banks: ``gs - 1`` pending codes plus the running ``A`` -> ``gs <= 4``."""
+NUM_BANKS = RAE_BANKS
+"""SRAM banks: ``gs - 1`` pending codes plus the running ``A`` -> ``gs <= 4`` (:data:`apsq.config.RAE_BANKS`,
+where every gs limit is stated)."""
 
 PIPELINE_LATENCY = 3
 """Cycles from an accepted input beat to its output code: bank read, adder stage 1, adder stage 2 +

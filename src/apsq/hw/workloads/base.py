@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from apsq.config import APSQConfig
 from apsq.errors import APSQError, check_int
 
 __all__ = ["Layer", "Workload", "LAYER_KINDS", "MAX_DIM", "config_name"]
@@ -142,7 +143,7 @@ class Workload:
         return Workload(self.name, tuple(replace(ly, gs=None) for ly in self.layers), dict(self.options))
 
     def _gs_array(self, gs: int | Mapping[str, int] | Sequence[int], default: int = 1) -> np.ndarray:
-        if hasattr(gs, "for_module"):
+        if isinstance(gs, APSQConfig):
             return np.array([gs.for_module(config_name(ly.name)).gs for ly in self.layers], dtype=np.int64)
         if isinstance(gs, Mapping):
             check_int("gs", default, lo=1)
