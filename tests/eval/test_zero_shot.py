@@ -171,3 +171,33 @@ def test_sentence_standin_rows_are_in_each_tasks_format_and_hold_the_truth():
         assert f"{r['question']} {truth}" in sents
     with pytest.raises(APSQError, match="task must be one of hellaswag, piqa, winogrande, arc_easy"):
         sentence_task_rows(sents, "boolq", 2)
+
+
+@pytest.mark.slow
+def test_a_quantized_checkpoint_is_evaluated_as_loaded_never_requantized(tiny_llama, tmp_path):
+    pytest.importorskip("lm_eval")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import apsq
+    import apsq.integrations.transformers  # noqa: F401
+    from apsq.eval.lm_eval_adapter import quantized_causal_lm
+    from apsq.eval.zero_shot import load_zero_shot_config, run_zero_shot
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    apsq.quantize_(model, apsq.APSQConfig(mode="apsq", gs=2, tile=32, exclude=("lm_head",)))
+    apsq.calibrate(model, [dict(tok("the cat sat under the big tree", return_tensors="pt"))])
+    model.save_pretrained(tmp_path / "qat")
+    tok.save_pretrained(tmp_path / "qat")
+    with pytest.raises(APSQError, match="already APSQ-quantized"):
+        quantized_causal_lm(str(tmp_path / "qat"), apsq.APSQConfig(mode="apsq", gs=2, tile=32), device="cpu")
+    data = write_task_files(tmp_path / "data", ["piqa", "winogrande"], n=4)
+    cfg = load_zero_shot_config(None, {"model": str(tmp_path / "qat"), "tasks": ["piqa", "winogrande"],
+                                       "local_data": str(data), "device": "cpu", "gs": [2]})
+    res = run_zero_shot(cfg, tmp_path / "out", progress=False)
+    assert list(res["variants"]) == ["loaded"] and res["calibration"] is None
+    loaded, _ = quantized_causal_lm(str(tmp_path / "qat"), None, device="cpu")
+    ids = tok("the dog ran over the red house", return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(loaded(**ids).logits, model(**ids).logits)  # the trained steps, bit for bit

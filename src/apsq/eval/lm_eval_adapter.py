@@ -84,6 +84,8 @@ def quantized_causal_lm(model_path: str, config: apsq.APSQConfig | None, calibra
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import apsq.integrations.transformers  # noqa: F401  (registers "apsq": a QAT checkpoint loads quantized)
+
     dev = resolve_device(device, "device")
     try:
         tok = AutoTokenizer.from_pretrained(model_path)
