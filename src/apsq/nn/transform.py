@@ -195,7 +195,14 @@ def quantize_(model: nn.Module, config: APSQConfig | None = None) -> nn.Module:
     if root_cls is not None or root_why is not None:
         skipped.append(SkippedLayer("(model)", type(model).__name__, "the model itself is a single layer; wrap it "
                                     "(e.g. nn.Sequential(layer)) so quantize_ can replace it"))
+    adapters = _adapter_modules(model)
     for use in uses:
+        if id(use.module) in adapters:
+            if use.module is adapters[id(use.module)][0]:  # the adapter container: one line for it
+                skipped.append(SkippedLayer(adapters[id(use.module)][1], type(use.module).__name__,
+                                            "PEFT adapter: adapters stay in full precision (QLoRA-style: a "
+                                            "quantized, frozen base and float adapters)", True))
+            continue
         if any(id(p) in unsupported for p, _ in use.places):
             unsupported.add(id(use.module))  # inside a skipped layer: reported with it
             continue
@@ -343,6 +350,21 @@ def _check_patterns(model: nn.Module, config: APSQConfig, uses: list[_Use]) -> N
             f"quantize_: {'; '.join(bad)} matches no layer of this model (patterns are fnmatch patterns on "
             f"module names, e.g. {example}); fix or remove it. Nothing was changed"
         )
+
+
+def _adapter_modules(model: nn.Module) -> dict[int, tuple[nn.Module, str]]:
+    """Every module inside a PEFT tuner layer's adapter containers (``lora_A``, ``lora_B``, ...: the names
+    in its ``adapter_layer_names``), mapped to ``(its container, the container's name)``. Duck-typed: peft
+    itself is not imported."""
+    out: dict[int, tuple[nn.Module, str]] = {}
+    for name, module in model.named_modules():
+        for attr in getattr(module, "adapter_layer_names", ()) or ():
+            box = getattr(module, attr, None)
+            if isinstance(box, nn.Module) and next(box.children(), None) is not None:
+                label = f"{name}.{attr}" if name else attr
+                for inner in box.modules():
+                    out.setdefault(id(inner), (box, label))
+    return out
 
 
 def _attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
