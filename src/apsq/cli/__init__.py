@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "apsq.cli.rae",  # apsq rae verilog | area | simulate | equivalence
     "apsq.cli.data",  # apsq data fetch
     "apsq.cli.train",  # apsq train
+    "apsq.cli.llm",  # apsq llm dry-run
     "apsq.cli.eval",  # apsq eval, apsq sweep
     "apsq.cli.tune",  # apsq tune-gs
     "apsq.cli.beyond",  # apsq beyond baseline | low-bit | a2q

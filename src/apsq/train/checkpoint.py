@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from apsq.data.fileio import atomic_write_text as _atomic_write_text
 from apsq.data.fileio import atomic_write_with
 from apsq.errors import APSQError
+from apsq.train.sharded import full_value, shard_like
 
 FORMAT = "apsq-checkpoint-v2"
 """v2: the header holds ``sha256`` (:func:`tensor_digest`), verified on every load."""
@@ -94,14 +95,17 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 
 def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimizer state dict into tensors (``optim/<i>/<key>``) and JSON-able rest."""
+    """Split an optimizer state dict into tensors (``optim/<i>/<key>``) and JSON-able rest.
+
+    Sharded (FSDP2) state is gathered into full tensors (a collective: every rank calls this), so the
+    result is the same as a single-process run's."""
     sd = opt.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
-    for idx, st in sd["state"].items():
-        for key, val in st.items():
+    for idx, st in sorted(sd["state"].items()):
+        for key, val in sorted(st.items()):
             if isinstance(val, torch.Tensor):
-                tensors[f"optim/{idx}/{key}"] = val
+                tensors[f"optim/{idx}/{key}"] = full_value(val)
             else:
                 scalars.setdefault(str(idx), {})[key] = val
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
@@ -109,7 +113,8 @@ def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tenso
 
 def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
                         source: Path) -> None:
-    """Restore what :func:`optimizer_to_flat` split (validates the parameter layout)."""
+    """Restore what :func:`optimizer_to_flat` split (validates the parameter layout); full state is cut
+    into shards for an optimizer over FSDP2 (DTensor) parameters."""
     state: dict[int, dict[str, Any]] = {}
     for name, t in tensors.items():
         if name.startswith("optim/"):
@@ -125,6 +130,11 @@ def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Ten
     for g in groups:
         if "betas" in g:
             g["betas"] = tuple(g["betas"])
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for idx, vals in state.items():
+        if idx < len(params):
+            for key, val in vals.items():
+                vals[key] = shard_like(val, params[idx])
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 

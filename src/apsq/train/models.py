@@ -1,4 +1,4 @@
-"""Model and task builders for training: MiniLM / BERT (Hugging Face), a tiny BERT, a digits CNN."""
+"""Model and task builders for training: MiniLM / BERT (Hugging Face), a tiny BERT, a tiny LLaMA, a digits CNN."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def load_tokenizer(cfg: TrainConfig):
     from transformers import AutoTokenizer
 
     name = cfg.model.name
-    path = minilm_path() if name in ("minilm", "bert-tiny") else name
+    path = minilm_path() if name in ("minilm", "bert-tiny", "llama-tiny") else name
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
@@ -77,6 +77,15 @@ def build_model(cfg: TrainConfig, weights: bool = True) -> nn.Module:
                         max_position_embeddings=max(128, m.max_len), num_labels=m.num_labels,
                         **({"attn_implementation": "eager"} if (cfg.apsq or {}).get("attention_matmuls") else {}))
         return BertForSequenceClassification(bc)
+    if name == "llama-tiny":  # a LLaMA decoder (RMSNorm, rotary, SwiGLU) built from a config; MiniLM's tokenizer
+        from transformers import LlamaConfig, LlamaForSequenceClassification
+
+        lc = LlamaConfig(vocab_size=30522, hidden_size=m.hidden_size, num_hidden_layers=m.num_layers,
+                         num_attention_heads=max(1, m.hidden_size // 16), num_key_value_heads=max(1, m.hidden_size // 16),
+                         intermediate_size=2 * m.hidden_size, max_position_embeddings=max(128, m.max_len),
+                         num_labels=m.num_labels, pad_token_id=0, tie_word_embeddings=False,
+                         **({"attn_implementation": "eager"} if (cfg.apsq or {}).get("attention_matmuls") else {}))
+        return LlamaForSequenceClassification(lc)
     path = minilm_path() if name == "minilm" else name
     # attention-matmul quantization hooks the eager attention; otherwise keep the fast default
     extra = {"attn_implementation": "eager"} if (cfg.apsq or {}).get("attention_matmuls") else {}
