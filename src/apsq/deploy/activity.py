@@ -1,24 +1,19 @@
-"""What the engine did, counted: PSUM bank reads / writes per bank, requantizations, alignments, adds.
+"""What the engine did, per layer: PSUM bank reads / writes per bank, requantizations, closings.
 
-:func:`count_layer` walks the RAE's schedule for one layer call exactly as the engine runs it
-(:mod:`apsq.hw.rae.engine`, WS order: the outputs cut into blocks of ``lanes``, block ``q`` of a pass
-in bank set ``q // depth``; a group of ``gs`` banks per set; step ``i`` of a group writes its code to
-bank ``base + slot``, a closing step reads the group's pending codes and the previous ``A`` and writes
-``A`` to bank ``base + gs - 1``) and counts per real output element (padding lanes excluded).
-:func:`price` turns the counts into pJ with the accelerator's per-access energies, and
-:func:`analytical` gives the energy model's PSUM and RAE terms (:mod:`apsq.hw.energy`: reads and
-writes of stored PSUMs, one requantization per stored code, one accumulation per read) for the same
-layer, gs and steps, so the two can be set side by side (``apsq deploy run --energy``).
+The counts come from the RAE itself: with an RTL backend, :attr:`apsq.hw.rae.RunStats.activity`
+(counted from the engine's bank-enable, requantize and accumulate ports); on the golden path,
+:func:`apsq.hw.rae.expected_activity` (the same count predicted from the schedule, tested equal to
+what every backend measures). :class:`LayerActivity` turns the engine's word counts (one word = one
+code per lane) into codes and separates the padding lanes of a layer's last block. :func:`price`
+prices them with the accelerator's per-access energies and :func:`energy_side_by_side` sets them
+beside :func:`apsq.hw.energy.evaluate` on the same GEMMs (``apsq deploy run --energy``).
 
 Terms the analytical model abstracts away (reported separately, with their size):
 
-* ``final_writes``: the engine writes the last step's ``A`` back to its bank (it is the same word the
-  output register takes); the model sends the final result to the output buffer instead -- one write
-  of ``psum_bits`` per output element;
-* ``final_requantizations``: the last step's requantization produces the output code, which the model
-  counts under the output path, not as a stored PSUM -- one per output element;
-* ``padding_lane_steps``: lanes of the last block of a layer that carry no output still step through
-  the pipeline (zero tile sums).
+* ``padding_codes``: lanes of a layer's last block that carry no output still step, are written,
+  read and requantized (zero tile sums) -- ``n - 1`` reads and writes and ``n`` requantizations each;
+* ``output_requantizations``: the last step's requantization produces the output code, which the
+  model charges to the output path, not as a stored PSUM -- one per output element.
 """
 
 from __future__ import annotations
@@ -27,127 +22,104 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from apsq.deploy.program import EngineLayer, EngineSpec
 from apsq.errors import APSQError
 
-__all__ = ["Activity", "count_layer", "price", "analytical", "energy_side_by_side"]
+__all__ = ["LayerActivity", "engine_activity", "price", "energy_side_by_side"]
 
 
 @dataclass
-class Activity:
-    """Counts of one layer (all its calls), per output element and code (not per SRAM word)."""
+class LayerActivity:
+    """Counts of one layer (all its calls), in codes (one per lane and word)."""
 
     outputs: int = 0
     lane_steps: int = 0
     bank_writes: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
     bank_reads: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
     requantizations: int = 0
-    accumulations: int = 0
-    final_writes: int = 0
-    final_requantizations: int = 0
-    padding_lane_steps: int = 0
+    closings: int = 0
+    padding_codes: int = 0
+    padding_reads: int = 0
+    padding_writes: int = 0
+    padding_requantizations: int = 0
+    source: str = ""
 
     @property
     def stored_writes(self) -> int:
-        """Bank writes of codes a later step reads (the analytical model's stored PSUMs)."""
-        return sum(self.bank_writes) - self.final_writes
+        """Codes written for a later step, of real outputs (the analytical model's stored PSUMs)."""
+        return sum(self.bank_writes) - self.padding_writes
 
     @property
     def reads(self) -> int:
-        return sum(self.bank_reads)
+        """Codes read back (aligned and added), of real outputs."""
+        return sum(self.bank_reads) - self.padding_reads
 
-    def add(self, other: Activity) -> None:
+    @property
+    def output_requantizations(self) -> int:
+        return self.outputs
+
+    @property
+    def stored_requantizations(self) -> int:
+        """Requantizations that produced a stored code (all but each output's last)."""
+        return self.requantizations - self.padding_requantizations - self.outputs
+
+    def add(self, other: LayerActivity) -> None:
         for k, v in other.__dict__.items():
+            if k == "source":
+                self.source = v if self.source in ("", v) else "mixed"
+                continue
             cur = getattr(self, k)
             setattr(self, k, [a + b for a, b in zip(cur, v, strict=True)] if isinstance(v, list) else cur + v)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "stored_writes": self.stored_writes, "reads": self.reads}
+        return {**self.__dict__, "stored_writes": self.stored_writes, "reads": self.reads,
+                "stored_requantizations": self.stored_requantizations}
 
 
-def _base(bset: int, gs: int) -> int:
-    """First bank of bank set ``bset`` (gs 1: four sets, gs 2: two, gs 3 / 4: one)."""
-    return bset if gs == 1 else (bset << 1) if gs == 2 else 0
+def engine_activity(n: int, gs: int, outputs: int, engine: EngineSpec, measured: Any = None) -> LayerActivity:
+    """One layer call of ``n`` steps and ``outputs`` output elements: ``measured`` (the RTL's
+    :class:`apsq.hw.rae.Activity` of this call) or, without it, :func:`apsq.hw.rae.expected_activity`."""
+    from apsq.hw.rae import LayerJob, RAEParams, expected_activity
+
+    lanes = engine.lanes
+    source = "schedule" if measured is None else "rtl"
+    if measured is None:
+        params = RAEParams(lanes=lanes, depth=engine.depth, bits=engine.bits, tile_bits=engine.tile_bits,
+                           frac_bits=engine.frac_bits, shift_bits=engine.shift_bits,
+                           lane_exponents=engine.lane_exponents)
+        shape_only = np.broadcast_to(np.zeros((), dtype=np.int64), (n, outputs))  # the schedule needs the shape only
+        measured = expected_activity([LayerJob(shape_only, np.zeros(n, dtype=np.int64), gs)], params)
+    pad = math.ceil(outputs / lanes) * lanes - outputs
+    return LayerActivity(
+        outputs=outputs, lane_steps=n * outputs,
+        bank_writes=[w * lanes for w in measured.bank_writes], bank_reads=[r * lanes for r in measured.bank_reads],
+        requantizations=measured.requantizations * lanes, closings=measured.accumulations * lanes,
+        padding_codes=pad, padding_reads=pad * (n - 1), padding_writes=pad * (n - 1), padding_requantizations=pad * n,
+        source=source,
+    )
 
 
-def _per_output(n: int, gs: int, base: int) -> Activity:
-    """The counts of one output element whose group sits in banks ``base .. base + gs - 1``."""
-    act = Activity(outputs=1, lane_steps=n)
-    slot, have_a = 0, False
-    for i in range(n):
-        closing = slot == gs - 1 or i == n - 1
-        act.requantizations += 1
-        if closing:
-            for j in range(slot):
-                act.bank_reads[base + j] += 1
-            if have_a:
-                act.bank_reads[base + gs - 1] += 1
-            act.accumulations += slot + (1 if have_a else 0)
-            act.bank_writes[base + gs - 1] += 1
-            slot, have_a = 0, True
-        else:
-            act.bank_writes[base + slot] += 1
-            slot += 1
-    act.final_writes = act.final_requantizations = 1
-    return act
-
-
-def count_layer(n: int, gs: int, outputs: int, engine: EngineSpec) -> Activity:
-    """Activity of one layer call: ``n`` tile steps, ``outputs`` output elements, on ``engine``.
-
-    Every output element of a position runs the same step sequence in its bank set, so the walk is
-    done once per bank set and scaled by the real outputs the set holds (padding lanes excluded)."""
-    lanes, depth = engine.lanes, engine.depth
-    blocks = math.ceil(outputs / lanes)
-    cap = (engine.num_banks // gs) * depth
-    per_set = [0] * (engine.num_banks // gs)
-    for b in range(blocks):  # block b: position b % cap of its pass, bank set (b % cap) // depth
-        per_set[(b % cap) // depth] += min(lanes, outputs - b * lanes)
-    act = Activity(padding_lane_steps=n * (blocks * lanes - outputs))
-    for bset, real in enumerate(per_set):
-        one = _per_output(n, gs, _base(bset, gs))
-        for k, v in one.__dict__.items():
-            cur = getattr(act, k)
-            setattr(act, k, [a + real * b for a, b in zip(cur, v, strict=True)] if isinstance(v, list) else cur + real * v)
-    return act
-
-
-def price(act: Activity, psum_bits: int, accelerator: Any = None) -> dict[str, float]:
-    """pJ of the counted activity with the accelerator's per-access energies (the analytical model's
-    terms: stored writes and reads of the PSUM buffer, a requantization per stored code and an
-    accumulation per read) and, apart, the abstracted terms."""
+def price(act: LayerActivity, psum_bits: int, accelerator: Any = None) -> dict[str, float]:
+    """pJ of the counted activity with the accelerator's per-access energies, in the analytical
+    model's terms (stored writes and reads of the PSUM buffer, one requantization per stored code, one
+    accumulation per code read back) and, apart, the abstracted terms (padding lanes, the output's
+    requantization)."""
     from apsq.hw.accelerator import default_accelerator
 
     acc = accelerator or default_accelerator()
     buf, rae = acc.buffers.psum, acc.rae
     return {
         "psum_pj": (act.stored_writes * buf.write_pj_per_bit + act.reads * buf.read_pj_per_bit) * psum_bits,
-        "rae_pj": act.stored_writes * rae.requant_pj + act.accumulations * rae.accumulate_pj,
-        "abstracted_pj": act.final_writes * psum_bits * buf.write_pj_per_bit + act.final_requantizations * rae.requant_pj,
+        "rae_pj": act.stored_requantizations * rae.requant_pj + act.reads * rae.accumulate_pj,
+        "abstracted_pj": (act.padding_writes * buf.write_pj_per_bit + act.padding_reads * buf.read_pj_per_bit) * psum_bits
+        + (act.padding_requantizations + act.output_requantizations) * rae.requant_pj
+        + act.padding_reads * rae.accumulate_pj,
     }
 
 
-def analytical(lay: EngineLayer, outputs: int, accelerator: Any = None) -> dict[str, float]:
-    """The energy model's PSUM (on-chip, no spill) and RAE terms of ``outputs`` output elements of
-    ``lay``: per output ``n - 1`` stored writes and reads (:func:`apsq.hw.dataflow.psum_plan`)."""
-    import numpy as np
-
-    from apsq.hw.accelerator import default_accelerator
-    from apsq.hw.dataflow import psum_plan
-
-    acc = accelerator or default_accelerator()
-    plan = psum_plan(np.array([lay.n_steps]), "apsq", lay.gs, lay.psum_bits, acc.acc_bits)
-    writes, reads = float(plan.writes[0]) * outputs, float(plan.reads[0]) * outputs
-    buf, rae = acc.buffers.psum, acc.rae
-    return {
-        "stored_writes": writes,
-        "reads": reads,
-        "psum_pj": (writes * buf.write_pj_per_bit + reads * buf.read_pj_per_bit) * lay.psum_bits,
-        "rae_pj": writes * rae.requant_pj + reads * rae.accumulate_pj,
-    }
-
-
-def energy_side_by_side(layers: list[tuple[EngineLayer, list[tuple[int, int, int]], Activity]], dataflow: str = "ws",
+def energy_side_by_side(layers: list[tuple[EngineLayer, list[tuple[int, int, int]], LayerActivity]], dataflow: str = "ws",
                         accelerator: Any = None) -> dict[str, Any]:
     """Counted activity beside :func:`apsq.hw.energy.evaluate` on the same GEMMs.
 
@@ -158,8 +130,6 @@ def energy_side_by_side(layers: list[tuple[EngineLayer, list[tuple[int, int, int
     are priced. The model prices spilled PSUMs at DRAM energies, the counts price every access at the
     PSUM buffer's (the engine's banks): the pJ agree where nothing spills.
     """
-    import numpy as np
-
     from apsq.hw.accelerator import default_accelerator
     from apsq.hw.dataflow import OPERANDS
     from apsq.hw.energy import evaluate
@@ -192,6 +162,7 @@ def energy_side_by_side(layers: list[tuple[EngineLayer, list[tuple[int, int, int
         out.append({"index": lay.index, "name": lay.name, "gs": lay.gs, "counted": act.to_dict(),
                     "model_stored_writes": float(writes[li]), "model_reads": float(reads[li]),
                     "writes_equal": act.stored_writes == round(writes[li]), "reads_equal": act.reads == round(reads[li]),
+                    "source": act.source,
                     "counted_psum_pj": priced["psum_pj"], "model_psum_pj": float(psum_pj[li]),
                     "counted_rae_pj": priced["rae_pj"], "model_rae_pj": float(rae_pj[li]),
                     "abstracted_pj": priced["abstracted_pj"]})
@@ -200,6 +171,5 @@ def energy_side_by_side(layers: list[tuple[EngineLayer, list[tuple[int, int, int
     return {"dataflow": dataflow, "schedule": "untiled", "accelerator": acc.name, "layers": out, "total": total,
             "all_counts_equal": all(r["writes_equal"] and r["reads_equal"] for r in out),
             "psum_spill_max": float(np.max(rep.counts.psum_spill)) if gemms else 0.0,
-            "abstracted_terms": ["final_writes: the last step's A written back to its bank (the model sends the result "
-                                 "to the output buffer)", "final_requantizations: the output code's requantization",
-                                 "padding_lane_steps: lanes of a layer's last block that carry no output"]}
+            "abstracted_terms": ["padding lanes of a layer's last block (n - 1 reads and writes, n requantizations "
+                                 "each)", "the output code's requantization (one per output)"]}

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from apsq.deploy.activity import Activity, energy_side_by_side
+from apsq.deploy.activity import LayerActivity, energy_side_by_side
 from apsq.deploy.program import Program, manifest_digest
 from apsq.deploy.runner import host_model, outputs_of, run
 from apsq.errors import APSQError, check_int
@@ -82,7 +82,7 @@ def run_batches(program: Program, source: str, backend: str = "golden", *, limit
     model = host_model(program)
     n, batches = input_batches(program.manifest.host.train_config, source, limit=limit, batch_size=batch_size)
     layers: dict[int, dict[str, Any]] = {}
-    acts = {lay.index: (lay, [], Activity()) for lay in program.layers}
+    acts = {lay.index: (lay, [], LayerActivity()) for lay in program.layers}
     same_pred = same_logits = correct = labelled = done = 0
     wall = rtl_wall = 0.0
     lane_steps = cycles = 0

@@ -360,5 +360,10 @@ def load_trained(path: str | Path) -> tuple[nn.Module, Any, Path]:
                         "apsq train run with an apsq: section")
     cfg = _train_config(run, meta)
     model = build_host(cfg)
+    own = model.state_dict()
+    legacy = [k for k in own if k.endswith("_extra_state") and f"model/{k}" not in tensors]
+    if legacy and len(legacy) == sum(k.endswith("_extra_state") for k in own):
+        # written before quantized layers kept their settings in the state dict: the run's config is the record
+        tensors = {**tensors, **{f"model/{k}": own[k] for k in legacy}}
     load_model_state(model, tensors, ckpt)
     return model.eval(), cfg, ckpt

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from apsq.deploy.activity import Activity, count_layer
+from apsq.deploy.activity import LayerActivity, engine_activity
 from apsq.deploy.export import build_host, forward
 from apsq.deploy.program import EngineLayer, Program
 from apsq.errors import APSQError, check_choice
@@ -73,7 +73,7 @@ class LayerReport:
     rtl_cycles: int = 0
     rtl_beats_in: int = 0
     rtl_wall_s: float = 0.0
-    activity: Activity = field(default_factory=Activity)
+    activity: LayerActivity = field(default_factory=LayerActivity)
     shapes: list[tuple[int, int, int]] = field(default_factory=list)
     """``(M rows, K, N)`` of every call (for the energy model)."""
 
@@ -211,9 +211,10 @@ class _EngineLayer:
         k = xs[0].shape[-1] if lay.op != "conv2d" else lay.k
         n_out = gold.code.shape[-3] if lay.op == "conv2d" else gold.code.shape[-1]
         rep.shapes.append((gold.code.numel() // n_out, k, n_out))
-        rep.activity.add(count_layer(t.shape[0], lay.gs, gold.code.numel(), self.engine))
+        measured = None
         if self.backend != "golden":
             rtl_codes, stats = self.rtl(t)
+            measured = stats.activity  # counted from the RTL's own enables
             rep.rtl_cycles += stats.cycles
             rep.rtl_beats_in += stats.beats_in
             rep.rtl_wall_s += stats.wall_s
@@ -221,6 +222,7 @@ class _EngineLayer:
             if not torch.equal(rtl_t, gold.code):
                 self._mismatch("golden", self.backend, xs, codes, t, gold.code, rtl_t)
             out_code = rtl_t
+        rep.activity.add(engine_activity(t.shape[0], lay.gs, gold.code.numel(), self.engine, measured))
         y = (out_code.to(torch.float64) * torch.exp2((gold.exponent + unit).to(torch.float64))).to(dtype)
         if self.verify:
             with torch.no_grad():
