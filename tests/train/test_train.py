@@ -60,6 +60,24 @@ def test_run_writes_results_and_trains_step_sizes(reference_run, standin):
     assert (scales - scales.round()).abs().max() > 0
 
 
+def test_run_exports_the_trained_model_in_hugging_face_format(reference_run):
+    """Issue 22 item 3: `apsq train`'s final model reloads quantized from `<output>/hf` (from_pretrained),
+    trained steps included, outputs bit-identical; its tokenizer is beside it."""
+    import apsq.integrations.transformers  # noqa: F401  (registers the "apsq" quantization method)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out, res = reference_run
+    assert json.loads((out / "result.json").read_text())["hf_export"] == "hf"
+    loaded = AutoModelForSequenceClassification.from_pretrained(out / "hf").eval()
+    tok = AutoTokenizer.from_pretrained(out / "hf")
+    batch = tok(["the movie is good and warm", "the movie is dull"], return_tensors="pt", padding=True)
+    trained = res["model"].eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).logits, trained(**batch).logits)
+    a, b = trained.state_dict(), loaded.state_dict()
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("crash", [("finetune", 3), ("qat", 3), ("qat", 6)])
 def test_resume_after_crash_equals_uninterrupted(tmp_path, standin, crash, make_config):
     # the uninterrupted run is made here, beside the interrupted one, so that both see the same

@@ -6,7 +6,11 @@ Run layout in ``output``:
 * ``fp32.safetensors`` — the fine-tuned full-precision model (the distillation teacher);
 * ``metrics.jsonl`` — one JSON object per logged step / evaluation;
 * ``result.json`` — accuracies and the run's settings, written at the end;
-* ``config.json`` — the validated config.
+* ``config.json`` — the validated config;
+* ``hf/`` — the final model in Hugging Face format (``save_pretrained`` + its tokenizer; Hugging Face
+  models only), written atomically at the end: a quantized model's ``config.json`` holds its
+  ``quantization_config`` and the weights its steps, so ``from_pretrained`` (with
+  :mod:`apsq.integrations.transformers` imported) or ``apsq eval`` load it quantized, bit for bit.
 
 Determinism: the global batch of step ``t`` is a fixed slice of seeded permutations of the training
 set, and the RNG is reseeded from ``(seed, stage, t, rank)`` before every step, so a resumed run
@@ -32,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from apsq.data.fileio import FolderLock, remove_orphan_temps
+from apsq.data.fileio import FolderLock, atomic_write_with, remove_orphan_temps
 from apsq.device import module_device, module_dtype, to_device
 from apsq.errors import APSQError
 from apsq.train.checkpoint import (
@@ -50,6 +54,7 @@ from apsq.train.tasks import BatchSource, Task, build_task
 STAGES = ("finetune", "qat")
 SCALE_PARAM_NAMES = ("log2_scale", "log2_scales")
 CKPT, FP32, METRICS, RESULT = "checkpoint.safetensors", "fp32.safetensors", "metrics.jsonl", "result.json"
+HF_EXPORT = "hf"
 
 StepHook = Callable[[str, int], None]
 
@@ -365,6 +370,37 @@ def run_steps(model: nn.Module, opt: torch.optim.Optimizer, data: BatchSource, s
             after_step(step, parts)
 
 
+def export_hf(model: nn.Module, tokenizer: Any, folder: Path) -> bool:
+    """Write ``model.save_pretrained`` (and ``tokenizer.save_pretrained``) into ``folder`` atomically: a
+    temporary folder renamed over it, the previous export kept until the new one is complete. Returns
+    False (nothing written) for a model without ``save_pretrained``.
+
+    Raises:
+        APSQError: the write failed (disk full, ...); the previous export is intact.
+    """
+    if not callable(getattr(model, "save_pretrained", None)):
+        return False
+    folder = Path(folder)
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+
+    old = folder.with_name(folder.name + ".previous")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    try:
+        atomic_write_with(folder, write, what="Hugging Face export")
+    except BaseException:
+        if old.exists() and not folder.exists():
+            os.replace(old, folder)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return True
+
+
 class MetricsLog:
     """JSON lines, appended by the main process; on resume, lines after the checkpoint are dropped."""
 
@@ -635,6 +671,8 @@ class _Run:
         result["replica_max_abs_diff"] = self._replica_diff(model)
         result["seconds"] = round(time.time() - t_start, 1)
         if self.main:
+            if export_hf(model, tok, self.out / HF_EXPORT):
+                result["hf_export"] = HF_EXPORT
             atomic_write_text(self.out / RESULT, json.dumps(result, indent=1))
         self.acc.wait_for_everyone()
         result["model"] = model
