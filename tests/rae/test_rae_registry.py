@@ -12,7 +12,7 @@ import torch
 
 from apsq.cache import CacheError, store_verified, verify_stored
 from apsq.errors import APSQError
-from apsq.hw.rae import BACKENDS, RAEParams, check_backend, expected_activity, run_layers, validate_layer
+from apsq.hw.rae import BACKENDS, RAEParams, check_backend, expected_activity, layer_activity, run_layers, validate_layer
 from apsq.hw.rae.sim import get_backend
 from apsq.hw.rae.template import render, template_text
 from apsq.integer.psum import psum_accumulate_int
@@ -96,6 +96,11 @@ def test_expected_activity_is_the_energy_models_count():
         assert act.requantizations == sum(m * n for m, n, _ in pos)
         assert act.accumulations == sum(m * g for m, _, g in pos)
         assert act.shifts == act.reads + act.requantizations
+        (m, n, _), job = pos[0], jobs[0]
+        one = layer_activity(n, job.partials.shape[1], job.gs, params)  # shapes only
+        assert one.reads == m * (n - 1) and one.requantizations == m * n
+    with pytest.raises(APSQError, match="gs must be in"):
+        layer_activity(4, 8, 5, RAEParams())
 
 
 def test_check_backend_names_the_missing_tool(monkeypatch):

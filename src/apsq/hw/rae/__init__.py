@@ -10,7 +10,7 @@ simulator registry (:mod:`apsq.hw.rae.sim`): bit-exact co-simulation against
 ``docs/rae.md``.
 """
 
-from apsq.hw.rae.beats import Activity, LayerJob, RunStats, expected_activity, validate_layer
+from apsq.hw.rae.beats import Activity, LayerJob, RunStats, expected_activity, layer_activity, validate_layer
 from apsq.hw.rae.engine import NUM_BANKS, PIPELINE_LATENCY, RAE, RAEParams
 from apsq.hw.rae.sim import BACKENDS, check_backend, run_layers, simulate
 from apsq.hw.rae.verilog import to_verilog, write_verilog
@@ -24,6 +24,7 @@ __all__ = [
     "LayerJob",
     "Activity",
     "expected_activity",
+    "layer_activity",
     "RunStats",
     "run_layers",
     "check_backend",

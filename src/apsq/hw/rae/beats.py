@@ -40,6 +40,7 @@ __all__ = [
     "build_schedule",
     "scatter_outputs",
     "expected_activity",
+    "layer_activity",
 ]
 
 
@@ -273,8 +274,12 @@ def unpack_out(params: RAEParams, word: int) -> list[int]:
 
 def _passes(job: LayerJob, params: RAEParams) -> list[tuple[int, int]]:
     """Column blocks of one layer: ``[(first position, positions in this pass), ...]``."""
-    blocks = math.ceil(job.partials.shape[1] / params.lanes)
-    cap = params.capacity(job.gs)
+    return _column_passes(job.partials.shape[1], job.gs, params)
+
+
+def _column_passes(cols: int, gs: int, params: RAEParams) -> list[tuple[int, int]]:
+    blocks = math.ceil(cols / params.lanes)
+    cap = params.capacity(gs)
     return [(b0, min(cap, blocks - b0)) for b0 in range(0, blocks, cap)]
 
 
@@ -347,33 +352,47 @@ def scatter_outputs(
 
 def expected_activity(jobs: Sequence[LayerJob], params: RAEParams) -> Activity:
     """The :class:`Activity` the engine performs for ``jobs``, from the schedule alone (no simulation):
-    the golden path's count, equal to what every backend measures.
+    the golden path's count, equal to what every backend measures. The sum of :func:`layer_activity`
+    over the jobs."""
+    act = Activity()
+    for job in jobs:
+        act = act + layer_activity(job.partials.shape[0], job.partials.shape[1], job.gs, params)
+    return act
+
+
+def layer_activity(steps: int, columns: int, gs: int, params: RAEParams) -> Activity:
+    """The :class:`Activity` of one layer of ``steps`` tile steps and ``columns`` output columns at
+    group size ``gs`` on the engine ``params`` — shapes only, no data (what a golden runner counts).
 
     Per pass (``m`` positions; position ``q`` in bank set ``q // depth``, whose banks start at
     ``base = set * gs`` for ``gs <= 2``, else 0) and step ``i``: a closing step reads the group's
     pending banks ``base .. base + slot - 1`` and, after the first group, ``A`` in ``base + gs - 1``;
     every step but the last writes bank ``base + slot`` (or ``A``'s bank when closing); every beat
     is requantized.
+
+    Raises:
+        APSQError: ``steps`` or ``columns`` below 1, ``gs`` outside 1..4.
     """
+    check_int("steps", steps, lo=1)
+    check_int("columns", columns, lo=1)
+    check_int("gs", gs, lo=1, hi=NUM_BANKS)
     act = Activity()
-    for job in jobs:
-        n, gs = job.partials.shape[0], job.gs
-        closing = closing_steps(n, gs)
-        for _, m in _passes(job, params):
-            per_set = np.bincount(np.arange(m) // params.depth, minlength=NUM_BANKS)
-            bases = [(s * gs if gs <= 2 else 0, int(c)) for s, c in enumerate(per_set) if c]
-            slot, have_a = 0, False
-            for i in range(n):
-                act.requantizations += m
-                if closing[i]:
-                    act.accumulations += m
-                    for base, c in bases:
-                        for k in range(base, base + slot):
-                            act.bank_reads[k] += c
-                        if have_a:
-                            act.bank_reads[base + gs - 1] += c
-                if i < n - 1:
-                    for base, c in bases:
-                        act.bank_writes[base + (gs - 1 if closing[i] else slot)] += c
-                slot, have_a = (0, True) if closing[i] else (slot + 1, have_a)
+    closing = closing_steps(steps, gs)
+    for _, m in _column_passes(columns, gs, params):
+        per_set = np.bincount(np.arange(m) // params.depth, minlength=NUM_BANKS)
+        bases = [(s * gs if gs <= 2 else 0, int(c)) for s, c in enumerate(per_set) if c]
+        slot, have_a = 0, False
+        for i in range(steps):
+            act.requantizations += m
+            if closing[i]:
+                act.accumulations += m
+                for base, c in bases:
+                    for k in range(base, base + slot):
+                        act.bank_reads[k] += c
+                    if have_a:
+                        act.bank_reads[base + gs - 1] += c
+            if i < steps - 1:
+                for base, c in bases:
+                    act.bank_writes[base + (gs - 1 if closing[i] else slot)] += c
+            slot, have_a = (0, True) if closing[i] else (slot + 1, have_a)
     return act

@@ -36,6 +36,7 @@ from apsq.hw.rae.beats import (
     pack_beats,
     scatter_outputs,
     expected_activity,
+    layer_activity,
     unpack_codes,
     validate_layer,
     words_to_int,
@@ -54,6 +55,7 @@ __all__ = [
     # the beat format, re-exported for the callers that imported it from here
     "Activity",
     "expected_activity",
+    "layer_activity",
     "EnginePass",
     "LayerJob",
     "RunStats",
@@ -75,14 +77,12 @@ def _no_tools() -> None:
 @dataclass(frozen=True)
 class Backend:
     """One simulator: ``run(jobs, params, *, backpressure, seed) -> (codes per layer, RunStats)``;
-    ``check()`` raises :class:`APSQError` when a tool it needs is missing; ``exact_stalls``: it
-    classifies stalls (hazard / back-pressure / idle) the same way as the others."""
+    ``check()`` raises :class:`APSQError` when a tool it needs is missing."""
 
     name: str
     description: str
     run: Runner
     check: Callable[[], None]
-    exact_stalls: bool = True
 
 
 _REGISTRY: dict[str, Backend] = {
@@ -91,8 +91,8 @@ _REGISTRY: dict[str, Backend] = {
         Backend("amaranth", "the RTL in Amaranth's Python simulator", run_layers_amaranth, _no_tools),
         Backend("verilator", "the exported Verilog compiled by Verilator (cached build)", run_layers_verilator,
                 check_verilator),
-        Backend("icarus", "the exported Verilog in Icarus Verilog", run_layers_icarus_stats, check_icarus,
-                exact_stalls=False),
+        Backend("icarus", "the exported Verilog in Icarus Verilog (stalls not classified)", run_layers_icarus_stats,
+                check_icarus),
     )
 }
 
