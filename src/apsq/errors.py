@@ -106,6 +106,22 @@ def check_finite(name: str, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def require(module: str, *, extra: str, what: str) -> Any:
+    """Import the optional ``module`` or raise :class:`APSQError` saying which extra of apsq brings it.
+
+    ``what`` names the feature (``"apsq demo's MiniLM"``). The import error itself is kept as the cause,
+    so a package that is installed but fails to import (a missing dependency of its own) shows why.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or module
+        raise APSQError(f"{what} needs the optional package {module!r} (import failed: {exc}; missing: "
+                        f"{missing}); install it with: pip install 'apsq[{extra}]'") from exc
+
+
 def read_yaml(path: str | Path, what: str) -> Any:
     """Parse the YAML file ``path``; a missing file or bad YAML raises :class:`APSQError` naming ``what``."""
     p = Path(path)

@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from apsq.cli import app
@@ -68,10 +69,15 @@ def test_simulate_command_verilator_backend(lane):
     assert "cycles 35 for 32 input beats" in res.output  # the same cycle count as the Amaranth simulator
 
 
-def test_simulate_command_steps_zero_prints_shape_literally():
+def test_simulate_command_steps_zero_is_refused_by_name_and_shapes_print_literally(capsys):
     res = runner.invoke(app, ["rae", "simulate", "--steps", "0"])
-    assert res.exit_code == 2
-    assert "partials must be [n, L] with n >= 1" in " ".join(res.output.split())
+    assert res.exit_code == 2 and "'--steps'" in res.output  # the parser's range check names the option
+    from apsq.cli.common import fail
+    from apsq.errors import APSQError
+
+    with pytest.raises(typer.Exit):
+        fail(APSQError("partials must be [n, L] with n >= 1"))
+    assert "partials must be [n, L] with n >= 1" in " ".join(capsys.readouterr().err.split())
 
 
 def test_simulate_command_missing_tools_fail_before_any_work(monkeypatch, tmp_path):

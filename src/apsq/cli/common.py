@@ -38,9 +38,30 @@ OVERRIDE_TILE = typer.Option(False, "--override-tile", help="price the array's p
 :func:`apsq.hw.energy.resolve_tile`)."""
 
 
+def _hide_flag_types() -> None:
+    """Show no value placeholder for on/off flags in ``--help``.
+
+    typer (>= 0.2x) prints ``<bool>`` in the type column of every flag (``--resume <bool>``), which reads
+    as "takes a value" although ``--resume true`` is rejected: flags take none. Value options keep their
+    placeholder (``<int>``, ``<path>``) and their range (``x>=0``)."""
+    from typer.core import TyperOption
+
+    if getattr(TyperOption, "_apsq_flags_bare", False):
+        return
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+    TyperOption._apsq_flags_bare = True  # type: ignore[attr-defined]
+
+
 def typer_app(**kwargs: Any) -> typer.Typer:
     """A :class:`typer.Typer` for ``apsq`` or one of its groups: Markdown help (:data:`MARKUP_MODE`), no
-    local variables in tracebacks; ``kwargs`` go to :class:`typer.Typer` (``name``, ``help``, ...)."""
+    local variables in tracebacks, flags shown without a value placeholder (:func:`_hide_flag_types`);
+    ``kwargs`` go to :class:`typer.Typer` (``name``, ``help``, ...)."""
+    _hide_flag_types()
     kwargs.setdefault("rich_markup_mode", MARKUP_MODE)
     kwargs.setdefault("pretty_exceptions_show_locals", False)
     return typer.Typer(**kwargs)

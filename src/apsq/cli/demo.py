@@ -89,13 +89,13 @@ def demo(
     output: Path = typer.Option(Path("apsq-demo"), "--output", "-o", help="Folder for demo.json and demo.png."),
     calibration_only: bool = typer.Option(
         False, "--calibration-only", help="Skip training: calibrate each variant and compare hidden states (~30 s)."),
-    qat_steps: int = typer.Option(QAT_STEPS, help="QAT + distillation steps per variant."),
-    finetune_steps: int = typer.Option(FINETUNE_STEPS, help="Full-precision fine-tuning steps (cached after the "
+    qat_steps: int = typer.Option(QAT_STEPS, min=0, help="QAT + distillation steps per variant."),
+    finetune_steps: int = typer.Option(FINETUNE_STEPS, min=0, help="Full-precision fine-tuning steps (cached after the "
                                                            "first run)."),
-    eval_limit: int = typer.Option(0, help="Test sentences evaluated per variant (0: all 1,041); the table "
+    eval_limit: int = typer.Option(0, min=0, help="Test sentences evaluated per variant (0: all 1,041); the table "
                                            "prints the 95 % interval either way."),
-    threads: int = typer.Option(0, help="torch CPU threads per variant process (0: the cores shared out)."),
-    workers: int = typer.Option(0, help="Variants trained at once, each in its own process (0: one per core, "
+    threads: int = typer.Option(0, min=0, help="torch CPU threads per variant process (0: the cores shared out)."),
+    workers: int = typer.Option(0, min=0, help="Variants trained at once, each in its own process (0: one per core, "
                                         "up to the variants and the memory; 1 on CUDA)."),
 ) -> None:
     """The main job: MiniLM on movie-review sentences, W8A8 with INT32 / PSQ / APSQ(gs=1..4) INT8 PSUMs.
@@ -104,6 +104,17 @@ def demo(
     with distillation from the full-precision model; prints test accuracy (with its 95 % interval)
     beside the energy reduction of the energy model (IS and WS) and writes demo.json and demo.png.
     """
+    from apsq.cli.common import fail
+    from apsq.errors import APSQError
+
+    try:
+        _demo(output, calibration_only, qat_steps, finetune_steps, eval_limit, threads, workers)
+    except APSQError as exc:
+        fail(exc, code=1)
+
+
+def _demo(output: Path, calibration_only: bool, qat_steps: int, finetune_steps: int, eval_limit: int, threads: int,
+          workers: int) -> None:
     import torch
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -26,10 +26,10 @@ def export_cmd(
                                    "its checkpoint.safetensors."),
     output: Path = typer.Option(..., "--output", "-o", help="Program folder to write (manifest.json + "
                                 "tensors.safetensors)."),
-    lanes: int = typer.Option(32, help="RAE lanes (outputs per beat)."),
-    depth: int = typer.Option(16, help="Words per PSUM bank."),
-    frac_bits: int = typer.Option(8, help="RAE fraction bits (smallest shift -frac_bits)."),
-    shift_bits: int = typer.Option(5, help="RAE shift width (largest shift 2^shift_bits - 1 - frac_bits)."),
+    lanes: int = typer.Option(32, min=1, help="RAE lanes (outputs per beat)."),
+    depth: int = typer.Option(16, min=1, help="Words per PSUM bank."),
+    frac_bits: int = typer.Option(8, min=0, help="RAE fraction bits (smallest shift -frac_bits)."),
+    shift_bits: int = typer.Option(5, min=1, help="RAE shift width (largest shift 2^shift_bits - 1 - frac_bits)."),
 ) -> None:
     """Write the engine program of a trained run (never recalibrates; refuses what the engine cannot hold)."""
     import torch
@@ -69,8 +69,8 @@ def run_cmd(
     input_: str = typer.Option("eval", "--input", "-i", help="'eval' (the run's evaluation split) or a text file, "
                                "one sentence per line."),
     backend: str = typer.Option("golden", help="golden | amaranth | verilator."),
-    limit: int = typer.Option(None, help="Only the first N inputs."),
-    batch_size: int = typer.Option(32, help="Sentences per forward."),
+    limit: int = typer.Option(None, min=1, help="Only the first N inputs."),
+    batch_size: int = typer.Option(32, min=1, help="Sentences per forward."),
     verify: bool = typer.Option(True, help="Check every layer stage by stage and the logits against PyTorch."),
     mismatch_dir: Path = typer.Option(Path("deploy-mismatch"), help="Where a mismatch's .npz is written."),
     json_out: Path = typer.Option(None, "--json", help="Write the summary JSON here."),

