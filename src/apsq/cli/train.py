@@ -50,7 +50,8 @@ def register(app: typer.Typer) -> None:
         res.pop("model", None)
         if res.get("processes", 1) == 1 or int(os.environ.get("RANK", "0")) == 0:
             acc = res.get("accuracy")
-            msg = f"fp32 {res['eval_split']} accuracy {res['fp32_accuracy']:.4f}"
+            metric = "mIoU" if res.get("metric") == "miou" else "accuracy"
+            msg = f"fp32 {res['eval_split']} {metric} {res['fp32_accuracy']:.4f}"
             if acc is not None:
                 msg += f", quantized {acc:.4f}"
             console.print(f"{msg}; results in {literal(out / 'result.json')}")

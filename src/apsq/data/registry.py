@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from apsq.errors import APSQError
 
-TEXT, IMAGE = "text", "image"
+TEXT, IMAGE, SEGMENTATION = "text", "image", "segmentation"
+"""Modalities: sentences, images with one class each, images with one class per pixel."""
 
 GLUE_CLASSES: dict[str, int] = {
     "cola": 2, "sst2": 2, "mrpc": 2, "qqp": 2, "stsb": 1, "mnli": 3, "qnli": 2, "rte": 2, "wnli": 2,
@@ -26,7 +27,8 @@ class DatasetInfo:
 
     name: str
     modality: str
-    """``text`` (sentences: needs a tokenizer and a text model) or ``image`` (pixel tensors)."""
+    """``text`` (sentences: needs a tokenizer and a text model), ``image`` (pixel tensors, one class each)
+    or ``segmentation`` (pixel tensors, one class per pixel)."""
     num_classes: int
     """Classes of its labels (the model head must have exactly this many outputs; 1 for a regression)."""
     regression: bool = False
@@ -36,6 +38,8 @@ class DatasetInfo:
 _FIXED = {
     "rt-sentences": DatasetInfo("rt-sentences", TEXT, 2),
     "digits": DatasetInfo("digits", IMAGE, 10),
+    "ade20k": DatasetInfo("ade20k", SEGMENTATION, 150),
+    "digit-scenes": DatasetInfo("digit-scenes", SEGMENTATION, 12),
 }
 
 

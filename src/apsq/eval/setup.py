@@ -74,11 +74,19 @@ def load_setup(config: str | Path | dict, fp32: str | Path | None = None, eval_l
 
 def workload_of(cfg: TrainConfig, seq_len: int | None = None) -> Workload:
     """The config's model traced on the meta device (text: ``seq_len`` tokens, default ``max_len``;
-    digits: one 8x8 image), as :func:`apsq.eval.sweep.energy_reductions` does."""
+    digits: one 8x8 image; segmentation: one training crop, 512 x 512 for ADE20K), as :func:`apsq.eval.sweep.energy_reductions` does."""
     from apsq.hw.workloads.trace import trace_factory
     from apsq.train.models import build_model
 
     length = seq_len or cfg.model.max_len
+    if cfg.model.name in ("segformer-b0", "efficientvit-b1"):
+        from apsq.data.segmentation import pipeline_of
+
+        side = pipeline_of(cfg.data.name).crop
+
+        def seg_factory():
+            return build_model(cfg, weights=False).eval(), {"pixel_values": torch.zeros(1, 3, side, side)}
+        return trace_factory(seg_factory, name=f"{cfg.model.name}@{side}x{side}")
     if cfg.model.name == "digits-cnn":
         def factory():
             return build_model(cfg), (torch.zeros(1, 1, 8, 8),)

@@ -478,6 +478,12 @@ def conv2d_psum(
     kg, cog = cig * kh * kw, co // groups
     cols = cols.reshape(b, groups, kg, length)
     wg = weight.reshape(groups, cog, kg)
+    if groups > 1 and lanes is None and observe is None:
+        # every group in one batched product (per-tensor PSUM steps are shared by all groups): the
+        # per-group loop below costs one kernel call per group (a depthwise conv: one per channel)
+        a = cols.permute(1, 0, 3, 2).reshape(groups, b * length, kg)
+        y = psum_accumulate_fused(matmul_partials(a, wg.transpose(1, 2), tile), scales, mode=mode, gs=gs, bits=bits)
+        return y.reshape(groups, b, length, cog).permute(1, 0, 3, 2).reshape(b, co, h, w_out)
     outs = []
     sw = None
     if w_step is not None and w_step.numel() in (1, co):

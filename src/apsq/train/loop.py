@@ -49,6 +49,13 @@ from apsq.train.checkpoint import (
 )
 from apsq.train.config import ScheduleConfig, TrainConfig
 from apsq.train.sharded import fsdp_requested, full_state, full_value, shard
+from apsq.train.segmentation import (
+    area_counts,
+    pixel_cross_entropy,
+    pixel_distillation,
+    resize_logits,
+    segmentation_metrics,
+)
 from apsq.train.tasks import BatchSource, Task, build_task
 
 STAGES = ("finetune", "qat")
@@ -210,10 +217,13 @@ def logits_of(out: Any) -> torch.Tensor:
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy for class labels (int); mean-squared error of the single output for real-valued
-    labels (a regression such as GLUE STS-B: float labels, ``logits [B, 1]``)."""
+    """Cross-entropy for class labels (int; per labelled pixel for segmentation labels ``[B, H, W]``,
+    :func:`apsq.train.segmentation.pixel_cross_entropy`); mean-squared error of the single output for
+    real-valued labels (a regression such as GLUE STS-B: float labels, ``logits [B, 1]``)."""
     if labels.is_floating_point():
         return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+    if labels.dim() == 3:
+        return pixel_cross_entropy(logits, labels)
     return F.cross_entropy(logits, labels)
 
 
@@ -221,12 +231,15 @@ def distill_loss(student: Any, teacher: Any, labels: torch.Tensor, cfg: TrainCon
     """``kd * T^2 KL(p_t || p_s) + ce * CE(s, y) + hidden * mean_l MSE(h_s^l, h_t^l)`` (Hinton et al. 2015).
 
     A regression (float ``labels``): ``kd`` is the mean-squared error between the student's and the
-    teacher's outputs (no temperature) and ``ce`` the mean-squared error with the labels (:func:`task_loss`)."""
+    teacher's outputs (no temperature) and ``ce`` the mean-squared error with the labels (:func:`task_loss`).
+    Segmentation logits ``[B, C, h, w]``: the KL per logit pixel (:func:`apsq.train.segmentation.pixel_distillation`)."""
     d = cfg.distill
     s, t = logits_of(student), logits_of(teacher).detach()
     temp = d.temperature
     if labels.is_floating_point():
         kd = F.mse_loss(s, t)
+    elif s.dim() == 4:
+        kd = pixel_distillation(s, t, temp)
     else:
         kd = F.kl_div(F.log_softmax(s / temp, -1), F.log_softmax(t / temp, -1), log_target=True,
                       reduction="batchmean") * temp * temp
@@ -315,6 +328,29 @@ def evaluate_glue(model: nn.Module, data: BatchSource, task: str, batch_size: in
     allr = allr[allr[:, 0].argsort()]
     model.train(was)
     return glue_metrics(task, allr[:, 1].numpy(), allr[:, 2].numpy())
+
+
+@torch.no_grad()
+def evaluate_segmentation(model: nn.Module, data: BatchSource, num_classes: int, batch_size: int = 64, rank: int = 0,
+                          world: int = 1, device: torch.device | str = "cpu",
+                          reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, desc: str = "eval",
+                          progress: bool = True) -> dict[str, float]:
+    """mIoU and pixel accuracy (:func:`apsq.train.segmentation.segmentation_metrics`) of ``model`` on
+    ``data``: logits resized to each row's labels, areas summed over the whole set (and over the
+    ``world`` processes by ``reduce``). Rows of different sizes (``data.variable_size``) go one per batch."""
+    was = model.training
+    model.eval()
+    mine = list(range(rank, len(data), world))
+    step = 1 if getattr(data, "variable_size", False) else batch_size
+    counts = torch.zeros(4, num_classes, dtype=torch.float64, device=device)
+    for i in tqdm(range(0, len(mine), step), desc=desc, disable=not progress, leave=False):
+        inputs, labels = _inputs(data.batch(mine[i: i + step]), torch.device(device))
+        pred = resize_logits(logits_of(model(**inputs)), labels).argmax(1)
+        counts += area_counts(pred, labels, num_classes).to(counts.device)
+    if reduce is not None:
+        counts = reduce(counts)
+    model.train(was)
+    return segmentation_metrics(counts.cpu())
 
 
 def run_steps(model: nn.Module, opt: torch.optim.Optimizer, data: BatchSource, sched: ScheduleConfig,
@@ -575,34 +611,52 @@ class _Run:
         model.__dict__.pop("_is_accelerate_prepared", None)  # else the next stage's prepare skips it (no autocast)
         return model
 
-    def _eval(self, model: nn.Module, stage: str, step: int) -> float:
-        """The evaluation score: accuracy, or for GLUE the task's score (the mean of its official
-        metrics, kept in ``self.task_metrics``)."""
+    def _eval(self, model: nn.Module, stage: str, step: int, data: BatchSource | None = None,
+              split: str | None = None) -> float:
+        """The evaluation score on ``data`` (default: the evaluation split): accuracy; for GLUE the task's
+        score (the mean of its official metrics, kept in ``self.task_metrics``); for segmentation the mIoU
+        (``self.seg_metrics`` holds mIoU and pixel accuracy)."""
+        data, split = (self.task.eval, self.task.eval_split) if data is None else (data, split)
         if self.task.glue is not None:
-            self.task_metrics = evaluate_glue(self.acc.unwrap_model(model), self.task.eval, self.task.glue,
+            self.task_metrics = evaluate_glue(self.acc.unwrap_model(model), data, self.task.glue,
                                               self.cfg.eval.batch_size, self.rank, self.world, self.acc.device,
                                               gather=self.acc.gather, desc=f"eval {stage}", progress=self.progress,
                                               lockstep=self.fsdp)
-            self.metrics.log(stage=stage, step=step, split=self.task.eval_split, accuracy=self.task_metrics["score"],
+            self.metrics.log(stage=stage, step=step, split=split, accuracy=self.task_metrics["score"],
                              glue=self.task_metrics)
             return self.task_metrics["score"]
-        acc = evaluate(self.acc.unwrap_model(model), self.task.eval, self.cfg.eval.batch_size, self.rank, self.world,
-                       self.acc.device, reduce=lambda t: self.acc.reduce(t, "sum"), desc=f"eval {stage}",
-                       progress=self.progress, lockstep=self.fsdp)
-        self.metrics.log(stage=stage, step=step, split=self.task.eval_split, accuracy=acc)
+        args = (self.cfg.eval.batch_size, self.rank, self.world, self.acc.device)
+        kw = {"reduce": lambda t: self.acc.reduce(t, "sum"), "desc": f"eval {stage}", "progress": self.progress}
+        if self.segmentation:
+            self.seg_metrics = evaluate_segmentation(self.acc.unwrap_model(model), data, self.cfg.model.num_labels,
+                                                     *args, **kw)
+            self.metrics.log(stage=stage, step=step, split=split, accuracy=self.seg_metrics["miou"],
+                             pixel_accuracy=self.seg_metrics["pixel_accuracy"])
+            return self.seg_metrics["miou"]
+        acc = evaluate(self.acc.unwrap_model(model), data, *args, **kw, lockstep=self.fsdp)
+        self.metrics.log(stage=stage, step=step, split=split, accuracy=acc)
         return acc
 
     def run(self) -> dict[str, Any]:
         import apsq
-        from apsq.train.models import build_model, load_tokenizer
+        from apsq.data.registry import SEGMENTATION, TEXT
+        from apsq.train.config import BUILTIN_MODELS
+        from apsq.train.models import build_model, load_tokenizer, model_init
 
         cfg = self.cfg
         t_start = time.time()
-        tok = None if cfg.model.name == "digits-cnn" else load_tokenizer(cfg)
+        tok = None if BUILTIN_MODELS.get(cfg.model.name, TEXT) != TEXT else load_tokenizer(cfg)
         self.task: Task = build_task(cfg, tok)
         self.task_metrics: dict[str, float] | None = None  # GLUE metrics of the latest evaluation
+        self.segmentation = BUILTIN_MODELS.get(cfg.model.name) == SEGMENTATION
+        self.seg_metrics: dict[str, float] = {}
         model = build_model(cfg)
+        init = model_init(model)
         self.metrics.truncate_after(self.state["stage"], self.state["step"])
+        if init is not None and self.main:
+            self.metrics.log(stage=self.state["stage"], step=self.state["step"], model_init=init)
+            if self.progress:
+                tqdm.write(f"{cfg.model.name}: {init}")
         # stage 1: full precision
         if self.state["stage"] == "finetune":
             init_meta: dict[str, Any] = {}
@@ -618,17 +672,21 @@ class _Run:
             if self.state.get("fp32_accuracy") is not None:  # resumed after this stage was evaluated and
                 fp32_acc = self.state["fp32_accuracy"]       # logged (killed before QAT's first checkpoint)
                 fp32_glue = self.state.get("fp32_glue")
-            elif fp32_acc is None or (self.task.glue is not None and fp32_glue is None):
+            elif (fp32_acc is None or (self.task.glue is not None and fp32_glue is None)
+                  or (self.segmentation and "fp32_metrics" not in init_meta)):
                 fp32_acc = self._eval(model, "finetune", cfg.finetune.steps)
                 fp32_glue = self.task_metrics
+                self.state["fp32_metrics"] = dict(self.seg_metrics)
             else:
+                self.state["fp32_metrics"] = init_meta.get("fp32_metrics", {})
                 self.metrics.log(stage="finetune", step=0, split=self.task.eval_split, accuracy=fp32_acc,
                                  source=str(cfg.finetune.init))
             fp_state = self._model_state(model)
             if self.main:
                 atomic_save_tensors(self.out / FP32, {f"model/{k}": v for k, v in fp_state.items()},
                                     {"fingerprint": cfg.fingerprint(), "fp32_accuracy": fp32_acc,
-                                     "fp32_glue": fp32_glue, "eval_key": eval_key(cfg)})
+                                     "fp32_glue": fp32_glue, "eval_key": eval_key(cfg),
+                                     **({"fp32_metrics": self.state.get("fp32_metrics", {})} if self.segmentation else {})})
             self.state["fp32_accuracy"] = fp32_acc
             self.state["fp32_glue"] = fp32_glue
             self._save("finetune", cfg.finetune.steps, model, None)
@@ -641,6 +699,9 @@ class _Run:
             result.update(glue_task=self.task.glue, fp32_glue=self.state.get("fp32_glue"))
         if self.fsdp:
             result["sharding"] = "fsdp2"
+        if self.segmentation:  # "accuracy" / "fp32_accuracy" hold the mIoU
+            result.update(metric="miou", model_init=init,
+                          fp32_pixel_accuracy=(self.state.get("fp32_metrics") or {}).get("pixel_accuracy"))
         qcfg = cfg.apsq_config()
         if qcfg is not None:
             fp_state = self._model_state(model)
@@ -668,6 +729,13 @@ class _Run:
                           apsq=qcfg.to_dict())
             if self.task.glue is not None:
                 result["glue"] = self.task_metrics
+            if self.segmentation:
+                result["pixel_accuracy"] = self.seg_metrics["pixel_accuracy"]
+        if self.task.select is not None:  # the split knobs are chosen on (never the reported one)
+            sel = cfg.eval.selection_split
+            result.update(selection_split=sel, selection_accuracy=self._eval(
+                model, "qat" if qcfg is not None else "finetune", cfg.qat.steps if qcfg is not None else
+                cfg.finetune.steps, self.task.select, sel))
         result["replica_max_abs_diff"] = self._replica_diff(model)
         result["seconds"] = round(time.time() - t_start, 1)
         if self.main:

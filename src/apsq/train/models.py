@@ -1,4 +1,5 @@
-"""Model and task builders for training: MiniLM / BERT (Hugging Face), a tiny BERT, a tiny LLaMA, a digits CNN."""
+"""Model and task builders for training: MiniLM / BERT (Hugging Face), a tiny BERT, a tiny LLaMA, a digits CNN,
+Segformer-B0 (Hugging Face) and EfficientViT-B1 (:mod:`apsq.models.efficientvit`) for segmentation."""
 
 from __future__ import annotations
 
@@ -57,6 +58,57 @@ class _Out:
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
+class EfficientViTForSegmentation(nn.Module):
+    """EfficientViT-B1 with its ADE20K segmentation head (:func:`apsq.models.efficientvit.efficientvit_b1_seg`)
+    behind the trainer's interface: ``forward(pixel_values [B, 3, H, W])`` -> ``.logits [B, C, H/8, W/8]``;
+    ``hidden_states`` are the backbone's stage outputs."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        from apsq.models.efficientvit import efficientvit_b1_seg
+
+        self.net = efficientvit_b1_seg(num_classes=num_classes)
+
+    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> Any:
+        feats = self.net.backbone(pixel_values)
+        return _Out(self.net.head(feats), tuple(feats.values()) if output_hidden_states else None)
+
+
+SEGFORMER_WEIGHTS = {"ade20k": "nvidia/segformer-b0-finetuned-ade-512-512", "imagenet": "nvidia/mit-b0"}
+"""Hub weights of ``segformer-b0``: fine-tuned on ADE20K (used for ADE20K with 150 classes), else the
+ImageNet-pretrained MiT-b0 encoder (decode head freshly initialised)."""
+
+
+def segformer_b0(cfg: TrainConfig, weights: bool = True) -> tuple[nn.Module, str]:
+    """``(Segformer-B0, how it was initialised)``: hub weights (:data:`SEGFORMER_WEIGHTS`) when
+    ``weights`` and the hub answers, else a seeded random initialisation of the B0 config (the
+    reason is returned, and logged by the trainer)."""
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    n = cfg.model.num_labels
+    if weights:
+        hub = SEGFORMER_WEIGHTS["ade20k" if cfg.data.name == "ade20k" and n == 150 else "imagenet"]
+        if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True", "YES", "yes"):
+            reason = "HF_HUB_OFFLINE is set"
+        else:
+            try:
+                model = SegformerForSemanticSegmentation.from_pretrained(hub, num_labels=n,
+                                                                         ignore_mismatched_sizes=True)
+                return model, f"hub weights {hub}"
+            except (OSError, ValueError) as exc:
+                reason = f"{hub} not loadable: {type(exc).__name__}"
+        torch.manual_seed(cfg.seed)
+        return SegformerForSemanticSegmentation(SegformerConfig(num_labels=n)), f"random initialisation ({reason})"
+    return SegformerForSemanticSegmentation(SegformerConfig(num_labels=n)), "random initialisation (architecture only)"
+
+
+def model_init(model: nn.Module) -> str | None:
+    """How :func:`build_model` initialised ``model`` (segmentation models), else None."""
+    return getattr(model, "apsq_init", None)
+
+
 def build_model(cfg: TrainConfig, weights: bool = True) -> nn.Module:
     """The full-precision model named by ``cfg.model`` (seeded by ``cfg.seed``; heads freshly initialised).
 
@@ -66,6 +118,14 @@ def build_model(cfg: TrainConfig, weights: bool = True) -> nn.Module:
     name, m = cfg.model.name, cfg.model
     if name == "digits-cnn":
         return DigitsCNN(m.num_labels)
+    if name == "efficientvit-b1":
+        model: nn.Module = EfficientViTForSegmentation(m.num_labels)
+        model.apsq_init = "random initialisation (no EfficientViT weights ship with apsq)"
+        return model
+    if name == "segformer-b0":
+        model, how = segformer_b0(cfg, weights)
+        model.apsq_init = how
+        return model
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
     from transformers.utils import logging as hf_logging

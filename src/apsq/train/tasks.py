@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -40,6 +41,8 @@ class Task:
     eval_split: str
     glue: str | None = None
     """The GLUE task name when the data is GLUE: evaluation reports its official metrics (:mod:`apsq.train.glue`)."""
+    select: BatchSource | None = None
+    """The ``eval.selection_split`` data (knobs are chosen on it), when the config asks for it."""
 
 
 def subset(total: int, n: int | None) -> list[int]:
@@ -58,15 +61,29 @@ def _limit(rows: list, n: int | None) -> list:
 
 
 def build_task(cfg: TrainConfig, tokenizer=None) -> Task:
-    """Load the dataset of ``cfg.data`` (fetching rt-sentences into the cache if needed)."""
+    """Load the dataset of ``cfg.data`` (fetching rt-sentences into the cache if needed); with
+    ``cfg.eval.selection_split`` also that split (same limits as the evaluation split)."""
+    task = _build(cfg, cfg.data.eval_split, tokenizer)
+    sel = cfg.eval.selection_split
+    if sel is not None:
+        if cfg.data.name.startswith("glue-"):
+            raise APSQError(f"eval.selection_split is not available for {cfg.data.name!r} (GLUE's validation split is "
+                            "its evaluation set); remove eval.selection_split")
+        task.select = task.eval if sel == cfg.data.eval_split else _build(cfg, sel, tokenizer, eval_only=True).eval
+    return task
+
+
+def _build(cfg: TrainConfig, split: str, tokenizer=None, eval_only: bool = False) -> Task:
     d = cfg.data
     if d.name == "digits":
         from apsq.data.digits import load_digits_split
 
         xt, yt = load_digits_split("train")
-        xe, ye = load_digits_split(d.eval_split)
+        xe, ye = load_digits_split(split)
         i, j = subset(len(yt), d.train_limit), subset(len(ye), d.eval_limit)
-        return Task(TensorBatches(xt[i], yt[i]), TensorBatches(xe[j], ye[j]), d.eval_split)
+        return Task(TensorBatches(xt[i], yt[i]), TensorBatches(xe[j], ye[j]), split)
+    if d.name in ("digit-scenes", "ade20k"):
+        return _segmentation(cfg, split, eval_only)
     from apsq.data.text import TokenizedText
 
     glue = None
@@ -77,7 +94,7 @@ def build_task(cfg: TrainConfig, tokenizer=None) -> Task:
         from apsq.data.rt_sentences import load_rt_sentences
 
         train = load_rt_sentences("train", path=d.path)
-        ev = load_rt_sentences(d.eval_split, path=d.path)
+        ev = load_rt_sentences(split, path=d.path)
     elif d.name.startswith("glue-"):
         from apsq.data.hub import load_glue
 
@@ -90,4 +107,50 @@ def build_task(cfg: TrainConfig, tokenizer=None) -> Task:
     train, ev = _limit(train, d.train_limit), _limit(ev, d.eval_limit)
     reg = glue in GLUE_REGRESSION
     return Task(TokenizedText(train, tokenizer, cfg.model.max_len, reg),
-                TokenizedText(ev, tokenizer, cfg.model.max_len, reg), d.eval_split, glue)
+                TokenizedText(ev, tokenizer, cfg.model.max_len, reg), split, glue)
+
+
+def _cap(split: str, limit: int | None) -> int:
+    from apsq.data.segmentation import DIGIT_SCENES_ROWS
+
+    return min(limit or DIGIT_SCENES_ROWS[split], DIGIT_SCENES_ROWS[split])
+
+
+def _segmentation(cfg: TrainConfig, split: str, eval_only: bool) -> Task:
+    """``digit-scenes`` (generated) or ``ade20k`` (hub / ``data.path``) as :class:`SegmentationBatches`.
+
+    ADE20K's test labels are hidden: ``eval_split: test`` is its validation set (how ADE20K results are
+    reported) and ``validation`` a 10 % hash split of its training images (:func:`apsq.data.splits.split_of`),
+    which training never sees."""
+    from apsq.data.segmentation import (
+        ADE20K_PIPELINE,
+        DIGIT_SCENES_PIPELINE,
+        SegmentationBatches,
+        digit_scenes,
+    )
+    from apsq.data.splits import split_of
+
+    d = cfg.data
+    if d.name == "digit-scenes":  # scenes are i.i.d.: the first N generated are a random subset of N
+        pipe = DIGIT_SCENES_PIPELINE
+        train = [] if eval_only else digit_scenes("train", n=_cap("train", d.train_limit))
+        ev = digit_scenes(split, n=_cap(split, d.eval_limit))
+        return Task(SegmentationBatches(train, pipe, train=True, name="digit-scenes train") if train else None,
+                    SegmentationBatches(ev, pipe, train=False, name=f"digit-scenes {split}"), split)  # type: ignore[arg-type]
+    from apsq.data.hub import load_ade20k
+
+    pipe = ADE20K_PIPELINE
+    path = d.path
+    files = (lambda s: str(Path(path) / f"{s}.jsonl")) if path and Path(path).is_dir() else (lambda s: path)
+    rows = [] if eval_only and split == "test" else load_ade20k("train", data_files=files("train"))
+    buckets = [split_of("ade20k", str(i)) for i in range(len(rows))]
+    train = [r for r, b in zip(rows, buckets) if b != "validation"]
+    if split == "test":
+        ev = load_ade20k("validation", data_files=files("validation"))
+    elif split == "validation":
+        ev = [r for r, b in zip(rows, buckets) if b == "validation"]
+    else:
+        ev = train
+    train, ev = _limit(train, d.train_limit), _limit(ev, d.eval_limit)
+    tr = SegmentationBatches(train, pipe, train=True, name=f"{d.name} train") if train else None
+    return Task(tr, SegmentationBatches(ev, pipe, train=False, name=f"{d.name} {split}"), split)  # type: ignore[arg-type]
