@@ -198,3 +198,19 @@ def test_short_segmentation_qat_run(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     qat = [x for x in lines if x.get("stage") == "qat" and "kd" in x]
     assert len(qat) == 2 and all(np.isfinite(x["loss"]) for x in qat)
+
+
+def test_sweep_selects_gs_on_the_selection_split_never_the_reported_one():
+    from apsq.eval.sweep import select_gs
+
+    def run(mode, gs, test, val):
+        return {"apsq": {"mode": mode, "gs": gs}, "accuracy": test, "selection_accuracy": val,
+                "selection_split": "validation"}
+
+    runs = {"w8a8": run("none", 1, 0.90, 0.95), "apsq_gs1": run("apsq", 1, 0.80, 0.91),
+            "apsq_gs2": run("apsq", 2, 0.85, 0.90), "apsq_gs3": run("apsq", 3, 0.70, 0.91)}
+    sel = select_gs(runs)
+    assert sel["selected_gs"] == 1 and sel["gs_selected_on"] == "validation"  # best test (gs 2) is not taken
+    assert sel["selection"]["w8a8"] == 0.95
+    del runs["apsq_gs3"]["selection_accuracy"]
+    assert select_gs(runs) == {}
