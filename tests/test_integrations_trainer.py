@@ -122,3 +122,27 @@ def test_a_plain_trainer_on_an_apsq_model_warns_once(tmp_path):
 def test_trainer_refuses_a_float_model(tmp_path):
     with pytest.raises(APSQError, match="no quantized layer"):
         APSQTrainer(model=_bert(), args=_args(tmp_path), train_dataset=[{}])
+
+
+def test_trainer_distils_a_causal_lm_over_its_real_tokens(tmp_path):
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+    torch.manual_seed(0)
+    fp = transformers.LlamaForCausalLM(cfg)
+    model = apsq.quantize_(copy.deepcopy(fp), apsq.APSQConfig(gs=2, tile=8))
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 64, (4, 10), generator=g)
+    mask = torch.ones_like(ids)
+    mask[2:, 7:] = 0  # two padded sentences
+    batches = [{"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}] * 3
+    start = _steps_of(model)
+    trainer = APSQTrainer(model=model, args=_args(tmp_path, max_steps=3), train_dataset=batches,
+                          data_collator=lambda items: items[0], teacher=fp,
+                          distill=DistillConfig(kd_weight=1.0, ce_weight=0.5), calibration_batches=1)
+    out = trainer.train()
+    assert out.training_loss == out.training_loss and out.training_loss > 0  # finite
+    now = _steps_of(model)
+    assert sum(not torch.equal(now[n], start[n]) for n in now if n.endswith(("log2_scale", "log2_scales"))) > 10
+    with pytest.raises(APSQError, match="hidden_weight > 0 is supported for classifier logits"):
+        APSQTrainer(model=model, args=_args(tmp_path, max_steps=1), train_dataset=batches,
+                    data_collator=lambda items: items[0], teacher=fp, distill=DistillConfig(hidden_weight=0.1)).train()

@@ -234,6 +234,9 @@ class APSQTrainer(Trainer):
         if s.dim() == 2:  # a classifier: exactly apsq train's loss
             loss = distill_loss(out, tout, labels, self.distill_config)["loss"]
         else:  # tokens: KD over the real positions, plus the model's own (shifted) loss
+            if hidden:
+                raise APSQError("APSQTrainer: distill.hidden_weight > 0 is supported for classifier logits [B, C] "
+                                f"only; this model gives logits of shape {tuple(s.shape)} (set hidden_weight: 0)")
             keep = inputs.get("attention_mask")
             keep = torch.ones(s.shape[:-1], dtype=torch.bool, device=s.device) if keep is None else keep.bool()
             kd_only = TrainConfig(distill=d.model_copy(update={"ce_weight": 0.0, "hidden_weight": 0.0}))
