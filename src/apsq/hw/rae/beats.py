@@ -200,27 +200,31 @@ def _put_fields(words: np.ndarray, values: np.ndarray, width: int, offset: int) 
     narrower ones are shifted into place and summed per word (the fields do not overlap, so the sum
     is their OR)."""
     k = values.shape[1]
+    if width <= 32:  # in uint32: a field fits a word, and at most its top part spills into the next
+        v32 = values.astype(np.uint32)  # two's complement, modulo 2^32
+        if width < 32:
+            v32 &= np.uint32((1 << width) - 1)
+        if width == 32 and offset % 32 == 0:
+            words[:, offset // 32:offset // 32 + k] |= v32
+            return
+        starts = offset + width * np.arange(k)
+        idx, bit = starts // 32, (starts % 32).astype(np.uint32)
+        spill = bit + width > 32  # shifts below are 1..31 for these: defined for uint32
+        parts = [(v32 << bit, idx)]  # wraps: the low part
+        if spill.any():
+            parts.append((v32[:, spill] >> (np.uint32(32) - bit[spill]), idx[spill] + 1))
+        for part, target in parts:
+            cols, first = np.unique(target, return_index=True)  # target is sorted: contiguous groups
+            words[:, cols] |= np.add.reduceat(part, first, axis=1)
+        return
     v = values.astype(np.int64, copy=False).view(np.uint64)
     if width < 64:
         v = v & np.uint64((1 << width) - 1)
-    if width == 32 and offset % 32 == 0:
-        words[:, offset // 32:offset // 32 + k] |= v
-        return
-    if width > 32:
-        for j in range(k):
-            bit, idx = (offset + j * width) % 32, (offset + j * width) // 32
-            for t in range(-(-(bit + width) // 32)):
-                chunk = (v[:, j] << np.uint64(bit)) if t == 0 else (v[:, j] >> np.uint64(32 * t - bit))
-                words[:, idx + t] |= chunk & _M32
-        return
-    starts = offset + width * np.arange(k)
-    idx, bit = starts // 32, (starts % 32).astype(np.uint64)
-    for part, target, keep in (((v << bit) & _M32, idx, slice(None)),
-                               (v >> (np.uint64(32) - bit), idx + 1, bit + np.uint64(width) > 32)):
-        part, target = part[:, keep], target[keep]
-        if target.size:
-            cols, first = np.unique(target, return_index=True)  # target is sorted: contiguous groups
-            words[:, cols] |= np.add.reduceat(part, first, axis=1)
+    for j in range(k):
+        bit, idx = (offset + j * width) % 32, (offset + j * width) // 32
+        for t in range(-(-(bit + width) // 32)):
+            chunk = (v[:, j] << np.uint64(bit)) if t == 0 else (v[:, j] >> np.uint64(32 * t - bit))
+            words[:, idx + t] |= chunk & _M32
 
 
 def pack_beats(params: RAEParams, tiles: np.ndarray, exps: np.ndarray, s2: np.ndarray, last: np.ndarray) -> np.ndarray:
@@ -231,10 +235,18 @@ def pack_beats(params: RAEParams, tiles: np.ndarray, exps: np.ndarray, s2: np.nd
     exponent(s), ``s2``, ``last``). Vectorised: one numpy pass per kind of field.
     """
     tb, ew, lanes = params.tile_bits, params.exp_width, params.lanes
-    width = params.in_layout().size
-    words = np.zeros((tiles.shape[0], -(-width // 32)), dtype=np.uint64)
-    _put_fields(words, tiles, tb, 0)
-    off = lanes * tb
+    n_words = -(-params.in_layout().size // 32)
+    # 32-bit tile sums fill whole words: written straight into the uint32 result (wraps to two's
+    # complement); the fields after them (or every field, for other tile widths) go through uint64 words
+    head = lanes if tb == 32 else 0
+    out = np.empty((tiles.shape[0], n_words), dtype=np.uint32)
+    if head:
+        out[:, :head] = tiles.astype(np.uint32)
+    words = np.zeros((tiles.shape[0], n_words - head), dtype=np.uint64)
+    off = -32 * head  # bit offsets relative to `words`
+    if not head:
+        _put_fields(words, tiles, tb, 0)
+    off += lanes * tb
     if params.lane_exponents:
         _put_fields(words, exps, ew, off)
         off += lanes * ew
@@ -242,7 +254,8 @@ def pack_beats(params: RAEParams, tiles: np.ndarray, exps: np.ndarray, s2: np.nd
         _put_fields(words, exps[:, None], ew, off)
         off += ew
     _put_fields(words, np.stack([s2, last], axis=1), 1, off)
-    return words.astype(np.uint32)
+    out[:, head:] = words
+    return out
 
 
 def words_to_int(row: np.ndarray) -> int:
