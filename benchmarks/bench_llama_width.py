@@ -94,6 +94,7 @@ def _worker(rank: int, args: argparse.Namespace, store: str, out: str) -> None:
             if dev.type == "cuda":
                 rec["cuda_peak_mib"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
             phases[name] = rec
+            print(f"rank {rank}: {name} {rec}", flush=True)
 
         t0 = time.time()
         model = build(args).to(dev)

@@ -90,6 +90,35 @@ def _shard(model: nn.Module, world: int) -> None:
     fully_shard(model, mesh=mesh)
 
 
+def _bf16_mlp() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    apsq.quantize_(m, apsq.APSQConfig(tile=8))
+    m.to(torch.bfloat16)  # the steps stay float32: FSDP2 wants one dtype per unit -> replicate_steps
+    return m, torch.randn(8, 16, generator=torch.Generator().manual_seed(3))
+
+
+def _bf16_qat(m: nn.Module, x: torch.Tensor, rank: int = 0, world: int = 1) -> list[float]:
+    """3 steps on the mean of per-rank half-batch losses (one process: both halves, averaged)."""
+    from apsq.train.config import ScheduleConfig
+    from apsq.train.loop import make_optimizer
+
+    apsq.calibrate(m, [x])
+    opt = make_optimizer(m, ScheduleConfig(lr=1e-3, scale_lr=0.2))
+    losses = []
+    for _ in range(3):
+        parts = [m(x.bfloat16()[r::2]).float().pow(2).mean() for r in ((rank,) if world > 1 else (0, 1))]
+        loss = sum(parts) / len(parts)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total = loss.detach().clone()
+        if world > 1:
+            dist.all_reduce(total)
+        losses.append(float(total) / world)
+    return losses
+
+
 def _worker(rank: int, world: int, store: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
@@ -120,6 +149,20 @@ def _worker(rank: int, world: int, store: str, out: str) -> None:
         res["after"] = _steps(model)
         res["losses"] = _qat(model, rank, world)
         res["trained"] = _steps(model)
+        # a bf16 model: float32 steps kept out of FSDP2 (replicated, gradients averaged)
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        from apsq.nn.sharding import replicate_steps
+
+        mlp, x = _bf16_mlp()
+        keep = replicate_steps(mlp)
+        mesh = init_device_mesh("cpu", (world,))
+        fully_shard(mlp[0], mesh=mesh, ignored_params=keep)
+        fully_shard(mlp, mesh=mesh, ignored_params=keep)
+        res["bf16_losses"] = _bf16_qat(mlp, x, rank, world)
+        res["bf16_params"] = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+                              for n, p in mlp.named_parameters()}
         if rank == 0:
             torch.save(res, out)
     finally:
@@ -161,6 +204,16 @@ def test_sharded_qat_equals_single_process(sharded, single):
         assert torch.equal(torch.floor(sharded["trained"][n] + 0.5), torch.floor(t + 0.5)), n
         moved += int((sharded["trained"][n] != calibrated[n]).sum())
     assert moved > 0  # the steps did train
+
+
+@pytest.mark.slow
+def test_bf16_model_with_float32_steps_shards_and_equals_single_process(sharded):
+    mlp, x = _bf16_mlp()
+    losses = _bf16_qat(mlp, x)
+    assert sharded["bf16_losses"] == losses  # bit for bit (measured)
+    for n, p in mlp.named_parameters():
+        assert p.dtype == sharded["bf16_params"][n].dtype and torch.equal(p.detach(), sharded["bf16_params"][n]), n
+    assert sum(n.endswith(("log2_scale", "log2_scales")) for n, _ in mlp.named_parameters()) == 6
 
 
 @pytest.mark.slow

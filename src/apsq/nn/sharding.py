@@ -13,6 +13,8 @@ train them apart). So under a process group:
   first layer and rank that differ), so every rank computes the steps a single process would;
 * :func:`reshard` -- after calibration every FSDP2 module is resharded (the root stays unsharded after
   a forward, and an optimizer built then would hold its transient unsharded parameters);
+* :func:`replicate_steps` -- a bf16 / fp16 model's float32 steps stay out of FSDP2 (which wants one
+  dtype per unit), replicated, their gradients averaged over the ranks;
 * :func:`full_parameters` -- while a layer derives its steps, its DTensor parameters are gathered into
   plain full tensors; afterwards the new step values are written into the shards (rank 0's values,
   scattered, so the ranks cannot drift), before or after ``fully_shard``.
@@ -121,6 +123,42 @@ def reshard(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, FSDPModule):
             m.reshard()
+
+
+def replicate_steps(model: nn.Module) -> set[nn.Parameter]:
+    """Keep the float32 step parameters out of FSDP2 for a bf16 / fp16 model: returns them, to pass as
+    ``fully_shard(..., ignored_params=...)`` on every unit, and registers a hook on each that averages its
+    gradient over the ranks once it is accumulated (one ``all_reduce`` per step tensor, in the same order
+    on every rank). FSDP2 wants one parameter dtype per unit; the steps stay float32
+    (:mod:`apsq.quant.fp32_steps`) and are tiny (1.4 M for LLaMA-2-7B), so they are replicated instead of
+    sharded. Call it once; gradient accumulation over micro-batches is not supported with it (the hook
+    would average the accumulated gradient again)."""
+    world = process_group_size()
+    steps: set[nn.Parameter] = set()
+    for mod in model.modules():
+        for name in _step_names(mod):
+            p = mod._parameters.get(name)
+            if isinstance(p, nn.Parameter) and p not in steps:
+                steps.add(p)
+                if world > 1 and p.requires_grad:
+                    p.register_post_accumulate_grad_hook(_average_grad)
+    return steps
+
+
+def _average_grad(p: torch.Tensor) -> None:
+    dist.all_reduce(p.grad)
+    p.grad.div_(dist.get_world_size())
+
+
+def mixed_dtypes(model: nn.Module) -> bool:
+    """Whether ``model``'s parameters other than the float32 steps are not float32 (then FSDP2 needs the
+    steps kept apart: :func:`replicate_steps`)."""
+    for mod in model.modules():
+        steps = _step_names(mod)
+        for name, p in mod.named_parameters(recurse=False):
+            if name not in steps and p.is_floating_point() and p.dtype != torch.float32:
+                return True
+    return False
 
 
 def _step_names(module: nn.Module) -> set[str]:

@@ -58,16 +58,20 @@ def blocks(model: nn.Module) -> list[nn.Module]:
 
 def shard(model: nn.Module) -> nn.Module:
     """``fully_shard`` every block (:func:`blocks`) and then the root over all ranks (1-D mesh on the
-    model's device type); returns ``model``, whose parameters are now DTensor shards."""
+    model's device type); returns ``model``, whose parameters are now DTensor shards (the float32 step
+    parameters of a model with other weights stay replicated: :func:`apsq.nn.sharding.replicate_steps`)."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    from apsq.nn.sharding import mixed_dtypes, replicate_steps
+
     dev = next(model.parameters()).device
     mesh = init_device_mesh(dev.type, (dist.get_world_size(),))
+    keep = replicate_steps(model) if mixed_dtypes(model) else None  # bf16 weights, float32 steps
     for b in blocks(model):
-        fully_shard(b, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(b, mesh=mesh, ignored_params=keep)
+    fully_shard(model, mesh=mesh, ignored_params=keep)
     return model
 
 
