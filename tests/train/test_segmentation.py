@@ -41,6 +41,7 @@ def test_miou_matches_a_hand_computed_case():
     assert m["miou"] == pytest.approx((1 / 2 + 2 / 4 + 0) / 3)
     assert m["pixel_accuracy"] == pytest.approx(3 / 5)
     assert m["classes"] == 3
+    assert m["iou"] == pytest.approx([1 / 2, 2 / 4, 0.0])
 
 
 def test_miou_sums_areas_over_the_set_and_skips_absent_classes():
@@ -52,7 +53,7 @@ def test_miou_sums_areas_over_the_set_and_skips_absent_classes():
     m = segmentation_metrics(total)
     # class 0: 3 / 4; class 1: inter 4, union 5 -> 4 / 5; classes 2, 3 absent
     assert m["miou"] == pytest.approx((3 / 4 + 4 / 5) / 2)
-    assert m["classes"] == 2
+    assert m["classes"] == 2 and m["iou"][2:] == [None, None]
     assert m["pixel_accuracy"] == pytest.approx(7 / 8)
 
 

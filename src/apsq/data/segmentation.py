@@ -131,7 +131,7 @@ class SegmentationBatches:
             img, ann = np.asarray(r["image"]), np.asarray(r["annotation"])
             if img.ndim != 3 or img.shape[2] != 3 or ann.shape != img.shape[:2]:
                 raise APSQError(f"{name} row {i}: image must be HxWx3 and annotation HxW, got {img.shape} / {ann.shape}")
-            self.images.append(torch.from_numpy(np.ascontiguousarray(img, dtype=np.uint8)).permute(2, 0, 1))
+            self.images.append(torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1))  # a writable copy
             self.labels.append(reduce_zero_label(ann))
         self.pipeline, self.train = pipeline, train
         self.variable_size = len({tuple(x.shape) for x in self.images}) > 1

@@ -69,9 +69,11 @@ def segmentation_metrics(counts: torch.Tensor) -> dict[str, float]:
     mIoU as mmseg's ``total_area_to_metrics``: IoU per class = intersection / union of the totals, the
     mean over classes whose union is non-zero (a class neither labelled nor predicted is NaN there and
     ``nanmean`` skips it; a class predicted but never labelled counts with IoU 0). Pixel accuracy
-    (``aAcc``): all intersections over all labelled pixels. ``classes``: classes in the mean."""
+    (``aAcc``): all intersections over all labelled pixels. ``classes``: classes in the mean;
+    ``iou``: per class (None where the union is 0)."""
     inter, union, _, area_y = counts.double()
     present = union > 0
     miou = float((inter[present] / union[present]).mean()) if bool(present.any()) else float("nan")
     acc = float(inter.sum() / area_y.sum()) if float(area_y.sum()) > 0 else float("nan")
-    return {"miou": miou, "pixel_accuracy": acc, "classes": int(present.sum())}
+    iou = [float(i / u) if u > 0 else None for i, u in zip(inter.tolist(), union.tolist())]
+    return {"miou": miou, "pixel_accuracy": acc, "classes": int(present.sum()), "iou": iou}
