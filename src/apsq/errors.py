@@ -87,9 +87,28 @@ def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
     return value  # type: ignore[return-value]
 
 
-def check_finite(name: str, x: torch.Tensor) -> torch.Tensor:
-    """Raise :class:`NonFiniteInputError` if ``x`` holds NaN or Inf."""
+EXPORT_REFUSED = ("torch.export of an apsq-quantized model is not supported: the fused kernels are not "
+                  "torch.library custom ops and the layers branch on data (finite checks, step initialisation); "
+                  "export the float model, or run the quantized model eagerly (docs/known-limits.md)")
+
+
+def refuse_export(where: str) -> None:
+    """Raise APSQError (:data:`EXPORT_REFUSED`, naming ``where``) while ``torch.export`` traces: at the start
+    of a quantized layer's forward, before any data-dependent branch gives a raw guard error (issue 25
+    item 9)."""
     import torch
+
+    if torch.compiler.is_exporting():
+        raise APSQError(f"{where}: {EXPORT_REFUSED}")
+
+
+def check_finite(name: str, x: torch.Tensor) -> torch.Tensor:
+    """Raise :class:`NonFiniteInputError` if ``x`` holds NaN or Inf. Skipped (``x`` returned) while a
+    ``torch.func`` transform runs: ``vmap`` cannot branch on a batched tensor's values (issue 25 item 8)."""
+    import torch
+
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        return x
 
     # The sum is finite only if every element is (a NaN or an Inf propagates into it), and one
     # reduction is ~5x cheaper than an elementwise mask; a finite tensor whose sum overflows falls

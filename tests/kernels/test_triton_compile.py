@@ -24,19 +24,20 @@ from apsq.kernels import triton_psum
 I32 = "i32"
 F32 = "fp32"
 
-# (kernel, pointer/scalar types of the non-constexpr parameters in order, constexprs)
+# (kernel, pointer/scalar types of the non-constexpr parameters in order, constexprs); the last two
+# i32 of each: the flat grid's block counts (launch_grid)
 CASES = [
-    ("fwd", ["*i8", "*i8", "*fp32", "*fp32", "*fp32", "*fp32", "*u8", *[I32] * 8, F32, F32],
+    ("fwd", ["*i8", "*i8", "*fp32", "*fp32", "*fp32", "*fp32", "*u8", *[I32] * 8, F32, F32, I32, I32],
      dict(MODE=2, WIDE=False, BM=64, BN=64, TP=32)),
-    ("fwd", ["*i16", "*i16", "*fp64", "*fp64", "*fp64", "*fp64", "*i16", *[I32] * 8, F32, F32],
+    ("fwd", ["*i16", "*i16", "*fp64", "*fp64", "*fp64", "*fp64", "*i16", *[I32] * 8, F32, F32, I32, I32],
      dict(MODE=1, WIDE=True, BM=64, BN=64, TP=32)),
-    ("bwd_operand", ["*i8", "*i8", "*bf16", "*fp32", "*fp32", "*fp32", "*bf16", "*u8", "*bf16", *[I32] * 8, F32, F32],
+    ("bwd_operand", ["*i8", "*i8", "*bf16", "*fp32", "*fp32", "*fp32", "*bf16", "*u8", "*bf16", *[I32] * 8, F32, F32, I32, I32],
      dict(MODE=2, WIDE=False, LOWP=True, FOR_W=True, PREC="ieee", BR=64, BL=64, TP=32)),
-    ("bwd_operand", ["*i8", "*i8", "*fp32", "*fp32", "*fp32", "*fp32", "*fp32", "*u8", "*fp32", *[I32] * 8, F32, F32],
+    ("bwd_operand", ["*i8", "*i8", "*fp32", "*fp32", "*fp32", "*fp32", "*fp32", "*u8", "*fp32", *[I32] * 8, F32, F32, I32, I32],
      dict(MODE=1, WIDE=False, LOWP=False, FOR_W=False, PREC="tf32", BR=64, BL=64, TP=64)),
-    ("bwd_operand", ["*i8", "*i8", "*fp64", "*fp64", "*fp64", "*fp64", "*fp64", "*u8", "*fp64", *[I32] * 8, F32, F32],
+    ("bwd_operand", ["*i8", "*i8", "*fp64", "*fp64", "*fp64", "*fp64", "*fp64", "*u8", "*fp64", *[I32] * 8, F32, F32, I32, I32],
      dict(MODE=2, WIDE=False, LOWP=False, FOR_W=True, PREC="ieee", BR=32, BL=32, TP=256)),  # _operand_block
-    ("bwd_operand", ["*i8", "*i8", "*fp32", "*fp32", "*fp32", "*fp32", "*fp32", "*u8", "*fp32", *[I32] * 8, F32, F32],
+    ("bwd_operand", ["*i8", "*i8", "*fp32", "*fp32", "*fp32", "*fp32", "*fp32", "*u8", "*fp32", *[I32] * 8, F32, F32, I32, I32],
      dict(MODE=2, WIDE=False, LOWP=False, FOR_W=False, PREC="ieee", BR=32, BL=32, TP=512)),  # the deepest (float32)
     ("bwd_steps", ["*i8", "*i8", "*fp32", "*fp32", "*fp32", "*fp32", "*u8", "*fp64", *[I32] * 8, F32, F32, I32, I32],
      dict(MODE=2, WIDE=False, PER_CH=True, SUM_DOT=False, BM=64, BN=64, TP=32)),

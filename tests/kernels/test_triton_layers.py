@@ -1,4 +1,5 @@
-"""The quantized layers through the Triton kernels equal the reference loop (CPU, Triton interpreter).
+"""The quantized layers through the Triton kernels equal the reference loop (CPU under the Triton
+interpreter; on CUDA, compiled, wherever a GPU is present: benchmarks/gpu_check.sh runs them there).
 
 ``APSQ_KERNELS=triton`` (here :func:`apsq.kernels.options.override`) routes every PSUM product of a
 layer to :func:`apsq.kernels.triton_psum.gemm_psum`: Linear as one GEMM, Conv2d through im2col,
@@ -21,10 +22,22 @@ from apsq.nn.config import LayerQuantConfig
 from apsq.nn.layers import QuantConv2d, QuantLinear, QuantMatmul
 
 
-@pytest.fixture
-def interpreter(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    calls = []
+class Calls(list):
+    """The Triton calls of a test (True: the kernel ran) and the device the test runs on."""
+
+    device = torch.device("cpu")
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                             reason="no CUDA"))])
+def interpreter(request, monkeypatch):
+    """``cpu``: the Triton interpreter; ``cuda``: the compiled kernels on the GPU."""
+    if request.param == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    else:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    calls = Calls()
+    calls.device = torch.device(request.param)
     orig = triton_psum.gemm_psum
 
     def counted(*args, **kwargs):
@@ -36,7 +49,9 @@ def interpreter(monkeypatch):
     return calls
 
 
-def _compare(layer: torch.nn.Module, inputs: tuple[torch.Tensor, ...], calls: list[bool]) -> None:
+def _compare(layer: torch.nn.Module, inputs: tuple[torch.Tensor, ...], calls: Calls) -> None:
+    layer = layer.to(calls.device)
+    inputs = tuple(t.to(calls.device) for t in inputs)
     torch.manual_seed(1)
     with torch.no_grad():
         layer(*inputs)  # lazy step initialisation (same for both twins)
@@ -46,7 +61,7 @@ def _compare(layer: torch.nn.Module, inputs: tuple[torch.Tensor, ...], calls: li
         leaves = [t.clone().requires_grad_() for t in inputs]
         with options.override(backend=backend):
             y = mod(*leaves)
-        g = torch.randint(-4, 5, y.shape, generator=torch.Generator().manual_seed(2)).double() / 4
+        g = (torch.randint(-4, 5, y.shape, generator=torch.Generator().manual_seed(2)).double() / 4).to(y.device)
         params = [p for p in mod.parameters() if p.requires_grad]
         grads = torch.autograd.grad(y, leaves + params, g, allow_unused=True)
         results.append((y.detach(), grads))

@@ -217,3 +217,37 @@ def test_imports_without_triton():
             "try:\n    t.gemm_psum(None, None, None, 1, None, None, None)\n"
             "except ImportError as e:\n    assert 'pip install' in str(e), e\nelse:\n    raise SystemExit('no error')\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_launch_grid_takes_any_row_count_nn_linear_takes():
+    """Issue 25 item 7 (from Triton / PyTorch reports of CUDA grid limits: axes 1 and 2 hold 65,535 blocks):
+    row blocks sat on grid axis 1, so >= 4.19 M rows (a 1x1 conv on 64 images of 256 x 256) were refused.
+    Now one flat axis 0 (2^31 - 1 programs) holds products x row blocks x column blocks / tiles; every
+    program decodes to a distinct block, and only launches beyond 2^31 - 1 programs are refused."""
+    rows = 64 * 256 * 256  # 4,194,304 rows of a 1x1 conv
+    for b, g1, g2 in ((1, -(-rows // 64), 1), (1, -(-rows // 64), 48), (96, 3, 7), (1, 1, 70_000)):
+        grid = triton_psum.launch_grid(b, g1, g2)
+        assert len(grid) == 1 and grid[0] == b * g1 * g2 <= triton_psum.MAX_PROGRAMS
+    b, g1, g2 = 3, 5, 7
+    coords = {triton_psum.program_coords(p, g1, g2) for p in range(b * g1 * g2)}
+    assert coords == {(i, j, k) for i in range(b) for j in range(g1) for k in range(g2)}
+    assert triton_psum.program_coords(b * g1 * g2 - 1, g1, g2) == (b - 1, g1 - 1, g2 - 1)
+    with pytest.raises(APSQError, match="split the input"):
+        triton_psum.launch_grid(1, 2**20, 2**12)
+
+
+def test_flat_grid_decodes_every_block_under_the_interpreter(monkeypatch):
+    """The kernels themselves decode the flat grid (issue 25 item 7): with 2 products, 3 row blocks of 16
+    rows (interpreter) and several column blocks / tiles on one axis, values and gradients equal the
+    reference bit for bit (the 4 M-row case itself needs a GPU-sized tensor; its grid is tested above)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x, w, scales, g, sx, sw = _case(5, 2, 40, 18, 20, 4, 8, 8, True, False, 1, torch.float64)
+    plan = Plan("apsq", 5, 2, 8)
+    seen = []
+    real = triton_psum.launch_grid
+    monkeypatch.setattr(triton_psum, "launch_grid", lambda *a: seen.append(a) or real(*a))
+    got = _grads(lambda a, b, s: triton_psum.gemm_psum(a, b, s, 4, plan, sx, sw), x, w, scales, g)
+    ref = _grads(lambda a, b, s: _reference(a, b, s, 4, "apsq", 2, 8), x, w, scales, g)
+    for a, b in zip(got, ref):
+        assert torch.equal(a, b)
+    assert {a[1] for a in seen} >= {3}  # 40 rows: 3 row blocks of 16, with 2 products and 2 column blocks

@@ -10,6 +10,8 @@ Nothing outside :mod:`apsq.psum` and :mod:`apsq.quant` imports this package. The
 * :mod:`~apsq.kernels.chunk` (C) / :mod:`~apsq.kernels.chunk_torch` (torch) — the PSUM recursion over
   given tile partial sums; :mod:`~apsq.kernels.int_gemm` — the recursion fused with an integer GEMM;
   :mod:`~apsq.kernels.lsq` — one-pass LSQ fake quantization; :mod:`~apsq.kernels.triton_psum` — GPUs;
+* :mod:`~apsq.kernels.autograd` — first-order-only backward of every kernel Function (double backward
+  refused with the workaround; ``torch.func`` transforms take the reference loop);
 * :mod:`~apsq.kernels.plan` — the accumulation every backend receives; :mod:`~apsq.kernels.steps` —
   the step checks the kernels rely on.
 """

@@ -1,7 +1,7 @@
 """The PSUM accumulation fused with its integer matmul (C, ``csrc/psum_gemm*.c``), via typed ctypes entries.
 
 :func:`int_operands` turns fake-quantized float operands into the kernel's int16 codes when that is
-exact; :func:`forward`, :func:`backward` and :func:`correct` run the kernel. The tile partial sums
+exact; :func:`forward` and :func:`backward` (step gradients and the operand gradients' correction) run the kernel. The tile partial sums
 are computed in registers from the codes and quantized at once (see ``csrc/psum_gemm.c``), so the
 ``[n, M, N]`` tiles are never written to memory. The dispatcher (:mod:`apsq.kernels.dispatch`) takes this path when
 the layer passes its operand steps; otherwise the batched matmul + :mod:`apsq.kernels.chunk`.
@@ -28,7 +28,7 @@ from apsq.kernels.plan import Plan
 from apsq.kernels.steps import powers_of_two, reciprocals_exact, step_arrays
 
 __all__ = ["available", "build_error", "isa", "library", "GEMM_ISAS", "IntOperands", "int_operands", "forward",
-           "backward", "flagged", "correct"]
+           "backward", "ZB_BYTES"]
 
 
 _PASS_LAYOUTS = ((0, "tensor"), (1, "lanes"))
@@ -55,7 +55,9 @@ _XA = lambda a: a["B"] * a["M"] * _KP(a)  # noqa: E731
 _WB = lambda a: a["B"] * a["N"] * _KP(a)  # noqa: E731
 _N = lambda a: a["N"]  # noqa: E731
 _NS = lambda a: a["n"] * (a["N"] if a["cs"] else 1)  # noqa: E731  steps [n] or [n][N]
-_ZB = lambda a: _bmn(a) * -(-a["n"] // 64)  # noqa: E731  zero-gradient tile bits [B, M, N, ceil(n / 64)]
+_ZB = lambda a: a["zrows"] * a["N"] * -(-a["n"] // 64)  # noqa: E731  one chunk's zero-gradient tile bits
+_XF = lambda a: a["B"] * a["M"] * a["n"] * a["t"]  # noqa: E731
+_WF = lambda a: a["B"] * a["N"] * a["n"] * a["t"]  # noqa: E731
 _STEPS = [doubles("sd", _NS), doubles("si", _NS), scalar("cs", "long")]
 _OPS = [tensor("xa", torch.int16, _XA), tensor("wb", torch.int16, _WB), scalar("B", "long"), scalar("M", "long"),
         scalar("N", "long"), scalar("n", "long"), scalar("te", "long")]
@@ -67,32 +69,32 @@ FWD = Entry("apsq_gemm_fwd", [*_OPS, tensor("unit", "T", _N), *_STEPS, *_PLAN,
                               tensor("out", "T", _bmn), tensor("lb", "bad", _bmn, optional=True),
                               u8_flag("lb8", of="lb"), threads()], restype=ctypes.c_int)
 """Writes ``out [B, M, N]`` and, for apsq, ``lb [B, M, N]``; returns 0 when out of memory."""
-BWD = Entry("apsq_gemm_bwd", [*_OPS, tensor("unit", "T", _N), *_STEPS, *_PLAN,
+BWD = Entry("apsq_gemm_bwd", [tensor("xf", "T", _XF), tensor("wf", "T", _WF), doubles("ix", lambda a: 1),
+                              doubles("iw", lambda a: a["B"] * a["N"] if a["iw_rows"] else 1), scalar("iw_rows"),
+                              scalar("B", "long"), scalar("M", "long"), scalar("N", "long"), scalar("n", "long"),
+                              scalar("te", "long"), tensor("unit", "T", _N), *_STEPS, *_PLAN,
                               tensor("g", "T", _bmn), tensor("lb", "bad", _bmn, optional=True),
                               u8_flag("lb8", of="lb"), tensor("gsc", torch.float64, _NS),
-                              tensor("zb", torch.int64, _ZB), threads()], restype=ctypes.c_int)
-"""Step gradients ``gsc [n]`` (``[n][N]`` when ``cs``, per-channel steps) and the zero-gradient tiles of every
-output ``zb [B, M, N, ceil(n / 64)]`` (one bit per tile; an output with any bit set needs a correction)."""
+                              tensor("zb", torch.int64, _ZB), scalar("zrows", "long"), scalar("t", "long"),
+                              tensor("gx", "T", _XF, optional=True), tensor("gw", "T", _WF, optional=True),
+                              threads()], restype=ctypes.c_long)
+"""Step gradients ``gsc [n]`` (``[n][N]`` when ``cs``, per-channel steps) and, in place, the correction of
+``gx`` / ``gw`` at the outputs with a zero-gradient tile, chunk by chunk of ``zrows`` rows whose tile bits
+go to the scratch ``zb [zrows, N, ceil(n / 64)]``; the operand codes are packed from the float operands
+``xf`` / ``wf`` and their inverse steps. Returns the number of such outputs, -1 when out of memory, -2 when
+an operand is not a code."""
 CODES = Entry("apsq_codes16", [tensor("src", "T", lambda a: a["R"] * a["K"]), scalar("R", "long"), scalar("K", "long"),
                                scalar("tile", "long"), scalar("te", "long"),
                                doubles("inv_step", lambda a: a["R"] if a["per_row"] else 1), scalar("per_row"),
                                tensor("dst", torch.int16, lambda a: a["R"] * -(-a["K"] // a["tile"]) * a["te"]),
                                threads()], restype=ctypes.c_long)
 """int16 codes of ``src [R, K] * inv_step`` per tile; returns the largest magnitude, -1 when inexact."""
-CORRECT = Entry("apsq_gemm_correct", [scalar("B", "long"), scalar("M", "long"), scalar("N", "long"),
-                                      scalar("n", "long"), scalar("t", "long"), tensor("g", "T", _bmn),
-                                      tensor("zb", torch.int64, _ZB), tensor("idx", torch.int64, lambda a: a["F"]),
-                                      scalar("F", "long"),
-                                      tensor("xf", "T", lambda a: a["B"] * a["M"] * a["n"] * a["t"]),
-                                      tensor("wf", "T", lambda a: a["B"] * a["N"] * a["n"] * a["t"]),
-                                      tensor("gx", "T", lambda a: a["B"] * a["M"] * a["n"] * a["t"], optional=True),
-                                      tensor("gw", "T", lambda a: a["B"] * a["N"] * a["n"] * a["t"], optional=True),
-                                      threads()], restype=ctypes.c_int)
-"""Removes the saturated tiles' terms from the operand gradients ``gx`` / ``gw`` at outputs ``idx``."""
+MR = Entry("apsq_gemm_mr", [], restype=ctypes.c_int, generic=False)
+"""Rows of the kernel's output block: the backward's chunks of rows are multiples of it."""
 
 
 def _declare(lib) -> None:
-    for entry in (ISA, FWD, BWD, CODES, CORRECT):
+    for entry in (ISA, MR, FWD, BWD, CODES):
         entry.declare(lib)
 
 
@@ -235,36 +237,50 @@ def forward(ops: IntOperands, s: list[float] | torch.Tensor, plan: Plan, out: to
     _ok(FWD(library(), **_ops_args(ops, plan), sd=sd, si=si, cs=cs, **_plan_args(plan), out=out, lb=last_bad))
 
 
-def backward(ops: IntOperands, s: list[float] | torch.Tensor, plan: Plan, g: torch.Tensor,
-             last_bad: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+ZB_BYTES = 1 << 20
+"""Scratch for the zero-gradient tile bits of one chunk of rows in :func:`backward` (at least one block of
+rows): the bits of all outputs (8 bytes per output and 64 tiles, more than the float output) never exist
+together (issue 26 A: that record had raised every layer's peak memory)."""
+
+
+def _chunk_rows(m: int, n_out: int, words: int) -> int:
+    """Rows per chunk of the backward: a multiple of the kernel's block rows within :data:`ZB_BYTES`, or all ``m``."""
+    mr = MR(library())
+    rows = max(mr, ZB_BYTES // (8 * n_out * words) // mr * mr)
+    return min(m, rows)
+
+
+def backward(xp: torch.Tensor, wp: torch.Tensor, batch: int, tile: int, x_step: torch.Tensor, w_step: torch.Tensor,
+             s: list[float] | torch.Tensor, plan: Plan, g: torch.Tensor, last_bad: torch.Tensor | None,
+             gxp: torch.Tensor | None, gwp: torch.Tensor | None) -> tuple[torch.Tensor, int]:
     """Step-size gradients (float64 ``[n]``, or ``[n, N]`` for per-channel steps ``s``; summed in an order
-    that does not depend on the thread count) and the zero-gradient tiles of every output, int64
-    ``[B, M, N, ceil(n / 64)]`` (bit ``i % 64`` of word ``i // 64``: tile ``i``; an output with any bit
-    set needs a correction, :func:`flagged`, :func:`correct`); ``g [B, M, N]`` contiguous."""
-    b, m, n_out = ops.dims
-    cs = _column_stride(ops, s, plan)
+    that depends neither on the thread count nor on the chunking) and the number of outputs with a
+    zero-gradient tile; in place, removes from ``gxp [B*M, n*t]`` / ``gwp [B*N, n*t]`` (``g @ W`` /
+    ``g^T @ x`` per product, either may be None) the terms of those tiles.
+
+    ``xp [B*M, n*t]`` / ``wp [B*N, n*t]``: the operands of a forward that took the integer path
+    (:func:`int_operands` accepted them with ``x_step`` / ``w_step``), zero-padded to ``n * tile`` columns,
+    contiguous; the kernel packs their codes itself (no int16 copy). ``g [B, M, N]`` contiguous. The
+    kernel walks the rows in chunks (:data:`ZB_BYTES` of tile bits at a time), correcting each chunk at
+    once. Raises RuntimeError when an operand is not a code (it changed since the forward)."""
+    m, n_out = xp.shape[0] // batch, wp.shape[0] // batch
+    sx = x_step.detach().to(torch.float64).reshape(-1)
+    sw = w_step.detach().to(torch.float64).reshape(-1).expand(n_out)
+    per_row = not bool((sw == sw[0]).all())
+    iw = torch.reciprocal(sw.repeat(batch) if per_row else sw[:1]).contiguous()
+    cs = 1 if len(s) == plan.n * n_out else 0
+    if not cs and len(s) != plan.n:
+        raise ValueError(f"PSUM steps: need {plan.n} (per tensor) or {plan.n} x {n_out} (per channel) values, got {len(s)}")
     grad_s = torch.empty((plan.n, n_out) if cs else (plan.n,), dtype=torch.float64)
-    zero_tiles = torch.empty(b, m, n_out, -(-plan.n // 64), dtype=torch.int64)
+    words = -(-plan.n // 64)
+    rows = _chunk_rows(m, n_out, words)
+    zb = torch.empty(rows, n_out, words, dtype=torch.int64)
     sd, si = step_arrays(s)
-    _ok(BWD(library(), **_ops_args(ops, plan), sd=sd, si=si, cs=cs, **_plan_args(plan), g=g, lb=last_bad,
-            gsc=grad_s, zb=zero_tiles))
-    return grad_s, zero_tiles
-
-
-def flagged(zero_tiles: torch.Tensor) -> torch.Tensor:
-    """Ascending flat indices into ``[B, M, N]`` of the outputs with a zero-gradient tile (``zero_tiles`` of
-    :func:`backward`)."""
-    words = zero_tiles.reshape(-1, zero_tiles.shape[-1])
-    return (words[:, 0] != 0 if words.shape[1] == 1 else (words != 0).any(1)).nonzero().squeeze(1)
-
-
-def correct(ops: IntOperands, plan: Plan, tile: int, g: torch.Tensor, zero_tiles: torch.Tensor, idx: torch.Tensor,
-            xp: torch.Tensor, wp: torch.Tensor, gxp: torch.Tensor | None, gwp: torch.Tensor | None) -> None:
-    """In place: removes from ``gxp [B*M, n*t]`` / ``gwp [B*N, n*t]`` (``g @ W`` / ``g^T @ x`` per product)
-    the terms of the tiles whose gradient is 0 (``zero_tiles`` of :func:`backward`) at the flagged outputs
-    ``idx`` (ascending flat indices into ``[B, M, N]``); ``xp`` / ``wp`` are the float operands in the
-    same layout."""
-    b, m, n_out = ops.dims
-    idx = idx.to(torch.int64).contiguous()
-    _ok(CORRECT(library(), B=b, M=m, N=n_out, n=plan.n, t=tile, g=g, zb=zero_tiles, idx=idx, F=idx.numel(),
-                xf=xp, wf=wp, gx=gxp, gw=gwp))
+    flagged = BWD(library(), xf=xp, wf=wp, ix=[1.0 / float(sx[0])], iw=iw, iw_rows=int(per_row), B=batch, M=m,
+                  N=n_out, n=plan.n, te=tile + tile % 2, unit=(sx * sw).to(xp.dtype).contiguous(), sd=sd, si=si,
+                  cs=cs, **_plan_args(plan), g=g, lb=last_bad, gsc=grad_s, zb=zb, zrows=rows, t=tile, gx=gxp, gw=gwp)
+    if flagged == -2:
+        raise RuntimeError("the integer PSUM path lost its operands between forward and backward")
+    if flagged < 0:
+        raise MemoryError("the fused PSUM kernel could not allocate its packed operands")
+    return grad_s, int(flagged)

@@ -13,10 +13,10 @@ from __future__ import annotations
 import ctypes
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from apsq.errors import check_bits
 from apsq.kernels import options
+from apsq.kernels.autograd import first_order_only
 from apsq.kernels.build import LazyLibrary, instantiate, read_source, warn_fallback_once
 from apsq.kernels.cabi import Entry, doubles, scalar, tensor, threads
 from apsq.kernels.steps import powers_of_two, reciprocals_exact, step_arrays
@@ -98,7 +98,7 @@ class _LSQFakeQuant(torch.autograd.Function):
         return y
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, grad_out):  # noqa: D102
         xc, step = ctx.saved_tensors
         qn, qp = _qrange(ctx.bits)

@@ -26,9 +26,11 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import torch
+
 from apsq.errors import APSQError, check_choice, check_int
 
-__all__ = ["BACKENDS", "ISAS", "Options", "current", "override", "backend", "compiler_candidates"]
+__all__ = ["BACKENDS", "ISAS", "Options", "current", "override", "backend", "transforms_active", "compiler_candidates"]
 
 BACKENDS = ("auto", "reference", "c", "torch", "triton")
 """Values of ``APSQ_KERNELS``."""
@@ -97,11 +99,20 @@ def override(**changes) -> Iterator[Options]:
         _CURRENT.reset(token)
 
 
+def transforms_active() -> bool:
+    """True while a ``torch.func`` transform (``grad``, ``vmap``, ``jacrev``, ...) runs."""
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
 def backend() -> str:
-    """The forced backend: :attr:`Options.backend` if set, else ``$APSQ_KERNELS`` (default ``auto``).
+    """The forced backend: ``reference`` while a ``torch.func`` transform runs (the kernels' autograd
+    Functions are first-order and not vmappable: :mod:`apsq.kernels.autograd`), else
+    :attr:`Options.backend` if set, else ``$APSQ_KERNELS`` (default ``auto``).
 
     Raises APSQError naming ``APSQ_KERNELS`` and the allowed values when the variable is bad.
     """
+    if transforms_active():
+        return "reference"
     chosen = current().backend
     if chosen is not None:
         return chosen

@@ -51,9 +51,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from apsq.errors import APSQError, check_int
+from apsq.kernels.autograd import first_order_only
 from apsq.kernels.steps import is_power_of_two
 
 try:  # Triton is optional: the [gpu] extra
@@ -66,7 +66,7 @@ except ImportError as _err:  # pragma: no cover - exercised only without triton
 else:
     _IMPORT_ERROR = None
 
-__all__ = ["TritonOperands", "available", "gemm_psum", "interpreting"]
+__all__ = ["MAX_PROGRAMS", "TritonOperands", "available", "gemm_psum", "interpreting", "launch_grid", "program_coords"]
 
 _MODES = {"none": 0, "psq": 1, "apsq": 2}
 _LOWP = (torch.bfloat16, torch.float16)
@@ -106,12 +106,13 @@ def _require_triton() -> None:
 # qn, qp code range; MODE 0 none / 1 psq / 2 apsq; WIDE: int16 codes (int32 outer-product loop);
 # TP: the tile padded to a power of two >= 32 (the tl.dot depth); BM, BN: output block.
 # --------------------------------------------------------------------------------------------------
-def _fwd_kernel(xc, wc, unit, sp, ip, out, bad, M, N, K, n, gs, tile, s_si, s_sn, qn, qp,
+def _fwd_kernel(xc, wc, unit, sp, ip, out, bad, M, N, K, n, gs, tile, s_si, s_sn, qn, qp, G1, G2,
                 MODE: tl.constexpr, WIDE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                 TP: tl.constexpr):
-    pb = tl.program_id(0).to(tl.int64)
-    rm = tl.program_id(1).to(tl.int64) * BM + tl.arange(0, BM)
-    rn = tl.program_id(2).to(tl.int64) * BN + tl.arange(0, BN)
+    pid = tl.program_id(0).to(tl.int64)  # (product, row block, column block) on one axis: launch_grid
+    pb = pid // (G1 * G2)
+    rm = (pid // G2 % G1) * BM + tl.arange(0, BM)
+    rn = (pid % G2) * BN + tl.arange(0, BN)
     rk = tl.arange(0, TP)
     mm = rm < M
     nm = rn < N
@@ -166,15 +167,17 @@ def _fwd_kernel(xc, wc, unit, sp, ip, out, bad, M, N, K, n, gs, tile, s_si, s_sn
         tl.store(bad + offs, lb.to(bad.dtype.element_ty), mask=om)
 
 
-def _bwd_operand_kernel(xc, wc, of, unit, sp, ip, g, bad, go, M, N, K, n, gs, tile, s_si, s_sn, qn, qp,
+def _bwd_operand_kernel(xc, wc, of, unit, sp, ip, g, bad, go, M, N, K, n, gs, tile, s_si, s_sn, qn, qp, G1, G2,
                         MODE: tl.constexpr, WIDE: tl.constexpr, LOWP: tl.constexpr, FOR_W: tl.constexpr,
                         PREC: tl.constexpr, BR: tl.constexpr, BL: tl.constexpr, TP: tl.constexpr):
     """One program: the gradient of a block of BR rows of one operand (x when not FOR_W, else w) over
-    tile ``i`` = program_id(2), looping over the other operand's rows in blocks of BL. ``of`` is the
-    other operand (float), ``go`` the gradient being written ([B, M, K] or [B, N, K])."""
-    pb = tl.program_id(0).to(tl.int64)
-    rr = tl.program_id(1).to(tl.int64) * BR + tl.arange(0, BR)
-    i = tl.program_id(2)
+    tile ``i``, looping over the other operand's rows in blocks of BL ((product, row block, tile) on one
+    grid axis: launch_grid). ``of`` is the other operand (float), ``go`` the gradient being written
+    ([B, M, K] or [B, N, K])."""
+    pid = tl.program_id(0).to(tl.int64)
+    pb = pid // (G1 * G2)
+    rr = (pid // G2 % G1) * BR + tl.arange(0, BR)
+    i = (pid % G2).to(tl.int32)
     rk = tl.arange(0, TP)
     k0 = i * tile
     kk = k0 + rk
@@ -257,9 +260,10 @@ def _bwd_steps_kernel(xc, wc, unit, sp, ip, g, bad, part, M, N, K, n, gs, tile, 
     ``part[b, mb, nb, i]``; ``dL/ds_i = sum g_i * (code - m * u)`` with ``g_i`` the gradient reaching
     step i's quantizer (psq: g; apsq pending tile of group h: g if last_bad <= h; closing: g if
     last_bad <= h + 1)."""
-    pb = tl.program_id(0).to(tl.int64)
-    pm = tl.program_id(1).to(tl.int64)
-    pn = tl.program_id(2).to(tl.int64)
+    pid = tl.program_id(0).to(tl.int64)  # (product, row block, column block) on one axis: launch_grid
+    pb = pid // (n_mb * n_nb)
+    pm = pid // n_nb % n_mb
+    pn = pid % n_nb
     rm = pm * BM + tl.arange(0, BM)
     rn = pn * BN + tl.arange(0, BN)
     rk = tl.arange(0, TP)
@@ -500,6 +504,27 @@ _LAUNCH = {"num_warps": 4, "enable_fp_fusion": False}
 """Launch options: no FMA contraction (each rounding as in the reference; the interpreter ignores them)."""
 
 
+MAX_PROGRAMS = 2**31 - 1
+"""Programs a CUDA grid's axis 0 holds (axes 1 and 2 hold 65,535 only)."""
+
+
+def launch_grid(b: int, g1: int, g2: int) -> tuple[int]:
+    """The launch grid of ``b x g1 x g2`` programs (products x row blocks x column blocks or tiles) as one
+    flat axis 0: the kernels decode ``pid`` as :func:`program_coords` does. Rows or tiles on CUDA's
+    axes 1 / 2 (limit 65,535) refused inputs of >= 4.19 M rows that ``nn.Linear`` takes (issue 25 item
+    7); axis 0 holds 2^31 - 1. Raises APSQError beyond that (about 140 G rows at 64-row blocks)."""
+    total = b * g1 * g2
+    if total > MAX_PROGRAMS:
+        raise APSQError(f"the Triton launch needs {b} x {g1} x {g2} = {total} programs, more than a CUDA grid "
+                        f"holds ({MAX_PROGRAMS}); split the input into several calls")
+    return (max(total, 1),)
+
+
+def program_coords(pid: int, g1: int, g2: int) -> tuple[int, int, int]:
+    """``(product, block 1, block 2)`` of program ``pid`` of :func:`launch_grid` (what the kernels compute)."""
+    return pid // (g1 * g2), pid // g2 % g1, pid % g2
+
+
 def _block(interp: bool) -> int:
     return 16 if interp else 64
 
@@ -557,9 +582,9 @@ def _forward(ops: TritonOperands, plan: _PlanLike, tile: int, out_dtype: torch.d
     sp, ip, s_si, s_sn = _step_args(ops, dev, ops.unit.dtype)
     blk = _block(interpreting())
     qn, qp = _qrange(plan)
-    grid = (b, triton.cdiv(m, blk), triton.cdiv(big_n, blk))
-    _kernel("fwd")[grid](ops.xc, ops.wc, ops.unit, sp, ip, out, last_bad if apsq else out, m, big_n, k, plan.n,
-                         plan.gs, tile, s_si, s_sn, qn, qp, MODE=_MODES[plan.mode], WIDE=ops.wide, BM=blk, BN=blk,
+    g1, g2 = triton.cdiv(m, blk), triton.cdiv(big_n, blk)
+    _kernel("fwd")[launch_grid(b, g1, g2)](ops.xc, ops.wc, ops.unit, sp, ip, out, last_bad if apsq else out, m,
+                                           big_n, k, plan.n, plan.gs, tile, s_si, s_sn, qn, qp, g1, g2, MODE=_MODES[plan.mode], WIDE=ops.wide, BM=blk, BN=blk,
                          TP=_tile_depth(tile), **_LAUNCH)
     return out.to(out_dtype), last_bad
 
@@ -588,17 +613,19 @@ def _backward(ops: TritonOperands, plan: _PlanLike, tile: int, x3, w3, g, last_b
     kern = _kernel("bwd_operand")
     if need[0]:
         gx = torch.empty(b, m, k, dtype=_store_dtype(x3.dtype, ct), device=dev)
-        kern[(b, triton.cdiv(m, ob), plan.n)](ops.xc, ops.wc, w3, ops.unit, sp, ip, g, bad, gx, *args,
-                                               FOR_W=False, **common, **_LAUNCH)
+        g1 = triton.cdiv(m, ob)
+        kern[launch_grid(b, g1, plan.n)](ops.xc, ops.wc, w3, ops.unit, sp, ip, g, bad, gx, *args, g1, plan.n,
+                                          FOR_W=False, **common, **_LAUNCH)
     if need[1]:
         gw = torch.empty(b, big_n, k, dtype=_store_dtype(w3.dtype, ct), device=dev)
-        kern[(b, triton.cdiv(big_n, ob), plan.n)](ops.xc, ops.wc, x3, ops.unit, sp, ip, g, bad, gw, *args,
-                                                   FOR_W=True, **common, **_LAUNCH)
+        g1 = triton.cdiv(big_n, ob)
+        kern[launch_grid(b, g1, plan.n)](ops.xc, ops.wc, x3, ops.unit, sp, ip, g, bad, gw, *args, g1, plan.n,
+                                          FOR_W=True, **common, **_LAUNCH)
     if need[2] and plan.mode != "none":
         n_mb, n_nb = triton.cdiv(m, blk), triton.cdiv(big_n, blk)
         shape = (b, n_mb, plan.n, big_n) if ops.per_channel else (b, n_mb, n_nb, plan.n)
         part = torch.zeros(shape, dtype=torch.float64, device=dev)
-        _kernel("bwd_steps")[(b, n_mb, n_nb)](ops.xc, ops.wc, ops.unit, sp, ip, g, bad, part, *args, n_mb, n_nb,
+        _kernel("bwd_steps")[launch_grid(b, n_mb, n_nb)](ops.xc, ops.wc, ops.unit, sp, ip, g, bad, part, *args, n_mb, n_nb,
                                               MODE=mode, WIDE=ops.wide, PER_CH=ops.per_channel,
                                               SUM_DOT=interpreting(), BM=blk, BN=blk, TP=_tile_depth(tile),
                                               **_LAUNCH)
@@ -617,7 +644,7 @@ class _GemmPsum(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, grad_out):
         x3, w3, scales, last_bad = ctx.saved_tensors
         need = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
@@ -652,7 +679,8 @@ def gemm_psum(x3: torch.Tensor, w3: torch.Tensor, scales: torch.Tensor | None, t
 
     Raises:
         ImportError: Triton is not installed.
-        APSQError: bad shapes, tile, plan or steps (not powers of two), more than 65535 row blocks.
+        APSQError: bad shapes, tile, plan or steps (not powers of two), more than 2^31 - 1 programs in a
+            launch (:func:`launch_grid`).
     """
     _require_triton()
     if x3.dim() != 3 or w3.dim() != 3 or x3.shape[0] != w3.shape[0] or x3.shape[2] != w3.shape[2]:
@@ -675,10 +703,6 @@ def gemm_psum(x3: torch.Tensor, w3: torch.Tensor, scales: torch.Tensor | None, t
         return None
     if _tile_depth(tile) > _max_depth(_compute_dtype(x3.dtype)):  # would not fit shared memory: fall back
         return None
-    blocks = math.ceil(max(x3.shape[1], w3.shape[1]) / _block(interpreting()))
-    if blocks > 65535:
-        raise APSQError(f"gemm_psum: {max(x3.shape[1], w3.shape[1])} rows make {blocks} row blocks, more than a CUDA "
-                        "grid dimension holds (65535); split the rows over the batch dimension B")
     ops = triton_operands(x3, w3, scales, tile, plan, x_step, w_step)
     if ops is None:
         return None

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from apsq.errors import APSQError, check_finite
+from apsq.errors import APSQError, check_finite, refuse_export
 from apsq.nn.config import LAYER_FIELDS, LayerQuantConfig
 from apsq.nn.exactness import exact_dtype, psum_bound_bits
 from apsq.nn.padding import current_mask, valid_rows
@@ -250,6 +250,7 @@ class _QuantMixin:
         return y
 
     def _check(self, name: str, x: torch.Tensor) -> None:
+        refuse_export(f"{self.kind} layer {self.layer_name or '?'}")
         if self.check_finite:
             check_finite(f"input of {self.kind} layer {self.layer_name or '?'} ({name})", x)
 

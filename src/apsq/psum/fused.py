@@ -39,11 +39,11 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 from apsq.errors import APSQError, check_int
 from apsq.kernels import chunk as c_chunk
 from apsq.kernels import chunk_torch, dispatch, options
+from apsq.kernels.autograd import first_order_only
 from apsq.kernels.plan import Plan
 from apsq.psum.accumulate import psum_accumulate, validate_psum_args
 from apsq.psum.fused_int import int_gemm_psum
@@ -113,7 +113,7 @@ class _FusedAccumulate(torch.autograd.Function):
         return out.reshape(partials.shape[1:])
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, grad_out):  # noqa: D102
         partials, scales, last_bad = ctx.saved_tensors
         plan, backend = ctx.plan, ctx.backend
@@ -202,7 +202,7 @@ class _FusedLinear(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, grad_out):  # noqa: D102
         x2, w, scales, last_bad = ctx.saved_tensors
         plan, backend, tile = ctx.plan, ctx.backend, ctx.tile

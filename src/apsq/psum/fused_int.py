@@ -7,19 +7,20 @@ integer arithmetic inside the accumulation (exact, hence bit-identical to the re
 backward as documented in ``docs/performance.md``:
 
 * ``grad_x = g @ W``, ``grad_W = g^T @ x`` as full GEMMs, as if every tile received ``g``;
-* one kernel pass for the LSQ step-size gradients (float64) and the outputs with a zero-gradient tile;
-* one kernel pass subtracting those tiles' terms from the operand gradients.
+* one kernel pass for the LSQ step-size gradients (float64) which, chunk of rows by chunk of rows,
+  records the zero-gradient tiles of the chunk's outputs and subtracts their terms from the operand
+  gradients (the tile bits of all outputs never exist together: issue 26 A).
 
 Saved for backward: the operands (a matmul keeps them anyway) and ``last_bad``, one small integer
-per output; the codes are recomputed.
+per output; the backward kernel packs the codes from the operands (no int16 copy).
 """
 
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from apsq.kernels import int_gemm as _cgemm
+from apsq.kernels.autograd import first_order_only
 from apsq.psum.tiling import pad_to_tiles
 
 __all__ = ["int_operands", "int_gemm_psum"]
@@ -52,7 +53,7 @@ class _IntGemmPsum(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, grad_out):  # noqa: D102
         x3, w3, scales, last_bad = ctx.saved_tensors
         tile, plan = ctx.tile, ctx.plan
@@ -60,9 +61,6 @@ class _IntGemmPsum(torch.autograd.Function):
         n_out = w3.shape[1]
         need = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         x2, w2 = x3.detach().reshape(b * m, k), w3.detach().reshape(b * n_out, k)
-        ops = int_operands(x2, w2, tile, ctx.steps, b)
-        if ops is None:  # the operands were checked in forward; they cannot have changed
-            raise RuntimeError("the integer PSUM path lost its operands between forward and backward")
         s = _steps(scales)
         g = grad_out.to(x3.dtype).contiguous()
         xp = pad_to_tiles(x2, tile).contiguous()
@@ -75,10 +73,7 @@ class _IntGemmPsum(torch.autograd.Function):
         else:
             gxp = torch.bmm(g, wp.view(b, n_out, kt)).view(b * m, kt) if need[0] else None
             gwp = torch.bmm(g.transpose(1, 2), xp.view(b, m, kt)).view(b * n_out, kt) if need[1] else None
-        grad_s, zero_tiles = _cgemm.backward(ops, s, plan, g, last_bad)
-        idx = _cgemm.flagged(zero_tiles)
-        if idx.numel() and (need[0] or need[1]):
-            _cgemm.correct(ops, plan, tile, g, zero_tiles, idx, xp, wp, gxp, gwp)
+        grad_s, _ = _cgemm.backward(xp, wp, b, tile, *ctx.steps, s, plan, g, last_bad, gxp, gwp)
         gx = gxp[:, :k].reshape(b, m, k) if need[0] else None
         gw = gwp[:, :k].reshape(b, n_out, k) if need[1] else None
         return gx, gw, grad_s.reshape(scales.shape).to(scales.dtype), None, None, None, None

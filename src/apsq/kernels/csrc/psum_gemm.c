@@ -42,6 +42,10 @@
 #define MT (MR * NR)
 
 static inline long lmin(long a, long b) { return a < b ? a : b; }
+static inline long lmax(long a, long b) { return a > b ? a : b; }
+
+/* Rows of an output block (the backward's chunks are multiples of it). */
+int apsq_gemm_mr(void) { return MR; }
 
 /* Which micro-kernel this build uses: 2 = AVX-512 VNNI, 1 = AVX-512 BW, 3 = AVX2, 0 = portable C. */
 int apsq_gemm_isa(void) {
@@ -177,13 +181,6 @@ static inline void tile_product(const int32_t *a, const int32_t *b, long kp2, in
 }
 #endif
 
-/* One tile's integer dot product of two int16 rows (the correction's recomputation). */
-static inline int32_t dot16(const int16_t *a, const int16_t *b, long te) {
-    int32_t s = 0;
-    for (long k = 0; k < te; k++) s += (int32_t)a[k] * (int32_t)b[k];
-    return s;
-}
-
 /* Sum of t[0..MT) with 16 independent double accumulators (vectorisable; MT is a multiple of 16). */
 static inline double block_sum(const double *t) {
     double part[16] = {0};
@@ -203,16 +200,6 @@ static inline void col_sums(const double *t, double *col) {
 /* Row blocks per job in the per-channel step-gradient pass (fixed: the sums' order must not depend
  * on the thread count). */
 #define RB_CH 16
-
-/* First index f in the ascending idx[0..F) with idx[f] >= key. */
-static inline long lower_bound(const int64_t *idx, long F, int64_t key) {
-    long lo = 0, hi = F;
-    while (lo < hi) {
-        long mid = lo + (hi - lo) / 2;
-        if (idx[mid] < key) lo = mid + 1; else hi = mid;
-    }
-    return lo;
-}
 
 static inline int bad_at(const void *lb, int lb8, long e) {
     return lb8 ? ((const uint8_t *)lb)[e] : ((const int16_t *)lb)[e];

@@ -25,83 +25,20 @@ int SUF(apsq_gemm_fwd)(const int16_t *xa, const int16_t *wb, long B, long M, lon
                                                              out, lb, lb8, nthreads);
 }
 
-/* Backward, first pass (psum_gemm_pass.c): step gradients gsc [n] (cs = 0) or [n][N] (cs = 1) and the
- * zero-gradient tiles of every output (nonzero: the output needs a correction), zb [B][M][N][(n + 63) / 64] (bit i % 64 of
- * word i / 64: tile i; store_zero_bits). */
-int SUF(apsq_gemm_bwd)(const int16_t *xa, const int16_t *wb, long B, long M, long N, long n, long te, const T *unit,
-                       const double *sd, const double *si, long cs, int apsq, int gs, int qn, int qp, const T *g,
-                       const void *lb, int lb8, double *gsc, uint64_t *zb, int nthreads) {
-    return (cs ? SUF(gemm_bwd_lanes) : SUF(gemm_bwd_tensor))(xa, wb, B, M, N, n, te, unit, sd, si, apsq, gs, qn, qp,
-                                                             g, lb, lb8, gsc, zb, nthreads);
-}
-
-/* Backward, second pass: the operand gradients were computed as g @ W and g^T @ x, as if every tile
- * received g. For each flagged output e = idx[f] (row-major m * N + o, ascending) this subtracts
- * g[e] * W[o, tile i] from gx[m, tile i] and g[e] * x[m, tile i] from gw[o, tile i] for every tile i
- * whose gradient is 0 instead: the bits zb [B*M*N][(n + 63) / 64] the first pass wrote (psq, tile i
- * saturated; apsq, tile i lies in a group before last_bad[e], or is a pending tile that saturated).
- * xf [M][n*t], wf [N][n*t] are the float operands and gx, gw the gradients (same layout; either may be
- * NULL). Rows of gx are updated by one thread each, in f order; rows of gw likewise, in f order within
- * a column: the result does not depend on the thread count. Returns 0 when out of memory. */
-int SUF(apsq_gemm_correct)(long B, long M, long N, long n, long t, const T *g, const uint64_t *zb,
-                           const int64_t *idx, long F, const T *xf, const T *wf, T *gx, T *gw, int nthreads) {
-    const long Kt = n * t, W = (n + 63) / 64;
-    long *colptr = (long *)calloc(B * N + 1, sizeof(long));
-    long *perm = (long *)malloc((size_t)(F ? F : 1) * sizeof(long));
-    if (!colptr || !perm) {
-        free(colptr);
-        free(perm);
-        return 0;
-    }
-    if (gx) {
-#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 16)
-        for (long m = 0; m < B * M; m++) {
-            const long f1 = lower_bound(idx, F, (int64_t)(m + 1) * N);
-            for (long f = lower_bound(idx, F, (int64_t)m * N); f < f1; f++) {
-                const long o = (idx[f] / (M * N)) * N + idx[f] % N;
-                const T ge = g[idx[f]];
-                const uint64_t *bits = zb + idx[f] * W;
-                for (long i = 0; i < n; i++) {
-                    if (!((bits[i / 64] >> (i % 64)) & 1)) continue;
-                    T *dst = gx + m * Kt + i * t;
-                    const T *src = wf + o * Kt + i * t;
-                    for (long k = 0; k < t; k++) dst[k] = dst[k] - ge * src[k];
-                }
-            }
-        }
-    }
-    if (gw) {
-        for (long f = 0; f < F; f++) colptr[(idx[f] / (M * N)) * N + idx[f] % N + 1]++;
-        for (long o = 0; o < B * N; o++) colptr[o + 1] += colptr[o];
-        {
-            long *fill = (long *)malloc((size_t)(B * N) * sizeof(long));
-            if (!fill) {
-                free(colptr);
-                free(perm);
-                return 0;
-            }
-            memcpy(fill, colptr, (size_t)(B * N) * sizeof(long));
-            for (long f = 0; f < F; f++) perm[fill[(idx[f] / (M * N)) * N + idx[f] % N]++] = f; /* stable */
-            free(fill);
-        }
-#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 16)
-        for (long o = 0; o < B * N; o++) {
-            for (long q = colptr[o]; q < colptr[o + 1]; q++) {
-                const long f = perm[q], m = idx[f] / N;
-                const T ge = g[idx[f]];
-                const uint64_t *bits = zb + idx[f] * W;
-                for (long i = 0; i < n; i++) {
-                    if (!((bits[i / 64] >> (i % 64)) & 1)) continue;
-                    T *dst = gw + o * Kt + i * t;
-                    const T *src = xf + m * Kt + i * t;
-                    for (long k = 0; k < t; k++) dst[k] = dst[k] - ge * src[k];
-                }
-            }
-        }
-    }
-    free(colptr);
-    free(perm);
-    return 1;
+/* Backward (psum_gemm_pass.c): step gradients gsc [n] (cs = 0) or [n][N] (cs = 1) and, in place, the
+ * correction of the operand gradients gx [B*M][n*t], gw [B*N][n*t] (computed as g @ W, g^T @ x; either
+ * may be NULL) at the outputs with a zero-gradient tile. xf [B*M][n*t], wf [B*N][n*t]: the float
+ * operands, zero-padded per tile to t, with their inverse steps ix [1] and iw [B*N] (iw_rows) or [1]; the
+ * kernel packs its codes from them. zb: scratch for the zero-gradient tile bits of zrows rows,
+ * [zrows][N][(n + 63) / 64] (zrows a multiple of MR, apsq_gemm_mr, or >= M). Returns the number of
+ * outputs with a zero-gradient tile, -1 when out of memory, -2 when an operand is not a code. */
+long SUF(apsq_gemm_bwd)(const T *xf, const T *wf, const double *ix, const double *iw, int iw_rows, long B, long M,
+                        long N, long n, long te, const T *unit, const double *sd, const double *si, long cs, int apsq,
+                        int gs, int qn, int qp, const T *g, const void *lb, int lb8, double *gsc, uint64_t *zb,
+                        long zrows, long t, T *gx, T *gw, int nthreads) {
+    return (cs ? SUF(gemm_bwd_lanes) : SUF(gemm_bwd_tensor))(xf, wf, ix, iw, iw_rows, B, M, N, n, te, unit, sd, si,
+                                                             apsq, gs, qn, qp, g, lb, lb8, gsc, zb, zrows, t, gx, gw,
+                                                             nthreads);
 }
 
 /* Operand codes: dst [R][n*te] int16 = src [R][K] * inv_step (inv_step[r] when per_row, else

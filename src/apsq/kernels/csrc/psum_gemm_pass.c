@@ -25,6 +25,115 @@ static inline T SUF(closing_value)(int32_t c, T unit, T pend, T acc, int hp, int
     return v;
 }
 
+/* Rows [r0, r0 + width) of the float operand src [R][n*t] times its inverse step (inv[row] when per_row,
+ * else inv[0]) as int16 code pairs [Kp / 2][width] in the layout of the codes (tile i at [i*te, i*te + t),
+ * zero-padded to the even te; zero past R): the backward packs the operands it already holds instead
+ * of a copy of their codes. Returns 1 when some value is not an integer in [-32767, 32767]. */
+static int SUF(pack_pairs_f)(const T *src, long R, long n, long t, long te, const double *inv, int per_row, long r0,
+                             int width, int32_t *dst) {
+    const long kp2 = n * te / 2;
+    const T lim = (T)32767;
+    int bad = 0;
+    for (int r = 0; r < width; r++) {
+        const long row = r0 + r;
+        if (row >= R) {
+            for (long kk = 0; kk < kp2; kk++) dst[kk * width + r] = 0;
+            continue;
+        }
+        const T *s = src + row * n * t;
+        const T iv = (T)inv[per_row ? row : 0];
+        for (long i = 0; i < n; i++)
+            for (long off = 0; off < te; off += 2) {
+                const T v0 = off < t ? s[i * t + off] * iv : (T)0, v1 = off + 1 < t ? s[i * t + off + 1] * iv : (T)0;
+                const T a0 = v0 < 0 ? -v0 : v0, a1 = v1 < 0 ? -v1 : v1;
+                bad |= !(FLOOR(v0) == v0 && a0 <= lim && FLOOR(v1) == v1 && a1 <= lim);
+                dst[(i * te + off) / 2 * width + r] = bad ? 0 : pair16((int16_t)v0, (int16_t)v1);
+            }
+    }
+    return bad;
+}
+
+/* pack_operands from the float operands xf [B][M][n*t], wf [B][N][n*t] (steps: ix[0]; iw[row of wf] when
+ * iw_rows, else iw[0]). Returns 1, 0 when out of memory, -1 when some value is not an int16 code. */
+static int SUF(pack_operands_f)(const T *xf, const T *wf, long B, long M, long N, long n, long t, long te,
+                                const double *ix, const double *iw, int iw_rows, int32_t **ap, int32_t **bp,
+                                int nthreads) {
+    const long nrt = (M + MR - 1) / MR, nct = (N + NR - 1) / NR, kp2 = n * te / 2;
+    int bad = 0;
+    *ap = (int32_t *)alloc64((size_t)B * nrt * kp2 * MR * sizeof(int32_t));
+    *bp = (int32_t *)alloc64((size_t)B * nct * kp2 * NR * sizeof(int32_t));
+    if (!*ap || !*bp) {
+        free(*ap);
+        free(*bp);
+        return 0;
+    }
+#pragma omp parallel for num_threads(nthreads) schedule(static) reduction(| : bad)
+    for (long j = 0; j < B * nrt; j++)
+        bad |= SUF(pack_pairs_f)(xf + (j / nrt) * M * n * t, M, n, t, te, ix, 0, (j % nrt) * MR, MR,
+                                 *ap + j * kp2 * MR);
+#pragma omp parallel for num_threads(nthreads) schedule(static) reduction(| : bad)
+    for (long j = 0; j < B * nct; j++)
+        bad |= SUF(pack_pairs_f)(wf + (j / nct) * N * n * t, N, n, t, te, iw_rows ? iw + (j / nct) * N : iw, iw_rows,
+                                 (j % nct) * NR, NR, *bp + j * kp2 * NR);
+    if (bad) {
+        free(*ap);
+        free(*bp);
+        return -1;
+    }
+    return 1;
+}
+
+/* The correction of one chunk of the backward (gemm_bwd): rows [m_lo, m_hi) of product bi, their
+ * zero-gradient tile bits in zb [m_hi - m_lo][N][Wz] (bit i % 64 of word i / 64: tile i). For each output
+ * (m, o) with a bit set and each such tile i this subtracts g[m, o] * W[o, tile i] from gx[m, tile i] and
+ * g[m, o] * x[m, tile i] from gw[o, tile i]. xf [B*M][n*t], wf [B*N][n*t] are the float operands and
+ * gx, gw the gradients (same layout; either may be NULL). Rows of gx are updated by one thread each,
+ * in o order; rows of gw by one thread each, in m order (chunks in m order too): the result does not
+ * depend on the thread count or the chunk size. Returns the number of outputs with a bit set. */
+static long SUF(correct_rows)(long bi, long M, long N, long n, long t, long m_lo, long m_hi, const T *g,
+                              const uint64_t *zb, const T *xf, const T *wf, T *gx, T *gw, int nthreads) {
+    const long Kt = n * t, W = (n + 63) / 64, e_lo = (bi * M + m_lo) * N;
+    long flagged = 0;
+#pragma omp parallel for num_threads(nthreads) schedule(static) reduction(+ : flagged)
+    for (long m = m_lo; m < m_hi; m++) {
+        const uint64_t *zr = zb + (m - m_lo) * N * W;
+        for (long o = 0; o < N; o++) {
+            uint64_t any = 0;
+            for (long w = 0; w < W; w++) any |= zr[o * W + w];
+            if (!any) continue;
+            flagged++;
+            if (!gx) continue;
+            const T ge = g[e_lo + (m - m_lo) * N + o];
+            const uint64_t *bits = zr + o * W;
+            for (long i = 0; i < n; i++) {
+                if (!((bits[i / 64] >> (i % 64)) & 1)) continue;
+                T *dst = gx + (bi * M + m) * Kt + i * t;
+                const T *src = wf + (bi * N + o) * Kt + i * t;
+                for (long k = 0; k < t; k++) dst[k] = dst[k] - ge * src[k];
+            }
+        }
+    }
+    if (gw && flagged) {
+#pragma omp parallel for num_threads(nthreads) schedule(static, 8)
+        for (long o = 0; o < N; o++) {
+            for (long m = m_lo; m < m_hi; m++) {
+                const uint64_t *bits = zb + ((m - m_lo) * N + o) * W;
+                uint64_t any = 0;
+                for (long w = 0; w < W; w++) any |= bits[w];
+                if (!any) continue;
+                const T ge = g[e_lo + (m - m_lo) * N + o];
+                for (long i = 0; i < n; i++) {
+                    if (!((bits[i / 64] >> (i % 64)) & 1)) continue;
+                    T *dst = gw + (bi * N + o) * Kt + i * t;
+                    const T *src = xf + (bi * M + m) * Kt + i * t;
+                    for (long k = 0; k < t; k++) dst[k] = dst[k] - ge * src[k];
+                }
+            }
+        }
+    }
+    return flagged;
+}
+
 #endif
 
 /* Forward: out [M][N] and, for apsq, last_bad. Returns 0 when out of memory. */
@@ -98,36 +207,51 @@ static int PASS(gemm_fwd)(const int16_t *xa, const int16_t *wb, long B, long M, 
     return 1;
 }
 
-/* Backward, first pass: the LSQ step-size gradients gsc [n][CS ? N : 1] (double) for the output
- * gradient g [M][N], and zb [M][N][Wz] = the tiles whose gradient is not g itself (a pending tile or a
- * later closing step saturated). With u = v/s, r = floor(u + 1/2), m = (qn <= r <= qp),
- * c = clamp(r): dL/ds_i = sum g_i * (c - m * u) over every element (per tensor) or over the
- * elements of column o (dL/ds_{i,o}, per channel), g_i the gradient reaching step i's quantizer.
- * Per channel, each job (a block of NR columns and RB_CH row blocks of one product) sums its rows in
- * order into its own slot, and the slots are added per column in job order: the result does not
- * depend on the thread count. Returns 0 when out of memory. */
-static int PASS(gemm_bwd)(const int16_t *xa, const int16_t *wb, long B, long M, long N, long n, long te, const T *unit,
-                       const double *sd, const double *si, int apsq, int gs, int qn, int qp, const T *g,
-                       const void *lb, int lb8, double *gsc, uint64_t *zb, int nthreads) {
+/* Backward: the LSQ step-size gradients gsc [n][CS ? N : 1] (double) for the output gradient g [M][N]
+ * and, in place, the correction of the operand gradients gx / gw (computed by the caller as g @ W and
+ * g^T @ x, as if every tile received g): the terms of each output's zero-gradient tiles (a pending
+ * tile or a later closing step saturated) are removed (correct_rows). With u = v/s,
+ * r = floor(u + 1/2), m = (qn <= r <= qp), c = clamp(r): dL/ds_i = sum g_i * (c - m * u) over every
+ * element (per tensor) or over the elements of column o (dL/ds_{i,o}, per channel), g_i the gradient
+ * reaching step i's quantizer.
+ * Each product's rows are walked in chunks of zrows rows (a multiple of MR, or all M): the chunk's
+ * zero-gradient tiles are written as bits into the caller's scratch zb [zrows][N][Wz] and the chunk's
+ * rows are corrected at once, so the bits of all outputs never exist together. Each job (a block of
+ * NR columns and RB_CH row blocks of one product) sums its rows in order into its own slot of step
+ * gradients, whatever chunk the rows fall in, and the slots are added in job order: the result does
+ * not depend on the thread count or the chunk size. The operands are packed from the float xf, wf
+ * (pack_operands_f). Returns the number of outputs with a zero-gradient tile, -1 when out of memory,
+ * -2 when an operand is not an int16 code times its step. */
+static long PASS(gemm_bwd)(const T *xf, const T *wf, const double *ix, const double *iw, int iw_rows, long B, long M,
+                       long N, long n, long te, const T *unit, const double *sd, const double *si, int apsq, int gs,
+                       int qn, int qp, const T *g, const void *lb, int lb8, double *gsc, uint64_t *zb, long zrows,
+                       long t, T *gx, T *gw, int nthreads) {
     const long Kp = n * te, kp2 = Kp / 2, tp2 = te / 2, Wz = (n + 63) / 64;
     const long nrt = (M + MR - 1) / MR, nct = (N + NR - 1) / NR;
-    const long rb = CS ? RB_CH : 1, nrc = (nrt + rb - 1) / rb, njobs = B * nrc * nct;
+    const long nrc = (nrt + RB_CH - 1) / RB_CH, njobs = B * nrc * nct, sw = CS ? NR : 1;
+    const long crows = zrows >= M ? M : zrows / MR * MR; /* rows per chunk */
+    const long cbt = (crows + MR - 1) / MR;            /* row blocks per chunk */
     int32_t *ap, *bp;
-    double *part = NULL; /* per channel: [njobs][n][NR] column sums of each job */
-    if (CS && !(part = (double *)calloc((size_t)njobs * n * NR, sizeof(double)))) return 0;
-    if (!pack_operands(xa, wb, B, M, N, Kp, &ap, &bp, nthreads)) {
+    long flagged = 0;
+    /* [njobs][n][CS ? NR : 1]: each job's step-gradient sums (per channel, per column) */
+    double *part = (double *)calloc((size_t)njobs * n * sw, sizeof(double));
+    if (!part) return -1;
+    const int packed = SUF(pack_operands_f)(xf, wf, B, M, N, n, t, te, ix, iw, iw_rows, &ap, &bp, nthreads);
+    if (packed != 1) {
         free(part);
-        return 0;
+        return packed ? -2 : -1;
     }
     memset(gsc, 0, n * (CS ? N : 1) * sizeof(double));
-#pragma omp parallel num_threads(nthreads)
-    {
-        double *loc = (double *)calloc(n, sizeof(double));
-#pragma omp for schedule(static)
-        for (long job = 0; job < njobs; job++) {
-          const long bi = job / (nrc * nct), ct = job % (nrc * nct) / nrc, rc = job % nrc;
-          double *col = CS ? part + job * n * NR : NULL;
-          for (long rt = rc * rb; rt < lmin(nrt, (rc + 1) * rb); rt++) {
+    for (long bi = 0; bi < B; bi++)
+      for (long rt0 = 0; rt0 < nrt; rt0 += cbt) {
+        const long rt1 = lmin(nrt, rt0 + cbt), m_lo = rt0 * MR, m_hi = lmin(M, rt1 * MR);
+        /* the chunk's jobs: (column block, row-chunk job rc) pairs with rows in [rt0, rt1) */
+        const long rc0 = rt0 / RB_CH, nrcc = (rt1 - 1) / RB_CH - rc0 + 1;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+        for (long cj = 0; cj < nct * nrcc; cj++) {
+          const long ct = cj / nrcc, rc = rc0 + cj % nrcc;
+          double *slot = part + ((bi * nct + ct) * nrc + rc) * n * sw;
+          for (long rt = lmax(rc * RB_CH, rt0); rt < lmin(lmin(nrt, (rc + 1) * RB_CH), rt1); rt++) {
             const long m0 = rt * MR, o0 = ct * NR, base = bi * M * N;
             const int rows = (int)lmin(MR, M - m0), cols = (int)lmin(NR, N - o0);
             const int32_t *a = ap + (bi * nrt + rt) * kp2 * MR, *b = bp + (bi * nct + ct) * kp2 * NR;
@@ -136,6 +260,7 @@ static int PASS(gemm_bwd)(const int16_t *xa, const int16_t *wb, long B, long M, 
             double tb[MT];
             int16_t bb[MT];
             uint64_t zw[MT]; /* zero-gradient tiles of the current 64-tile word, one bit per tile */
+            uint64_t *zrow = zb + (m0 - m_lo) * N * Wz; /* the chunk's bits of row m0 */
             const T fqn = (T)qn, fqp = (T)qp, half = (T)0.5, zero = (T)0;
             for (int j = 0; j < NR; j++) un[j] = o0 + j < N ? unit[o0 + j] : (T)0;
             for (int r = 0; r < MR; r++)
@@ -172,9 +297,9 @@ static int PASS(gemm_bwd)(const int16_t *xa, const int16_t *wb, long B, long M, 
                             const T q = cc * (CS ? sv[j] : s);
                             pend[e] = first ? q : pend[e] + q;
                         }
-                    if (CS) col_sums(tb, col + i * NR);
-                    else loc[i] += block_sum(tb);
-                    if (i % 64 == 63 || i == n - 1) store_zero_bits(zb, zw, bb, i / 64, Wz, n, gs, base + m0 * N + o0, N, rows, cols);
+                    if (CS) col_sums(tb, slot + i * NR);
+                    else slot[i] += block_sum(tb);
+                    if (i % 64 == 63 || i == n - 1) store_zero_bits(zrow, zw, bb, i / 64, Wz, n, gs, o0, N, rows, cols);
                     continue;
                 }
                 const int hp = l > g0, ha = h > 0;
@@ -188,21 +313,18 @@ static int PASS(gemm_bwd)(const int16_t *xa, const int16_t *wb, long B, long M, 
                         tb[e] = (double)ga[e] * (double)(cc - (m ? u : zero));
                         acc[e] = cc * (CS ? sv[j] : s);
                     }
-                if (CS) col_sums(tb, col + i * NR);
-                else loc[i] += block_sum(tb);
-                if (i % 64 == 63 || i == n - 1) store_zero_bits(zb, zw, bb, i / 64, Wz, n, gs, base + m0 * N + o0, N, rows, cols);
+                if (CS) col_sums(tb, slot + i * NR);
+                else slot[i] += block_sum(tb);
+                if (i % 64 == 63 || i == n - 1) store_zero_bits(zrow, zw, bb, i / 64, Wz, n, gs, o0, N, rows, cols);
                 g0 = l + 1;
                 h++;
             }
           }
         }
-        if (!CS) {
-#pragma omp critical
-            for (long i = 0; i < n; i++) gsc[i] += loc[i];
-        }
-        free(loc);
-    }
-    if (CS) { /* gsc[i][o] = sum over (product, row chunk) of the job slots, in job order */
+        flagged += SUF(correct_rows)(bi, M, N, n, t, m_lo, m_hi, g, zb, xf, wf, gx, gw, nthreads);
+      }
+    /* gsc = the job slots added in job order (per channel: per column) */
+    if (CS) {
 #pragma omp parallel for num_threads(nthreads) schedule(static)
         for (long o = 0; o < N; o++) {
             const long ct = o / NR, j = o % NR;
@@ -212,10 +334,12 @@ static int PASS(gemm_bwd)(const int16_t *xa, const int16_t *wb, long B, long M, 
                     for (long i = 0; i < n; i++) gsc[i * N + o] += col[i * NR + j];
                 }
         }
+    } else {
+        for (long job = 0; job < njobs; job++)
+            for (long i = 0; i < n; i++) gsc[i] += part[job * n + i];
     }
     free(part);
     free(ap);
     free(bp);
-    return 1;
+    return flagged;
 }
-
