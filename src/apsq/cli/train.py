@@ -17,7 +17,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Fine-tune in full precision, quantize with APSQ, calibrate, then QAT + distillation.
 
-        Runs on one CPU as is, or on several processes / GPUs under `accelerate launch`.
+        Runs on one CPU as is, or on several processes / GPUs under `accelerate launch` (DDP; FSDP2 with
+        --use_fsdp --fsdp_version 2 or configs/accelerate_fsdp2.yaml: docs/fsdp.md).
         """
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         from apsq.cli.common import console as make_console
