@@ -64,12 +64,15 @@ def test_export_and_run_golden(trained_run, tmp_path):
     summary = json.loads(out.read_text())
     assert summary["energy"]["all_counts_equal"] is True and len(summary["energy"]["layers"]) == len(manifest["layers"])
     assert summary["sentences"] == 10 and summary["identical_logits"] == 10 and summary["identical_predictions"] == 10
+    assert summary["sentences_checked_layer_by_layer"] == 10
     assert all(lay["checked_outputs"] == lay["outputs"] > 0 for lay in summary["per_layer"])
     sentences = tmp_path / "s.txt"
     sentences.write_text("a good and warm movie\nboring\n")
-    res = runner.invoke(app, ["deploy", "run", str(prog), "--input", str(sentences), "--json", str(out)])
+    res = runner.invoke(app, ["deploy", "run", str(prog), "--input", str(sentences), "--json", str(out),
+                              "--batch-size", "1", "--layer-batches", "1"])
     assert res.exit_code == 0, res.output
-    assert json.loads(out.read_text())["identical_logits"] == 2
+    s = json.loads(out.read_text())
+    assert s["identical_logits"] == 2 and s["sentences_checked_layer_by_layer"] == 1
     if shutil.which("verilator"):
         res = runner.invoke(app, ["deploy", "run", str(prog), "--limit", "3", "--backend", "verilator", "--json", str(out)])
         assert res.exit_code == 0, res.output

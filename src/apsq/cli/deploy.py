@@ -74,6 +74,8 @@ def run_cmd(
     verify: bool = typer.Option(True, help="Check every layer stage by stage and the logits against PyTorch."),
     mismatch_dir: Path = typer.Option(Path("deploy-mismatch"), help="Where a mismatch's .npz is written."),
     json_out: Path = typer.Option(None, "--json", help="Write the summary JSON here."),
+    layer_batches: int = typer.Option(None, "--layer-batches", help="Check every layer stage by stage on the first N "
+                                      "batches only (default: all); the logits of every batch are compared."),
     energy: bool = typer.Option(False, "--energy", help="Print the counted PSUM / RAE activity, priced, beside the "
                                 "energy model's terms for the same layers (WS, untiled)."),
 ) -> None:
@@ -89,7 +91,8 @@ def run_cmd(
         if backend not in ("golden", "amaranth", "verilator"):
             raise APSQError(f"--backend must be golden, amaranth or verilator, got {backend!r}")
         res = run_batches(prog, input_, backend, limit=limit, batch_size=batch_size, verify=verify,
-                          mismatch_dir=mismatch_dir, energy=energy)
+                          mismatch_dir=mismatch_dir, energy=energy,
+                          layer_batches=layer_batches, progress=_progress)
     except DeployMismatch as exc:
         fail(exc, code=1)
     except APSQError as exc:
@@ -97,7 +100,7 @@ def run_cmd(
     res["command"] = command_line()
     write_json(json_out, res)
     t = table(f"apsq deploy run: {res['sentences']} inputs on {backend}", "quantity", "value", left=("quantity",))
-    for key in ("identical_predictions", "identical_logits", "accuracy", "lane_steps", "rtl_cycles",
+    for key in ("identical_predictions", "identical_logits", "sentences_checked_layer_by_layer", "accuracy", "lane_steps", "rtl_cycles",
                 "rtl_lane_steps_per_s", "sentences_per_min", "wall_s"):
         if res.get(key) is not None:
             v = res[key]
@@ -105,6 +108,13 @@ def run_cmd(
     console().print(t)
     if energy and res.get("energy"):
         _print_energy(res["energy"])
+
+
+def _progress(done: int, total: int) -> None:
+    """One line per batch on stderr (long runs: the RTL, or 1,041 sentences on a loaded machine)."""
+    import sys
+
+    print(f"{done}/{total} inputs", file=sys.stderr, flush=True)
 
 
 def _print_energy(e: dict) -> None:

@@ -29,7 +29,7 @@ def input_batches(train_config: Mapping[str, Any] | None, source: str, *, limit:
                   batch_size: int = 32) -> tuple[int, Iterator[dict[str, torch.Tensor]]]:
     """``(count, batches)`` for the model of an ``apsq train`` config: ``source`` is ``eval`` (the
     run's evaluation split, first ``limit`` in order) or a UTF-8 text file with one sentence per line.
-    Batches hold ``labels`` when known."""
+    Batches hold ``labels`` when known; the ``n`` inputs are batched in order of length (less padding)."""
     from apsq.train.config import parse_config
 
     check_int("batch_size", batch_size, lo=1)
@@ -59,10 +59,12 @@ def input_batches(train_config: Mapping[str, Any] | None, source: str, *, limit:
             raise APSQError(f"--input {source}: the file holds no sentence")
         data = TokenizedText([TextExample(id=str(i), text=s, label=-1) for i, s in enumerate(lines)], tok, cfg.model.max_len)
     n = len(data) if limit is None else min(limit, len(data))
+    lengths = data.lengths()
+    order = sorted(range(n), key=lambda i: (lengths[i], i))  # the first n, batched by length: little padding
 
     def gen() -> Iterator[dict[str, torch.Tensor]]:
         for i in range(0, n, batch_size):
-            b = data.batch(list(range(i, min(n, i + batch_size))))
+            b = data.batch(order[i:i + batch_size])
             if source != "eval":
                 b.pop("labels", None)
             yield b
@@ -72,9 +74,11 @@ def input_batches(train_config: Mapping[str, Any] | None, source: str, *, limit:
 
 def run_batches(program: Program, source: str, backend: str = "golden", *, limit: int | None = None,
                 batch_size: int = 32, verify: bool = True, mismatch_dir: str | Path = "deploy-mismatch",
-                energy: bool = False, progress: Any = None) -> dict[str, Any]:
+                energy: bool = False, layer_batches: int | None = None, progress: Any = None) -> dict[str, Any]:
     """Run ``source`` through ``program`` on ``backend``; a JSON-ready summary (see the module docstring).
 
+    ``layer_batches``: with ``verify``, check every layer stage by stage on the first ``layer_batches``
+    batches only (``None``: all); later batches compare the final logits with the PyTorch model's.
     ``energy``: also the counted PSUM / RAE activity beside the energy model's for the same GEMMs
     (:func:`apsq.deploy.activity.energy_side_by_side`, under ``"energy"``).
 
@@ -83,14 +87,17 @@ def run_batches(program: Program, source: str, backend: str = "golden", *, limit
     n, batches = input_batches(program.manifest.host.train_config, source, limit=limit, batch_size=batch_size)
     layers: dict[int, dict[str, Any]] = {}
     acts = {lay.index: (lay, [], LayerActivity()) for lay in program.layers}
-    same_pred = same_logits = correct = labelled = done = 0
+    same_pred = same_logits = correct = labelled = done = batch_no = checked_sentences = 0
     wall = rtl_wall = 0.0
     lane_steps = cycles = 0
     t0 = time.perf_counter()
     for batch in batches:
         labels = batch.pop("labels", None)
+        layer_checks = layer_batches is None or batch_no < layer_batches
         rep = run(program, batch, backend, model=model, verify=verify, mismatch_dir=mismatch_dir,
-                  integer_check=done == 0)  # the trained layers' int64 integer model: first batch (slow)
+                  integer_check=done == 0, check_layers=layer_checks)  # integer_forward (int64, slow): first batch
+        batch_no += 1
+        checked_sentences += len(batch["input_ids"]) if verify and layer_checks else 0
         out = outputs_of(rep.output)
         pred = out.argmax(-1)
         if verify:
@@ -126,6 +133,7 @@ def run_batches(program: Program, source: str, backend: str = "golden", *, limit
         "verified": verify,
         "stages": (["fake-quant PyTorch", "integer_forward (first batch)", "program golden"]
                    + ([f"RTL ({backend})"] if backend != "golden" else [])) if verify else [],
+        "sentences_checked_layer_by_layer": checked_sentences,
         "identical_predictions": same_pred if verify else None,
         "identical_logits": same_logits if verify else None,
         "accuracy": correct / labelled if labelled else None,

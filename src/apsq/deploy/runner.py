@@ -275,6 +275,7 @@ def run(
     verify: bool = True,
     mismatch_dir: str | Path = "deploy-mismatch",
     integer_check: bool = True,
+    check_layers: bool = True,
 ) -> RunReport:
     """Run ``inputs`` (one batch, as the model takes it) through the program on ``backend``.
 
@@ -286,6 +287,8 @@ def run(
         model: the host model; ``None`` rebuilds it from the program (``apsq train`` exports).
         verify: check every layer stage by stage and the final output against the unchanged model.
         mismatch_dir: where the evidence of a mismatch is written.
+        check_layers: with ``verify``, the per-layer stages (``False``: only the final output is
+            compared with the unchanged model's; the RTL is still compared with the golden model).
         integer_check: with ``verify``, also run the trained layer's own integer model
             (:func:`apsq.integer.integer_forward`, int64 tile sums: the slowest stage) on every layer.
 
@@ -306,7 +309,7 @@ def run(
                         "pass the model the program was exported from")
     params = _rae_params(program) if backend != "golden" else None
     reports = [LayerReport(lay.index, lay.name, lay.op) for lay in program.layers]
-    engines = {lay.name: _EngineLayer(lay, program, mods[lay.name], backend, params, verify, Path(mismatch_dir), rep,
+    engines = {lay.name: _EngineLayer(lay, program, mods[lay.name], backend, params, verify and check_layers, Path(mismatch_dir), rep,
                                          integer_check)
                for lay, rep in zip(program.layers, reports, strict=True)}
     was = model.training
