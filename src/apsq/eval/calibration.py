@@ -86,8 +86,8 @@ def calibration_batches(tokenizer: Any, spec: CalibrationSet, max_positions: int
     """``spec.samples`` batches ``{"input_ids": [1, L], "attention_mask": [1, L]}`` (int64, CPU) of
     ``L = min(spec.seq_len, max_positions)`` tokens each (BOS first when the tokenizer has one).
 
-    ``text`` overrides the source's text (tests). A text shorter than one window gives windows that
-    repeat it (said in the returned windows' length: each holds ``L`` tokens, wrapped around).
+    ``text`` overrides the source's text (tests). A text shorter than one window is repeated until it
+    fills one.
     """
     length = spec.seq_len if max_positions is None else min(spec.seq_len, int(max_positions))
     text = calibration_text(spec.source) if text is None else text

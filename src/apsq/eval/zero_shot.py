@@ -266,7 +266,7 @@ def _energy(cfg: ZeroShotConfig) -> dict[str, Any]:
 
         def factory():
             m = AutoModelForCausalLM.from_config(conf)
-            # the layers zero-shot leaves in full precision are not priced (lm_head)
+            # lm_head on the last token only, as the built-in llama2-7b workload prices it
             return m, {"input_ids": torch.zeros(1, e.seq_len, dtype=torch.long), "logits_to_keep": 1}
 
         wl = trace_factory(factory, name=f"{Path(cfg.model).name}@{e.seq_len}")
