@@ -146,3 +146,12 @@ def test_trainer_distils_a_causal_lm_over_its_real_tokens(tmp_path):
     with pytest.raises(APSQError, match="hidden_weight > 0 is supported for classifier logits"):
         APSQTrainer(model=model, args=_args(tmp_path, max_steps=1), train_dataset=batches,
                     data_collator=lambda items: items[0], teacher=fp, distill=DistillConfig(hidden_weight=0.1)).train()
+
+
+def test_the_optimizer_rule_is_public():
+    import apsq.train as t
+    from apsq.train import loop
+
+    for name in ("make_optimizer", "param_groups", "lr_factor", "clip_grad_norms_"):
+        assert name in t.__all__ and getattr(t, name) is getattr(loop, name)
+    assert "ScheduleConfig" in t.__all__ and t.ScheduleConfig is ScheduleConfig

@@ -1,5 +1,10 @@
 """QAT with knowledge distillation on Hugging Face accelerate: configs, checkpoints, the training loop.
 
+The library's one optimizer rule is public for your own loops and trainers (issue 22 item 4):
+``make_optimizer(model, ScheduleConfig(...))`` (AdamW over ``param_groups``: the step sizes in their own
+group at ``scale_lr`` with ``eps`` 1e-20), ``lr_factor`` (the schedule) and ``clip_grad_norms_`` (weights
+and step sizes clipped apart) -- what ``apsq train`` and ``apsq.integrations.transformers.APSQTrainer`` use.
+
 The public names are loaded on first use (PEP 562), so that ``apsq train --help`` starts without torch.
 """
 
@@ -8,10 +13,18 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["TrainConfig", "evaluate", "load_config", "parse_config", "train"]
+__all__ = ["DistillConfig", "ScheduleConfig", "TrainConfig", "clip_grad_norms_", "distill_loss", "evaluate",
+           "load_config", "lr_factor", "make_optimizer", "param_groups", "parse_config", "train"]
 
 _LAZY = {
     "TrainConfig": "apsq.train.config",
+    "ScheduleConfig": "apsq.train.config",
+    "DistillConfig": "apsq.train.config",
+    "make_optimizer": "apsq.train.loop",
+    "param_groups": "apsq.train.loop",
+    "lr_factor": "apsq.train.loop",
+    "clip_grad_norms_": "apsq.train.loop",
+    "distill_loss": "apsq.train.loop",
     "load_config": "apsq.train.config",
     "parse_config": "apsq.train.config",
     "evaluate": "apsq.train.loop",
@@ -19,8 +32,8 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from apsq.train.config import TrainConfig, load_config, parse_config
-    from apsq.train.loop import evaluate, train
+    from apsq.train.config import DistillConfig, ScheduleConfig, TrainConfig, load_config, parse_config
+    from apsq.train.loop import clip_grad_norms_, distill_loss, evaluate, lr_factor, make_optimizer, param_groups, train
 
 
 def __getattr__(name: str) -> Any:
