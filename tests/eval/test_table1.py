@@ -22,8 +22,7 @@ def test_every_rows_commands_parse_and_name_their_configs():
     for r in dry_run(list(ROWS), ROOT):
         parse(shlex.split(r["full"])[1:])
         cfg = shlex.split(r["full"])[shlex.split(r["full"]).index("--config") + 1]
-        if "segformer" not in cfg and "efficientvit" not in cfg:  # the vision configs: helper seg's study
-            assert (ROOT / cfg).is_file(), cfg
+        assert (ROOT / cfg).is_file(), cfg
         assert r["needs"] == "GPU + network" and r["gpu_estimate"]["estimate"] is True
 
 
