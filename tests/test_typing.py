@@ -1,0 +1,57 @@
+"""The package type-checks: mypy on ``src/apsq`` at the strictness of ``[tool.mypy]`` in pyproject.toml
+(stated in docs/architecture.md, "Type checking") reports no error (issue 27).
+
+A fresh run checks 148 modules in about 50 s of CPU time (2-core x86_64, loaded); with mypy's cache
+(``.mypy_cache/``) a rerun takes a few seconds. Skipped only where mypy is absent outside CI; in CI
+(``CI=true``), which installs the dev extra, a missing mypy fails.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+
+def _require_mypy() -> None:
+    if importlib.util.find_spec("mypy") is None:
+        msg = "mypy is not installed (dev extra: pip install -e '.[dev]')"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI installs apsq[dev], yet {msg}", pytrace=False)
+        pytest.skip(msg)
+
+
+def test_mypy_passes_on_the_package() -> None:
+    _require_mypy()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "MYPY_FORCE_COLOR": "0"}
+    r = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    out = r.stdout[-12000:] + r.stderr[-3000:]
+    assert r.returncode == 0, "mypy reports errors in src/apsq:\n" + out
+    assert "Success: no issues found" in r.stdout, out
+
+
+def test_mypy_config_is_honest() -> None:
+    """The configuration keeps its promises: the checked files are the package, ``ignore_missing_imports``
+    names third-party packages only, and no apsq module is excluded or silenced outside the one debt list."""
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    assert cfg["files"] == ["src/apsq"]
+    assert cfg["check_untyped_defs"] and cfg["warn_unused_ignores"] and cfg["no_implicit_optional"]
+    assert "exclude" not in cfg and not cfg.get("ignore_errors") and not cfg.get("ignore_missing_imports")
+    debt = [o for o in cfg.get("overrides", []) if o.get("ignore_errors")]
+    assert len(debt) <= 1, "one debt list at most"
+    for o in cfg.get("overrides", []):
+        mods = [o["module"]] if isinstance(o["module"], str) else o["module"]
+        if o.get("ignore_missing_imports"):
+            assert not [m for m in mods if m.split(".")[0] == "apsq"], mods
+        if o.get("ignore_errors"):
+            assert all(m.startswith("apsq.") and "*" not in m for m in mods), "name debt modules one by one"
