@@ -63,7 +63,7 @@ def area_counts(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> t
     return torch.stack([inter, area_p + area_y - inter, area_p, area_y])
 
 
-def segmentation_metrics(counts: torch.Tensor) -> dict[str, float]:
+def segmentation_metrics(counts: torch.Tensor) -> dict[str, float | int | list[float | None]]:
     """``{"miou", "pixel_accuracy", "classes"}`` from :func:`area_counts` summed over the whole set.
 
     mIoU as mmseg's ``total_area_to_metrics``: IoU per class = intersection / union of the totals, the
