@@ -111,3 +111,24 @@ def test_quantization_config_validates_its_settings():
     with pytest.raises(APSQError, match=r"unknown keys \['bits'\]"):
         apsq_hf.APSQHfConfig(bits=4)
     assert apsq_hf.APSQHfConfig.from_dict({"quant_method": "apsq", "apsq": {"gs": 3}}).apsq_config().gs == 3
+
+
+def test_loading_in_bfloat16_keeps_every_exponent(tmp_path):
+    """from_pretrained(dtype=bfloat16) of a float32 APSQ checkpoint: steps stay float32 (issue 25 item 1's
+    kind through the loader), exponents equal, every layer's output equal to the saved model cast to bfloat16."""
+    import copy
+
+    model, ids = _trained(_llama(), apsq.APSQConfig(gs=2, tile=8), 100)
+    model.save_pretrained(tmp_path)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    for (name, a), (_, b) in zip(apsq.quant_layers(model), apsq.quant_layers(loaded)):
+        assert b.weight.dtype == torch.bfloat16 and b.psum.log2_scales.dtype == torch.float32, name
+        assert torch.equal(a.psum.exponents(a.psum.log2_scales.shape[0]), b.psum.exponents(b.psum.log2_scales.shape[0]))
+        assert torch.equal(a.act_quant.exponent(), b.act_quant.exponent())
+        assert torch.equal(a.weight_quant.exponent(), b.weight_quant.exponent())
+    cast = copy.deepcopy(model).to(torch.bfloat16).eval()
+    x = torch.randn(2, 12, 64, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
+    with torch.no_grad():  # every quantized layer computes as the cast model's (rotary buffers differ by path)
+        for (name, a), (_, b) in zip(apsq.quant_layers(cast), apsq.quant_layers(loaded)):
+            if name.endswith(("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")):
+                assert torch.equal(a(x), b(x)), name
