@@ -14,7 +14,7 @@ ratios use process CPU time — robust when other jobs share the cores — and w
   (:data:`SATURATING_SHIFT`): many outputs have a saturated tile, as in a trained model, and the
   backward's correction pass runs on them;
 * ``apsq_gs2_baseline`` (``--baseline REV``; also ``psq_baseline``, ``apsq_gs2_channel_baseline``) — ``apsq_gs2`` with the integer kernel built from git
-  revision ``REV``'s ``csrc/psum_gemm*.c``, ``int_gemm.py`` and ``fused_int.py``: the speed before a kernel
+  revision ``REV``'s ``csrc/psum_gemm*.c``, ``int_gemm.py`` and ``int_gemm_fn.py`` (``psum/fused_int.py`` before): the speed before a kernel
   change, in the same run (also ``*_saturating_baseline``);
 * ``apsq_gs2_reference`` (``--reference``) — the same layer through the reference Python loop;
 * ``apsq_gs2_torch_kernels`` / ``w8a8_torch_kernels`` (``--fallback``) — the same layers on the torch
@@ -105,19 +105,19 @@ def _opts(values: dict[str, object]):
 @contextlib.contextmanager
 def _gemm_module(module):
     """The layers' integer path through ``module`` and its revision's autograd function (``module.fused_int``)."""
-    from apsq.psum import fused
+    from apsq.kernels import int_gemm_fn
 
-    before = fused.int_gemm_psum
-    fused.int_gemm_psum = module.fused_int.int_gemm_psum
+    before = int_gemm_fn.int_gemm_psum
+    int_gemm_fn.int_gemm_psum = module.fused_int.int_gemm_psum
     try:
         yield
     finally:
-        fused.int_gemm_psum = before
+        int_gemm_fn.int_gemm_psum = before
 
 
 def baseline_gemm(rev: str):
     """``apsq.kernels.int_gemm`` as of git revision ``rev`` (its ``int_gemm.py`` and ``csrc/psum_gemm*.c``),
-    loaded beside the current one, with that revision's autograd function (``apsq/psum/fused_int.py``, as
+    loaded beside the current one, with that revision's autograd function (``apsq/kernels/int_gemm_fn.py``, as
     the attribute ``fused_int``; the two change together): the kernel before a change, timed in the same
     run. Raises RuntimeError when git cannot show those files."""
     import subprocess
@@ -147,7 +147,11 @@ def baseline_gemm(rev: str):
         raise RuntimeError(f"--baseline {rev}: the kernel does not build: {module.build_error()}")
     autograd = types.ModuleType(name + "_fused_int")
     sys.modules[autograd.__name__] = autograd
-    exec(compile(show("src/apsq/psum/fused_int.py"), f"{rev}:fused_int.py", "exec"), autograd.__dict__)
+    try:  # the autograd Function: kernels/int_gemm_fn.py, or psum/fused_int.py before issue 27 moved it
+        text = show("src/apsq/kernels/int_gemm_fn.py")
+    except RuntimeError:
+        text = show("src/apsq/psum/fused_int.py")
+    exec(compile(text, f"{rev}:int_gemm_fn.py", "exec"), autograd.__dict__)
     autograd._cgemm = module
     module.fused_int = autograd
     return module

@@ -97,6 +97,18 @@ def test_conv2d_im2col(interpreter):
     _compare(layer, (torch.randn(2, 3, 5, 4, dtype=torch.float64),), interpreter)
 
 
+def test_attention_matmul_per_channel_psum_steps(interpreter):
+    """Per-channel attention AV (``[n, N]`` steps) reaches the Triton kernel (issue 27 item 1: it took the
+    reference loop on CUDA while per-channel Linear / Conv2d took Triton)."""
+    torch.manual_seed(0)
+    layer = QuantMatmul(12, LayerQuantConfig(tile=4, mode="apsq", gs=2, psum_granularity="channel"),
+                        out_features=5).double()
+    a = torch.randn(2, 3, 6, 12, dtype=torch.float64)
+    b = torch.randn(2, 3, 12, 5, dtype=torch.float64)
+    _compare(layer, (a, b), interpreter)
+    assert layer.psum.per_channel
+
+
 def test_attention_matmul_batches(interpreter):
     torch.manual_seed(0)
     layer = QuantMatmul(12, LayerQuantConfig(tile=4, mode="apsq", gs=2)).double()

@@ -1,14 +1,30 @@
-"""The static description of one PSUM accumulation that every backend receives."""
+"""The static description of one PSUM accumulation that every backend receives, and the tiling of K."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from apsq.errors import PSUM_MODES, APSQError, check_bits, check_choice, check_int
 
-__all__ = ["Plan"]
+__all__ = ["Plan", "num_tiles", "pad_to_tiles"]
+
+
+def num_tiles(k: int, tile: int) -> int:
+    """``n = ceil(K / tile)``, the number of reduction steps."""
+    check_int("tile", tile, lo=1)
+    check_int("K", k, lo=1)
+    return math.ceil(k / tile)
+
+
+def pad_to_tiles(x: torch.Tensor, tile: int) -> torch.Tensor:
+    """Zero-pad the last dimension (K) of ``x`` up to a multiple of ``tile``."""
+    k = x.shape[-1]
+    pad = num_tiles(k, tile) * tile - k
+    return F.pad(x, (0, pad)) if pad else x
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,7 @@ class PSUMQuantizer(Float32Steps):
             self._check_channels(partials.shape[self.channel_axis])
         if not bool(self.initialized):
             self.init_from(partials)
-        fn = psum_accumulate_fused if self._use_fused() and not self.per_channel else psum_accumulate
+        fn = psum_accumulate_fused if self._use_fused() else psum_accumulate  # the route table decides the rest
         return fn(partials, self._steps(n, partials[0].numel()), mode=self.mode, gs=self.gs, bits=self.bits,
                   observe=self.observe)
 

@@ -11,7 +11,7 @@ Computes exactly what :func:`apsq.psum.accumulate.psum_accumulate` (the referenc
   through all n steps in L1) or, where none builds, vectorised torch (:mod:`apsq.kernels.chunk_torch`;
   psq: all tiles in one op; apsq: a group's pending tiles in one op, then its closing step);
 * with the layer's operand steps, computes the tiles from integer codes inside the C kernel
-  (:mod:`apsq.kernels.int_gemm`, via :mod:`apsq.psum.fused_int`); on CUDA, the Triton kernels;
+  (:mod:`apsq.kernels.int_gemm`, via :mod:`apsq.kernels.int_gemm_fn`); on CUDA, the Triton kernels;
 * saves for backward only the operands (the layer keeps them anyway) and, for apsq, one small
   integer per output element; the backward recomputes the partial sums chunk by chunk.
 
@@ -29,8 +29,9 @@ pending ``P_j`` of the group and ``A_{h-1}``) is ``g_out * M_h``. ``M_h`` is sto
 element: ``last_bad`` = 1 + the last group whose closing step saturated (0 if none), ``M_h = last_bad
 <= h``. A pending tile ``j`` of group ``h`` gets ``g_out * M_h * m_j``.
 
-The backend is chosen by :func:`apsq.kernels.dispatch.choose` (``APSQ_KERNELS``); this module keeps the
-public functions and the autograd Functions.
+The backend is chosen once, by :func:`apsq.kernels.dispatch.route` (one ordered table, ``APSQ_KERNELS``);
+this module keeps the public functions and runs the rows the table leaves to it: the tiles paths
+``c`` / ``torch`` (its autograd Functions) and ``reference`` (the plain loop).
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ from apsq.kernels import chunk_torch, dispatch, options
 from apsq.kernels.autograd import first_order_only
 from apsq.kernels.plan import Plan
 from apsq.psum.accumulate import psum_accumulate, validate_psum_args
-from apsq.psum.fused_int import int_gemm_psum
 from apsq.psum.tiling import conv2d_im2col, linear_partials, matmul_partials, num_tiles, pad_to_tiles
 
 __all__ = [
@@ -154,14 +154,11 @@ def psum_accumulate_fused(
     validate_psum_args(partials, scales, mode, gs, bits, finite=False)
     if mode == "none":
         return partials.sum(0)
-    if scales is not None and scales.dim() >= 2:  # per-channel steps: the kernels take per-tensor steps only
-        return psum_accumulate(partials, scales, mode=mode, gs=gs, bits=bits, observe=observe)
-    n = partials.shape[0]
-    backend = dispatch.choose(partials, _steps(scales, partials.dtype)[0])
-    if backend in ("reference", "triton"):  # Triton takes operands, not partials: the reference here
-        return psum_accumulate(partials, scales, mode=mode, gs=gs, bits=bits, observe=observe)
-    plan = Plan(mode, n, gs, bits)
-    return _FusedAccumulate.apply(partials, scales.to(partials.dtype), plan, observe, backend)
+    plan = Plan(mode, partials.shape[0], gs, bits)
+    backend, _ = dispatch.route(dispatch.Request("partials", partials, None, scales, 1, plan, observe))
+    if backend in ("c", "torch"):
+        return _FusedAccumulate.apply(partials, scales.to(partials.dtype), plan, observe, backend)
+    return psum_accumulate(partials, scales, mode=mode, gs=gs, bits=bits, observe=observe)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -333,26 +330,6 @@ def _linear_backward_by_rows(xt, wt, s, scol, g2, last_bad, plan, backend, rows,
     return gxt, gwt, grad_s
 
 
-def _gemm_psum(x3: torch.Tensor, w3: torch.Tensor, scales: torch.Tensor, tile: int, plan: Plan,
-               observe: Observer | None, x_step: torch.Tensor | None, w_step: torch.Tensor | None,
-               ) -> tuple[str, torch.Tensor | None]:
-    """The route (:func:`apsq.kernels.dispatch.choose`) for ``x3 [B, M, K] @ w3 [B, N, K]^T`` and, where
-    it computes the whole product itself, the ``[B, M, N]`` result: the integer kernel
-    (:mod:`apsq.psum.fused_int`; operand steps given, exact codes, no observer) or Triton. Otherwise
-    None: the caller runs the route (``c`` / ``torch`` tiles, or ``reference``)."""
-    route = dispatch.choose(x3, _steps(scales, x3.dtype)[0] if x3.dtype == w3.dtype else None)
-    if x3.dtype != w3.dtype and route in ("c", "torch"):
-        route = "reference"
-    if route == "triton":
-        y = None if observe is not None else dispatch.triton_gemm(x3, w3, scales, tile, plan, x_step, w_step)
-        return ("triton", y) if y is not None else ("reference", None)
-    if dispatch.use_int_gemm(route, x3, w3, x_step, w_step, observe is not None):
-        y = int_gemm_psum(x3, w3, scales.to(x3.dtype), tile, plan, (x_step.detach(), w_step.detach()))
-        if y is not None:
-            return "int_gemm", y
-    return route, None
-
-
 def _lane_steps(scales: torch.Tensor, n: int, n_out: int, trailing: int = 0) -> torch.Tensor | None:
     """Per-channel PSUM steps as ``[n, N]`` (a differentiable view) when ``scales`` is one step per tile
     step and output column: shape ``[n, 1, ..., 1, N, 1 x trailing]`` (``trailing`` = 2 for a conv's
@@ -366,24 +343,13 @@ def _lane_steps(scales: torch.Tensor, n: int, n_out: int, trailing: int = 0) -> 
     return scales.reshape(n, n_out)
 
 
-def _per_channel(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, tile: int, plan: Plan,
-                 observe: Observer | None, x_step: torch.Tensor | None, w_step: torch.Tensor | None,
-                 ) -> torch.Tensor | None:
-    """``[..., N]`` for per-channel PSUM steps ``[n, N]`` (:func:`_lane_steps` layouts): Triton on its route,
-    the integer C kernel (:mod:`apsq.psum.fused_int`, per-column steps) on the ``c`` route when the operands
-    are exact codes; None otherwise (the caller runs the reference loop). No observer."""
-    n_out = weight.shape[0]
-    s2 = _lane_steps(scales, plan.n, n_out)
-    if observe is not None or s2 is None:
-        return None
-    x3, w3 = x.reshape(-1, x.shape[-1]).unsqueeze(0), weight.unsqueeze(0)
-    route = dispatch.choose(x, s2 if x.dtype == weight.dtype else None)  # steps checked as one tensor
-    y = None
-    if route == "triton":
-        y = dispatch.triton_gemm(x3, w3, s2, tile, plan, x_step, w_step)
-    elif dispatch.use_int_gemm(route, x3, w3, x_step, w_step, False):
-        y = int_gemm_psum(x3, w3, s2.to(x.dtype), tile, plan, (x_step.detach(), w_step.detach()))
-    return None if y is None else y.reshape(*x.shape[:-1], n_out)
+def _kernel_steps(scales: torch.Tensor, n: int, n_out: int) -> torch.Tensor:
+    """The PSUM steps as the kernels take them: ``[n]`` per tensor, ``[n, N]`` per channel
+    (:func:`_lane_steps`); any other per-channel layout as it is (only the reference then applies)."""
+    if scales.dim() < 2:
+        return scales
+    lanes = _lane_steps(scales, n, n_out)
+    return scales if lanes is None else lanes
 
 
 def linear_psum(
@@ -407,7 +373,7 @@ def linear_psum(
     ``x_step`` (one power of two) and ``w_step`` (one per output row, or one) are the steps the
     operands were quantized with: when given, and ``x / x_step``, ``weight / w_step`` are small
     integers (:func:`apsq.kernels.int_gemm.int_operands`), the tile products are computed from those
-    codes inside the C kernel (:mod:`apsq.psum.fused_int`; exact, so the same values; much faster).
+    codes inside the C kernel (:mod:`apsq.kernels.int_gemm_fn`; exact, so the same values; much faster).
     ``mode='none'`` is the plain ``F.linear`` (exact INT32 accumulation).
     """
     check_int("tile", tile, lo=1)
@@ -419,21 +385,15 @@ def linear_psum(
     _validate((n, *x.shape[:-1], weight.shape[0]), scales, mode, gs, bits)
     if mode == "none":
         return F.linear(x, weight)
-    if scales is not None and scales.dim() >= 2:  # per-channel steps: Triton, the integer C kernel, or the reference
-        y = _per_channel(x, weight, scales, tile, Plan(mode, n, gs, bits), observe, x_step, w_step)
-        if y is not None:
-            return y
-        return psum_accumulate(linear_partials(x, weight, tile), scales, mode=mode, gs=gs, bits=bits, observe=observe)
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1])
     plan = Plan(mode, n, gs, bits)
-    route, y = _gemm_psum(x2.unsqueeze(0), weight.unsqueeze(0), scales, tile, plan, observe, x_step, w_step)
-    if y is not None:
-        return y.reshape(*lead, weight.shape[0])
-    if route == "reference":
+    lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1])
+    backend, y = dispatch.route(dispatch.Request("gemm", x2.unsqueeze(0), weight.unsqueeze(0),
+                                                 _kernel_steps(scales, n, weight.shape[0]), tile, plan, observe,
+                                                 x_step, w_step))
+    if y is None and backend in ("c", "torch"):
+        y = _FusedLinear.apply(x2, weight, scales.to(x.dtype), tile, plan, observe, backend)
+    elif y is None:
         y = psum_accumulate(linear_partials(x2, weight, tile), scales, mode=mode, gs=gs, bits=bits, observe=observe)
-        return y.reshape(*lead, weight.shape[0])
-    y = _FusedLinear.apply(x2, weight, scales.to(x.dtype), tile, plan, observe, route)
     return y.reshape(*lead, weight.shape[0])
 
 
@@ -514,7 +474,7 @@ def matmul_psum(
     (attention's ``QK^T`` / ``AV``) -> ``[..., M, N]``.
 
     With ``a_step`` / ``b_step`` (one power of two each) and exact codes, every product of the batch
-    goes through the integer kernel (:mod:`apsq.psum.fused_int`) without materialising the tiles;
+    goes through the integer kernel (:mod:`apsq.kernels.int_gemm_fn`) or Triton without materialising the tiles;
     otherwise (or with broadcast batch dimensions) the tiles are materialised and accumulated by
     :func:`psum_accumulate_fused`. Same values as the reference either way.
     """
@@ -530,24 +490,16 @@ def matmul_psum(
     _validate((n, *out_lead, m, n_out), scales, mode, gs, bits)
     if mode == "none":
         return a @ b
-    if scales is not None and scales.dim() >= 2:  # per-channel steps [n, N]: the integer kernel, else the reference
-        lanes = _lane_steps(scales, n, n_out)
-        if (lanes is not None and observe is None and b.shape[:-2] == lead and a.dtype == b.dtype
-                and a.device.type == "cpu"):
-            a3, b3 = a.reshape(-1, m, k), b.reshape(-1, k, n_out).transpose(1, 2)
-            route = dispatch.choose(a3, lanes)
-            if dispatch.use_int_gemm(route, a3, b3, a_step, b_step, False):
-                y = int_gemm_psum(a3, b3, lanes.to(a.dtype), tile, Plan(mode, n, gs, bits),
-                                  (a_step.detach(), b_step.detach()))
-                if y is not None:
-                    return y.reshape(*lead, m, n_out)
-        return psum_accumulate(matmul_partials(a, b, tile), scales, mode=mode, gs=gs, bits=bits, observe=observe)
-    route = "partials"
-    if b.shape[:-2] == lead:  # broadcast batches take the partials path
-        route, y = _gemm_psum(a.reshape(-1, m, k), b.reshape(-1, k, n_out).transpose(1, 2), scales, tile,
-                              Plan(mode, n, gs, bits), observe, a_step, b_step)
-        if y is not None:
-            return y.reshape(*lead, m, n_out)
-    if route == "reference":
-        return psum_accumulate(matmul_partials(a, b, tile), scales, mode=mode, gs=gs, bits=bits, observe=observe)
-    return psum_accumulate_fused(matmul_partials(a, b, tile), scales, mode=mode, gs=gs, bits=bits, observe=observe)
+    plan = Plan(mode, n, gs, bits)
+    if b.shape[:-2] == lead:  # one product per batch entry: the operand routes (broadcast batches: partials)
+        a3, b3 = a.reshape(-1, m, k), b.reshape(-1, k, n_out).transpose(1, 2)
+        req = dispatch.Request("gemm", a3, b3, _kernel_steps(scales, n, n_out), tile, plan, observe, a_step, b_step)
+    else:
+        req = dispatch.Request("partials", a, None, scales, tile, plan, observe)
+    backend, y = dispatch.route(req)
+    if y is not None:
+        return y.reshape(*lead, m, n_out)
+    parts = matmul_partials(a, b, tile)
+    if backend in ("c", "torch"):  # the tiles materialised, the chunk kernels on them
+        return _FusedAccumulate.apply(parts, scales.to(parts.dtype), plan, observe, backend)
+    return psum_accumulate(parts, scales, mode=mode, gs=gs, bits=bits, observe=observe)

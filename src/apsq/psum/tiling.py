@@ -13,28 +13,14 @@ Grouped convolutions reduce within each group (``K = Ci/groups * kh * kw``); a d
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 
 from apsq.errors import APSQError, check_int
+from apsq.kernels.plan import num_tiles, pad_to_tiles  # the tiling of K, shared with the kernels
 
 __all__ = ["num_tiles", "pad_to_tiles", "linear_partials", "conv2d_partials", "conv2d_im2col", "matmul_partials"]
-
-
-def num_tiles(k: int, tile: int) -> int:
-    """``n = ceil(K / tile)``, the number of reduction steps."""
-    check_int("tile", tile, lo=1)
-    check_int("K", k, lo=1)
-    return math.ceil(k / tile)
-
-
-def pad_to_tiles(x: torch.Tensor, tile: int) -> torch.Tensor:
-    """Zero-pad the last dimension (K) of ``x`` up to a multiple of ``tile``."""
-    k = x.shape[-1]
-    pad = num_tiles(k, tile) * tile - k
-    return F.pad(x, (0, pad)) if pad else x
 
 
 def linear_partials(x: torch.Tensor, weight: torch.Tensor, tile: int) -> torch.Tensor:

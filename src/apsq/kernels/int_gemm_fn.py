@@ -1,4 +1,5 @@
-"""The integer fused path: PSUM accumulation with the tile products computed from operand codes.
+"""The integer kernel's autograd Function (moved here from ``apsq/psum/fused_int.py``, beside its kernel):
+PSUM accumulation with the tile products computed from operand codes.
 
 ``y[b] = PSUM-accumulate(x[b] @ w[b].T tiles)`` for B stacked products (B = 1 for Linear / Conv2d,
 batch x heads for attention), where ``x = cx * sx`` and ``w = cw * sw`` are fake-quantized with
@@ -21,7 +22,7 @@ import torch
 
 from apsq.kernels import int_gemm as _cgemm
 from apsq.kernels.autograd import first_order_only
-from apsq.psum.tiling import pad_to_tiles
+from apsq.kernels.plan import pad_to_tiles
 
 __all__ = ["int_operands", "int_gemm_psum"]
 
