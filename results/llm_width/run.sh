@@ -9,5 +9,5 @@ cd "$(dirname "$0")/../.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1
 if [ -x .venv/bin/apsq ]; then export PATH="$PWD/.venv/bin:$PATH"; fi
 
-nice -n 10 python benchmarks/bench_llama_width.py --ranks 2 --threads 1 --json results/llm_width/bench_llama_width.json
+nice -n 10 python benchmarks/bench_llama_width.py --ranks 2 --threads 1 --seq 16 --calib-rows 16 --json results/llm_width/bench_llama_width.json
 apsq llm dry-run --model llama2-7b --gpus 1,2,4,8 --json results/llm_width/dry_run_llama2_7b.json
