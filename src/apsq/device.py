@@ -20,8 +20,8 @@ def module_device(module: nn.Module) -> torch.device:
     """The device of the module's first parameter or buffer (CPU for a module with neither)."""
     for t in module.parameters():
         return t.device
-    for t in module.buffers():
-        return t.device
+    for b in module.buffers():
+        return b.device
     return torch.device("cpu")
 
 
@@ -54,7 +54,8 @@ def to_device(batch: Any, device: torch.device | str, dtype: torch.dtype | None 
     if isinstance(batch, Mapping):
         moved = {k: to_device(v, device, dtype) for k, v in batch.items()}
         try:
-            return type(batch)(moved)
+            rebuild: Any = type(batch)  # a Mapping subclass built from a dict (TypeError otherwise)
+            return rebuild(moved)
         except TypeError:
             return moved
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple

@@ -84,7 +84,7 @@ def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
     choices = tuple(choices)
     if value not in choices:
         raise APSQError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-    return value  # type: ignore[return-value]
+    return value  # `value in choices` narrowed it to str
 
 
 EXPORT_REFUSED = ("torch.export of an apsq-quantized model is not supported: the fused kernels are not "

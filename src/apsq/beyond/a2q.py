@@ -64,13 +64,15 @@ def a2q_quantize_(model: nn.Module, acc_bits: int, plus: bool = False, exclude: 
 
 
 @torch.no_grad()
-def a2q_init_scales_(q: nn.Module, plus: bool, input_bits: int = 8) -> None:
+def a2q_init_scales_(q: Any, plus: bool, input_bits: int = 8) -> None:
     """Post-training start for A2Q: raise each channel's post-scale ``s`` to ``||w||_1 / T``.
 
     brevitas initialises ``s = max|w| / 127`` and clamps the norm ``g/s`` at the l1 bound ``T``, which
     shrinks every dequantized weight by ``T·s/||w||_1`` (50x for K = 384 at P = 16: the output
     collapses). With ``s >= ||w||_1 / T`` the clamp is inactive at start: the weights keep their
     magnitude and the integer l1-norm ``||w||_1 / s <= T`` still meets the accumulator bound.
+
+    ``q``: a brevitas ``QuantLinear`` with an A2Q weight quantizer (brevitas ships no types: ``Any``).
     """
     tq = q.weight_quant.tensor_quant
     w = q.weight.detach().flatten(1)

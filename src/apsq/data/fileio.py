@@ -30,7 +30,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Self
 
 from apsq.errors import APSQError
 
@@ -55,7 +54,7 @@ def _pid_alive(pid: int) -> bool:
 def remove_dead_temps(path: Path) -> list[Path]:
     """Delete ``path``'s temporary files (``.<name>.tmp-<pid>-*``, and ``.<name>.tmp<pid>`` of earlier
     versions) whose writer process no longer exists; returns what was removed."""
-    removed = []
+    removed: list[Path] = []
     prefix = f".{path.name}.tmp"
     try:
         siblings = list(path.parent.iterdir())
@@ -105,6 +104,7 @@ def atomic_write_with(path: str | Path, writer: Callable[[Path], None], *, what:
     # make them in there, so a killed writer's debris is one pid-named folder, removed later
     tmp_dir = temp_name(path)
     tmp = tmp_dir / path.name
+    caught: tuple[type[BaseException], ...] = (OSError, *errors)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp_dir.mkdir()
@@ -115,7 +115,7 @@ def atomic_write_with(path: str | Path, writer: Callable[[Path], None], *, what:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except (OSError, *errors) as exc:
+    except caught as exc:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         kept = f"the previous {path.name} is intact" if existed else "nothing was written"
         code = getattr(exc, "errno", None) or next((c for c, word in _ERRNO_WORDS if word in str(exc)), 0)
@@ -159,7 +159,7 @@ def remove_orphan_temps(folder: str | Path) -> list[Path]:
     ``.tmpXXXXXX`` files safetensors itself writes) left in ``folder`` by killed writers; returns what
     was removed. Hold the folder's lock while calling it."""
     folder = Path(folder)
-    removed = []
+    removed: list[Path] = []
     if not folder.is_dir():
         return removed
     for p in folder.iterdir():
@@ -263,7 +263,7 @@ class FolderLock:
                 pass
             os.close(fd)
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> FolderLock:
         return self.acquire()
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:

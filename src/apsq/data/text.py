@@ -56,7 +56,7 @@ class TokenizedText:
             row = self.input_ids[i]
             ids[r, : len(row)] = torch.tensor(row)
             mask[r, : len(row)] = 1
-            if tt is not None:
+            if tt is not None and self.token_type_ids is not None:
                 tt[r, : len(row)] = torch.tensor(self.token_type_ids[i])
         out = {"input_ids": ids, "attention_mask": mask, "labels": self.labels[idx]}
         if tt is not None:

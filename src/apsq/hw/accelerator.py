@@ -92,7 +92,8 @@ class _Strict(BaseModel):
     @classmethod
     def _no_bool_as_number(cls, v: Any, info: ValidationInfo) -> Any:
         """A YAML ``true`` is not a number (pydantic would read it as 1)."""
-        ann = cls.model_fields[info.field_name].annotation
+        field = cls.model_fields.get(info.field_name) if info.field_name else None
+        ann = field.annotation if field is not None else None
         if isinstance(v, bool) and ann is not bool and bool not in get_args(ann):
             raise ValueError(f"expected a number or text, got the boolean {v!r}")
         return v

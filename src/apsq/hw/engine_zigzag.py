@@ -167,7 +167,7 @@ def to_zigzag_hardware(acc: Accelerator, dataflow: str) -> dict[str, Any]:
     # on-chip SRAM: shared groups first
     bufs = {"input": acc.buffers.input, "weight": acc.buffers.weight, "psum": acc.buffers.psum}
     groups: list[list[str]] = []
-    shared = [b for b in (acc.shared_sram or ()) if b in bufs]
+    shared: list[str] = [b for b in (acc.shared_sram or ()) if b in bufs]
     if shared:
         groups.append(shared)
     groups += [[b] for b in bufs if b not in shared]
@@ -223,6 +223,7 @@ def zigzag_mapping(layer: Layer, dataflow: str, acc: Accelerator) -> list[dict[s
     def su(size: int, lanes: int) -> int:
         return max(1, min(size, lanes))
 
+    order: list[list[Any]]  # [[dimension, loop size], ...] (lists: the YAML ZigZag reads)
     if dataflow == "ws":
         sp = {"D1": [f"C, {su(k, R)}"], "D2": [f"K, {su(n, C)}"]}
         order = [["B", m], ["C", math.ceil(k / su(k, R))], ["K", math.ceil(n / su(n, C))]]

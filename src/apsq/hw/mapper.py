@@ -126,9 +126,9 @@ def map_layers(g: GemmShapes, acc, dataflow: str, plan: PsumPlan, names: list[st
     chosen = counts.take(idx)
     tiles_all = np.tile(P, (len(orders), 1)).reshape(-1)
     tiles = tiles_all[idx]
-    order = tuple(orders[int(b) // T] for b in best)
+    layer_orders = tuple(orders[int(b) // T] for b in best)
     tile = np.ones(L, dtype=np.int64) if dataflow == "os" else ceil_div(stream_extent(g, dataflow), tiles)
-    return chosen, Schedule(dataflow, schedule, order, tiles, tile)
+    return chosen, Schedule(dataflow, schedule, layer_orders, tiles, tile)
 
 
 def _concat_terms(parts: list) -> Any:

@@ -26,7 +26,7 @@ import torch
 from apsq.errors import APSQError, check_finite
 from apsq.device import module_device, to_device
 from apsq.integer.psum import IntPSUM, psum_accumulate_int
-from apsq.nn.layers import QuantConv1d, QuantConv2d, QuantLinear, QuantMatmul
+from apsq.nn.layers import QUANT_LAYER_TYPES, QuantConv1d, QuantConv2d, QuantLinear, QuantMatmul
 from apsq.psum.accumulate import lane_steps
 from apsq.psum.tiling import matmul_partials
 from apsq.psum.tiling import conv2d_partials, linear_partials
@@ -87,7 +87,8 @@ def integer_forward(layer: torch.nn.Module, *inputs: torch.Tensor) -> IntPSUM:
 
 
 def _integer_forward(layer: torch.nn.Module, *inputs: torch.Tensor) -> IntPSUM:
-    t, unit = tile_sums(layer, *inputs)
+    t, unit = tile_sums(layer, *inputs)  # an APSQError for any other module
+    assert isinstance(layer, QUANT_LAYER_TYPES)
     q = layer.qcfg
     if q.mode == "none":
         r = psum_accumulate_int(t, mode="none", acc_bits=q.acc_bits)

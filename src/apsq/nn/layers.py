@@ -26,7 +26,7 @@ import functools
 import json
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 import torch.nn.functional as F
@@ -323,6 +323,8 @@ class QuantLinear(nn.Linear, _QuantMixin):
     """
 
     kind = "linear"
+    act_quant: LSQQuantizer  # set by _make_quantizers
+    weight_quant: LSQQuantizer
     get_extra_state = _QuantMixin.get_extra_state  # nn.Module's (no state) comes first in the MRO
     set_extra_state = _QuantMixin.set_extra_state
 
@@ -440,6 +442,8 @@ class _QuantConvNd(_QuantMixin):
     """Shared by :class:`QuantConv1d` / :class:`QuantConv2d`: padding, 2-D lowering, calibration."""
 
     _spatial = 2
+    act_quant: LSQQuantizer  # set by _make_quantizers
+    weight_quant: LSQQuantizer
 
     def __init__(self, *args, qcfg: LayerQuantConfig, check_finite: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)  # the nn.Conv1d / nn.Conv2d of the concrete class
@@ -729,3 +733,4 @@ class QuantMatmul(nn.Module, _QuantMixin):
 
 
 QUANT_LAYER_TYPES = (QuantLinear, QuantConv1d, QuantConv2d, QuantMatmul)
+QuantLayer: TypeAlias = QuantLinear | QuantConv1d | QuantConv2d | QuantMatmul  # one of QUANT_LAYER_TYPES

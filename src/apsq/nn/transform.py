@@ -24,6 +24,7 @@ from apsq.nn.config import APSQConfig, LayerQuantConfig
 from apsq.nn.layers import (
     DEFAULT_CALIB_ROWS,
     QUANT_LAYER_TYPES,
+    QuantLayer,
     QuantConv1d,
     QuantConv2d,
     QuantLinear,
@@ -445,7 +446,7 @@ def _check_attention_granularity(model: nn.Module, config: APSQConfig) -> None:
                 raise per_channel_matmul_error(f"{name}.qk_matmul")
 
 
-def quant_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+def quant_layers(model: nn.Module) -> Iterator[tuple[str, QuantLayer]]:
     """``(name, layer)`` for every quantized layer of ``model``."""
     for name, m in model.named_modules():
         if isinstance(m, QUANT_LAYER_TYPES):

@@ -33,6 +33,7 @@ class LSQQuantizer(Float32Steps):
     """
 
     _float32_steps = ("log2_scale",)
+    initialized: torch.Tensor  # a bool buffer: the step was set from data
 
     def __init__(self, bits: int = 8, channel_axis: int | None = None, num_channels: int = 1) -> None:
         super().__init__()
@@ -72,7 +73,7 @@ class LSQQuantizer(Float32Steps):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not bool(self.initialized):
             self.init_from(x)
-        log2_s = self.log2_scale
+        log2_s: torch.Tensor = self.log2_scale
         if self.training and log2_s.requires_grad:
             log2_s = grad_scale(log2_s, lsq_grad_factor(x.numel() // log2_s.numel(), self.bits))
         step = self._broadcast(pow2_ste(log2_s), x).to(x.dtype)  # a bf16 / fp16 step is exact in x's dtype

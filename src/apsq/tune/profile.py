@@ -121,6 +121,7 @@ def profile_gs(
         uniform[g] = metrics_of(logits_on(m, eval_batches), fp_logits, labels)
         if host is None:
             host = m
+    assert host is not None  # gs_values is not empty (checked above)
     prof = GsProfile(base.replace(gs=gs_values[0]), gs_values, tuple(layers), stats, uniform, host, eval_batches,
                      fp_logits, labels, psum_state)
     return prof

@@ -124,14 +124,13 @@ def uniform_points(profile: GsProfile, table: EnergyTable) -> list[SearchPoint]:
 
 def pareto_front(points: Sequence[SearchPoint]) -> list[SearchPoint]:
     """Measured points not dominated in (lower energy, higher accuracy, then lower KL), by energy."""
-    pts = [p for p in points if p.metrics is not None]
+    pts = [(p, p.metrics) for p in points if p.metrics is not None]
     front = []
-    for p in pts:
+    for p, pm in pts:
         dominated = any(
-            q is not p and q.energy_pj <= p.energy_pj and q.metrics.accuracy >= p.metrics.accuracy
-            and (q.energy_pj < p.energy_pj or q.metrics.accuracy > p.metrics.accuracy
-                 or q.metrics.kl < p.metrics.kl)
-            for q in pts)
+            q is not p and q.energy_pj <= p.energy_pj and qm.accuracy >= pm.accuracy
+            and (q.energy_pj < p.energy_pj or qm.accuracy > pm.accuracy or qm.kl < pm.kl)
+            for q, qm in pts)
         if not dominated:
             front.append(p)
     return sorted(front, key=lambda p: p.energy_pj)
@@ -139,12 +138,12 @@ def pareto_front(points: Sequence[SearchPoint]) -> list[SearchPoint]:
 
 def choose(points: Sequence[SearchPoint], budget_pj: float) -> SearchPoint:
     """The most accurate measured point within ``budget_pj`` (ties: lower KL, then lower energy)."""
-    ok = [p for p in points if p.metrics is not None and p.energy_pj <= budget_pj * (1 + 1e-12)]
+    ok = [(p, p.metrics) for p in points if p.metrics is not None and p.energy_pj <= budget_pj * (1 + 1e-12)]
     if not ok:
         lo = min(p.energy_pj for p in points) / 1e6
         raise APSQError(f"energy budget {budget_pj / 1e6:.3f} µJ is below every candidate (lowest {lo:.3f} µJ); "
                         "raise --budget-uj / --budget-frac")
-    return max(ok, key=lambda p: (p.metrics.accuracy, -p.metrics.kl, -p.energy_pj))
+    return max(ok, key=lambda pm: (pm[1].accuracy, -pm[1].kl, -pm[0].energy_pj))[0]
 
 
 def choice_config(base: APSQConfig, choice: Mapping[str, int]) -> APSQConfig:

@@ -307,8 +307,8 @@ def assemble(name: str, g: GemmShapes, t: DataflowTerms, plan: PsumPlan, acc, la
 
     traffic = (reads + writes) * bits  # [L, 4, 3] bits moved
     bounds = [t.compute_cycles * c, traffic[:, :, DRAM].sum(axis=1) / acc.dram_bits_per_cycle]
-    for op, buf in zip(OPERANDS, (acc.buffers.input, acc.buffers.weight, acc.buffers.psum, acc.buffers.output)):
-        bounds.append(traffic[:, OPERANDS.index(op), SRAM] / buf.bits_per_cycle)
+    for k, buf in enumerate((acc.buffers.input, acc.buffers.weight, acc.buffers.psum, acc.buffers.output)):
+        bounds.append(traffic[:, k, SRAM] / buf.bits_per_cycle)
     stack = np.stack(bounds)
     cycles = np.max(stack, axis=0)
     loads = None if t.exponent_reads is None else t.exponent_reads * c

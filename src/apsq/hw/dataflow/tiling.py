@@ -61,6 +61,8 @@ def stationary_terms(g: GemmShapes, acc, dataflow: str, tiles: np.ndarray | int 
     """
     R, C = acc.pe_array.rows, acc.pe_array.cols
     order = order or UNTILED_ORDER[dataflow]
+    s_bits: np.ndarray | int  # per-layer weight bits [L], or the activation bits
+    t_bits: np.ndarray | int
     if dataflow == "ws":  # stationary W (N over the columns), streamed X (M)
         s_dim, t_dim, s_bits, t_bits = g.n, g.m, g.w_bits, g.act_bits
         s_cap, t_cap = acc.buffers.weight.capacity_bits, acc.buffers.input.capacity_bits

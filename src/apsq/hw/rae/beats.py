@@ -221,10 +221,10 @@ def _put_fields(words: np.ndarray, values: np.ndarray, width: int, offset: int) 
     if width < 64:
         v = v & np.uint64((1 << width) - 1)
     for j in range(k):
-        bit, idx = (offset + j * width) % 32, (offset + j * width) // 32
-        for t in range(-(-(bit + width) // 32)):
-            chunk = (v[:, j] << np.uint64(bit)) if t == 0 else (v[:, j] >> np.uint64(32 * t - bit))
-            words[:, idx + t] |= chunk & _M32
+        fbit, fword = (offset + j * width) % 32, (offset + j * width) // 32
+        for t in range(-(-(fbit + width) // 32)):
+            chunk = (v[:, j] << np.uint64(fbit)) if t == 0 else (v[:, j] >> np.uint64(32 * t - fbit))
+            words[:, fword + t] |= chunk & _M32
 
 
 def pack_beats(params: RAEParams, tiles: np.ndarray, exps: np.ndarray, s2: np.ndarray, last: np.ndarray) -> np.ndarray:

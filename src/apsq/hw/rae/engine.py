@@ -31,6 +31,7 @@ positions of a step hold different output channels and so different exponents.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
@@ -168,7 +169,7 @@ class RAE(wiring.Component):
             a group (its tile sum was added to the codes read).
     """
 
-    def __init__(self, params: RAEParams | None = None, **kwargs: int) -> None:
+    def __init__(self, params: RAEParams | None = None, **kwargs: Any) -> None:
         if params is None:
             params = RAEParams(**kwargs)
         elif kwargs:

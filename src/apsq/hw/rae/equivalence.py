@@ -15,7 +15,7 @@ import os
 import platform
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,7 +90,7 @@ def run_equivalence(
     backend: str = "verilator",
     backpressure: float = 0.25,
     max_cols: int = 256,
-    progress: object = None,
+    progress: Callable[[int, int], object] | None = None,
 ) -> dict:
     """Run ``streams`` random streams, half on the per-step engine and half on the per-lane one.
 
@@ -114,7 +114,7 @@ def run_equivalence(
     batch = 0
     for k, params in enumerate(engines):
         share = streams // 2 + (streams % 2 if k == 0 else 0)
-        e_stats = Counter()
+        e_stats: Counter[str] = Counter()
         left = share
         while left > 0:
             size = min(batch_streams, left)

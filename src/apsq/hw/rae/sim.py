@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from apsq.errors import APSQError, check_bits, check_choice
 from apsq.hw.rae.amaranth_sim import run_layers_amaranth
@@ -82,7 +83,7 @@ class Backend:
     name: str
     description: str
     run: Runner
-    check: Callable[[], None]
+    check: Callable[[], object]  # what it returns (e.g. a tool's path) is not used
 
 
 _REGISTRY: dict[str, Backend] = {
@@ -142,8 +143,8 @@ def run_layers(
 
 
 def simulate(
-    partials: object,
-    exponents: object,
+    partials: npt.ArrayLike,
+    exponents: npt.ArrayLike,
     *,
     gs: int,
     bits: int = 8,

@@ -53,8 +53,8 @@ def _bert_base(seq_len: int = 128, batch: int = 1) -> Workload:
         intermediate_size=3072,
         vocab_size=30522,
         max_position_embeddings=max(512, seq_len),
-        num_labels=2,
     )
+    cfg.num_labels = 2  # a PreTrainedConfig property (not in the typed __init__)
     model = BertForSequenceClassification(cfg).eval()
     ids = torch.zeros(batch, seq_len, dtype=torch.long)
     w = trace(model, name="bert-base", options={"seq_len": seq_len, "batch": batch}, input_ids=ids)
@@ -75,8 +75,8 @@ def _segformer_b0(image_size: int = 512) -> Workload:
         num_attention_heads=[1, 2, 5, 8],
         mlp_ratios=[4, 4, 4, 4],
         decoder_hidden_size=256,
-        num_labels=150,
     )
+    cfg.num_labels = 150  # a PreTrainedConfig property (not in the typed __init__)
     model = SegformerForSemanticSegmentation(cfg).eval()
     px = torch.zeros(1, 3, image_size, image_size)
     return trace(model, name="segformer-b0", options={"image_size": image_size}, pixel_values=px)
@@ -114,7 +114,7 @@ def _llama2_7b(phase: str = "prefill", seq_len: int = 512, context: int = 2048) 
     cache = DynamicCache(config=cfg)
     hd = cfg.hidden_size // cfg.num_attention_heads
     for i in range(cfg.num_hidden_layers):
-        kv = torch.zeros(1, cfg.num_key_value_heads, context, hd)
+        kv = torch.zeros(1, cfg.num_key_value_heads or cfg.num_attention_heads, context, hd)
         cache.update(kv, kv, i)
     ids = torch.zeros(1, 1, dtype=torch.long)
     pos = torch.full((1, 1), context, dtype=torch.long)

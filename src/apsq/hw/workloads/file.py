@@ -24,7 +24,7 @@ the layer (index and name) and the field.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, TypeAlias
 
 from pydantic import (
     BaseModel,
@@ -33,7 +33,6 @@ from pydantic import (
     StrictBool,
     StrictInt,
     ValidationError,
-    conlist,
     model_validator,
 )
 
@@ -43,7 +42,7 @@ from apsq.hw.workloads.base import LAYER_KINDS, MAX_DIM, Layer, Workload
 __all__ = ["load_workload_file", "workload_from_dict", "ConvSpec", "LayerSpec", "WorkloadSpec"]
 
 
-Pair = StrictInt | conlist(StrictInt, min_length=2, max_length=2)
+Pair: TypeAlias = StrictInt | Annotated[list[StrictInt], Field(min_length=2, max_length=2)]
 
 
 class _Strict(BaseModel):
@@ -125,6 +124,7 @@ class LayerSpec(_Strict):
             m, k, n, groups = self.conv.gemm()
             kind = self.kind or ("conv1d" if self.conv.dims == 1 else "conv2d")
             return Layer(self.name, kind, m, k, n, groups * self.count, self.w_is_weight)
+        assert self.m is not None and self.k is not None and self.n is not None  # the validator above
         return Layer(self.name, self.kind or "linear", self.m, self.k, self.n, self.count, self.w_is_weight)
 
 
