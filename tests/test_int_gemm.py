@@ -113,7 +113,8 @@ def test_the_layers_take_the_integer_path(monkeypatch):
 @pytest.mark.parametrize("mode,gs", [("psq", 1), ("apsq", 1), ("apsq", 3)])
 def test_quant_layers_integer_path_matches_reference(variant, mode, gs):
     """Linear and grouped Conv2d in training, calibrated steps: fused == reference (float64, so the
-    gradients, whose terms the two paths sum in different orders, agree to 1e-9)."""
+    gradients, whose terms the two paths sum in different orders, agree to 1e-9; the step parameters
+    stay float32 through ``.double()`` (issue 25 item 1), so their gradients agree to float32 rounding)."""
     torch.manual_seed(3)
     cfg = LayerQuantConfig(tile=8, mode=mode, gs=gs)
     cases = [(QuantLinear(45, 20, qcfg=cfg), torch.randn(3, 6, 45)),
@@ -132,7 +133,8 @@ def test_quant_layers_integer_path_matches_reference(variant, mode, gs):
             outs[impl] = (y, *torch.autograd.grad(y, [xi, *params], g))
         assert torch.equal(outs["fused"][0], outs["reference"][0])
         for a, b in zip(outs["fused"][1:], outs["reference"][1:]):
-            assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+            tol = 1e-9 if a.dtype == torch.float64 else 1e-6
+            assert torch.allclose(a, b, rtol=tol, atol=tol * 1e-3)
 
 
 def test_conv2d_psum_with_steps_equals_partials_path():

@@ -89,3 +89,33 @@ def test_route_runs_the_first_row_that_fits(observe):
     inexact = dispatch.Request("gemm", x + 1e-3, w, s, 8, Plan("apsq", 2, 2, 8), None, torch.tensor(0.25),
                                torch.tensor(0.125))
     assert dispatch.route(inexact) == ("c", None)
+
+
+@pytest.mark.parametrize("groups,w_steps", [(16, 1), (2, 1), (4, "per channel")])
+def test_grouped_conv_is_routed_by_the_table(monkeypatch, groups, w_steps):
+    """A grouped conv's batched product (all groups at once) is a table request like attention's: with
+    one weight step the integer kernel takes all groups in one call; with per-channel weight steps and
+    few groups, one integer product per group (tests/test_int_gemm.py: the layers take the integer path).
+    Values equal the reference loop either way."""
+    from apsq.kernels import int_gemm
+    from apsq.psum.accumulate import psum_accumulate
+    from apsq.psum.fused import conv2d_psum
+    from apsq.psum.tiling import conv2d_partials
+
+    if not int_gemm.available():
+        pytest.skip("the integer C kernel does not build here")
+    g = torch.Generator().manual_seed(groups)
+    ci = co = 16
+    x = torch.randint(-8, 8, (2, ci, 5, 5), generator=g) / 4.0
+    sw = torch.tensor(0.125) if w_steps == 1 else torch.full((co,), 0.125) * (1 + (torch.arange(co) % 2))
+    w = torch.randint(-8, 8, (co, ci // groups, 3, 3), generator=g) * sw.reshape(-1, 1, 1, 1)  # codes x steps
+    n = -(-(ci // groups * 9) // 4)
+    scales = torch.full((n,), 2.0 ** -2)
+    seen = []
+    real = dispatch.route
+    monkeypatch.setattr(dispatch, "route", lambda r: (lambda out: seen.append((out[0], r.x.shape[0])) or out)(real(r)))
+    args = ((1, 1), (1, 1), (1, 1), groups)
+    y = conv2d_psum(x, w, scales, 4, *args, mode="apsq", gs=2, bits=8, x_step=torch.tensor(0.25), w_step=sw)
+    assert torch.equal(y, psum_accumulate(conv2d_partials(x, w, 4, *args), scales, mode="apsq", gs=2, bits=8))
+    want = [("int_gemm", groups)] if w_steps == 1 else [("int_gemm", 1)] * groups
+    assert seen == want

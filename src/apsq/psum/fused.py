@@ -397,6 +397,11 @@ def linear_psum(
     return y.reshape(*lead, weight.shape[0])
 
 
+GROUP_LOOP_MAX = 16
+"""Grouped convolutions with per-channel weight steps and at most this many groups run one product per
+group (each through the integer kernel); more groups (depthwise) one batched product of float tiles."""
+
+
 def conv2d_psum(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -438,11 +443,20 @@ def conv2d_psum(
     kg, cog = cig * kh * kw, co // groups
     cols = cols.reshape(b, groups, kg, length)
     wg = weight.reshape(groups, cog, kg)
-    if groups > 1 and lanes is None and observe is None:
-        # every group in one batched product (per-tensor PSUM steps are shared by all groups): the
-        # per-group loop below costs one kernel call per group (a depthwise conv: one per channel)
+    one_w_step = w_step is not None and w_step.numel() == 1
+    if groups > 1 and lanes is None and observe is None and (one_w_step or groups > GROUP_LOOP_MAX):
+        # every group in one batched product (per-tensor PSUM steps are shared by all groups), routed by
+        # the table like attention's products: the per-group loop below costs one kernel call per group
+        # (a depthwise conv: one per channel). The integer kernel / Triton take one weight step for the
+        # batch (or one per row of a product): per-channel weight steps take the tiles of all groups.
         a = cols.permute(1, 0, 3, 2).reshape(groups, b * length, kg)
-        y = psum_accumulate_fused(matmul_partials(a, wg.transpose(1, 2), tile), scales, mode=mode, gs=gs, bits=bits)
+        plan = Plan(mode, num_tiles(kg, tile), gs, bits)
+        backend, y = dispatch.route(dispatch.Request("gemm", a, wg, scales, tile, plan, None, x_step,
+                                                     w_step if one_w_step else None))
+        if y is None:
+            parts = matmul_partials(a, wg.transpose(1, 2), tile)
+            y = (_FusedAccumulate.apply(parts, scales.to(parts.dtype), plan, None, backend) if backend in ("c", "torch")
+                 else psum_accumulate(parts, scales, mode=mode, gs=gs, bits=bits))
         return y.reshape(groups, b, length, cog).permute(1, 0, 3, 2).reshape(b, co, h, w_out)
     outs = []
     sw = None
