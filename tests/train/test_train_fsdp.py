@@ -88,6 +88,7 @@ def test_fsdp2_train_resumes_bit_identically_and_loads_into_one_process(tmp_path
     assert res["cut"]["accuracy"] == res["fsdp"]["accuracy"]
     assert (tmp_path / "cut" / "metrics.jsonl").read_text().count('"stage": "qat", "step": 3, "lr"') == 1
     assert res["fsdp"]["replica_max_abs_diff"] == 0.0
+    assert res["fsdp"].get("hf_export") == "hf" and (tmp_path / "fsdp" / "hf" / "config.json").is_file()
     # the sharded run's checkpoint loads into one process and scores what the run reported
     import apsq
     from apsq.train.checkpoint import load_model_state

@@ -562,6 +562,22 @@ class _Run:
         m.load_state_dict(state)
         return m.to(self.acc.device)
 
+    def _plain(self, model: nn.Module, qcfg: Any) -> nn.Module:
+        """An unsharded copy of a sharded model (quantized like it when ``qcfg``), for the Hugging Face
+        export; the full state is gathered on every rank (a collective)."""
+        import apsq
+
+        state = full_state(model)
+        with torch.random.fork_rng(devices=[]):
+            from apsq.train.models import build_model
+
+            m = build_model(self.cfg, weights=False)
+        if qcfg is not None:
+            apsq.quantize_(m, qcfg)
+            freeze_unused_psum_scales(m)
+        m.load_state_dict(state)
+        return m
+
     # -- one stage --
     def _stage(self, stage: str, sched: ScheduleConfig, model: nn.Module, teacher: nn.Module | None,
                data: BatchSource) -> nn.Module:
@@ -738,8 +754,9 @@ class _Run:
                 cfg.finetune.steps, self.task.select, sel))
         result["replica_max_abs_diff"] = self._replica_diff(model)
         result["seconds"] = round(time.time() - t_start, 1)
+        plain = self._plain(model, qcfg) if self.fsdp else model  # FSDP2: gathered on every rank
         if self.main:
-            if export_hf(model, tok, self.out / HF_EXPORT):
+            if export_hf(plain, tok, self.out / HF_EXPORT):
                 result["hf_export"] = HF_EXPORT
             atomic_write_text(self.out / RESULT, json.dumps(result, indent=1))
         self.acc.wait_for_everyone()
