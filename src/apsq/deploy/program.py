@@ -28,7 +28,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -52,7 +52,7 @@ __all__ = [
     "load",
 ]
 
-FORMAT = "apsq-engine-program"
+FORMAT: Final = "apsq-engine-program"
 SCHEMA_VERSION = 1
 """Version 1: the first format (issue 23)."""
 MANIFEST, TENSORS = "manifest.json", "tensors.safetensors"

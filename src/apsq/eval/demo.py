@@ -43,7 +43,7 @@ DEFAULT_VARIANTS: tuple[tuple[str, str, int], ...] = (
 )
 """``(name, psum mode, gs)`` of each variant."""
 
-FINETUNE = {"steps": 400, "batch_size": 32, "lr": 5e-5, "weight_decay": 0.01, "warmup": 0.1}
+FINETUNE: dict[str, Any] = {"steps": 400, "batch_size": 32, "lr": 5e-5, "weight_decay": 0.01, "warmup": 0.1}
 """The demo's FP32 fine-tune: that of ``configs/train_minilm_fp32.yaml``."""
 
 QAT_STEPS, QAT_BATCH, MAX_LEN = 60, 16, 64

@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,9 @@ from apsq.data.rt_sentences import CORPORA, corpus_path
 from apsq.data.splits import split_of
 from apsq.device import module_device, to_device
 from apsq.train.config import QATConfig
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ def _batch(seqs: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Ten
     return ids, mask
 
 
-def build_llama(s: LLMSettings, vocab: int) -> nn.Module:
+def build_llama(s: LLMSettings, vocab: int) -> LlamaForCausalLM:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(s.seed)

@@ -92,7 +92,7 @@ def quantized_causal_lm(model_path: str, config: apsq.APSQConfig | None, calibra
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
     except OSError as exc:
         raise APSQError(f"could not load a causal LM from {model_path!r} ({exc})") from exc
-    model.to(dev)
+    model.to(dev)  # type: ignore[arg-type]  # transformers' typed `.to` wrapper loses `self` (a stub gap)
     if add_bos:
         prepend_bos(tok)
     if config is not None:

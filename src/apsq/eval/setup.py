@@ -92,10 +92,10 @@ def workload_of(cfg: TrainConfig, seq_len: int | None = None) -> Workload:
             return build_model(cfg), (torch.zeros(1, 1, 8, 8),)
         return trace_factory(factory, name="digits-cnn")
 
-    def factory():
+    def text_factory():
         return build_model(cfg, weights=False), {"input_ids": torch.zeros(1, length, dtype=torch.long)}
 
-    return trace_factory(factory, name=f"{cfg.model.name}@{length}")
+    return trace_factory(text_factory, name=f"{cfg.model.name}@{length}")
 
 
 def minilm_factory():

@@ -64,7 +64,9 @@ def build_vision_model(name: str, seed: int = 0) -> nn.Module:
     if name == "segformer-b0":
         from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
-        return _Logits(SegformerForSemanticSegmentation(SegformerConfig(num_labels=150)), hf=True)
+        cfg = SegformerConfig()
+        cfg.num_labels = 150  # a PreTrainedConfig property (not in the typed __init__)
+        return _Logits(SegformerForSemanticSegmentation(cfg), hf=True)
     from apsq.models.efficientvit import efficientvit_b1_seg
 
     return _Logits(efficientvit_b1_seg(num_classes=150), hf=False)

@@ -46,7 +46,7 @@ def valid_rows(x: torch.Tensor) -> torch.Tensor:
 def _enter(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     mask = kwargs.get("attention_mask")
     ok = isinstance(mask, torch.Tensor) and mask.dim() == 2 and not mask.is_floating_point()
-    module.__dict__.setdefault(_TOKENS, []).append(_MASK.set(mask.bool() if ok else None))
+    module.__dict__.setdefault(_TOKENS, []).append(_MASK.set(mask.bool() if ok and mask is not None else None))
 
 
 def _leave(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:

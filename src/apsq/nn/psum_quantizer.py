@@ -40,6 +40,7 @@ class PSUMQuantizer(Float32Steps):
     """
 
     _float32_steps = ("log2_scales",)
+    initialized: torch.Tensor  # a bool buffer: the steps were set from data
     IMPLS = ("fused", "reference")
 
     def __init__(self, max_tiles: int, mode: str = "apsq", gs: int = 2, bits: int = 8, impl: str = "fused",

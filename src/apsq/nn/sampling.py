@@ -71,7 +71,7 @@ class ContentSample:
         if items.shape[0] == 0:
             return
         keys = content_keys(items)
-        if self.items is not None:
+        if self.items is not None and self.keys is not None:  # set together
             items = torch.cat([self.items, items.to(self.items.dtype)], 0)
             keys = torch.cat([self.keys, keys], 0)
         order = torch.sort(keys, stable=True).indices[: self.capacity]

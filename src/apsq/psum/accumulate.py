@@ -187,6 +187,7 @@ def psum_accumulate(
     validate_psum_args(partials, scales, mode, gs, bits)
     if mode == "none":
         return partials.sum(0)
+    assert scales is not None  # validate_psum_args refuses None for psq / apsq
     steps = scales.to(partials.dtype)
     if mode == "psq":
         s = lane_steps(steps, partials.dim())

@@ -58,7 +58,8 @@ class _Strict(BaseModel):
     def _no_bool_as_number(cls, v: Any, info: ValidationInfo) -> Any:
         """``true`` is not a number: a YAML bool in a numeric or text field is refused (pydantic reads it as 1)."""
         if isinstance(v, bool):
-            ann = cls.model_fields[info.field_name].annotation
+            field = cls.model_fields.get(info.field_name) if info.field_name else None
+            ann = field.annotation if field is not None else None
             if ann is not bool and bool not in get_args(ann):
                 raise ValueError(f"expected a number or text, got the boolean {v!r}")
         return v

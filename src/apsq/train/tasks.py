@@ -135,8 +135,8 @@ def _segmentation(cfg: TrainConfig, split: str, eval_only: bool) -> Task:
         pipe = DIGIT_SCENES_PIPELINE
         train = [] if eval_only else digit_scenes("train", n=_cap("train", d.train_limit))
         ev = digit_scenes(split, n=_cap(split, d.eval_limit))
-        return Task(SegmentationBatches(train, pipe, train=True, name="digit-scenes train") if train else None,
-                    SegmentationBatches(ev, pipe, train=False, name=f"digit-scenes {split}"), split)  # type: ignore[arg-type]
+        return Task(SegmentationBatches(train, pipe, train=True, name="digit-scenes train") if train else None,  # type: ignore[arg-type]  # no train data with eval_only
+                    SegmentationBatches(ev, pipe, train=False, name=f"digit-scenes {split}"), split)
     from apsq.data.hub import load_ade20k
 
     pipe = ADE20K_PIPELINE
