@@ -201,6 +201,7 @@ def collect(seeds: list[int], root: Path, out: Path, command: str) -> dict:
         "finetune_steps": fp["steps"], "finetune_batch_size": fp["batch_size"],
         "model": "minilm", "dataset": "rt-sentences", "run_seconds": seconds,
         "command": command,
+        "environment": environment(),
         "note": "means over the seeds in per_seed (n_seeds each); the target block's gaps are paired over the seeds "
                 "both variants have; one thread per run, two runs at a time, on a shared 2-core CPU",
     }
@@ -223,6 +224,16 @@ def collect(seeds: list[int], root: Path, out: Path, command: str) -> dict:
     if len(sens_runs) > 1:
         plot_sensitivity(res, out.with_name(out.stem + "_sensitivity.png"))
     return res
+
+
+def environment() -> dict:
+    """What decides the float rounding of the runs (``repro_probe.environment``): the JSON says where it was made."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("repro_probe", Path(__file__).with_name("repro_probe.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.environment()
 
 
 def paired_gap(a: dict[str, float], ref: dict[str, float]) -> float:
