@@ -39,11 +39,11 @@ def apsq_attention_forward(
         value = value.repeat_interleave(rep, dim=1)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
-    scores = module.apsq_qk(query, key.transpose(2, 3)) * scaling
+    scores = module.apsq_qk(query, key.transpose(2, 3)) * scaling  # type: ignore[operator]  # a QuantMatmul set by attach_attention_matmuls
     scores = _apply_mask(scores, attention_mask, causal=bool(getattr(module, "is_causal", False)))
     probs = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     probs = nn.functional.dropout(probs, p=dropout, training=module.training)
-    out = module.apsq_av(probs, value)
+    out = module.apsq_av(probs, value)  # type: ignore[operator]  # a QuantMatmul set by attach_attention_matmuls
     return out.transpose(1, 2).contiguous(), probs
 
 
@@ -106,4 +106,4 @@ def attach_attention_matmuls(
     module.apsq_av = av
     # The config object is shared with the rest of the model; copy it so only attention changes.
     module.config = copy.copy(module.config)
-    module.config._attn_implementation = ATTENTION_NAME
+    module.config._attn_implementation = ATTENTION_NAME  # type: ignore[union-attr]  # a transformers attention module's config

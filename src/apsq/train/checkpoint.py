@@ -43,7 +43,7 @@ def tensor_digest(tensors: dict[str, torch.Tensor], state: str) -> str:
     for name in sorted(tensors):
         t = tensors[name].detach().to("cpu").contiguous()
         h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")  # type: ignore[arg-type]  # numpy types ndarray as a Buffer only for Python >= 3.12
     h.update(state.encode())
     return h.hexdigest()
 
@@ -131,10 +131,10 @@ def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Ten
     state: dict[int, dict[str, Any]] = {}
     for name, t in tensors.items():
         if name.startswith("optim/"):
-            _, idx, key = name.split("/", 2)
-            state.setdefault(int(idx), {})[key] = t
-    for idx, vals in meta.get("scalars", {}).items():
-        state.setdefault(int(idx), {}).update(vals)
+            _, pos, key = name.split("/", 2)
+            state.setdefault(int(pos), {})[key] = t
+    for pos, vals in meta.get("scalars", {}).items():
+        state.setdefault(int(pos), {}).update(vals)
     groups = meta.get("param_groups")
     mine = opt.state_dict()["param_groups"]
     if not isinstance(groups, list) or [len(g["params"]) for g in groups] != [len(g["params"]) for g in mine]:
