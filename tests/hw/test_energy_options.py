@@ -148,7 +148,7 @@ def test_cli_schedules_and_errors(app):
         (["--schedule", "best"], "schedule must be one of"),
         (["--dram", "ddr9"], "dram preset must be one of"),
         (["--engine", "timeloop"], "engine must be one of"),
-        (["--baseline-bits", "0"], "--baseline-bits must be"),
+        (["--baseline-bits", "0"], "'--baseline-bits'"),
         (["--accelerator", "tpu"], "does not exist"),
     ):
         r = _run(app, "-m", "bert-base", "--seq-len", "16", *args)
