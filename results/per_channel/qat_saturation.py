@@ -29,7 +29,7 @@ import apsq
 from apsq.kernels import int_gemm
 from apsq.train.checkpoint import read_tensors, load_model_state
 from apsq.train.config import load_config
-from apsq.train.loop import _inputs, global_batch
+from apsq.train.loop import split_batch, global_batch
 from apsq.train.models import build_model, load_tokenizer
 from apsq.train.tasks import build_task
 
@@ -62,9 +62,9 @@ def measure(root: Path, seed: int, variant: str) -> dict:
         raise SystemExit(f"{run}: no config.json (not a finished apsq train run)")
     task = build_task(cfg, load_tokenizer(cfg))
     n, bs = len(task.train), cfg.qat.batch_size
-    calib = [_inputs(task.train.batch(global_batch(n, bs, i, cfg.seed, "calib")), "cpu")[0]
+    calib = [split_batch(task.train.batch(global_batch(n, bs, i, cfg.seed, "calib")), "cpu")[0]
              for i in range(cfg.qat.calib_batches)]
-    probe = _inputs(task.train.batch(global_batch(n, 32, 0, cfg.seed, "saturation-probe")), "cpu")[0]
+    probe = split_batch(task.train.batch(global_batch(n, 32, 0, cfg.seed, "saturation-probe")), "cpu")[0]
     fp32 = Path(cfg.finetune.init) if cfg.finetune.init else run / "fp32.safetensors"
     out: dict = {"run": str(run), "psum_granularity": cfg.apsq.get("psum_granularity", "tensor"), "gs": cfg.apsq["gs"]}
     steps = {}

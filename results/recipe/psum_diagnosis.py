@@ -13,7 +13,7 @@ import torch
 import apsq
 from apsq.train.checkpoint import load_model_state, read_tensors
 from apsq.train.config import load_config, parse_config
-from apsq.train.loop import _inputs, evaluate, global_batch
+from apsq.train.loop import split_batch, evaluate, global_batch
 from apsq.train.models import build_model, load_tokenizer
 from apsq.train.tasks import build_task
 
@@ -35,7 +35,7 @@ if __name__ == "__main__":
     load_model_state(fp, read_tensors("runs/minilm_fp32/fp32.safetensors")[0], "runs/minilm_fp32/fp32.safetensors")
     out = {"fp32": evaluate(fp, task.eval, 64, progress=False), "eval_sentences": len(task.eval),
            "note": "calibration only (4 batches of 16), tile 32, W8A8, classifier head in FP32"}
-    calib = [_inputs(task.train.batch(global_batch(len(task.train), 16, i, 0, "calib")), torch.device("cpu"))[0]
+    calib = [split_batch(task.train.batch(global_batch(len(task.train), 16, i, 0, "calib")), torch.device("cpu"))[0]
              for i in range(4)]
     for name, kw in VARIANTS.items():
         t0 = time.time()

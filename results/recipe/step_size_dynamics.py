@@ -22,7 +22,7 @@ import torch
 import apsq
 from apsq.train.config import parse_config
 from apsq.train.loop import (
-    _inputs,
+    split_batch,
     clip_grad_norms_,
     distill_loss,
     global_batch,
@@ -51,7 +51,7 @@ def run(rule: str, model, teacher, task, cfg, steps: int) -> dict:
     for step in range(steps):
         torch.manual_seed(step)
         idx = global_batch(len(task.train), sched.batch_size, step, cfg.seed, "qat")
-        inputs, labels = _inputs(task.train.batch(idx), torch.device("cpu"))
+        inputs, labels = split_batch(task.train.batch(idx), torch.device("cpu"))
         with torch.no_grad():
             tout = teacher(**inputs)
         loss = distill_loss(model(**inputs), tout, labels, cfg)["loss"]
@@ -106,7 +106,7 @@ def main() -> None:
         load_model_state(model, read_tensors(Path(a.init))[0], Path(a.init))
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
     apsq.quantize_(model, cfg.apsq_config())
-    calib = [_inputs(task.train.batch(global_batch(len(task.train), a.batch, i, 0, "calib")), torch.device("cpu"))[0]
+    calib = [split_batch(task.train.batch(global_batch(len(task.train), a.batch, i, 0, "calib")), torch.device("cpu"))[0]
              for i in range(2)]
     apsq.calibrate(model, calib)
     out = {"command": f"OMP_NUM_THREADS=1 python results/recipe/step_size_dynamics.py --steps {a.steps} --batch {a.batch} "

@@ -256,7 +256,7 @@ def distill_loss(student: Any, teacher: Any, labels: torch.Tensor, cfg: TrainCon
     return parts
 
 
-def _inputs(batch: dict[str, torch.Tensor], device: torch.device | str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def split_batch(batch: dict[str, torch.Tensor], device: torch.device | str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """``(model inputs, labels)`` of a batch, moved to ``device`` (:func:`apsq.device.to_device`)."""
     moved = to_device(dict(batch), device)
     labels = moved.pop("labels")
@@ -287,7 +287,7 @@ def evaluate(model: nn.Module, data: BatchSource, batch_size: int = 64, rank: in
     n_batches = lockstep_batches(len(data), world, batch_size) if lockstep else -(-len(mine) // batch_size)
     for b in tqdm(range(n_batches), desc=desc, disable=not progress, leave=False):
         rows = mine[b * batch_size: (b + 1) * batch_size]
-        inputs, labels = _inputs(data.batch(rows or [0]), torch.device(device))
+        inputs, labels = split_batch(data.batch(rows or [0]), torch.device(device))
         pred = logits_of(model(**inputs)).argmax(-1)
         if rows:
             counts[0] += (pred == labels).sum()
@@ -316,7 +316,7 @@ def evaluate_glue(model: nn.Module, data: BatchSource, task: str, batch_size: in
     n_batches = lockstep_batches(len(data), world, batch_size) if lockstep else -(-len(mine) // batch_size)
     for b in tqdm(range(n_batches), desc=desc, disable=not progress, leave=False):
         i, take = b * batch_size, mine[b * batch_size: (b + 1) * batch_size]
-        inputs, labels = _inputs(data.batch(take or [0]), torch.device(device))
+        inputs, labels = split_batch(data.batch(take or [0]), torch.device(device))
         out = logits_of(model(**inputs))
         if not take:
             continue
@@ -344,7 +344,7 @@ def evaluate_segmentation(model: nn.Module, data: BatchSource, num_classes: int,
     step = 1 if getattr(data, "variable_size", False) else batch_size
     counts = torch.zeros(4, num_classes, dtype=torch.float64, device=device)
     for i in tqdm(range(0, len(mine), step), desc=desc, disable=not progress, leave=False):
-        inputs, labels = _inputs(data.batch(mine[i: i + step]), torch.device(device))
+        inputs, labels = split_batch(data.batch(mine[i: i + step]), torch.device(device))
         pred = resize_logits(logits_of(model(**inputs)), labels).argmax(1)
         counts += area_counts(pred, labels, num_classes).to(counts.device)
     if reduce is not None:
@@ -376,7 +376,7 @@ def run_steps(model: nn.Module, opt: torch.optim.Optimizer, data: BatchSource, s
         APSQError: a non-finite loss (names the stage and step).
     """
     device = module_device(model) if device is None else device
-    move = inputs_of or (lambda b: _inputs(b, device))
+    move = inputs_of or (lambda b: split_batch(b, device))
     per = sched.batch_size // world
     model.train()
     if teacher is not None:
@@ -732,7 +732,7 @@ class _Run:
                 n = len(self.task.train)
                 bs = cfg.qat.batch_size
                 dev = module_device(model)  # the accelerator's device after the first stage
-                batches = [_inputs(self.task.train.batch(global_batch(n, bs, i, cfg.seed, "calib")), dev)[0]
+                batches = [split_batch(self.task.train.batch(global_batch(n, bs, i, cfg.seed, "calib")), dev)[0]
                            for i in range(cfg.qat.calib_batches)]
                 apsq.calibrate(model, batches)
                 self.state.update(stage="qat", step=0)
