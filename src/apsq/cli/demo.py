@@ -88,7 +88,7 @@ def _qat_table(res: dict, console: Console) -> None:
 def demo(
     output: Path = typer.Option(Path("apsq-demo"), "--output", "-o", help="Folder for demo.json and demo.png."),
     calibration_only: bool = typer.Option(
-        False, "--calibration-only", help="Skip training: calibrate each variant and compare hidden states (~30 s)."),
+        False, "--calibration-only", help="Skip training: calibrate each variant and compare hidden states (minutes on 2 CPU cores, README)."),
     qat_steps: int = typer.Option(QAT_STEPS, min=0, help="QAT + distillation steps per variant."),
     finetune_steps: int = typer.Option(FINETUNE_STEPS, min=0, help="Full-precision fine-tuning steps (cached after the "
                                                            "first run)."),
