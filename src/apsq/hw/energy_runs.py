@@ -53,8 +53,10 @@ def _import_factory(spec: str) -> Callable[..., Any]:
         if not path.is_file():
             raise APSQError(f"--trace: file {mod_name!r} does not exist")
         s = importlib.util.spec_from_file_location(path.stem, path)
+        if s is None or s.loader is None:
+            raise APSQError(f"--trace: {mod_name!r} cannot be imported as a Python module")
         module = importlib.util.module_from_spec(s)
-        s.loader.exec_module(module)  # type: ignore[union-attr]
+        s.loader.exec_module(module)
     else:
         # `apsq energy --trace mymodel:make` run beside mymodel.py: the current directory is on the path for
         # this import (as for `python -m`), so no PYTHONPATH=. is needed
@@ -89,6 +91,7 @@ def load_workload(model: str | None, trace: str | None, workload_file: str | Pat
                         "its own shapes")
     if workload_file is not None:
         return load_workload_file(workload_file)
+    assert trace is not None  # exactly one of model / trace / workload_file (checked above)
     factory = _import_factory(trace)
     try:
         return trace_factory(factory, name=trace)

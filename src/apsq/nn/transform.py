@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from rich.console import Console
@@ -28,6 +28,7 @@ from apsq.nn.layers import (
     QuantConv1d,
     QuantConv2d,
     QuantLinear,
+    QuantMatmul,
     QuantTransposedLinear,
     decode_settings,
     per_channel_matmul_error,
@@ -97,7 +98,7 @@ class QuantizeReport:
 def _is_hf_conv1d(mod: nn.Module) -> bool:
     """Hugging Face's ``Conv1D`` (GPT-2 and relatives): a Linear with its weight stored ``[in, out]``."""
     return (type(mod).__name__ == "Conv1D" and type(mod).__module__.startswith("transformers")
-            and isinstance(getattr(mod, "weight", None), torch.Tensor) and mod.weight.dim() == 2)
+            and isinstance(w := getattr(mod, "weight", None), torch.Tensor) and w.dim() == 2)
 
 
 def _quant_class(mod: nn.Module, layer_types: tuple[str, ...]) -> tuple[type[nn.Module] | None, str | None]:
@@ -226,7 +227,7 @@ def quantize_(model: nn.Module, config: APSQConfig | None = None) -> nn.Module:
             skipped.append(SkippedLayer(name, type(use.module).__name__,
                                         "excluded by the config (exclude / enabled: false)", True))
             continue
-        q = quant_cls.from_float(use.module, lcfg, config.check_finite)
+        q = quant_cls.from_float(use.module, lcfg, config.check_finite)  # type: ignore[attr-defined]  # every class in _SWAPS has it
         q.layer_name = name
         swaps.append((use, q))
     # --- nothing above changed the model; apply ---------------------------------------------------
@@ -239,7 +240,7 @@ def quantize_(model: nn.Module, config: APSQConfig | None = None) -> nn.Module:
                 _attach(module, name, config)
     skipped.extend(_unquantized_reductions(model, config))
     report = QuantizeReport(tuple(u.names[0] for u, _ in swaps), tuple(skipped), config)
-    model.apsq_report = report
+    model.apsq_report = report  # type: ignore[assignment]  # a plain attribute on the user's model (nn.Module types only tensors / modules)
     model.register_load_state_dict_pre_hook(_check_settings_before_load)
     install_padding_capture(model)  # calibration and lazy initialisation skip padded positions
     watch_optimizers(model)  # one StepSizeWarning for an optimizer that cannot learn the steps
@@ -425,11 +426,12 @@ def _attach(module: nn.Module, name: str, config: APSQConfig) -> None:
     if not (qk.enabled or av.enabled):
         return
     attach_attention_matmuls(module, qk, av, config.check_finite, name=name)
-    for q in (module.apsq_qk, module.apsq_av):  # the attention module's device and dtype
+    qk_mm, av_mm = cast(QuantMatmul, module.apsq_qk), cast(QuantMatmul, module.apsq_av)  # set just above
+    for q in (qk_mm, av_mm):  # the attention module's device and dtype
         q.to(device=module_device(module), dtype=module_dtype(module))
-    module.apsq_qk.layer_name = f"{name}.qk_matmul"
-    module.apsq_av.layer_name = f"{name}.av_matmul"
-    for q, c in ((module.apsq_qk, qk), (module.apsq_av, av)):
+    qk_mm.layer_name = f"{name}.qk_matmul"
+    av_mm.layer_name = f"{name}.av_matmul"
+    for q, c in ((qk_mm, qk), (av_mm, av)):
         if not c.enabled:  # keep exact (mode none, 16-bit operands would still quantize)
             q.qcfg = c.__class__(**{**c.__dict__, "enabled": True, "mode": "none"})
 

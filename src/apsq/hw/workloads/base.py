@@ -111,7 +111,7 @@ class Workload:
         """The group sizes the traced quantized model itself uses, by layer name (empty if none)."""
         return {ly.name: int(ly.gs) for ly in self.layers if ly.gs is not None and not ly.full_precision}
 
-    def gs_array(self, gs: int | Mapping[str, int] | Sequence[int] | None, default: int = 1) -> np.ndarray:
+    def gs_array(self, gs: int | Mapping[str, int] | Sequence[int] | APSQConfig | None, default: int = 1) -> np.ndarray:
         """Per-layer APSQ group sizes.
 
         ``gs`` is one int for every layer, a sequence with one value per layer, a mapping of
@@ -142,7 +142,7 @@ class Workload:
         """This workload without the traced model's own group sizes (any ``gs`` may then be priced)."""
         return Workload(self.name, tuple(replace(ly, gs=None) for ly in self.layers), dict(self.options))
 
-    def _gs_array(self, gs: int | Mapping[str, int] | Sequence[int], default: int = 1) -> np.ndarray:
+    def _gs_array(self, gs: int | Mapping[str, int] | Sequence[int] | APSQConfig, default: int = 1) -> np.ndarray:
         if isinstance(gs, APSQConfig):
             return np.array([gs.for_module(config_name(ly.name)).gs for ly in self.layers], dtype=np.int64)
         if isinstance(gs, Mapping):
