@@ -1,8 +1,8 @@
 """The package type-checks: mypy on ``src/apsq`` at the strictness of ``[tool.mypy]`` in pyproject.toml
 (stated in docs/architecture.md, "Type checking") reports no error (issue 27).
 
-A fresh run checks 148 modules in about 50 s of CPU time (2-core x86_64, loaded); with mypy's cache
-(``.mypy_cache/``) a rerun takes a few seconds. Skipped only where mypy is absent outside CI; in CI
+Measured on the shared 2-core x86_64 machine (loaded by other jobs): a fresh run over the 149 modules
+took 147 s wall (about 50 s of CPU), hence ``slow``; with mypy's cache (``.mypy_cache/``) about 5 s. Skipped only where mypy is absent outside CI; in CI
 (``CI=true``), which installs the dev extra, a missing mypy fails.
 """
 

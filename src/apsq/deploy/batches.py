@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from apsq.deploy.activity import LayerActivity, energy_side_by_side
-from apsq.deploy.program import Program, manifest_digest
+from apsq.deploy.program import EngineLayer, Program, manifest_digest
 from apsq.deploy.runner import host_model, outputs_of, run
 from apsq.errors import APSQError, check_int
 
@@ -48,7 +48,10 @@ def input_batches(train_config: Mapping[str, Any] | None, source: str, *, limit:
     if source == "eval":
         from apsq.train.tasks import build_task
 
-        data = build_task(cfg, tok).eval
+        split = build_task(cfg, tok).eval
+        if not isinstance(split, TokenizedText):  # text models (checked above) evaluate on tokenized text
+            raise APSQError(f"apsq deploy run takes text models; the evaluation split of {cfg.model.name} is not text")
+        data = split
     else:
         path = Path(source)
         if not path.is_file():
@@ -86,7 +89,8 @@ def run_batches(program: Program, source: str, backend: str = "golden", *, limit
     model = host_model(program)
     n, batches = input_batches(program.manifest.host.train_config, source, limit=limit, batch_size=batch_size)
     layers: dict[int, dict[str, Any]] = {}
-    acts = {lay.index: (lay, [], LayerActivity()) for lay in program.layers}
+    acts: dict[int, tuple[EngineLayer, list[Any], LayerActivity]] = {
+        lay.index: (lay, [], LayerActivity()) for lay in program.layers}
     same_pred = same_logits = correct = labelled = done = batch_no = checked_sentences = 0
     wall = rtl_wall = 0.0
     lane_steps = cycles = 0

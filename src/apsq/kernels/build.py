@@ -174,6 +174,13 @@ class LazyLibrary:
                     self.error = str(exc)
         return self._lib
 
+    def require(self) -> ctypes.CDLL:
+        """The loaded library, for callers that checked it is available; RuntimeError (naming why) if not."""
+        lib = self.get()
+        if lib is None:
+            raise RuntimeError(f"kernel library {self.name} is unavailable: {self.error}")
+        return lib
+
     def build(self) -> ctypes.CDLL:
         """Compile (or load from the cache) and declare, raising on failure; does not remember it."""
         lib = build_library(self.name, self._source(), self.extra_flags)

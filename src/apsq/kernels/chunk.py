@@ -86,7 +86,7 @@ def forward(p: torch.Tensor, s: list[float], plan: Plan, out: torch.Tensor | Non
     if plan.apsq:
         lb = torch.empty(e, dtype=plan.bad_dtype) if last_bad is None else last_bad
     sd, si = step_arrays(s)
-    FWD(_LIB.get(), p=p, n=n, E=e, sd=sd, si=si, apsq=int(plan.apsq), gs=plan.gs, qn=plan.qn, qp=plan.qp,
+    FWD(_LIB.require(), p=p, n=n, E=e, sd=sd, si=si, apsq=int(plan.apsq), gs=plan.gs, qn=plan.qn, qp=plan.qp,
         out=out, lb=lb)
     return out, lb
 
@@ -109,8 +109,9 @@ def backward(p: torch.Tensor, s: list[float], g: torch.Tensor, last_bad: torch.T
     elif grad_p is None:
         grad_p = torch.empty_like(p)
     grad_s = torch.empty(n, dtype=torch.float64)
-    lb = last_bad.contiguous() if plan.apsq else None
+    assert last_bad is not None or not plan.apsq  # APSQ's backward reads the forward's last_bad
+    lb = last_bad.contiguous() if plan.apsq and last_bad is not None else None
     sd, si = step_arrays(s)
-    BWD(_LIB.get(), p=p, n=n, E=e, sd=sd, si=si, apsq=int(plan.apsq), gs=plan.gs, qn=plan.qn, qp=plan.qp,
+    BWD(_LIB.require(), p=p, n=n, E=e, sd=sd, si=si, apsq=int(plan.apsq), gs=plan.gs, qn=plan.qn, qp=plan.qp,
         g=g, lb=lb, gp=grad_p, gsc=grad_s, flag=flag)
     return grad_p, grad_s

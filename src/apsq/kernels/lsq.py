@@ -92,7 +92,7 @@ class _LSQFakeQuant(torch.autograd.Function):
         xc = x.detach().contiguous()
         sd, si = step_arrays(_steps(step))
         y = torch.empty_like(xc)
-        FWD(_LIB.get(), x=xc, C=channels, inner=xc.numel() // channels, sd=sd, si=si, qn=qn, qp=qp, y=y)
+        FWD(_LIB.require(), x=xc, C=channels, inner=xc.numel() // channels, sd=sd, si=si, qn=qn, qp=qp, y=y)
         ctx.bits, ctx.channels = bits, channels
         ctx.save_for_backward(xc, step)
         return y
@@ -106,7 +106,7 @@ class _LSQFakeQuant(torch.autograd.Function):
         gx = torch.empty_like(xc) if ctx.needs_input_grad[0] else None
         gs = torch.empty(ctx.channels, dtype=torch.float64)
         sd, si = step_arrays(_steps(step))
-        ok = BWD(_LIB.get(), x=xc, g=g, C=ctx.channels, inner=xc.numel() // ctx.channels, sd=sd, si=si, qn=qn,
+        ok = BWD(_LIB.require(), x=xc, g=g, C=ctx.channels, inner=xc.numel() // ctx.channels, sd=sd, si=si, qn=qn,
                  qp=qp, gx=gx, gs=gs)
         if not ok:
             raise MemoryError("the LSQ kernel could not allocate its partial sums")
