@@ -28,10 +28,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, TypeGuard
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 from apsq.errors import APSQError
 
@@ -51,7 +55,7 @@ def _dtensor_type() -> type | None:
     return DTensor
 
 
-def is_sharded(t: torch.Tensor) -> bool:
+def is_sharded(t: object) -> TypeGuard[DTensor]:
     """Whether ``t`` is a DTensor (a parameter after ``fully_shard`` or tensor parallelism)."""
     cls = _dtensor_type()
     return cls is not None and isinstance(t, cls)

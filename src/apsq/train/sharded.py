@@ -53,7 +53,10 @@ def blocks(model: nn.Module) -> list[nn.Module]:
     """The repeated blocks of ``model`` (the members of its longest ``nn.ModuleList``: transformer
     layers), each its own FSDP2 unit."""
     lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m)]
-    return list(max(lists, key=len)) if lists else []
+    if not lists:
+        return []
+    longest: nn.ModuleList = max(lists, key=len)
+    return list(longest)
 
 
 def shard(model: nn.Module) -> nn.Module:
