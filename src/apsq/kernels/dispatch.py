@@ -157,6 +157,7 @@ def _tiles_applies(backend: str) -> Callable[[_Facts], bool]:
 def _run_triton(r: Request) -> torch.Tensor | None:
     from apsq.kernels import triton_psum
 
+    assert r.w is not None  # op "gemm" (the row's applicability)
     try:
         return triton_psum.gemm_psum(r.x, r.w, r.scales, r.tile, r.plan, r.x_step, r.w_step)
     except ImportError:
@@ -166,6 +167,7 @@ def _run_triton(r: Request) -> torch.Tensor | None:
 def _run_int_gemm(r: Request) -> torch.Tensor | None:
     from apsq.kernels.int_gemm_fn import int_gemm_psum
 
+    assert r.w is not None and r.x_step is not None and r.w_step is not None  # op "gemm" with operand steps
     return int_gemm_psum(r.x, r.w, r.scales.to(r.x.dtype), r.tile, r.plan, (r.x_step.detach(), r.w_step.detach()))
 
 

@@ -73,11 +73,15 @@ _LOWP = (torch.bfloat16, torch.float16)
 _DTYPES = (torch.float32, torch.float64, *_LOWP)
 
 
-class _PlanLike(Protocol):
-    mode: str
-    n: int
-    gs: int
-    bits: int
+class _PlanLike(Protocol):  # read-only members: a frozen Plan satisfies it
+    @property
+    def mode(self) -> str: ...
+    @property
+    def n(self) -> int: ...
+    @property
+    def gs(self) -> int: ...
+    @property
+    def bits(self) -> int: ...
 
 
 def available() -> bool:
@@ -495,9 +499,10 @@ def _recodes(x3, w3, ops_meta, x_step, w_step) -> tuple[torch.Tensor, torch.Tens
     sx = x_step.detach().to(x3.device, ct).reshape(-1)
     sw = w_step.detach().to(w3.device, ct).reshape(-1)
     code = torch.int16 if wide else torch.int8
-    xc = _codes(x3, sx, ct, code)[0]
-    wc = _codes(w3, sw.repeat(w3.shape[0]) if sw.numel() > 1 else sw, ct, code)[0]
-    return xc, wc
+    xr = _codes(x3, sx, ct, code)
+    wr = _codes(w3, sw.repeat(w3.shape[0]) if sw.numel() > 1 else sw, ct, code)
+    assert xr is not None and wr is not None  # with a code dtype the codes are written unchecked (never None)
+    return xr[0], wr[0]
 
 
 _LAUNCH = {"num_warps": 4, "enable_fp_fusion": False}
@@ -706,6 +711,7 @@ def gemm_psum(x3: torch.Tensor, w3: torch.Tensor, scales: torch.Tensor | None, t
     ops = triton_operands(x3, w3, scales, tile, plan, x_step, w_step)
     if ops is None:
         return None
+    assert x_step is not None and w_step is not None  # triton_operands returns None without them
     steps = (x_step.detach(), w_step.detach())
     sc = scales if scales is not None else torch.zeros(0, dtype=x3.dtype, device=x3.device)
     return _GemmPsum.apply(x3, w3, sc, tile, plan, steps, ops)
