@@ -56,6 +56,7 @@ def forward(
         v.div_(s[l]).add_(0.5).floor_()
         last_bad.masked_fill_((v < qn) | (v > qp), h + 1)
         acc = v.clamp_(qn, qp).mul_(s[l])
+    assert acc is not None  # a plan has at least one group
     return acc, last_bad
 
 
@@ -78,6 +79,7 @@ def backward(
     if plan.mode == "psq":
         m, _, term = _lsq_parts(p.div_(scol), qn, qp)
         return m * g, term @ g
+    assert last_bad is not None  # apsq's forward returned it
     grad_p = torch.empty_like(p)
     grad_s = torch.zeros(plan.n, dtype=p.dtype)
     acc = None
