@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -38,7 +39,7 @@ class Arg:
     name: str
     kind: str
     dtype: object = None
-    numel: Callable[[Mapping[str, object]], int] | None = None
+    numel: Callable[[Mapping[str, Any]], int] | None = None
     optional: bool = False
     of: str | None = None
 
@@ -51,7 +52,7 @@ class Arg:
         return _CTYPES[self.kind]
 
 
-def tensor(name: str, dtype: object, numel: Callable[[Mapping[str, object]], int] | None = None,
+def tensor(name: str, dtype: object, numel: Callable[[Mapping[str, Any]], int] | None = None,
            optional: bool = False) -> Arg:
     """A tensor argument (see :class:`Arg`)."""
     return Arg(name, "tensor", dtype, numel, optional)
@@ -62,7 +63,7 @@ def scalar(name: str, kind: str = "int") -> Arg:
     return Arg(name, kind)
 
 
-def doubles(name: str, numel: Callable[[Mapping[str, object]], int]) -> Arg:
+def doubles(name: str, numel: Callable[[Mapping[str, Any]], int]) -> Arg:
     """A ``const double *`` from a sequence of Python floats."""
     return Arg(name, "doubles", numel=numel)
 
@@ -106,10 +107,10 @@ class Entry:
             f.argtypes = [a.ctype for a in self.args]
             f.restype = self.restype
 
-    def _float_dtype(self, kw: Mapping[str, object]) -> torch.dtype | None:
+    def _float_dtype(self, kw: Mapping[str, Any]) -> torch.dtype | None:
         for a in self.args:
             if a.kind == "tensor" and a.dtype == "T" and kw.get(a.name) is not None:
-                return kw[a.name].dtype  # type: ignore[union-attr]
+                return kw[a.name].dtype
         return None
 
     def __call__(self, lib: ctypes.CDLL, **kw):
@@ -124,15 +125,15 @@ class Entry:
         values = []
         for a in self.args:
             values.append(self._convert(a, kw, dt))
-        fn = getattr(lib, f"{self.symbol}_{dtype_suffix(dt)}" if self.generic else self.symbol)
+        fn = getattr(lib, self.symbol if not self.generic or dt is None else f"{self.symbol}_{dtype_suffix(dt)}")
         return fn(*values)
 
-    def _convert(self, a: Arg, kw: Mapping[str, object], dt: torch.dtype | None):
+    def _convert(self, a: Arg, kw: Mapping[str, Any], dt: torch.dtype | None):
         if a.kind == "threads":
             return torch.get_num_threads()
         if a.kind == "u8_flag":
             t = kw[a.of]  # type: ignore[index]
-            return int(t is not None and t.dtype == torch.uint8)  # type: ignore[union-attr]
+            return int(t is not None and t.dtype == torch.uint8)
         v = kw[a.name]
         where = f"{self.symbol}: argument {a.name!r}"
         if a.kind in ("long", "int"):
@@ -146,7 +147,7 @@ class Entry:
                 raise ValueError(f"{where} needs {a.numel(kw)} values, got {v.numel()}")
             return v.data_ptr()
         if a.kind == "doubles":
-            vals = [float(x) for x in v]  # type: ignore[union-attr]
+            vals = [float(x) for x in v]
             if a.numel is not None and len(vals) != a.numel(kw):
                 raise ValueError(f"{where} needs {a.numel(kw)} values, got {len(vals)}")
             return (ctypes.c_double * len(vals))(*vals)
@@ -156,7 +157,8 @@ class Entry:
             return None
         if not isinstance(v, torch.Tensor):
             raise TypeError(f"{where} must be a tensor, got {type(v).__name__}")
-        want = {"T": (dt,), "bad": (torch.uint8, torch.int16)}.get(a.dtype, (a.dtype,))  # type: ignore[arg-type]
+        kinds: dict[object, tuple[object, ...]] = {"T": (dt,), "bad": (torch.uint8, torch.int16)}
+        want = kinds.get(a.dtype, (a.dtype,))
         if v.dtype not in want:
             raise ValueError(f"{where} must be {' or '.join(map(str, want))}, got {v.dtype}")
         if v.device.type != "cpu" or not v.is_contiguous():
