@@ -27,12 +27,13 @@ from apsq.kernels.plan import pad_to_tiles
 __all__ = ["int_operands", "int_gemm_psum"]
 
 
-def int_operands(x2: torch.Tensor, w2: torch.Tensor, tile: int, steps, batch: int = 1) -> _cgemm.IntOperands | None:
+def int_operands(x2: torch.Tensor, w2: torch.Tensor, tile: int, steps: tuple[torch.Tensor, torch.Tensor] | None,
+                 batch: int = 1) -> _cgemm.IntOperands | None:
     """The kernel's operands (:func:`apsq.kernels.int_gemm.int_operands`), or None when the integer
     path does not apply (``steps`` None, inexact codes, kernel unavailable)."""
     if steps is None:
         return None
-    return _cgemm.int_operands(x2.detach(), w2.detach(), tile, *steps, batch=batch)
+    return _cgemm.int_operands(x2.detach(), w2.detach(), tile, steps[0], steps[1], batch=batch)
 
 
 def _steps(scales: torch.Tensor) -> torch.Tensor:
@@ -74,9 +75,10 @@ class _IntGemmPsum(torch.autograd.Function):
         else:
             gxp = torch.bmm(g, wp.view(b, n_out, kt)).view(b * m, kt) if need[0] else None
             gwp = torch.bmm(g.transpose(1, 2), xp.view(b, m, kt)).view(b * n_out, kt) if need[1] else None
-        grad_s, _ = _cgemm.backward(xp, wp, b, tile, *ctx.steps, s, plan, g, last_bad, gxp, gwp)
-        gx = gxp[:, :k].reshape(b, m, k) if need[0] else None
-        gw = gwp[:, :k].reshape(b, n_out, k) if need[1] else None
+        x_step, w_step = ctx.steps
+        grad_s, _ = _cgemm.backward(xp, wp, b, tile, x_step, w_step, s, plan, g, last_bad, gxp, gwp)
+        gx = gxp[:, :k].reshape(b, m, k) if gxp is not None else None  # computed iff needed
+        gw = gwp[:, :k].reshape(b, n_out, k) if gwp is not None else None
         return gx, gw, grad_s.reshape(scales.shape).to(scales.dtype), None, None, None, None
 
 
