@@ -22,18 +22,20 @@ import torch
 from torch import nn
 
 from apsq.errors import APSQError
-from apsq.nn import quant_layers
+from apsq.nn import QuantConv1d, QuantConv2d, QuantLinear, quant_layers
 from apsq.quant.ops import qrange, round_half_up
 
 __all__ = ["clamped_weight_codes", "merge_and_unload"]
 
+_WEIGHTED = (QuantLinear, QuantConv1d, QuantConv2d)  # the quantized layers with a weight quantizer
 
-def _weight(layer: nn.Module) -> torch.Tensor:
+
+def _weight(layer: QuantLinear | QuantConv1d | QuantConv2d) -> torch.Tensor:
     """The weight as the weight quantizer sees it: channels along axis 0."""
-    return (layer.linear_weight() if hasattr(layer, "linear_weight") else layer.weight).detach().float()
+    return (layer.linear_weight() if isinstance(layer, QuantLinear) else layer.weight).detach().float()
 
 
-def _codes(layer: nn.Module) -> torch.Tensor:
+def _codes(layer: QuantLinear | QuantConv1d | QuantConv2d) -> torch.Tensor:
     """Unclamped integer codes of the layer's weight under its current step."""
     wq = layer.weight_quant
     w = _weight(layer)
@@ -46,7 +48,7 @@ def clamped_weight_codes(model: nn.Module) -> dict[str, int]:
     """``{layer: number of weight codes outside the code range}`` for every quantized layer with any."""
     out: dict[str, int] = {}
     for name, layer in quant_layers(model):
-        if not hasattr(layer, "weight_quant") or not bool(layer.weight_quant.initialized):
+        if not isinstance(layer, _WEIGHTED) or not bool(layer.weight_quant.initialized):
             continue
         n = _clamped(layer)
         if n:
@@ -69,12 +71,12 @@ def merge_and_unload(model: Any, **kwargs: Any) -> tuple[nn.Module, dict[str, tu
         raise APSQError(f"merge_and_unload: {type(model).__name__} is not a PEFT model (peft.get_peft_model)")
     bases = [m.get_base_layer() for m in model.modules()
              if getattr(m, "adapter_layer_names", None) and callable(getattr(m, "get_base_layer", None))]
-    bases = [b for b in bases if hasattr(b, "weight_quant") and bool(b.weight_quant.initialized)]
+    weighted = [b for b in bases if isinstance(b, _WEIGHTED) and bool(b.weight_quant.initialized)]
     merged = model.merge_and_unload(**kwargs)
     names = {id(m): n for n, m in merged.named_modules()}
     report: dict[str, tuple[int, int]] = {}
     with torch.no_grad():
-        for layer in bases:
+        for layer in weighted:
             before = _clamped(layer)
             layer.weight_quant.init_from(_weight(layer))
             report[names.get(id(layer), layer.layer_name)] = (before, _clamped(layer))
@@ -86,7 +88,7 @@ def merge_and_unload(model: Any, **kwargs: Any) -> tuple[nn.Module, dict[str, tu
     return merged, report
 
 
-def _clamped(layer: nn.Module) -> int:
+def _clamped(layer: QuantLinear | QuantConv1d | QuantConv2d) -> int:
     qn, qp = qrange(layer.weight_quant.bits)
     c = _codes(layer)
     return int(((c < qn) | (c > qp)).sum())
