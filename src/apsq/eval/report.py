@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ def accuracy_table(fp32: float | None, runs: dict[str, dict[str, Any]]) -> dict[
 
 def plot_accuracy_vs_gs(table: dict[str, Any], path: str | Path, title: str = "",
                         energy: dict[str, dict[str, float]] | None = None,
-                        calibrated: dict[str, float] | None = None, energy_schedule: str = "tiled") -> Path:
+                        calibrated: Mapping[str, float | None] | None = None, energy_schedule: str = "tiled") -> Path:
     """Accuracy (%) of APSQ per gs with the FP32 / W8A8 / psq levels as lines; energy reduction (%)
     per gs on a second axis when ``energy`` (``{dataflow: {gs: reduction}}``, under the schedule
     ``energy_schedule`` names in the legend) is given."""
@@ -42,8 +43,8 @@ def plot_accuracy_vs_gs(table: dict[str, Any], path: str | Path, title: str = ""
     for a, g in zip(acc, gs):
         ax.annotate(f"{a:.2f}", (g, a), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
     if calibrated:
-        cg = [g for g in gs if str(g) in calibrated and calibrated[str(g)] is not None]
-        ax.plot(cg, [100 * calibrated[str(g)] for g in cg], "x--", color="C0", alpha=0.5,
+        cal = [(g, c) for g in gs if (c := calibrated.get(str(g))) is not None]
+        ax.plot([g for g, _ in cal], [100 * c for _, c in cal], "x--", color="C0", alpha=0.5,
                 label="APSQ, calibration only")
     styles = (("fp32", "FP32", "k", "-"), ("w8a8", "W8A8, INT32 PSUM", "C2", "--"), ("psq", "PSQ INT8", "C3", ":"))
     for key, label, color, ls in styles:

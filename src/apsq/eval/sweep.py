@@ -17,9 +17,18 @@ from typing import Any
 
 from apsq.errors import APSQError
 from apsq.eval.report import accuracy_table, plot_accuracy_vs_gs
+from apsq.nn.config import APSQConfig
 from apsq.train.checkpoint import atomic_write_text
 from apsq.train.config import TrainConfig, parse_config
 from apsq.train.loop import CKPT, FP32, RESULT, train
+
+
+def _apsq_of(cfg: TrainConfig) -> APSQConfig:
+    """The config's quantization settings; :class:`APSQError` when it has none."""
+    qcfg = cfg.apsq_config()
+    if qcfg is None:
+        raise APSQError("the sweep needs a config with an `apsq:` section (the quantization settings)")
+    return qcfg
 
 
 def sweep_variants(base: TrainConfig, gs_values: Sequence[int], baselines: bool = True) -> dict[str, TrainConfig]:
@@ -108,7 +117,7 @@ def energy_reductions(cfg: TrainConfig, gs_values: Sequence[int], dataflows: Seq
     from apsq.eval.setup import workload_of
     from apsq.hw.energy import compare
 
-    qcfg = cfg.apsq_config()
+    qcfg = _apsq_of(cfg)
     rows = check_energy_tile(cfg, override_tile)
     wl = workload_of(cfg, seq_len)
     tokens = seq_len or cfg.model.max_len
@@ -182,9 +191,10 @@ def sweep(base: TrainConfig, output: str | Path, gs_values: Sequence[int] = (1, 
     if runs and next(iter(runs.values())).get("metric"):
         table["metric"] = next(iter(runs.values()))["metric"]
     first = next(iter(runs.values()))
+    acfg = _apsq_of(base)
     table.update(seeds=[base.seed], eval_split=first["eval_split"], qat_steps=base.qat.steps,
                  qat_batch_size=base.qat.batch_size, finetune_steps=first.get("finetune_steps"),
-                 model=base.model.name, dataset=base.data.name, apsq_config=base.apsq_config().to_dict(),
+                 model=base.model.name, dataset=base.data.name, apsq_config=acfg.to_dict(),
                  run_seconds={n: r.get("seconds") for n, r in runs.items()})
     if energy:
         try:
@@ -200,8 +210,7 @@ def sweep(base: TrainConfig, output: str | Path, gs_values: Sequence[int] = (1, 
     er = table.get("energy_reduction", {})
     plot_accuracy_vs_gs(table, png_path or output / "sweep.png",
                         title=f"{base.model.name} on {base.data.name}: {base.qat.steps} QAT+KD steps, "
-                              f"W{base.apsq_config().weight_bits}A{base.apsq_config().act_bits}, "
-                              f"INT{base.apsq_config().psum_bits} PSUM",
+                              f"W{acfg.weight_bits}A{acfg.act_bits}, INT{acfg.psum_bits} PSUM",
                         energy=er.get("total") if isinstance(er, dict) and "total" in er else None,
                         calibrated=calibrated, energy_schedule=er.get("schedule", "untiled")
                         if isinstance(er, dict) else "untiled")
