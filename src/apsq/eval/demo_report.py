@@ -56,10 +56,9 @@ class DemoRow:
 
 
 def _variants() -> list[tuple[str, apsq.APSQConfig]]:
-    base = dict(attention_matmuls=True)
-    out = [("W8A8, INT32 PSUM", apsq.APSQConfig(mode="none", **base)),
-           ("W8A8, PSQ INT8", apsq.APSQConfig(mode="psq", **base))]
-    out += [(f"W8A8, APSQ INT8 gs={g}", apsq.APSQConfig(mode="apsq", gs=g, **base)) for g in (1, 2, 3, 4)]
+    out = [("W8A8, INT32 PSUM", apsq.APSQConfig(mode="none", attention_matmuls=True)),
+           ("W8A8, PSQ INT8", apsq.APSQConfig(mode="psq", attention_matmuls=True))]
+    out += [(f"W8A8, APSQ INT8 gs={g}", apsq.APSQConfig(mode="apsq", gs=g, attention_matmuls=True)) for g in (1, 2, 3, 4)]
     return out
 
 
