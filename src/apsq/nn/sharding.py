@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import torch
 import torch.distributed as dist
@@ -107,7 +107,7 @@ def check_same_calibration(layers: Sequence[nn.Module]) -> None:
     for rank, theirs in enumerate(every):
         if theirs == every[0]:
             continue
-        i = next((j for j, (a, b) in enumerate(zip(every[0], theirs)) if a != b), 0)
+        i = next((j for j, (a, b) in enumerate(zip(every[0] or [], theirs or [])) if a != b), 0)  # all filled
         name = getattr(layers[i], "layer_name", "") or type(layers[i]).__name__
         raise APSQError(
             f"calibrate under torch.distributed: rank {rank} saw other calibration data than rank 0 (first at "
@@ -150,8 +150,11 @@ def replicate_steps(model: nn.Module) -> set[nn.Parameter]:
 
 
 def _average_grad(p: torch.Tensor) -> None:
-    dist.all_reduce(p.grad)
-    p.grad.div_(dist.get_world_size())
+    grad = p.grad
+    if grad is None:  # a post-accumulate-grad hook: the gradient is there
+        return
+    dist.all_reduce(grad)
+    grad.div_(dist.get_world_size())
 
 
 def mixed_dtypes(model: nn.Module) -> bool:
@@ -176,11 +179,11 @@ def full_parameters(layer: nn.Module) -> Iterator[None]:
     written back into their shards -- the values of rank 0, scattered -- and the DTensors restored.
     Without DTensor parameters it does nothing.
     """
-    swapped: list[tuple[nn.Module, str, nn.Parameter]] = []
+    swapped: list[tuple[nn.Module, str, Any]] = []  # DTensor parameters (nn.Parameter and DTensor at once)
     for mod in layer.modules():
         for name, p in list(mod._parameters.items()):
             if p is not None and is_sharded(p):
-                full = nn.Parameter(p.detach().full_tensor(), requires_grad=p.requires_grad)
+                full = nn.Parameter(cast("DTensor", p.detach()).full_tensor(), requires_grad=p.requires_grad)
                 mod._parameters[name] = full
                 swapped.append((mod, name, p))
     if not swapped:
@@ -194,10 +197,10 @@ def full_parameters(layer: nn.Module) -> Iterator[None]:
         from torch.distributed.tensor import distribute_tensor
 
         for mod, name, sharded in swapped:
-            full = mod._parameters[name]
+            full_p = mod._parameters[name]
             mod._parameters[name] = sharded
-            if ok and name in _step_names(mod):
-                new = distribute_tensor(full.detach().to(sharded.dtype), sharded.device_mesh, sharded.placements,
+            if ok and full_p is not None and name in _step_names(mod):
+                new = distribute_tensor(full_p.detach().to(sharded.dtype), sharded.device_mesh, sharded.placements,
                                         src_data_rank=0)
                 with torch.no_grad():
                     sharded.to_local().copy_(new.to_local())
