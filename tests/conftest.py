@@ -26,6 +26,19 @@ def _seed():
 
 
 @pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """accelerate keeps one process-wide state (mixed precision, device, process group): a test that builds
+    an ``Accelerator`` or a Hugging Face ``Trainer`` must not hand its settings to the next test in the same
+    worker (``AcceleratorState has already been initialized and cannot be changed``)."""
+    yield
+    import sys
+
+    state = sys.modules.get("accelerate.state")
+    if state is not None:
+        state.AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture(autouse=True)
 def _keep_torch_threads():
     """Commands run in-process (``--threads N`` calls ``torch.set_num_threads``) must not change the
     thread count of the tests that follow in the same worker: float GEMMs sum in a thread-dependent

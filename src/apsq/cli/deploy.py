@@ -74,7 +74,7 @@ def run_cmd(
     verify: bool = typer.Option(True, help="Check every layer stage by stage and the logits against PyTorch."),
     mismatch_dir: Path = typer.Option(Path("deploy-mismatch"), help="Where a mismatch's .npz is written."),
     json_out: Path = typer.Option(None, "--json", help="Write the summary JSON here."),
-    layer_batches: int = typer.Option(None, "--layer-batches", help="Check every layer stage by stage on the first N "
+    layer_batches: int = typer.Option(None, "--layer-batches", min=0, help="Check every layer stage by stage on the first N "
                                       "batches only (default: all); the logits of every batch are compared."),
     energy: bool = typer.Option(False, "--energy", help="Print the counted PSUM / RAE activity, priced, beside the "
                                 "energy model's terms for the same layers (WS, untiled)."),
