@@ -43,10 +43,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
 "$PY" -c "import triton; print('triton', triton.__version__)" || echo "triton: not importable"
 "$PY" -c "import apsq, pydantic; print('apsq from', apsq.__file__)" || echo "apsq does not import: see above"
 
-# 1. CUDA tests: the device-correct commands (tests/test_cuda.py's test_cuda_*) and the Triton kernels /
+# 1. CUDA tests: the device-correct commands (tests/kernels/test_cuda.py's test_cuda_*) and the Triton kernels /
 #    layers on CUDA (the "cuda" parameters; their CPU-interpreter twins and the CPU meta-checks run in CI)
 step tests 210 "$PY" -m pytest -q -p no:cacheprovider -n 0 -rfEs --junitxml="$OUT/pytest.xml" \
-  tests/test_cuda.py tests/kernels/test_triton_psum.py tests/kernels/test_triton_layers.py \
+  tests/kernels/test_cuda.py tests/kernels/test_triton_psum.py tests/kernels/test_triton_layers.py \
   -k "test_cuda_ or (not cpu and not test_cuda.py)"
 
 # 2. The GPU benchmark: APSQ gs 1..4, psq, W8A8, nn.Linear fp32 / bf16 at M = 8192, K x N = 768 x 3072 and

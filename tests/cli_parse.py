@@ -1,5 +1,5 @@
 """Parse an ``apsq`` command line against the real command line without running it (shared by
-tests/test_readme.py and tests/test_results_folders.py)."""
+tests/project/test_readme.py and tests/project/test_results_folders.py)."""
 
 from __future__ import annotations
 

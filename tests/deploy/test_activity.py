@@ -10,7 +10,7 @@ import torch
 from apsq import deploy
 from apsq.deploy.activity import energy_side_by_side, engine_activity
 from apsq.deploy.program import EngineSpec
-from conftest import conv_net, tiny_bert
+from deploy_models import conv_net, tiny_bert
 
 ENGINE = EngineSpec(lanes=32, depth=16, bits=8, tile_bits=32, frac_bits=8, shift_bits=5, lane_exponents=True)
 

@@ -12,7 +12,7 @@ import apsq
 from apsq import deploy
 from apsq.deploy.runner import outputs_of
 from apsq.errors import APSQError
-from conftest import conv_net, tiny_bert
+from deploy_models import conv_net, tiny_bert
 
 
 @pytest.mark.parametrize("gs", [1, 2, 3, 4])

@@ -12,7 +12,7 @@ import apsq
 from apsq import deploy
 from apsq.deploy.program import MANIFEST, SCHEMA_VERSION, TENSORS
 from apsq.errors import APSQError
-from conftest import conv_net, tiny_bert
+from deploy_models import conv_net, tiny_bert
 
 ROOT = Path(__file__).resolve().parents[2]
 

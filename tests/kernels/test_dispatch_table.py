@@ -95,7 +95,7 @@ def test_route_runs_the_first_row_that_fits(observe):
 def test_grouped_conv_is_routed_by_the_table(monkeypatch, groups, w_steps):
     """A grouped conv's batched product (all groups at once) is a table request like attention's: with
     one weight step the integer kernel takes all groups in one call; with per-channel weight steps and
-    few groups, one integer product per group (tests/test_int_gemm.py: the layers take the integer path).
+    few groups, one integer product per group (tests/kernels/test_int_gemm.py: the layers take the integer path).
     Values equal the reference loop either way."""
     from apsq.kernels import int_gemm
     from apsq.psum.accumulate import psum_accumulate

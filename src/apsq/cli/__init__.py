@@ -3,7 +3,7 @@
 Each command group lives in a module of this package (or, for the groups not moved yet, of its area)
 with a ``register(app)`` function; this file only assembles them. Registration imports only typer,
 rich and light modules, so that ``apsq --help`` and ``apsq <group> --help`` start without torch,
-transformers, matplotlib or amaranth (``tests/test_cli_startup.py``); each command imports what it
+transformers, matplotlib or amaranth (``tests/cli/test_cli_startup.py``); each command imports what it
 needs when it runs.
 """
 

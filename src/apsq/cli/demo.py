@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 QAT_STEPS, FINETUNE_STEPS = 60, 400
 """The CLI's defaults: those of :func:`apsq.eval.demo.demo_run` (kept here so that parsing the command line
-imports no training code; ``tests/test_demo_cli.py`` checks they agree)."""
+imports no training code; ``tests/cli/test_demo_cli.py`` checks they agree)."""
 
 
 def print_rows(rows: list[DemoRow], console: Console) -> None:

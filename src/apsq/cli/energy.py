@@ -3,7 +3,7 @@
 Argument parsing and printing only: the computations are :mod:`apsq.hw.energy_runs` and
 :mod:`apsq.hw.energy`, the figures :mod:`apsq.hw.energy_plots`. Nothing heavy (torch, matplotlib) is
 imported until a command runs; the choices named in ``--help`` are literals here, checked against the
-energy model's own tables by ``tests/test_cli_startup.py``.
+energy model's own tables by ``tests/cli/test_cli_startup.py``.
 """
 
 from __future__ import annotations

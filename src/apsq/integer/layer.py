@@ -7,7 +7,7 @@ the PSUM steps are: ``psum_granularity: channel`` gives ``log2(s_i)`` per output
 result is an :class:`~apsq.integer.psum.IntPSUM` whose ``exponent`` is *absolute*: the layer output
 without bias is ``code * 2^exponent``.
 
-The promise (issue 15 item 9; tested on random layers in ``tests/test_field_failures_exact.py``):
+The promise (issue 15 item 9; tested on random layers in ``tests/regressions/test_field_failures_exact.py``):
 for every mode, group size and step spread, ``layer.accumulate(x) == integer_forward(layer,
 x).to_float().to(x.dtype)`` -- the float path is the exact integer result rounded once to the
 layer's dtype, so bit for bit equal wherever that result fits the dtype (e.g. ``|Y| < 2^24`` units

@@ -4,7 +4,7 @@
 * Every ``apsq ...`` command line in the README parses against the real command line (each option
   and argument exists and has a valid value) — a renamed option or command breaks this test.
 * The cheap ones run exactly as written; the expensive ones (``apsq demo``, training) run their own
-  tests at a small size (tests/train/, tests/test_demo_cli.py).
+  tests at a small size (tests/train/, tests/cli/test_demo_cli.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from cli_parse import ELIDED, click_module, parse
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 RUN_AS_WRITTEN = {
     "apsq energy -m bert-base -d is --gs 2",

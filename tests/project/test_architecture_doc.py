@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "architecture.md").read_text()
 NAME_COLUMN = 20  # names start left of this column; descriptions (and their continuations) right of it
 
@@ -70,3 +70,14 @@ def test_every_layer_is_a_package() -> None:
     names = [n for layer in layers for n in layer.split("|") if n]
     missing = [n for n in names if not ((ROOT / "src" / "apsq" / n).is_dir() or (ROOT / "src" / "apsq" / f"{n}.py").is_file())]
     assert len(names) > 10 and not missing, f"layers that are no package or module of apsq: {missing}"
+
+
+def test_tests_mirror_src() -> None:
+    """``tests/<path>/`` holds the tests of ``src/apsq/<path>/`` (issue 27 item 5); ``project/`` checks the
+    repository as a whole (docs, README, results, layers, types) and ``regressions/`` replays reported field
+    failures across packages. Tests of the root modules (errors, cache, device, config) sit at ``tests/``."""
+    tests = ROOT / "tests"
+    folders = sorted(p.relative_to(tests) for p in tests.rglob("*") if p.is_dir() and any(p.glob("test_*.py")))
+    stray = [str(f) for f in folders if f.parts[0] not in ("project", "regressions")
+             and not (ROOT / "src" / "apsq" / f).is_dir()]
+    assert folders and not stray, f"test folders with no package of the same path under src/apsq: {stray}"

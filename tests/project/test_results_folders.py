@@ -16,7 +16,7 @@ import pytest
 
 from cli_parse import click_module, parse
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "results"
 
 OWNED_ELSEWHERE = {"sentiment_minilm", "demo"}
