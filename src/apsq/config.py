@@ -177,3 +177,12 @@ class APSQConfig(LayerQuantConfig):
     def from_yaml(cls, path: str | Path) -> APSQConfig:
         """Load from a YAML file (a mapping of the fields above)."""
         return cls.from_dict(read_yaml(path, "APSQ config file") or {})
+
+
+def rae_exponent_range(frac_bits: int, shift_bits: int) -> tuple[int, int]:
+    """``(smallest, largest)`` per-step PSUM exponent ``e`` the RAE's shifter accepts: ``e = -frac_bits`` is a
+    left shift by ``frac_bits``, ``e = 2**shift_bits - 1 - frac_bits`` the widest right shift (the shift field
+    is ``shift_bits`` wide and offset by ``frac_bits``; ``docs/rae.md``). One rule for the RTL's parameters
+    and the engine program."""
+    return -frac_bits, (1 << shift_bits) - 1 - frac_bits
+

@@ -33,6 +33,7 @@ from typing import Any, Final, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from apsq.config import RAE_BANKS, rae_exponent_range
 from apsq.errors import APSQError
 
 __all__ = [
@@ -83,17 +84,17 @@ class EngineSpec(_Strict):
     frac_bits: int = Field(ge=0)
     shift_bits: int = Field(ge=1, le=7)
     lane_exponents: bool = Field(description="one exponent per lane and step (per-channel steps)")
-    num_banks: int = 4
+    num_banks: int = RAE_BANKS
     schedule: Literal["ws"] = Field("ws", description="beat order: for each tile step, every output position "
                                                        "(weight-stationary, docs/rae.md)")
 
     @property
     def exp_min(self) -> int:
-        return -self.frac_bits
+        return rae_exponent_range(self.frac_bits, self.shift_bits)[0]
 
     @property
     def exp_max(self) -> int:
-        return (1 << self.shift_bits) - 1 - self.frac_bits
+        return rae_exponent_range(self.frac_bits, self.shift_bits)[1]
 
 
 class ConvSpec(_Strict):

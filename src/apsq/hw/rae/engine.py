@@ -37,7 +37,7 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigne
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from apsq.config import RAE_BANKS
+from apsq.config import RAE_BANKS, rae_exponent_range
 from apsq.errors import APSQError, check_bits, check_int
 
 __all__ = ["RAEParams", "RAE", "NUM_BANKS", "PIPELINE_LATENCY"]
@@ -90,12 +90,12 @@ class RAEParams:
     @property
     def exp_min(self) -> int:
         """Smallest accepted per-step exponent ``e`` (a left shift by ``-e``)."""
-        return -self.frac_bits
+        return rae_exponent_range(self.frac_bits, self.shift_bits)[0]
 
     @property
     def exp_max(self) -> int:
         """Largest accepted per-step exponent ``e`` (a right shift by ``e``)."""
-        return (1 << self.shift_bits) - 1 - self.frac_bits
+        return rae_exponent_range(self.frac_bits, self.shift_bits)[1]
 
     @property
     def exp_width(self) -> int:
