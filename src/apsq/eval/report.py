@@ -69,6 +69,14 @@ def plot_accuracy_vs_gs(table: dict[str, Any], path: str | Path, title: str = ""
     h1, l1 = ax.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     ax.set_title(title or "Accuracy vs APSQ group size", fontsize=10)
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` (folders created; the format from the suffix) and close it, so a
+    long run that draws many figures does not keep them in memory. Returns the path written."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -431,9 +431,6 @@ def plot_zero_shot(res: dict[str, Any], path: str | Path) -> Path:
     h1, l1 = ax.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=4, frameon=False)
     ax.set_title(f"{Path(res['model']).name}: zero-shot, {len(res['tasks'])} tasks", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    from apsq.eval.report import save_figure
+
+    return save_figure(fig, path)
