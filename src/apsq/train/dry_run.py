@@ -24,7 +24,7 @@ from torch import nn
 
 from apsq.errors import APSQError, check_choice
 
-MODELS = {
+MODELS: dict[str, dict[str, Any]] = {
     "llama2-7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
                   "num_key_value_heads": 32, "vocab_size": 32000},
 }
@@ -49,8 +49,8 @@ def build_meta(model: str, mode: str = "apsq", gs: int = 2, tile: int = 32, psum
     import apsq
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(**MODELS[model], max_position_embeddings=4096, tie_word_embeddings=False,
-                      attn_implementation="eager")
+    eager: dict[str, Any] = {"attn_implementation": "eager"}  # PreTrainedConfig takes it at run time (untyped)
+    cfg = LlamaConfig(**MODELS[model], max_position_embeddings=4096, tie_word_embeddings=False, **eager)
     with torch.device("meta"):
         m = LlamaForCausalLM(cfg)
     apsq.quantize_(m, apsq.APSQConfig(mode=mode, gs=gs, tile=tile, psum_bits=psum_bits, attention_matmuls=True,
@@ -87,7 +87,7 @@ def memory_plan(model: nn.Module, gpus: tuple[int, ...] = (1, 2, 4, 8), dtype: s
     n_w = sum(p.numel() for n, p in model.named_parameters() if not _is_step(n))
     n_s = sum(p.numel() for n, p in model.named_parameters() if _is_step(n))
     blocks = [b for b in model.modules() if isinstance(b, nn.ModuleList)]
-    layers = max(blocks, key=len) if blocks else []
+    layers = max(blocks, key=len) if blocks else nn.ModuleList()
     unit = max((sum(p.numel() for n, p in b.named_parameters() if not _is_step(n)) for b in layers), default=0)
     state = {"parameters": n_w * wbytes, "gradients": n_w * wbytes, "optimizer": 2 * n_w * wbytes,
              "quantizer_steps": n_s * 4 * 4}  # float32 value, gradient, two AdamW moments
@@ -126,7 +126,10 @@ def dry_run(model: str = "llama2-7b", gpus: tuple[int, ...] = (1, 2, 4, 8), dtyp
             mode: str = "apsq", gs: int = 2, tile: int = 32, psum_bits: int = 8, seq_len: int = 512,
             teacher: bool = True, energy: bool = True) -> dict[str, Any]:
     """Quantized layers, memory per GPU and (``energy``) the IS/WS energy report, as one JSON-able dict."""
+    from apsq.nn import QuantizeReport
+
     m = build_meta(model, mode, gs, tile, psum_bits)
+    report: QuantizeReport = getattr(m, "apsq_report")  # a plain attribute quantize_ sets on the model
     infos = quant_layer_infos(m)
     kinds: dict[str, dict[str, Any]] = {}
     for i in infos:
@@ -136,7 +139,7 @@ def dry_run(model: str = "llama2-7b", gpus: tuple[int, ...] = (1, 2, 4, 8), dtyp
     res: dict[str, Any] = {"model": model, "quant": {"mode": mode, "gs": gs, "tile": tile, "psum_bits": psum_bits,
                                                      "attention_matmuls": True, "exclude": ["lm_head"]},
                            "quantized_layers": len(infos), "layer_kinds": kinds,
-                           "skipped": [s.name for s in m.apsq_report.skipped],
+                           "skipped": [s.name for s in report.skipped],
                            "memory": memory_plan(m, gpus, dtype, teacher)}
     if energy:
         res["energy"] = energy_report(model, gs, psum_bits, seq_len)

@@ -50,6 +50,7 @@ from apsq.train.checkpoint import (
 from apsq.train.config import ScheduleConfig, TrainConfig
 from apsq.train.sharded import fsdp_requested, full_state, full_value, shard
 from apsq.train.segmentation import (
+    SegMetrics,
     area_counts,
     pixel_cross_entropy,
     pixel_distillation,
@@ -334,7 +335,7 @@ def evaluate_glue(model: nn.Module, data: BatchSource, task: str, batch_size: in
 def evaluate_segmentation(model: nn.Module, data: BatchSource, num_classes: int, batch_size: int = 64, rank: int = 0,
                           world: int = 1, device: torch.device | str = "cpu",
                           reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, desc: str = "eval",
-                          progress: bool = True) -> dict[str, float]:
+                          progress: bool = True) -> SegMetrics:
     """mIoU and pixel accuracy (:func:`apsq.train.segmentation.segmentation_metrics`) of ``model`` on
     ``data``: logits resized to each row's labels, areas summed over the whole set (and over the
     ``world`` processes by ``reduce``). Rows of different sizes (``data.variable_size``) go one per batch."""
@@ -414,12 +415,13 @@ def export_hf(model: nn.Module, tokenizer: Any, folder: Path) -> bool:
     Raises:
         APSQError: the write failed (disk full, ...); the previous export is intact.
     """
-    if not callable(getattr(model, "save_pretrained", None)):
+    save = getattr(model, "save_pretrained", None)
+    if not callable(save):
         return False
     folder = Path(folder)
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp)
+        save(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
 
@@ -464,6 +466,14 @@ class MetricsLog:
 
 # --- the run ------------------------------------------------------------------------------------
 class _Run:
+    task: Task
+    """The data and its metric (set by :meth:`run`)."""
+    task_metrics: dict[str, float] | None
+    """GLUE metrics of the latest evaluation."""
+    segmentation: bool
+    seg_metrics: SegMetrics | None
+    """mIoU and pixel accuracy of the latest evaluation (segmentation)."""
+
     def __init__(self, cfg: TrainConfig, output: Path, resume: bool, on_step: StepHook | None, progress: bool,
                  accelerator: Any = None) -> None:
         from accelerate import Accelerator
@@ -642,14 +652,19 @@ class _Run:
                              glue=self.task_metrics)
             return self.task_metrics["score"]
         args = (self.cfg.eval.batch_size, self.rank, self.world, self.acc.device)
-        kw = {"reduce": lambda t: self.acc.reduce(t, "sum"), "desc": f"eval {stage}", "progress": self.progress}
+
+        def reduce(t: torch.Tensor) -> torch.Tensor:
+            return self.acc.reduce(t, "sum")
+
         if self.segmentation:
-            self.seg_metrics = evaluate_segmentation(self.acc.unwrap_model(model), data, self.cfg.model.num_labels,
-                                                     *args, **kw)
-            self.metrics.log(stage=stage, step=step, split=split, accuracy=self.seg_metrics["miou"],
-                             pixel_accuracy=self.seg_metrics["pixel_accuracy"])
-            return self.seg_metrics["miou"]
-        acc = evaluate(self.acc.unwrap_model(model), data, *args, **kw, lockstep=self.fsdp)
+            seg = self.seg_metrics = evaluate_segmentation(self.acc.unwrap_model(model), data,
+                                                           self.cfg.model.num_labels, *args, reduce=reduce,
+                                                           desc=f"eval {stage}", progress=self.progress)
+            self.metrics.log(stage=stage, step=step, split=split, accuracy=seg["miou"],
+                             pixel_accuracy=seg["pixel_accuracy"])
+            return seg["miou"]
+        acc = evaluate(self.acc.unwrap_model(model), data, *args, reduce=reduce, desc=f"eval {stage}",
+                       progress=self.progress, lockstep=self.fsdp)
         self.metrics.log(stage=stage, step=step, split=split, accuracy=acc)
         return acc
 
@@ -662,10 +677,10 @@ class _Run:
         cfg = self.cfg
         t_start = time.time()
         tok = None if BUILTIN_MODELS.get(cfg.model.name, TEXT) != TEXT else load_tokenizer(cfg)
-        self.task: Task = build_task(cfg, tok)
-        self.task_metrics: dict[str, float] | None = None  # GLUE metrics of the latest evaluation
+        self.task = build_task(cfg, tok)
+        self.task_metrics = None
         self.segmentation = BUILTIN_MODELS.get(cfg.model.name) == SEGMENTATION
-        self.seg_metrics: dict[str, float] = {}
+        self.seg_metrics = None
         model = build_model(cfg)
         init = model_init(model)
         self.metrics.truncate_after(self.state["stage"], self.state["step"])
@@ -692,7 +707,7 @@ class _Run:
                   or (self.segmentation and "fp32_metrics" not in init_meta)):
                 fp32_acc = self._eval(model, "finetune", cfg.finetune.steps)
                 fp32_glue = self.task_metrics
-                self.state["fp32_metrics"] = dict(self.seg_metrics)
+                self.state["fp32_metrics"] = dict(self.seg_metrics) if self.seg_metrics is not None else {}
             else:
                 self.state["fp32_metrics"] = init_meta.get("fp32_metrics", {})
                 self.metrics.log(stage="finetune", step=0, split=self.task.eval_split, accuracy=fp32_acc,
@@ -745,7 +760,7 @@ class _Run:
                           apsq=qcfg.to_dict())
             if self.task.glue is not None:
                 result["glue"] = self.task_metrics
-            if self.segmentation:
+            if self.seg_metrics is not None:
                 result["pixel_accuracy"] = self.seg_metrics["pixel_accuracy"]
         if self.task.select is not None:  # the split knobs are chosen on (never the reported one)
             sel = cfg.eval.selection_split

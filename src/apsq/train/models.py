@@ -100,13 +100,26 @@ def segformer_b0(cfg: TrainConfig, weights: bool = True) -> tuple[nn.Module, str
             except (OSError, ValueError) as exc:
                 reason = f"{hub} not loadable: {type(exc).__name__}"
         torch.manual_seed(cfg.seed)
-        return SegformerForSemanticSegmentation(SegformerConfig(num_labels=n)), f"random initialisation ({reason})"
-    return SegformerForSemanticSegmentation(SegformerConfig(num_labels=n)), "random initialisation (architecture only)"
+        return SegformerForSemanticSegmentation(SegformerConfig(**_head(n))), f"random initialisation ({reason})"
+    return SegformerForSemanticSegmentation(SegformerConfig(**_head(n))), "random initialisation (architecture only)"
+
+
+def _head(num_labels: int, eager_attention: bool = False) -> dict[str, Any]:
+    """Keyword arguments a Hugging Face config takes at run time but not in its typed signature
+    (``PreTrainedConfig.__post_init__(**kwargs)``): the head's classes and, for attention-matmul
+    quantization (which hooks the eager attention), ``attn_implementation="eager"``."""
+    return {"num_labels": num_labels, **({"attn_implementation": "eager"} if eager_attention else {})}
 
 
 def model_init(model: nn.Module) -> str | None:
     """How :func:`build_model` initialised ``model`` (segmentation models), else None."""
     return getattr(model, "apsq_init", None)
+
+
+def _with_init(model: nn.Module, how: str) -> nn.Module:
+    """``model`` noting how it was initialised (read back by :func:`model_init`)."""
+    setattr(model, "apsq_init", how)  # a plain attribute (nn.Module's attributes are typed as tensors / modules)
+    return model
 
 
 def build_model(cfg: TrainConfig, weights: bool = True) -> nn.Module:
@@ -119,23 +132,20 @@ def build_model(cfg: TrainConfig, weights: bool = True) -> nn.Module:
     if name == "digits-cnn":
         return DigitsCNN(m.num_labels)
     if name == "efficientvit-b1":
-        model: nn.Module = EfficientViTForSegmentation(m.num_labels)
-        model.apsq_init = "random initialisation (no EfficientViT weights ship with apsq)"
-        return model
+        return _with_init(EfficientViTForSegmentation(m.num_labels),
+                          "random initialisation (no EfficientViT weights ship with apsq)")
     if name == "segformer-b0":
-        model, how = segformer_b0(cfg, weights)
-        model.apsq_init = how
-        return model
+        return _with_init(*segformer_b0(cfg, weights))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    eager = cfg.apsq is not None and bool(cfg.apsq.get("attention_matmuls"))
     if name == "bert-tiny":
         bc = BertConfig(vocab_size=30522, hidden_size=m.hidden_size, num_hidden_layers=m.num_layers,
                         num_attention_heads=max(1, m.hidden_size // 16), intermediate_size=2 * m.hidden_size,
-                        max_position_embeddings=max(128, m.max_len), num_labels=m.num_labels,
-                        **({"attn_implementation": "eager"} if (cfg.apsq or {}).get("attention_matmuls") else {}))
+                        max_position_embeddings=max(128, m.max_len), **_head(m.num_labels, eager))
         return BertForSequenceClassification(bc)
     if name == "llama-tiny":  # a LLaMA decoder (RMSNorm, rotary, SwiGLU) built from a config; MiniLM's tokenizer
         from transformers import LlamaConfig, LlamaForSequenceClassification
@@ -143,12 +153,11 @@ def build_model(cfg: TrainConfig, weights: bool = True) -> nn.Module:
         lc = LlamaConfig(vocab_size=30522, hidden_size=m.hidden_size, num_hidden_layers=m.num_layers,
                          num_attention_heads=max(1, m.hidden_size // 16), num_key_value_heads=max(1, m.hidden_size // 16),
                          intermediate_size=2 * m.hidden_size, max_position_embeddings=max(128, m.max_len),
-                         num_labels=m.num_labels, pad_token_id=0, tie_word_embeddings=False,
-                         **({"attn_implementation": "eager"} if (cfg.apsq or {}).get("attention_matmuls") else {}))
+                         pad_token_id=0, tie_word_embeddings=False, **_head(m.num_labels, eager))
         return LlamaForSequenceClassification(lc)
     path = minilm_path() if name == "minilm" else name
     # attention-matmul quantization hooks the eager attention; otherwise keep the fast default
-    extra = {"attn_implementation": "eager"} if (cfg.apsq or {}).get("attention_matmuls") else {}
+    extra: dict[str, Any] = {"attn_implementation": "eager"} if eager else {}
     try:
         if not weights:
             from transformers import AutoConfig

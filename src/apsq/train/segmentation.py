@@ -7,6 +7,8 @@ resized bilinearly (``align_corners=False``) to the labels' size before the loss
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import torch
 import torch.nn.functional as F
 
@@ -63,7 +65,20 @@ def area_counts(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> t
     return torch.stack([inter, area_p + area_y - inter, area_p, area_y])
 
 
-def segmentation_metrics(counts: torch.Tensor) -> dict[str, float | int | list[float | None]]:
+class SegMetrics(TypedDict):
+    """What :func:`segmentation_metrics` returns."""
+
+    miou: float
+    """Mean IoU over the classes in the mean (NaN when there is none)."""
+    pixel_accuracy: float
+    """All intersections over all labelled pixels (NaN when no pixel is labelled)."""
+    classes: int
+    """Classes in the mean (union non-zero)."""
+    iou: list[float | None]
+    """IoU per class, None where the union is 0."""
+
+
+def segmentation_metrics(counts: torch.Tensor) -> SegMetrics:
     """``{"miou", "pixel_accuracy", "classes"}`` from :func:`area_counts` summed over the whole set.
 
     mIoU as mmseg's ``total_area_to_metrics``: IoU per class = intersection / union of the totals, the
