@@ -117,3 +117,13 @@ def test_run_refuses_a_model_without_the_programs_layers():
         deploy.run(prog, x, "spice", model=model)
     with pytest.raises(APSQError, match="exported from a Python model"):
         deploy.run(prog, x)
+
+
+def test_run_refuses_a_program_layer_without_its_weight_codes():
+    """A conv / linear entry whose tensor map lost ``weight_codes`` (an edited manifest): an APSQError
+    naming the layer before anything runs (it was an AttributeError inside the tile sums)."""
+    model, x = conv_net()
+    prog = deploy.export(model, x)
+    prog.manifest.layers[0] = prog.layers[0].model_copy(update={"tensors": {}})
+    with pytest.raises(APSQError, match="program layer '0' has no tensor 'weight_codes'"):
+        deploy.run(prog, x, model=model)

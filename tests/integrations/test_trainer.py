@@ -148,6 +148,19 @@ def test_trainer_distils_a_causal_lm_over_its_real_tokens(tmp_path):
                     data_collator=lambda items: items[0], teacher=fp, distill=DistillConfig(hidden_weight=0.1)).train()
 
 
+def test_distilling_a_classifier_needs_labels(tmp_path):
+    """A teacher and classifier logits: the batch's labels pick the loss (classes / regression); a batch
+    without them is an APSQError naming ``labels`` (it was an AttributeError on None)."""
+    data = _Data()
+    fp, q = _quantized(data)
+    batch = data.batch([0, 1, 2])
+    trainer = APSQTrainer(model=q, args=_args(tmp_path, max_steps=1), train_dataset=[batch], teacher=fp)
+    assert torch.isfinite(trainer.compute_loss(q, batch))  # with labels: the KD loss
+    batch.pop("labels")
+    with pytest.raises(APSQError, match="needs 'labels' in every batch"):
+        trainer.compute_loss(q, batch)
+
+
 def test_the_optimizer_rule_is_public():
     import apsq.train as t
     from apsq.train import loop

@@ -113,6 +113,21 @@ def test_quantization_config_validates_its_settings():
     assert apsq_hf.APSQHfConfig.from_dict({"quant_method": "apsq", "apsq": {"gs": 3}}).apsq_config().gs == 3
 
 
+def test_the_quantizer_takes_an_apsq_config_only():
+    """APSQHfQuantizer reads its settings from an APSQHfConfig; another method's config is an APSQError
+    naming the type, and no layer is quantized (it was an AttributeError on ``apsq_config``)."""
+    from transformers.utils.quantization_config import BitNetQuantConfig
+
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64)
+    model = transformers.BertModel(cfg)
+    with pytest.raises(APSQError, match="must be an APSQHfConfig, got BitNetQuantConfig"):
+        apsq_hf.APSQHfQuantizer(BitNetQuantConfig(), pre_quantized=False).preprocess_model(model)
+    assert not list(apsq.quant_layers(model))
+    apsq_hf.APSQHfQuantizer(apsq_hf.APSQHfConfig({"gs": 2}), pre_quantized=False).preprocess_model(model)
+    assert len(list(apsq.quant_layers(model))) == 7  # Q, K, V, attention output, intermediate, output, pooler
+
+
 def test_loading_in_bfloat16_keeps_every_exponent(tmp_path):
     """from_pretrained(dtype=bfloat16) of a float32 APSQ checkpoint: steps stay float32 (issue 25 item 1's
     kind through the loader), exponents equal, every layer's output equal to the saved model cast to bfloat16."""

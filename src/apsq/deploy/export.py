@@ -17,13 +17,14 @@ import json
 from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 import apsq
+from apsq.config import RAE_BANKS
 from apsq.deploy.program import (
     SCHEMA_VERSION,
     ConvSpec,
@@ -36,13 +37,16 @@ from apsq.deploy.program import (
     closing_flags,
 )
 from apsq.errors import APSQError
-from apsq.nn.layers import QuantConv1d, QuantConv2d, QuantLinear, QuantMatmul
+from apsq.nn.layers import QuantConv1d, QuantConv2d, QuantLayer, QuantLinear, QuantMatmul
 from apsq.nn.transform import quant_layers
+
+if TYPE_CHECKING:
+    from apsq.train.config import TrainConfig
 
 __all__ = ["export", "trace_host", "load_trained", "forward", "NUM_BANKS"]
 
-NUM_BANKS = 4
-"""The RAE's SRAM banks (:data:`apsq.hw.rae.engine.NUM_BANKS`): ``gs <= 4``."""
+NUM_BANKS = RAE_BANKS
+"""The RAE's PSUM SRAM banks (:data:`apsq.config.RAE_BANKS`, the one constant): ``gs <= 4``."""
 
 _SKIP = {
     "view", "reshape", "transpose", "permute", "contiguous", "size", "dim", "to", "unsqueeze", "squeeze",
@@ -93,7 +97,8 @@ class _Recorder(TorchFunctionMode):
         if id(mod) in self.quant:
             self.inside -= 1
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
         if self.inside == 0:
             op = _op_name(func)
             if op is not None:
@@ -171,7 +176,7 @@ def _tile_abs_sums(w_codes: torch.Tensor, tile: int) -> torch.Tensor:
     return pad.reshape(nrow, n, tile).sum(-1)
 
 
-def _layer(index: int, name: str, layer: nn.Module, engine: EngineSpec) -> tuple[EngineLayer, dict[str, torch.Tensor]]:
+def _layer(index: int, name: str, layer: QuantLayer, engine: EngineSpec) -> tuple[EngineLayer, dict[str, torch.Tensor]]:
     """One layer's program entry and tensors, or an APSQError naming it."""
     op = _op_kind(name, layer)
     q = layer.qcfg
@@ -211,16 +216,18 @@ def _layer(index: int, name: str, layer: nn.Module, engine: EngineSpec) -> tuple
                             padding=tuple(layer.padding), dilation=tuple(layer.dilation), groups=layer.groups)
             out_features = layer.out_channels
         else:
+            assert isinstance(layer, QuantLinear), "_op_kind refused the other kinds"
             w = layer.linear_weight()
             out_features = w.shape[0]
         wc = layer.weight_quant.codes(w.detach().float()).cpu()
         k = layer._k()
         max_tile = int(_tile_abs_sums(wc.reshape(wc.shape[0], -1), q.tile).max()) * (1 << (a_bits - 1))
         tensors[f"layer/{index}/weight_codes"] = wc.to(_int_dtype(b_bits))
-        has_bias = layer.bias is not None
-        if has_bias:
+        bias = layer.bias
+        has_bias = bias is not None
+        if bias is not None:
             unit = (ex + ew).to(torch.float64)  # [C] or [1]
-            b = layer.bias.detach().cpu().to(torch.float64)
+            b = bias.detach().cpu().to(torch.float64)
             units = (b * torch.exp2(-unit)).to(torch.float32)
             if not torch.equal(units.to(torch.float64) * torch.exp2(unit), b):
                 raise APSQError(f"layer {name}: its bias is not exact in tile-sum units (float32 range); the program "
@@ -316,7 +323,7 @@ def export(
     return Program(manifest, tensors)
 
 
-def _train_config(run: Path, meta: Mapping[str, Any]):
+def _train_config(run: Path, meta: Mapping[str, Any]) -> TrainConfig:
     from apsq.train.config import parse_config
 
     cfg_file = run / "config.json"
@@ -327,7 +334,7 @@ def _train_config(run: Path, meta: Mapping[str, Any]):
     raise APSQError(f"{run}: no config.json beside the checkpoint; give an apsq train run folder")
 
 
-def build_host(train_config: Mapping[str, Any] | Any) -> nn.Module:
+def build_host(train_config: Mapping[str, Any] | TrainConfig) -> nn.Module:
     """The quantized (uncalibrated) model an ``apsq train`` config describes, without pretrained weights
     (the caller loads the trained state)."""
     from apsq.train.config import TrainConfig, parse_config
@@ -342,7 +349,7 @@ def build_host(train_config: Mapping[str, Any] | Any) -> nn.Module:
     return model.eval()
 
 
-def load_trained(path: str | Path) -> tuple[nn.Module, Any, Path]:
+def load_trained(path: str | Path) -> tuple[nn.Module, TrainConfig, Path]:
     """``(model, train config, checkpoint file)`` of an ``apsq train`` run folder or its checkpoint.
 
     The run must have reached QAT (a checkpoint whose stage is ``qat``): a full-precision stage has no

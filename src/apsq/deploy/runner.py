@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 import torch
@@ -41,10 +41,14 @@ from apsq.deploy.program import EngineLayer, Program
 from apsq.errors import APSQError, check_choice
 from apsq.integer import integer_forward
 from apsq.integer.psum import IntPSUM, psum_accumulate_int
+from apsq.nn.layers import QuantLayer
 from apsq.nn.transform import quant_layers
 from apsq.psum.accumulate import lane_steps
 from apsq.psum.tiling import conv2d_partials, linear_partials, matmul_partials
 from apsq.quant.ops import quantize_codes
+
+if TYPE_CHECKING:  # apsq.hw.rae imports amaranth: only the RTL backends load it
+    from apsq.hw.rae import RAEParams, RunStats
 
 __all__ = ["BACKENDS", "DeployMismatch", "LayerReport", "RunReport", "host_model", "run", "outputs_of"]
 
@@ -126,7 +130,7 @@ def host_model(program: Program) -> nn.Module:
     return model.eval()
 
 
-def _rae_params(program: Program):
+def _rae_params(program: Program) -> RAEParams:
     from apsq.hw.rae import RAEParams
 
     e = program.manifest.engine
@@ -141,13 +145,21 @@ def _work(x: torch.Tensor) -> torch.Tensor:
 class _EngineLayer:
     """The engine path of one program layer (codes, tile sums, backend, dequantize, checks)."""
 
-    def __init__(self, lay: EngineLayer, program: Program, module: nn.Module, backend: str, params: Any,
-                 verify: bool, mismatch_dir: Path, report: LayerReport, integer_check: bool = True) -> None:
+    def __init__(self, lay: EngineLayer, program: Program, module: QuantLayer, backend: str,
+                 params: RAEParams | None, verify: bool, mismatch_dir: Path, report: LayerReport,
+                 integer_check: bool = True) -> None:
+        """``params``: the RAE instance the RTL backends run (``None``: the golden backend only).
+
+        Raises:
+            APSQError: a linear / conv2d entry of the program without its ``weight_codes`` tensor.
+        """
         self.lay, self.module, self.backend, self.params = lay, module, backend, params
         self.integer_check = integer_check
         self.engine = program.manifest.engine
         self.verify, self.mismatch_dir, self.report = verify, mismatch_dir, report
-        self.wc = program.tensor(lay, "weight_codes").to(torch.int64) if "weight_codes" in lay.tensors else None
+        # the int weight codes as float64 (the exact BLAS operand of tile_sums); attention ops have none
+        self.w_codes = (program.tensor(lay, "weight_codes").to(torch.float64) if lay.op in ("linear", "conv2d")
+                        else None)
         self.e_all = torch.tensor(lay.engine_exponents, dtype=torch.int64)  # [n] or [n, C]
         self.ew = torch.tensor(lay.weight_exponents, dtype=torch.int64)  # [C] or [1]
         self.chan_axis = -3 if lay.op == "conv2d" else -1
@@ -161,15 +173,17 @@ class _EngineLayer:
     def tile_sums(self, xs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         lay = self.lay
         step_x = torch.tensor(2.0 ** lay.act_exponent, dtype=torch.float64)
-        codes = (quantize_codes(_work(xs[0]).double(), step_x, lay.act_bits).cpu(),)
+        codes: tuple[torch.Tensor, ...] = (quantize_codes(_work(xs[0]).double(), step_x, lay.act_bits).cpu(),)
         # float64 BLAS on the int codes is exact: every product and partial sum of a tile is an integer
         # of at most tile * 2^(a-1) * 2^(b-1) < 2^53 (checked at export: tile_sum_bits); int64 bmm is ~100x slower
-        f = self.wc.double() if self.wc is not None else None
-        if lay.op == "linear":
-            t = linear_partials(codes[0].double(), f, lay.tile)
-        elif lay.op == "conv2d":
-            c = lay.conv
-            t = conv2d_partials(codes[0].double(), f, lay.tile, c.stride, c.padding, c.dilation, c.groups)
+        if lay.op in ("linear", "conv2d"):
+            f = self.w_codes
+            assert f is not None, "__init__ loads the weight codes of every linear / conv2d entry"
+            if lay.conv is None:
+                t = linear_partials(codes[0].double(), f, lay.tile)
+            else:  # conv2d (EngineLayer's validator: conv is given exactly for op conv2d)
+                c = lay.conv
+                t = conv2d_partials(codes[0].double(), f, lay.tile, c.stride, c.padding, c.dilation, c.groups)
         else:
             step_b = torch.tensor(2.0 ** lay.weight_exponents[0], dtype=torch.float64)
             codes = (*codes, quantize_codes(_work(xs[1]).double(), step_b, lay.weight_bits).cpu())
@@ -187,7 +201,7 @@ class _EngineLayer:
         unit = self.lay.act_exponent + (self._lanes(self.ew[None])[0] if self.ew.numel() > 1 else self.ew.reshape(()))
         return r, unit
 
-    def rtl(self, t: torch.Tensor) -> tuple[np.ndarray, Any]:
+    def rtl(self, t: torch.Tensor, params: RAEParams) -> tuple[np.ndarray, RunStats]:
         from apsq.hw.rae import run_layers, validate_layer
 
         n = t.shape[0]
@@ -195,8 +209,8 @@ class _EngineLayer:
         flat = t.reshape(n, -1)
         if e.dim() > 1:
             e = torch.broadcast_to(lane_steps(e, t.dim()), t.shape).reshape(n, -1)
-        job = validate_layer(flat, e, self.lay.gs, self.params)
-        (codes,), stats = run_layers([job], self.params, backend=self.backend)
+        job = validate_layer(flat, e, self.lay.gs, params)
+        (codes,), stats = run_layers([job], params, backend=self.backend)
         return codes.reshape(t.shape[1:]), stats
 
     def __call__(self, *xs: torch.Tensor) -> torch.Tensor:
@@ -212,8 +226,8 @@ class _EngineLayer:
         n_out = gold.code.shape[-3] if lay.op == "conv2d" else gold.code.shape[-1]
         rep.shapes.append((gold.code.numel() // n_out, k, n_out))
         measured = None
-        if self.backend != "golden":
-            rtl_codes, stats = self.rtl(t)
+        if self.params is not None:  # an RTL backend
+            rtl_codes, stats = self.rtl(t, self.params)
             measured = stats.activity  # counted from the RTL's own enables
             rep.rtl_cycles += stats.cycles
             rep.rtl_beats_in += stats.beats_in
@@ -238,7 +252,9 @@ class _EngineLayer:
             rep.checked_outputs += gold.code.numel()
         return y.to(xs[0].device)
 
-    def _mismatch(self, expected_stage: str, actual_stage: str, xs, codes, t, expected, actual) -> None:
+    def _mismatch(self, expected_stage: str, actual_stage: str, xs: tuple[torch.Tensor, ...],
+                  codes: tuple[torch.Tensor, ...], t: torch.Tensor, expected: torch.Tensor,
+                  actual: torch.Tensor) -> NoReturn:
         bad = (expected != actual)
         idx = int(bad.reshape(-1).nonzero()[0]) if bad.any() else -1
         self.mismatch_dir.mkdir(parents=True, exist_ok=True)
@@ -248,7 +264,7 @@ class _EngineLayer:
         arrays.update({f"input{i}_codes": c.numpy() for i, c in enumerate(codes)})
         np.savez_compressed(path, **arrays, tile_sums=t.numpy(), engine_exponents=self.e_all.numpy(),
                             expected=expected.numpy(), actual=actual.numpy(), layer=np.array(self.lay.name),
-                            stages=np.array([expected_stage, actual_stage]))
+                            stages=np.array([expected_stage, actual_stage]), allow_pickle=False)
         raise DeployMismatch(
             f"layer {self.lay.index} ({self.lay.name}, {self.lay.op}): {actual_stage} differs from {expected_stage} "
             f"at {int(bad.sum())} of {bad.numel()} outputs (first at flat index {idx}); evidence in {path}", path)
@@ -259,11 +275,11 @@ def _patched(model: nn.Module, engines: dict[str, _EngineLayer]) -> Iterator[Non
     mods = dict(quant_layers(model))
     try:
         for name, eng in engines.items():
-            mods[name].accumulate = eng
+            vars(mods[name])["accumulate"] = eng  # shadows the class's method (type(m).accumulate) on this instance
         yield
     finally:
         for name in engines:
-            mods[name].__dict__.pop("accumulate", None)
+            vars(mods[name]).pop("accumulate", None)
 
 
 def run(

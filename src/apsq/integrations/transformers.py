@@ -33,6 +33,7 @@ from torch import nn
 from transformers import Trainer
 from transformers.quantizers import HfQuantizer
 from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
+from transformers.trainer_utils import TrainOutput
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from apsq.device import module_device, module_dtype, to_device
@@ -59,7 +60,9 @@ class APSQHfConfig(QuantizationConfigMixin):
         if kwargs:
             raise APSQError(f"APSQHfConfig: unknown keys {sorted(kwargs)}; allowed: quant_method, apsq")
         cfg = apsq if isinstance(apsq, APSQConfig) else APSQConfig.from_dict(dict(apsq or {}))
-        self.quant_method = QUANT_METHOD
+        # transformers annotates quant_method as its built-in QuantizationMethod enum, yet its own
+        # register_quantization_config(method: str) admits methods outside it, like "apsq"
+        self.quant_method = QUANT_METHOD  # type: ignore[assignment]
         self.apsq = cfg.to_dict()
 
     def apsq_config(self) -> APSQConfig:
@@ -82,7 +85,10 @@ class APSQHfQuantizer(HfQuantizer):
         return None
 
     def _process_model_before_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
-        quantize_(model, self.quantization_config.apsq_config())
+        qc = self.quantization_config
+        if not isinstance(qc, APSQHfConfig):
+            raise APSQError(f"APSQHfQuantizer: quantization_config must be an APSQHfConfig, got {type(qc).__name__}")
+        quantize_(model, qc.apsq_config())
         return model
 
     def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
@@ -165,7 +171,7 @@ class APSQTrainer(Trainer):
     def __init__(self, *args: Any, teacher: nn.Module | None = None, distill: DistillConfig | None = None,
                  scale_lr: float | None = None, calibration_batches: int = 4, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if not list(quant_layers(self.model)):
+        if not list(quant_layers(self._model())):
             raise APSQError("APSQTrainer: the model has no quantized layer; call apsq.quantize_(model, config) "
                             "first (or load it with from_pretrained and an APSQHfConfig)")
         if isinstance(calibration_batches, bool) or not isinstance(calibration_batches, int) or calibration_batches < 0:
@@ -179,6 +185,12 @@ class APSQTrainer(Trainer):
         self.args.max_grad_norm = 0.0  # clipped per group in the optimizer's step pre-hook instead
         if teacher is not None:
             teacher.eval().requires_grad_(False)
+
+    def _model(self) -> nn.Module:
+        """``self.model``, which ``Trainer.__init__`` sets (from ``model`` or ``model_init``)."""
+        if self.model is None:
+            raise APSQError("APSQTrainer: no model; pass model= (or model_init=)")
+        return self.model
 
     def schedule(self, num_training_steps: int) -> ScheduleConfig:
         """The :class:`ScheduleConfig` equivalent of this Trainer's arguments for ``num_training_steps``."""
@@ -194,31 +206,36 @@ class APSQTrainer(Trainer):
         if self.optimizer is None:
             from apsq.train.loop import make_optimizer
 
-            opt_model = self.model if model is None else model
-            self.optimizer = make_optimizer(opt_model, self.schedule(max(1, self.args.max_steps)))
-            self.optimizer.register_step_pre_hook(_clip_before_step)
+            opt_model = self._model() if model is None else model
+            opt = make_optimizer(opt_model, self.schedule(max(1, self.args.max_steps)))
+            opt.register_step_pre_hook(_clip_before_step)
+            self.optimizer = opt
         return self.optimizer
 
-    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+    def create_scheduler(self, num_training_steps: int,
+                         optimizer: torch.optim.Optimizer | None = None) -> torch.optim.lr_scheduler.LRScheduler:
         if self.lr_scheduler is None:
             sched = self.schedule(num_training_steps)
             opt = optimizer or self.optimizer
+            if opt is None:
+                raise APSQError("APSQTrainer.create_scheduler: no optimizer; call create_optimizer first or pass one")
             for g in opt.param_groups:  # LambdaLR multiplies each group's initial rate: its base_lr
                 g["lr"] = g.get("base_lr", g["lr"])
             self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: lr_factor(t, sched))
             self._created_lr_scheduler = True
         return self.lr_scheduler
 
-    def train(self, *args: Any, **kwargs: Any):
+    def train(self, *args: Any, **kwargs: Any) -> TrainOutput:
         """Calibrate (when some step is not initialised, see the class doc), then ``Trainer.train``."""
-        if self.calibration_batches and any(m.needs_init() for _, m in quant_layers(self.model)):
-            calibrate(self.model, _first_batches(self.get_train_dataloader(), self.calibration_batches))
+        model = self._model()
+        if self.calibration_batches and any(m.needs_init() for _, m in quant_layers(model)):
+            calibrate(model, _first_batches(self.get_train_dataloader(), self.calibration_batches))
         if self.teacher is not None:
-            self.teacher.to(module_device(self.model))
+            self.teacher.to(module_device(model))
         return super().train(*args, **kwargs)
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None):
+                     num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor | tuple[torch.Tensor, Any]:
         if self.teacher is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         d = self.distill_config.distill
@@ -232,6 +249,9 @@ class APSQTrainer(Trainer):
             tout = self.teacher(**tin, **extra)
         s = logits_of(out)
         if s.dim() == 2:  # a classifier: exactly apsq train's loss
+            if labels is None:  # distill_loss reads the task (class indices / regression targets) off them
+                raise APSQError("APSQTrainer: a teacher with classifier logits [B, C] needs 'labels' in every batch "
+                                f"(the batch has {sorted(inputs)})")
             loss = distill_loss(out, tout, labels, self.distill_config)["loss"]
         else:  # tokens: KD over the real positions, plus the model's own (shifted) loss
             if hidden:
