@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import time
 
 import numpy as np
@@ -151,6 +152,7 @@ def main() -> None:
     ap.add_argument("--sentences", type=int, default=1, help="sentences per call with --minilm")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
+    args.started = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), [round(x, 2) for x in os.getloadavg()])
     rows = []
     if args.minilm is not None:
         for lanes in (int(x) for x in args.lanes.split(",")):
@@ -184,9 +186,13 @@ def _write(args: argparse.Namespace, rows: list[dict]) -> None:
     if args.json:
         out = {
             "command": "OMP_NUM_THREADS=1 python benchmarks/bench_rae.py " + " ".join(
-                f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "json"),
+                f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+                if v is not None and k not in ("json", "started")),
+            "commit": _commit(),
+            "started_utc": args.started[0],
             "goal_lane_steps_per_s": GOAL,
             "machine": {"cpu": _cpu(), "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+                        "load_average_start": args.started[1], "load_average_end": [round(x, 2) for x in os.getloadavg()],
                         "python": platform.python_version()},
             "results": rows,
         }
@@ -194,6 +200,15 @@ def _write(args: argparse.Namespace, rows: list[dict]) -> None:
             json.dump(out, fh, indent=2)
             fh.write("\n")
         print(f"wrote {args.json}")
+
+
+def _commit() -> str:
+    """The short hash of the checkout this script runs from ("" outside git)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__)), check=False).stdout.strip()
+    except OSError:
+        return ""
 
 
 def _cpu() -> str:
