@@ -6,15 +6,16 @@ cd "$(dirname "$0")/../.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 if [ -x .venv/bin/apsq ]; then export PATH="$PWD/.venv/bin:$PATH"; fi
 
-# rae_area.json: four syntheses. LONG: yosys_s recorded 47.5, 95.9, 469.0 and 930.1 s. The JSON records
-# the commands with the --json path elided ("--json ..."); each writes a list of reports, and the four
-# lists were joined by hand into rae_area.json's "reports" (with the Yosys version, liberty and machine);
-# that join has no recorded command, so the per-engine files are written to runs/rae_area/ here.
+# rae_area.json: four syntheses, each writing a list of reports to runs/rae_area/; join_area.py joins them
+# into rae_area.json's "reports" with the commands (--json path elided), Yosys version, liberty, commit,
+# machine and load. yosys_s recorded 9.1, 20.0, 270.1 and 267.9 s (2026-12-07, 2-core AMD EPYC shared with
+# two trainings and other jobs, load average 3.3 at the start, 10.8 at the end); 10 min wall for the four.
 mkdir -p runs/rae_area
 apsq rae area --lanes 4 --depth 16 --banks macro --json runs/rae_area/l4_d16.json
 apsq rae area --lanes 4 --depth 16 --banks macro --lane-exponents --json runs/rae_area/l4_d16_lane_exponents.json
 apsq rae area --lanes 32 --depth 64 --banks macro --json runs/rae_area/l32_d64.json
 apsq rae area --lanes 32 --depth 64 --banks macro --lane-exponents --json runs/rae_area/l32_d64_lane_exponents.json
+python results/rae/join_area.py runs/rae_area results/rae/rae_area.json
 
 # equivalence/summary.json: 2,000,000 random streams, 42.8 s recorded (wall_s). The JSON records no
 # OMP_NUM_THREADS=1; equivalence/README.md runs it with OMP_NUM_THREADS=1 (the JSON's command is kept).

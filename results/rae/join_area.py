@@ -1,0 +1,67 @@
+"""Join the four ``apsq rae area --json`` reports of ``run.sh`` into ``results/rae/rae_area.json``.
+
+Each ``apsq rae area`` run writes a list of reports; this keeps them in ``run.sh``'s order under
+``reports`` and records the commands (``--json ...`` elided), the Yosys version, the liberty, the
+commit, the machine and its load average when joined (right after the last synthesis).
+
+    python results/rae/join_area.py runs/rae_area results/rae/rae_area.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+RUNS = (("l4_d16", "--lanes 4 --depth 16 --banks macro"),
+        ("l4_d16_lane_exponents", "--lanes 4 --depth 16 --banks macro --lane-exponents"),
+        ("l32_d64", "--lanes 32 --depth 64 --banks macro"),
+        ("l32_d64_lane_exponents", "--lanes 32 --depth 64 --banks macro --lane-exponents"))
+"""``(file stem in the runs folder, the options of its apsq rae area command)``, in run.sh's order."""
+
+
+def _out(*cmd: str) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, check=False,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        return ""
+
+
+def _cpu() -> str:
+    """The CPU's model name and its widest x86 vector extension (AVX-512 / AVX2), from ``/proc/cpuinfo``."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
+                platform.processor())
+    isa = "AVX-512" if " avx512f" in info else "AVX2" if " avx2" in info else ""
+    return f"{name} ({isa})" if isa else name
+
+
+def main(runs: Path, out: Path) -> None:
+    reports = []
+    for stem, _ in RUNS:
+        reports += json.loads((runs / f"{stem}.json").read_text())
+    yosys = _out("yosys", "-V")
+    data = {
+        "commands": [f"apsq rae area {opts} --json ..." for _, opts in RUNS],
+        "yosys": yosys or "unknown",
+        "liberty": "src/apsq/hw/rae/sky130hd_area.lib (SKY130 HD footprints, area only)",
+        "commit": _out("git", "rev-parse", "--short", "HEAD"),
+        "machine": f"shared {os.cpu_count()}-core {_cpu()}, loaded by other jobs (yosys_s are wall times under "
+                   f"that load)",
+        "load_average_at_join": [round(x, 2) for x in os.getloadavg()],
+        "reports": reports,
+    }
+    out.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("runs/rae_area"),
+         Path(sys.argv[2]) if len(sys.argv) > 2 else Path(__file__).parent / "rae_area.json")
