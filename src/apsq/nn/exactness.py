@@ -27,15 +27,22 @@ cannot reproduce).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
 from apsq.errors import APSQError
 
-__all__ = ["SIGNIFICAND_BITS", "exact_dtype", "fits", "psum_bound_bits"]
+__all__ = ["SIGNIFICAND_BITS", "exact_dtype", "exact_sum_dtype", "fits", "psum_bound_bits", "psum_dtype",
+           "static_sum_bits", "work_dtype"]
 
 SIGNIFICAND_BITS = {torch.float16: 11, torch.bfloat16: 8, torch.float32: 24, torch.float64: 53}
 """Significand width (with the implicit bit) of each floating dtype."""
+
+
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a layer quantizes and accumulates in at least: float16 / bfloat16 layers use float32."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
 def fits(span_bits: float, dtype: torch.dtype) -> bool:
@@ -80,3 +87,34 @@ def exact_dtype(span_bits: float, dtype: torch.dtype, layer: str) -> torch.dtype
         f"more than float64's 53; the float path cannot match the integer path. Re-calibrate the layer "
         f"(apsq.calibrate), lower its bits or tile, or leave it out with exclude=[{layer!r}]"
     )
+
+
+def static_sum_bits(k: int, a_bits: int, b_bits: int) -> float:
+    """``log2`` of the static bound ``K * 2^(a-1) * 2^(b-1)`` on every running sum of an exact (mode
+    ``none``) reduction of length ``k``, in units ``u`` (every product of two codes is at most
+    ``2^(a-1) * 2^(b-1)``)."""
+    return math.log2(k) + a_bits - 1 + b_bits - 1
+
+
+def exact_sum_dtype(dtype: torch.dtype, layer: str, *, k: int, a_bits: int, b_bits: int,
+                    sum_bound: Callable[[torch.dtype], float]) -> torch.dtype:
+    """Accumulation dtype of mode ``none`` (and its saturating ``acc_bits`` accumulator).
+
+    The work dtype (:func:`work_dtype`) when the static bound (:func:`static_sum_bits`) fits float32
+    or the work dtype is float64; else the bound ``sum_bound(work dtype)`` (data-dependent: a bound
+    on every running sum of this input, in units ``u``, e.g. ``max_row sum_k |x codes| * 2^(w-1)``)
+    decides (:func:`exact_dtype`).
+    """
+    dt = work_dtype(dtype)
+    if fits(static_sum_bits(k, a_bits, b_bits), torch.float32) or dt == torch.float64:
+        return dt
+    return exact_dtype(math.log2(max(sum_bound(dt), 1.0)), dt, layer)
+
+
+def psum_dtype(dtype: torch.dtype, layer: str, *, unit_e: torch.Tensor, psum_e: torch.Tensor, mode: str, gs: int,
+               bits: int, tile: int, a_bits: int, b_bits: int) -> torch.dtype:
+    """Accumulation dtype of mode ``psq`` / ``apsq``: :func:`psum_bound_bits` with the tile bound
+    ``tile * 2^(a-1) * 2^(b-1)`` units, through :func:`exact_dtype`."""
+    tile_units = float(tile) * 2.0 ** (a_bits - 1) * 2.0 ** (b_bits - 1)
+    span = psum_bound_bits(unit_e, psum_e, mode=mode, gs=gs, bits=bits, tile_units=tile_units)
+    return exact_dtype(span, dtype, layer)

@@ -34,13 +34,12 @@ from torch import nn
 
 from apsq.errors import APSQError, check_finite, refuse_export
 from apsq.nn.config import LAYER_FIELDS, LayerQuantConfig
-from apsq.nn.exactness import exact_dtype, psum_bound_bits
+from apsq.nn.exactness import work_dtype as _work_dtype
 from apsq.nn.padding import current_mask, valid_rows
 from apsq.nn.psum_quantizer import PSUMQuantizer
 from apsq.nn.sampling import ContentSample
 from apsq.nn.sharding import refuse_lazy_init
 from apsq.nn.stats import LayerStats, StatsRecorder
-from apsq.psum.accumulate import saturating_accumulate
 from apsq.psum.tiling import (
     conv2d_partials,
     linear_partials,
@@ -207,9 +206,7 @@ class _QuantMixin:
 
     def needs_init(self) -> bool:
         """Whether some step is not initialised yet (no calibration, no forward)."""
-        if any(not bool(q.initialized) for q in self._quantizers()):
-            return True
-        return self.qcfg.mode != "none" and not bool(self.psum.initialized)
+        return any(not bool(q.initialized) for q in self._quantizers()) or not bool(self.psum.initialized)
 
     def _ensure_initialized(self, items: torch.Tensor, key: tuple[int, ...] | None = None) -> None:
         """Lazy initialisation from this batch, before any graph is built (identical recomputation
@@ -221,16 +218,6 @@ class _QuantMixin:
             raise _empty_error(self.layer_name, self.kind, tuple(items.shape))
         with torch.no_grad():
             self._init_steps([(tuple(items.shape[1:]) if key is None else key, items.detach())])
-
-    # --- precision -------------------------------------------------------------------------------
-    def _tile_units(self, a_bits: int, b_bits: int) -> float:
-        return float(self.qcfg.tile) * 2.0 ** (a_bits - 1) * 2.0 ** (b_bits - 1)
-
-    def _psum_dtype(self, dtype: torch.dtype, unit_e: torch.Tensor, n: int, a_bits: int, b_bits: int) -> torch.dtype:
-        """Accumulation dtype for psq / apsq (:mod:`apsq.nn.exactness`)."""
-        span = psum_bound_bits(unit_e, self.psum.exponents(n), mode=self.qcfg.mode, gs=self.qcfg.gs,
-                               bits=self.qcfg.psum_bits, tile_units=self._tile_units(a_bits, b_bits))
-        return exact_dtype(span, dtype, self.layer_name)
 
     # --- statistics ----------------------------------------------------------------------------
     def track_stats(self, on: bool = True) -> None:
@@ -280,11 +267,6 @@ def _exact_under_autocast(fn: Callable) -> Callable:
     return run
 
 
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float16 / bfloat16 layers quantize and accumulate in float32."""
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
-
-
 def per_channel_matmul_error(name: str) -> APSQError:
     """The refusal of per-channel PSUM steps on a matmul without a fixed output width (QK^T)."""
     return APSQError(
@@ -298,7 +280,7 @@ def _psum_quantizer(n: int, qcfg: LayerQuantConfig, channels: int | None, channe
     """The layer's PSUM quantizer: per tensor, or per tile step and output channel."""
     gran = getattr(qcfg, "psum_granularity", "tensor")
     if gran == "tensor" or qcfg.mode == "none":
-        return PSUMQuantizer(n, qcfg.mode, qcfg.gs, qcfg.psum_bits)
+        return PSUMQuantizer(n, qcfg.mode, qcfg.gs, qcfg.psum_bits, acc_bits=qcfg.acc_bits)
     return PSUMQuantizer(n, qcfg.mode, qcfg.gs, qcfg.psum_bits, granularity=gran, channels=int(channels),
                          channel_axis=channel_axis)
 
@@ -375,34 +357,22 @@ class QuantLinear(nn.Linear, _QuantMixin):
             y = y + self.bias
         return self._finish_output(y, lambda: F.linear(x, self.linear_weight(), self.bias))
 
-    def _dtype_none(self, x: torch.Tensor) -> torch.dtype:
-        """Accumulation dtype for ``mode='none'``: float32 while ``max_row sum|x codes| * 2^(w-1)``
-        (a bound on every running sum, in units) fits 24 bits, else float64."""
-        dt = _work_dtype(x.dtype)
-        static = math.log2(self.in_features) + self.qcfg.act_bits - 1 + self.qcfg.weight_bits - 1
-        if static <= 24 or dt == torch.float64:
-            return dt
+    def _sum_bound(self, x: torch.Tensor, dt: torch.dtype) -> float:
+        """``max_row sum|x codes| * 2^(w-1)``: a bound on every running sum of the exact reduction, in units."""
         with torch.no_grad():
             codes = self.act_quant.codes(x.detach().to(dt).reshape(-1, self.in_features))
             row = float(codes.abs().sum(1).amax()) if codes.numel() else 0.0
-        return exact_dtype(math.log2(max(row, 1.0)) + self.qcfg.weight_bits - 1, dt, self.layer_name)
+        return row * 2.0 ** (self.qcfg.weight_bits - 1)
 
     @_exact_under_autocast
     def accumulate(self, x: torch.Tensor) -> torch.Tensor:
         """The quantized reduction without bias (what :func:`apsq.integer.integer_forward` computes,
         rounded once to ``x.dtype``)."""
         q = self.qcfg
-        if q.mode == "none":
-            dt = self._dtype_none(x)
-            xq, wq = self._operands(x, dt)
-            if q.acc_bits is not None:
-                unit = (self.act_quant.scale() * self.weight_quant.scale()).to(dt)  # [N] or [1]
-                y = saturating_accumulate(linear_partials(xq, wq, q.tile), unit, q.acc_bits)
-            else:
-                y = F.linear(xq, wq)
-            return y.to(x.dtype)
-        unit_e = self.act_quant.exponent().reshape(()) + self.weight_quant.exponent().reshape(-1)
-        dt = self._psum_dtype(x.dtype, unit_e, self._n(), q.act_bits, q.weight_bits)
+        dt = self.psum.work_dtype(
+            x.dtype, self.layer_name, k=self.in_features, tile=q.tile, a_bits=q.act_bits, b_bits=q.weight_bits,
+            unit_exponent=lambda: self.act_quant.exponent().reshape(()) + self.weight_quant.exponent().reshape(-1),
+            sum_bound=lambda d: self._sum_bound(x, d))
         xq, wq = self._operands(x, dt)
         y = self.psum.linear(xq, wq, q.tile, x_step=self.act_quant.scale().to(dt),
                              w_step=self.weight_quant.scale().to(dt))
@@ -415,7 +385,7 @@ class QuantLinear(nn.Linear, _QuantMixin):
         rows = rows.to(dt)
         self.act_quant.init_from(rows)
         self.weight_quant.init_from(self.linear_weight().detach().to(dt))
-        if self.qcfg.mode != "none":
+        if self.psum.learns_steps:
             self.psum.init_from(self.partials(rows))
 
 
@@ -525,35 +495,24 @@ class _QuantConvNd(_QuantMixin):
             y = y + self.bias.reshape(1, -1, *([1] * self._spatial))
         return self._finish_output(y, lambda: self._fp(x))
 
-    def _dtype_none(self, x: torch.Tensor) -> torch.dtype:
-        dt = _work_dtype(x.dtype)
-        static = math.log2(self._k()) + self.qcfg.act_bits - 1 + self.qcfg.weight_bits - 1
-        if static <= 24 or dt == torch.float64:
-            return dt
+    def _sum_bound(self, x: torch.Tensor, dt: torch.dtype) -> float:
+        """``max|x codes| * K * 2^(w-1)``: a bound on every running sum of the exact reduction, in units."""
         with torch.no_grad():
             cmax = float(self.act_quant.codes(x.detach().to(dt)).abs().amax()) if x.numel() else 0.0
-        return exact_dtype(math.log2(max(cmax * self._k(), 1.0)) + self.qcfg.weight_bits - 1, dt, self.layer_name)
+        return cmax * self._k() * 2.0 ** (self.qcfg.weight_bits - 1)
 
     @_exact_under_autocast
     def accumulate(self, x: torch.Tensor) -> torch.Tensor:
         """The quantized reduction without bias, ``[B, Co, *spatial_out]`` in ``x.dtype``."""
         q = self.qcfg
-        if q.mode == "none":
-            dt = self._dtype_none(x)
-        else:
-            unit_e = self.act_quant.exponent().reshape(()) + self.weight_quant.exponent().reshape(-1)
-            dt = self._psum_dtype(x.dtype, unit_e, self._n(), q.act_bits, q.weight_bits)
+        dt = self.psum.work_dtype(
+            x.dtype, self.layer_name, k=self._k(), tile=q.tile, a_bits=q.act_bits, b_bits=q.weight_bits,
+            unit_exponent=lambda: self.act_quant.exponent().reshape(()) + self.weight_quant.exponent().reshape(-1),
+            sum_bound=lambda d: self._sum_bound(x, d))
         x4, w4, a = self.conv2d_args(self.act_quant(x.to(dt)))
         w4 = self.weight_quant(w4.to(dt))
-        if q.mode == "none":
-            if q.acc_bits is not None:
-                unit = (self.act_quant.scale() * self.weight_quant.scale()).to(dt).reshape(-1, 1, 1)
-                y = saturating_accumulate(conv2d_partials(x4, w4, q.tile, **a), unit, q.acc_bits)
-            else:
-                y = F.conv2d(x4, w4, None, **a)
-        else:
-            y = self.psum.conv2d(x4, w4, q.tile, a["stride"], a["padding"], a["dilation"], a["groups"],
-                                 x_step=self.act_quant.scale().to(dt), w_step=self.weight_quant.scale().to(dt))
+        y = self.psum.conv2d(x4, w4, q.tile, a["stride"], a["padding"], a["dilation"], a["groups"],
+                             x_step=self.act_quant.scale().to(dt), w_step=self.weight_quant.scale().to(dt))
         return self._from2d(y).to(x.dtype)
 
     @torch.no_grad()
@@ -561,7 +520,7 @@ class _QuantConvNd(_QuantMixin):
         dt = _work_dtype(samples[0][1].dtype)
         self.act_quant.init_from(torch.cat([s.reshape(-1) for _, s in samples]).to(dt))
         self.weight_quant.init_from(self.weight.detach().to(dt))
-        if self.qcfg.mode != "none":
+        if self.psum.learns_steps:
             parts = [self.partials(s) for _, s in samples]
             n = parts[0].shape[0]
             if self.psum.per_channel:  # [n, B, Co, *spatial] -> [n, Co, rows, 1]: the channel at axis -3
@@ -691,25 +650,21 @@ class QuantMatmul(nn.Module, _QuantMixin):
                 self._init_steps([(key, items.detach()) for items, key in groups])
         return self._finish_output(self.accumulate(a, b), lambda: a @ b)
 
+    def _sum_bound(self, a: torch.Tensor, b: torch.Tensor, dt: torch.dtype) -> float:
+        """``max|a codes| * max|b codes| * K``: a bound on every running sum of the exact product, in units."""
+        with torch.no_grad():
+            ca = float(self.a_quant.codes(a.detach().to(dt)).abs().amax()) if a.numel() else 0.0
+            cb = float(self.b_quant.codes(b.detach().to(dt)).abs().amax()) if b.numel() else 0.0
+        return ca * cb * a.shape[-1]
+
     @_exact_under_autocast
     def accumulate(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """The quantized ``a @ b`` (in ``a.dtype``)."""
         q = self.qcfg
-        k = a.shape[-1]
-        if q.mode == "none":
-            dt = _work_dtype(a.dtype)
-            if math.log2(k) + 2 * (q.act_bits - 1) > 24 and dt != torch.float64:
-                with torch.no_grad():
-                    ca = float(self.a_quant.codes(a.detach().to(dt)).abs().amax()) if a.numel() else 0.0
-                    cb = float(self.b_quant.codes(b.detach().to(dt)).abs().amax()) if b.numel() else 0.0
-                dt = exact_dtype(math.log2(max(ca * cb * k, 1.0)), dt, self.layer_name)
-            aq, bq = self._operands(a, b, dt)
-            if q.acc_bits is not None:
-                unit = (self.a_quant.scale() * self.b_quant.scale()).reshape(()).to(dt)
-                return saturating_accumulate(matmul_partials(aq, bq, q.tile), unit, q.acc_bits).to(a.dtype)
-            return (aq @ bq).to(a.dtype)
-        unit_e = (self.a_quant.exponent() + self.b_quant.exponent()).reshape(())
-        dt = self._psum_dtype(a.dtype, unit_e, num_tiles(k, q.tile), q.act_bits, q.act_bits)
+        dt = self.psum.work_dtype(
+            a.dtype, self.layer_name, k=a.shape[-1], tile=q.tile, a_bits=q.act_bits, b_bits=q.act_bits,
+            unit_exponent=lambda: (self.a_quant.exponent() + self.b_quant.exponent()).reshape(()),
+            sum_bound=lambda d: self._sum_bound(a, b, d))
         aq, bq = self._operands(a, b, dt)
         y = self.psum.matmul(aq, bq, q.tile, a_step=self.a_quant.scale().to(dt), b_step=self.b_quant.scale().to(dt))
         return y.to(a.dtype)
@@ -722,7 +677,7 @@ class QuantMatmul(nn.Module, _QuantMixin):
         pairs = [self._split(key, s) for key, s in samples]
         self.a_quant.init_from(torch.cat([a.reshape(-1) for a, _ in pairs]).to(dt))
         self.b_quant.init_from(torch.cat([b.reshape(-1) for _, b in pairs]).to(dt))
-        if self.qcfg.mode == "none":
+        if not self.psum.learns_steps:
             return
         parts = [self.partials(a, b) for a, b in pairs]
         n = max(p.shape[0] for p in parts)
