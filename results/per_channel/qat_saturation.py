@@ -66,13 +66,16 @@ def measure(root: Path, seed: int, variant: str) -> dict:
              for i in range(cfg.qat.calib_batches)]
     probe = split_batch(task.train.batch(global_batch(n, 32, 0, cfg.seed, "saturation-probe")), "cpu")[0]
     fp32 = Path(cfg.finetune.init) if cfg.finetune.init else run / "fp32.safetensors"
-    out: dict = {"run": str(run), "psum_granularity": cfg.apsq.get("psum_granularity", "tensor"), "gs": cfg.apsq["gs"]}
+    qcfg = cfg.apsq_config()
+    if qcfg is None:
+        raise SystemExit(f"{run}: the run's config has no apsq section (an FP32 run)")
+    out: dict = {"run": str(run), "psum_granularity": qcfg.psum_granularity, "gs": qcfg.gs}
     steps = {}
     for when in ("calibrated", "after_qat"):
         model = build_model(cfg, weights=False)
         t, _ = read_tensors(fp32)
         load_model_state(model, t, fp32)
-        apsq.quantize_(model, cfg.apsq_config())
+        apsq.quantize_(model, qcfg)
         if when == "calibrated":
             apsq.calibrate(model, calib)
         else:

@@ -43,7 +43,6 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     base = yaml.safe_load(Path(a.config).read_text())
-    base["apsq"] = {**base["apsq"], "mode": "apsq", "gs": 2}
     base["eval"] = {**base.get("eval", {}), "after_calibration": False}
     default_rate, default_steps = QATConfig().scale_lr, base["qat"]["steps"]
     t0 = time.time()
@@ -53,7 +52,8 @@ def main() -> None:
         init = {"steps": 0, "init": str(Path(tmp) / "fp32" / FP32)}
 
         def run(rate: float, steps: int) -> dict:
-            cfg = parse_config({**base, "finetune": init, "qat": {**base["qat"], "steps": steps, "scale_lr": rate}})
+            cfg = parse_config({**base, "finetune": init, "qat": {**base["qat"], "steps": steps, "scale_lr": rate}},
+                               a.config).with_apsq(mode="apsq", gs=2)
             res = train(cfg, Path(tmp) / f"r{rate}_s{steps}", progress=False)
             return {"scale_lr": rate, "qat_steps": steps, "accuracy": res["accuracy"], "exp": exponents(res["model"])}
 

@@ -23,8 +23,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    from apsq.train.config import TrainConfig
 
 MODELS = {"segformer-b0": "configs/train_segformer_digit_scenes.yaml",
           "efficientvit-b1": "configs/train_efficientvit_digit_scenes.yaml"}
@@ -52,17 +56,18 @@ def run_dir(root: Path, model: str, seed: int, variant: str) -> Path:
     return root / model / f"seed{seed}" / variant
 
 
-def config_of(model: str, seed: int, variant: str, root: Path) -> dict:
-    """The training config of one job as a mapping (FP32: the base without ``apsq``, ``qat``, ``distill``)."""
+def config_of(model: str, seed: int, variant: str, root: Path) -> TrainConfig:
+    """The training config of one job (FP32: the base without ``apsq``, ``qat``, ``distill``)."""
+    from apsq.train.config import parse_config
+
     base = yaml.safe_load(Path(MODELS[model]).read_text())
     base["seed"] = seed
     if variant == "fp32":
-        return {k: v for k, v in base.items() if k not in ("apsq", "qat", "distill")}
+        return parse_config({k: v for k, v in base.items() if k not in ("apsq", "qat", "distill")}, MODELS[model])
     mode, gs = VARIANTS[variant]
-    base["apsq"] = {**base["apsq"], "mode": mode, "gs": gs}
     base["data"] = {**base["data"], "eval_limit": EVAL_LIMIT}
     base["finetune"] = {"steps": 0, "init": str(run_dir(root, model, fp32_of(seed), "fp32") / "fp32.safetensors")}
-    return base
+    return parse_config(base, MODELS[model]).with_apsq(mode=mode, gs=gs)
 
 
 def done(root: Path, model: str, seed: int, variant: str) -> bool:
@@ -73,7 +78,6 @@ def worker(model: str, seeds: list[int], root: Path, deadline: float | None) -> 
     """All QAT runs of one model in this process (the generated scenes are made once), variant-major
     over the seeds, so that a deadline leaves whole variants with every seed; FP32 first if missing."""
     from apsq.eval.sweep import run_variant
-    from apsq.train.config import parse_config
 
     order = [(model, s, "fp32") for s in seeds if fp32_of(s) == s] + [(model, s, v) for v in VARIANTS for s in seeds]
     for j in order:
@@ -82,12 +86,12 @@ def worker(model: str, seeds: list[int], root: Path, deadline: float | None) -> 
         if deadline is not None and time.time() >= deadline:
             print(f"{time.strftime('%H:%M:%S')} deadline: {j} not started", flush=True)
             continue
-        data = config_of(*j, root)
+        cfg = config_of(*j, root)
         cfg_path = root / "configs" / f"{j[0]}_seed{j[1]}_{j[2]}.yaml"
         cfg_path.parent.mkdir(parents=True, exist_ok=True)
-        cfg_path.write_text(yaml.safe_dump(data, sort_keys=False))
+        cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         print(f"{time.strftime('%H:%M:%S')} start {j}", flush=True)
-        res = run_variant(parse_config(data, str(cfg_path)), run_dir(root, *j), progress=False)
+        res = run_variant(cfg, run_dir(root, *j), progress=False)
         print(f"{time.strftime('%H:%M:%S')} done {j}: test mIoU {res.get('accuracy', res.get('fp32_accuracy'))}, "
               f"{res.get('seconds')} s", flush=True)
 

@@ -39,6 +39,9 @@ def fp32_seed(seed: int) -> int:
 
 
 def write_config(name: str, seed: int, root: Path) -> Path:
+    """The validated training config of one run, written as YAML (every key) for ``apsq train --config``."""
+    from apsq.train.config import parse_config
+
     over, full = {}, name
     channel = name.endswith("_channel")  # per-channel PSUM steps: apsq_gs2_channel
     if channel:
@@ -49,11 +52,10 @@ def write_config(name: str, seed: int, root: Path) -> Path:
     if "_steps" in name:  # sensitivity: apsq_gs2_steps<n>
         name, steps = name.split("_steps")
         over["steps"] = int(steps)
-    data = yaml.safe_load(Path(f"configs/train_minilm_{name}.yaml").read_text())
+    source = f"configs/train_minilm_{name}.yaml"
+    data = yaml.safe_load(Path(source).read_text())
     if over:
         data["qat"] = {**data["qat"], **over}
-    if channel:
-        data["apsq"] = {**data["apsq"], "psum_granularity": "channel"}
     name = full
     data["seed"] = seed
     if name != "fp32":
@@ -63,9 +65,12 @@ def write_config(name: str, seed: int, root: Path) -> Path:
         if old.exists():
             prev = json.loads(old.read_text())
             data.update({k: prev[k] for k in ("qat", "distill") if k in prev})
+    cfg = parse_config(data, source)
+    if channel:
+        cfg = cfg.with_apsq(psum_granularity="channel")
     path = root / "configs" / f"{name}_seed{seed}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     return path
 
 

@@ -58,7 +58,7 @@ def test_pattern_string_in_train_config_and_a2q():
     from apsq.beyond.a2q import a2q_quantize_
     from apsq.train.config import parse_config
 
-    assert parse_config({"apsq": {"exclude": "classifier"}}).apsq["exclude"] == ["classifier"]
+    assert parse_config({"apsq": {"exclude": "classifier"}}).apsq.exclude == ("classifier",)
     m = torch.nn.Sequential()
     m.add_module("body", torch.nn.Linear(8, 8))
     m.add_module("classifier", torch.nn.Linear(8, 2))

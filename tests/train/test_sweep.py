@@ -16,10 +16,10 @@ def test_variants_differ_only_in_mode_and_gs(standin, make_config):
     base = parse_config(make_config(standin))
     v = sweep_variants(base, [1, 3])
     assert list(v) == ["w8a8", "psq", "apsq_gs1", "apsq_gs3"]
-    assert [(c.apsq["mode"], c.apsq["gs"]) for c in v.values()] == [("none", 1), ("psq", 1), ("apsq", 1), ("apsq", 3)]
+    assert [(c.apsq.mode, c.apsq.gs) for c in v.values() if c.apsq is not None] == [("none", 1), ("psq", 1), ("apsq", 1), ("apsq", 3)]
     for c in v.values():
         assert c.model_dump(exclude={"apsq"}) == base.model_dump(exclude={"apsq"})
-        assert c.apsq["tile"] == 8 and c.apsq["exclude"] == ["classifier"]
+        assert c.apsq is not None and c.apsq.tile == 8 and c.apsq.exclude == ("classifier",)
     with pytest.raises(APSQError, match="apsq"):
         sweep_variants(parse_config({}), [1])
 

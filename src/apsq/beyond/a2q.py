@@ -135,7 +135,8 @@ def build_variant(setup: Setup, spec: dict[str, Any]) -> nn.Module:
     import apsq
 
     m = copy.deepcopy(setup.model)
-    exclude = check_str_list("apsq.exclude", (setup.cfg.apsq or {}).get("exclude", ("classifier",)))
+    q = setup.cfg.apsq  # the config's exclude when it gives one, else the classifier
+    exclude = q.exclude if q is not None and "exclude" in q.model_fields_set else ("classifier",)
     if spec["kind"] == "a2q":
         a2q_quantize_(m, int(spec["acc_bits"]), bool(spec.get("plus", False)), exclude)
         a2q_calibrate(m, setup.calib)

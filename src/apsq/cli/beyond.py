@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -19,6 +19,15 @@ from apsq.cli.common import (
     write_json,
 )
 from apsq.errors import APSQError, literal
+
+if TYPE_CHECKING:
+    from apsq.train.config import TrainConfig
+
+
+def _apsq_given(cfg: TrainConfig) -> dict[str, Any]:
+    """The ``apsq`` keys the training config gives (``{}`` without a section): the base of the study's
+    variants, which are :class:`apsq.APSQConfig` mappings recorded in its JSON."""
+    return cfg.apsq.model_dump() if cfg.apsq is not None else {}
 
 
 def _write_keyed(path: Path | None, key: str | None, data: dict[str, Any]) -> None:
@@ -71,7 +80,7 @@ def _baseline_accuracy(config: Path, fp32: Path | None, acc_bits: str, eval_limi
     from apsq.eval.setup import load_setup, workload_of
 
     s = load_setup(config, fp32, eval_limit or None, device=device)
-    base = dict(s.cfg.apsq or {})
+    base = _apsq_given(s.cfg)
     keep = {k: v for k, v in base.items() if k not in ("mode", "gs", "psum_bits", "acc_bits")}
     variants = {"none_exact": {**keep, "mode": "none"}}
     for b in parse_ints("--acc-bits", acc_bits):
@@ -128,7 +137,7 @@ def lowbit_cmd(
         torch.set_num_threads(threads)
         s = load_setup(config, fp32, eval_limit or None, device=device)
         check_energy_tile(s.cfg, override_tile)
-        variants = lowbit_variants(dict(s.cfg.apsq or {}), gs, psum_bits=parse_ints("--psum-bits", psum_bits))
+        variants = lowbit_variants(_apsq_given(s.cfg), gs, psum_bits=parse_ints("--psum-bits", psum_bits))
         variants = select_variants(variants, only)
         path = fp32 or s.cfg.finetune.init
         res = run_variants(s, variants, qat_steps=qat_steps, fp32=path, run_dir=run_dir,
@@ -187,7 +196,7 @@ def a2q_cmd(
         torch.set_num_threads(threads)
         s = load_setup(config, fp32, eval_limit or None, device=device)
         check_energy_tile(s.cfg, override_tile)
-        specs = a2q_specs(dict(s.cfg.apsq or {}), parse_ints("--acc-bits", acc_bits), gs)
+        specs = a2q_specs(_apsq_given(s.cfg), parse_ints("--acc-bits", acc_bits), gs)
         specs = select_variants(specs, only)
         res = run_a2q_study(s, specs, qat_steps, progress=console(stderr=True).log)
         wl = workload_of(s.cfg, seq_len)

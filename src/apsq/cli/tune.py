@@ -97,8 +97,7 @@ def _write_outputs(res: dict[str, Any], cfg: Any, train_cfg: Any, dataflow: str,
                 f"accuracy {c['accuracy']:.4f}, KL {c['kl']:.5f} on {res['eval_examples']} examples\n")
         out_yaml.write_text(head + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if train_yaml:
-        d = train_cfg.model_dump(mode="json")
-        d["apsq"] = cfg.to_dict()
+        d = train_cfg.with_apsq(**cfg.to_dict()).model_dump(mode="json")
         train_yaml.parent.mkdir(parents=True, exist_ok=True)
         train_yaml.write_text(yaml.safe_dump(d, sort_keys=False))
     if json_path:

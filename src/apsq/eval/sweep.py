@@ -39,9 +39,7 @@ def sweep_variants(base: TrainConfig, gs_values: Sequence[int], baselines: bool 
     variants = ([("w8a8", "none", 1), ("psq", "psq", 1)] if baselines else []) + [
         (f"apsq_gs{g}", "apsq", int(g)) for g in gs_values]
     for name, mode, gs in variants:
-        data = base.model_dump(mode="json")
-        data["apsq"] = {**base.apsq, "mode": mode, "gs": gs}
-        out[name] = parse_config(data, f"sweep variant {name}")
+        out[name] = base.with_apsq(mode=mode, gs=gs)
     return out
 
 
@@ -176,7 +174,7 @@ def sweep(base: TrainConfig, output: str | Path, gs_values: Sequence[int] = (1, 
     output = Path(output)
     runs: dict[str, dict[str, Any]] = {}
     if base.finetune.init is None and base.finetune.steps > 0:  # fine-tune once, share it
-        fp_cfg = parse_config({**base.model_dump(mode="json"), "apsq": None})
+        fp_cfg = base.model_copy(update={"apsq": None})
         fp_run = output / "fp32"
         run_variant(fp_cfg, fp_run, progress=progress)
         data = base.model_dump(mode="json")

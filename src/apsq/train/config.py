@@ -7,26 +7,31 @@ then QAT with LSQ + STE and knowledge distillation from the full-precision model
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Self, get_args
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     StrictBool,
     ValidationError,
     ValidationInfo,
+    field_serializer,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
+from apsq.config import APSQConfig
 from apsq.data.registry import IMAGE, SEGMENTATION, TEXT, dataset_info, dataset_names
 from apsq.errors import APSQError, read_yaml
-from apsq.nn.config import APSQConfig
 
 BUILTIN_MODELS = {"minilm": TEXT, "bert-tiny": TEXT, "llama-tiny": TEXT, "digits-cnn": IMAGE,
                   "segformer-b0": SEGMENTATION, "efficientvit-b1": SEGMENTATION}
@@ -63,6 +68,16 @@ class _Strict(BaseModel):
             if ann is not bool and bool not in get_args(ann):
                 raise ValueError(f"expected a number or text, got the boolean {v!r}")
         return v
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy with ``update`` applied and validated like a config file (pydantic's copy skips
+        validation); bad values raise :class:`APSQError` naming the field."""
+        if not update:
+            return super().model_copy(deep=deep)
+        try:
+            return self.model_validate({**{k: getattr(self, k) for k in type(self).model_fields}, **update})
+        except ValidationError as exc:
+            raise APSQError(_format_error(exc, f"{type(self).__name__} copy")) from None
 
 
 class ModelConfig(_Strict):
@@ -167,14 +182,97 @@ class EvalConfig(_Strict):
         return v
 
 
+_LIB = APSQConfig()
+"""The library's defaults: :class:`APSQSection`'s field defaults are read from here, never restated."""
+
+
+class APSQSection(BaseModel):
+    """The ``apsq:`` section of a training config: :class:`apsq.APSQConfig`'s fields, typed, with its
+    defaults and its rules.
+
+    Every value is checked by building an :class:`~apsq.APSQConfig` (``apsq.config``: the limits such as
+    :data:`~apsq.config.GS_MAX`, the allowed modes, granularities, layer types, override keys live there
+    once), so an error names the field and its allowed values as ``apsq.quantize_`` would. Frozen: a
+    variant is :meth:`variant` (validated), e.g. ``section.variant(mode="psq", gs=1)``, or
+    :meth:`TrainConfig.with_apsq` for a whole config.
+
+    Only the keys a config gives are serialized (``model_dump``, ``config.json``, the checkpoint's state
+    and :meth:`TrainConfig.fingerprint`), as before the section was typed: unset keys take the library's
+    defaults when :meth:`to_apsq_config` builds the config."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tile: int = _LIB.tile
+    mode: str = _LIB.mode
+    gs: int = _LIB.gs
+    psum_bits: int = _LIB.psum_bits
+    weight_bits: int = _LIB.weight_bits
+    act_bits: int = _LIB.act_bits
+    weight_per_channel: bool = _LIB.weight_per_channel
+    enabled: bool = _LIB.enabled
+    acc_bits: int | None = _LIB.acc_bits
+    psum_granularity: str = _LIB.psum_granularity
+    layer_types: tuple[str, ...] = _LIB.layer_types
+    attention_matmuls: bool = _LIB.attention_matmuls
+    exclude: tuple[str, ...] = _LIB.exclude
+    overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    check_finite: bool = _LIB.check_finite
+
+    @model_validator(mode="before")
+    @classmethod
+    def _library_rules(cls, data: Any) -> Any:
+        """Validate with :class:`APSQConfig` (its messages); keep the given keys, normalised by it (a single
+        ``exclude`` / ``layer_types`` string becomes a one-element tuple). An ``APSQConfig`` sets every key."""
+        if isinstance(data, APSQSection):
+            return data
+        if isinstance(data, APSQConfig):
+            data = data.to_dict()
+        if not isinstance(data, Mapping):
+            raise ValueError(f"must be a mapping of apsq.APSQConfig fields ({', '.join(cls.model_fields)}) or null, "
+                             f"got {type(data).__name__}")
+        try:
+            lib = APSQConfig.from_dict(dict(data))
+        except (APSQError, TypeError) as exc:
+            raise ValueError(str(exc)) from None
+        return {k: getattr(lib, k) for k in data}
+
+    @field_serializer("layer_types", "exclude")
+    def _as_list(self, v: tuple[str, ...]) -> list[str]:
+        return list(v)
+
+    @model_serializer(mode="wrap")
+    def _given_keys(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        return {k: v for k, v in out.items() if k in self.model_fields_set}
+
+    def to_apsq_config(self) -> APSQConfig:
+        """The :class:`apsq.APSQConfig` for :func:`apsq.quantize_` (every field, unset ones at their defaults)."""
+        return APSQConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(APSQConfig)})
+
+    def variant(self, **changes: Any) -> APSQSection:
+        """A copy with ``changes`` applied, validated like a config file's section (``APSQError`` naming the
+        field and its allowed values); the given keys stay given, ``changes`` join them."""
+        try:
+            return APSQSection.model_validate({**self.model_dump(), **changes})
+        except ValidationError as exc:
+            raise APSQError("apsq: " + "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """:meth:`variant` (validated) when ``update`` is given; pydantic's copy skips validation."""
+        if not update:
+            return super().model_copy(deep=deep)
+        return self.model_validate(self.variant(**update))
+
+
 class TrainConfig(_Strict):
     seed: int = Field(0, ge=0, le=2**63 - 1)
     """Seeds every random choice (torch's range: 0 .. 2^63 - 1)."""
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     finetune: FinetuneConfig = FinetuneConfig()
-    apsq: dict[str, Any] | None = None
-    """An :class:`apsq.APSQConfig` mapping; ``None`` stops after the full-precision stage."""
+    apsq: APSQSection | None = None
+    """The quantization settings (:class:`APSQSection`: :class:`apsq.APSQConfig`'s fields); ``None`` stops after
+    the full-precision stage."""
     qat: QATConfig = QATConfig()
     distill: DistillConfig = DistillConfig()
     eval: EvalConfig = EvalConfig()
@@ -182,18 +280,6 @@ class TrainConfig(_Strict):
     """Write a checkpoint every N optimizer steps (and at the end of each stage)."""
     threads: int | None = Field(None, ge=1, le=4096)
     """torch intra-op threads per process (``None``: torch's default)."""
-
-    @field_validator("apsq")
-    @classmethod
-    def _apsq(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        if v is not None:
-            try:
-                APSQConfig.from_dict(dict(v))
-            except (APSQError, TypeError) as exc:
-                raise ValueError(str(exc)) from exc
-            # consumers read this mapping directly: a single pattern string becomes a one-element list
-            v = {**v, **{k: [v[k]] for k in ("exclude", "layer_types") if isinstance(v.get(k), str)}}
-        return v
 
     @model_validator(mode="after")
     def _pairing(self) -> TrainConfig:
@@ -215,7 +301,15 @@ class TrainConfig(_Strict):
         return self
 
     def apsq_config(self) -> APSQConfig | None:
-        return None if self.apsq is None else APSQConfig.from_dict(dict(self.apsq))
+        """The :class:`apsq.APSQConfig` of the ``apsq`` section (None without one)."""
+        return None if self.apsq is None else self.apsq.to_apsq_config()
+
+    def with_apsq(self, **changes: Any) -> TrainConfig:
+        """This config with ``apsq`` settings changed (validated, :meth:`APSQSection.variant`; a config
+        without an ``apsq`` section gets one from ``changes`` alone), everything else kept, e.g. the sweep's
+        ``cfg.with_apsq(mode="psq", gs=1)``. ``model_copy(update={"apsq": None})`` drops quantization."""
+        section = self.apsq.variant(**changes) if self.apsq is not None else APSQSection().variant(**changes)
+        return self.model_copy(update={"apsq": section})
 
     def fingerprint(self) -> str:
         """Hash of everything that changes the trained weights (not ``save_every``, ``eval``, ``threads``)."""

@@ -141,7 +141,7 @@ def build_model(cfg: TrainConfig, weights: bool = True) -> nn.Module:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    eager = cfg.apsq is not None and bool(cfg.apsq.get("attention_matmuls"))
+    eager = cfg.apsq is not None and cfg.apsq.attention_matmuls
     if name == "bert-tiny":
         bc = BertConfig(vocab_size=30522, hidden_size=m.hidden_size, num_hidden_layers=m.num_layers,
                         num_attention_heads=max(1, m.hidden_size // 16), intermediate_size=2 * m.hidden_size,
