@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-import platform
+import re
 import subprocess
 import sys
 import time
@@ -26,19 +26,10 @@ from apsq.eval.sweep import energy_reductions
 from apsq.train.config import parse_config
 
 
-def _cpu() -> str:
-    """The CPU's model name and its widest x86 vector extension (AVX-512 / AVX2), from ``/proc/cpuinfo``."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor()
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
-                platform.processor())
-    isa = "AVX-512" if " avx512f" in info else "AVX2" if " avx2" in info else ""
-    return f"{name} ({isa})" if isa else name
-
-
 def main(folder: Path) -> None:
+    info = Path("/proc/cpuinfo").read_text()  # Linux: model name and widest vector extension
+    isa = " (AVX-512)" if " avx512f" in info else " (AVX2)" if " avx2" in info else ""
+    cpu = re.search(r"model name\s*:\s*(.+)", info)[1] + isa
     path = folder / "demo.json"
     res = json.loads(path.read_text())
     load_before = [round(x, 2) for x in os.getloadavg()]
@@ -53,7 +44,7 @@ def main(folder: Path) -> None:
         "commit": commit,
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)),
         "seconds": round(time.time() - t, 1),
-        "machine": f"{os.cpu_count()}-core {_cpu()}, shared with other jobs (load_average_before)",
+        "machine": f"{os.cpu_count()}-core {cpu}, shared with other jobs (load_average_before)",
         "load_average_before": load_before,
         "what": "energy_reduction only (tiled schedule, untiled beside); the accuracy rows, seconds, settings "
                 "and measured_on are the last full apsq demo run's",

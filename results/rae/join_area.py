@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,19 +31,10 @@ def _out(*cmd: str) -> str:
         return ""
 
 
-def _cpu() -> str:
-    """The CPU's model name and its widest x86 vector extension (AVX-512 / AVX2), from ``/proc/cpuinfo``."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor()
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
-                platform.processor())
-    isa = "AVX-512" if " avx512f" in info else "AVX2" if " avx2" in info else ""
-    return f"{name} ({isa})" if isa else name
-
-
 def main(runs: Path, out: Path) -> None:
+    info = Path("/proc/cpuinfo").read_text()  # Linux: model name and widest vector extension
+    isa = " (AVX-512)" if " avx512f" in info else " (AVX2)" if " avx2" in info else ""
+    cpu = re.search(r"model name\s*:\s*(.+)", info)[1] + isa
     reports = []
     for stem, _ in RUNS:
         reports += json.loads((runs / f"{stem}.json").read_text())
@@ -53,7 +44,7 @@ def main(runs: Path, out: Path) -> None:
         "yosys": yosys or "unknown",
         "liberty": "src/apsq/hw/rae/sky130hd_area.lib (SKY130 HD footprints, area only)",
         "commit": _out("git", "rev-parse", "--short", "HEAD"),
-        "machine": f"shared {os.cpu_count()}-core {_cpu()}, loaded by other jobs (yosys_s are wall times under "
+        "machine": f"shared {os.cpu_count()}-core {cpu}, loaded by other jobs (yosys_s are wall times under "
                    f"that load)",
         "load_average_at_join": [round(x, 2) for x in os.getloadavg()],
         "reports": reports,
