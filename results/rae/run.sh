@@ -17,6 +17,6 @@ apsq rae area --lanes 32 --depth 64 --banks macro --json runs/rae_area/l32_d64.j
 apsq rae area --lanes 32 --depth 64 --banks macro --lane-exponents --json runs/rae_area/l32_d64_lane_exponents.json
 python results/rae/join_area.py runs/rae_area results/rae/rae_area.json
 
-# equivalence/summary.json: 2,000,000 random streams, 42.8 s recorded (wall_s). The JSON records no
+# equivalence/summary.json: 2,000,000 random streams, 100.5 s recorded (wall_s, 2026-12-07, load ~25; 42.8 s before issue 23). The JSON records no
 # OMP_NUM_THREADS=1; equivalence/README.md runs it with OMP_NUM_THREADS=1 (the JSON's command is kept).
 apsq rae equivalence --streams 2000000 --seed 0 --json results/rae/equivalence/summary.json
