@@ -189,6 +189,8 @@ class LazyLibrary:
 
 
 DTYPE_SUFFIXES = {"f32": ("float", "floorf"), "f64": ("double", "floor")}
+"""Per dtype suffix: the C type and its floor; :func:`instantiate` also defines ``T_F32`` (1 for float, 0
+for double: code written with float intrinsics is compiled for the float instance only)."""
 
 
 def read_source(*names: str) -> str:
@@ -198,10 +200,11 @@ def read_source(*names: str) -> str:
 
 def instantiate(prologue: str, body: str) -> str:
     """One translation unit: ``prologue``, then ``body`` once per dtype with ``T`` (float / double),
-    ``FLOOR`` (floorf / floor) and ``SUF(name)`` (``name_f32`` / ``name_f64``) defined."""
+    ``FLOOR`` (floorf / floor), ``T_F32`` (1 / 0) and ``SUF(name)`` (``name_f32`` / ``name_f64``) defined."""
     text = [prologue]
     for suf, (ctype, floor) in DTYPE_SUFFIXES.items():
-        text.append(f"\n#define T {ctype}\n#define FLOOR {floor}\n#define SUF(name) name##_{suf}\n")
+        f32 = int(ctype == "float")
+        text.append(f"\n#define T {ctype}\n#define FLOOR {floor}\n#define T_F32 {f32}\n#define SUF(name) name##_{suf}\n")
         text.append(body)
-        text.append("\n#undef T\n#undef FLOOR\n#undef SUF\n")
+        text.append("\n#undef T\n#undef FLOOR\n#undef T_F32\n#undef SUF\n")
     return "".join(text)

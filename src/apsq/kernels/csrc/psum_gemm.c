@@ -163,6 +163,117 @@ static inline void tile_product(const int32_t *a, const int32_t *b, long kp2, in
     _mm256_storeu_si256((__m256i *)(c + 4 * NR), c40); _mm256_storeu_si256((__m256i *)(c + 4 * NR + 8), c41);
     _mm256_storeu_si256((__m256i *)(c + 5 * NR), c50); _mm256_storeu_si256((__m256i *)(c + 5 * NR + 8), c51);
 }
+
+/* The float element-wise work on one tile of an MR x NR block (psum_gemm_pass.c, T_F32), in AVX2: the
+ * same IEEE operations in the same order as the generic loops there, on 8 outputs at a time (vector v =
+ * row * 2 + half, outputs [8v, 8v + 8) of the block); the clamp is max then min (the same value: no NaN
+ * reaches it). un, is, s: the unit, inverse step and step of each half's 8 columns. The step-gradient
+ * products g * (c - m u) are exact in double and summed per tile into ca[4] (columns [4k, 4k + 4) of
+ * the block, rows in order): per column for per-channel steps, all four together per tensor. */
+#define NV (MT / 8)
+#ifdef __FMA__
+#define FMAD(a, b, c) _mm256_fmadd_pd((a), (b), (c)) /* a * b is exact: the same as mul then add */
+#else
+#define FMAD(a, b, c) _mm256_add_pd(_mm256_mul_pd((a), (b)), (c))
+#endif
+static inline __m256 v_tile(const int32_t *c, int v, __m256 un) {
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(c + 8 * v))), un);
+}
+
+/* forward, a pending tile (or any psq tile): sum = (keep ? sum + q : q), q = clamp(floor(c un is + 1/2)) s */
+static inline void v_fwd_pending(const int32_t *c, const __m256 *un, const __m256 *is, const __m256 *s, float *sum,
+                                 int keep, __m256 fqn, __m256 fqp) {
+    const __m256 half = _mm256_set1_ps(0.5f);
+    for (int v = 0; v < NV; v++) {
+        const int h = v & 1;
+        __m256 x = _mm256_floor_ps(_mm256_add_ps(_mm256_mul_ps(v_tile(c, v, un[h]), is[h]), half));
+        x = _mm256_min_ps(_mm256_max_ps(x, fqn), fqp);
+        __m256 q = _mm256_mul_ps(x, s[h]);
+        if (keep) q = _mm256_add_ps(_mm256_loadu_ps(sum + 8 * v), q);
+        _mm256_storeu_ps(sum + 8 * v, q);
+    }
+}
+
+/* forward, the closing tile of a group: acc = clamp(floor(((c un + pend) + acc) is + 1/2)) s (pend when hp,
+ * acc when ha), bad = hp1 where the requantization saturated */
+static inline void v_fwd_closing(const int32_t *c, const __m256 *un, const __m256 *is, const __m256 *s,
+                                 const float *pend, float *acc, int32_t *bad, int hp, int ha, int32_t hp1, __m256 fqn,
+                                 __m256 fqp) {
+    const __m256 half = _mm256_set1_ps(0.5f);
+    const __m256i hv = _mm256_set1_epi32(hp1);
+    for (int v = 0; v < NV; v++) {
+        const int h = v & 1;
+        __m256 val = v_tile(c, v, un[h]);
+        if (hp) val = _mm256_add_ps(val, _mm256_loadu_ps(pend + 8 * v));
+        if (ha) val = _mm256_add_ps(val, _mm256_loadu_ps(acc + 8 * v));
+        __m256 x = _mm256_floor_ps(_mm256_add_ps(_mm256_mul_ps(val, is[h]), half));
+        const __m256 out = _mm256_or_ps(_mm256_cmp_ps(x, fqn, _CMP_LT_OQ), _mm256_cmp_ps(x, fqp, _CMP_GT_OQ));
+        const __m256i b = _mm256_loadu_si256((const __m256i *)(bad + 8 * v));
+        _mm256_storeu_si256((__m256i *)(bad + 8 * v), _mm256_blendv_epi8(b, hv, _mm256_castps_si256(out)));
+        x = _mm256_min_ps(_mm256_max_ps(x, fqn), fqp);
+        _mm256_storeu_ps(acc + 8 * v, _mm256_mul_ps(x, s[h]));
+    }
+}
+
+/* ca[2h + p] += gd * d over the half's columns [8h + 4p, 8h + 4p + 4) */
+static inline void v_grad(const double *gd, int v, __m256 d, __m256d *ca) {
+    const int h = v & 1;
+    ca[2 * h] = FMAD(_mm256_loadu_pd(gd + 8 * v), _mm256_cvtps_pd(_mm256_castps256_ps128(d)), ca[2 * h]);
+    ca[2 * h + 1] = FMAD(_mm256_loadu_pd(gd + 8 * v + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(d, 1)), ca[2 * h + 1]);
+}
+
+/* backward, a pending tile (or any psq tile) i: pend (first: starts it), bit i % 64 of zw where the tile's
+ * requantization saturated, ca = the products g * (c - m u) (gd: g reaching the tile, double) */
+static inline void v_bwd_pending(const int32_t *c, const __m256 *un, const __m256 *is, const __m256 *s, float *pend,
+                                 int first, const double *gd, uint64_t *zw, long i, __m256d *ca, __m256 fqn,
+                                 __m256 fqp) {
+    const __m256 half = _mm256_set1_ps(0.5f);
+    const uint64_t bit = (uint64_t)1 << (i % 64);
+    for (int k = 0; k < 4; k++) ca[k] = _mm256_setzero_pd();
+    for (int v = 0; v < NV; v++) {
+        const int h = v & 1;
+        const __m256 u = _mm256_mul_ps(v_tile(c, v, un[h]), is[h]);
+        const __m256 x = _mm256_floor_ps(_mm256_add_ps(u, half));
+        const __m256 m = _mm256_and_ps(_mm256_cmp_ps(x, fqn, _CMP_GE_OQ), _mm256_cmp_ps(x, fqp, _CMP_LE_OQ));
+        const __m256 cc = _mm256_min_ps(_mm256_max_ps(x, fqn), fqp);
+        for (int nm = _mm256_movemask_ps(m) ^ 0xff; nm; nm &= nm - 1) zw[8 * v + __builtin_ctz(nm)] |= bit;
+        v_grad(gd, v, _mm256_sub_ps(cc, _mm256_and_ps(m, u)), ca);
+        __m256 q = _mm256_mul_ps(cc, s[h]);
+        if (!first) q = _mm256_add_ps(_mm256_loadu_ps(pend + 8 * v), q);
+        _mm256_storeu_ps(pend + 8 * v, q);
+    }
+}
+
+/* backward, the closing tile of a group: u = ((c un + pend) + acc) is (as v_fwd_closing), acc = c s, ca the
+ * products (gd: g reaching A_h) */
+static inline void v_bwd_closing(const int32_t *c, const __m256 *un, const __m256 *is, const __m256 *s,
+                                 const float *pend, float *acc, int hp, int ha, const double *gd, __m256d *ca,
+                                 __m256 fqn, __m256 fqp) {
+    const __m256 half = _mm256_set1_ps(0.5f);
+    for (int k = 0; k < 4; k++) ca[k] = _mm256_setzero_pd();
+    for (int v = 0; v < NV; v++) {
+        const int h = v & 1;
+        __m256 val = v_tile(c, v, un[h]);
+        if (hp) val = _mm256_add_ps(val, _mm256_loadu_ps(pend + 8 * v));
+        if (ha) val = _mm256_add_ps(val, _mm256_loadu_ps(acc + 8 * v));
+        const __m256 u = _mm256_mul_ps(val, is[h]);
+        const __m256 x = _mm256_floor_ps(_mm256_add_ps(u, half));
+        const __m256 m = _mm256_and_ps(_mm256_cmp_ps(x, fqn, _CMP_GE_OQ), _mm256_cmp_ps(x, fqp, _CMP_LE_OQ));
+        const __m256 cc = _mm256_min_ps(_mm256_max_ps(x, fqn), fqp);
+        v_grad(gd, v, _mm256_sub_ps(cc, _mm256_and_ps(m, u)), ca);
+        _mm256_storeu_ps(acc + 8 * v, _mm256_mul_ps(cc, s[h]));
+    }
+}
+
+/* the tile's step-gradient sums: per tensor *slot += all of ca; per channel col[j] += column j's */
+static inline double v_sum4(const __m256d *ca) {
+    const __m256d t = _mm256_add_pd(_mm256_add_pd(ca[0], ca[1]), _mm256_add_pd(ca[2], ca[3]));
+    const __m128d p = _mm_add_pd(_mm256_castpd256_pd128(t), _mm256_extractf128_pd(t, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(p, _mm_unpackhi_pd(p, p)));
+}
+static inline void v_cols(const __m256d *ca, double *col) {
+    for (int k = 0; k < 4; k++) _mm256_storeu_pd(col + 4 * k, _mm256_add_pd(_mm256_loadu_pd(col + 4 * k), ca[k]));
+}
 #else
 static inline void tile_product(const int32_t *a, const int32_t *b, long kp2, int32_t *c) {
     int32_t acc[MT];

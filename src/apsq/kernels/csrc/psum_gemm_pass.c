@@ -154,6 +154,10 @@ static int PASS(gemm_fwd)(const int16_t *xa, const int16_t *wb, long B, long M, 
         int32_t bad[MT]; /* int32: selects as wide as the float masks vectorise on every ISA */
         const T fqn = (T)qn, fqp = (T)qp, half = (T)0.5;
         for (int j = 0; j < NR; j++) un[j] = o0 + j < N ? unit[o0 + j] : (T)0;
+#if APSQ_SIMD == 2 && T_F32
+        const __m256 vun[2] = {_mm256_loadu_ps(un), _mm256_loadu_ps(un + 8)};
+        const __m256 vqn = _mm256_set1_ps(fqn), vqp = _mm256_set1_ps(fqp);
+#endif
         memset(bad, 0, sizeof(bad));
         memset(acc, 0, sizeof(acc)); /* read (not used) by the first tile's select */
         memset(pend, 0, sizeof(pend));
@@ -164,6 +168,21 @@ static int PASS(gemm_fwd)(const int16_t *xa, const int16_t *wb, long B, long M, 
             if (CS) SUF(tile_steps)(sd, si, i, o0, N, CS, sv, isv);
             /* psq quantizes every tile on its own into one sum; apsq a group's pending tiles */
             const long l = apsq ? lmin(g0 + gs, n) - 1 : n;
+#if APSQ_SIMD == 2 && T_F32
+            __m256 vis[2], vs[2];
+            for (int hh = 0; hh < 2; hh++) {
+                vis[hh] = CS ? _mm256_loadu_ps(isv + 8 * hh) : _mm256_set1_ps(is);
+                vs[hh] = CS ? _mm256_loadu_ps(sv + 8 * hh) : _mm256_set1_ps(s);
+            }
+            if (i < l) {
+                v_fwd_pending(c, vun, vis, vs, apsq ? pend : acc, i != g0, vqn, vqp);
+                continue;
+            }
+            v_fwd_closing(c, vun, vis, vs, pend, acc, bad, l > g0, h > 0, (int32_t)(h + 1), vqn, vqp);
+            g0 = l + 1;
+            h++;
+            continue;
+#endif
             if (i < l) {
                 T *restrict sum = apsq ? pend : acc;
                 const T keep = i == g0 ? (T)0 : (T)1; /* the first tile of a sum starts it */
@@ -263,13 +282,23 @@ static long PASS(gemm_bwd)(const T *xf, const T *wf, const double *ix, const dou
             uint64_t *zrow = zb + (m0 - m_lo) * N * Wz; /* the chunk's bits of row m0 */
             const T fqn = (T)qn, fqp = (T)qp, half = (T)0.5, zero = (T)0;
             for (int j = 0; j < NR; j++) un[j] = o0 + j < N ? unit[o0 + j] : (T)0;
+            int bbany = 0;
             for (int r = 0; r < MR; r++)
                 for (int j = 0; j < NR; j++) {
                     const int e = r * NR + j, in = r < rows && j < cols;
                     const long ge = base + (m0 + r) * N + o0 + j;
                     gt[e] = in ? g[ge] : zero;
                     bb[e] = (int16_t)(in && apsq ? bad_at(lb, lb8, ge) : 0);
+                    bbany |= bb[e];
                 }
+#if APSQ_SIMD == 2 && T_F32
+            const __m256 vun[2] = {_mm256_loadu_ps(un), _mm256_loadu_ps(un + 8)};
+            const __m256 vqn = _mm256_set1_ps(fqn), vqp = _mm256_set1_ps(fqp);
+            double gtd[MT], gvd[MT], gad[MT]; /* g reaching a tile, v_h and A_h, in double */
+            const double *gvp = gtd, *gap = gtd; /* while no closing step saturated: g */
+            __m256d ca[4];
+            for (int e = 0; e < MT; e++) gtd[e] = (double)gt[e];
+#endif
             long g0 = 0, h = 0;
             for (long i = 0; i < n; i++) {
                 if (i % 64 == 0) memset(zw, 0, sizeof zw);
@@ -277,6 +306,31 @@ static long PASS(gemm_bwd)(const T *xf, const T *wf, const double *ix, const dou
                 const T s = (T)sd[CS ? 0 : i], is = (T)si[CS ? 0 : i]; /* per tensor */
                 if (CS) SUF(tile_steps)(sd, si, i, o0, N, CS, sv, isv);
                 const long l = apsq ? lmin(g0 + gs, n) - 1 : n; /* psq: every tile on its own */
+#if APSQ_SIMD == 2 && T_F32
+                __m256 vis[2], vs[2];
+                for (int hh = 0; hh < 2; hh++) {
+                    vis[hh] = CS ? _mm256_loadu_ps(isv + 8 * hh) : _mm256_set1_ps(is);
+                    vs[hh] = CS ? _mm256_loadu_ps(sv + 8 * hh) : _mm256_set1_ps(s);
+                }
+                if (apsq && i == g0 && bbany) {
+                    for (int e = 0; e < MT; e++) {
+                        gvd[e] = bb[e] <= h ? gtd[e] : 0.0;
+                        gad[e] = bb[e] <= h + 1 ? gtd[e] : 0.0;
+                    }
+                    gvp = gvd;
+                    gap = gad;
+                }
+                if (i < l) v_bwd_pending(c, vun, vis, vs, pend, i == g0, apsq ? gvp : gtd, zw, i, ca, vqn, vqp);
+                else v_bwd_closing(c, vun, vis, vs, pend, acc, l > g0, h > 0, gap, ca, vqn, vqp);
+                if (CS) v_cols(ca, slot + i * NR);
+                else slot[i] += v_sum4(ca);
+                if (i % 64 == 63 || i == n - 1) store_zero_bits(zrow, zw, bb, i / 64, Wz, n, gs, o0, N, rows, cols);
+                if (i >= l) {
+                    g0 = l + 1;
+                    h++;
+                }
+                continue;
+#endif
                 if (apsq && i == g0)
                     for (int e = 0; e < MT; e++) {
                         gv[e] = bb[e] <= h ? gt[e] : zero;     /* reaching v_h, its tiles and A_{h-1} */
