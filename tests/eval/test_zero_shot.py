@@ -98,6 +98,8 @@ def test_bad_zero_shot_config_names_the_key(tmp_path):
         load_zero_shot_config(None, {"model": "x", "variants": ["fp", "int4"]})
     with pytest.raises(APSQError, match=r"apsq: \['gs'\] are set per variant"):
         load_zero_shot_config(None, {"model": "x", "apsq": {"gs": 2}})
+    with pytest.raises(APSQError, match=r"apsq: psum_bits must be in \[2, 16\], got 40"):  # a training config's rule
+        load_zero_shot_config(None, {"model": "x", "apsq": {"psum_bits": 40}})
     with pytest.raises(APSQError, match="unknown key 'taks'"):
         load_zero_shot_config(None, {"model": "x", "taks": ["piqa"]})
     cfg = load_zero_shot_config("configs/paper/llama2_7b_zero_shot.yaml", {"calibration": {"samples": 4}})

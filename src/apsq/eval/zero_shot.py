@@ -31,9 +31,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from apsq.config import APSQConfig
 from apsq.errors import APSQError, read_yaml
 from apsq.eval.calibration import CalibrationSet
 from apsq.eval.zero_shot_tasks import PAPER_TASKS, TASK_FIELDS
+from apsq.train.config import APSQSection
 
 __all__ = ["ZeroShotConfig", "load_zero_shot_config", "run_zero_shot", "summarize", "zero_shot_table"]
 
@@ -83,8 +85,9 @@ class ZeroShotConfig(_Strict):
     """Per-task metric of the average (default :data:`~apsq.eval.zero_shot_tasks.TASK_FIELDS`' ``metric``, else ``acc``)."""
     variants: tuple[str, ...] = ("fp", "w8a8", "psq", "apsq")
     gs: tuple[int, ...] = (1, 2, 3, 4)
-    apsq: dict[str, Any] = {"tile": 32, "psum_bits": 8, "weight_bits": 8, "act_bits": 8}
-    """:class:`apsq.APSQConfig` settings shared by the variants (``mode`` and ``gs`` set per variant)."""
+    apsq: APSQSection = APSQSection(tile=32, psum_bits=8, weight_bits=8, act_bits=8)
+    """:class:`apsq.APSQConfig` settings shared by the variants (``mode`` and ``gs`` set per variant), typed and
+    checked as a training config's ``apsq`` section (:class:`apsq.train.config.APSQSection`)."""
     calibration: CalibrationConfig = CalibrationConfig()
     local_data: str | None = None
     """A folder of ``<task>.jsonl`` in each task's hub format (offline); ``None``: lm-eval's hub tasks."""
@@ -129,16 +132,10 @@ class ZeroShotConfig(_Strict):
 
     @field_validator("apsq")
     @classmethod
-    def _apsq(cls, v: dict[str, Any]) -> dict[str, Any]:
-        import apsq
-
-        bad = sorted(set(v) & {"mode", "gs"})
+    def _apsq(cls, v: APSQSection) -> APSQSection:
+        bad = sorted(v.model_fields_set & {"mode", "gs"})
         if bad:
-            raise ValueError(f"apsq: {bad} are set per variant (variants / gs), not here")
-        try:
-            apsq.APSQConfig.from_dict({**v, "mode": "apsq", "gs": 1})
-        except (APSQError, TypeError) as exc:
-            raise ValueError(str(exc)) from exc
+            raise ValueError(f"{bad} are set per variant (variants / gs), not here")
         return v
 
     def metric_of(self, task: str) -> str:
@@ -147,19 +144,17 @@ class ZeroShotConfig(_Strict):
     def calibration_set(self) -> CalibrationSet:
         return CalibrationSet(**self.calibration.model_dump())
 
-    def variant_configs(self) -> dict[str, Any]:
+    def variant_configs(self) -> dict[str, APSQConfig | None]:
         """``{name: APSQConfig or None}`` in report order (``fp`` first)."""
-        import apsq
-
-        out: dict[str, Any] = {}
+        out: dict[str, APSQConfig | None] = {}
         for v in sorted(self.variants, key=lambda v: v != "fp"):  # fp first: it finds a quantized checkpoint
             if v == "fp":
                 out["fp"] = None
             elif v == "apsq":
                 for g in self.gs:
-                    out[f"apsq_gs{g}"] = apsq.APSQConfig.from_dict({**self.apsq, "mode": "apsq", "gs": int(g)})
+                    out[f"apsq_gs{g}"] = self.apsq.variant(mode="apsq", gs=int(g)).to_apsq_config()
             else:
-                out[v] = apsq.APSQConfig.from_dict({**self.apsq, "mode": "none" if v == "w8a8" else "psq", "gs": 1})
+                out[v] = self.apsq.variant(mode="none" if v == "w8a8" else "psq", gs=1).to_apsq_config()
         return out
 
 
@@ -241,11 +236,10 @@ def summarize(variants: dict[str, dict[str, Any]], tasks: list[str]) -> dict[str
 def _energy(cfg: ZeroShotConfig) -> dict[str, Any]:
     """Total and PSUM energy reduction vs INT32 PSUMs per dataflow and gs for the model (or the
     configured built-in workload), at the APSQ tile / PSUM bits of the config."""
-    import apsq
     from apsq.hw.accelerator import default_accelerator
     from apsq.hw.energy import compare, resolve_tile
 
-    qcfg = apsq.APSQConfig.from_dict({**cfg.apsq, "mode": "apsq", "gs": 1})
+    qcfg = cfg.apsq.variant(mode="apsq", gs=1).to_apsq_config()
     resolve_tile(qcfg, default_accelerator(), on_mismatch="error")
     e = cfg.energy
     if e.workload:
@@ -330,7 +324,7 @@ def run_zero_shot(cfg: ZeroShotConfig, output: str | Path, *, progress: bool = T
         "model": cfg.model, "dtype": str(dtype).removeprefix("torch."), "device": str(device), "tasks": tasks,
         "metrics": {t: cfg.metric_of(t) for t in tasks}, "task_source": source, "limit": cfg.limit,
         "num_fewshot": cfg.num_fewshot, "calibration": calib.to_dict() if "loaded" not in results else None,
-        "apsq": cfg.apsq, "variants": results, "best_gs": summary["best_gs"],
+        "apsq": cfg.apsq.model_dump(mode="json"), "variants": results, "best_gs": summary["best_gs"],
         "stderr_note": "average_stderr = sqrt(sum of per-task stderr^2) / tasks; drop_stderr_pp combines the two "
                        "variants' errors as independent (an upper bound for paired data)",
         "best_gs_note": "zero-shot tasks have no tuning split: best_gs is chosen on the evaluated splits (as the "
