@@ -9,6 +9,9 @@
  * The dtype-generic functions follow, instantiated per dtype by apsq.kernels.build.instantiate. */
 #include <math.h>
 #include <stdlib.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #define LSQ_CHUNK 8192 /* elements per parallel job */
 

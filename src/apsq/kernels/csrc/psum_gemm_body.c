@@ -55,21 +55,21 @@ long SUF(apsq_codes16)(const T *src, long R, long K, long tile, long te, const d
         const T inv = (T)inv_step[per_row ? r : 0], lim = (T)32767;
         const T *s = src + r * K;
         int16_t *d = dst + r * Kp;
-        T rmx = 0;
-        int rbad = 0;
+        int rmx = 0, rbad = 0;
         memset(d, 0, Kp * sizeof(int16_t));
         for (long i = 0; i < n; i++) {
             const long k0 = i * tile, kn = lmin(tile, K - k0);
-            for (long k = 0; k < kn; k++) {
-                const T v = s[k0 + k] * inv;
-                const T a = v < 0 ? -v : v;
-                rbad |= !(FLOOR(v) == v && a <= lim);
-                rmx = a > rmx ? a : rmx;
-                d[i * te + k] = (int16_t)(rbad ? 0 : v);
+            for (long k = 0; k < kn; k++) { /* no loop-carried state but reductions: vectorised */
+                const T v = s[k0 + k] * inv, a = v < 0 ? -v : v;
+                const int ok = FLOOR(v) == v && a <= lim;
+                const int code = (int)(ok ? v : (T)0), mag = code < 0 ? -code : code;
+                rbad |= !ok;
+                rmx = mag > rmx ? mag : rmx;
+                d[i * te + k] = (int16_t)code;
             }
         }
         bad |= rbad;
-        if ((long)rmx > mx) mx = (long)rmx;
+        if (rmx > mx) mx = rmx;
     }
     return bad ? -1 : mx;
 }

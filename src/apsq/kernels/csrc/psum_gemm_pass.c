@@ -28,12 +28,15 @@ static inline T SUF(closing_value)(int32_t c, T unit, T pend, T acc, int hp, int
 /* Rows [r0, r0 + width) of the float operand src [R][n*t] times its inverse step (inv[row] when per_row,
  * else inv[0]) as int16 code pairs [Kp / 2][width] in the layout of the codes (tile i at [i*te, i*te + t),
  * zero-padded to the even te; zero past R): the backward packs the operands it already holds instead
- * of a copy of their codes. Returns 1 when some value is not an integer in [-32767, 32767]. */
+ * of a copy of their codes. Returns 1 when some value is not an integer in [-32767, 32767], 2 when out of
+ * memory. */
 static int SUF(pack_pairs_f)(const T *src, long R, long n, long t, long te, const double *inv, int per_row, long r0,
                              int width, int32_t *dst) {
     const long kp2 = n * te / 2;
     const T lim = (T)32767;
     int bad = 0;
+    int16_t *codes = (int16_t *)malloc((size_t)(n * te > 0 ? n * te : 1) * sizeof(int16_t)); /* one row's */
+    if (!codes) return 2;
     for (int r = 0; r < width; r++) {
         const long row = r0 + r;
         if (row >= R) {
@@ -42,14 +45,20 @@ static int SUF(pack_pairs_f)(const T *src, long R, long n, long t, long te, cons
         }
         const T *s = src + row * n * t;
         const T iv = (T)inv[per_row ? row : 0];
-        for (long i = 0; i < n; i++)
-            for (long off = 0; off < te; off += 2) {
-                const T v0 = off < t ? s[i * t + off] * iv : (T)0, v1 = off + 1 < t ? s[i * t + off + 1] * iv : (T)0;
-                const T a0 = v0 < 0 ? -v0 : v0, a1 = v1 < 0 ? -v1 : v1;
-                bad |= !(FLOOR(v0) == v0 && a0 <= lim && FLOOR(v1) == v1 && a1 <= lim);
-                dst[(i * te + off) / 2 * width + r] = bad ? 0 : pair16((int16_t)v0, (int16_t)v1);
+        for (long i = 0; i < n; i++) { /* the row's codes (a loop the compiler vectorises), then its pairs */
+            int16_t *d = codes + i * te;
+            const T *si_ = s + i * t;
+            for (long k = 0; k < t; k++) {
+                const T v = si_[k] * iv, a = v < 0 ? -v : v;
+                const int ok = FLOOR(v) == v && a <= lim;
+                bad |= !ok;
+                d[k] = (int16_t)(ok ? v : (T)0);
             }
+            for (long k = t; k < te; k++) d[k] = 0;
+        }
+        for (long kk = 0; kk < kp2; kk++) dst[kk * width + r] = pair16(codes[2 * kk], codes[2 * kk + 1]);
     }
+    free(codes);
     return bad;
 }
 
@@ -59,7 +68,7 @@ static int SUF(pack_operands_f)(const T *xf, const T *wf, long B, long M, long N
                                 const double *ix, const double *iw, int iw_rows, int32_t **ap, int32_t **bp,
                                 int nthreads) {
     const long nrt = (M + MR - 1) / MR, nct = (N + NR - 1) / NR, kp2 = n * te / 2;
-    int bad = 0;
+    int bad = 0; /* bit 0: some value is not a code; bit 1: out of memory */
     *ap = (int32_t *)alloc64((size_t)B * nrt * kp2 * MR * sizeof(int32_t));
     *bp = (int32_t *)alloc64((size_t)B * nct * kp2 * NR * sizeof(int32_t));
     if (!*ap || !*bp) {
@@ -78,7 +87,7 @@ static int SUF(pack_operands_f)(const T *xf, const T *wf, long B, long M, long N
     if (bad) {
         free(*ap);
         free(*bp);
-        return -1;
+        return bad & 2 ? 0 : -1;
     }
     return 1;
 }
