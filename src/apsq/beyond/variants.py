@@ -17,7 +17,6 @@ from apsq.eval.metrics import Metrics, logits_on, metrics_of
 from apsq.eval.setup import Setup
 from apsq.nn.config import APSQConfig
 from apsq.nn.transform import calibrate, quantize_
-from apsq.train.config import parse_config
 
 
 def ptq_metrics(setup: Setup, qcfg: APSQConfig, fp_logits=None) -> Metrics:
@@ -37,14 +36,15 @@ def qat_accuracy(setup: Setup, fp32: str | Path, qcfg: Mapping[str, Any], steps:
     """Accuracy after ``steps`` QAT+KD steps of the setup's config with ``apsq: qcfg`` (a run in ``output``)."""
     from apsq.eval.sweep import run_variant
 
-    d = setup.cfg.model_dump(mode="json")
-    d["apsq"] = dict(qcfg)
-    d["finetune"] = {**d["finetune"], "steps": 0, "init": str(fp32)}
-    d["qat"] = {**d["qat"], "steps": int(steps)}
-    d["eval"] = {**d["eval"], "after_calibration": True}
-    if eval_limit:
-        d["data"] = {**d["data"], "eval_limit": int(eval_limit)}
-    r = run_variant(parse_config(d, "qat variant"), output, progress=progress)
+    c = setup.cfg  # validated copies: apsq replaced by the variant's keys, from the FP32 checkpoint
+    cfg = c.model_copy(update={
+        "apsq": dict(qcfg),
+        "finetune": c.finetune.model_copy(update={"steps": 0, "init": str(fp32)}),
+        "qat": c.qat.model_copy(update={"steps": int(steps)}),
+        "eval": c.eval.model_copy(update={"after_calibration": True}),
+        **({"data": c.data.model_copy(update={"eval_limit": int(eval_limit)})} if eval_limit else {}),
+    })
+    r = run_variant(cfg, output, progress=progress)
     return {"accuracy": r["accuracy"], "calibrated_accuracy": r.get("calibrated_accuracy"), "qat_steps": steps,
             "run": str(output)}
 

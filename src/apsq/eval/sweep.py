@@ -177,9 +177,8 @@ def sweep(base: TrainConfig, output: str | Path, gs_values: Sequence[int] = (1, 
         fp_cfg = base.model_copy(update={"apsq": None})
         fp_run = output / "fp32"
         run_variant(fp_cfg, fp_run, progress=progress)
-        data = base.model_dump(mode="json")
-        data["finetune"] = {**data["finetune"], "steps": 0, "init": str(fp_run / FP32)}
-        base = parse_config(data)
+        base = base.model_copy(update={"finetune": base.finetune.model_copy(update={"steps": 0,
+                                                                                   "init": str(fp_run / FP32)})})
     for name, cfg in sweep_variants(base, gs_values, baselines).items():
         runs[name] = run_variant(cfg, output / name, progress=progress)
     fp32 = next((r["fp32_accuracy"] for r in runs.values() if r.get("fp32_accuracy") is not None), None)
