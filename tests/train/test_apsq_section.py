@@ -45,6 +45,7 @@ def test_fields_and_defaults_are_the_library_config():
     ({"group_size": 2}, r"unknown APSQ config keys \['group_size'\]; allowed: tile, mode, gs"),
     ({"overrides": {"*.fc": {"gz": 1}}}, r"overrides\['\*.fc'\] has unknown keys \['gz'\]"),
     ([2], "apsq: must be a mapping of apsq.APSQConfig fields"),
+    (True, r"apsq: expected a mapping \(the APSQSection fields\), got the boolean True"),
 ])
 def test_bad_values_name_field_allowed_values_and_file(tmp_path, section, match):
     p = tmp_path / "bad.yaml"

@@ -66,6 +66,9 @@ class _Strict(BaseModel):
             field = cls.model_fields.get(info.field_name) if info.field_name else None
             ann = field.annotation if field is not None else None
             if ann is not bool and bool not in get_args(ann):
+                sections = [a for a in (ann, *get_args(ann)) if isinstance(a, type) and issubclass(a, BaseModel)]
+                if sections:  # a section (model, apsq, ...) names what it takes
+                    raise ValueError(f"expected a mapping (the {sections[0].__name__} fields), got the boolean {v!r}")
                 raise ValueError(f"expected a number or text, got the boolean {v!r}")
         return v
 
@@ -197,8 +200,10 @@ class APSQSection(BaseModel):
     :meth:`TrainConfig.with_apsq` for a whole config.
 
     Only the keys a config gives are serialized (``model_dump``, ``config.json``, the checkpoint's state
-    and :meth:`TrainConfig.fingerprint`), as before the section was typed: unset keys take the library's
-    defaults when :meth:`to_apsq_config` builds the config."""
+    and :meth:`TrainConfig.fingerprint`), as before the section was typed, so run folders of earlier
+    versions still resume: unset keys take the library's defaults when :meth:`to_apsq_config` builds the
+    config. Sections are equal when their values are (``{gs: 2}`` equals ``{}``); the fingerprint, as before,
+    still tells a given default from an unset key."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
