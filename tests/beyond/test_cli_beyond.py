@@ -12,7 +12,8 @@ from apsq.eval.setup import workload_of
 from apsq.cli import app
 from apsq.hw.energy import evaluate
 from apsq.nn.config import APSQConfig
-from apsq.train.config import parse_config
+from apsq.errors import APSQError
+from apsq.train.config import APSQSection, parse_config
 
 def test_tune_gs_cli(setup_files, runner, digits_cfg):
     d = setup_files
@@ -56,12 +57,16 @@ def test_tune_gs_cli_errors(setup_files, runner, digits_cfg):
 
 
 def test_lowbit_variants_and_energy(runner, digits_cfg):
-    v = lowbit_variants({"tile": 16, "gs": 3, "exclude": ["classifier"]}, gs=2)
+    v = lowbit_variants(APSQSection.model_validate({"tile": 16, "gs": 3, "exclude": ["classifier"]}), gs=2)
     assert set(v) == {"w8a8_none", "w8a8_apsq8", "w4a4_none", "w4a4_apsq8", "w4a4_apsq6", "w4a4_apsq4",
                       "w4a8_none", "w4a8_apsq8", "w4a8_apsq6", "w4a8_apsq4"}
-    for cfg in v.values():
-        APSQConfig.from_dict(cfg)
-    assert v["w4a8_apsq6"]["psum_bits"] == 6 and v["w4a8_apsq6"]["act_bits"] == 8
+    for cfg in v.values():  # the base's tile and exclusions kept, the rest given by the variant
+        assert cfg.tile == 16 and cfg.exclude == ("classifier",) and {"mode", "tile", "exclude"} <= cfg.model_fields_set
+    assert v["w4a8_apsq6"].model_dump() == {"tile": 16, "mode": "apsq", "gs": 2, "psum_bits": 6, "weight_bits": 4,
+                                            "act_bits": 8, "exclude": ["classifier"]}
+    assert v["w8a8_none"].model_dump() == {"tile": 16, "mode": "none", "exclude": ["classifier"]}
+    with pytest.raises(APSQError, match=r"apsq: gs must be in \[1, 65536\], got 0"):
+        lowbit_variants(v["w8a8_none"], gs=0)
     wl = workload_of(parse_config(digits_cfg))
     with pytest.warns(UserWarning, match="PSUM tile 16 differs from pe_array.rows = 32"):
         variant_energy(wl, "is", v["w4a4_apsq8"])

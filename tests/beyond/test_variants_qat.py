@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from apsq.beyond.variants import qat_accuracy
 from apsq.eval.setup import load_setup
-from apsq.train.config import load_config
+from apsq.train.config import APSQSection, load_config
 
 CHANGED = {"apsq", "finetune", "qat", "eval", "data"}
 
@@ -13,7 +13,8 @@ CHANGED = {"apsq", "finetune", "qat", "eval", "data"}
 def test_qat_variant_is_the_setup_config_with_the_variant(setup_files, tmp_path):
     fp32 = setup_files / "fp32.safetensors"
     s = load_setup(setup_files / "cfg.yaml", fp32, 96, device="cpu")
-    r = qat_accuracy(s, fp32, {"mode": "psq", "gs": 1, "tile": 16}, 2, tmp_path / "v", eval_limit=48)
+    v = APSQSection.model_validate({"mode": "psq", "gs": 1, "tile": 16})
+    r = qat_accuracy(s, fp32, v, 2, tmp_path / "v", eval_limit=48)
     cfg = load_config(tmp_path / "v" / "config.json")
     assert cfg.apsq is not None and cfg.apsq.model_dump() == {"tile": 16, "mode": "psq", "gs": 1}
     assert (cfg.finetune.steps, cfg.finetune.init, cfg.qat.steps) == (0, str(fp32), 2)

@@ -135,3 +135,13 @@ def test_only_given_keys_are_serialized_and_fingerprints_are_unchanged():
     assert parse_config({"apsq": {}}).fingerprint() == "2b028d707ffe373f"
     assert parse_config({}).fingerprint() == "022f055e2628d964"
     assert APSQSection.model_validate(APSQConfig(gs=3)).model_dump()["gs"] == 3  # a library config: every key
+
+
+def test_without_returns_keys_to_the_library_defaults():
+    s = APSQSection.model_validate({"mode": "psq", "gs": 3, "tile": 16, "overrides": {"fc": {"gs": 1}}})
+    w = s.without("mode", "gs", "overrides")
+    assert w.model_dump() == {"tile": 16}
+    assert (w.mode, w.gs, w.overrides) == (APSQConfig().mode, APSQConfig().gs, {})
+    assert s.gs == 3  # the original is unchanged
+    with pytest.raises(APSQError, match=r"apsq: unknown keys \['group_size'\]; allowed: tile, mode, gs"):
+        s.without("group_size")

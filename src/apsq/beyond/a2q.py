@@ -25,6 +25,7 @@ from apsq.device import module_device, module_dtype, to_device
 from apsq.errors import APSQError, check_int, check_str_list
 from apsq.eval.metrics import Metrics, logits_on, metrics_of
 from apsq.eval.setup import Setup
+from apsq.train.config import APSQSection
 
 
 def a2q_quantize_(model: nn.Module, acc_bits: int, plus: bool = False, exclude: Sequence[str] = ()) -> nn.Module:
@@ -131,7 +132,8 @@ def qat_kd(model: nn.Module, teacher: nn.Module, setup: Setup, steps: int,
 
 def build_variant(setup: Setup, spec: dict[str, Any]) -> nn.Module:
     """A quantized, calibrated copy of the setup's FP32 model for ``spec``:
-    ``{"kind": "a2q", "acc_bits": P, "plus": bool}`` or ``{"kind": "apsq", "apsq": {APSQConfig mapping}}``."""
+    ``{"kind": "a2q", "acc_bits": P, "plus": bool}`` or ``{"kind": "apsq", "apsq": APSQSection}`` (or an
+    :class:`apsq.APSQConfig` mapping)."""
     import apsq
 
     m = copy.deepcopy(setup.model)
@@ -141,7 +143,7 @@ def build_variant(setup: Setup, spec: dict[str, Any]) -> nn.Module:
         a2q_quantize_(m, int(spec["acc_bits"]), bool(spec.get("plus", False)), exclude)
         a2q_calibrate(m, setup.calib)
     elif spec["kind"] == "apsq":
-        apsq.quantize_(m, apsq.APSQConfig.from_dict(dict(spec["apsq"])))
+        apsq.quantize_(m, APSQSection.model_validate(spec["apsq"]).to_apsq_config())
         from apsq.train.loop import freeze_unused_psum_scales
 
         freeze_unused_psum_scales(m)
@@ -163,7 +165,7 @@ def run_a2q_study(setup: Setup, specs: dict[str, dict[str, Any]], qat_steps: int
             progress(f"{name}: calibrate")
         m = build_variant(setup, spec)
         ptq: Metrics = metrics_of(logits_on(m, setup.eval), fp, labels)
-        out[name] = {"spec": spec, "ptq": ptq.to_dict()}
+        out[name] = {"spec": spec_record(spec), "ptq": ptq.to_dict()}
         if qat_steps > 0:
             if progress:
                 progress(f"{name}: QAT {qat_steps} steps")
@@ -172,11 +174,20 @@ def run_a2q_study(setup: Setup, specs: dict[str, dict[str, Any]], qat_steps: int
     return out
 
 
-def a2q_specs(base: dict[str, Any], acc_bits: tuple[int, ...], gs: int) -> dict[str, dict[str, Any]]:
-    keep = {k: v for k, v in base.items() if k not in ("mode", "gs", "psum_bits", "acc_bits")}
+def spec_record(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` as the study's JSON records it (an APSQ variant: the ``apsq`` keys it gives)."""
+    if "apsq" not in spec:
+        return dict(spec)
+    return {**spec, "apsq": APSQSection.model_validate(spec["apsq"]).model_dump(mode="json")}
+
+
+def a2q_specs(base: APSQSection, acc_bits: tuple[int, ...], gs: int) -> dict[str, dict[str, Any]]:
+    """The study's variants: W8A8 with exact INT32 PSUMs and APSQ ``gs`` INT8 (from the config's ``apsq``
+    settings ``base``, its tile and exclusions kept), A2Q and A2Q+ at each accumulator width."""
+    keep = base.without("mode", "gs", "psum_bits", "acc_bits")
     specs: dict[str, dict[str, Any]] = {
-        "w8a8_int32": {"kind": "apsq", "apsq": {**keep, "mode": "none"}},
-        f"apsq_gs{gs}_int8": {"kind": "apsq", "apsq": {**keep, "mode": "apsq", "gs": gs, "psum_bits": 8}},
+        "w8a8_int32": {"kind": "apsq", "apsq": keep.variant(mode="none")},
+        f"apsq_gs{gs}_int8": {"kind": "apsq", "apsq": keep.variant(mode="apsq", gs=gs, psum_bits=8)},
     }
     for p in acc_bits:
         specs[f"a2q_acc{p}"] = {"kind": "a2q", "acc_bits": p, "plus": False}
@@ -193,9 +204,9 @@ def energy_of(workload, spec: dict[str, Any], dataflow: str, override_tile: bool
     if spec["kind"] == "a2q":
         r = evaluate(workload, dataflow, "none", 1, 8, baseline_bits=int(spec["acc_bits"]))
     else:
-        a = spec["apsq"]
-        r = evaluate(workload, dataflow, a.get("mode", "apsq"), int(a.get("gs", 2)), int(a.get("psum_bits", 8)),
-                     tile=a.get("tile"), override_tile=override_tile)
+        a = APSQSection.model_validate(spec["apsq"])
+        r = evaluate(workload, dataflow, a.mode, a.gs, a.psum_bits, tile=a.model_dump().get("tile"),
+                     override_tile=override_tile)
     return {"total_uj": r.total_pj / 1e6, "psum_uj": r.psum_pj / 1e6, "reduction_vs_int32": 1 - r.total_pj / ref.total_pj}
 
 

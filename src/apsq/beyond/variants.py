@@ -1,6 +1,7 @@
 """Evaluate quantization variants of one model: post-training (calibrated) and, optionally, short QAT.
 
-A variant is an :class:`apsq.APSQConfig` mapping. PTQ: quantize a copy of the FP32 model, calibrate on
+A variant is an :class:`apsq.train.config.APSQSection` (a training config's ``apsq`` settings, built from
+the config's by :meth:`~apsq.train.config.APSQSection.variant`; recorded as the keys it gives). PTQ: quantize a copy of the FP32 model, calibrate on
 the setup's calibration batches, evaluate (:func:`apsq.eval.metrics.metrics_of`). QAT: a run of
 :func:`apsq.eval.sweep.run_variant` from the FP32 checkpoint (finished runs are reused, interrupted ones resumed).
 """
@@ -17,6 +18,7 @@ from apsq.eval.metrics import Metrics, logits_on, metrics_of
 from apsq.eval.setup import Setup
 from apsq.nn.config import APSQConfig
 from apsq.nn.transform import calibrate, quantize_
+from apsq.train.config import APSQSection
 
 
 def ptq_metrics(setup: Setup, qcfg: APSQConfig, fp_logits=None) -> Metrics:
@@ -31,14 +33,14 @@ def ptq_metrics(setup: Setup, qcfg: APSQConfig, fp_logits=None) -> Metrics:
     return metrics_of(logits_on(m, setup.eval), fp, labels)
 
 
-def qat_accuracy(setup: Setup, fp32: str | Path, qcfg: Mapping[str, Any], steps: int, output: Path,
+def qat_accuracy(setup: Setup, fp32: str | Path, qcfg: APSQSection, steps: int, output: Path,
                  eval_limit: int | None = None, progress: bool = False) -> dict[str, Any]:
     """Accuracy after ``steps`` QAT+KD steps of the setup's config with ``apsq: qcfg`` (a run in ``output``)."""
     from apsq.eval.sweep import run_variant
 
     c = setup.cfg  # validated copies: apsq replaced by the variant's keys, from the FP32 checkpoint
     cfg = c.model_copy(update={
-        "apsq": dict(qcfg),
+        "apsq": qcfg,
         "finetune": c.finetune.model_copy(update={"steps": 0, "init": str(fp32)}),
         "qat": c.qat.model_copy(update={"steps": int(steps)}),
         "eval": c.eval.model_copy(update={"after_calibration": True}),
@@ -49,7 +51,7 @@ def qat_accuracy(setup: Setup, fp32: str | Path, qcfg: Mapping[str, Any], steps:
             "run": str(output)}
 
 
-def run_variants(setup: Setup, variants: Mapping[str, Mapping[str, Any]], *, qat_steps: int = 0,
+def run_variants(setup: Setup, variants: Mapping[str, APSQSection], *, qat_steps: int = 0,
                  fp32: str | Path | None = None, run_dir: Path | None = None, qat_eval_limit: int | None = None,
                  progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
     """PTQ metrics (and QAT accuracy when ``qat_steps`` > 0) of every named variant."""
@@ -58,8 +60,7 @@ def run_variants(setup: Setup, variants: Mapping[str, Mapping[str, Any]], *, qat
     for name, v in variants.items():
         if progress:
             progress(f"variant {name}: PTQ")
-        q = APSQConfig.from_dict(dict(v))
-        out[name] = {"config": dict(v), "ptq": ptq_metrics(setup, q, fp).to_dict()}
+        out[name] = {"config": v.model_dump(mode="json"), "ptq": ptq_metrics(setup, v.to_apsq_config(), fp).to_dict()}
         if qat_steps > 0:
             if fp32 is None or run_dir is None:
                 raise APSQError("QAT needs fp32 and run_dir")

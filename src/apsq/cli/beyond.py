@@ -21,13 +21,14 @@ from apsq.cli.common import (
 from apsq.errors import APSQError, literal
 
 if TYPE_CHECKING:
-    from apsq.train.config import TrainConfig
+    from apsq.train.config import APSQSection, TrainConfig
 
 
-def _apsq_given(cfg: TrainConfig) -> dict[str, Any]:
-    """The ``apsq`` keys the training config gives (``{}`` without a section): the base of the study's
-    variants, which are :class:`apsq.APSQConfig` mappings recorded in its JSON."""
-    return cfg.apsq.model_dump() if cfg.apsq is not None else {}
+def _apsq_given(cfg: TrainConfig) -> APSQSection:
+    """The training config's ``apsq`` settings (none given without a section): the base of the study's variants."""
+    from apsq.train.config import APSQSection
+
+    return cfg.apsq if cfg.apsq is not None else APSQSection()
 
 
 def _write_keyed(path: Path | None, key: str | None, data: dict[str, Any]) -> None:
@@ -80,12 +81,11 @@ def _baseline_accuracy(config: Path, fp32: Path | None, acc_bits: str, eval_limi
     from apsq.eval.setup import load_setup, workload_of
 
     s = load_setup(config, fp32, eval_limit or None, device=device)
-    base = _apsq_given(s.cfg)
-    keep = {k: v for k, v in base.items() if k not in ("mode", "gs", "psum_bits", "acc_bits")}
-    variants = {"none_exact": {**keep, "mode": "none"}}
+    keep = _apsq_given(s.cfg).without("mode", "gs", "psum_bits", "acc_bits")
+    variants = {"none_exact": keep.variant(mode="none")}
     for b in parse_ints("--acc-bits", acc_bits):
-        variants[f"none_acc{b}"] = {**keep, "mode": "none", "acc_bits": b}
-    variants["apsq_gs2_int8"] = {**keep, "mode": "apsq", "gs": 2, "psum_bits": 8}
+        variants[f"none_acc{b}"] = keep.variant(mode="none", acc_bits=b)
+    variants["apsq_gs2_int8"] = keep.variant(mode="apsq", gs=2, psum_bits=8)
     log = console(stderr=True).log
     wl = workload_of(s.cfg)
     return {"config": str(config), "eval_examples": sum(len(y) for _, y in s.eval),

@@ -262,6 +262,14 @@ class APSQSection(BaseModel):
         except ValidationError as exc:
             raise APSQError("apsq: " + "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
 
+    def without(self, *keys: str) -> APSQSection:
+        """A copy in which ``keys`` are no longer given: they take the library's defaults again (a study's
+        variants start from the config's settings less the ones they vary)."""
+        unknown = sorted(set(keys) - set(APSQSection.model_fields))
+        if unknown:
+            raise APSQError(f"apsq: unknown keys {unknown}; allowed: {', '.join(APSQSection.model_fields)}")
+        return APSQSection.model_validate({k: v for k, v in self.model_dump().items() if k not in keys})
+
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         """:meth:`variant` (validated) when ``update`` is given; pydantic's copy skips validation."""
         if not update:
