@@ -4,7 +4,7 @@
 What is asserted (the bound, where one is needed):
 
 - Under ``torch.autocast`` (bf16 or fp16) a quantized layer computes exactly as outside it: its tile
-  products run with autocast off (``apsq.nn.layers._exact_under_autocast``), so values and gradients
+  products run with autocast off (``apsq.nn.layers.base.exact_under_autocast``), so values and gradients
   are bit for bit those of the float32 model, on every kernel backend.
 - A bf16 / fp16 layer quantizes and accumulates in float32 and rounds its output once. Codes of at
   most 8 bits are exact in bf16 (8 significant bits) and fp16 (11): on the same codes and steps,

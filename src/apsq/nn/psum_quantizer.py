@@ -193,8 +193,8 @@ class PSUMQuantizer(Float32Steps):
         """
         if not self.learns_steps:
             return exact_sum_dtype(dtype, layer, k=k, a_bits=a_bits, b_bits=b_bits, sum_bound=sum_bound)
-        return psum_dtype(dtype, layer, unit_e=unit_exponent(), psum_e=self.exponents(num_tiles(k, tile)), mode=self.mode, gs=self.gs,
-                          bits=self.bits, tile=tile, a_bits=a_bits, b_bits=b_bits)
+        return psum_dtype(dtype, layer, unit_e=unit_exponent(), psum_e=self.exponents(num_tiles(k, tile)),
+                          mode=self.mode, gs=self.gs, bits=self.bits, tile=tile, a_bits=a_bits, b_bits=b_bits)
 
     def forward(self, partials: torch.Tensor, unit: torch.Tensor | None = None) -> torch.Tensor:
         """``partials [n, *shape]`` -> dequantized output ``[*shape]``.

@@ -66,6 +66,13 @@ def _validate(shape: tuple[int, ...], scales: torch.Tensor | None, mode: str, gs
     validate_psum_args(torch.zeros(()).expand(shape), scales, mode, gs, bits, finite=False)
 
 
+def _psum_steps(scales: torch.Tensor | None, mode: str) -> torch.Tensor:
+    """The PSUM steps of a ``psq`` / ``apsq`` accumulation (:func:`_validate` refuses ``None`` there first)."""
+    if scales is None:
+        raise APSQError(f"scales are required for mode={mode!r}")
+    return scales
+
+
 def _fwd_chunk(backend: str, p, s, scol, plan, observe):
     if backend == "c" and observe is None:
         return c_chunk.forward(p, s, plan)
@@ -154,11 +161,12 @@ def psum_accumulate_fused(
     validate_psum_args(partials, scales, mode, gs, bits, finite=False)
     if mode == "none":
         return partials.sum(0)
+    steps = _psum_steps(scales, mode)
     plan = Plan(mode, partials.shape[0], gs, bits)
-    backend, _ = dispatch.route(dispatch.Request("partials", partials, None, scales, 1, plan, observe))
+    backend, _ = dispatch.route(dispatch.Request("partials", partials, None, steps, 1, plan, observe))
     if backend in ("c", "torch"):
-        return _FusedAccumulate.apply(partials, scales.to(partials.dtype), plan, observe, backend)
-    return psum_accumulate(partials, scales, mode=mode, gs=gs, bits=bits, observe=observe)
+        return _FusedAccumulate.apply(partials, steps.to(partials.dtype), plan, observe, backend)
+    return psum_accumulate(partials, steps, mode=mode, gs=gs, bits=bits, observe=observe)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -194,7 +202,7 @@ class _FusedLinear(torch.autograd.Function):
                 continue
             y, lb = chunk_torch.forward(p.view(n, -1), s, scol, plan, observe)
             out[m0 : m0 + mc] = y.view(mc, big_n)
-            if last_bad is not None:
+            if last_bad is not None and lb is not None:  # apsq: both
                 last_bad[m0 : m0 + mc] = lb.view(mc, big_n)
         return out
 
@@ -222,11 +230,21 @@ class _FusedLinear(torch.autograd.Function):
         return gx, gw, grad_s.to(scales.dtype), None, None, None, None
 
 
-def _chunk_backward(p, s, scol, g, lb, plan, backend):
+def _chunk_backward(p: torch.Tensor, s: list[float], scol: torch.Tensor, g: torch.Tensor, lb: torch.Tensor | None,
+                    plan: Plan, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient to a chunk's tiles ``p [n, E]`` (in place for the C kernel) and to the steps."""
     if backend == "c":
-        return c_chunk.backward(p, s, g, lb, plan, grad_p=p)
+        return _c_tile_grads(p, s, g, lb, plan, grad_p=p)
     return chunk_torch.backward(p, s, scol, g, lb, plan)
+
+
+def _c_tile_grads(p: torch.Tensor, s: list[float], g: torch.Tensor, lb: torch.Tensor | None, plan: Plan,
+                  grad_p: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The C kernel's gradient to the tiles ``p [n, E]`` (into ``grad_p`` when given) and to the steps."""
+    gp, gsc = c_chunk.backward(p, s, g, lb, plan, grad_p=grad_p)
+    if gp is None:  # only write_grad_p=False returns no tile gradients
+        raise RuntimeError("the C backward kernel returned no tile gradients")
+    return gp, gsc
 
 
 SPARSE_FRACTION = 1 / 64
@@ -280,7 +298,7 @@ def _linear_backward_gemm(xt, wt, xp, wp, s, g2, last_bad, plan, rows, need):
         if idx.numel() == 0:
             continue
         # tile gradients of the flagged outputs only: the kernel again on their gathered tiles
-        d, _ = c_chunk.backward(p.index_select(1, idx), s, gc[idx], None if lb is None else lb[idx], plan)
+        d, _ = _c_tile_grads(p.index_select(1, idx), s, gc[idx], None if lb is None else lb[idx], plan)
         d.sub_(gc[idx])  # [n, F]: D_i at the flagged outputs
         ti, fi = d.nonzero(as_tuple=True)
         if ti.numel() <= SPARSE_FRACTION * n * e:
@@ -288,20 +306,20 @@ def _linear_backward_gemm(xt, wt, xp, wp, s, g2, last_bad, plan, rows, need):
             row = torch.div(idx, big_n, rounding_mode="floor")
             r = (row[fi] + m0) * n + ti
             c = (idx - row * big_n)[fi] * n + ti
-            if need[0]:
+            if gxp is not None:
                 gxp.view(m_rows * n, tile).index_add_(0, r, wr.index_select(0, c).mul_(val))
-            if need[1]:
+            if gwp is not None:
                 gwp.view(big_n * n, tile).index_add_(0, c, xr.index_select(0, r).mul_(val))
             continue
-        gp, _ = c_chunk.backward(p, s, gc, lb, plan, grad_p=p)
+        gp, _ = _c_tile_grads(p, s, gc, lb, plan, grad_p=p)
         dd = gp.sub_(gc).view(n, mc, big_n)  # D_i, dense
-        if need[0]:
+        if gxp is not None:
             gxp[m0 : m0 + mc].view(mc, n, tile).add_(torch.bmm(dd, wt_t).transpose(0, 1))
-        if need[1]:
+        if gwp is not None:
             if gwt_corr is None:
                 gwt_corr = torch.zeros(n, tile, big_n, dtype=xt.dtype)
             gwt_corr.baddbmm_(xc.transpose(1, 2), dd)
-    if gwt_corr is not None:
+    if gwt_corr is not None and gwp is not None:  # corrections exist only where grad_W is wanted
         gwp.view(big_n, n, tile).add_(gwt_corr.permute(2, 0, 1))
     return gxp, gwp, grad_s
 
@@ -322,10 +340,10 @@ def _linear_backward_by_rows(xt, wt, s, scol, g2, last_bad, plan, backend, rows,
         gp, gsc = _chunk_backward(p.view(n, -1), s, scol, g2[m0 : m0 + mc].reshape(-1), lb, plan, backend)
         grad_s += gsc.to(torch.float64)
         gp = gp.view(n, mc, big_n)
-        if need[0]:
+        if gxt is not None:
             torch.bmm(gp, wt_t, out=gxt[:, m0 : m0 + mc]) if mc == m_rows else gxt[:, m0 : m0 + mc].copy_(
                 torch.bmm(gp, wt_t))
-        if need[1]:
+        if gwt is not None:
             gwt.baddbmm_(xc.transpose(1, 2), gp)
     return gxt, gwt, grad_s
 
@@ -385,15 +403,16 @@ def linear_psum(
     _validate((n, *x.shape[:-1], weight.shape[0]), scales, mode, gs, bits)
     if mode == "none":
         return F.linear(x, weight)
+    steps = _psum_steps(scales, mode)
     plan = Plan(mode, n, gs, bits)
     lead, x2 = x.shape[:-1], x.reshape(-1, x.shape[-1])
     backend, y = dispatch.route(dispatch.Request("gemm", x2.unsqueeze(0), weight.unsqueeze(0),
-                                                 _kernel_steps(scales, n, weight.shape[0]), tile, plan, observe,
+                                                 _kernel_steps(steps, n, weight.shape[0]), tile, plan, observe,
                                                  x_step, w_step))
     if y is None and backend in ("c", "torch"):
-        y = _FusedLinear.apply(x2, weight, scales.to(x.dtype), tile, plan, observe, backend)
+        y = _FusedLinear.apply(x2, weight, steps.to(x.dtype), tile, plan, observe, backend)
     elif y is None:
-        y = psum_accumulate(linear_partials(x2, weight, tile), scales, mode=mode, gs=gs, bits=bits, observe=observe)
+        y = psum_accumulate(linear_partials(x2, weight, tile), steps, mode=mode, gs=gs, bits=bits, observe=observe)
     return y.reshape(*lead, weight.shape[0])
 
 
@@ -430,6 +449,9 @@ def conv2d_psum(
         raise APSQError(
             f"Conv2d input must be [B, {cig * groups}, H, W] (Ci = {cig} x groups {groups}), got {tuple(x.shape)}"
         )
+    if mode == "none":  # the exact product, as linear_psum / matmul_psum
+        _validate((num_tiles(cig * kh * kw, tile), 1), scales, mode, gs, bits)
+        return F.conv2d(x, weight, None, stride, padding, dilation, groups)
     lanes = None  # per-channel steps [n, Co] when they are one per tile step and output channel
     if scales is not None and scales.dim() >= 2:
         lanes = None if observe is not None else _lane_steps(scales, num_tiles(cig * kh * kw, tile), co, trailing=2)
@@ -451,12 +473,13 @@ def conv2d_psum(
         # batch (or one per row of a product): per-channel weight steps take the tiles of all groups.
         a = cols.permute(1, 0, 3, 2).reshape(groups, b * length, kg)
         plan = Plan(mode, num_tiles(kg, tile), gs, bits)
-        backend, y = dispatch.route(dispatch.Request("gemm", a, wg, scales, tile, plan, None, x_step,
+        steps = _psum_steps(scales, mode)
+        backend, y = dispatch.route(dispatch.Request("gemm", a, wg, steps, tile, plan, None, x_step,
                                                      w_step if one_w_step else None))
         if y is None:
             parts = matmul_partials(a, wg.transpose(1, 2), tile)
-            y = (_FusedAccumulate.apply(parts, scales.to(parts.dtype), plan, None, backend) if backend in ("c", "torch")
-                 else psum_accumulate(parts, scales, mode=mode, gs=gs, bits=bits))
+            y = (_FusedAccumulate.apply(parts, steps.to(parts.dtype), plan, None, backend) if backend in ("c", "torch")
+                 else psum_accumulate(parts, steps, mode=mode, gs=gs, bits=bits))
         return y.reshape(groups, b, length, cog).permute(1, 0, 3, 2).reshape(b, co, h, w_out)
     outs = []
     sw = None
@@ -504,16 +527,17 @@ def matmul_psum(
     _validate((n, *out_lead, m, n_out), scales, mode, gs, bits)
     if mode == "none":
         return a @ b
+    steps = _psum_steps(scales, mode)
     plan = Plan(mode, n, gs, bits)
     if b.shape[:-2] == lead:  # one product per batch entry: the operand routes (broadcast batches: partials)
         a3, b3 = a.reshape(-1, m, k), b.reshape(-1, k, n_out).transpose(1, 2)
-        req = dispatch.Request("gemm", a3, b3, _kernel_steps(scales, n, n_out), tile, plan, observe, a_step, b_step)
+        req = dispatch.Request("gemm", a3, b3, _kernel_steps(steps, n, n_out), tile, plan, observe, a_step, b_step)
     else:
-        req = dispatch.Request("partials", a, None, scales, tile, plan, observe)
+        req = dispatch.Request("partials", a, None, steps, tile, plan, observe)
     backend, y = dispatch.route(req)
     if y is not None:
         return y.reshape(*lead, m, n_out)
     parts = matmul_partials(a, b, tile)
     if backend in ("c", "torch"):  # the tiles materialised, the chunk kernels on them
-        return _FusedAccumulate.apply(parts, scales.to(parts.dtype), plan, observe, backend)
-    return psum_accumulate(parts, scales, mode=mode, gs=gs, bits=bits, observe=observe)
+        return _FusedAccumulate.apply(parts, steps.to(parts.dtype), plan, observe, backend)
+    return psum_accumulate(parts, steps, mode=mode, gs=gs, bits=bits, observe=observe)
