@@ -167,7 +167,7 @@ static inline void tile_product(const int32_t *a, const int32_t *b, long kp2, in
 /* The float element-wise work on one tile of an MR x NR block (psum_gemm_pass.c, T_F32), in AVX2: the
  * same IEEE operations in the same order as the generic loops there, on 8 outputs at a time (vector v =
  * row * 2 + half, outputs [8v, 8v + 8) of the block); the clamp is max then min (the same value: no NaN
- * reaches it). un, is, s: the unit, inverse step and step of each half's 8 columns. The step-gradient
+ * reaches it), and a value is in range (m) where the clamp left it unchanged. un, is, s: the unit, inverse step and step of each half's 8 columns. The step-gradient
  * products g * (c - m u) are exact in double and summed per tile into ca[4] (columns [4k, 4k + 4) of
  * the block, rows in order): per column for per-channel steps, all four together per tensor. */
 #define NV (MT / 8)
@@ -206,12 +206,12 @@ static inline void v_fwd_closing(const int32_t *c, const __m256 *un, const __m25
         __m256 val = v_tile(c, v, un[h]);
         if (hp) val = _mm256_add_ps(val, _mm256_loadu_ps(pend + 8 * v));
         if (ha) val = _mm256_add_ps(val, _mm256_loadu_ps(acc + 8 * v));
-        __m256 x = _mm256_floor_ps(_mm256_add_ps(_mm256_mul_ps(val, is[h]), half));
-        const __m256 out = _mm256_or_ps(_mm256_cmp_ps(x, fqn, _CMP_LT_OQ), _mm256_cmp_ps(x, fqp, _CMP_GT_OQ));
+        const __m256 x = _mm256_floor_ps(_mm256_add_ps(_mm256_mul_ps(val, is[h]), half));
+        const __m256 cc = _mm256_min_ps(_mm256_max_ps(x, fqn), fqp);
+        const __m256 out = _mm256_cmp_ps(cc, x, _CMP_NEQ_UQ); /* x < qn or x > qp: the clamp changed it */
         const __m256i b = _mm256_loadu_si256((const __m256i *)(bad + 8 * v));
         _mm256_storeu_si256((__m256i *)(bad + 8 * v), _mm256_blendv_epi8(b, hv, _mm256_castps_si256(out)));
-        x = _mm256_min_ps(_mm256_max_ps(x, fqn), fqp);
-        _mm256_storeu_ps(acc + 8 * v, _mm256_mul_ps(x, s[h]));
+        _mm256_storeu_ps(acc + 8 * v, _mm256_mul_ps(cc, s[h]));
     }
 }
 
@@ -229,19 +229,27 @@ static inline void v_bwd_pending(const int32_t *c, const __m256 *un, const __m25
                                  __m256 fqp) {
     const __m256 half = _mm256_set1_ps(0.5f);
     const uint64_t bit = (uint64_t)1 << (i % 64);
+    __m256 sat = _mm256_setzero_ps();
     for (int k = 0; k < 4; k++) ca[k] = _mm256_setzero_pd();
     for (int v = 0; v < NV; v++) {
         const int h = v & 1;
         const __m256 u = _mm256_mul_ps(v_tile(c, v, un[h]), is[h]);
         const __m256 x = _mm256_floor_ps(_mm256_add_ps(u, half));
-        const __m256 m = _mm256_and_ps(_mm256_cmp_ps(x, fqn, _CMP_GE_OQ), _mm256_cmp_ps(x, fqp, _CMP_LE_OQ));
         const __m256 cc = _mm256_min_ps(_mm256_max_ps(x, fqn), fqp);
-        for (int nm = _mm256_movemask_ps(m) ^ 0xff; nm; nm &= nm - 1) zw[8 * v + __builtin_ctz(nm)] |= bit;
-        v_grad(gd, v, _mm256_sub_ps(cc, _mm256_and_ps(m, u)), ca);
+        const __m256 nm = _mm256_cmp_ps(cc, x, _CMP_NEQ_UQ); /* not m: x < qn or x > qp */
+        sat = _mm256_or_ps(sat, nm);
+        v_grad(gd, v, _mm256_sub_ps(cc, _mm256_andnot_ps(nm, u)), ca); /* c - m u */
         __m256 q = _mm256_mul_ps(cc, s[h]);
         if (!first) q = _mm256_add_ps(_mm256_loadu_ps(pend + 8 * v), q);
         _mm256_storeu_ps(pend + 8 * v, q);
     }
+    if (_mm256_movemask_ps(sat)) /* some output's tile saturated (rare unless the steps are too small): its bits */
+        for (int v = 0; v < NV; v++) {
+            const int h = v & 1;
+            const __m256 x = _mm256_floor_ps(_mm256_add_ps(_mm256_mul_ps(v_tile(c, v, un[h]), is[h]), half));
+            const __m256 nm = _mm256_cmp_ps(_mm256_min_ps(_mm256_max_ps(x, fqn), fqp), x, _CMP_NEQ_UQ);
+            for (int b = _mm256_movemask_ps(nm); b; b &= b - 1) zw[8 * v + __builtin_ctz(b)] |= bit;
+        }
 }
 
 /* backward, the closing tile of a group: u = ((c un + pend) + acc) is (as v_fwd_closing), acc = c s, ca the
@@ -258,9 +266,9 @@ static inline void v_bwd_closing(const int32_t *c, const __m256 *un, const __m25
         if (ha) val = _mm256_add_ps(val, _mm256_loadu_ps(acc + 8 * v));
         const __m256 u = _mm256_mul_ps(val, is[h]);
         const __m256 x = _mm256_floor_ps(_mm256_add_ps(u, half));
-        const __m256 m = _mm256_and_ps(_mm256_cmp_ps(x, fqn, _CMP_GE_OQ), _mm256_cmp_ps(x, fqp, _CMP_LE_OQ));
         const __m256 cc = _mm256_min_ps(_mm256_max_ps(x, fqn), fqp);
-        v_grad(gd, v, _mm256_sub_ps(cc, _mm256_and_ps(m, u)), ca);
+        const __m256 nm = _mm256_cmp_ps(cc, x, _CMP_NEQ_UQ);
+        v_grad(gd, v, _mm256_sub_ps(cc, _mm256_andnot_ps(nm, u)), ca);
         _mm256_storeu_ps(acc + 8 * v, _mm256_mul_ps(cc, s[h]));
     }
 }
@@ -318,10 +326,12 @@ static inline int bad_at(const void *lb, int lb8, long e) {
 
 /* Stores word w of the zero-gradient tile bits of an MR x NR output block (rows x cols in range) at
  * zb[e][w], e = e0 + r * N + j: the pending tiles that saturated (zw, one bit per tile of the word) and,
- * for apsq, every tile of the groups before last_bad (bad[e]: tiles below min(bad * gs, n)). */
-static inline void store_zero_bits(uint64_t *zb, const uint64_t *zw, const int16_t *bad, long w, long Wz, long n,
+ * for apsq, every tile of the groups before last_bad (bad[e]: tiles below min(bad * gs, n)). Returns the OR of
+ * the words stored (0: no output of the block has a zero-gradient tile in this word). */
+static inline uint64_t store_zero_bits(uint64_t *zb, const uint64_t *zw, const int16_t *bad, long w, long Wz, long n,
                                    int gs, long e0, long N, int rows, int cols) {
     const long lo = w * 64;
+    uint64_t any = 0;
     for (int r = 0; r < rows; r++)
         for (int j = 0; j < cols; j++) {
             const int e = r * NR + j;
@@ -330,5 +340,7 @@ static inline void store_zero_bits(uint64_t *zb, const uint64_t *zw, const int16
             if (nb >= lo + 64) bits = ~(uint64_t)0;
             else if (nb > lo) bits |= ((uint64_t)1 << (nb - lo)) - 1;
             zb[(e0 + r * N + j) * Wz + w] = bits;
+            any |= bits;
         }
+    return any;
 }

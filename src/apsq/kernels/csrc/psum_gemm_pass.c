@@ -275,7 +275,8 @@ static long PASS(gemm_bwd)(const T *xf, const T *wf, const double *ix, const dou
         const long rt1 = lmin(nrt, rt0 + cbt), m_lo = rt0 * MR, m_hi = lmin(M, rt1 * MR);
         /* the chunk's jobs: (column block, row-chunk job rc) pairs with rows in [rt0, rt1) */
         const long rc0 = rt0 / RB_CH, nrcc = (rt1 - 1) / RB_CH - rc0 + 1;
-#pragma omp parallel for num_threads(nthreads) schedule(static)
+        uint64_t zany = 0; /* some output of the chunk has a zero-gradient tile */
+#pragma omp parallel for num_threads(nthreads) schedule(static) reduction(| : zany)
         for (long cj = 0; cj < nct * nrcc; cj++) {
           const long ct = cj / nrcc, rc = rc0 + cj % nrcc;
           double *slot = part + ((bi * nct + ct) * nrc + rc) * n * sw;
@@ -333,7 +334,7 @@ static long PASS(gemm_bwd)(const T *xf, const T *wf, const double *ix, const dou
                 else v_bwd_closing(c, vun, vis, vs, pend, acc, l > g0, h > 0, gap, ca, vqn, vqp);
                 if (CS) v_cols(ca, slot + i * NR);
                 else slot[i] += v_sum4(ca);
-                if (i % 64 == 63 || i == n - 1) store_zero_bits(zrow, zw, bb, i / 64, Wz, n, gs, o0, N, rows, cols);
+                if (i % 64 == 63 || i == n - 1) zany |= store_zero_bits(zrow, zw, bb, i / 64, Wz, n, gs, o0, N, rows, cols);
                 if (i >= l) {
                     g0 = l + 1;
                     h++;
@@ -362,7 +363,7 @@ static long PASS(gemm_bwd)(const T *xf, const T *wf, const double *ix, const dou
                         }
                     if (CS) col_sums(tb, slot + i * NR);
                     else slot[i] += block_sum(tb);
-                    if (i % 64 == 63 || i == n - 1) store_zero_bits(zrow, zw, bb, i / 64, Wz, n, gs, o0, N, rows, cols);
+                    if (i % 64 == 63 || i == n - 1) zany |= store_zero_bits(zrow, zw, bb, i / 64, Wz, n, gs, o0, N, rows, cols);
                     continue;
                 }
                 const int hp = l > g0, ha = h > 0;
@@ -378,13 +379,13 @@ static long PASS(gemm_bwd)(const T *xf, const T *wf, const double *ix, const dou
                     }
                 if (CS) col_sums(tb, slot + i * NR);
                 else slot[i] += block_sum(tb);
-                if (i % 64 == 63 || i == n - 1) store_zero_bits(zrow, zw, bb, i / 64, Wz, n, gs, o0, N, rows, cols);
+                if (i % 64 == 63 || i == n - 1) zany |= store_zero_bits(zrow, zw, bb, i / 64, Wz, n, gs, o0, N, rows, cols);
                 g0 = l + 1;
                 h++;
             }
           }
         }
-        flagged += SUF(correct_rows)(bi, M, N, n, t, m_lo, m_hi, g, zb, xf, wf, gx, gw, nthreads);
+        if (zany) flagged += SUF(correct_rows)(bi, M, N, n, t, m_lo, m_hi, g, zb, xf, wf, gx, gw, nthreads);
       }
     /* gsc = the job slots added in job order (per channel: per column) */
     if (CS) {
