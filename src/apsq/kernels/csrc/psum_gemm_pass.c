@@ -5,14 +5,35 @@
  * Python loader (apsq.kernels.int_gemm.source) writes the instances; the entry points in
  * psum_gemm_body.c call the one for their cs. Arguments as in psum_gemm_body.c. */
 #if !CS
-/* Steps of tile i for the NR output columns [o0, o0 + NR) (columns past N get 1). */
-static inline void SUF(tile_steps)(const double *sd, const double *si, long i, long o0, long N, long cs, T *sv,
-                                   T *isv) {
-    const long rs = cs ? N : 1;
+/* Per-channel steps sd, si [n][N] (double) as T, converted once per call into *sdt, *sit (malloc'd; the
+ * caller frees them); 0 when out of memory. */
+static int SUF(steps_t)(const double *sd, const double *si, long count, T **sdt, T **sit) {
+    *sdt = (T *)malloc((size_t)(count > 0 ? count : 1) * sizeof(T));
+    *sit = (T *)malloc((size_t)(count > 0 ? count : 1) * sizeof(T));
+    if (!*sdt || !*sit) {
+        free(*sdt);
+        free(*sit);
+        return 0;
+    }
+    for (long e = 0; e < count; e++) {
+        (*sdt)[e] = (T)sd[e];
+        (*sit)[e] = (T)si[e];
+    }
+    return 1;
+}
+
+/* Per-channel steps of tile i for the NR output columns [o0, o0 + NR) (columns past N get 1), from the
+ * converted sdt, sit [n][N] (steps_t). */
+static inline void SUF(tile_steps)(const T *sdt, const T *sit, long i, long o0, long N, T *sv, T *isv) {
+    const T *ps = sdt + i * N + o0, *pi = sit + i * N + o0;
+    if (o0 + NR <= N) {
+        memcpy(sv, ps, NR * sizeof(T));
+        memcpy(isv, pi, NR * sizeof(T));
+        return;
+    }
     for (int j = 0; j < NR; j++) {
-        const long o = cs ? o0 + j : 0;
-        sv[j] = o < N ? (T)sd[i * rs + o] : (T)1;
-        isv[j] = o < N ? (T)si[i * rs + o] : (T)1;
+        sv[j] = o0 + j < N ? ps[j] : (T)1;
+        isv[j] = o0 + j < N ? pi[j] : (T)1;
     }
 }
 
@@ -152,7 +173,13 @@ static int PASS(gemm_fwd)(const int16_t *xa, const int16_t *wb, long B, long M, 
     const long Kp = n * te, kp2 = Kp / 2, tp2 = te / 2;
     const long nrt = (M + MR - 1) / MR, nct = (N + NR - 1) / NR;
     int32_t *ap, *bp;
-    if (!pack_operands(xa, wb, B, M, N, Kp, &ap, &bp, nthreads)) return 0;
+    T *sdt = NULL, *sit = NULL; /* per-channel steps as T */
+    if (CS && !SUF(steps_t)(sd, si, n * N, &sdt, &sit)) return 0;
+    if (!pack_operands(xa, wb, B, M, N, Kp, &ap, &bp, nthreads)) {
+        free(sdt);
+        free(sit);
+        return 0;
+    }
 #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (long job = 0; job < B * nrt * nct; job++) {
         const long bi = job / (nrt * nct), ct = job % (nrt * nct) / nrt, rt = job % nrt;
@@ -174,7 +201,7 @@ static int PASS(gemm_fwd)(const int16_t *xa, const int16_t *wb, long B, long M, 
         for (long i = 0; i < n; i++) {
             tile_product(a + i * tp2 * MR, b + i * tp2 * NR, tp2, c);
             const T s = (T)sd[CS ? 0 : i], is = (T)si[CS ? 0 : i]; /* per tensor */
-            if (CS) SUF(tile_steps)(sd, si, i, o0, N, CS, sv, isv);
+            if (CS) SUF(tile_steps)(sdt, sit, i, o0, N, sv, isv);
             /* psq quantizes every tile on its own into one sum; apsq a group's pending tiles */
             const long l = apsq ? lmin(g0 + gs, n) - 1 : n;
 #if APSQ_SIMD == 2 && T_F32
@@ -232,6 +259,8 @@ static int PASS(gemm_fwd)(const int16_t *xa, const int16_t *wb, long B, long M, 
     }
     free(ap);
     free(bp);
+    free(sdt);
+    free(sit);
     return 1;
 }
 
@@ -263,10 +292,16 @@ static long PASS(gemm_bwd)(const T *xf, const T *wf, const double *ix, const dou
     long flagged = 0;
     /* [njobs][n][CS ? NR : 1]: each job's step-gradient sums (per channel, per column) */
     double *part = (double *)calloc((size_t)njobs * n * sw, sizeof(double));
-    if (!part) return -1;
+    T *sdt = NULL, *sit = NULL; /* per-channel steps as T */
+    if (!part || (CS && !SUF(steps_t)(sd, si, n * N, &sdt, &sit))) {
+        free(part);
+        return -1;
+    }
     const int packed = SUF(pack_operands_f)(xf, wf, B, M, N, n, t, te, ix, iw, iw_rows, &ap, &bp, nthreads);
     if (packed != 1) {
         free(part);
+        free(sdt);
+        free(sit);
         return packed ? -2 : -1;
     }
     memset(gsc, 0, n * (CS ? N : 1) * sizeof(double));
@@ -314,7 +349,7 @@ static long PASS(gemm_bwd)(const T *xf, const T *wf, const double *ix, const dou
                 if (i % 64 == 0) memset(zw, 0, sizeof zw);
                 tile_product(a + i * tp2 * MR, b + i * tp2 * NR, tp2, c);
                 const T s = (T)sd[CS ? 0 : i], is = (T)si[CS ? 0 : i]; /* per tensor */
-                if (CS) SUF(tile_steps)(sd, si, i, o0, N, CS, sv, isv);
+                if (CS) SUF(tile_steps)(sdt, sit, i, o0, N, sv, isv);
                 const long l = apsq ? lmin(g0 + gs, n) - 1 : n; /* psq: every tile on its own */
 #if APSQ_SIMD == 2 && T_F32
                 __m256 vis[2], vs[2];
@@ -388,14 +423,15 @@ static long PASS(gemm_bwd)(const T *xf, const T *wf, const double *ix, const dou
         if (zany) flagged += SUF(correct_rows)(bi, M, N, n, t, m_lo, m_hi, g, zb, xf, wf, gx, gw, nthreads);
       }
     /* gsc = the job slots added in job order (per channel: per column) */
-    if (CS) {
+    if (CS) { /* per column block, its slots in (bi, rc) order; rows of gsc contiguous */
 #pragma omp parallel for num_threads(nthreads) schedule(static)
-        for (long o = 0; o < N; o++) {
-            const long ct = o / NR, j = o % NR;
+        for (long ct = 0; ct < nct; ct++) {
+            const long cols = lmin(NR, N - ct * NR);
             for (long bi = 0; bi < B; bi++)
                 for (long rc = 0; rc < nrc; rc++) {
                     const double *col = part + ((bi * nct + ct) * nrc + rc) * n * NR;
-                    for (long i = 0; i < n; i++) gsc[i * N + o] += col[i * NR + j];
+                    for (long i = 0; i < n; i++)
+                        for (long j = 0; j < cols; j++) gsc[i * N + ct * NR + j] += col[i * NR + j];
                 }
         }
     } else {
@@ -405,5 +441,7 @@ static long PASS(gemm_bwd)(const T *xf, const T *wf, const double *ix, const dou
     free(part);
     free(ap);
     free(bp);
+    free(sdt);
+    free(sit);
     return flagged;
 }
