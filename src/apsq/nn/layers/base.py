@@ -133,8 +133,9 @@ class QuantLayerBase(nn.Module):
 
     A kind mixes it in before its torch layer (``class QuantLinear(WeightedQuantLayer, nn.Linear)``), so
     the template's :meth:`get_extra_state` / :meth:`set_extra_state` (the settings record) come first,
-    and supplies the hooks below; its public ``forward`` / ``accumulate`` (typed with the kind's own
-    arguments) calls :meth:`_forward`; :meth:`accumulate` is the template's own.
+    and supplies the hooks below. Its public ``forward`` (typed with the kind's own arguments) calls
+    :meth:`_forward`; :meth:`accumulate` is the template's own, called through the instance (so an
+    instance may shadow it: :mod:`apsq.deploy.runner` runs the engine path that way).
 
     Hooks (``inputs``: the layer's inputs as a tuple):
         :meth:`_quantizers`: the two operand quantizers ``(first, second)``;
