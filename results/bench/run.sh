@@ -7,9 +7,10 @@ cd "$(dirname "$0")/../.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 if [ -x .venv/bin/apsq ]; then export PATH="$PWD/.venv/bin:$PATH"; fi
 
-# bench_layer.json (issue 26 A): with the kernel of 96f09c9 (zero-tile bits of every output, codes copied in
-# backward) as *_baseline variants in the same run; the JSON's "run" entry holds the command and the load.
-python benchmarks/bench_layer.py --baseline 96f09c9 --reps 5 --threads 1 --ablation --minilm --minilm-reps 3 --json > results/bench/bench_layer.json
+# bench_layer.json (issue 26 A, time): with the integer kernel of 5f3d4f0 (before its AVX2 requantization,
+# vectorised packing and per-channel step conversion) as *_baseline variants in the same run (the LSQ kernel's
+# AVX2 backward is in both); the JSON's "run" entry holds the command and the load.
+python benchmarks/bench_layer.py --baseline 5f3d4f0 --reps 5 --threads 1 --ablation --minilm --minilm-reps 3 --json > results/bench/bench_layer.json
 python benchmarks/bench_layer.py --reps 5 --threads 2 --json > results/bench/bench_layer_2threads.json
 # bench_correction.json: the correction pass reading the first pass's zero-tile bits, against the kernel of
 # f63c65f (it recomputed the tile dot products), in one run; 1 thread, two trainings on the other core.

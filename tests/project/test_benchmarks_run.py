@@ -61,3 +61,23 @@ def test_ablation_variants_switch_the_kernel_options(bench):
     with bench._opts(by["apsq_gs2_autograd_lsq"].opts):
         assert options.current().int_gemm and not options.current().fused_lsq
     assert options.current() == options.Options()
+
+
+def test_profile_pieces_time_every_piece_and_restore_the_functions(monkeypatch):
+    """``profile_layer.py --pieces``: every piece of an APSQ step is timed (the wrapped kernel functions ran) and
+    the wrappers are removed afterwards."""
+    from apsq.kernels import int_gemm, int_gemm_fn, lsq
+
+    spec = importlib.util.spec_from_file_location("profile_layer", ROOT / "benchmarks" / "profile_layer.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "M_TOKENS", 16)
+    before = (int_gemm.forward, int_gemm.backward, int_gemm.int_operands, vars(lsq._LSQFakeQuant)["forward"],
+              int_gemm_fn.torch)
+    res = mod.pieces(64, 48, "apsq", 2, "tensor", reps=1)
+    for label in ("PSUM kernel forward", "PSUM kernel backward", "operand-gradient sgemms (2)", "operand codes (x, W)",
+                  "LSQ fake-quant forward (x, W)", "LSQ fake-quant backward (x, W)"):
+        assert res[label] > 0, label
+    assert res["step"] >= sum(v for k, v in res.items() if k not in ("step", "fp32 nn.Linear step")) - 1e-9
+    assert (int_gemm.forward, int_gemm.backward, int_gemm.int_operands, vars(lsq._LSQFakeQuant)["forward"],
+            int_gemm_fn.torch) == before
