@@ -22,3 +22,17 @@ def test_qat_variant_is_the_setup_config_with_the_variant(setup_files, tmp_path)
     assert cfg.qat.model_dump(exclude={"steps"}) == s.cfg.qat.model_dump(exclude={"steps"})
     assert cfg.model_dump(exclude=CHANGED) == s.cfg.model_dump(exclude=CHANGED)
     assert r["qat_steps"] == 2 and 0.0 <= r["accuracy"] <= 1.0 and r["calibrated_accuracy"] is not None
+
+
+def test_run_variants_refuses_a_bad_variant_before_running_any():
+    """A mapping is validated as an APSQSection first: the error names the variant and the field, and nothing
+    runs (the setup is never touched; None would fail on first use)."""
+    import pytest
+
+    from apsq.beyond.variants import run_variants
+    from apsq.errors import APSQError
+
+    with pytest.raises(APSQError, match=r"variant 'bad'.*gs"):
+        run_variants(None, {"good": {"mode": "apsq", "gs": 2}, "bad": {"mode": "apsq", "gs": 0}})  # type: ignore[arg-type]
+    with pytest.raises(APSQError, match="qat_steps"):
+        run_variants(None, {"good": {"mode": "apsq", "gs": 2}}, qat_steps=2)  # type: ignore[arg-type]

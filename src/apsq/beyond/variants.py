@@ -51,19 +51,25 @@ def qat_accuracy(setup: Setup, fp32: str | Path, qcfg: APSQSection, steps: int, 
             "run": str(output)}
 
 
-def run_variants(setup: Setup, variants: Mapping[str, APSQSection], *, qat_steps: int = 0,
-                 fp32: str | Path | None = None, run_dir: Path | None = None, qat_eval_limit: int | None = None,
+def run_variants(setup: Setup, variants: Mapping[str, APSQSection | APSQConfig | Mapping[str, Any]], *,
+                 qat_steps: int = 0, fp32: str | Path | None = None, run_dir: Path | None = None,
+                 qat_eval_limit: int | None = None,
                  progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
-    """PTQ metrics (and QAT accuracy when ``qat_steps`` > 0) of every named variant."""
+    """PTQ metrics (and QAT accuracy when ``qat_steps`` > 0) of every named variant.
+
+    ``variants``: name -> :class:`~apsq.train.config.APSQSection`, :class:`apsq.APSQConfig` or a mapping of
+    its fields; every one is validated before anything runs (``APSQError`` naming the variant and field)."""
+    sections = {name: APSQSection.of(v, where=f"variant {name!r}") for name, v in variants.items()}
+    if qat_steps > 0 and (fp32 is None or run_dir is None):
+        raise APSQError("run_variants: QAT (qat_steps > 0) needs fp32 and run_dir")
     fp = logits_on(setup.model, setup.eval)
     out: dict[str, dict[str, Any]] = {}
-    for name, v in variants.items():
+    for name, v in sections.items():
         if progress:
             progress(f"variant {name}: PTQ")
         out[name] = {"config": v.model_dump(mode="json"), "ptq": ptq_metrics(setup, v.to_apsq_config(), fp).to_dict()}
         if qat_steps > 0:
-            if fp32 is None or run_dir is None:
-                raise APSQError("QAT needs fp32 and run_dir")
+            assert fp32 is not None and run_dir is not None  # checked above
             if progress:
                 progress(f"variant {name}: QAT {qat_steps} steps")
             out[name]["qat"] = qat_accuracy(setup, fp32, v, qat_steps, run_dir / name, qat_eval_limit)

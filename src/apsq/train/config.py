@@ -254,13 +254,23 @@ class APSQSection(BaseModel):
         """The :class:`apsq.APSQConfig` for :func:`apsq.quantize_` (every field, unset ones at their defaults)."""
         return APSQConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(APSQConfig)})
 
+    @classmethod
+    def of(cls, value: APSQSection | APSQConfig | Mapping[str, Any], where: str = "apsq") -> APSQSection:
+        """``value`` as a validated section: a section as is, an :class:`apsq.APSQConfig` or a mapping of its
+        fields checked by the library's rules. Raises ``APSQError`` naming ``where`` (e.g. a variant's name),
+        the field and its allowed values."""
+        if isinstance(value, APSQSection):
+            return value
+        try:
+            return cls.model_validate(value)
+        except ValidationError as exc:
+            raise APSQError(f"{where}: " + "; ".join(e["msg"].removeprefix("Value error, ")
+                                                     for e in exc.errors())) from None
+
     def variant(self, **changes: Any) -> APSQSection:
         """A copy with ``changes`` applied, validated like a config file's section (``APSQError`` naming the
         field and its allowed values); the given keys stay given, ``changes`` join them."""
-        try:
-            return APSQSection.model_validate({**self.model_dump(), **changes})
-        except ValidationError as exc:
-            raise APSQError("apsq: " + "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
+        return APSQSection.of({**self.model_dump(), **changes})
 
     def without(self, *keys: str) -> APSQSection:
         """A copy in which ``keys`` are no longer given: they take the library's defaults again (a study's
