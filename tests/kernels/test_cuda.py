@@ -134,8 +134,8 @@ def test_profile_gs_runs_a_float64_model_on_float32_batches():
     p64.measure({n: 1 for n in p64.layers})
 
 
-def test_vision_runner_follows_device_and_dtype(monkeypatch):
-    """The vision path (BatchNorm estimate, calibration, comparison) with a float64 model on the CPU."""
+def _small_vision_models(monkeypatch):
+    """The vision runner builds a seeded 2-conv BatchNorm net (5 classes) instead of the real models."""
     from apsq.eval import vision
 
     def small(name, seed=0):
@@ -144,6 +144,13 @@ def test_vision_runner_follows_device_and_dtype(monkeypatch):
         return vision._Logits(net, hf=False)
 
     monkeypatch.setattr(vision, "build_vision_model", small)
+
+
+def test_vision_runner_follows_device_and_dtype(monkeypatch):
+    """The vision path (BatchNorm estimate, calibration, comparison) with a float64 model on the CPU."""
+    from apsq.eval import vision
+
+    _small_vision_models(monkeypatch)
     variants = (("w8a8", "none", 1), ("apsq_gs2", "apsq", 2))
     r32 = vision.vision_output_error("efficientvit-b1", 32, variants=variants, device="cpu")
     r64 = vision.vision_output_error("efficientvit-b1", 32, variants=variants, device="cpu", dtype=torch.float64)
@@ -280,12 +287,7 @@ def test_cuda_setup_variants_and_a2q(digits_setup_files):
 def test_cuda_vision_runner(monkeypatch):
     from apsq.eval import vision
 
-    def small(name, seed=0):
-        torch.manual_seed(seed)
-        net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 5, 1))
-        return vision._Logits(net, hf=False)
-
-    monkeypatch.setattr(vision, "build_vision_model", small)
+    _small_vision_models(monkeypatch)
     r = vision.vision_output_error("efficientvit-b1", 32, variants=(("apsq_gs2", "apsq", 2),), device="cuda")
     assert r["device"] == "cuda" and 0 < r["variants"]["apsq_gs2"]["rel_error"] < 2
 
