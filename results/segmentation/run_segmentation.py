@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -36,9 +37,9 @@ VARIANTS = {"w8a8": ("none", 1), "apsq_gs2": ("apsq", 2), "apsq_gs4": ("apsq", 4
             "apsq_gs3": ("apsq", 3), "psq": ("psq", 1)}
 """Variant -> (PSUM mode, gs), in run priority order."""
 ORDER = ("fp32", "w8a8", "psq", "apsq_gs1", "apsq_gs2", "apsq_gs3", "apsq_gs4")
-EVAL_LIMIT = 64
-"""QAT runs evaluate the first 64 test and 64 validation scenes (the CPU budget); each re-measures its FP32
-teacher on the same scenes (``fp32_accuracy`` in its result), the reference of its gaps."""
+EVAL_LIMIT: int | None = None
+"""Scenes each QAT run evaluates on the test and the validation split (None: all 256 of each); each run
+re-measures its FP32 teacher on the same scenes (``fp32_accuracy`` in its result), the reference of its gaps."""
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 """Two-sided 95 % Student-t quantiles by degrees of freedom."""
 
@@ -189,13 +190,15 @@ def collect_model(model: str, seeds: list[int], root: Path) -> dict:
 
 
 def collect(models: list[str], seeds: list[int], root: Path, out: Path, command: str) -> dict:
+    from apsq.data.segmentation import DIGIT_SCENES_ROWS
     from apsq.eval.sweep import energy_reductions
     from apsq.train.config import parse_config
 
-    res: dict = {"dataset": "digit-scenes (offline stand-in, docs/segmentation.md): 32 x 32, 12 classes, "
+    res: dict = {"dataset": "digit-scenes (offline stand-in, docs/segmentation.md): 32 x 32, 12 classes, digits "
+                            "18..25 px in contrasting ink, "
                             "2,000 train / 256 validation / 256 test scenes",
                  "metric": "mIoU over the 12 classes as mmsegmentation (areas summed over the set), x 1 (fraction)",
-                 "qat_eval_scenes": EVAL_LIMIT,
+                 "qat_eval_scenes": EVAL_LIMIT or DIGIT_SCENES_ROWS["test"],
                  "seeds": seeds, "fp32_model_of_seed": {str(s): fp32_of(s) for s in seeds}, "models": {}}
     for m in models:
         base = yaml.safe_load(Path(MODELS[m]).read_text())
@@ -208,7 +211,7 @@ def collect(models: list[str], seeds: list[int], root: Path, out: Path, command:
             r["energy_reduction"] = {"error": f"{type(exc).__name__}: {exc}"}
         res["models"][m] = r
     res["command"] = command
-    res["machine"] = ("shared 2-core x86_64 CPU (8 concurrent sessions), one thread per run, two runs at a time; "
+    res["machine"] = (f"{platform.machine()} CPU, {os.cpu_count()} cores, one thread per run, two runs at a time; "
                       "torch " + __import__("torch").__version__)
     out.write_text(json.dumps(res, indent=1) + "\n")
     plot(res, out.with_suffix(".png"))
@@ -236,7 +239,7 @@ def plot(res: dict, path: Path) -> None:
             ax.annotate("gs chosen\non validation", (names.index(chosen), 100 * t[chosen]["mean"]), fontsize=7,
                         xytext=(0, -28), textcoords="offset points", ha="center")
         ax.set_xticks(range(len(names)), names, rotation=20)
-        ax.set_ylabel(f"test mIoU (%), {EVAL_LIMIT} scenes")
+        ax.set_ylabel(f"test mIoU (%), {res['qat_eval_scenes']} scenes")
         ax.set_title(f"{m} on digit-scenes (dots: seeds; bar: mean, 95 % t-interval)", fontsize=9)
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -76,7 +76,7 @@ def test_demo_energy_is_the_mapper_schedule_labelled():
     res = json.loads(json.dumps(RESULT))
     no = {"baseline": False, "apsq": False}
     res["energy_reduction"] = {
-        "schedule": "tiled", "meaning": ENERGY_MEANING.format(tokens=64),
+        "schedule": "tiled", "meaning": ENERGY_MEANING.format(input="64 tokens"),
         "total": {"is": {"1": 0.0347, "2": 0.0347}, "ws": {"1": 0.034, "2": 0.034}},
         "spills": {"is": {"1": no, "2": no}, "ws": {"1": no, "2": no}},
         "untiled": {"total": {"is": {"1": 0.554, "2": 0.486}, "ws": {"1": 0.034, "2": 0.034}},

@@ -163,6 +163,31 @@ def test_digit_scenes_are_deterministic_labelled_and_disjoint():
         digit_scenes("test", n=1, size=40)
 
 
+def test_digit_scenes_digits_are_large_and_visible():
+    """Pasted digits are 18..25 px (a digit's labelled strokes fit in that box; two touching digits of
+    one class may merge, hence the 90 %) and large on average; the ink contrasts with the pixels it covers
+    (:data:`INK_CONTRAST` in luminance): a label nobody can see is not a label."""
+    from scipy import ndimage
+
+    from apsq.data.segmentation import _LUMA, INK_CONTRAST, _contrasting_ink, _glyph_px
+
+    assert _glyph_px(32) == (18, 26)
+    spans = []
+    for row in digit_scenes("train", n=60):
+        lab = row["annotation"]
+        for d in range(1, 11):
+            comps, _ = ndimage.label(lab == d, structure=np.ones((3, 3)))
+            for sl in ndimage.find_objects(comps):
+                spans.append(max(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start))
+    spans_a = np.array(spans)
+    assert (spans_a <= 25).mean() >= 0.9 and spans_a.mean() >= 14, spans
+    rng = np.random.default_rng(0)
+    for back in (0.0, 60.0, 128.0, 200.0, 255.0):
+        region = np.full((5, 5, 3), back)
+        ink = _contrasting_ink(rng, region)
+        assert abs(float(ink @ _LUMA) - back) >= INK_CONTRAST
+
+
 def test_config_pairs_segmentation_models_with_segmentation_data():
     with pytest.raises(APSQError, match="segformer-b0"):
         parse_config({"model": {"name": "digits-cnn", "num_labels": 12}, "data": {"name": "digit-scenes"}})
@@ -215,3 +240,14 @@ def test_sweep_selects_gs_on_the_selection_split_never_the_reported_one():
     assert sel["selection"]["w8a8"] == 0.95
     del runs["apsq_gs3"]["selection_accuracy"]
     assert select_gs(runs) == {}
+
+
+def test_energy_meaning_names_the_traced_input():
+    """The energy line printed beside a sweep says what the model was traced on: an image for the vision
+    models, tokens for text (it said "64 tokens" for a 32 x 32 Segformer)."""
+    from apsq.eval.setup import traced_input
+
+    seg = parse_config({"model": {"name": "segformer-b0", "num_labels": 12}, "data": {"name": "digit-scenes"}})
+    assert traced_input(seg) == "one 32 x 32 image"
+    text = parse_config({"model": {"name": "minilm", "max_len": 64}, "data": {"name": "rt-sentences"}})
+    assert traced_input(text) == "64 tokens" and traced_input(text, 128) == "128 tokens"

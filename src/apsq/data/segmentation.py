@@ -80,7 +80,7 @@ def pipeline_of(name: str) -> SegPipeline:
 def reduce_zero_label(ann: np.ndarray | torch.Tensor) -> torch.Tensor:
     """ADE20K labels -> training labels: 0 ("other") -> :data:`IGNORE_INDEX`, ``k`` -> ``k - 1``
     (mmseg's ``reduce_zero_label``). Returns int64."""
-    a = torch.as_tensor(np.asarray(ann), dtype=torch.int64)
+    a = ann.to(torch.int64) if isinstance(ann, torch.Tensor) else torch.from_numpy(np.array(ann, dtype=np.int64))
     out = a - 1
     out[a == 0] = IGNORE_INDEX
     return out
@@ -192,6 +192,31 @@ _PHOTO_BANDS = {"train": (0.0, 0.7), "validation": (0.7, 0.85), "test": (0.85, 1
 """Rows of each (half-size) sample photo a split's background crops come from: disjoint bands."""
 
 
+DIGIT_GLYPH_FRACTION = (9 / 16, 13 / 16)
+"""Side of a pasted digit as a fraction of the scene's side, ``[low, high)`` (18..25 px in a 32 px scene)."""
+INK_CONTRAST = 96.0
+"""Least luminance difference (0..255) between a digit's ink and the mean of the pixels it is painted on."""
+
+
+def _glyph_px(size: int) -> tuple[int, int]:
+    """``[low, high)`` digit side in pixels for a ``size``-pixel scene (:data:`DIGIT_GLYPH_FRACTION`)."""
+    return round(DIGIT_GLYPH_FRACTION[0] * size), round(DIGIT_GLYPH_FRACTION[1] * size)
+
+
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def _contrasting_ink(rng: np.random.Generator, region: np.ndarray) -> np.ndarray:
+    """A random RGB ink whose luminance (Rec. 601) differs from ``region``'s mean by >= :data:`INK_CONTRAST`:
+    dark ink on a light background, light ink on a dark one (an ink the colour of its background would be
+    a label nobody can see)."""
+    back = float(region.reshape(-1, 3).mean(0) @ _LUMA)
+    while True:
+        ink = rng.uniform(0, 255, 3)
+        if abs(float(ink @ _LUMA) - back) >= INK_CONTRAST:
+            return ink
+
+
 def _split_seed(split: str) -> int:
     return int(hashlib.sha256(f"digit-scenes:{split}".encode()).hexdigest()[:12], 16)
 
@@ -211,8 +236,9 @@ def _digit_scenes(split: str, n: int, size: int) -> tuple[dict[str, Any], ...]:
 
     Each scene: a crop of one of scikit-learn's two sample photos (china, flower; downscaled 2x), a
     random half-plane filled with a crop of the other photo, and one or two handwritten digits
-    (scikit-learn's 8 x 8 ``load_digits``, bilinearly enlarged to 12..16 px) painted on in a random ink
-    colour with their intensity as alpha. Labels (ADE20K convention): ``1 + d`` where a digit ``d``'s
+    (scikit-learn's 8 x 8 ``load_digits``, bilinearly enlarged to 9/16..13/16 of the scene's side, 18..25 px
+    at 32) painted on in a random ink colour that contrasts with the pixels under it
+    (:func:`_contrasting_ink`), with their intensity as alpha. Labels (ADE20K convention): ``1 + d`` where a digit ``d``'s
     alpha >= 0.5, 0 ("other", ignored) on its soft edge (0.15 < alpha < 0.5), 11 / 12 on the china /
     flower pixels. Splits share nothing: digits by the project's hash split
     (:func:`apsq.data.splits.split_of`, ``"digits"``), photo crops from disjoint row bands of each
@@ -252,12 +278,12 @@ def _digit_scenes(split: str, n: int, size: int) -> tuple[dict[str, Any], ...]:
                 img[m], lab[m] = crop[m], 11 + which
         for _ in range(int(rng.integers(1, 3))):
             j = int(rng.integers(len(glyphs)))
-            g = int(rng.integers(12, 17))
+            g = int(rng.integers(*_glyph_px(size)))
             alpha = F.interpolate(torch.from_numpy(glyphs[j])[None, None], size=(g, g), mode="bilinear",
                                   align_corners=False)[0, 0].clamp(0, 1).numpy()
             y0, x0 = rng.integers(0, size - g + 1), rng.integers(0, size - g + 1)
-            ink = rng.uniform(0, 255, 3)
             region = img[y0:y0 + g, x0:x0 + g]
+            ink = _contrasting_ink(rng, region)
             img[y0:y0 + g, x0:x0 + g] = (1 - alpha[..., None]) * region + alpha[..., None] * ink
             lr = lab[y0:y0 + g, x0:x0 + g]
             lr[alpha >= 0.5] = 1 + int(classes[j])

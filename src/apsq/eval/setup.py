@@ -72,6 +72,19 @@ def load_setup(config: str | Path | dict, fp32: str | Path | None = None, eval_l
     return Setup(cfg, fp32, eval_limit, calib_batches, device)
 
 
+def traced_input(cfg: TrainConfig, seq_len: int | None = None) -> str:
+    """What :func:`workload_of` traces the config's model on, in words: ``"64 tokens"``, ``"one 32 x 32
+    image"`` (segmentation: one training crop), ``"one 8 x 8 image"`` (digits)."""
+    if cfg.model.name in ("segformer-b0", "efficientvit-b1"):
+        from apsq.data.segmentation import pipeline_of
+
+        side = pipeline_of(cfg.data.name).crop
+        return f"one {side} x {side} image"
+    if cfg.model.name == "digits-cnn":
+        return "one 8 x 8 image"
+    return f"{seq_len or cfg.model.max_len} tokens"
+
+
 def workload_of(cfg: TrainConfig, seq_len: int | None = None) -> Workload:
     """The config's model traced on the meta device (text: ``seq_len`` tokens, default ``max_len``;
     digits: one 8x8 image; segmentation: one training crop, 512 x 512 for ADE20K), as :func:`apsq.eval.sweep.energy_reductions` does."""

@@ -96,9 +96,10 @@ def check_energy_tile(cfg: TrainConfig, override_tile: bool = False) -> int:
 
 
 ENERGY_MEANING = ("total energy saved vs INT32 PSUMs by the accelerator model (default 28 nm accelerator, the model "
-                  "traced at {tokens} tokens), under the mapper's tiled schedule: each design tiled for least energy, "
+                  "traced at {input}), under the mapper's tiled schedule: each design tiled for least energy, "
                   "as a designer would build it (docs/energy-results.md)")
-"""The one line the demo and the sweep print under their energy columns (``{tokens}`` filled in)."""
+"""The one line the demo and the sweep print under their energy columns (``{input}`` filled in by
+:func:`apsq.eval.setup.traced_input`: ``64 tokens``, ``one 32 x 32 image``)."""
 
 
 def energy_reductions(cfg: TrainConfig, gs_values: Sequence[int], dataflows: Sequence[str] = ("is", "ws"),
@@ -112,15 +113,14 @@ def energy_reductions(cfg: TrainConfig, gs_values: Sequence[int], dataflows: Seq
     and APSQ's PSUMs spill; ``meaning`` is the line to print beside the numbers.
     The config's tile must be the array's depth unless ``override_tile`` (:func:`check_energy_tile`);
     ``config_tile`` and ``priced_tile`` are recorded."""
-    from apsq.eval.setup import workload_of
+    from apsq.eval.setup import traced_input, workload_of
     from apsq.hw.energy import compare
 
     qcfg = _apsq_of(cfg)
     rows = check_energy_tile(cfg, override_tile)
     wl = workload_of(cfg, seq_len)
-    tokens = seq_len or cfg.model.max_len
     out: dict[str, Any] = {"workload": wl.name, "psum_bits": qcfg.psum_bits, "config_tile": qcfg.tile,
-                           "priced_tile": rows, "schedule": "tiled", "meaning": ENERGY_MEANING.format(tokens=tokens)}
+                           "priced_tile": rows, "schedule": "tiled", "meaning": ENERGY_MEANING.format(input=traced_input(cfg, seq_len))}
     for sched in ("tiled", "untiled"):
         part: dict[str, Any] = {"total": {}, "psum": {}, "spills": {}}
         for df in dataflows:
