@@ -274,7 +274,11 @@ def bench_minilm(reps: int, batch: int, seq: int, device: torch.device, gs: int 
         apsq.quantize_(m, cfg)
         apsq.calibrate(m, [inputs])
         models[name] = m
-    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-5) for k, m in models.items()}
+    from apsq.train.config import ScheduleConfig
+    from apsq.train.loop import make_optimizer
+
+    # the library's QAT optimizer (step sizes in their own group, as apsq train runs them)
+    opts = {k: make_optimizer(m, ScheduleConfig(lr=1e-5)) for k, m in models.items()}
     counter = TritonCounter()
 
     def step(name: str) -> None:
