@@ -72,43 +72,46 @@ def load_setup(config: str | Path | dict, fp32: str | Path | None = None, eval_l
     return Setup(cfg, fp32, eval_limit, calib_batches, device)
 
 
+def _trace_shape(cfg: TrainConfig, seq_len: int | None) -> tuple[str, int]:
+    """What the config's model is traced on: ``("image", side)`` (segmentation: one training crop, 512 for
+    ADE20K), ``("digits", 8)`` (one 8 x 8 image) or ``("tokens", seq_len or max_len)``."""
+    if cfg.model.name in ("segformer-b0", "efficientvit-b1"):
+        from apsq.data.segmentation import pipeline_of
+
+        return "image", pipeline_of(cfg.data.name).crop
+    if cfg.model.name == "digits-cnn":
+        return "digits", 8
+    return "tokens", seq_len or cfg.model.max_len
+
+
 def traced_input(cfg: TrainConfig, seq_len: int | None = None) -> str:
     """What :func:`workload_of` traces the config's model on, in words: ``"64 tokens"``, ``"one 32 x 32
     image"`` (segmentation: one training crop), ``"one 8 x 8 image"`` (digits)."""
-    if cfg.model.name in ("segformer-b0", "efficientvit-b1"):
-        from apsq.data.segmentation import pipeline_of
-
-        side = pipeline_of(cfg.data.name).crop
-        return f"one {side} x {side} image"
-    if cfg.model.name == "digits-cnn":
-        return "one 8 x 8 image"
-    return f"{seq_len or cfg.model.max_len} tokens"
+    kind, n = _trace_shape(cfg, seq_len)
+    return f"{n} tokens" if kind == "tokens" else f"one {n} x {n} image"
 
 
 def workload_of(cfg: TrainConfig, seq_len: int | None = None) -> Workload:
-    """The config's model traced on the meta device (text: ``seq_len`` tokens, default ``max_len``;
-    digits: one 8x8 image; segmentation: one training crop, 512 x 512 for ADE20K), as :func:`apsq.eval.sweep.energy_reductions` does."""
+    """The config's model traced on the meta device, on :func:`traced_input` (text: ``seq_len`` tokens,
+    default ``max_len``; digits: one 8x8 image; segmentation: one training crop, 512 x 512 for ADE20K), as
+    :func:`apsq.eval.sweep.energy_reductions` does."""
     from apsq.hw.workloads.trace import trace_factory
     from apsq.train.models import build_model
 
-    length = seq_len or cfg.model.max_len
-    if cfg.model.name in ("segformer-b0", "efficientvit-b1"):
-        from apsq.data.segmentation import pipeline_of
-
-        side = pipeline_of(cfg.data.name).crop
-
+    kind, n = _trace_shape(cfg, seq_len)
+    if kind == "image":
         def seg_factory():
-            return build_model(cfg, weights=False).eval(), {"pixel_values": torch.zeros(1, 3, side, side)}
-        return trace_factory(seg_factory, name=f"{cfg.model.name}@{side}x{side}")
-    if cfg.model.name == "digits-cnn":
+            return build_model(cfg, weights=False).eval(), {"pixel_values": torch.zeros(1, 3, n, n)}
+        return trace_factory(seg_factory, name=f"{cfg.model.name}@{n}x{n}")
+    if kind == "digits":
         def factory():
-            return build_model(cfg), (torch.zeros(1, 1, 8, 8),)
+            return build_model(cfg), (torch.zeros(1, 1, n, n),)
         return trace_factory(factory, name="digits-cnn")
 
     def text_factory():
-        return build_model(cfg, weights=False), {"input_ids": torch.zeros(1, length, dtype=torch.long)}
+        return build_model(cfg, weights=False), {"input_ids": torch.zeros(1, n, dtype=torch.long)}
 
-    return trace_factory(text_factory, name=f"{cfg.model.name}@{length}")
+    return trace_factory(text_factory, name=f"{cfg.model.name}@{n}")
 
 
 def minilm_factory():
