@@ -29,6 +29,7 @@ t_import = time.perf_counter() - t_import
 
 from apsq.hw.energy import evaluate  # noqa: E402
 from apsq.hw.workloads import BUILTIN_WORKLOADS, builtin_workload  # noqa: E402
+from apsq.machine import cpu_label  # noqa: E402
 
 
 def _run(workloads: dict, schedule: str) -> tuple[float, int, dict]:
@@ -49,7 +50,6 @@ def _run(workloads: dict, schedule: str) -> tuple[float, int, dict]:
 def main() -> None:
     import argparse
     import json
-    import platform
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", help="also write the timings and reductions to this file")
@@ -60,7 +60,7 @@ def main() -> None:
     layers = sum(len(w) for w in workloads.values())
     print(f"(imports, not timed: {t_import:.2f} s)")
     print(f"traced {len(workloads)} models ({layers} GEMM layers) in {t_trace:.3f} s")
-    out = {"machine": f"{platform.machine()} {platform.processor()}, torch threads 1", "trace_s": t_trace,
+    out = {"machine": f"{cpu_label()}, torch threads 1", "trace_s": t_trace,
            "layers": layers, "schedules": {}}
     for schedule in ("untiled", "tiled"):
         dt, n, results = _run(workloads, schedule)

@@ -67,6 +67,7 @@ from apsq.nn.config import LayerQuantConfig  # noqa: E402
 from apsq.nn.layers import QuantLinear  # noqa: E402
 from apsq.nn.psum_quantizer import set_psum_impl  # noqa: E402
 from apsq.kernels import dispatch, options  # noqa: E402
+from apsq.machine import cpu_label, load_average  # noqa: E402
 
 M_TOKENS = 512
 SHAPES = ((768, 3072), (3072, 768))
@@ -412,24 +413,8 @@ def baseline_comparison(res: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
-def load_average() -> list[float] | None:
-    """The machine's 1, 5 and 15 minute load averages (None where the OS does not report them)."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+    return {"cpu": cpu_label(), "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(),
             "kernel_backend": dispatch.choose(torch.empty(0)), "APSQ_KERNELS": options.backend()}
 

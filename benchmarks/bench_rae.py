@@ -39,6 +39,7 @@ import torch
 
 from apsq.hw.rae import RAEParams, run_layers, validate_layer
 from apsq.integer.psum import psum_accumulate_int
+from apsq.machine import describe, load_average
 
 GOAL = 1_000_000
 
@@ -152,7 +153,7 @@ def main() -> None:
     ap.add_argument("--sentences", type=int, default=1, help="sentences per call with --minilm")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
-    args.started = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), [round(x, 2) for x in os.getloadavg()])
+    args.started = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), load_average())
     rows = []
     if args.minilm is not None:
         for lanes in (int(x) for x in args.lanes.split(",")):
@@ -191,8 +192,7 @@ def _write(args: argparse.Namespace, rows: list[dict]) -> None:
             "commit": _commit(),
             "started_utc": args.started[0],
             "goal_lane_steps_per_s": GOAL,
-            "machine": {"cpu": _cpu(), "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
-                        "load_average_start": args.started[1], "load_average_end": [round(x, 2) for x in os.getloadavg()],
+            "machine": {**describe(), "load_average_start": args.started[1], "load_average_end": load_average(),
                         "python": platform.python_version()},
             "results": rows,
         }
@@ -209,14 +209,6 @@ def _commit() -> str:
                               cwd=os.path.dirname(os.path.abspath(__file__)), check=False).stdout.strip()
     except OSError:
         return ""
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

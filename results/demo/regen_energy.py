@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -23,16 +22,15 @@ from pathlib import Path
 from apsq.eval.demo import DEFAULT_VARIANTS, demo_configs
 from apsq.eval.demo_report import plot_demo
 from apsq.eval.sweep import energy_reductions
+from apsq.machine import cpu_label, load_average
 from apsq.train.config import parse_config
 
 
 def main(folder: Path) -> None:
-    info = Path("/proc/cpuinfo").read_text()  # Linux: model name and widest vector extension
-    isa = " (AVX-512)" if " avx512f" in info else " (AVX2)" if " avx2" in info else ""
-    cpu = re.search(r"model name\s*:\s*(.+)", info)[1] + isa
+    cpu = cpu_label()
     path = folder / "demo.json"
     res = json.loads(path.read_text())
-    load_before = [round(x, 2) for x in os.getloadavg()]
+    load_before = load_average()
     t = time.time()
     _, qat = demo_configs(**{k: res["settings"][k] for k in ("max_len", "seed", "model") if k in res["settings"]})
     gs = sorted({g for _, mode, g in DEFAULT_VARIANTS if mode == "apsq"}) or [1]

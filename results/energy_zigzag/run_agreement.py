@@ -27,6 +27,7 @@ from apsq.hw.dataflow.common import SPILL_RULES
 from apsq.hw.energy import compare
 from apsq.hw.engine_zigzag import evaluate_zigzag
 from apsq.hw.workloads import builtin_workload
+from apsq.machine import cpu_label
 
 OUT = Path(__file__).resolve().parent / "agreement.json"
 TOL_PP = 5.0
@@ -40,7 +41,7 @@ def main() -> None:
         "zigzag": "zigzag-dse 3.9.1",
         "accelerator": "zigzag-tpu-like (src/apsq/accelerators/zigzag_tpu_like.yaml)",
         "settings": {"baseline_bits": 32, "psum_bits": 8, "gs": 1, "schedule": "untiled (fixed IS/WS orders)"},
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}",
+        "machine": f"{cpu_label()}, python {platform.python_version()}",
         "tolerance_pp": TOL_PP,
         "networks": [],
     }

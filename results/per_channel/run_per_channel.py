@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import time
 from pathlib import Path
 
 import torch
 
 import apsq
+from apsq.machine import cpu_label
 from apsq.train.checkpoint import load_model_state, read_tensors
 from apsq.train.config import parse_config
 from apsq.train.loop import global_batch
@@ -149,7 +149,7 @@ def main() -> None:
         "command": "OMP_NUM_THREADS=1 python results/per_channel/run_per_channel.py --fp32 " + args.fp32
                    + " --json " + args.json + " --modes " + args.modes
                    + ("" if args.eval_limit is None else f" --eval-limit {args.eval_limit}"),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip() + ", 1 torch thread, shared 2-core CPU",
+        "machine": f"{cpu_label()}, 1 torch thread, shared 2-core CPU",
         "fp32_checkpoint": args.fp32,
         "test_sentences": n,
         "calibration": "4 x 16 training sentences (the trainer's calib batches, seed 0)",

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
+
+from apsq.machine import cpu_label, load_average
 
 RUNS = (("l4_d16", "--lanes 4 --depth 16 --banks macro"),
         ("l4_d16_lane_exponents", "--lanes 4 --depth 16 --banks macro --lane-exponents"),
@@ -32,9 +33,7 @@ def _out(*cmd: str) -> str:
 
 
 def main(runs: Path, out: Path) -> None:
-    info = Path("/proc/cpuinfo").read_text()  # Linux: model name and widest vector extension
-    isa = " (AVX-512)" if " avx512f" in info else " (AVX2)" if " avx2" in info else ""
-    cpu = re.search(r"model name\s*:\s*(.+)", info)[1] + isa
+    cpu = cpu_label()
     reports = []
     for stem, _ in RUNS:
         reports += json.loads((runs / f"{stem}.json").read_text())
@@ -46,7 +45,7 @@ def main(runs: Path, out: Path) -> None:
         "commit": _out("git", "rev-parse", "--short", "HEAD"),
         "machine": f"shared {os.cpu_count()}-core {cpu}, loaded by other jobs (yosys_s are wall times under "
                    f"that load)",
-        "load_average_at_join": [round(x, 2) for x in os.getloadavg()],
+        "load_average_at_join": load_average(),
         "reports": reports,
     }
     out.write_text(json.dumps(data, indent=2) + "\n")

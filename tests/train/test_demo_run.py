@@ -23,6 +23,7 @@ def test_demo_run_reports_every_variant_and_caches_fp32(tmp_path, monkeypatch, s
     for row in first["variants"].values():
         assert 0.0 <= row["accuracy"] <= 1.0 and row["seconds"] > 0
         assert row["interval95"] == round(interval95(row["accuracy"], n), 4)
+        assert 0.0 <= row["selection_accuracy"] <= 1.0  # the validation split, where gs is chosen
     assert first["variants"]["apsq_gs2"]["gs"] == 2 and not first["settings"]["fp32_cached"]
     # the FP32 model is evaluated once (in its fine-tune), not again in each variant's run
     for name in seen:
@@ -31,6 +32,9 @@ def test_demo_run_reports_every_variant_and_caches_fp32(tmp_path, monkeypatch, s
     assert list((tmp_path / "cache" / "demo").glob("fp32-*.safetensors"))
     er = first["energy_reduction"]
     assert set(er["total"]) == {"is", "ws"} and set(er["total"]["is"]) == {"2"}  # the apsq variants' gs
+    # where it ran and the settings that decide float rounding, with the variant processes' threads
+    assert first["environment"]["threads"] == 1 and first["environment"]["torch"]
+    assert first["machine"]["cpus"] and "ATEN_CPU_CAPABILITY" in first["environment"]
     logs.clear()
     # reuses the cached fine-tuned model; the variants in two processes at once give the same numbers
     second = demo_run(log=logs.append, **{**kw, "workers": 2})
@@ -68,3 +72,17 @@ def test_plan_workers():
             assert next(iter(bad)) in str(e)
         else:
             raise AssertionError(bad)
+
+
+def test_best_apsq_is_chosen_on_validation_and_says_so():
+    from apsq.eval.demo_report import best_apsq
+
+    rows = {"w8a8": {"mode": "none", "gs": 1, "accuracy": 0.99, "selection_accuracy": 0.99},
+            "apsq_gs1": {"mode": "apsq", "gs": 1, "accuracy": 0.80, "selection_accuracy": 0.85},
+            "apsq_gs2": {"mode": "apsq", "gs": 2, "accuracy": 0.90, "selection_accuracy": 0.84},
+            "apsq_gs3": {"mode": "apsq", "gs": 3, "accuracy": 0.70, "selection_accuracy": 0.85}}
+    # the best validation accuracy, ties to the smaller gs; never the best test accuracy (gs = 2)
+    assert best_apsq({"variants": rows})[::2] == ("apsq_gs1", "validation")
+    rows["apsq_gs3"]["selection_accuracy"] = None  # a row without validation: fall back, and say so
+    assert best_apsq({"variants": rows})[::2] == ("apsq_gs2", "test")
+    assert best_apsq({"variants": {"w8a8": rows["w8a8"]}}) is None

@@ -46,13 +46,14 @@ def _qat_table(res: dict, console: Console) -> None:
     energy = res.get("energy_reduction", {})
     total = energy.get("total", {}) if isinstance(energy, dict) else {}
     with_cal = any(r.get("calibrated_accuracy") is not None for r in res["variants"].values())
+    with_val = any(r.get("selection_accuracy") is not None for r in res["variants"].values())
     n = res.get("eval_examples")
     half = res.get("fp32_interval95")
     fp = f"{res['fp32']:.4f}" + (f" ± {half:.3f}" if half else "")
     console.print(f"all-MiniLM-L6-v2, movie-review sentences: FP32 accuracy {fp}"
                   + (f" ({n} test sentences; ± is the 95 % interval)" if n else ""))
     sched = energy.get("schedule", "untiled") if isinstance(energy, dict) else "untiled"
-    cols = (["variant", "QAT+KD acc."] + (["calib. acc."] if with_cal else [])
+    cols = (["variant", "QAT+KD acc."] + (["calib. acc."] if with_cal else []) + (["val. acc."] if with_val else [])
             + [f"energy saved IS ({sched})", f"energy saved WS ({sched})"])
     t = table("", *cols, left=("variant",))
     for name, row in res["variants"].items():
@@ -62,6 +63,9 @@ def _qat_table(res: dict, console: Console) -> None:
         if with_cal:
             cal = row.get("calibrated_accuracy")
             cells.append("-" if cal is None else f"{cal:.4f}")
+        if with_val:
+            val = row.get("selection_accuracy")
+            cells.append("-" if val is None else f"{val:.4f}")
         cells += ["-" if e is None else f"{100 * e:.1f} %" for e in saved]
         t.add_row(*cells)
     console.print(t)
@@ -74,13 +78,14 @@ def _qat_table(res: dict, console: Console) -> None:
     best = best_apsq(res)
     if best is None:
         return
-    name, row = best
+    name, row, chosen_on = best
     gap = res["fp32"] - row["accuracy"]
     steps = res.get("settings", {}).get("qat_steps")
+    which = f"Best APSQ INT8 ({name}, chosen on the {chosen_on} split)"
     if gap <= 0.015:
-        console.print(f"Best APSQ INT8 ({name}) is {_pp(gap)} below FP32 (within 1.5 pp) after {steps} QAT steps.")
+        console.print(f"{which} is {_pp(gap)} below FP32 on the test split (within 1.5 pp) after {steps} QAT steps.")
     else:
-        console.print(f"Best APSQ INT8 ({name}) is {_pp(gap)} below FP32: this demo's budget ({steps} QAT steps per "
+        console.print(f"{which} is {_pp(gap)} below FP32 on the test split: this demo's budget ({steps} QAT steps per "
                       f"variant) does not close the gap; the full recipe (200 steps x 32, three seeds, "
                       f"results/sentiment_minilm/sentiment_minilm.json) is: {res.get('full_recipe', '')}")
 

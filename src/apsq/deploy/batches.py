@@ -8,8 +8,6 @@ model's, accuracy, per-layer totals and the throughput (sentences/min, RTL lane-
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -21,6 +19,7 @@ from apsq.deploy.activity import LayerActivity, energy_side_by_side
 from apsq.deploy.program import EngineLayer, Program, manifest_digest
 from apsq.deploy.runner import host_model, outputs_of, run
 from apsq.errors import APSQError, check_int
+from apsq.machine import describe
 
 __all__ = ["input_batches", "run_batches"]
 
@@ -155,6 +154,5 @@ def run_batches(program: Program, source: str, backend: str = "golden", *, limit
                     "psum_granularity": sorted({lay.psum_granularity for lay in m.layers})},
         "per_layer": [layers[i] for i in sorted(layers)],
         "energy": energy_side_by_side(used) if energy and used else None,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                    "load_avg_1m": round(os.getloadavg()[0], 2), "torch_threads": torch.get_num_threads()},
+        "machine": {**describe(), "torch_threads": torch.get_num_threads()},
     }

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import platform
 import shutil
 import subprocess
 import tempfile
@@ -32,6 +31,7 @@ from pathlib import Path
 
 from apsq.cache import CacheError, check_private, private_dir, store_verified, verify_stored
 from apsq.kernels import options
+from apsq.machine import cpu_label
 
 __all__ = ["FLAG_SETS", "CacheError", "kernel_dir", "check_private", "build_library", "load_verified",
            "LazyLibrary", "instantiate", "DTYPE_SUFFIXES", "read_source", "warn_fallback_once"]
@@ -56,13 +56,8 @@ def compiler() -> str | None:
 
 
 def _cpu_id() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags")):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
+    """Part of a build's cache key: a ``-march=native`` build must not be reused on another CPU."""
+    return cpu_label()
 
 
 def kernel_dir() -> Path:

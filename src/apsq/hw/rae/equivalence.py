@@ -11,7 +11,6 @@ them through the engine in batches and compares every code with
 
 from __future__ import annotations
 
-import os
 import platform
 import time
 from collections import Counter
@@ -25,6 +24,7 @@ from apsq.errors import APSQError, check_int
 from apsq.hw.rae.engine import NUM_BANKS, RAEParams
 from apsq.hw.rae.sim import run_layers, validate_layer
 from apsq.integer.psum import psum_accumulate_int
+from apsq.machine import describe
 
 __all__ = ["random_layers", "run_equivalence", "EXPONENT_KINDS", "MAGNITUDES"]
 
@@ -178,17 +178,6 @@ def run_equivalence(
         "wall_s": round(wall, 2),
         "simulation_s": round(sim_s, 2),
         "golden_model_s": round(golden_s, 2),
-        "machine": {"cpu": _cpu_name(), "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
-                    "python": platform.python_version()},
+        "machine": {**describe(), "python": platform.python_version()},
     }
 
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
