@@ -54,6 +54,46 @@ def _cfg(task, train, val, labels, **over):
     return cfg
 
 
+def test_gs_is_chosen_on_rows_held_out_of_glue_train(tmp_path):
+    """data.validation_from_train: the hash split's validation bucket of GLUE train, never trained on, is the
+    selection split; GLUE's validation set stays the reported one (issue 24 item 5a)."""
+    from apsq.data.hub import load_glue
+    from apsq.data.splits import split_of
+    from apsq.data.text import TokenizedText
+    from apsq.train.config import parse_config
+    from apsq.train.models import load_tokenizer
+    from apsq.train.tasks import build_task
+
+    tr, va = write_glue(tmp_path, "rte", n_train=100, n_val=20)
+    cfg = parse_config(_cfg("rte", tr, va, 2, data={"name": "glue-rte", "path": str(tr), "eval_path": str(va),
+                                                    "eval_split": "validation", "validation_from_train": True},
+                            eval={"selection_split": "validation"}))
+    tok = load_tokenizer(cfg)
+    task = build_task(cfg, tok)
+    rows = load_glue("rte", "train", data_files=str(tr))
+    held = [ex for ex in rows if split_of("glue-rte", ex.id) == "validation"]
+    kept = [ex for ex in rows if split_of("glue-rte", ex.id) != "validation"]
+    assert 5 <= len(held) <= 20  # about 10 % of 100
+    # the held-out rows are the selection split, in order; training has exactly the others
+    assert task.select.input_ids == TokenizedText(held, tok, cfg.model.max_len).input_ids
+    assert task.train.input_ids == TokenizedText(kept, tok, cfg.model.max_len).input_ids
+    assert len(task.eval) == 20  # GLUE's validation set, reported once
+    # without the hold-out, training keeps every row; choosing on "test" reproduces a choice on the reported split
+    plain = build_task(parse_config(_cfg("rte", tr, va, 2, eval={"selection_split": "test"})), load_tokenizer(cfg))
+    assert len(plain.train) == len(rows) and plain.select is plain.eval
+    with pytest.raises(APSQError, match=r"selection_split: validation with data 'glue-rte' needs "
+                                        r"data.validation_from_train: true"):
+        parse_config(_cfg("rte", tr, va, 2, eval={"selection_split": "validation"}))
+    with pytest.raises(APSQError, match=r"data.validation_from_train is for glue-<task> data"):
+        parse_config({"model": {"name": "minilm"}, "data": {"name": "rt-sentences", "validation_from_train": True}})
+    few, _ = write_glue(tmp_path / "few", "rte", n_train=4, n_val=4)  # idx 0-3: none in the held-out bucket
+    small = parse_config(_cfg("rte", few, va, 2, data={"name": "glue-rte", "path": str(few), "eval_path": str(va),
+                                                       "validation_from_train": True},
+                              eval={"selection_split": "validation"}))
+    with pytest.raises(APSQError, match=r"none of the 4 training rows of 'glue-rte' falls in the held-out 10 %"):
+        build_task(small, load_tokenizer(cfg))
+
+
 @pytest.mark.slow
 def test_stsb_regression_trains_and_reports_pearson_spearman(tmp_path):
     from apsq.data.hub import load_glue
@@ -104,9 +144,10 @@ def test_glue_study_runs_every_variant_and_averages(tmp_path):
 
     files = {}
     for t in ("stsb", "rte"):
-        tr, va = write_glue(tmp_path / "data", t, n_train=16, n_val=8)
+        tr, va = write_glue(tmp_path / "data", t, n_train=40, n_val=8)  # 4-5 of the 40 held out (by idx)
         files[t] = {"train": str(tr), "validation": str(va)}
     base = {k: v for k, v in _cfg("rte", "x", "y", 2).items() if k != "data"}
+    base.update(data={"validation_from_train": True}, eval={"selection_split": "validation"})
     base.update(finetune={"steps": 2, "batch_size": 8, "lr": 1e-4}, qat={"steps": 1, "batch_size": 8, "calib_batches": 1})
     base["model"] = {"name": "minilm", "max_len": 16}
     study = {"base": base, "tasks": ["stsb", "rte"], "data_files": files, "gs": [2], "output": str(tmp_path / "g")}
@@ -122,7 +163,14 @@ def test_glue_study_runs_every_variant_and_averages(tmp_path):
         if v != "fp32":
             assert a["drop_pp"] == pytest.approx(100 * (res["glue_average"]["fp32"]["average"] - a["average"]))
     assert set(res["per_task"]["stsb"]["apsq_gs2"]) == {"pearson", "spearman", "score"}
-    assert "GLUE avg" in (tmp_path / "g" / "glue.md").read_text() and res["best_gs"] == 2
+    md = (tmp_path / "g" / "glue.md").read_text()
+    assert "GLUE avg" in md and res["best_gs"] == 2
+    # gs chosen on the rows held out of GLUE train, which apsq paper table1 reads
+    assert res["selected_gs"] == 2 and res["gs_selected_on"] == "validation" and "held-out train rows" in md
+    for v in ("w8a8", "psq", "apsq_gs2"):
+        held = [json.loads((tmp_path / "g" / t / v / "result.json").read_text())["selection_accuracy"]
+                for t in ("stsb", "rte")]
+        assert res["selection_average"][v] == pytest.approx(sum(held) / 2)
     # the task's sweep.json prices the traced MiniLM beside its scores
     assert "total" in json.loads((tmp_path / "g" / "rte" / "sweep.json").read_text())["energy_reduction"]
 

@@ -116,6 +116,11 @@ class DataConfig(_Strict):
     eval_limit: int | None = Field(None, ge=1)
     """Evaluate on N examples of the evaluation split (a fixed-seed random subset)."""
     eval_split: str = "test"
+    validation_from_train: StrictBool = False
+    """GLUE only (its validation split is the evaluation set; test labels are hidden): hold out the
+    validation bucket of the project's hash split of the training rows (10 %, by GLUE ``idx``:
+    :func:`apsq.data.splits.split_of`) as the ``validation`` split that ``eval.selection_split`` chooses gs
+    on. Training never sees those rows (it uses the other 90 %); evaluation stays on GLUE's validation set."""
 
     @field_validator("eval_split")
     @classmethod
@@ -317,6 +322,15 @@ class TrainConfig(_Strict):
             raise ValueError(f"model {self.model.name!r} takes {modality} but data {info.name!r} is {info.modality}; "
                              f"for {info.name!r} use model.name {' or '.join(map(repr, fits))}"
                              + (" (or a Hugging Face text model)" if info.modality == TEXT else ""))
+        glue = self.data.name.startswith("glue-")
+        if self.data.validation_from_train and not glue:
+            raise ValueError(f"data.validation_from_train is for glue-<task> data (whose validation split is the "
+                             f"evaluation set); data {info.name!r} has its own validation split: remove it")
+        if glue and self.eval.selection_split == "validation" and not self.data.validation_from_train:
+            raise ValueError(f"eval.selection_split: validation with data {info.name!r} needs data.validation_from_train: "
+                             f"true (GLUE's validation split is the reported evaluation set; that holds out 10 % of "
+                             f"GLUE train, never trained on, to choose on), or selection_split: test to reproduce a "
+                             f"choice on the evaluation set")
         if self.model.num_labels != info.num_classes:
             what = "is a regression (one output)" if info.regression else f"has {info.num_classes} classes"
             raise ValueError(f"model.num_labels is {self.model.num_labels} but data {info.name!r} {what}; "

@@ -66,10 +66,10 @@ def build_task(cfg: TrainConfig, tokenizer=None) -> Task:
     task = _build(cfg, cfg.data.eval_split, tokenizer)
     sel = cfg.eval.selection_split
     if sel is not None:
-        if cfg.data.name.startswith("glue-"):
-            raise APSQError(f"eval.selection_split is not available for {cfg.data.name!r} (GLUE's validation split is "
-                            "its evaluation set); remove eval.selection_split")
-        task.select = task.eval if sel == cfg.data.eval_split else _build(cfg, sel, tokenizer, eval_only=True).eval
+        if cfg.data.name.startswith("glue-"):  # validation: the rows held out of GLUE train; test: GLUE's validation
+            task.select = _build(cfg, "heldout", tokenizer).eval if sel == "validation" else task.eval
+        else:
+            task.select = task.eval if sel == cfg.data.eval_split else _build(cfg, sel, tokenizer, eval_only=True).eval
     return task
 
 
@@ -99,9 +99,23 @@ def _build(cfg: TrainConfig, split: str, tokenizer=None, eval_only: bool = False
         from apsq.data.hub import load_glue
 
         glue = task = d.name[len("glue-"):]
-        # GLUE's test labels are hidden: its validation split is the evaluation set.
-        train = load_glue(task, "train", data_files=d.path)
-        ev = load_glue(task, "validation" if d.eval_split != "train" else "train", data_files=d.eval_path or d.path)
+        # GLUE's test labels are hidden: its validation split is the evaluation set; with
+        # data.validation_from_train the validation bucket of train is held out ("heldout": chosen on)
+        train, heldout = load_glue(task, "train", data_files=d.path), []
+        if split == "heldout" and not d.validation_from_train:
+            raise APSQError(f"data {d.name!r}: the held-out selection rows need data.validation_from_train: true")
+        if d.validation_from_train:
+            from apsq.data.splits import split_of
+
+            held = [split_of(d.name, ex.id) == "validation" for ex in train]
+            train, heldout = [ex for ex, h in zip(train, held) if not h], [ex for ex, h in zip(train, held) if h]
+        if split == "heldout":
+            if not heldout:
+                raise APSQError(f"data.validation_from_train: none of the {len(train)} training rows of {d.name!r} "
+                                f"falls in the held-out 10 % (by idx); use more training rows")
+            ev = heldout
+        else:
+            ev = load_glue(task, "validation" if d.eval_split != "train" else "train", data_files=d.eval_path or d.path)
     else:
         raise APSQError(f"data.name must be rt-sentences, digits or glue-<task>; got {d.name!r}")
     train, ev = _limit(train, d.train_limit), _limit(ev, d.eval_limit)
