@@ -13,11 +13,9 @@ if [ -x .venv/bin/apsq ]; then export PATH="$PWD/.venv/bin:$PATH"; fi
 
 # Reproducibility (issue 24 item 5b, README.md "Reproducing"): a run is bit-identical only under the same
 # float code paths. Measured here: the same settings give the same weights bit for bit; two threads instead
-# of one, or torch's other CPU kernels (ATEN_CPU_CAPABILITY), give other weights after 4 QAT steps (the
-# re-run's 200-step differences, 0.4-1.3 pp, are of the size of the seed spread). Pinned: one thread per run and torch's
-# AVX2 paths (also on AVX-512 CPUs; the integer PSUM kernel is exact on every ISA). The committed JSON
-# predates this pinning (Xeon, AVX-512 paths) and 5dfa613 (calibration skips padding), and was not
-# regenerated: see README.md.
+# of one, or torch's other CPU kernels (ATEN_CPU_CAPABILITY), give other weights after 4 QAT steps. Pinned:
+# one thread per run and torch's AVX2 paths (also on AVX-512 CPUs; the integer PSUM kernel is exact on every
+# ISA). The committed JSON was made this way (its `environment`), on the shared 2-core AMD EPYC.
 export OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 # guard: the first 4 QAT steps of W8A8 must give the reference's weights bit for bit (SHA-256 of the
 # checkpoint); on another CPU / torch / commit they will not, and the runs would not reproduce the JSON.
@@ -27,13 +25,12 @@ if ! python results/sentiment_minilm/repro_probe.py --check results/sentiment_mi
     [ "${APSQ_FORCE:-0}" = 1 ] || exit 1
 fi
 
-# The committed runs: seeds 0-2 as this line with --seeds 0 1 2 (two restarts with new orders, session 4),
-# then seeds 3-4 and gs=3: --seeds 0 1 2 3 4 --first apsq_gs4 apsq_gs3 apsq_gs1 psq --deadline 09:35,
-# restarted once without --extra (--first apsq_gs3 psq apsq_gs1 --exclude 2:apsq_gs3 --deadline 09:20) so that
-# the remaining runs fit the session. What did not fit is listed in docs/training-recipe.md; this line runs it
-# (finished runs are reused, interrupted ones resumed).
+# The committed runs (2026-12-07, code of 5f3d4f0, whose 8-step probe equals today's main: README.md): this
+# line with --root /work/runs/minilm_5f3d4f0, restarted at two session boundaries (finished runs reused,
+# interrupted ones resumed from their checkpoints: the loop reseeds every step, so a resumed run takes the
+# same steps). Every variant measures the validation split too; the gs is chosen on it.
 OMP_NUM_THREADS=1 python results/sentiment_minilm/run_sentiment_minilm.py --seeds 0 1 2 3 4 --workers 2 \
-    --root runs/sent3 --extra apsq_gs2_channel
+    --root runs/minilm --extra apsq_gs2_channel
 # the JSON and plots from whatever has finished (also run at the end of the line above); --markdown prints
 # the table of docs/training-recipe.md and results/README.md
-python results/sentiment_minilm/run_sentiment_minilm.py --seeds 0 1 2 3 4 --root runs/sent3 --extra apsq_gs2_channel --collect
+python results/sentiment_minilm/run_sentiment_minilm.py --seeds 0 1 2 3 4 --root runs/minilm --extra apsq_gs2_channel --collect

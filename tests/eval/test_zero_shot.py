@@ -88,7 +88,38 @@ def test_summary_average_drop_and_stderr_by_hand():
     assert pv["fp"]["average_stderr"] == pytest.approx(0.025)  # sqrt(0.03^2 + 0.04^2) / 2
     assert pv["apsq_gs1"]["drop_pp"] == pytest.approx(2.0) and pv["apsq_gs2"]["drop_pp"] == pytest.approx(1.0)
     assert pv["apsq_gs2"]["drop_stderr_pp"] == pytest.approx(100 * math.sqrt(2) * 0.025)
-    assert s["best_gs"] == 2
+    assert s["best_gs"] == 2 and "selected_gs" not in s  # no selection scores: the best on the evaluated splits
+    # scored on the tasks' training splits too: the gs is chosen there, whatever the evaluated splits say
+    runs = {"fp": v(0.70, 0.50), "apsq_gs1": v(0.66, 0.50), "apsq_gs2": v(0.70, 0.48), "apsq_gs3": v(0.60, 0.40)}
+    for name, (a, b) in {"apsq_gs1": (0.62, 0.60), "apsq_gs2": (0.60, 0.58), "apsq_gs3": (0.64, 0.58)}.items():
+        runs[name]["selection"] = v(a, b)["tasks"]
+    s = summarize(runs, ["t1", "t2"])
+    assert s["per_variant"]["apsq_gs3"]["selection_average"] == pytest.approx(0.61)
+    assert s["selected_gs"] == s["best_gs"] == 1 and s["gs_selected_on"] == "train split"  # 0.61 tie: smaller gs
+    assert s["best_gs_on_reported"] == 2
+
+
+def test_selection_tasks_score_each_tasks_training_split(tmp_path):
+    pytest.importorskip("lm_eval")
+    from apsq.eval.zero_shot_tasks import selection_task, write_selection_tasks
+
+    assert write_selection_tasks(tmp_path / "hub", ["piqa", "arc_challenge"]) == {"piqa": None, "arc_challenge": None}
+    text = (tmp_path / "hub" / "arc_challenge_selection.yaml").read_text()
+    assert "arc/arc_challenge.yaml" in text and "task: arc_challenge_selection" in text
+    assert "test_split: train" in text and "validation_split: null" in text and "dataset_path" not in text
+    data = write_task_files(tmp_path / "data", ["piqa"], n=3)
+    (data / "piqa.selection.jsonl").write_text("".join(json.dumps(r) + "\n" for r in task_rows("piqa", 5, seed=7)))
+    assert write_selection_tasks(tmp_path / "local", ["piqa"], data) == {"piqa": 5}
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    cfg = load_yaml(tmp_path / "local" / f"{selection_task('piqa')}.yaml", resolve_func=True)
+    assert cfg["dataset_path"] == "json" and cfg["test_split"] == "train" and cfg["task"] == "piqa_selection"
+    assert cfg["dataset_kwargs"]["data_files"]["train"].endswith("piqa.selection.jsonl")
+    with pytest.raises(APSQError, match="winogrande.selection.jsonl does not exist"):
+        write_selection_tasks(tmp_path / "x", ["winogrande"], data)
+    with pytest.raises(APSQError, match="a selection split is defined for boolq, piqa"):
+        write_selection_tasks(tmp_path / "x", ["mmlu"])
+    assert not (tmp_path / "x").exists()
 
 
 def test_bad_zero_shot_config_names_the_key(tmp_path):
@@ -114,11 +145,14 @@ def test_zero_shot_command_on_local_tasks_with_the_small_llama(tiny_llama, tmp_p
 
     n = 6
     data = write_task_files(tmp_path / "data", PAPER_TASKS, n=n)
+    for t in PAPER_TASKS:  # the training-split items the gs is chosen on (3 of them are scored)
+        (data / f"{t}.selection.jsonl").write_text("".join(json.dumps(r) + "\n" for r in task_rows(t, 5, seed=3)))
     calib = tmp_path / "calib.txt"
     calib.write_text(" ".join(" ".join(task_rows("piqa", 40, seed=9)[i]["goal"] for i in range(40)) for _ in range(3)))
     out = tmp_path / "zs"
     r = CliRunner().invoke(app, ["eval", "zero-shot", "--model", str(tiny_llama), "--local-data", str(data),
                                  "--variants", "fp,w8a8,apsq", "--gs", "2", "--calibration", str(calib),
+                                 "--selection-items", "3",
                                  "--calib-samples", "4", "--calib-seq-len", "32", "--device", "cpu", "--output", str(out)])
     assert r.exit_code == 0, r.output
     res = json.loads((out / "zero_shot.json").read_text())
@@ -139,9 +173,14 @@ def test_zero_shot_command_on_local_tasks_with_the_small_llama(tiny_llama, tmp_p
     assert res["metrics"]["hellaswag"] == "acc_norm" and res["metrics"]["boolq"] == "acc"
     er = res["energy_reduction"]
     assert set(er["total"]) == {"is", "ws"} and set(er["total"]["is"]) == {"2"}
-    assert res["best_gs"] == 2 and f"best gs = {res['best_gs']}" in r.output
+    assert res["best_gs"] == 2 and "best gs = 2 (chosen on its training splits)" in r.output
+    assert res["selected_gs"] == 2 and res["gs_selected_on"] == "train split" and res["selection_items"] == 3
+    for v in res["variants"].values():  # every variant scored on 3 training items of each task too
+        assert all(v["selection"][t]["n"] == 3 for t in PAPER_TASKS)
+        sel = [v["selection"][t][v["selection"][t]["metric"]] for t in PAPER_TASKS]
+        assert v["selection_average"] == pytest.approx(sum(sel) / len(sel))
     table = (out / "zero_shot.md").read_text()
-    assert "APSQ INT8 gs=2" in table and "FP32" in table and (out / "zero_shot.png").stat().st_size > 10_000
+    assert "**APSQ INT8 gs=2**" in table and "FP32" in table and "train-split avg" in table and (out / "zero_shot.png").stat().st_size > 10_000
 
 
 def test_zero_shot_refuses_missing_local_files_before_loading(tmp_path):

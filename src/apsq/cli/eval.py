@@ -152,6 +152,8 @@ def zero_shot_cmd(
     calib_samples: int = typer.Option(None, "--calib-samples", min=1, help="Calibration windows (default 128)."),
     calib_seq_len: int = typer.Option(None, "--calib-seq-len", min=1, help="Tokens per calibration window (default 512)."),
     limit: int = typer.Option(None, min=1, help="Items per task (a quick look; default: all)."),
+    selection_items: int = typer.Option(None, min=0, help="Items of each task's training split scored to choose gs "
+                                        "on (local data: <task>.selection.jsonl; 0: off, gs best on the evaluated splits)."),
     batch_size: int = typer.Option(None, min=1, help="lm-eval batch size (default 8)."),
     dtype: str = typer.Option(None, help="auto (float16 on CUDA, float32 on the CPU), float16, bfloat16, float32."),
     device: str = typer.Option(None, "--device", help="Where the model runs: auto (CUDA if present), cpu, cuda[:N]."),
@@ -172,6 +174,7 @@ def zero_shot_cmd(
             "model": model, "tasks": _list(tasks), "variants": _list(variants),
             "gs": None if gs is None else list(parse_ints("--gs", gs)),
             "local_data": None if local_data is None else str(local_data), "limit": limit, "batch_size": batch_size,
+            "selection_items": selection_items,
             "dtype": dtype, "device": device, "energy": {"workload": energy_workload}, "add_bos": add_bos,
             "calibration": {"source": calibration, "samples": calib_samples, "seq_len": calib_seq_len}})
     except APSQError as exc:
@@ -185,7 +188,8 @@ def zero_shot_cmd(
     best, er = res["best_gs"], res.get("energy_reduction") or {}
     if best is not None:
         v = res["variants"][f"apsq_gs{best}"]
-        line = f"best gs = {best}: average {100 * v['average']:.2f} %"
+        on = "its training splits" if res.get("gs_selected_on") else "the evaluated splits"
+        line = f"best gs = {best} (chosen on {on}): average {100 * v['average']:.2f} %"
         if "drop_pp" in v:
             line += f", drop {v['drop_pp']:+.2f} pp vs {variant_label('fp', res['dtype'])}"
         if "total" in er:

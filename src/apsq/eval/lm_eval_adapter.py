@@ -105,6 +105,34 @@ def quantized_causal_lm(model_path: str, config: apsq.APSQConfig | None, calibra
     return model, tok
 
 
+def _lm_eval_or_fail() -> None:
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError as exc:  # pragma: no cover
+        raise APSQError("apsq eval lm-eval needs lm-eval: pip install 'apsq[eval]'") from exc
+
+
+def evaluate_lm(model: torch.nn.Module, tok: Any, tasks: Sequence[str], *, limit: int | None = None,
+                batch_size: int = 8, include_path: str | Path | None = None, num_fewshot: int = 0,
+                include_defaults: bool = True, add_bos: bool = False,
+                bootstrap_iters: int = BOOTSTRAP_ITERS) -> dict[str, Any]:
+    """lm-eval's ``{"results": {task: metrics}, "n_samples": ...}`` of a loaded (quantized) causal LM on
+    ``tasks`` (the first ``limit`` items of each; seeded), so that one model serves several task sets."""
+    _lm_eval_or_fail()
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size, add_bos_token=True if add_bos else None)
+    tm = TaskManager(include_path=str(include_path) if include_path else None, include_defaults=include_defaults)
+    res = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit,
+                                  task_manager=tm, bootstrap_iters=bootstrap_iters, random_seed=0, numpy_random_seed=0,
+                                  torch_random_seed=0, fewshot_random_seed=0)
+    if res is None:
+        raise APSQError("lm-eval returned no results")
+    return {"results": res["results"], "n_samples": res.get("n-samples", {})}
+
+
 def run_lm_eval(model_path: str, tasks: Sequence[str], config: apsq.APSQConfig | None, *, limit: int | None = None,
                 batch_size: int = 8, include_path: str | Path | None = None, num_fewshot: int = 0,
                 include_defaults: bool = True, calibration: Calibration | None = None,
@@ -116,24 +144,14 @@ def run_lm_eval(model_path: str, tasks: Sequence[str], config: apsq.APSQConfig |
     ``include_defaults=False`` skips indexing lm-eval's built-in tasks (only ``include_path``'s);
     ``add_bos`` prepends the tokenizer's BOS to every context (:func:`prepend_bos`); ``device``: where
     the model runs (lm-eval's ``HFLM`` sends its batches to the live model's device)."""
-    try:
-        import lm_eval
-        from lm_eval.models.huggingface import HFLM
-        from lm_eval.tasks import TaskManager
-    except ImportError as exc:  # pragma: no cover
-        raise APSQError("apsq eval lm-eval needs lm-eval: pip install 'apsq[eval]'") from exc
+    _lm_eval_or_fail()
     model, tok = quantized_causal_lm(model_path, config, calibration, dtype=dtype, add_bos=add_bos, device=device)
-    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size,
-              add_bos_token=True if add_bos else None)
-    tm = TaskManager(include_path=str(include_path) if include_path else None, include_defaults=include_defaults)
-    res = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit,
-                                  task_manager=tm, bootstrap_iters=bootstrap_iters, random_seed=0, numpy_random_seed=0,
-                                  torch_random_seed=0, fewshot_random_seed=0)
-    if res is None:
-        raise APSQError("lm-eval returned no results")
+    res = evaluate_lm(model, tok, tasks, limit=limit, batch_size=batch_size, include_path=include_path,
+                      num_fewshot=num_fewshot, include_defaults=include_defaults, add_bos=add_bos,
+                      bootstrap_iters=bootstrap_iters)
     cal = calibration.to_dict() if isinstance(calibration, CalibrationSet) else (
         CalibrationSet().to_dict() if calibration is None else {"sentences": len(calibration)})
-    return {"results": res["results"], "n_samples": res.get("n-samples", {}),
+    return {"results": res["results"], "n_samples": res["n_samples"],
             "config": None if config is None else with_head_excluded(config).to_dict(),
             "calibration": cal if config is not None else None, "quantized_checkpoint": is_quantized(model),
             "model": model_path, "tasks": list(tasks), "limit": limit, "dtype": str(dtype).removeprefix("torch.")}

@@ -232,7 +232,8 @@ def collect_row(row: Row, root: str | Path = ".", energy: bool = True) -> dict[s
     sel = notes.get("selected_gs")
     best = int(sel) if isinstance(sel, (int, str)) and str(sel).isdigit() and int(sel) in gs else max(
         gs, key=lambda g: (gs[g], -g))
-    out.update(best_gs=best, gs_chosen="on validation data" if sel is not None else
+    on = notes.get("gs_selected_on") or "validation"
+    out.update(best_gs=best, gs_chosen=f"on {on} data" if sel is not None else
                "best on the evaluated split (no validation selection in this result)",
                fp=fp, apsq=gs[best], apsq_per_gs={str(g): s for g, s in sorted(gs.items())})
     if fp is not None:

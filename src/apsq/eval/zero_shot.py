@@ -93,6 +93,11 @@ class ZeroShotConfig(_Strict):
     """A folder of ``<task>.jsonl`` in each task's hub format (offline); ``None``: lm-eval's hub tasks."""
     limit: int | None = Field(None, ge=1)
     """Items per task (a quick look; ``None``: the whole split, as the paper)."""
+    selection_items: int = Field(0, ge=0, le=10**7)
+    """Items of each task's *training* split (the first N, lm-eval's ``limit``) that every variant is also
+    scored on; the gs is chosen on their average and the evaluated splits reported once (``selected_gs``;
+    issue 24). Local data: ``<task>.selection.jsonl`` beside ``<task>.jsonl``. 0: off (the best gs is then
+    the best on the evaluated splits, as the paper)."""
     num_fewshot: int = Field(0, ge=0, le=0)
     batch_size: int = Field(8, ge=1, le=1 << 16)
     add_bos: bool = False
@@ -212,7 +217,11 @@ def _task_scores(res: dict[str, Any], task: str, metric: str) -> dict[str, Any]:
 def summarize(variants: dict[str, dict[str, Any]], tasks: list[str]) -> dict[str, Any]:
     """Per variant: ``average`` (mean of each task's metric), ``average_stderr`` (``sqrt(sum se^2) / T``),
     and, beside full precision ``fp``, ``drop_pp`` (``100 (fp - variant)``, positive = worse) with its
-    ``drop_stderr_pp`` (independent errors); ``best_gs``: the APSQ gs with the highest average."""
+    ``drop_stderr_pp`` (independent errors); ``best_gs``: the APSQ gs to report. When every APSQ variant
+    was also scored on the tasks' training splits (``selection``), each gets ``selection_average`` and the
+    gs is chosen there (``selected_gs``, ``gs_selected_on: "train split"``, ties to the smaller gs;
+    ``best_gs_on_reported`` keeps the best on the evaluated splits); otherwise it is the best on the
+    evaluated splits (as the paper picks it)."""
     out: dict[str, Any] = {}
     for name, v in variants.items():
         vals = [v["tasks"][t][v["tasks"][t]["metric"]] for t in tasks]
@@ -220,6 +229,9 @@ def summarize(variants: dict[str, dict[str, Any]], tasks: list[str]) -> dict[str
         avg = sum(vals) / len(vals)
         se = math.sqrt(sum(s * s for s in ses)) / len(ses) if all(s is not None for s in ses) else None
         out[name] = {"average": avg, "average_stderr": se}
+        sel = v.get("selection")
+        if sel:
+            out[name]["selection_average"] = sum(sel[t][sel[t]["metric"]] for t in tasks) / len(tasks)
     fp = out.get("fp")
     if fp is not None:
         for name, s in out.items():
@@ -230,7 +242,12 @@ def summarize(variants: dict[str, dict[str, Any]], tasks: list[str]) -> dict[str
                 s["drop_stderr_pp"] = 100 * math.hypot(s["average_stderr"], fp["average_stderr"])
     gs_avgs = {int(n.removeprefix("apsq_gs")): s["average"] for n, s in out.items() if n.startswith("apsq_gs")}
     best = max(gs_avgs, key=lambda g: (gs_avgs[g], -g)) if gs_avgs else None
-    return {"per_variant": out, "best_gs": best}
+    summary: dict[str, Any] = {"per_variant": out, "best_gs": best}
+    sel = {g: out[f"apsq_gs{g}"].get("selection_average") for g in gs_avgs}
+    if sel and all(v is not None for v in sel.values()):
+        chosen = max(sel, key=lambda g: (sel[g], -g))
+        summary.update(best_gs=chosen, selected_gs=chosen, gs_selected_on="train split", best_gs_on_reported=best)
+    return summary
 
 
 def _energy(cfg: ZeroShotConfig) -> dict[str, Any]:
@@ -287,8 +304,8 @@ def run_zero_shot(cfg: ZeroShotConfig, output: str | Path, *, progress: bool = T
     from tqdm.auto import tqdm
 
     from apsq.device import resolve_device
-    from apsq.eval.lm_eval_adapter import run_lm_eval
-    from apsq.eval.zero_shot_tasks import write_local_tasks
+    from apsq.eval.lm_eval_adapter import evaluate_lm, is_quantized, quantized_causal_lm, with_head_excluded
+    from apsq.eval.zero_shot_tasks import selection_task, write_local_tasks, write_selection_tasks
 
     t0 = time.time()
     output = Path(output)
@@ -298,6 +315,10 @@ def run_zero_shot(cfg: ZeroShotConfig, output: str | Path, *, progress: bool = T
         include_path = output / "tasks"
         rows = write_local_tasks(cfg.local_data, include_path, tasks)
         source = f"local files {Path(cfg.local_data).resolve()} ({', '.join(f'{t}: {n}' for t, n in rows.items())} rows)"
+    sel_tasks = [selection_task(t) for t in tasks] if cfg.selection_items else []
+    if sel_tasks:  # each task's training split, where the gs is chosen (checked before any model loads)
+        include_path = output / "tasks"
+        write_selection_tasks(include_path, tasks, cfg.local_data)
     device = resolve_device(cfg.device, "device")
     dtype = _torch_dtype(cfg, device)
     variants = cfg.variant_configs()
@@ -306,14 +327,19 @@ def run_zero_shot(cfg: ZeroShotConfig, output: str | Path, *, progress: bool = T
     seconds: dict[str, float] = {}
     for name, qcfg in tqdm(list(variants.items()), desc="zero-shot variants", disable=not progress):
         t = time.time()
-        res = run_lm_eval(cfg.model, tasks, qcfg, limit=cfg.limit, batch_size=cfg.batch_size,
-                          include_path=include_path, include_defaults=include_path is None,
-                          num_fewshot=cfg.num_fewshot, calibration=calib, add_bos=cfg.add_bos, device=device,
-                          dtype=dtype)
-        if qcfg is None and res["quantized_checkpoint"]:  # a QAT-trained checkpoint: evaluated as loaded, alone
+        model, tok = quantized_causal_lm(cfg.model, qcfg, calib, dtype=dtype, add_bos=cfg.add_bos, device=device)
+        lm_args: dict[str, Any] = dict(batch_size=cfg.batch_size, include_path=include_path, num_fewshot=cfg.num_fewshot,
+                                       include_defaults=not cfg.local_data, add_bos=cfg.add_bos)
+        res = evaluate_lm(model, tok, tasks, limit=cfg.limit, **lm_args)
+        if qcfg is None and is_quantized(model):  # a QAT-trained checkpoint: evaluated as loaded, alone
             name = "loaded"
-        results[name] = {"config": res["config"],
+        results[name] = {"config": None if qcfg is None else with_head_excluded(qcfg).to_dict(),
                          "tasks": {tk: _task_scores(res["results"], tk, cfg.metric_of(tk)) for tk in tasks}}
+        if sel_tasks:
+            sel = evaluate_lm(model, tok, sel_tasks, limit=cfg.selection_items, **lm_args)["results"]
+            results[name]["selection"] = {tk: _task_scores(sel, selection_task(tk), cfg.metric_of(tk))
+                                          for tk in tasks}
+        del model
         seconds[name] = round(time.time() - t, 1)
         if name == "loaded":
             break
@@ -325,10 +351,15 @@ def run_zero_shot(cfg: ZeroShotConfig, output: str | Path, *, progress: bool = T
         "metrics": {t: cfg.metric_of(t) for t in tasks}, "task_source": source, "limit": cfg.limit,
         "num_fewshot": cfg.num_fewshot, "calibration": calib.to_dict() if "loaded" not in results else None,
         "apsq": cfg.apsq.model_dump(mode="json"), "variants": results, "best_gs": summary["best_gs"],
+        **{k: summary[k] for k in ("selected_gs", "gs_selected_on", "best_gs_on_reported") if k in summary},
+        "selection_items": cfg.selection_items or None,
         "stderr_note": "average_stderr = sqrt(sum of per-task stderr^2) / tasks; drop_stderr_pp combines the two "
                        "variants' errors as independent (an upper bound for paired data)",
-        "best_gs_note": "zero-shot tasks have no tuning split: best_gs is chosen on the evaluated splits (as the "
-                        "paper); every gs is reported",
+        "best_gs_note": ("best_gs is chosen on the first selection_items items of each task's training split "
+                         "(never evaluated), the evaluated splits reported once; every gs is reported"
+                         if "selected_gs" in summary else
+                         "best_gs is chosen on the evaluated splits (as the paper; selection_items scores the tasks' "
+                         "training splits to choose there instead); every gs is reported"),
     }
     if cfg.energy.enabled and "loaded" not in results:
         try:
@@ -364,8 +395,9 @@ def zero_shot_table(res: dict[str, Any]) -> str:
     tasks = res["tasks"]
     er = res.get("energy_reduction") or {}
     dfs = list(er.get("total", {}))
+    chosen = res.get("selected_gs")
     head = ["variant", *[f"{t} ({res['metrics'][t]})" for t in tasks], "average", "drop (pp)",
-            *[f"energy red. {d.upper()}" for d in dfs]]
+            *[f"energy red. {d.upper()}" for d in dfs]] + (["train-split avg (gs chosen)"] if chosen else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, v in res["variants"].items():
         cells = [variant_label(name, res.get("dtype", ""))]
@@ -380,6 +412,11 @@ def zero_shot_table(res: dict[str, Any]) -> str:
             f" ± {v['drop_stderr_pp']:.2f}" if v.get("drop_stderr_pp") is not None else ""))
         g = name.removeprefix("apsq_gs") if name.startswith("apsq_gs") else None
         cells += [f"{100 * er['total'][d][g]:.1f} %" if g is not None and g in er["total"][d] else "" for d in dfs]
+        if chosen:
+            sa = v.get("selection_average")
+            cells.append("" if sa is None else f"{100 * sa:.2f}")
+            if g == str(chosen):
+                cells[0] = f"**{cells[0]}**"
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

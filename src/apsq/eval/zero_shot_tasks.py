@@ -21,8 +21,8 @@ from pathlib import Path
 
 from apsq.errors import APSQError
 
-__all__ = ["PAPER_TASKS", "STANDIN_TASKS", "TASK_FIELDS", "TaskSpec", "lm_eval_task_dir", "sentence_task_rows",
-           "write_local_tasks", "write_sentence_tasks"]
+__all__ = ["PAPER_TASKS", "SELECTION_SUFFIX", "STANDIN_TASKS", "TASK_FIELDS", "TaskSpec", "lm_eval_task_dir",
+           "selection_task", "sentence_task_rows", "write_local_tasks", "write_selection_tasks", "write_sentence_tasks"]
 
 
 @dataclass(frozen=True)
@@ -99,24 +99,63 @@ def write_local_tasks(data_dir: str | Path, out_dir: str | Path, tasks: Sequence
     root = lm_eval_task_dir()
     rows = {}
     for t in tasks:
-        f = data_dir / f"{t}.jsonl"
-        if not f.is_file():
-            raise APSQError(f"local data: {f} does not exist (one <task>.jsonl per task, rows in the hub's format: "
-                            f"{', '.join(TASK_FIELDS[t].fields)})")
-        rows[t] = _check_rows(t, f, TASK_FIELDS[t].fields)
+        rows[t] = _local_rows(t, data_dir / f"{t}.jsonl")
     out_dir.mkdir(parents=True, exist_ok=True)
     for t in tasks:
-        spec = TASK_FIELDS[t]
-        split = spec.split
-        other = {"training_split": None, "validation_split": split if split == "validation" else None,
-                 "test_split": split if split == "test" else None}
-        text = (f"include: {json.dumps(str(root / spec.yaml))}\n"
-                f"task: {t}\n"
-                "dataset_path: json\n"
-                "dataset_name: null\n"
-                f"dataset_kwargs:\n  data_files:\n    {split}: {json.dumps(str(data_dir / f'{t}.jsonl'))}\n"
-                + "".join(f"{k}: {'null' if v is None else v}\n" for k, v in other.items()))
-        (out_dir / f"{t}.yaml").write_text(text)
+        (out_dir / f"{t}.yaml").write_text(_task_yaml(root, t, t, TASK_FIELDS[t].split, data_dir / f"{t}.jsonl"))
+    return rows
+
+
+def _local_rows(task: str, f: Path) -> int:
+    if not f.is_file():
+        raise APSQError(f"local data: {f} does not exist (one {f.name} per task, rows in the hub's format: "
+                        f"{', '.join(TASK_FIELDS[task].fields)})")
+    return _check_rows(task, f, TASK_FIELDS[task].fields)
+
+
+def _task_yaml(root: Path, task: str, name: str, split: str, data_file: Path | None) -> str:
+    """An lm-eval task ``name`` that includes ``task``'s built-in definition and evaluates only ``split``
+    (read from ``data_file``, JSON lines, when given; else the hub dataset of the definition)."""
+    other = {"training_split": None, "validation_split": split if split == "validation" else None,
+             "test_split": None if split == "validation" else split}
+    text = f"include: {json.dumps(str(root / TASK_FIELDS[task].yaml))}\ntask: {name}\n"
+    if data_file is not None:
+        text += ("dataset_path: json\ndataset_name: null\n"
+                 f"dataset_kwargs:\n  data_files:\n    {split}: {json.dumps(str(data_file))}\n")
+    return text + "".join(f"{k}: {'null' if v is None else v}\n" for k, v in other.items())
+
+
+SELECTION_SUFFIX = "_selection"
+"""The lm-eval name of a task's selection variant: ``piqa_selection`` scores PIQA's *training* split."""
+
+
+def selection_task(task: str) -> str:
+    """``task``'s selection variant (:func:`write_selection_tasks`)."""
+    return task + SELECTION_SUFFIX
+
+
+def write_selection_tasks(out_dir: str | Path, tasks: Sequence[str], data_dir: str | Path | None = None
+                          ) -> dict[str, int | None]:
+    """One lm-eval YAML per task into ``out_dir``: ``<task>_selection``, the task's own definition (prompt,
+    choices, metrics) on its *training* split, which zero-shot evaluation never scores. The gs (or any
+    knob) is chosen there and the evaluated split reported once (issue 24; ``docs/paper-protocol.md``).
+    From the hub (``data_dir`` None: every task of :data:`PAPER_TASKS` has a ``train`` split there) or
+    from ``data_dir/<task>.selection.jsonl`` (rows in the hub's format). Returns ``{task: rows}`` (None
+    for the hub, where lm-eval counts them).
+
+    Raises:
+        APSQError: an unknown task, a missing or malformed local file -- before anything is written.
+    """
+    out_dir = Path(out_dir).resolve()
+    bad = [t for t in tasks if t not in TASK_FIELDS]
+    if bad:
+        raise APSQError(f"tasks: a selection split is defined for {', '.join(PAPER_TASKS)}; got {bad}")
+    files = {t: None if data_dir is None else Path(data_dir).resolve() / f"{t}.selection.jsonl" for t in tasks}
+    rows = {t: None if f is None else _local_rows(t, f) for t, f in files.items()}
+    root = lm_eval_task_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for t in tasks:
+        (out_dir / f"{selection_task(t)}.yaml").write_text(_task_yaml(root, t, selection_task(t), "train", files[t]))
     return rows
 
 
@@ -187,11 +226,14 @@ def sentence_task_rows(sentences: Sequence[str], task: str, n: int, seed: int = 
 
 
 def write_sentence_tasks(sentences: Sequence[str], folder: str | Path, n: int, seed: int = 0,
-                         tasks: Sequence[str] = STANDIN_TASKS) -> Path:
-    """Write ``folder/<task>.jsonl`` (:func:`sentence_task_rows`, seed ``seed + index``) for ``--local-data``."""
+                         tasks: Sequence[str] = STANDIN_TASKS, selection: bool = False) -> Path:
+    """Write ``folder/<task>.jsonl`` (:func:`sentence_task_rows`, seed ``seed + index``) for ``--local-data``;
+    ``selection``: ``folder/<task>.selection.jsonl`` instead, the items a gs is chosen on
+    (:func:`write_selection_tasks`; build them from other sentences than the evaluated ones)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for k, t in enumerate(tasks):
         rows = sentence_task_rows(sentences, t, n, seed + k)
-        (folder / f"{t}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        name = f"{t}.selection.jsonl" if selection else f"{t}.jsonl"
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder
