@@ -13,10 +13,10 @@ if [ -x .venv/bin/apsq ]; then export PATH="$PWD/.venv/bin:$PATH"; fi
   --json runs/llm_ppl.json
 
 # the task files: 200 items per task in each task's hub format
-python results/zero_shot_small_llama/make_tasks.py --out runs/zero_shot_standin_tasks --items 200
+python results/zero_shot_small_llama/make_tasks.py --out runs/zero_shot_standin_tasks --items 200 --selection-items 200
 
 apsq eval zero-shot --model runs/llm_tiny --local-data runs/zero_shot_standin_tasks \
   --tasks hellaswag,piqa,winogrande,arc_easy --calibration corpus --add-bos --device cpu \
-  --output runs/zero_shot_small_llama
+  --selection-items 200 --output runs/zero_shot_small_llama
 cp runs/zero_shot_small_llama/zero_shot.json runs/zero_shot_small_llama/zero_shot.md \
   runs/zero_shot_small_llama/zero_shot.png results/zero_shot_small_llama/
