@@ -297,22 +297,25 @@ LABELS = {"fp32": "FP32 (own fine-tune per seed, 400 x 32)", "w8a8": "W8A8, INT3
 
 
 def markdown(res: dict) -> str:
-    """The results table of the docs (mean, std, seeds, per seed, gap to W8A8 / FP32 in pp; the best gs bold)."""
+    """The results table of the docs (mean, std, seeds, per seed, gap to W8A8 / FP32 in pp, and the mean
+    validation accuracy the gs is chosen on; the chosen gs bold)."""
     seeds = [str(s) for s in res["seeds"]]
     best = (res["target"].get("per_tensor") or {}).get("best")
-    rows = [f"| variant | mean test accuracy | std | seeds | per seed ({' / '.join(seeds)}) | vs W8A8 | vs FP32 |",
-            "|---|---|---|---|---|---|---|"]
+    val = res.get("validation_per_seed") or {}
+    rows = [f"| variant | mean test accuracy | std | seeds | per seed ({' / '.join(seeds)}) | vs W8A8 | vs FP32 "
+            "| mean validation accuracy |", "|---|---|---|---|---|---|---|---|"]
     for name, label in LABELS.items():
         per = res["per_seed"].get(name) or {}
         if not per:
             if name in res["per_seed"]:
-                rows.append(f"| {label} | not run | | 0 | | | |")
+                rows.append(f"| {label} | not run | | 0 | | | | |")
             continue
         mean, std = statistics.fmean(per.values()), res["std"].get(name)
         gap = {ref: "" if name in ("fp32", ref) or (ref == "w8a8" and name == "psq") else
                f"{-paired_gap(per, res['per_seed'][ref]):+.2f} pp" for ref in ("w8a8", "fp32")}
         cells = [label, f"{mean:.4f}", f"{std:.4f}" if std is not None else "", str(len(per)),
-                 " / ".join(f"{per[s]:.4f}" if s in per else "-" for s in seeds), gap["w8a8"], gap["fp32"]]
+                 " / ".join(f"{per[s]:.4f}" if s in per else "-" for s in seeds), gap["w8a8"], gap["fp32"],
+                 f"{statistics.fmean(val[name].values()):.4f}" if val.get(name) else ""]
         if name == best:
             cells = [f"**{c}**" if c and i in (0, 1, 5, 6) else c for i, c in enumerate(cells)]
         rows.append("| " + " | ".join(cells) + " |")

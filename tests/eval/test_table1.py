@@ -56,6 +56,7 @@ def test_full_run_wins_over_the_stand_in_and_validation_selection_is_kept(tmp_pa
     r = collect_row(row, tmp_path, energy=False)
     assert r["measured_on"].startswith("stand-in") and r["best_gs"] == 2 and r["drop"] == pytest.approx(2.0)
     assert r["gs_chosen"].startswith("best on the evaluated split")
+    assert "38.00 (gs=2, chosen on test)" in table1_markdown({"rows": [r]})  # the cell says how gs was chosen
     full = tmp_path / row.full_json
     full.parent.mkdir(parents=True)
     full.write_text(json.dumps({"tasks": ["piqa"], "selected_gs": 1, "variants": {
@@ -66,6 +67,13 @@ def test_full_run_wins_over_the_stand_in_and_validation_selection_is_kept(tmp_pa
     assert r["energy"]["gs"] == 1 and 0 < r["energy"]["is"]["psum"] <= 1
     md = table1_markdown({"rows": [r]})
     assert "LLaMA2-7B" in md and "+1.00 pp" in md and "0.59 %" in md and "31.7×" in md
+    assert "69.00 (gs=1, chosen not on test)" in md
+    # apsq eval zero-shot --selection-items / apsq paper glue: where the gs was chosen, in words
+    for on, words in (("train split", "on the tasks' training splits"),
+                      ("held-out train rows", "on rows held out of the training split")):
+        full.write_text(json.dumps({"tasks": ["piqa"], "selected_gs": 1, "gs_selected_on": on, "variants": {
+            "fp": {"average": 0.70}, "apsq_gs1": {"average": 0.69}, "apsq_gs2": {"average": 0.695}}}))
+        assert collect_row(row, tmp_path, energy=False)["gs_chosen"] == words
 
 
 def test_rows_on_this_repository_and_the_command(tmp_path):
@@ -74,7 +82,7 @@ def test_rows_on_this_repository_and_the_command(tmp_path):
     res = table1(select_rows(["bert-base-glue"]), ROOT, energy=False)
     r = res["rows"][0]
     src = json.loads((ROOT / r["source"]).read_text())
-    best = max(src["apsq"], key=lambda g: src["apsq"][g])
+    best = str(src["selected_gs"]) if "selected_gs" in src else max(src["apsq"], key=lambda g: src["apsq"][g])
     assert r["best_gs"] == int(best) and r["drop"] == pytest.approx(100 * (src["fp32"] - src["apsq"][best]), abs=1e-3)
     out = tmp_path / "t1.json"
     run = CliRunner().invoke(app, ["paper", "table1", "--rows", "bert-base-glue", "--root", str(ROOT), "--json",

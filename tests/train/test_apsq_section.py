@@ -134,6 +134,12 @@ def test_only_given_keys_are_serialized_and_fingerprints_are_unchanged():
     assert cfg.fingerprint() == "ce5cc6ab409fa34e"
     assert parse_config({"apsq": {}}).fingerprint() == "2b028d707ffe373f"
     assert parse_config({}).fingerprint() == "022f055e2628d964"
+    # a key added later (issue 24: data.validation_from_train) changes nothing at its default
+    assert "validation_from_train" not in parse_config({}).weights_dump()["data"]
+    glue = {"model": {"name": "minilm"}, "data": {"name": "glue-rte"}}
+    assert parse_config({**glue, "data": {**glue["data"], "validation_from_train": False}}).fingerprint() == \
+        parse_config(glue).fingerprint() != parse_config({**glue, "data": {**glue["data"],
+                                                                           "validation_from_train": True}}).fingerprint()
     assert APSQSection.model_validate(APSQConfig(gs=3)).model_dump()["gs"] == 3  # a library config: every key
 
 

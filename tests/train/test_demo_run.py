@@ -24,6 +24,7 @@ def test_demo_run_reports_every_variant_and_caches_fp32(tmp_path, monkeypatch, s
         assert 0.0 <= row["accuracy"] <= 1.0 and row["seconds"] > 0
         assert row["interval95"] == round(interval95(row["accuracy"], n), 4)
         assert 0.0 <= row["selection_accuracy"] <= 1.0  # the validation split, where gs is chosen
+    assert first["selected_gs"] == 2 and first["gs_selected_on"] == "validation"  # the only APSQ variant
     assert first["variants"]["apsq_gs2"]["gs"] == 2 and not first["settings"]["fp32_cached"]
     # the FP32 model is evaluated once (in its fine-tune), not again in each variant's run
     for name in seen:

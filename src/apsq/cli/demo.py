@@ -97,8 +97,9 @@ def demo(
     qat_steps: int = typer.Option(QAT_STEPS, min=0, help="QAT + distillation steps per variant."),
     finetune_steps: int = typer.Option(FINETUNE_STEPS, min=0, help="Full-precision fine-tuning steps (cached after the "
                                                            "first run)."),
-    eval_limit: int = typer.Option(0, min=0, help="Test sentences evaluated per variant (0: all 1,041); the table "
-                                           "prints the 95 % interval either way."),
+    eval_limit: int = typer.Option(0, min=0, help="Test sentences evaluated per variant (0: all 1,041; "
+                                           "the validation split is limited alike); the table prints the 95 % "
+                                           "interval either way."),
     threads: int = typer.Option(0, min=0, help="torch CPU threads per variant process (0: the cores shared out)."),
     workers: int = typer.Option(0, min=0, help="Variants trained at once, each in its own process (0: one per core, "
                                         "up to the variants and the memory; 1 on CUDA)."),

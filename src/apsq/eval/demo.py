@@ -180,7 +180,8 @@ def demo_run(variants: Sequence[tuple[str, str, int]] = DEFAULT_VARIANTS, *, fin
 
     Returns ``{"fp32": acc, "fp32_interval95": half-width, "eval_examples": n, "variants": {name: {"mode",
     "gs", "accuracy", "interval95", "calibrated_accuracy", "selection_accuracy", "seconds"}}, "settings":
-    {...}, "seconds": total, "machine": ..., "environment": ...}``. Accuracy is measured on the whole test
+    {...}, "seconds": total, "selected_gs": g, "gs_selected_on": "validation", "machine": ...,
+    "environment": ...}``. Accuracy is measured on the whole test
     split (1,041 sentences) or on ``eval_limit`` of them (a fixed random subset); ``interval95`` is the 95 %
     binomial half-width at that size; ``selection_accuracy`` is the accuracy on the validation split carved
     from the training sentences, where the best gs is chosen (:func:`apsq.eval.demo_report.best_apsq`).
@@ -254,6 +255,11 @@ def demo_run(variants: Sequence[tuple[str, str, int]] = DEFAULT_VARIANTS, *, fin
         if tmp is not None:
             tmp.cleanup()
     result: dict[str, Any] = {}
+    from apsq.eval.demo_report import best_apsq
+
+    best = best_apsq({"variants": rows})
+    if best is not None:  # the gs to report: chosen on the validation split when every APSQ row has it
+        result.update(selected_gs=best[1]["gs"], gs_selected_on=best[2])
     if energy:
         from apsq.eval.sweep import energy_reductions
 

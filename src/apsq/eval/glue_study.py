@@ -42,7 +42,8 @@ class GlueStudy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     base: dict[str, Any]
-    """A training config without ``data`` (``model``, ``finetune``, ``apsq``, ``qat``, ``distill``, ...)."""
+    """A training config (``model``, ``finetune``, ``apsq``, ``qat``, ``distill``, ...); its ``data`` section
+    may set options such as ``validation_from_train`` (each task sets ``name``, ``eval_split`` and files)."""
     tasks: tuple[str, ...] = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte")
     per_task: dict[str, dict[str, Any]] = {}
     data_files: dict[str, dict[str, str]] = {}
@@ -113,7 +114,7 @@ def collect_glue(output: str | Path, tasks: tuple[str, ...] | list[str], gs: tup
 
     ``best_gs`` is the APSQ gs to report. When every APSQ run of every task measured the rows held out of
     GLUE train (``data.validation_from_train`` + ``eval.selection_split: validation``), it is chosen on their
-    GLUE average (``selection_average``; ``selected_gs``, ``gs_selected_on: "validation"``, which
+    GLUE average (``selection_average``; ``selected_gs``, ``gs_selected_on: "held-out train rows"``, which
     ``apsq paper table1`` reads; ties to the smaller gs) and ``best_gs_on_reported`` keeps the best on
     GLUE's validation set for contrast. Otherwise it is the best on GLUE's validation set itself, the
     reported split (as the paper picks it; optimistic, issue 24)."""
@@ -158,7 +159,7 @@ def collect_glue(output: str | Path, tasks: tuple[str, ...] | list[str], gs: tup
         sel_avg = {int(n.removeprefix("apsq_gs")): glue_average(selection[n]) for n in apsq_runs}
         chosen = max(sel_avg, key=lambda g: (sel_avg[g], -g))
         out.update(selection_average={v: glue_average(s) for v, s in selection.items() if sorted(s) == done},
-                   selected_gs=chosen, gs_selected_on="validation", best_gs=chosen, best_gs_on_reported=best)
+                   selected_gs=chosen, gs_selected_on="held-out train rows", best_gs=chosen, best_gs_on_reported=best)
     return out
 
 

@@ -105,7 +105,8 @@ def quantized_causal_lm(model_path: str, config: apsq.APSQConfig | None, calibra
     return model, tok
 
 
-def _lm_eval_or_fail() -> None:
+def require_lm_eval() -> None:
+    """Raise :class:`APSQError` naming the extra to install when lm-eval is missing (before any model loads)."""
     try:
         import lm_eval  # noqa: F401
     except ImportError as exc:  # pragma: no cover
@@ -118,7 +119,7 @@ def evaluate_lm(model: torch.nn.Module, tok: Any, tasks: Sequence[str], *, limit
                 bootstrap_iters: int = BOOTSTRAP_ITERS) -> dict[str, Any]:
     """lm-eval's ``{"results": {task: metrics}, "n_samples": ...}`` of a loaded (quantized) causal LM on
     ``tasks`` (the first ``limit`` items of each; seeded), so that one model serves several task sets."""
-    _lm_eval_or_fail()
+    require_lm_eval()
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -144,7 +145,7 @@ def run_lm_eval(model_path: str, tasks: Sequence[str], config: apsq.APSQConfig |
     ``include_defaults=False`` skips indexing lm-eval's built-in tasks (only ``include_path``'s);
     ``add_bos`` prepends the tokenizer's BOS to every context (:func:`prepend_bos`); ``device``: where
     the model runs (lm-eval's ``HFLM`` sends its batches to the live model's device)."""
-    _lm_eval_or_fail()
+    require_lm_eval()
     model, tok = quantized_causal_lm(model_path, config, calibration, dtype=dtype, add_bos=add_bos, device=device)
     res = evaluate_lm(model, tok, tasks, limit=limit, batch_size=batch_size, include_path=include_path,
                       num_fewshot=num_fewshot, include_defaults=include_defaults, add_bos=add_bos,

@@ -234,8 +234,8 @@ def collect_row(row: Row, root: str | Path = ".", energy: bool = True) -> dict[s
     sel = notes.get("selected_gs")
     best = int(sel) if isinstance(sel, (int, str)) and str(sel).isdigit() and int(sel) in gs else max(
         gs, key=lambda g: (gs[g], -g))
-    on = notes.get("gs_selected_on") or "validation"
-    out.update(best_gs=best, gs_chosen=f"on {on} data" if sel is not None else
+    on = SELECTED_ON.get(notes.get("gs_selected_on") or "validation", notes.get("gs_selected_on"))
+    out.update(best_gs=best, gs_chosen=f"on {on}" if sel is not None else
                "best on the evaluated split (no validation selection in this result)",
                fp=fp, apsq=gs[best], apsq_per_gs={str(g): s for g, s in sorted(gs.items())})
     if fp is not None:
@@ -273,6 +273,17 @@ def table1(rows: list[Row], root: str | Path = ".", energy: bool = True) -> dict
             "paper_source": "docs/apsq-method.md section 6 (the seed paper's Table I)"}
 
 
+SELECTED_ON = {"validation": "validation data", "train split": "the tasks' training splits",
+               "held-out train rows": "rows held out of the training split"}
+"""A result's ``gs_selected_on`` in words (``gs_chosen``): the sweeps and studies' validation split, the
+zero-shot tasks' training splits, GLUE's rows held out of its training split."""
+
+
+def _chosen(r: dict[str, Any]) -> str:
+    """Where the row's gs was chosen, in a few words for the table cell."""
+    return "on test" if r.get("gs_chosen", "").startswith("best on the evaluated") else "not on test"
+
+
 def table1_markdown(res: dict[str, Any]) -> str:
     """The table: ours beside the paper's, with the source of every number."""
     head = ["model / task", "measured on", "FP", "APSQ (best gs)", "drop (ours)", "drop (paper)",
@@ -295,7 +306,7 @@ def table1_markdown(res: dict[str, Any]) -> str:
         else:
             fp = "" if r.get("fp") is None else f"{pct * r['fp']:.2f}"
             cells = [f"{r['model']} / {r['task']}", r["measured_on"], fp,
-                     f"{pct * r['apsq']:.2f} (gs={r['best_gs']})",
+                     f"{pct * r['apsq']:.2f} (gs={r['best_gs']}, chosen {_chosen(r)})",
                      "" if "drop" not in r else f"{r['drop']:+.2f}{unit}", r["paper"]["drop"],
                      f"{100 * ours['is']['total']:.1f} % / {r['paper']['is']}" if ours else f"— / {r['paper']['is']}",
                      f"{100 * ours['ws']['total']:.1f} % / {r['paper']['ws']}" if ours else f"— / {r['paper']['ws']}"]

@@ -304,9 +304,16 @@ def run_zero_shot(cfg: ZeroShotConfig, output: str | Path, *, progress: bool = T
     from tqdm.auto import tqdm
 
     from apsq.device import resolve_device
-    from apsq.eval.lm_eval_adapter import evaluate_lm, is_quantized, quantized_causal_lm, with_head_excluded
+    from apsq.eval.lm_eval_adapter import (
+        evaluate_lm,
+        is_quantized,
+        quantized_causal_lm,
+        require_lm_eval,
+        with_head_excluded,
+    )
     from apsq.eval.zero_shot_tasks import selection_task, write_local_tasks, write_selection_tasks
 
+    require_lm_eval()
     t0 = time.time()
     output = Path(output)
     tasks = list(cfg.tasks)

@@ -106,10 +106,11 @@ def write_local_tasks(data_dir: str | Path, out_dir: str | Path, tasks: Sequence
     return rows
 
 
-def _local_rows(task: str, f: Path) -> int:
+def _local_rows(task: str, f: Path, hint: str = "") -> int:
     if not f.is_file():
-        raise APSQError(f"local data: {f} does not exist (one {f.name} per task, rows in the hub's format: "
-                        f"{', '.join(TASK_FIELDS[task].fields)})")
+        kind = f.name.removeprefix(task)
+        raise APSQError(f"local data: {f} does not exist (one <task>{kind} per task, rows in the hub's format: "
+                        f"{', '.join(TASK_FIELDS[task].fields)}){hint}")
     return _check_rows(task, f, TASK_FIELDS[task].fields)
 
 
@@ -147,11 +148,12 @@ def write_selection_tasks(out_dir: str | Path, tasks: Sequence[str], data_dir: s
         APSQError: an unknown task, a missing or malformed local file -- before anything is written.
     """
     out_dir = Path(out_dir).resolve()
+    off = "; or set selection_items: 0 (--selection-items 0) to choose the gs on the evaluated splits"
     bad = [t for t in tasks if t not in TASK_FIELDS]
     if bad:
-        raise APSQError(f"tasks: a selection split is defined for {', '.join(PAPER_TASKS)}; got {bad}")
+        raise APSQError(f"tasks: a selection split is defined for {', '.join(PAPER_TASKS)}; got {bad}{off}")
     files = {t: None if data_dir is None else Path(data_dir).resolve() / f"{t}.selection.jsonl" for t in tasks}
-    rows = {t: None if f is None else _local_rows(t, f) for t, f in files.items()}
+    rows = {t: None if f is None else _local_rows(t, f, off) for t, f in files.items()}
     root = lm_eval_task_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     for t in tasks:

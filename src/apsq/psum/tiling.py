@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from apsq.errors import APSQError, check_int
+from apsq.errors import APSQError
 from apsq.kernels.plan import num_tiles, pad_to_tiles  # the tiling of K, shared with the kernels
 
 __all__ = ["num_tiles", "pad_to_tiles", "linear_partials", "conv2d_partials", "conv2d_im2col", "matmul_partials"]

@@ -348,10 +348,18 @@ class TrainConfig(_Strict):
         section = self.apsq.variant(**changes) if self.apsq is not None else APSQSection().variant(**changes)
         return self.model_copy(update={"apsq": section})
 
+    def weights_dump(self, mode: str = "python") -> dict[str, Any]:
+        """Everything that changes the trained weights (not ``save_every``, ``eval``, ``threads``), as stored
+        in a checkpoint. Keys added since (``data.validation_from_train``) are left out at their default, so
+        the run folders of earlier versions keep their fingerprint and resume."""
+        d = self.model_dump(mode=mode, exclude={"save_every", "eval", "threads"})
+        if not self.data.validation_from_train:
+            d["data"].pop("validation_from_train", None)
+        return d
+
     def fingerprint(self) -> str:
-        """Hash of everything that changes the trained weights (not ``save_every``, ``eval``, ``threads``)."""
-        d = self.model_dump(exclude={"save_every", "eval", "threads"})
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        """Hash of :meth:`weights_dump`: a checkpoint resumes only under the same one."""
+        return hashlib.sha256(json.dumps(self.weights_dump(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _format_error(exc: ValidationError, source: str) -> str:

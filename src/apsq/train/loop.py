@@ -528,7 +528,7 @@ class _Run:
             fp = self.state.get("fingerprint")
             if fp != self.cfg.fingerprint():
                 old = self.state.get("config", {})
-                new = self.cfg.model_dump(exclude={"save_every", "eval", "threads"})
+                new = self.cfg.weights_dump()
                 diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
                 raise APSQError(f"checkpoint {ck} was written by a different config (differs in: "
                                 f"{', '.join(diff) or 'unknown'}); use the original config or a new --output")
@@ -546,7 +546,7 @@ class _Run:
     def _save(self, stage: str, step: int, model: nn.Module, opt: torch.optim.Optimizer | None, **extra: Any) -> None:
         base = {k: v for k, v in self.state.items() if k != "optimizer"}
         self.state = {**base, **extra, "stage": stage, "step": step, "fingerprint": self.cfg.fingerprint(),
-                      "config": self.cfg.model_dump(mode="json", exclude={"save_every", "eval", "threads"})}
+                      "config": self.cfg.weights_dump(mode="json")}
         if self.main or self.fsdp:  # sharded tensors are gathered on every rank (collectives)
             tensors = {f"model/{k}": v for k, v in self._model_state(model).items()}
             meta = dict(self.state)
