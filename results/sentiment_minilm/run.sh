@@ -3,9 +3,9 @@
 # over five seeds with the library's default QAT recipe (docs/training-recipe.md).
 # Configs: configs/train_minilm_fp32.yaml (each seed fine-tunes its own FP32 model) and
 # configs/train_minilm_{w8a8,psq,apsq_gs1..4}.yaml (200 QAT steps x 32 each).
-# Long: one thread per run, two runs at a time; on the shared 2-core machine each FP32 fine-tune took
-# ~14 min and each QAT run 6.5-21 min (run_seconds in the JSON). Seed 0's FP32 fine-tune is the one the
-# demo caches; --root keeps the runs (finished ones are reused, interrupted ones resumed).
+# Long: one thread per run, two runs at a time; on the shared 2-core AMD EPYC each FP32 fine-tune took
+# ~15 min and each QAT run 11-27 min (run_seconds in the JSON; per channel ~27). Seed 0's FP32 fine-tune is
+# the one the demo caches; --root keeps the runs (finished ones are reused, interrupted ones resumed).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1

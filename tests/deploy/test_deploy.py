@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-import apsq
 from apsq import deploy
 from apsq.deploy.runner import outputs_of
 from apsq.errors import APSQError
