@@ -117,11 +117,13 @@ def best_apsq(res: dict) -> tuple[str, dict, str] | None:
     rows = [(n, r) for n, r in res["variants"].items() if r["mode"] == "apsq"]
     if not rows:
         return None
-    if all(r.get("selection_accuracy") is not None for _, r in rows):
-        name, row = max(rows, key=lambda nr: (nr[1]["selection_accuracy"], -nr[1]["gs"]))
-        return name, row, "validation"
-    name, row = max(rows, key=lambda nr: (nr[1]["accuracy"], -nr[1]["gs"]))
-    return name, row, "test"
+    from apsq.eval.report import best_gs
+
+    on = "validation" if all(r.get("selection_accuracy") is not None for _, r in rows) else "test"
+    key = "selection_accuracy" if on == "validation" else "accuracy"
+    g = best_gs({r["gs"]: r[key] for _, r in rows})
+    name, row = next((n, r) for n, r in rows if r["gs"] == g)
+    return name, row, on
 
 
 def plot_demo(res: dict, path: Path) -> Path:

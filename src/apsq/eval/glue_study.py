@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from apsq.data.registry import GLUE_CLASSES
 from apsq.errors import APSQError, read_yaml
+from apsq.eval.report import best_gs
 from apsq.train.config import TrainConfig, parse_config
 from apsq.train.glue import GLUE_METRICS, glue_average
 
@@ -148,7 +149,7 @@ def collect_glue(output: str | Path, tasks: tuple[str, ...] | list[str], gs: tup
         if v != "fp32" and fp is not None and a["tasks"] == fp["tasks"]:
             a["drop_pp"] = 100 * (fp["average"] - a["average"])
     gs_avg = {int(v.removeprefix("apsq_gs")): a["average"] for v, a in avg.items() if v.startswith("apsq_gs")}
-    best = max(gs_avg, key=lambda g: (gs_avg[g], -g)) if gs_avg else None
+    best = best_gs(gs_avg)
     out: dict[str, Any] = {"tasks": list(tasks), "metrics": {t: list(GLUE_METRICS[t]) for t in tasks},
                            "per_task": per_task, "glue_average": avg, "best_gs": best, "missing": missing}
     # gs chosen on the rows held out of GLUE train (data.validation_from_train), when every APSQ run of every
@@ -157,7 +158,7 @@ def collect_glue(output: str | Path, tasks: tuple[str, ...] | list[str], gs: tup
     done = sorted(per_task)
     if apsq_runs and done and all(sorted(selection.get(n, {})) == done for n in apsq_runs):
         sel_avg = {int(n.removeprefix("apsq_gs")): glue_average(selection[n]) for n in apsq_runs}
-        chosen = max(sel_avg, key=lambda g: (sel_avg[g], -g))
+        chosen = best_gs(sel_avg)
         out.update(selection_average={v: glue_average(s) for v, s in selection.items() if sorted(s) == done},
                    selected_gs=chosen, gs_selected_on="held-out train rows", best_gs=chosen, best_gs_on_reported=best)
     return out

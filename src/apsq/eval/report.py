@@ -7,6 +7,13 @@ from pathlib import Path
 from typing import Any
 
 
+def best_gs(scores: Mapping[int, float]) -> int | None:
+    """The gs with the highest score, ties to the smaller gs; None for no scores. The one rule by which
+    every sweep, study and table names its gs: on a selection split where one was measured, else on the
+    reported split (optimistic: ``docs/training-recipe.md``)."""
+    return max(scores, key=lambda g: (scores[g], -g)) if scores else None
+
+
 def accuracy_table(fp32: float | None, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """``{"fp32": acc, "w8a8": acc, "psq": acc, "apsq": {"<gs>": acc}}`` from per-variant results.
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from apsq.errors import APSQError
-from apsq.eval.report import accuracy_table, plot_accuracy_vs_gs
+from apsq.eval.report import accuracy_table, best_gs, plot_accuracy_vs_gs
 from apsq.nn.config import APSQConfig
 from apsq.train.checkpoint import atomic_write_text
 from apsq.train.config import TrainConfig, parse_config
@@ -75,7 +75,8 @@ def select_gs(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     apsq_runs = {n: r for n, r in runs.items() if r.get("apsq", {}).get("mode") == "apsq"}
     if not apsq_runs or any(r.get("selection_accuracy") is None for r in apsq_runs.values()):
         return {}
-    best = max(apsq_runs.values(), key=lambda r: (r["selection_accuracy"], -int(r["apsq"]["gs"])))
+    g = best_gs({int(r["apsq"]["gs"]): r["selection_accuracy"] for r in apsq_runs.values()})
+    best = next(r for r in apsq_runs.values() if int(r["apsq"]["gs"]) == g)
     split = best.get("selection_split")
     return {"selection": {n: r.get("selection_accuracy") for n, r in runs.items()}, "selection_split": split,
             "selected_gs": int(best["apsq"]["gs"]), "gs_selected_on": split}

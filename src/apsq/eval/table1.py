@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from apsq.errors import APSQError
+from apsq.eval.report import best_gs
 
 __all__ = ["ROWS", "Row", "collect_row", "dry_run", "gpu_hours", "table1", "table1_markdown"]
 
@@ -232,8 +233,9 @@ def collect_row(row: Row, root: str | Path = ".", energy: bool = True) -> dict[s
         out["error"] = "no APSQ variant in the result"
         return out
     sel = notes.get("selected_gs")
-    best = int(sel) if isinstance(sel, (int, str)) and str(sel).isdigit() and int(sel) in gs else max(
-        gs, key=lambda g: (gs[g], -g))
+    chosen = int(sel) if isinstance(sel, (int, str)) and str(sel).isdigit() and int(sel) in gs else best_gs(gs)
+    assert chosen is not None  # gs is not empty
+    best = chosen
     on = SELECTED_ON.get(notes.get("gs_selected_on") or "validation", notes.get("gs_selected_on"))
     out.update(best_gs=best, gs_chosen=f"on {on}" if sel is not None else
                "best on the evaluated split (no validation selection in this result)",

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from apsq.config import APSQConfig
 from apsq.errors import APSQError, read_yaml
 from apsq.eval.calibration import CalibrationSet
+from apsq.eval.report import best_gs
 from apsq.eval.zero_shot_tasks import PAPER_TASKS, TASK_FIELDS
 from apsq.train.config import APSQSection
 
@@ -241,11 +242,11 @@ def summarize(variants: dict[str, dict[str, Any]], tasks: list[str]) -> dict[str
             if s["average_stderr"] is not None and fp["average_stderr"] is not None:
                 s["drop_stderr_pp"] = 100 * math.hypot(s["average_stderr"], fp["average_stderr"])
     gs_avgs = {int(n.removeprefix("apsq_gs")): s["average"] for n, s in out.items() if n.startswith("apsq_gs")}
-    best = max(gs_avgs, key=lambda g: (gs_avgs[g], -g)) if gs_avgs else None
+    best = best_gs(gs_avgs)
     summary: dict[str, Any] = {"per_variant": out, "best_gs": best}
     sel = {g: out[f"apsq_gs{g}"].get("selection_average") for g in gs_avgs}
     if sel and all(v is not None for v in sel.values()):
-        chosen = max(sel, key=lambda g: (sel[g], -g))
+        chosen = best_gs(sel)
         summary.update(best_gs=chosen, selected_gs=chosen, gs_selected_on="train split", best_gs_on_reported=best)
     return summary
 
@@ -311,7 +312,11 @@ def run_zero_shot(cfg: ZeroShotConfig, output: str | Path, *, progress: bool = T
         require_lm_eval,
         with_head_excluded,
     )
-    from apsq.eval.zero_shot_tasks import selection_task, write_local_tasks, write_selection_tasks
+    from apsq.eval.zero_shot_tasks import (
+        selection_task,
+        write_local_tasks,
+        write_selection_tasks,
+    )
 
     require_lm_eval()
     t0 = time.time()
