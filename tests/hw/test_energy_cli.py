@@ -160,3 +160,23 @@ def test_trace_errors(app, tmp_path):
     assert r.exit_code == 2 and "built-in models only" in " ".join(r.output.split())
     r = _run(app, "--trace", f"{f}:nothere")
     assert r.exit_code == 2 and "no attribute 'nothere'" in " ".join(r.output.split())
+
+
+def test_trace_a_quantized_model_on_the_meta_device(app, tmp_path):
+    """``--trace`` builds the factory on the meta device; a model ``apsq.quantize_`` has seen (its own gs,
+    an excluded layer) traces there as on the CPU. It used to stop at the first quantized layer with
+    "Tensor.item() cannot be called on meta tensors", so no quantized model could be priced from the CLI."""
+    f = tmp_path / "apsq_qmodel.py"
+    f.write_text(
+        "import torch, apsq\nfrom torch import nn\n"
+        "def make():\n"
+        "    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(1), nn.Linear(512, 64), nn.Linear(64, 8))\n"
+        "    apsq.quantize_(m, apsq.APSQConfig(gs=3, tile=8, exclude=['3']))\n"
+        "    return m, (torch.zeros(2, 3, 8, 8),)\n"
+    )
+    r = _run(app, "--trace", f"{f}:make", "-d", "ws", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    got = [(ly["name"], ly["gs"], ly["full_precision"]) for ly in out["layers"]["apsq"]]
+    assert got == [("0", 3, False), ("2", 3, False), ("3", got[2][1], True)]
+    assert out["full_precision_layers"] == ["3"]

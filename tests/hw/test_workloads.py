@@ -158,6 +158,29 @@ def test_quantized_model_traces_like_the_float_one():
     assert [(ly.m, ly.k, ly.n) for ly in after.layers] == [(128, 27, 8), (16, 64, 70)]
 
 
+def test_quantized_model_traces_on_the_meta_device():
+    """A quantized model built on the meta device (``apsq energy --trace`` builds there) traces as the
+    same model on the CPU, attention matmuls included (a shape-only forward: nothing to check, calibrate or
+    quantize). It used to fail in the layers' finite check (``Tensor.item()`` on meta)."""
+    import apsq
+
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)
+    qcfg = apsq.APSQConfig(gs=3, tile=8, attention_matmuls=True, exclude=["lm_head"])
+    traced = []
+    for device in ("cpu", "meta"):
+        torch.manual_seed(0)
+        with torch.device(device):
+            m = transformers.LlamaForCausalLM(cfg).eval()
+            apsq.quantize_(m, qcfg)
+            traced.append(trace(m, torch.zeros(1, 8, dtype=torch.long)))
+    cpu, meta = traced
+    assert meta.layers == cpu.layers
+    assert {ly.name for ly in meta.layers if ly.gs == 3} >= {"model.layers.0.self_attn.apsq_qk", "model.layers.0.mlp.down_proj"}
+    assert [ly.name for ly in meta.layers if ly.full_precision] == ["lm_head"]
+
+
 def test_gs_from_an_apsq_config():
     import apsq
 

@@ -205,6 +205,8 @@ class QuantLayerBase(nn.Module):
 
     # --- the template ---------------------------------------------------------------------------
     def _forward(self, inputs: Inputs, names: tuple[str, ...]) -> torch.Tensor:
+        if any(t.is_meta for t in inputs):  # shapes only (apsq.hw.workloads.trace on the meta device): no values
+            return self._float_forward(inputs)  # to check, calibrate or quantize; the float path gives the shape
         for name, t in zip(names, inputs, strict=True):
             self._check(name, t)
         if self._recorder is not None:  # K of attention's AV is the sequence length of this batch
