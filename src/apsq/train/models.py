@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from apsq.errors import APSQError
-from apsq.train.config import TrainConfig
+from apsq.train.config import BUILTIN_MODELS, TrainConfig
 
 
 def minilm_path() -> str:
@@ -27,10 +27,23 @@ def load_tokenizer(cfg: TrainConfig):
     name = cfg.model.name
     path = minilm_path() if name in ("minilm", "bert-tiny", "llama-tiny") else name
     try:
-        return AutoTokenizer.from_pretrained(path)
+        tok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
-        raise APSQError(f"could not load the tokenizer of model {name!r} ({exc}); give 'minilm', 'bert-tiny', "
-                        "'digits-cnn', a local model folder or a hub id (the hub needs network access)") from exc
+        raise APSQError(f"could not load the tokenizer of model {name!r} ({exc}); give {_NAMES}, "
+                        "a local model folder or a hub id (the hub needs network access)") from exc
+    if tok.pad_token is None:
+        # decoder checkpoints (LLaMA, Mistral, GPT-2) ship no padding token: pad with the end-of-sequence
+        # token, as Hugging Face's guides do; build_model gives the model the same id
+        if tok.eos_token is None:
+            raise APSQError(f"model.name {name!r}: its tokenizer has neither a padding nor an end-of-sequence "
+                            "token, so batches of sentences cannot be padded; save the tokenizer with a "
+                            "pad_token (tokenizer.add_special_tokens({'pad_token': ...}) and resize the "
+                            "model's embeddings)")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+_NAMES = ", ".join(repr(n) for n in BUILTIN_MODELS)
 
 
 class DigitsCNN(nn.Module):
@@ -163,8 +176,14 @@ def build_model(cfg: TrainConfig, weights: bool = True) -> nn.Module:
             from transformers import AutoConfig
 
             conf = AutoConfig.from_pretrained(path, num_labels=m.num_labels)
-            return AutoModelForSequenceClassification.from_config(conf, **extra)
-        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=m.num_labels, **extra)
+            model = AutoModelForSequenceClassification.from_config(conf, **extra)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=m.num_labels, **extra)
     except OSError as exc:
-        raise APSQError(f"could not load model {name!r} ({exc}); give 'minilm', 'bert-tiny', 'digits-cnn', a local "
+        raise APSQError(f"could not load model {name!r} ({exc}); give {_NAMES}, a local "
                         "folder or a hub id (the hub needs network access)") from exc
+    if name != "minilm" and getattr(model.config, "pad_token_id", None) is None:
+        # a decoder's classification head reads the last token that is not padding: it must know the
+        # padding id the batches use (load_tokenizer's), or it refuses batches of more than one sentence
+        model.config.pad_token_id = load_tokenizer(cfg).pad_token_id
+    return model
