@@ -126,3 +126,33 @@ def test_run_refuses_a_program_layer_without_its_weight_codes():
     prog.manifest.layers[0] = prog.layers[0].model_copy(update={"tensors": {}})
     with pytest.raises(APSQError, match="program layer '0' has no tensor 'weight_codes'"):
         deploy.run(prog, x, model=model)
+
+
+class _LayoutProbe(torch.nn.Module):
+    """Records the strides of what the previous layer handed on (the host sees them: reductions follow them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.strides: list[tuple[int, ...]] = []
+
+    def forward(self, x):
+        self.strides.append(tuple(s for s, n in zip(x.stride(), x.shape, strict=True) if n > 1))  # the layout
+        return x
+
+
+def test_rtl_backend_keeps_the_layers_output_layout(tmp_path):
+    """A conv's RTL codes come back in the golden codes' memory layout (channels-last-like), not a fresh
+    contiguous tensor: a trained digits CNN (conv -> BatchNorm -> pooling) on the RTL ended with logits
+    5.96e-08 off the PyTorch model's ("every layer matched, but the model outputs differ") because the
+    pooling summed in another order; golden was exact."""
+    pytest.importorskip("amaranth")
+    model, x = conv_net(gs=2)
+    probe = _LayoutProbe()
+    model = torch.nn.Sequential(model[0], probe, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    x = x[:1, :, :4, :4]  # the Python simulator: ~10^3 cycles/s
+    prog = deploy.export(model, x)
+    for backend in ("golden", "amaranth"):
+        rep = deploy.run(prog, x, backend, model=model, mismatch_dir=tmp_path)
+        assert rep.outputs_equal is True
+    # engine (golden), reference, engine (RTL), reference: the same layout as the unchanged model's output
+    assert len(set(probe.strides)) == 1, probe.strides

@@ -235,7 +235,9 @@ class _EngineLayer:
             rtl_t = torch.from_numpy(rtl_codes)
             if not torch.equal(rtl_t, gold.code):
                 self._mismatch("golden", self.backend, xs, codes, t, gold.code, rtl_t)
-            out_code = rtl_t
+            # in the golden codes' memory layout (a conv's is channels-last-like): the host's float ops after
+            # the layer (BatchNorm, pooling) reduce in layout order, and the model's own output has this layout
+            out_code = torch.empty_like(gold.code).copy_(rtl_t)
         rep.activity.add(engine_activity(t.shape[0], lay.gs, gold.code.numel(), self.engine, measured))
         y = (out_code.to(torch.float64) * torch.exp2((gold.exponent + unit).to(torch.float64))).to(dtype)
         if self.verify:
