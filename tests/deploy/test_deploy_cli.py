@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from apsq.cli import app
+from apsq.errors import APSQError
 
 runner = CliRunner()
 
@@ -90,3 +91,43 @@ def test_cli_errors_are_one_line(trained_run, tmp_path):
     assert not (tmp_path / "p").exists()
     res = runner.invoke(app, ["deploy", "run", str(tmp_path / "nothing")])
     assert res.exit_code == 2 and "no manifest.json" in res.output
+
+
+def test_export_and_run_a_digits_cnn_run(tmp_path):
+    """An image classifier from ``apsq train`` (the digits CNN: three conv layers on the engine) exports and
+    runs from the command line like a text model; a text file as its input is refused before anything runs.
+    Export used to refuse it with "apsq deploy run takes text models (the digits CNN: use the Python API)"."""
+    from apsq.train.config import parse_config
+    from apsq.train.loop import train
+
+    cfg = parse_config({
+        "seed": 0, "model": {"name": "digits-cnn", "num_labels": 10},
+        "data": {"name": "digits", "eval_split": "test", "train_limit": 64, "eval_limit": 16},
+        "finetune": {"steps": 2, "batch_size": 16, "lr": 1e-3},
+        "apsq": {"mode": "apsq", "gs": 2, "tile": 16, "exclude": ["classifier"]},
+        "qat": {"steps": 1, "batch_size": 16, "lr": 1e-4, "calib_batches": 1},
+        "save_every": 2, "threads": 1,
+    })
+    train(cfg, tmp_path / "run", progress=False)
+    prog, out = tmp_path / "prog", tmp_path / "run.json"
+    res = runner.invoke(app, ["deploy", "export", str(tmp_path / "run"), "-o", str(prog), "--lanes", "8"])
+    assert res.exit_code == 0, res.output
+    assert [lay["op"] for lay in json.loads((prog / "manifest.json").read_text())["layers"]] == ["conv2d"] * 3
+    res = runner.invoke(app, ["deploy", "run", str(prog), "--limit", "6", "--batch-size", "4", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    s = json.loads(out.read_text())
+    assert s["sentences"] == 6 and s["identical_logits"] == 6 and s["sentences_checked_layer_by_layer"] == 6
+    assert s["accuracy"] is not None
+    text = tmp_path / "s.txt"
+    text.write_text("a sentence\n")
+    res = runner.invoke(app, ["deploy", "run", str(prog), "--input", str(text), "--json", str(tmp_path / "no.json")])
+    assert res.exit_code == 2 and "takes images" in res.output and "--input eval" in res.output
+    assert not (tmp_path / "no.json").exists()
+
+
+def test_a_segmentation_run_is_refused_with_the_way_around():
+    from apsq.deploy.batches import input_batches
+
+    cfg = {"model": {"name": "segformer-b0", "num_labels": 12}, "data": {"name": "digit-scenes"}}
+    with pytest.raises(APSQError, match=r"segformer-b0.*segmentation model.*apsq\.deploy\.export"):
+        input_batches(cfg, "eval")

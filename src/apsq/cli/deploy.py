@@ -66,11 +66,11 @@ def _flat(e):
 @deploy_app.command("run")
 def run_cmd(
     program: Path = typer.Argument(..., help="Program folder (apsq deploy export)."),
-    input_: str = typer.Option("eval", "--input", "-i", help="'eval' (the run's evaluation split) or a text file, "
-                               "one sentence per line."),
+    input_: str = typer.Option("eval", "--input", "-i", help="'eval' (the run's evaluation split) or, for a text "
+                               "model, a text file with one sentence per line."),
     backend: str = typer.Option("golden", help="golden | amaranth | verilator."),
     limit: int = typer.Option(None, min=1, help="Only the first N inputs."),
-    batch_size: int = typer.Option(32, min=1, help="Sentences per forward."),
+    batch_size: int = typer.Option(32, min=1, help="Inputs (sentences / images) per forward."),
     verify: bool = typer.Option(True, help="Check every layer stage by stage and the logits against PyTorch."),
     mismatch_dir: Path = typer.Option(Path("deploy-mismatch"), help="Where a mismatch's .npz is written."),
     json_out: Path = typer.Option(None, "--json", help="Write the summary JSON here."),

@@ -27,8 +27,13 @@ __all__ = ["input_batches", "run_batches"]
 def input_batches(train_config: Mapping[str, Any] | None, source: str, *, limit: int | None = None,
                   batch_size: int = 32) -> tuple[int, Iterator[dict[str, torch.Tensor]]]:
     """``(count, batches)`` for the model of an ``apsq train`` config: ``source`` is ``eval`` (the
-    run's evaluation split, first ``limit`` in order) or a UTF-8 text file with one sentence per line.
-    Batches hold ``labels`` when known; the ``n`` inputs are batched in order of length (less padding)."""
+    run's evaluation split, first ``limit`` in order) or, for a text model, a UTF-8 text file with one
+    sentence per line. Batches hold ``labels`` when known; sentences are batched in order of length (less
+    padding), images (the digits CNN's ``pixel_values``) in order.
+
+    Raises:
+        APSQError: a model that is neither a text model nor an image classifier (segmentation: use the
+            Python API), a text file for an image model, a missing or empty file."""
     from apsq.train.config import parse_config
 
     check_int("batch_size", batch_size, lo=1)
@@ -38,31 +43,45 @@ def input_batches(train_config: Mapping[str, Any] | None, source: str, *, limit:
         raise APSQError("this program was exported from a Python model: run it with apsq.deploy.run(program, "
                         "inputs, model=...)")
     cfg = parse_config(dict(train_config), "program host")
-    if cfg.model.name == "digits-cnn":
-        raise APSQError("apsq deploy run takes text models (the digits CNN: use the Python API)")
-    from apsq.data.text import TextExample, TokenizedText
-    from apsq.train.models import load_tokenizer
+    from apsq.data.registry import IMAGE, TEXT
+    from apsq.train.config import check_model_name
+    from apsq.train.tasks import build_task
 
-    tok = load_tokenizer(cfg)
-    if source == "eval":
-        from apsq.train.tasks import build_task
-
-        split = build_task(cfg, tok).eval
-        if not isinstance(split, TokenizedText):  # text models (checked above) evaluate on tokenized text
-            raise APSQError(f"apsq deploy run takes text models; the evaluation split of {cfg.model.name} is not text")
-        data = split
+    modality = check_model_name(cfg.model.name)
+    if modality not in (TEXT, IMAGE):
+        raise APSQError(f"apsq deploy takes classifiers (text models, and the digits CNN on images); model "
+                        f"{cfg.model.name!r} is a {modality} model: export and run it from Python, "
+                        "apsq.deploy.export(model, batch) and apsq.deploy.run(program, batch, model=model)")
+    if modality == IMAGE:
+        if source != "eval":
+            raise APSQError(f"--input {source!r}: model {cfg.model.name!r} takes images; its inputs are the run's "
+                            "evaluation split: --input eval")
+        data: Any = build_task(cfg).eval
+        lengths = None
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise APSQError(f"--input {source!r}: give 'eval' (the run's evaluation split) or a text file with one "
-                            "sentence per line")
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        if not lines:
-            raise APSQError(f"--input {source}: the file holds no sentence")
-        data = TokenizedText([TextExample(id=str(i), text=s, label=-1) for i, s in enumerate(lines)], tok, cfg.model.max_len)
+        from apsq.data.text import TextExample, TokenizedText
+        from apsq.train.models import load_tokenizer
+
+        tok = load_tokenizer(cfg)
+        if source == "eval":
+            split = build_task(cfg, tok).eval
+            if not isinstance(split, TokenizedText):  # text models evaluate on tokenized text
+                raise APSQError(f"apsq deploy: the evaluation split of {cfg.model.name} is not text")
+            data = split
+        else:
+            path = Path(source)
+            if not path.is_file():
+                raise APSQError(f"--input {source!r}: give 'eval' (the run's evaluation split) or a text file with one "
+                                "sentence per line")
+            lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            if not lines:
+                raise APSQError(f"--input {source}: the file holds no sentence")
+            data = TokenizedText([TextExample(id=str(i), text=s, label=-1) for i, s in enumerate(lines)], tok,
+                                 cfg.model.max_len)
+        lengths = data.lengths()
     n = len(data) if limit is None else min(limit, len(data))
-    lengths = data.lengths()
-    order = sorted(range(n), key=lambda i: (lengths[i], i))  # the first n, batched by length: little padding
+    # the first n; sentences batched by length (little padding), images in order
+    order = list(range(n)) if lengths is None else sorted(range(n), key=lambda i: (lengths[i], i))
 
     def gen() -> Iterator[dict[str, torch.Tensor]]:
         for i in range(0, n, batch_size):
@@ -72,6 +91,11 @@ def input_batches(train_config: Mapping[str, Any] | None, source: str, *, limit:
             yield b
 
     return n, gen()
+
+
+def _batch_len(batch: Mapping[str, torch.Tensor]) -> int:
+    """Inputs in a batch (sentences or images): the first dimension of its first tensor."""
+    return len(next(iter(batch.values())))
 
 
 def run_batches(program: Program, source: str, backend: str = "golden", *, limit: int | None = None,
@@ -100,7 +124,7 @@ def run_batches(program: Program, source: str, backend: str = "golden", *, limit
         rep = run(program, batch, backend, model=model, verify=verify, mismatch_dir=mismatch_dir,
                   integer_check=done == 0, check_layers=layer_checks)  # integer_forward (int64, slow): first batch
         batch_no += 1
-        checked_sentences += len(batch["input_ids"]) if verify and layer_checks else 0
+        checked_sentences += _batch_len(batch) if verify and layer_checks else 0
         out = outputs_of(rep.output)
         pred = out.argmax(-1)
         if verify:
