@@ -21,6 +21,7 @@ from apsq.nn.config import APSQConfig
 from apsq.train.checkpoint import atomic_write_text
 from apsq.train.config import TrainConfig, parse_config
 from apsq.train.loop import CKPT, FP32, RESULT, train
+from apsq.train.models import check_apsq_section
 
 
 def _apsq_of(cfg: TrainConfig) -> APSQConfig:
@@ -172,6 +173,7 @@ def sweep(base: TrainConfig, output: str | Path, gs_values: Sequence[int] = (1, 
     (:func:`check_energy_tile`; ``override_tile`` prices the array's depth anyway)."""
     if energy:
         check_energy_tile(base, override_tile)
+    check_apsq_section(base)  # a bad exclude pattern fails now, not after the shared fine-tune
     output = Path(output)
     runs: dict[str, dict[str, Any]] = {}
     if base.finetune.init is None and base.finetune.steps > 0:  # fine-tune once, share it

@@ -181,12 +181,56 @@ def quantize_(model: nn.Module, config: APSQConfig | None = None) -> nn.Module:
             layer cannot take. Raised before the model is changed.
     """
     config = config or APSQConfig()
+    plan = _plan(model, config)
+    if plan is None:
+        return model
+    swaps, skipped = plan
+    # --- nothing above changed the model; apply ---------------------------------------------------
+    for use, q in swaps:
+        for parent, attr in use.places:
+            parent._modules[attr] = q
+    if config.attention_matmuls:
+        for name, module in list(model.named_modules()):
+            if is_supported_attention(module) and not hasattr(module, "apsq_qk"):
+                _attach(module, name, config)
+    skipped.extend(_unquantized_reductions(model, config))
+    report = QuantizeReport(tuple(u.names[0] for u, _ in swaps), tuple(skipped), config)
+    model.apsq_report = report  # type: ignore[assignment]  # a plain attribute on the user's model (nn.Module types only tensors / modules)
+    model.register_load_state_dict_pre_hook(_check_settings_before_load)
+    install_padding_capture(model)  # calibration and lazy initialisation skip padded positions
+    watch_optimizers(model)  # one StepSizeWarning for an optimizer that cannot learn the steps
+    _record_in_hf_config(model, config)
+    bad = [s for s in skipped if not s.by_config]
+    if bad:
+        warnings.warn(
+            f"apsq.quantize_ left {len(bad)} layer(s) with a reduction in full precision: "
+            f"{QuantizeReport(skipped=tuple(bad)).describe()} (all of them: model.apsq_report.skipped)",
+            stacklevel=2,
+        )
+    return model
+
+
+def check_config(model: nn.Module, config: APSQConfig | None = None) -> None:
+    """Raise the :class:`APSQError` that ``quantize_(model, config)`` would raise, changing nothing.
+
+    For a program that quantizes late (``apsq train`` fine-tunes in full precision first): a bad
+    ``exclude`` / ``overrides`` pattern, settings a layer cannot take, a shared module with two
+    settings, an already quantized model are reported before hours of work, not after them.
+    """
+    _plan(model, config or APSQConfig())
+
+
+def _plan(model: nn.Module, config: APSQConfig) -> tuple[list[tuple[_Use, nn.Module]], list[SkippedLayer]] | None:
+    """The swaps and skipped layers of ``quantize_(model, config)`` (None: already quantized with
+    ``config``); every refusal of :func:`quantize_` is raised here, and the model is not changed."""
     if not isinstance(config, APSQConfig):
         raise APSQError(f"config must be an APSQConfig, got {type(config).__name__}")
+    if not isinstance(model, nn.Module):
+        raise APSQError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(model, QUANT_LAYER_TYPES):
         raise APSQError("model is already a quantized layer; pass its parent")
     if _already_quantized(model, config):
-        return model
+        return None
     _check_attention_granularity(model, config)
     uses = _uses(model)
     _check_patterns(model, config, uses)
@@ -230,29 +274,7 @@ def quantize_(model: nn.Module, config: APSQConfig | None = None) -> nn.Module:
         q = quant_cls.from_float(use.module, lcfg, config.check_finite)  # type: ignore[attr-defined]  # every class in _SWAPS has it
         q.layer_name = name
         swaps.append((use, q))
-    # --- nothing above changed the model; apply ---------------------------------------------------
-    for use, q in swaps:
-        for parent, attr in use.places:
-            parent._modules[attr] = q
-    if config.attention_matmuls:
-        for name, module in list(model.named_modules()):
-            if is_supported_attention(module) and not hasattr(module, "apsq_qk"):
-                _attach(module, name, config)
-    skipped.extend(_unquantized_reductions(model, config))
-    report = QuantizeReport(tuple(u.names[0] for u, _ in swaps), tuple(skipped), config)
-    model.apsq_report = report  # type: ignore[assignment]  # a plain attribute on the user's model (nn.Module types only tensors / modules)
-    model.register_load_state_dict_pre_hook(_check_settings_before_load)
-    install_padding_capture(model)  # calibration and lazy initialisation skip padded positions
-    watch_optimizers(model)  # one StepSizeWarning for an optimizer that cannot learn the steps
-    _record_in_hf_config(model, config)
-    bad = [s for s in skipped if not s.by_config]
-    if bad:
-        warnings.warn(
-            f"apsq.quantize_ left {len(bad)} layer(s) with a reduction in full precision: "
-            f"{QuantizeReport(skipped=tuple(bad)).describe()} (all of them: model.apsq_report.skipped)",
-            stacklevel=2,
-        )
-    return model
+    return swaps, skipped
 
 
 def _config_diff(old: APSQConfig, new: APSQConfig) -> str:

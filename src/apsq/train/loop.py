@@ -671,6 +671,7 @@ class _Run:
     def run(self) -> dict[str, Any]:
         import apsq
         from apsq.data.registry import SEGMENTATION, TEXT
+        from apsq.nn.transform import check_config
         from apsq.train.config import BUILTIN_MODELS
         from apsq.train.models import build_model, load_tokenizer, model_init
 
@@ -682,6 +683,8 @@ class _Run:
         self.segmentation = BUILTIN_MODELS.get(cfg.model.name) == SEGMENTATION
         self.seg_metrics = None
         model = build_model(cfg)
+        if cfg.apsq_config() is not None:  # a bad exclude pattern fails now, not after the full-precision stage
+            check_config(model, cfg.apsq_config())
         init = model_init(model)
         self.metrics.truncate_after(self.state["stage"], self.state["step"])
         if init is not None and self.main:

@@ -124,6 +124,20 @@ def _head(num_labels: int, eager_attention: bool = False) -> dict[str, Any]:
     return {"num_labels": num_labels, **({"attn_implementation": "eager"} if eager_attention else {})}
 
 
+def check_apsq_section(cfg: TrainConfig) -> None:
+    """Raise the :class:`APSQError` that quantizing ``cfg``'s model with ``cfg.apsq`` would raise (a bad
+    ``exclude`` / ``overrides`` pattern, settings a layer cannot take), before anything trains: the model's
+    architecture is built on the meta device (no weights, no memory) and nothing is kept."""
+    from apsq.nn.transform import check_config
+
+    qcfg = cfg.apsq_config()
+    if qcfg is None:
+        return
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):  # building seeds and initialises
+        model = build_model(cfg, weights=False)
+    check_config(model, qcfg)
+
+
 def model_init(model: nn.Module) -> str | None:
     """How :func:`build_model` initialised ``model`` (segmentation models), else None."""
     return getattr(model, "apsq_init", None)
