@@ -1,9 +1,10 @@
 """QAT with knowledge distillation on Hugging Face accelerate: configs, checkpoints, the training loop.
 
 The library's one optimizer rule is public for your own loops and trainers (issue 22 item 4):
-``make_optimizer(model, ScheduleConfig(...))`` (AdamW over ``param_groups``: the step sizes in their own
-group at ``scale_lr`` with ``eps`` 1e-20), ``lr_factor`` (the schedule) and ``clip_grad_norms_`` (weights
-and step sizes clipped apart) -- what ``apsq train`` and ``apsq.integrations.transformers.APSQTrainer`` use.
+``make_optimizer(model, QATConfig(steps=...))`` (AdamW over ``param_groups``: the step sizes in their own
+group at ``scale_lr`` with ``eps`` 1e-20; ``QATConfig``'s defaults are the QAT recipe, ``scale_lr`` 0.2,
+while a plain ``ScheduleConfig`` is the full-precision stage's, ``scale_lr`` 1e-3, far too small to move an
+exponent), ``lr_factor`` (the schedule) and ``clip_grad_norms_`` (weights and step sizes clipped apart) -- what ``apsq train`` and ``apsq.integrations.transformers.APSQTrainer`` use.
 
 The public names are loaded on first use (PEP 562), so that ``apsq train --help`` starts without torch.
 """
