@@ -82,6 +82,25 @@ def test_float_checkpoint_quantized_on_loading_has_uninitialised_steps(tmp_path)
     assert not any(layer.needs_init() for layer in layers.values())
 
 
+def test_a_float_checkpoint_quantized_on_loading_reports_only_really_missing_keys(tmp_path):
+    """The steps a float checkpoint cannot hold are expected: transformers' load report listed every one
+    of them as MISSING ("newly initialized ... consider training", a 50-line table for a 2-layer LLaMA);
+    a weight that is really missing still is."""
+    from safetensors.torch import load_file, save_file
+
+    _llama().save_pretrained(tmp_path)
+    cfg = apsq_hf.APSQHfConfig(apsq.APSQConfig(gs=2, tile=8, attention_matmuls=True))
+    _, info = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=cfg,
+                                                               output_loading_info=True)
+    assert info["missing_keys"] == set() or info["missing_keys"] == []
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["model.layers.1.mlp.up_proj.weight"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    _, info = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=cfg,
+                                                               output_loading_info=True)
+    assert set(info["missing_keys"]) == {"model.layers.1.mlp.up_proj.weight"}
+
+
 def test_without_the_integration_the_float_shell_is_never_requantized(tmp_path, monkeypatch):
     model, _ = _trained(_llama(), apsq.APSQConfig(gs=2, tile=8), 100)
     model.save_pretrained(tmp_path)

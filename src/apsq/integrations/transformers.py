@@ -25,6 +25,7 @@ Sources: ``transformers/quantizers/{base,auto,quantizer_torchao}.py``; ModelOpt'
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -88,7 +89,14 @@ class APSQHfQuantizer(HfQuantizer):
         qc = self.quantization_config
         if not isinstance(qc, APSQHfConfig):
             raise APSQError(f"APSQHfQuantizer: quantization_config must be an APSQHfConfig, got {type(qc).__name__}")
+        before = set(model.state_dict())
         quantize_(model, qc.apsq_config())
+        if not self.pre_quantized:
+            # a float checkpoint has no steps: expected, so transformers' load report must not list every
+            # step, flag and settings record as MISSING ("newly initialized ... consider training")
+            added = set(model.state_dict()) - before
+            ignore = getattr(model, "_keys_to_ignore_on_load_missing", None) or set()
+            model._keys_to_ignore_on_load_missing = set(ignore) | {rf"^{re.escape(k)}$" for k in added}
         return model
 
     def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
