@@ -152,8 +152,8 @@ def test_builtin_accelerators_by_name():
     shared = sum(getattr(tpu.buffers, b).capacity_kib for b in tpu.shared_sram)
     assert shared == 2048  # one 2 MiB SRAM for inputs and outputs (PSUMs included)
     assert load_accelerator("default") == default_accelerator()
-    with pytest.raises(APSQError, match="does not exist"):
-        load_accelerator("zigzag-tpu-lik")
+    with pytest.raises(APSQError, match=r"'zigzag-tpu-lik' does not exist: give a built-in \(default, .*zigzag-tpu-like-is"):
+        load_accelerator("zigzag-tpu-lik")  # a typo lists the built-in names
 
 
 def test_per_operand_registers_default_to_the_shared_value():

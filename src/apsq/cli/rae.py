@@ -13,7 +13,7 @@ import typer
 
 from apsq.cli.common import console as make_console
 from apsq.cli.common import fail, table, typer_app
-from apsq.errors import APSQError, literal
+from apsq.errors import APSQError, check_choice, literal
 
 __all__ = ["rae_app", "register"]
 
@@ -93,6 +93,7 @@ def area_cmd(
     console = make_console()
     reports = []
     try:
+        check_choice("--banks", banks, (*BANK_MODES, "both"))
         params = _params(lanes, depth, bits, lane_exponents)
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
                       transient=True) as prog:

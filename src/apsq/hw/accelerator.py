@@ -273,9 +273,16 @@ def load_accelerator(path: str | Path | None = None) -> Accelerator:
     """Load an accelerator YAML; ``None`` loads the packaged default 28 nm INT8 accelerator.
 
     ``path`` may also be a built-in name (:data:`BUILTIN_ACCELERATORS`, e.g. ``zigzag-tpu-like``).
+
+    Raises:
+        APSQError: a name that is no built-in and no existing file (listing the built-ins), a missing or
+            malformed YAML file, a field out of range.
     """
     if isinstance(path, (str, Path)) and str(path) in BUILTIN_ACCELERATORS and not Path(path).is_file():
         path = _configs_dir() / BUILTIN_ACCELERATORS[str(path)]
+    if path is not None and not Path(path).is_file():
+        raise APSQError(f"accelerator {str(path)!r} does not exist" + (" (it is a folder)" if Path(path).is_dir() else "")
+                        + f": give a built-in ({', '.join(BUILTIN_ACCELERATORS)}) or an accelerator YAML file")
     p = _configs_dir() / DEFAULT_ACCELERATOR if path is None else Path(path)
     data = read_yaml(p, "accelerator file")
     return Accelerator.from_dict(data, source=f"accelerator file {str(p)!r}")

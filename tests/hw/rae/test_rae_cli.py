@@ -43,6 +43,14 @@ def test_simulate_command_rejects_bad_gs():
     assert "gs must be in [1, 4]" in res.output
 
 
+def test_area_command_names_every_banks_choice(tmp_path):
+    """``--banks`` takes macro, flops or both (the default); a bad value listed only the first two, after the
+    engine was built (no Yosys needed to see the refusal)."""
+    res = runner.invoke(app, ["rae", "area", "--banks", "sram", "--json", str(tmp_path / "a.json")])
+    assert res.exit_code == 2 and "--banks must be one of 'macro', 'flops', 'both'; got 'sram'" in res.output
+    assert not (tmp_path / "a.json").exists()
+
+
 @pytest.mark.skipif(shutil.which("yosys") is None, reason="yosys not installed (Debian package yosys)")
 def test_area_command_json(tmp_path):
     out = tmp_path / "area.json"
