@@ -17,7 +17,15 @@ def test_llama2_7b_dry_run_lists_layers_memory_and_energy(tmp_path):
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())
     assert res["quantized_layers"] == 32 * 9  # q k v o gate up down + QK^T + AV per decoder layer
-    assert res["layer_kinds"]["down_proj"] == {"kind": "linear", "k": 11008, "n_out": 4096, "tiles": 344, "count": 32}
+    assert res["layer_kinds"]["down_proj"] == {"kind": "linear", "k": 11008, "n_out": 4096, "tiles": 344,
+                                               "k_tokens": False, "count": 32}
+    # QK^T reduces over the head dimension into one column per key; AV over the keys (at most the 4,096
+    # positions) into the head dimension (the table said K 4096, N "seq": N was the keys' axis)
+    assert res["layer_kinds"]["apsq_qk"] == {"kind": "matmul", "k": 128, "n_out": None, "tiles": 4,
+                                             "k_tokens": False, "count": 32}
+    assert res["layer_kinds"]["apsq_av"] == {"kind": "matmul", "k": 4096, "n_out": 128, "tiles": 128,
+                                             "k_tokens": True, "count": 32}
+    assert "keys <= 4096" in r.output
     assert res["skipped"] == ["lm_head"]
     mem = res["memory"]
     assert 6.7e9 < mem["weights"] < 6.8e9  # LLaMA-2-7B: 6.74 B parameters

@@ -37,7 +37,8 @@ def dry_run_cmd(
     t = table(f"{model}: {res['quantized_layers']} quantized layers ({mode}, gs={gs}, tile {tile}, "
               f"{psum_bits}-bit PSUMs)", "layer", "kind", "K", "N", "tiles n", "count", left=("layer", "kind"))
     for name, k in res["layer_kinds"].items():
-        t.add_row(name, k["kind"], str(k["k"]), str(k["n_out"] or "seq"), str(k["tiles"]), str(k["count"]))
+        t.add_row(name, k["kind"], f"keys <= {k['k']}" if k["k_tokens"] else str(k["k"]), str(k["n_out"] or "keys"),
+                  f"<= {k['tiles']}" if k["k_tokens"] else str(k["tiles"]), str(k["count"]))
     con.print(t)
     if res["skipped"]:
         con.print(f"full precision: {', '.join(res['skipped'])}")

@@ -40,6 +40,8 @@ class QuantLayerInfo:
     k: int
     n_out: int | None
     tiles: int
+    k_tokens: bool = False
+    """``k`` is the largest key count (attention's AV reduces over the keys), not a fixed width."""
 
 
 def build_meta(model: str, mode: str = "apsq", gs: int = 2, tile: int = 32, psum_bits: int = 8,
@@ -65,7 +67,7 @@ def quant_layer_infos(model: nn.Module) -> list[QuantLayerInfo]:
     out = []
     for name, m in quant_layers(model):
         n_out = getattr(m, "out_features", None)
-        out.append(QuantLayerInfo(name, m.kind, m._k(), n_out, m._n()))
+        out.append(QuantLayerInfo(name, m.kind, m._k(), n_out, m._n(), "k" in getattr(m, "positions", ())))
     return out
 
 
@@ -134,7 +136,8 @@ def dry_run(model: str = "llama2-7b", gpus: tuple[int, ...] = (1, 2, 4, 8), dtyp
     kinds: dict[str, dict[str, Any]] = {}
     for i in infos:
         short = i.name.split(".")[-1] if ".layers." in i.name else i.name
-        e = kinds.setdefault(short, {"kind": i.kind, "k": i.k, "n_out": i.n_out, "tiles": i.tiles, "count": 0})
+        e = kinds.setdefault(short, {"kind": i.kind, "k": i.k, "n_out": i.n_out, "tiles": i.tiles,
+                                        "k_tokens": i.k_tokens, "count": 0})
         e["count"] += 1
     res: dict[str, Any] = {"model": model, "quant": {"mode": mode, "gs": gs, "tile": tile, "psum_bits": psum_bits,
                                                      "attention_matmuls": True, "exclude": ["lm_head"]},

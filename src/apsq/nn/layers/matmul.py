@@ -43,6 +43,9 @@ class QuantMatmul(QuantLayerBase):
             raise per_channel_matmul_error(name)
         super().__init__()
         self.max_k = max_k
+        self.out_features = out_features
+        """``N`` when it is fixed (attention's AV: the head dimension); None when it follows the input
+        (QK^T: the key count)."""
         self.positions: tuple[str, ...] = ()
         """Axes of ``a @ b`` that are token positions (``"m"``, ``"k"``, ``"n"``): cropped to the real
         tokens of each sentence for calibration (:meth:`_pair_groups`); set by the attention hook."""
