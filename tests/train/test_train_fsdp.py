@@ -115,8 +115,10 @@ def test_fsdp_requests_apsq_cannot_honour_are_refused(monkeypatch, env, world, m
     monkeypatch.delenv("FSDP_VERSION", raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    with pytest.raises(APSQError, match=msg):
+    with pytest.raises(APSQError, match=msg) as err:
         fsdp_requested(world, mp_)
+    # the advice must be a launch accelerate accepts: it refuses --multi_gpu beside --use_fsdp
+    assert "--multi_gpu" not in str(err.value)
 
 
 def test_no_fsdp_request_and_fsdp2_request(monkeypatch):

@@ -41,8 +41,9 @@ def fsdp_requested(world: int, mixed_precision: str = "no") -> bool:
                         "FSDP2 only: pass --fsdp_version 2 (FSDP1's flat parameters would hold the step sizes in "
                         "views it rewrites)")
     if world < 2:
-        raise APSQError("FSDP2 was requested with 1 process; pass --num_processes N (N >= 2; on a CPU machine also "
-                        "--num_machines 1 --multi_gpu so accelerate starts N gloo processes) or drop --use_fsdp")
+        # not --multi_gpu: accelerate launch refuses it beside --use_fsdp ("only one of ... at a time")
+        raise APSQError("FSDP2 was requested with 1 process; pass --num_machines 1 --num_processes N (N >= 2; on a "
+                        "CPU machine accelerate then starts N gloo processes) or drop --use_fsdp")
     if mixed_precision not in ("no", "", None):
         raise APSQError(f"mixed precision {mixed_precision!r} with FSDP2 is not supported by apsq train (FSDP2 would cast "
                         "the float32 step parameters); pass --mixed_precision no")
