@@ -180,3 +180,14 @@ def test_trace_a_quantized_model_on_the_meta_device(app, tmp_path):
     got = [(ly["name"], ly["gs"], ly["full_precision"]) for ly in out["layers"]["apsq"]]
     assert got == [("0", 3, False), ("2", 3, False), ("3", got[2][1], True)]
     assert out["full_precision_layers"] == ["3"]
+
+
+def test_text_report_names_the_baseline_width_and_beta(app):
+    """``--baseline-bits 24 --psum-bits 12``: the tables said "INT32 baseline" whatever the baseline width;
+    they now name INT24, and the summary states β (stored PSUM bits / act_bits) on both sides."""
+    r = _run(app, "--model", "bert-base", "--seq-len", "16", "-d", "ws", "--baseline-bits", "24", "--psum-bits", "12")
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert "INT24" in out and "INT32" not in out
+    assert "stored PSUMs 24 -> 12 bits (β = stored PSUM bits / act_bits: 3 -> 1.5)" in out
+    assert "50.00 % of PSUM energy" in out  # 1 - 12/24, nothing spills at 16 tokens

@@ -39,12 +39,17 @@ def _gs_label(r: EnergyReport) -> str:
     return str(vals[0]) if len(vals) == 1 else "per-layer"
 
 
+def _baseline_bits(cmp: Comparison) -> int:
+    """The baseline's stored PSUM width (the accelerator's ``acc_bits``, or ``--baseline-bits``)."""
+    return int(cmp.baseline.summary()["psum_bits"])
+
+
 def _report_table(cmp: Comparison) -> Table:
     from apsq.hw.dataflow import LEVELS, OPERANDS
 
     sched = cmp.baseline.schedule.kind if cmp.baseline.schedule is not None else "untiled"
     t = table(f"{literal(cmp.baseline.workload)} — {cmp.baseline.dataflow.upper()} ({sched}) — energy (µJ)",
-              "operand", "level", "baseline (INT32 PSUM)",
+              "operand", "level", f"baseline (INT{_baseline_bits(cmp)} PSUM)",
               f"{cmp.apsq.mode} (gs={_gs_label(cmp.apsq)}, {cmp.apsq.psum_bits}b)", left=("operand", "level"))
     b, a = cmp.baseline.energy_pj.sum(axis=0), cmp.apsq.energy_pj.sum(axis=0)
     for i, op in enumerate(OPERANDS):
@@ -81,9 +86,10 @@ def _layer_table(cmp: Comparison, w: Workload) -> Table:
     return t
 
 
-def _schedules_table(summ: dict[str, Any], dataflow: str, mode: str) -> Table:
-    t = table(f"{dataflow.upper()} under both schedules, OS beside (energy µJ; saved = 1 - {mode} / INT32)",
-              "schedule", "INT32 baseline", mode, "total saved", "PSUM saved", "on-chip saved", "spills b/a", "OS",
+def _schedules_table(summ: dict[str, Any], dataflow: str, mode: str, baseline_bits: int) -> Table:
+    base = f"INT{baseline_bits}"
+    t = table(f"{dataflow.upper()} under both schedules, OS beside (energy µJ; saved = 1 - {mode} / {base})",
+              "schedule", f"{base} baseline", mode, "total saved", "PSUM saved", "on-chip saved", "spills b/a", "OS",
               left=("schedule",))
     for sched, r in summ.items():
         t.add_row(sched, f"{r['baseline_pj'] / 1e6:,.3f}", f"{r['apsq_pj'] / 1e6:,.3f}", f"{100 * r['reduction']:.2f} %",
@@ -173,7 +179,7 @@ def energy_main(
     elif as_json:
         _print_json(cmp, acc.name, summ)
     else:
-        _print_report(cmp, summ, w, dataflow, mode, schedule, per_layer=per_layer,
+        _print_report(cmp, summ, w, dataflow, mode, schedule, acc, per_layer=per_layer,
                       written=(plot, plot_layers_png))
 
 
@@ -262,16 +268,19 @@ def _print_json(cmp: Comparison, acc_name: str, summ: dict[str, Any]) -> None:
     typer.echo(json.dumps(out, indent=2))
 
 
-def _print_report(cmp: Comparison, summ: dict[str, Any], w: Workload, dataflow: str, mode: str, schedule: str, *,
-                  per_layer: bool, written: tuple[Path | None, ...]) -> None:
+def _print_report(cmp: Comparison, summ: dict[str, Any], w: Workload, dataflow: str, mode: str, schedule: str,
+                  acc: Accelerator, *, per_layer: bool, written: tuple[Path | None, ...]) -> None:
     """The tables, the one-line summary and the files written."""
     con = console()
     con.print(_report_table(cmp))
     if per_layer:
         con.print(_layer_table(cmp, w))
-    con.print(_schedules_table(summ, dataflow, mode))
+    bits = _baseline_bits(cmp)
+    con.print(_schedules_table(summ, dataflow, mode, bits))
     bound_b = cmp.baseline.per_layer()
     con.print(
+        f"stored PSUMs {bits} -> {cmp.apsq.psum_bits} bits (β = stored PSUM bits / act_bits: {bits / acc.act_bits:g} -> "
+        f"{cmp.apsq.psum_bits / acc.act_bits:g}); "
         f"{schedule} schedule: reduction {100 * cmp.reduction:.2f} % of total energy, "
         f"{100 * cmp.psum_reduction:.2f} % of PSUM energy; "
         f"PSUM share of the baseline {100 * cmp.psum_share_baseline:.2f} %; PSUMs spill to DRAM: "
