@@ -486,6 +486,11 @@ class _Run:
         # calibration); FSDP1, one process or mixed precision are refused before accelerate starts
         self.fsdp = fsdp_requested(int(os.environ.get("WORLD_SIZE", "1")),
                                    os.environ.get("ACCELERATE_MIXED_PRECISION", "no"))
+        if self.fsdp:
+            # accelerate's FSDP launch asks transformers to load pretrained weights on local rank 0 only
+            # (--fsdp_cpu_ram_efficient_loading, default true), the other ranks' on the meta device, and
+            # counts on its own prepare() to broadcast them; apsq shards the model itself: every rank loads
+            os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "false"
         # cpu=True without CUDA: lets `accelerate launch --multi_gpu --num_processes N` (torchrun) run N
         # CPU processes with gloo (accelerate's `--cpu` launcher needs mpirun for N > 1).
         self.acc = accelerator or Accelerator(
