@@ -40,6 +40,8 @@ def test_llama2_7b_dry_run_lists_layers_memory_and_energy(tmp_path):
     e = res["energy"]["dataflows"]
     assert set(e) == {"is", "ws"} and e["is"]["reduction"] > e["ws"]["reduction"] > 0
     assert "memory per GPU" in r.output and "IS" in r.output
+    # the figures are untiled (IS: INT32 PSUMs spill): said so, with the command of the tiled ones
+    assert "untiled (the fixed loop orders)" in r.output and "--schedule tiled" in " ".join(r.output.split())
 
 
 def test_dry_run_bad_input_is_one_line():
