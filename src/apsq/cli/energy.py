@@ -114,7 +114,8 @@ def energy_main(
     ctx: typer.Context,
     model: str | None = typer.Option(None, "--model", "-m", help=f"built-in: {', '.join(WORKLOADS)}"),
     trace: str | None = typer.Option(
-        None, "--trace", help="module:factory returning (model, inputs) or a Workload"
+        None, "--trace", help="module:factory returning (model, inputs) or a Workload; called on the meta device "
+        "(build from a config, not from_pretrained)"
     ),
     workload_file: Path | None = typer.Option(
         None, "--workload", help="workload YAML: layers: [{name, m, k, n, count} or {name, conv: {...}}]"
