@@ -280,11 +280,11 @@ def _print_report(cmp: Comparison, summ: dict[str, Any], w: Workload, dataflow: 
     con.print(_schedules_table(summ, dataflow, mode, bits))
     bound_b = cmp.baseline.per_layer()
     con.print(
-        f"stored PSUMs {bits} -> {cmp.apsq.psum_bits} bits (β = stored PSUM bits / act_bits: {bits / acc.act_bits:g} -> "
-        f"{cmp.apsq.psum_bits / acc.act_bits:g}); "
         f"{schedule} schedule: reduction {100 * cmp.reduction:.2f} % of total energy, "
         f"{100 * cmp.psum_reduction:.2f} % of PSUM energy; "
-        f"PSUM share of the baseline {100 * cmp.psum_share_baseline:.2f} %; PSUMs spill to DRAM: "
+        f"PSUM share of the baseline {100 * cmp.psum_share_baseline:.2f} %; "
+        f"stored PSUMs {bits} -> {cmp.apsq.psum_bits} bits (β = stored PSUM bits / act_bits: {bits / acc.act_bits:g} -> "
+        f"{cmp.apsq.psum_bits / acc.act_bits:g}); PSUMs spill to DRAM: "
         f"baseline {cmp.baseline.psum_spills}, {mode} {cmp.apsq.psum_spills}; "
         f"latency {cmp.baseline.latency_us:,.1f} / {cmp.apsq.latency_us:,.1f} µs "
         f"(max of compute, DRAM and each buffer port per layer; baseline bound by "
