@@ -237,7 +237,7 @@ class APSQTrainer(Trainer):
         """Calibrate (when some step is not initialised, see the class doc), then ``Trainer.train``."""
         model = self._model()
         if self.calibration_batches and any(m.needs_init() for _, m in quant_layers(model)):
-            calibrate(model, _first_batches(self.get_train_dataloader(), self.calibration_batches))
+            calibrate(model, _same_on_every_rank(_first_batches(self.get_train_dataloader(), self.calibration_batches)))
         if self.teacher is not None:
             self.teacher.to(module_device(model))
         return super().train(*args, **kwargs)
@@ -277,6 +277,21 @@ class APSQTrainer(Trainer):
 
 def _clip_before_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
     clip_grad_norms_(opt.param_groups)
+
+
+def _same_on_every_rank(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Under ``torch.distributed`` (``torchrun`` / ``accelerate launch``: each rank's data loader yields its
+    own share) every rank's batches, gathered in step order (step 1 of rank 0, of rank 1, ..., step 2 ...):
+    the data of the first global steps, the same list on every rank, as :func:`apsq.calibrate` requires
+    there. One process: ``batches`` as given."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return batches
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, [to_device(b, "cpu") for b in batches])
+    steps = max(len(g) for g in gathered)
+    return [g[i] for i in range(steps) for g in gathered if i < len(g)]
 
 
 def _first_batches(loader: Iterable[Any], n: int) -> list[dict[str, Any]]:
