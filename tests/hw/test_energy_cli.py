@@ -180,6 +180,9 @@ def test_trace_a_quantized_model_on_the_meta_device(app, tmp_path):
     got = [(ly["name"], ly["gs"], ly["full_precision"]) for ly in out["layers"]["apsq"]]
     assert got == [("0", 3, False), ("2", 3, False), ("3", got[2][1], True)]
     assert out["full_precision_layers"] == ["3"]
+    assert out["gs"] == 3  # the quantized layers' gs (the excluded layer's placeholder 1 made it a list)
+    r = _run(app, "--trace", f"{f}:make", "-d", "ws")
+    assert r.exit_code == 0 and "apsq (gs=3, 8b)" in r.output  # was "gs=per-layer"
 
 
 def test_text_report_names_the_baseline_width_and_beta(app):

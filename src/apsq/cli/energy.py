@@ -35,8 +35,8 @@ DRAM_PRESETS = ("ddr3", "ddr4", "lpddr4", "hbm2", "zigzag")
 
 
 def _gs_label(r: EnergyReport) -> str:
-    vals = sorted(set(r.gs.tolist()))
-    return str(vals[0]) if len(vals) == 1 else "per-layer"
+    gs = r.gs_used()
+    return str(gs) if isinstance(gs, int) else "per-layer"
 
 
 def _baseline_bits(cmp: Comparison) -> int:

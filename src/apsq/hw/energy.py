@@ -57,6 +57,15 @@ class EnergyReport:
         z = np.zeros(len(self.mac_pj))
         return (z if self.rae_pj is None else self.rae_pj) + (z if self.exponent_pj is None else self.exponent_pj)
 
+    def gs_used(self) -> int | list[int]:
+        """The group size of the quantized layers: one int when they share it, else every layer's (a list
+        over all layers). Layers left in full precision (priced at the baseline width; their ``gs`` is a
+        placeholder 1) do not count, so a model quantized with one gs reports that gs."""
+        fp = self.full_precision
+        priced = self.gs if fp is None or fp.all() else self.gs[~fp]
+        vals = set(priced.tolist())
+        return int(vals.pop()) if len(vals) == 1 else self.gs.tolist()
+
     @property
     def total_pj(self) -> float:
         return float(self.energy_pj.sum() + self.mac_pj.sum() + self._extra().sum())
@@ -240,7 +249,7 @@ class Comparison:
             "mode": self.apsq.mode,
             "schedule": self.apsq.schedule.kind if self.apsq.schedule is not None else "untiled",
             "spill": self.apsq.spill,
-            "gs": int(self.apsq.gs[0]) if len(set(self.apsq.gs.tolist())) == 1 else self.apsq.gs.tolist(),
+            "gs": self.apsq.gs_used(),
             "psum_bits": self.apsq.psum_bits,
             "baseline_bits": int(self.baseline.counts.bits[0, PS, SRAM]),
             "baseline_pj": self.baseline.total_pj,
