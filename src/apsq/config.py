@@ -15,7 +15,9 @@ the energy model can take a typed config without importing torch; ``apsq.nn.conf
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import fnmatch
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,26 @@ RAE_BANKS = 4
 one per bank, so the engine runs ``gs <= RAE_BANKS``; the built-in accelerators' ``buffers.psum.banks``."""
 
 
+def _named_settings_only(cls: type) -> type:
+    """``cls(...)`` (and ``dataclasses.replace``) with a keyword that is no field: an :class:`APSQError`
+    naming it, the closest field and every allowed one, instead of Python's bare ``TypeError``."""
+    init = cls.__init__
+    allowed = [f.name for f in dataclasses.fields(cls)]
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        unknown = sorted(set(kwargs) - set(allowed))
+        if unknown:
+            hints = [f"{u!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(u, allowed, 1))
+                     else repr(u) for u in unknown]
+            raise APSQError(f"{cls.__name__}: unknown setting(s) {', '.join(hints)}; allowed: {', '.join(allowed)}")
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__  # type: ignore[method-assign]  # the dataclass's own __init__, checked first
+    return cls
+
+
+@_named_settings_only
 @dataclass(frozen=True)
 class LayerQuantConfig:
     """Settings resolved for one layer (the global config with any matching overrides applied)."""
@@ -93,6 +115,7 @@ class LayerQuantConfig:
             check_bool(name, getattr(self, name))
 
 
+@_named_settings_only
 @dataclass(frozen=True)
 class APSQConfig(LayerQuantConfig):
     """Global quantization settings for :func:`apsq.quantize_`.

@@ -87,6 +87,19 @@ def test_config_validation(kwargs, match):
         apsq.APSQConfig(**kwargs)
 
 
+def test_an_unknown_keyword_names_the_setting_and_the_allowed_ones():
+    """Was Python's bare TypeError ("unexpected keyword argument"), not an APSQError with the allowed values."""
+    from apsq.nn.config import LayerQuantConfig
+
+    with pytest.raises(APSQError, match=r"APSQConfig: unknown setting\(s\) 'group_size'; allowed: tile, mode, gs"):
+        apsq.APSQConfig(group_size=2)
+    with pytest.raises(APSQError, match=r"'psumbits' \(did you mean 'psum_bits'\?\)"):
+        apsq.APSQConfig().replace(psumbits=4)
+    with pytest.raises(APSQError, match=r"LayerQuantConfig: unknown setting\(s\) 'exclude'"):
+        LayerQuantConfig(exclude=("x",))
+    assert apsq.APSQConfig(gs=3).replace(gs=4) == apsq.APSQConfig(gs=4)
+
+
 def test_config_from_dict_and_yaml(tmp_path):
     with pytest.raises(APSQError, match="unknown APSQ config keys"):
         apsq.APSQConfig.from_dict({"gs": 2, "group_size": 3})
