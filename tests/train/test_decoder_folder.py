@@ -60,6 +60,17 @@ def test_a_decoder_folder_without_pad_token_trains_and_exports(tmp_path, standin
     assert torch.allclose(both[1:], alone, atol=1e-6)
 
 
+def test_a_half_precision_checkpoint_trains_in_float32(tmp_path, standin, make_config):
+    """transformers 5 loads a checkpoint in the dtype it was saved in (LLaMA's: bf16 / fp16), and apsq train
+    then trained bf16 weights with AdamW (updates of 3e-5 round away) while its docs said float32."""
+    from transformers import AutoModelForCausalLM
+
+    folder = _save_decoder(tmp_path / "llama")
+    AutoModelForCausalLM.from_pretrained(folder).to(torch.bfloat16).save_pretrained(folder)
+    cfg = parse_config(make_config(standin, model={"name": str(folder)}))
+    assert {p.dtype for p in build_model(cfg).parameters()} == {torch.float32}
+
+
 def test_a_tokenizer_without_pad_or_eos_is_refused_naming_the_model(tmp_path, standin, make_config):
     folder = _save_decoder(tmp_path / "llama", eos=False)
     cfg = parse_config(make_config(standin, model={"name": str(folder)}))

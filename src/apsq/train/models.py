@@ -107,7 +107,7 @@ def segformer_b0(cfg: TrainConfig, weights: bool = True) -> tuple[nn.Module, str
             reason = "HF_HUB_OFFLINE is set"
         else:
             try:
-                model = SegformerForSemanticSegmentation.from_pretrained(hub, num_labels=n,
+                model = SegformerForSemanticSegmentation.from_pretrained(hub, num_labels=n, dtype=torch.float32,
                                                                          ignore_mismatched_sizes=True)
                 return model, f"hub weights {hub}"
             except (OSError, ValueError) as exc:
@@ -192,7 +192,10 @@ def build_model(cfg: TrainConfig, weights: bool = True) -> nn.Module:
             conf = AutoConfig.from_pretrained(path, num_labels=m.num_labels)
             model = AutoModelForSequenceClassification.from_config(conf, **extra)
         else:
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=m.num_labels, **extra)
+            # float32 whatever the checkpoint holds: transformers 5 loads a bf16 / fp16 checkpoint (LLaMA's are)
+            # in its own dtype, where AdamW's updates at QAT's rates round away and apsq train trains float32
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=m.num_labels,
+                                                                       dtype=torch.float32, **extra)
     except OSError as exc:
         raise APSQError(f"could not load model {name!r} ({exc}); give {_NAMES}, a local "
                         "folder or a hub id (the hub needs network access)") from exc
