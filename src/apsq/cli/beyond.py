@@ -53,7 +53,7 @@ def baseline_cmd(
     eval_limit: int | None = typer.Option(256, "--eval-limit", min=0, help="evaluation examples (0: all)"),
     threads: int = typer.Option(1, "--threads", min=1),
     device: str = typer.Option("auto", "--device", help="where the models run: auto (CUDA if present) | cpu | cuda[:N]"),
-    json_path: Path | None = typer.Option(None, "--json"),
+    json_path: Path | None = typer.Option(None, "--json", dir_okay=False),
 ) -> None:
     """Energy of 16/24/32-bit and exact-width (16 + ceil(log2 K)) baseline PSUMs vs APSQ, built-in
     workloads, IS and WS; with --config, PTQ accuracy of saturating narrow baselines."""
@@ -120,7 +120,7 @@ def lowbit_cmd(
     eval_limit: int | None = typer.Option(256, "--eval-limit", min=0, help="evaluation examples (0: all)"),
     threads: int = typer.Option(1, "--threads", min=1),
     device: str = typer.Option("auto", "--device", help="where the models run: auto (CUDA if present) | cpu | cuda[:N]"),
-    json_path: Path | None = typer.Option(None, "--json"),
+    json_path: Path | None = typer.Option(None, "--json", dir_okay=False),
     key: str | None = typer.Option(None, "--key", help="merge into --json under this key (e.g. the task)"),
     override_tile: bool = OVERRIDE_TILE,
 ) -> None:
@@ -182,7 +182,7 @@ def a2q_cmd(
     eval_limit: int | None = typer.Option(256, "--eval-limit", min=0, help="evaluation examples (0: all)"),
     threads: int = typer.Option(1, "--threads", min=1),
     device: str = typer.Option("auto", "--device", help="where the models run: auto (CUDA if present) | cpu | cuda[:N]"),
-    json_path: Path | None = typer.Option(None, "--json"),
+    json_path: Path | None = typer.Option(None, "--json", dir_okay=False),
     override_tile: bool = OVERRIDE_TILE,
 ) -> None:
     """A2Q / A2Q+ (brevitas) vs APSQ INT8 PSUMs vs W8A8 INT32: accuracy after the same QAT, and energy."""

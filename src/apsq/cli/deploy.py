@@ -24,7 +24,7 @@ deploy_app = typer_app(name="deploy", help="Deploy a trained model to the RAE: e
 def export_cmd(
     run_dir: Path = typer.Argument(..., metavar="RUN_OR_CHECKPOINT", help="An `apsq train` run folder (QAT stage) or "
                                    "its checkpoint.safetensors."),
-    output: Path = typer.Option(..., "--output", "-o", help="Program folder to write (manifest.json + "
+    output: Path = typer.Option(..., "--output", "-o", file_okay=False, help="Program folder to write (manifest.json + "
                                 "tensors.safetensors)."),
     lanes: int = typer.Option(32, min=1, help="RAE lanes (outputs per beat)."),
     depth: int = typer.Option(16, min=1, help="Words per PSUM bank."),
@@ -72,8 +72,9 @@ def run_cmd(
     limit: int = typer.Option(None, min=1, help="Only the first N inputs."),
     batch_size: int = typer.Option(32, min=1, help="Inputs (sentences / images) per forward."),
     verify: bool = typer.Option(True, help="Check every layer stage by stage and the logits against PyTorch."),
-    mismatch_dir: Path = typer.Option(Path("deploy-mismatch"), help="Where a mismatch's .npz is written."),
-    json_out: Path = typer.Option(None, "--json", help="Write the summary JSON here."),
+    mismatch_dir: Path = typer.Option(Path("deploy-mismatch"), file_okay=False,
+                                      help="Where a mismatch's .npz is written."),
+    json_out: Path = typer.Option(None, "--json", dir_okay=False, help="Write the summary JSON here."),
     layer_batches: int = typer.Option(None, "--layer-batches", min=0, help="Check every layer stage by stage on the first N "
                                       "batches only (default: all); the logits of every batch are compared."),
     energy: bool = typer.Option(False, "--energy", help="Print the counted PSUM / RAE activity, priced, beside the "

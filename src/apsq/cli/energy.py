@@ -152,8 +152,10 @@ def energy_main(
     context: int | None = typer.Option(None, "--context", min=1, help="llama2-7b decode: KV-cache length"),
     as_json: bool = typer.Option(False, "--json", help="print JSON (always with the per-layer breakdown)"),
     per_layer: bool = typer.Option(False, "--per-layer", help="per-layer table"),
-    plot: Path | None = typer.Option(None, "--plot", help="write a breakdown PNG (baseline vs gs=1..4)"),
-    plot_layers_png: Path | None = typer.Option(None, "--plot-layers", help="write a per-layer energy PNG"),
+    plot: Path | None = typer.Option(None, "--plot", dir_okay=False,
+                                     help="write a breakdown PNG (baseline vs gs=1..4)"),
+    plot_layers_png: Path | None = typer.Option(None, "--plot-layers", dir_okay=False,
+                                                help="write a per-layer energy PNG"),
 ) -> None:
     # No docstring: the group's help is the one given to typer_app in register().
     if ctx.invoked_subcommand is not None:
@@ -308,7 +310,7 @@ def energy_sweep(
     ),
     schedule: str = typer.Option("untiled", "--schedule", help="untiled | tiled"),
     as_json: bool = typer.Option(False, "--json"),
-    plot: Path | None = typer.Option(None, "--plot", help="write energy-vs-size PNG"),
+    plot: Path | None = typer.Option(None, "--plot", dir_okay=False, help="write energy-vs-size PNG"),
 ) -> None:
     """Energy vs sequence length / image size for the baseline and gs = 1..4, marking DRAM spills."""
     from apsq.errors import check_choice

@@ -40,8 +40,8 @@ def sweep_cmd(
     output: Path = typer.Option(None, "--output", "-o", help="Sweep folder (default `runs/sweep_<config>`)."),
     baselines: bool = typer.Option(True, help="Also W8A8 with INT32 PSUMs and psq."),
     energy: bool = typer.Option(True, help="Add the energy reduction of the traced model (IS, WS)."),
-    json_out: Path = typer.Option(None, "--json", help="Result JSON (default `<output>/sweep.json`)."),
-    png_out: Path = typer.Option(None, "--png", help="Plot (default `<output>/sweep.png`)."),
+    json_out: Path = typer.Option(None, "--json", dir_okay=False, help="Result JSON (default `<output>/sweep.json`)."),
+    png_out: Path = typer.Option(None, "--png", dir_okay=False, help="Plot (default `<output>/sweep.png`)."),
     override_tile: bool = OVERRIDE_TILE,
 ) -> None:
     """Train every PSUM variant (reusing finished runs, resuming interrupted ones) and report."""
@@ -86,7 +86,7 @@ def llm_ppl(
     gs: str = typer.Option("1,2,3,4", help="Comma-separated APSQ group sizes."),
     train_steps: int = typer.Option(800, min=0, help="FP32 training steps of the small LLaMA."),
     qat_steps: int = typer.Option(0, min=0, help="QAT + KD steps per variant (0: calibration only)."),
-    json_out: Path = typer.Option(Path("runs/llm_ppl.json"), "--json", help="Result JSON."),
+    json_out: Path = typer.Option(Path("runs/llm_ppl.json"), "--json", dir_okay=False, help="Result JSON."),
     save_model: Path = typer.Option(None, help="Keep the trained FP model + tokenizer here."),
     threads: int = typer.Option(None, min=1, help="torch threads."),
 ) -> None:
@@ -115,7 +115,7 @@ def llm_mc(
     calib: int = typer.Option(16, min=1, help="Training-split movie-review sentences used for calibration."),
     batch_size: int = typer.Option(32, min=1),
     task_dir: Path = typer.Option(Path("runs/llm_mc_task"), help="Where the JSONL + task YAML are written."),
-    json_out: Path = typer.Option(Path("runs/llm_mc.json"), "--json", help="Result JSON."),
+    json_out: Path = typer.Option(Path("runs/llm_mc.json"), "--json", dir_okay=False, help="Result JSON."),
     threads: int = typer.Option(None, min=1, help="torch threads."),
 ) -> None:
     """Local lm-eval multiple-choice task (sentence completion, 4 choices) per PSUM variant."""
@@ -214,7 +214,7 @@ def lm_eval_cmd(
     calib_samples: int = typer.Option(128, "--calib-samples", min=1, help="Calibration windows."),
     calib_seq_len: int = typer.Option(512, "--calib-seq-len", min=1, help="Tokens per calibration window."),
     device: str = typer.Option("auto", "--device", help="Where the model runs: auto (CUDA if present), cpu, cuda[:N]."),
-    json_out: Path = typer.Option(None, "--json", help="Write the results here."),
+    json_out: Path = typer.Option(None, "--json", dir_okay=False, help="Write the results here."),
 ) -> None:
     """lm-eval zero-shot tasks on an APSQ-quantized Hugging Face model (each metric with its stderr)."""
     import apsq
@@ -240,8 +240,8 @@ def vision(
     image_size: int = typer.Option(512, min=1, help="Square input size in pixels."),
     seed: int = typer.Option(0, min=0, help="Weight-initialisation and crop seed."),
     device: str = typer.Option("auto", "--device", help="Where the model runs: auto (CUDA if present), cpu, cuda[:N]."),
-    json_out: Path = typer.Option(None, "--json", help="Write the results here."),
-    png_out: Path = typer.Option(None, "--png", help="Plot the relative errors here."),
+    json_out: Path = typer.Option(None, "--json", dir_okay=False, help="Write the results here."),
+    png_out: Path = typer.Option(None, "--png", dir_okay=False, help="Plot the relative errors here."),
 ) -> None:
     """Output error vs full precision per PSUM variant of random-init Segformer-B0 / EfficientViT-B1 on real photos."""
     from apsq.eval.vision import run_vision

@@ -22,7 +22,7 @@ def dry_run_cmd(
     seq_len: int = typer.Option(512, "--seq-len", min=1, help="prefill tokens of the energy workload"),
     teacher: bool = typer.Option(True, "--teacher/--no-teacher", help="count a sharded distillation teacher"),
     energy: bool = typer.Option(True, "--energy/--no-energy", help="add the energy model's IS / WS report"),
-    json_path: Path | None = typer.Option(None, "--json", help="also write the result as JSON"),
+    json_path: Path | None = typer.Option(None, "--json", dir_okay=False, help="also write the result as JSON"),
 ) -> None:
     """Quantized layers, memory per GPU (1/2/4/8) and the IS/WS energy report of a model built on the meta
     device -- nothing is allocated. Memory: parameters + gradients + AdamW + float32 quantizer steps (+ the

