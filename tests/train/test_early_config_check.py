@@ -49,3 +49,12 @@ def test_check_config_raises_what_quantize_raises_and_changes_nothing():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(APSQError, match="model must be a torch.nn.Module, got str"):
         check_config("model", bad)  # type: ignore[arg-type]
+
+
+def test_the_early_check_leaves_a_model_it_cannot_build_to_the_run(monkeypatch):
+    """Offline, a hub id's architecture cannot be had: the sweep's early check steps aside (a finished sweep
+    is still reused; a run that needs the model reports the load error itself)."""
+    from apsq.train.models import check_apsq_section
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    check_apsq_section(parse_config({"model": {"name": "bert-base-uncased"}, "apsq": {"exclude": ["nothing"]}}))

@@ -133,8 +133,11 @@ def check_apsq_section(cfg: TrainConfig) -> None:
     qcfg = cfg.apsq_config()
     if qcfg is None:
         return
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):  # building seeds and initialises
-        model = build_model(cfg, weights=False)
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):  # building seeds and initialises
+            model = build_model(cfg, weights=False)
+    except APSQError:  # its architecture cannot be had here (a hub id offline): the run that needs the
+        return         # model says so itself, and finished runs are reused without it
     check_config(model, qcfg)
 
 
