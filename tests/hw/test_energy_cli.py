@@ -194,3 +194,12 @@ def test_text_report_names_the_baseline_width_and_beta(app):
     assert "INT24" in out and "INT32" not in out
     assert "stored PSUMs 24 -> 12 bits (β = stored PSUM bits / act_bits: 3 -> 1.5)" in out
     assert "50.00 % of PSUM energy" in out  # 1 - 12/24, nothing spills at 16 tokens
+
+
+def test_sweep_refuses_a_phase_the_model_does_not_have(app):
+    """``apsq energy sweep -m bert-base --phase decode`` swept seq_len as if --phase were not there (``apsq
+    energy -m bert-base --phase decode`` refuses it); a phase other than prefill / decode is named too."""
+    r = CliRunner().invoke(app, ["energy", "sweep", "-m", "bert-base", "--phase", "decode", "--values", "16"])
+    assert r.exit_code == 2 and "--phase is llama2-7b's (prefill | decode); model 'bert-base' has none" in r.output
+    r = CliRunner().invoke(app, ["energy", "sweep", "-m", "llama2-7b", "--phase", "train", "--values", "16"])
+    assert r.exit_code == 2 and "--phase must be one of 'prefill', 'decode'; got 'train'" in r.output

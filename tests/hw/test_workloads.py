@@ -125,8 +125,8 @@ def test_llama2_7b_prefill_and_decode():
 def test_builtin_errors_list_choices():
     with pytest.raises(APSQError, match="'bert-base', 'segformer-b0', 'efficientvit-b1', 'llama2-7b'"):
         builtin_workload("resnet-18")
-    with pytest.raises(APSQError, match="allowed: image_size"):
-        builtin_workload("segformer-b0", seq_len=3)
+    with pytest.raises(APSQError, match=r"no option\(s\) seq_len \(--seq-len\); allowed: image_size \(--image-size\)"):
+        builtin_workload("segformer-b0", seq_len=3)  # the keyword and the apsq energy flag
     with pytest.raises(APSQError, match="seq_len must be"):
         builtin_workload("bert-base", seq_len=-4)
     with pytest.raises(APSQError, match="'prefill', 'decode'"):

@@ -104,8 +104,14 @@ def load_workload(model: str | None, trace: str | None, workload_file: str | Pat
 def sweep_option(model: str, phase: str | None = None) -> str:
     """The size option ``apsq energy sweep`` varies for ``model``: ``context`` for ``llama2-7b`` decode, else
     :data:`apsq.hw.workloads.SWEEP_OPTION` (``seq_len`` or ``image_size``); its default values are
-    ``SWEEP_DEFAULTS[option]``. Unknown models raise :class:`APSQError` listing the built-ins."""
+    ``SWEEP_DEFAULTS[option]``. Unknown models raise :class:`APSQError` listing the built-ins; so does a
+    ``phase`` for another model than ``llama2-7b`` (it was ignored), or one other than prefill / decode."""
     check_choice("model", model, tuple(BUILTIN_WORKLOADS))
+    if phase is not None:
+        if model != "llama2-7b":
+            raise APSQError(f"--phase is llama2-7b's (prefill | decode); model {model!r} has none: it sweeps "
+                            f"{SWEEP_OPTION[model]}")
+        check_choice("--phase", phase, ("prefill", "decode"))
     return "context" if (model == "llama2-7b" and phase == "decode") else SWEEP_OPTION[model]
 
 

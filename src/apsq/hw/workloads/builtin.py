@@ -167,7 +167,13 @@ def builtin_workload(name: str, **options: Any) -> Workload:
     allowed = WORKLOAD_OPTIONS[name]
     unknown = sorted(set(opts) - set(allowed))
     if unknown:
-        raise APSQError(f"model {name!r} has no option(s) {unknown}; allowed: {', '.join(allowed)}")
+        flags = {"seq_len": "--seq-len", "image_size": "--image-size", "phase": "--phase", "context": "--context"}
+
+        def named(opt: str) -> str:  # the Python keyword, and its apsq energy flag where there is one
+            return f"{opt} ({flags[opt]})" if opt in flags else opt
+
+        raise APSQError(f"model {name!r} has no option(s) {', '.join(map(named, unknown))}; allowed: "
+                        f"{', '.join(map(named, allowed))}")
     for key, value in opts.items():
         if key == "phase":
             check_choice("phase", value, ("prefill", "decode"))
