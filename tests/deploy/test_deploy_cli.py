@@ -131,3 +131,9 @@ def test_a_segmentation_run_is_refused_with_the_way_around():
     cfg = {"model": {"name": "segformer-b0", "num_labels": 12}, "data": {"name": "digit-scenes"}}
     with pytest.raises(APSQError, match=r"segformer-b0.*segmentation model.*apsq\.deploy\.export"):
         input_batches(cfg, "eval")
+
+
+def test_export_with_an_engine_the_rae_cannot_build_is_one_line(trained_run, tmp_path):
+    res = runner.invoke(app, ["deploy", "export", str(trained_run), "-o", str(tmp_path / "p"), "--depth", "1"])
+    assert res.exit_code == 2 and res.output.startswith("error: the RAE instance: depth must be in [2, 65536]")
+    assert not (tmp_path / "p").exists()

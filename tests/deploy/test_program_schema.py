@@ -134,3 +134,17 @@ def test_widths_derived_from_the_trained_codes():
                            - torch.tensor(lay.weight_exponents)[None])
         assert torch.equal(prog.tensor(lay, "bias_units").double() * torch.exp2(
             torch.tensor(lay.weight_exponents, dtype=torch.float64) + lay.act_exponent), mod.bias.double())
+
+
+@pytest.mark.parametrize(("engine", "needle"), [
+    ({"depth": 1}, "depth must be in [2, 65536], got 1"),
+    ({"lanes": 2000}, "lanes must be in [1, 1024], got 2000"),
+    ({"shift_bits": 8}, "shift_bits must be in [1, 7], got 8"),
+    ({"frac_bits": 40}, "frac_bits must be in [0, 31], got 40"),
+])
+def test_refuses_an_engine_outside_the_rae_limits_before_any_work(engine, needle):
+    """``apsq deploy export --depth 1`` (the option's own minimum is 1) ended in a pydantic ValidationError
+    traceback from EngineSpec; every engine parameter is now checked by the RAE's own limits first."""
+    model, x = conv_net()
+    with pytest.raises(APSQError, match="the RAE instance: " + needle.replace("[", r"\[").replace("]", r"\]")):
+        deploy.export(model, x, **engine)

@@ -291,17 +291,26 @@ def export(
         :class:`Program` (nothing is written: :func:`apsq.deploy.save`).
 
     Raises:
-        APSQError: no quantized layer, or a layer the engine cannot hold (named; see the module docstring).
+        APSQError: no quantized layer, an engine parameter outside the RAE's limits (:class:`RAEParams
+            <apsq.hw.rae.RAEParams>`), or a layer the engine cannot hold (named; see the module docstring).
     """
     layers = dict(quant_layers(model))
     if not layers:
         raise APSQError("the model has no quantized layer: quantize it with apsq.quantize_ and train / calibrate it")
+    bits = {lay.qcfg.psum_bits for lay in layers.values()}
+    from apsq.hw.rae import RAEParams
+
+    try:  # the engine's own limits, before any work (EngineSpec would raise a raw pydantic error)
+        RAEParams(lanes=lanes, depth=depth, bits=max(bits), tile_bits=tile_bits, frac_bits=frac_bits,
+                  shift_bits=shift_bits)
+    except APSQError as exc:
+        raise APSQError(f"the RAE instance: {exc} (lanes / depth / frac_bits / shift_bits / tile_bits of the "
+                        "engine; apsq deploy export --lanes / --depth / --frac-bits / --shift-bits)") from None
     host_ops: list[HostOp] = []
     order = list(layers)
     if example is not None:
         traced, host_ops = trace_host(model, example)
         order = traced + [n for n in layers if n not in traced]
-    bits = {lay.qcfg.psum_bits for lay in layers.values()}
     engine = EngineSpec(lanes=lanes, depth=depth, bits=max(bits), tile_bits=tile_bits, frac_bits=frac_bits,
                         shift_bits=shift_bits, lane_exponents=False)
     entries, tensors = [], {}
