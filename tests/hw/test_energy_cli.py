@@ -203,3 +203,15 @@ def test_sweep_refuses_a_phase_the_model_does_not_have(app):
     assert r.exit_code == 2 and "--phase is llama2-7b's (prefill | decode); model 'bert-base' has none" in r.output
     r = CliRunner().invoke(app, ["energy", "sweep", "-m", "llama2-7b", "--phase", "train", "--values", "16"])
     assert r.exit_code == 2 and "--phase must be one of 'prefill', 'decode'; got 'train'" in r.output
+
+
+def test_engine_zigzag_refuses_the_options_it_would_ignore(app, tmp_path):
+    """``--engine zigzag --gs 4 --schedule tiled`` printed the gs 1, untiled comparison as if they applied (and
+    ``--plot`` wrote nothing); each such option is now named, before any workload is traced."""
+    png = tmp_path / "p.png"
+    r = _run(app, "--model", "bert-base", "--engine", "zigzag", "--gs", "4", "--schedule", "tiled", "--plot", str(png))
+    out = " ".join(r.output.split())
+    assert r.exit_code == 2 and "--gs, --schedule tiled, --plot would be ignored" in out and "--engine apsq" in out
+    assert not png.exists()
+    r = _run(app, "--model", "bert-base", "--engine", "zigzag", "--mode", "psq")
+    assert r.exit_code == 2 and "--mode psq would be ignored" in " ".join(r.output.split())

@@ -164,6 +164,12 @@ def energy_main(
 
     try:
         _check_options(dataflow, mode, engine, schedule, spill, gs, baseline_bits)
+        if engine == "zigzag":
+            _refuse_unused_by_zigzag({"--gs": gs is not None, "--gs-config": gs_config is not None,
+                                      "--schedule tiled": schedule != "untiled", "--mode psq": mode != "apsq",
+                                      "--psum-granularity": psum_granularity is not None,
+                                      "--override-tile": override_tile, "--plot": plot is not None,
+                                      "--plot-layers": plot_layers_png is not None})
         acc = _load_accelerator(accelerator, dram)
         opts = {"seq_len": seq_len, "image_size": image_size, "phase": phase, "context": context}
         w = load_workload(model, trace, workload_file=workload_file, **opts)
@@ -203,6 +209,15 @@ def _check_options(dataflow: str, mode: str, engine: str, schedule: str, spill: 
         check_int("gs", gs, lo=1)
     if baseline_bits is not None:
         check_int("--baseline-bits", baseline_bits, lo=1, hi=64)
+
+
+def _refuse_unused_by_zigzag(given: dict[str, bool]) -> None:
+    """``--engine zigzag`` runs one fixed comparison; an option it would ignore is an error naming it."""
+    unused = [flag for flag, is_given in given.items() if is_given]
+    if unused:
+        raise APSQError("--engine zigzag compares ZigZag and this model on one setting: PSUMs stored at --psum-bits "
+                        "without grouping (gs 1), the fixed untiled IS / WS orders, mode apsq, per-tensor steps, no "
+                        f"plots; {', '.join(unused)} would be ignored: drop it, or price it with --engine apsq")
 
 
 def _load_accelerator(accelerator: str | None, dram: str | None) -> Accelerator:
