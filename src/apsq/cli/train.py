@@ -45,8 +45,12 @@ def register(app: typer.Typer) -> None:
                 pos = checkpoint_position(out / CKPT)
                 where = (f"the last checkpoint holds {pos[0]} step {pos[1]}" if pos is not None
                          else "no checkpoint was written yet")
-                console.print(f"interrupted: {where} ({literal(out / CKPT)}); continue with "
-                              f"apsq train --config {literal(str(config))} --output {literal(str(out))} --resume")
+                again = f"apsq train --config {literal(str(config))} --output {literal(str(out))} --resume"
+                world = int(os.environ.get("WORLD_SIZE", "1"))
+                if world > 1:  # a bare `apsq train` would resume on one process (a sharded model may not fit)
+                    again = (f"the same launch ({world} processes), its command ending in "
+                             f"-m apsq.cli train --config {literal(str(config))} --output {literal(str(out))} --resume")
+                console.print(f"interrupted: {where} ({literal(out / CKPT)}); continue with {again}")
             raise typer.Exit(130) from None
         res.pop("model", None)
         if res.get("processes", 1) == 1 or int(os.environ.get("RANK", "0")) == 0:
