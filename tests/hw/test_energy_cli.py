@@ -215,3 +215,11 @@ def test_engine_zigzag_refuses_the_options_it_would_ignore(app, tmp_path):
     assert not png.exists()
     r = _run(app, "--model", "bert-base", "--engine", "zigzag", "--mode", "psq")
     assert r.exit_code == 2 and "--mode psq would be ignored" in " ".join(r.output.split())
+
+
+def test_gs_and_gs_config_together_are_refused(app, tmp_path):
+    """``--gs 3 --gs-config FILE`` priced the config's gs and dropped the explicit --gs without a word."""
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text("gs: 2\ntile: 32\n")
+    r = _run(app, "--model", "bert-base", "--seq-len", "16", "--gs", "3", "--gs-config", str(cfg))
+    assert r.exit_code == 2 and "--gs 3 and --gs-config" in r.output and "give one of them" in " ".join(r.output.split())

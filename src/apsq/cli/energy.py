@@ -125,7 +125,7 @@ def energy_main(
         None, "--gs", min=1, help="APSQ group size (≥ 1, at most the PSUM buffer's banks; default: a traced quantized "
                            "model's own, else 2)"),
     gs_config: Path | None = typer.Option(
-        None, "--gs-config", help="APSQConfig YAML: per-layer gs from its gs + overrides (replaces --gs)"
+        None, "--gs-config", help="APSQConfig YAML: per-layer gs from its gs + overrides (instead of --gs)"
     ),
     psum_bits: int = typer.Option(8, "--psum-bits", min=1, max=32, help="stored PSUM width in APSQ mode (bits)"),
     baseline_bits: int | None = typer.Option(
@@ -164,6 +164,9 @@ def energy_main(
 
     try:
         _check_options(dataflow, mode, engine, schedule, spill, gs, baseline_bits)
+        if gs is not None and gs_config is not None:
+            raise APSQError(f"--gs {gs} and --gs-config {str(gs_config)!r} both given: the config sets every "
+                            "layer's gs (its gs and overrides); give one of them")
         if engine == "zigzag":
             _refuse_unused_by_zigzag({"--gs": gs is not None, "--gs-config": gs_config is not None,
                                       "--schedule tiled": schedule != "untiled", "--mode psq": mode != "apsq",
