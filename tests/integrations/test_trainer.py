@@ -119,6 +119,19 @@ def test_a_plain_trainer_on_an_apsq_model_warns_once(tmp_path):
     assert len(hits) == 1 and "make_optimizer" in str(hits[0].message)
 
 
+def test_trainer_refuses_a_teacher_that_is_the_student(tmp_path):
+    """quantize_ works in place: `q = apsq.quantize_(fp, cfg)` then teacher=fp froze the student and
+    failed in torch with 'optimizer got an empty parameter list'."""
+    data = _Data()
+    fp = _bert()
+    q = apsq.quantize_(fp, apsq.APSQConfig(gs=2, tile=8, exclude=("classifier",)))
+    batches = [data.batch(list(range(8)))]
+    with pytest.raises(APSQError, match="teacher shares parameters with the model"):
+        APSQTrainer(model=q, args=_args(tmp_path), train_dataset=batches, data_collator=lambda items: items[0],
+                    teacher=fp)
+    assert all(p.requires_grad for p in q.parameters())  # nothing frozen
+
+
 def test_trainer_refuses_a_float_model(tmp_path):
     with pytest.raises(APSQError, match="no quantized layer"):
         APSQTrainer(model=_bert(), args=_args(tmp_path), train_dataset=[{}])

@@ -186,6 +186,14 @@ class APSQTrainer(Trainer):
             raise APSQError(f"APSQTrainer: calibration_batches must be an integer >= 0, got {calibration_batches!r}")
         from apsq.train.config import QATConfig
 
+        if teacher is not None:
+            student = {id(p) for p in self._model().parameters()}
+            if teacher is self._model() or any(id(p) in student for p in teacher.parameters()):
+                raise APSQError(
+                    "APSQTrainer: the teacher shares parameters with the model it would teach (apsq.quantize_ "
+                    "quantizes in place: after `qmodel = apsq.quantize_(fp_model, cfg)` both names are one "
+                    "model); freezing it would freeze the student. Pass a separate float model: "
+                    "teacher = copy.deepcopy(fp_model) before quantize_, or load it again")
         self.teacher = teacher
         self.distill_config = TrainConfig(distill=distill or DistillConfig())
         self.scale_lr = QATConfig().scale_lr if scale_lr is None else float(scale_lr)
