@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import fnmatch
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ one per bank, so the engine runs ``gs <= RAE_BANKS``; the built-in accelerators'
 def _named_settings_only(cls: type) -> type:
     """``cls(...)`` (and ``dataclasses.replace``) with a keyword that is no field: an :class:`APSQError`
     naming it, the closest field and every allowed one, instead of Python's bare ``TypeError``."""
-    init = cls.__init__
+    init: Callable[..., None] = vars(cls)["__init__"]  # the dataclass's own
     allowed = [f.name for f in dataclasses.fields(cls)]
 
     @functools.wraps(init)
@@ -63,7 +64,7 @@ def _named_settings_only(cls: type) -> type:
             raise APSQError(f"{cls.__name__}: unknown setting(s) {', '.join(hints)}; allowed: {', '.join(allowed)}")
         init(self, *args, **kwargs)
 
-    cls.__init__ = __init__  # type: ignore[method-assign]  # the dataclass's own __init__, checked first
+    setattr(cls, "__init__", __init__)  # noqa: B010  (checked first, then the dataclass's own __init__)
     return cls
 
 

@@ -96,7 +96,8 @@ class APSQHfQuantizer(HfQuantizer):
             # step, flag and settings record as MISSING ("newly initialized ... consider training")
             added = set(model.state_dict()) - before
             ignore = getattr(model, "_keys_to_ignore_on_load_missing", None) or set()
-            model._keys_to_ignore_on_load_missing = set(ignore) | {rf"^{re.escape(k)}$" for k in added}
+            setattr(model, "_keys_to_ignore_on_load_missing",  # noqa: B010  (a transformers attribute)
+                    set(ignore) | {rf"^{re.escape(k)}$" for k in added})
         return model
 
     def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
