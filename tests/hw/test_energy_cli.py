@@ -184,6 +184,14 @@ def test_trace_a_quantized_model_on_the_meta_device(app, tmp_path):
     r = _run(app, "--trace", f"{f}:make", "-d", "ws")
     assert r.exit_code == 0 and "apsq (gs=3, 8b)" in r.output  # was "gs=per-layer"
 
+    # another gs for the traced model: refused, naming the flag that allows it; --other-gs prices it
+    r = _run(app, "--trace", f"{f}:make", "-d", "ws", "--gs", "2", "--json")
+    assert r.exit_code == 2 and "--other-gs" in " ".join(r.output.split())
+    r = _run(app, "--trace", f"{f}:make", "-d", "ws", "--gs", "2", "--other-gs", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["gs"] == 2
+    r = _run(app, "--trace", f"{f}:make", "-d", "ws", "--other-gs")
+    assert r.exit_code == 2 and "give one of them" in " ".join(r.output.split())
 
 def test_text_report_names_the_baseline_width_and_beta(app):
     """``--baseline-bits 24 --psum-bits 12``: the tables said "INT32 baseline" whatever the baseline width;

@@ -127,6 +127,9 @@ def energy_main(
     gs_config: Path | None = typer.Option(
         None, "--gs-config", help="APSQConfig YAML: per-layer gs from its gs + overrides (instead of --gs)"
     ),
+    other_gs: bool = typer.Option(
+        False, "--other-gs", help="with --trace of a quantized model: price --gs / --gs-config instead of the "
+        "model's own group sizes (without it a different gs is refused)"),
     psum_bits: int = typer.Option(8, "--psum-bits", min=1, max=32, help="stored PSUM width in APSQ mode (bits)"),
     baseline_bits: int | None = typer.Option(
         None, "--baseline-bits", min=1, max=64, help="stored PSUM width of the baseline (default: the accelerator's acc_bits)"
@@ -176,6 +179,11 @@ def energy_main(
         acc = _load_accelerator(accelerator, dram)
         opts = {"seq_len": seq_len, "image_size": image_size, "phase": phase, "context": context}
         w = load_workload(model, trace, workload_file=workload_file, **opts)
+        if other_gs:
+            if gs is None and gs_config is None:
+                raise APSQError("--other-gs prices --gs or --gs-config instead of a traced model's own group "
+                                "sizes: give one of them")
+            w = w.without_own_gs()
         if engine == "zigzag":
             res = _run_zigzag(w, dataflow, psum_bits, acc, baseline_bits, spill)
         else:

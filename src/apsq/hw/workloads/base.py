@@ -124,7 +124,7 @@ class Workload:
         explicit ``gs`` that differs from the model's own on any quantized layer is an
         :class:`APSQError` naming the layer and both values — never a silent override. To price other
         group sizes, trace a model quantized with them or drop the traced ones with
-        ``workload.without_own_gs()``.
+        ``workload.without_own_gs()`` (``apsq energy --other-gs``).
         """
         own = self.own_gs
         if gs is None:
@@ -134,8 +134,9 @@ class Workload:
             if ly.name in own and own[ly.name] != out[i]:
                 raise APSQError(
                     f"gs: workload {self.name!r} was traced from a quantized model whose layer {ly.name!r} uses "
-                    f"gs={own[ly.name]}, but gs={int(out[i])} was asked for; pass gs=None (apsq energy: omit --gs) "
-                    "to price the model's own group sizes, or workload.without_own_gs() to price others")
+                    f"gs={own[ly.name]}, but gs={int(out[i])} was asked for; pass gs=None (apsq energy: omit --gs and --gs-config) "
+                    "to price the model's own group sizes, or workload.without_own_gs() (apsq energy: --other-gs) "
+                    "to price others")
         return out
 
     def without_own_gs(self) -> Workload:
