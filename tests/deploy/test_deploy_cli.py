@@ -64,6 +64,7 @@ def test_export_and_run_golden(trained_run, tmp_path):
     assert "energy of what the engine did vs the energy model" in res.output
     summary = json.loads(out.read_text())
     assert summary["energy"]["all_counts_equal"] is True and len(summary["energy"]["layers"]) == len(manifest["layers"])
+    assert summary["input_kind"] == "sentences"
     assert summary["sentences"] == 10 and summary["identical_logits"] == 10 and summary["identical_predictions"] == 10
     assert summary["sentences_checked_layer_by_layer"] == 10
     assert all(lay["checked_outputs"] == lay["outputs"] > 0 for lay in summary["per_layer"])
@@ -116,7 +117,9 @@ def test_export_and_run_a_digits_cnn_run(tmp_path):
     res = runner.invoke(app, ["deploy", "run", str(prog), "--limit", "6", "--batch-size", "4", "--json", str(out)])
     assert res.exit_code == 0, res.output
     s = json.loads(out.read_text())
-    assert s["sentences"] == 6 and s["identical_logits"] == 6 and s["sentences_checked_layer_by_layer"] == 6
+    # counted as images (the summary said "sentences" for them)
+    assert s["input_kind"] == "images" and "sentences" not in s
+    assert s["images"] == 6 and s["identical_logits"] == 6 and s["images_checked_layer_by_layer"] == 6
     assert s["accuracy"] is not None
     text = tmp_path / "s.txt"
     text.write_text("a sentence\n")

@@ -100,9 +100,10 @@ def run_cmd(
         fail(exc)
     res["command"] = command_line()
     write_json(json_out, res)
-    t = table(f"apsq deploy run: {res['sentences']} inputs on {backend}", "quantity", "value", left=("quantity",))
-    for key in ("identical_predictions", "identical_logits", "sentences_checked_layer_by_layer", "accuracy", "lane_steps", "rtl_cycles",
-                "rtl_lane_steps_per_s", "sentences_per_min", "wall_s"):
+    kind = res["input_kind"]  # sentences | images
+    t = table(f"apsq deploy run: {res[kind]} {kind} on {backend}", "quantity", "value", left=("quantity",))
+    for key in ("identical_predictions", "identical_logits", f"{kind}_checked_layer_by_layer", "accuracy", "lane_steps",
+                "rtl_cycles", "rtl_lane_steps_per_s", f"{kind}_per_min", "wall_s"):
         if res.get(key) is not None:
             v = res[key]
             t.add_row(key, f"{v:.4f}" if isinstance(v, float) and key == "accuracy" else str(v))

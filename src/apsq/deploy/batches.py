@@ -3,7 +3,9 @@
 :func:`input_batches` reads ``eval`` (the run's evaluation split, with labels) or a text file (one
 sentence per line) and tokenizes them as training did; :func:`run_batches` runs them through
 :func:`apsq.deploy.run` batch by batch and summarises: predictions and logits identical to the PyTorch
-model's, accuracy, per-layer totals and the throughput (sentences/min, RTL lane-steps/s).
+model's, accuracy, per-layer totals and the throughput (sentences/min, RTL lane-steps/s). The
+summary counts ``sentences`` for a text model and ``images`` for an image model (``input_kind`` says which:
+``<kind>``, ``<kind>_checked_layer_by_layer``, ``<kind>_per_min``).
 """
 
 from __future__ import annotations
@@ -117,9 +119,11 @@ def run_batches(program: Program, source: str, backend: str = "golden", *, limit
     same_pred = same_logits = correct = labelled = done = batch_no = checked_sentences = 0
     wall = rtl_wall = 0.0
     lane_steps = cycles = 0
+    unit = "sentences"  # what the summary counts: "images" for an image model (pixel_values)
     t0 = time.perf_counter()
     for batch in batches:
         labels = batch.pop("labels", None)
+        unit = "images" if "pixel_values" in batch else "sentences"
         layer_checks = layer_batches is None or batch_no < layer_batches
         rep = run(program, batch, backend, model=model, verify=verify, mismatch_dir=mismatch_dir,
                   integer_check=done == 0, check_layers=layer_checks)  # integer_forward (int64, slow): first batch
@@ -156,11 +160,12 @@ def run_batches(program: Program, source: str, backend: str = "golden", *, limit
     return {
         "backend": backend,
         "input": source,
-        "sentences": done,
+        "input_kind": unit,
+        unit: done,
         "verified": verify,
         "stages": (["fake-quant PyTorch", "integer_forward (first batch)", "program golden"]
                    + ([f"RTL ({backend})"] if backend != "golden" else [])) if verify else [],
-        "sentences_checked_layer_by_layer": checked_sentences,
+        f"{unit}_checked_layer_by_layer": checked_sentences,
         "identical_predictions": same_pred if verify else None,
         "identical_logits": same_logits if verify else None,
         "accuracy": correct / labelled if labelled else None,
@@ -171,7 +176,7 @@ def run_batches(program: Program, source: str, backend: str = "golden", *, limit
         "rtl_lane_steps_per_s": round(lane_steps / rtl_wall) if rtl_wall > 0 else None,
         "engine_run_s": round(wall, 2),
         "wall_s": round(total, 2),
-        "sentences_per_min": round(60 * done / total, 2) if total > 0 else None,
+        f"{unit}_per_min": round(60 * done / total, 2) if total > 0 else None,
         "engine": m.engine.model_dump(),
         "program": {"source": m.source, "schema_version": m.schema_version, "manifest_sha256": manifest_digest(m),
                     "gs": sorted({lay.gs for lay in m.layers}),
