@@ -140,3 +140,21 @@ def test_export_with_an_engine_the_rae_cannot_build_is_one_line(trained_run, tmp
     res = runner.invoke(app, ["deploy", "export", str(trained_run), "-o", str(tmp_path / "p"), "--depth", "1"])
     assert res.exit_code == 2 and res.output.startswith("error: the RAE instance: depth must be in [2, 65536]")
     assert not (tmp_path / "p").exists()
+
+
+def test_progress_lines_estimate_the_rest_and_warn_on_amaranth(capsys):
+    """``deploy run``'s progress: each batch's line gives the seconds so far and an estimate of the rest; on
+    ``amaranth`` (hours for a MiniLM test split, with no word of it before) a line says so before the run."""
+    import re
+
+    from apsq.cli.deploy import _Progress
+
+    p = _Progress("amaranth")
+    p(4, 8)
+    p(8, 8)
+    lines = capsys.readouterr().err.splitlines()
+    assert "--backend amaranth" in lines[0] and "--backend verilator" in lines[0] and "--limit" in lines[0]
+    assert re.fullmatch(r"4/8 inputs, \d+ s, about \d+ s left", lines[1])
+    assert re.fullmatch(r"8/8 inputs, \d+ s", lines[2])
+    _Progress("golden")(1, 2)
+    assert capsys.readouterr().err.startswith("1/2 inputs")

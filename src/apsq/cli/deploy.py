@@ -93,7 +93,7 @@ def run_cmd(
             raise APSQError(f"--backend must be golden, amaranth or verilator, got {backend!r}")
         res = run_batches(prog, input_, backend, limit=limit, batch_size=batch_size, verify=verify,
                           mismatch_dir=mismatch_dir, energy=energy,
-                          layer_batches=layer_batches, progress=_progress)
+                          layer_batches=layer_batches, progress=_Progress(backend))
     except DeployMismatch as exc:
         fail(exc, code=1)
     except APSQError as exc:
@@ -112,11 +112,27 @@ def run_cmd(
         _print_energy(res["energy"])
 
 
-def _progress(done: int, total: int) -> None:
-    """One line per batch on stderr (long runs: the RTL, or 1,041 sentences on a loaded machine)."""
-    import sys
+class _Progress:
+    """One line per batch on stderr: inputs done, seconds since the run started and an estimate of the
+    rest (long runs: the RTL, or 1,041 sentences on a loaded machine). On ``amaranth`` (Python's RTL
+    simulator, 3-8 k lane-steps/s, ~2,000x slower than Verilator: docs/rae.md) a line says so first."""
 
-    print(f"{done}/{total} inputs", file=sys.stderr, flush=True)
+    def __init__(self, backend: str) -> None:
+        import sys
+        import time
+
+        self.t0 = time.perf_counter()
+        if backend == "amaranth":
+            print("--backend amaranth: Python's RTL simulator, ~2,000x slower than --backend verilator (a MiniLM "
+                  "sentence takes minutes); --limit N runs fewer inputs", file=sys.stderr, flush=True)
+
+    def __call__(self, done: int, total: int) -> None:
+        import sys
+        import time
+
+        spent = time.perf_counter() - self.t0
+        left = f", about {spent / done * (total - done):.0f} s left" if 0 < done < total else ""
+        print(f"{done}/{total} inputs, {spent:.0f} s{left}", file=sys.stderr, flush=True)
 
 
 def _print_energy(e: dict) -> None:
