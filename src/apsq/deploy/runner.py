@@ -343,8 +343,11 @@ def run(
             rep.outputs_equal = bool(torch.equal(outputs_of(out), outputs_of(rep.reference)))
             if not rep.outputs_equal:
                 diff = (outputs_of(out).double() - outputs_of(rep.reference).double()).abs().max()
-                raise DeployMismatch(f"every layer matched, but the model outputs differ (max |diff| {float(diff):.3g}): "
-                                     "a quantized layer ran outside the program", None)
+                raise DeployMismatch(
+                    f"every layer matched, but the model outputs differ (max |diff| {float(diff):.3g}). What differs "
+                    "lies between the engine's layers: a quantized layer that ran outside the program, "
+                    "or a layer output handed back in another memory layout or dtype than the "
+                    "PyTorch layer's, which the next host operation may then sum in another order", None)
     finally:
         model.train(was)
     return rep
