@@ -5,7 +5,7 @@ models learned (the mIoU of the study's table is the mean of these), and whether
 *digit*, *china photo*, *flower photo*): a model that finds the digits but cannot tell them apart scores
 well there and badly on the per-digit IoUs.
 
-    python results/segmentation/fp32_per_class.py --root runs/segmentation --seeds 0 1
+    python results/segmentation/fp32_per_class.py --root runs/segmentation --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", type=Path, default=Path("runs/segmentation"))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--json", type=Path, default=Path("results/segmentation/fp32_per_class.json"))
     a = ap.parse_args()
     digits = [i for i, c in enumerate(DIGIT_SCENES_CLASSES) if c.startswith("digit")]

@@ -9,8 +9,8 @@ test mIoU per variant (mean, std, 95 % t-interval over seeds, per seed), the gap
 paired by seed, the gs chosen on the validation split (``selection_accuracy``) with its test mIoU, and
 the energy reduction of the same traced model (:func:`apsq.eval.sweep.energy_reductions`).
 
-    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python results/segmentation/run_segmentation.py --seeds 0 1 --workers 2
-    python results/segmentation/run_segmentation.py --seeds 0 1 --collect
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python results/segmentation/run_segmentation.py --seeds 0 1 2 --workers 2
+    python results/segmentation/run_segmentation.py --seeds 0 1 2 --collect
 """
 
 from __future__ import annotations
@@ -249,7 +249,7 @@ def plot(res: dict, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--root", type=Path, default=Path("runs/segmentation"))
