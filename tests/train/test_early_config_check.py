@@ -58,3 +58,31 @@ def test_the_early_check_leaves_a_model_it_cannot_build_to_the_run(monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     check_apsq_section(parse_config({"model": {"name": "bert-base-uncased"}, "apsq": {"exclude": ["nothing"]}}))
+
+
+def test_a_bad_kernel_switch_fails_train_before_fine_tuning(tmp_path, standin, make_config, monkeypatch):
+    """``APSQ_KERNELS=gpu`` failed ``apsq train`` only when the model was quantized, after the full-precision
+    stage had run and written its checkpoints (trial-vis: a Segformer run on digit-scenes)."""
+    monkeypatch.setenv("APSQ_KERNELS", "gpu")
+    steps = []
+    cfg = parse_config(make_config(standin, apsq={}))
+    out = tmp_path / "run"
+    with pytest.raises(APSQError, match=r"APSQ_KERNELS must be one of 'auto', 'reference', 'c', 'torch', 'triton'; got 'gpu'"):
+        train(cfg, out, progress=False, on_step=lambda s, k: steps.append((s, k)))
+    assert steps == [] and not out.exists()
+
+
+def test_a_bad_kernel_switch_fails_the_sweep_and_quantize_before_anything_changes(tmp_path, standin, make_config,
+                                                                                   monkeypatch):
+    import apsq
+    from apsq.eval.sweep import sweep
+
+    monkeypatch.setenv("APSQ_KERNELS", "cuda")
+    with pytest.raises(APSQError, match="APSQ_KERNELS must be one of"):
+        sweep(parse_config(make_config(standin, apsq={})), tmp_path / "sweep", gs_values=(2,), energy=False,
+              progress=False)
+    assert not (tmp_path / "sweep").exists()
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    with pytest.raises(APSQError, match="APSQ_KERNELS must be one of"):
+        apsq.quantize_(model, apsq.APSQConfig())
+    assert not list(quant_layers(model)) and not hasattr(model, "apsq_report")

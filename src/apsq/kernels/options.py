@@ -9,7 +9,7 @@ cache: data, kernels, RTL builds):
   ``reference``: the plain loop of :mod:`apsq.psum.accumulate` and autograd LSQ everywhere.
   ``c``: the C kernels (an :class:`~apsq.errors.APSQError` when they do not build). ``torch``: the
   vectorised torch kernels and autograd LSQ (no C). ``triton``: the Triton kernels (the reference
-  where Triton is not importable).
+  where Triton is not importable, and on CPU tensors without ``TRITON_INTERPRET=1``).
 
 Finer choices that benchmarks and tests make (which micro-kernel build, the chunk size, turning the
 integer GEMM or the LSQ kernel off for an ablation) are not environment switches: they are fields

@@ -39,6 +39,7 @@ from apsq.nn.optim_check import watch as watch_optimizers
 from apsq.nn.padding import install as install_padding_capture
 from apsq.nn.sharding import check_same_calibration, full_parameters, reshard
 from apsq.nn.stats import LayerStats
+from apsq.psum.fused import kernel_backend
 
 _SWAPS: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {
     "linear": (nn.Linear, QuantLinear),
@@ -229,6 +230,7 @@ def _plan(model: nn.Module, config: APSQConfig) -> tuple[list[tuple[_Use, nn.Mod
         raise APSQError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(model, QUANT_LAYER_TYPES):
         raise APSQError("model is already a quantized layer; pass its parent")
+    kernel_backend()  # a bad APSQ_KERNELS fails here, before any change (and before apsq train's fine-tune)
     if _already_quantized(model, config):
         return None
     _check_attention_granularity(model, config)

@@ -55,9 +55,24 @@ __all__ = [
     "conv2d_psum",
     "matmul_psum",
     "Plan",
+    "kernel_backend",
 ]
 
 Observer = Callable[[torch.Tensor, torch.Tensor], None]
+
+
+def kernel_backend() -> str:
+    """The kernel backend forced here: ``options.override(backend=...)``, else ``$APSQ_KERNELS`` (default
+    ``auto``; :func:`apsq.kernels.options.backend`).
+
+    Programs that quantize late (``apsq train`` fine-tunes in full precision first) and ``quantize_``
+    call it first, so that a bad value fails before any work or change, not at the first quantized step.
+
+    Raises:
+        APSQError: ``APSQ_KERNELS`` is not one of ``auto``, ``reference``, ``c``, ``torch``, ``triton``
+            (the message names the variable and the allowed values).
+    """
+    return options.backend()
 
 
 def _validate(shape: tuple[int, ...], scales: torch.Tensor | None, mode: str, gs: int, bits: int) -> None:

@@ -130,9 +130,12 @@ def check_apsq_section(cfg: TrainConfig) -> None:
     architecture is built on the meta device (no weights, no memory) and nothing is kept."""
     from apsq.nn.transform import check_config
 
+    from apsq.psum.fused import kernel_backend
+
     qcfg = cfg.apsq_config()
     if qcfg is None:
         return
+    kernel_backend()  # a bad APSQ_KERNELS fails now (also where the model cannot be built here)
     try:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):  # building seeds and initialises
             model = build_model(cfg, weights=False)
