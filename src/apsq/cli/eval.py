@@ -60,10 +60,12 @@ def sweep_cmd(
 
 
 def _print_sweep(res: dict) -> None:
-    """The sweep's table: accuracy per variant beside the energy reduction (IS / WS) of each APSQ gs."""
+    """The sweep's table: the score per variant (accuracy, or mIoU for a segmentation model: ``metric``)
+    beside the energy reduction (IS / WS) of each APSQ gs, then the gs chosen on the selection split."""
     er = res.get("energy_reduction", {})
     sched = er.get("schedule", "untiled") if isinstance(er, dict) else "untiled"
-    t = table(f"gs sweep ({res['eval_split']} accuracy)", "variant", "accuracy",
+    metric = "mIoU" if res.get("metric") == "miou" else "accuracy"
+    t = table(f"gs sweep ({res['eval_split']} {metric})", "variant", metric,
               f"energy saved {' / '.join(df.upper() for df in er.get('total', {}))} ({sched})"
               if isinstance(er, dict) and "total" in er else "energy saved", left=("variant",))
     for key in ("fp32", "w8a8", "psq"):
@@ -76,6 +78,9 @@ def _print_sweep(res: dict) -> None:
         t.add_row(f"apsq gs={g}", f"{100 * acc:.2f} %", e)
     con = console()
     con.print(t)
+    if res.get("selected_gs") is not None:
+        con.print(f"gs chosen on the {res.get('gs_selected_on') or 'selection'} split: {res['selected_gs']} "
+                  f"(report its {res['eval_split']} {metric}, not the best of the table)")
     from apsq.eval.sweep import energy_lines
 
     for line in energy_lines(er):
