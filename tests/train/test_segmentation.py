@@ -251,3 +251,17 @@ def test_energy_meaning_names_the_traced_input():
     assert traced_input(seg) == "one 32 x 32 image"
     text = parse_config({"model": {"name": "minilm", "max_len": 64}, "data": {"name": "rt-sentences"}})
     assert traced_input(text) == "64 tokens" and traced_input(text, 128) == "128 tokens"
+
+
+def test_an_empty_ade20k_validation_split_says_what_it_is_and_how_to_fix_it(tmp_path):
+    """With a few training images the 10 % hash split that ``validation`` names can be empty; the error said
+    only "ade20k validation: no segmentation rows" (trial-vis: six images and ``eval.selection_split``)."""
+    pytest.importorskip("datasets")
+    from apsq.train.tasks import build_task
+
+    folder = _ade_fixture(tmp_path / "ade")  # four training images: hash buckets train / test, none validation
+    cfg = parse_config({"model": {"name": "segformer-b0", "num_labels": 150},
+                        "data": {"name": "ade20k", "path": str(folder)}, "eval": {"selection_split": "validation"}})
+    with pytest.raises(APSQError, match=r"ade20k validation.* 10 % hash split of the 4 training images.*none.*"
+                                        r"eval.selection_split"):
+        build_task(cfg)

@@ -163,6 +163,12 @@ def _segmentation(cfg: TrainConfig, split: str, eval_only: bool) -> Task:
         ev = load_ade20k("validation", data_files=files("validation"))
     elif split == "validation":
         ev = [r for r, b in zip(rows, buckets) if b == "validation"]
+        if not ev:
+            raise APSQError(
+                f"{d.name} validation: the 10 % hash split of the {len(rows)} training images "
+                "(apsq.data.splits.split_of) holds none; 'validation' (data.eval_split or eval.selection_split) "
+                "is that split, as ADE20K's test labels are hidden ('test' is its validation set). Give more "
+                "training images (a few dozen) or leave eval.selection_split out")
     else:
         ev = train
     train, ev = _limit(train, d.train_limit), _limit(ev, d.eval_limit)
