@@ -265,3 +265,23 @@ def test_an_empty_ade20k_validation_split_says_what_it_is_and_how_to_fix_it(tmp_
     with pytest.raises(APSQError, match=r"ade20k validation.* 10 % hash split of the 4 training images.*none.*"
                                         r"eval.selection_split"):
         build_task(cfg)
+
+
+def test_ade20k_from_one_file_takes_its_test_rows_from_eval_path_never_the_training_rows(tmp_path):
+    """``data.path`` = one JSON-lines file served training *and* the reported test split (the same images),
+    and ``data.eval_path`` was ignored for ade20k (trial-vis)."""
+    pytest.importorskip("datasets")
+    from apsq.train.tasks import build_task
+
+    folder = _ade_fixture(tmp_path / "ade")
+    model = {"name": "segformer-b0", "num_labels": 150}
+    one = {"name": "ade20k", "path": str(folder / "train.jsonl")}
+    with pytest.raises(APSQError, match=r"data.path .*one file.*training images.*data.eval_path"):
+        build_task(parse_config({"model": model, "data": one}))
+    task = build_task(parse_config({"model": model, "data": {**one, "eval_path": str(folder / "validation.jsonl")}}))
+    assert len(task.eval) == 2 and len(task.train) == 4  # validation.jsonl's two rows; train: 4 (no hash validation)
+    # a folder still pairs train.jsonl with validation.jsonl, and eval_path wins over validation.jsonl
+    other = _ade_fixture(tmp_path / "other", n=3, seed=1)
+    task = build_task(parse_config({"model": model, "data": {"name": "ade20k", "path": str(other), "eval_path":
+                                                             str(folder / "train.jsonl")}}))
+    assert len(task.eval) == 4 and len(task.train) == 3

@@ -108,9 +108,11 @@ class DataConfig(_Strict):
     path: str | None = None
     """A local file in the dataset's format instead of the cache / hub (rt: the ground-truth TSV;
     glue: JSON lines; ade20k: a folder with ``train.jsonl`` / ``validation.jsonl`` or one JSON-lines
-    file, :func:`apsq.data.hub.load_ade20k`)."""
+    file of training images with ``eval_path``, :func:`apsq.data.hub.load_ade20k`)."""
     eval_path: str | None = None
-    """The evaluation split's local file (glue: JSON lines; default: ``path`` serves both splits)."""
+    """The evaluation split's local file (glue, ade20k: JSON lines). Default: glue, ``path`` serves both
+    splits; ade20k, a folder's ``validation.jsonl`` (one training file without ``eval_path`` is refused: its
+    test split would be the training images)."""
     train_limit: int | None = Field(None, ge=1)
     """Use only N training examples (a fixed-seed random subset)."""
     eval_limit: int | None = Field(None, ge=1)

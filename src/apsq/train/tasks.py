@@ -155,12 +155,18 @@ def _segmentation(cfg: TrainConfig, split: str, eval_only: bool) -> Task:
 
     pipe = ADE20K_PIPELINE
     path = d.path
-    files = (lambda s: str(Path(path) / f"{s}.jsonl")) if path and Path(path).is_dir() else (lambda s: path)
-    rows = [] if eval_only and split == "test" else load_ade20k("train", data_files=files("train"))
+    folder = path is not None and Path(path).is_dir()
+    train_file = str(Path(path) / "train.jsonl") if path is not None and folder else path
+    test_file = d.eval_path or (str(Path(path) / "validation.jsonl") if path is not None and folder else path)
+    if split == "test" and not eval_only and path is not None and not folder and d.eval_path is None:
+        raise APSQError(f"data.path {path!r} is one file: it would serve the training images and the reported test "
+                        "split alike. Give the test rows (ADE20K's validation images) as data.eval_path, or make "
+                        "data.path a folder with train.jsonl / validation.jsonl")
+    rows = [] if eval_only and split == "test" else load_ade20k("train", data_files=train_file)
     buckets = [split_of("ade20k", str(i)) for i in range(len(rows))]
     train = [r for r, b in zip(rows, buckets) if b != "validation"]
     if split == "test":
-        ev = load_ade20k("validation", data_files=files("validation"))
+        ev = load_ade20k("validation", data_files=test_file)
     elif split == "validation":
         ev = [r for r, b in zip(rows, buckets) if b == "validation"]
         if not ev:
