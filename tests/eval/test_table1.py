@@ -108,3 +108,16 @@ def test_segmentation_study_format_uses_its_validation_choice(tmp_path):
     assert r["metric"] == "miou" and "mIoU" in table1_markdown({"rows": [r]})
     with pytest.raises(APSQError, match="no model 'x'"):
         scores_of(json.loads(f.read_text()), "x")
+
+
+def test_a_root_that_is_not_a_folder_is_an_error_not_a_table_of_not_run(tmp_path):
+    """``--root`` with a typo printed every row as "not run" and exited 0 (trial-vis)."""
+    from apsq.cli import app
+
+    out = tmp_path / "t1.json"
+    for root in (tmp_path / "nowhere", out.with_suffix(".txt")):
+        if root.suffix:
+            root.write_text("a file")
+        run = CliRunner().invoke(app, ["paper", "table1", "--root", str(root), "--no-energy", "--json", str(out)])
+        assert run.exit_code == 2 and "--root" in run.output, run.output
+        assert not out.exists()

@@ -22,7 +22,8 @@ def table1_cmd(
     rows: str = typer.Option(None, "--rows", help="Comma-separated rows (default all): bert-base-glue, "
                              "segformer-b0-ade20k, efficientvit-b1-ade20k, llama2-7b-zero-shot."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List each row's commands and where their JSON lands."),
-    root: Path = typer.Option(Path("."), "--root", help="Project folder the runs' paths are relative to."),
+    root: Path = typer.Option(Path("."), "--root", exists=True, file_okay=False,
+                              help="Project folder the runs' paths are relative to."),
     energy: bool = typer.Option(True, help="Add the energy reduction of the paper's model at the best gs."),
     json_out: Path = typer.Option(None, "--json", dir_okay=False, help="Write the collected table here."),
     markdown: Path = typer.Option(None, "--markdown", dir_okay=False, help="Write the markdown table here."),
