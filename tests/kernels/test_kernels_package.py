@@ -339,3 +339,17 @@ def test_concurrent_first_builds_agree(tmp_path):
     assert [p.returncode for p in procs] == [0] * 4, errs
     assert len(list((tmp_path / "kernels").glob("probe_*.so"))) == 1
     assert not list((tmp_path / "kernels").glob(".*.tmp"))  # no temp file left behind
+
+
+def test_a_forced_c_backend_that_does_not_build_fails_quantize_before_it_changes_the_model(monkeypatch):
+    """``APSQ_KERNELS=c`` without a compiler failed at the first quantized forward: for ``apsq train``, after
+    the full-precision stage (trial-vis). ``quantize_`` (and so train / sweep's early check) says it first."""
+    import apsq
+    from apsq.nn.transform import quant_layers
+
+    _no_compiler(monkeypatch)
+    monkeypatch.setenv("APSQ_KERNELS", "c")
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    with pytest.raises(APSQError, match="APSQ_KERNELS=c but the C kernels did not build: no C compiler"):
+        apsq.quantize_(model, apsq.APSQConfig())
+    assert not list(quant_layers(model)) and not hasattr(model, "apsq_report")

@@ -70,9 +70,13 @@ def kernel_backend() -> str:
 
     Raises:
         APSQError: ``APSQ_KERNELS`` is not one of ``auto``, ``reference``, ``c``, ``torch``, ``triton``
-            (the message names the variable and the allowed values).
+            (the message names the variable and the allowed values), or it is ``c`` and the C kernels do
+            not build (the message gives the build error; building them here is the first use's ~1 s).
     """
-    return options.backend()
+    chosen = options.backend()
+    if chosen == "c":
+        dispatch.c_backend()
+    return chosen
 
 
 def _validate(shape: tuple[int, ...], scales: torch.Tensor | None, mode: str, gs: int, bits: int) -> None:
