@@ -210,11 +210,15 @@ class SegHead(nn.Module):
         self.classifier = nn.Conv2d(out, num_classes, 1, bias=True)
 
     def forward(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        # upsampled to the stride-8 map's size (ceil(H / 8) x ceil(W / 8)): the same interpolation as the
+        # fixed factor where the input's sides are multiples of 32, and any other size works too (an ADE20K
+        # image resized keep-ratio to 512 x 683 made 88- and 86-wide maps under the fixed factor)
+        size = feats[self.fids[-1]].shape[-2:]
         x = None
         for fid, proj, factor in zip(self.fids, self.inputs, self.factors):
             y = proj(feats[fid])
             if factor > 1:
-                y = F.interpolate(y, scale_factor=factor, mode="bilinear", align_corners=False)
+                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
             x = y if x is None else x + y
         return self.classifier(self.final(self.middle(x)))
 
