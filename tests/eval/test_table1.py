@@ -121,3 +121,18 @@ def test_a_root_that_is_not_a_folder_is_an_error_not_a_table_of_not_run(tmp_path
         run = CliRunner().invoke(app, ["paper", "table1", "--root", str(root), "--no-energy", "--json", str(out)])
         assert run.exit_code == 2 and "--root" in run.output, run.output
         assert not out.exists()
+
+
+def test_a_stand_in_sweep_at_the_full_runs_path_is_not_reported_as_the_papers(tmp_path):
+    """A digit-scenes sweep saved at ``runs/sweep_segformer_ade20k/sweep.json`` was reported as measured on
+    "the paper's model and data" (trial-vis)."""
+    row = next(r for r in ROWS if r.key == "segformer-b0-ade20k")
+    f = tmp_path / row.full_json
+    f.parent.mkdir(parents=True)
+    sweep = {"fp32": 0.0357, "w8a8": 0.0358, "psq": 0.0358, "apsq": {"2": 0.0358}, "metric": "miou",
+             "model": "segformer-b0", "dataset": "digit-scenes", "eval_split": "test"}
+    f.write_text(json.dumps(sweep))
+    got = collect_row(row, tmp_path, energy=False)
+    assert got["measured_on"].startswith("segformer-b0 on digit-scenes: not the paper's ADE20K")
+    f.write_text(json.dumps({**sweep, "dataset": "ade20k"}))
+    assert collect_row(row, tmp_path, energy=False)["measured_on"] == "the paper's model and data"

@@ -211,6 +211,16 @@ def row_energy(row: Row, gs: int) -> dict[str, Any]:
     return out
 
 
+def _full_measured_on(row: Row, res: dict[str, Any]) -> str:
+    """"the paper's model and data", unless the full run's JSON (a gs sweep records its ``model`` and
+    ``dataset``) says it was run on another model or data set: then that, so a sweep of the offline
+    stand-in saved at the full run's path is not reported as the paper's."""
+    model, data = res.get("model"), res.get("dataset")
+    if row.metric == "miou" and isinstance(data, str) and (data != "ade20k" or model not in (None, row.workload)):
+        return f"{model} on {data}: not the paper's ADE20K (found at {row.full_json})"
+    return "the paper's model and data"
+
+
 def collect_row(row: Row, root: str | Path = ".", energy: bool = True) -> dict[str, Any]:
     """One row: the paper's numbers, the source measured (full run, stand-in or none), its FP and best-gs
     APSQ scores, the drop in points, and the energy reduction of the paper's model at that gs."""
@@ -225,9 +235,10 @@ def collect_row(row: Row, root: str | Path = ".", energy: bool = True) -> dict[s
         if energy:  # the energy model needs no run: the paper model's reduction over gs = 1..4
             out["energy_by_gs"] = {str(g): row_energy(row, g) for g in (1, 2, 3, 4)}
         return out
+    res = json.loads(src.read_text())
     out.update(source=str(src.relative_to(root) if src.is_relative_to(root) else src),
-               measured_on="the paper's model and data" if src == full else f"stand-in: {row.standin}")
-    fp, gs, notes = scores_of(json.loads(src.read_text()), None if src == full else row.standin_key)
+               measured_on=_full_measured_on(row, res) if src == full else f"stand-in: {row.standin}")
+    fp, gs, notes = scores_of(res, None if src == full else row.standin_key)
     out["notes"] = notes
     if not gs:
         out["error"] = "no APSQ variant in the result"
