@@ -210,6 +210,9 @@ def collect(models: list[str], seeds: list[int], root: Path, out: Path, command:
         except Exception as exc:  # the accuracy table stands without it
             r["energy_reduction"] = {"error": f"{type(exc).__name__}: {exc}"}
         res["models"][m] = r
+    if not any(r["test_miou"] for r in res["models"].values()):
+        raise SystemExit(f"no finished run under {root} (models {', '.join(models)}, seeds "
+                         f"{' '.join(map(str, seeds))}): {out} is left as it is")
     res["command"] = command
     res["machine"] = (f"{platform.machine()} CPU, {os.cpu_count()} cores, one thread per run, two runs at a time; "
                       "torch " + __import__("torch").__version__)

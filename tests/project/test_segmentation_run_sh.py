@@ -34,3 +34,18 @@ def test_run_sh_reruns_the_committed_seeds() -> None:
     assert len(lists) == 3, lists  # train, collect, per-class
     assert all(seeds == committed for seeds in lists), (lists, committed)
     assert _seed_lists(per_class) == [committed]
+
+
+def test_collect_without_finished_runs_leaves_the_committed_json(tmp_path):
+    """``run_segmentation.py --collect`` over a root with no finished run wrote a JSON of empty tables over
+    the committed one (trial-vis: run.sh's collect line run alone, or after an interrupted first line)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "segmentation.json"
+    out.write_text("committed\n")
+    proc = subprocess.run([sys.executable, str(STUDY / "run_segmentation.py"), "--collect", "--models", "segformer-b0",
+                           "--root", str(tmp_path / "no_runs"), "--json", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode != 0 and "no finished run under" in proc.stderr, proc.stderr[-2000:]
+    assert out.read_text() == "committed\n" and not out.with_suffix(".png").exists()
