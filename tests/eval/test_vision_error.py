@@ -34,3 +34,20 @@ def test_cli_rejects_unknown_model():
 
     res = CliRunner().invoke(app, ["eval", "vision", "--models", "alexnet", "--image-size", "64"])
     assert res.exit_code == 1 and "segformer-b0" in res.output
+
+
+def test_run_vision_checks_every_model_before_running_any(tmp_path, monkeypatch):
+    """``apsq eval vision --models segformer-b0,segformr`` ran Segformer (minutes at 512 px) and only then
+    failed on the typo (trial-vis)."""
+    import apsq.eval.vision as vision
+    from apsq.errors import APSQError
+
+    ran = []
+    monkeypatch.setattr(vision, "vision_output_error", lambda *a, **k: ran.append(a))
+    out = tmp_path / "v.json"
+    for models, size, match in ((["segformer-b0", "segformr"], 32, "models must be one of"),
+                                ([], 32, "models: name at least one"),
+                                (["efficientvit-b1"], 16, "image_size must be")):
+        with pytest.raises(APSQError, match=match):
+            vision.run_vision(models, size, 0, out, None, progress=False)
+    assert ran == [] and not out.exists()

@@ -22,7 +22,7 @@ from torch import nn
 
 import apsq
 from apsq.device import module_device, module_dtype, resolve_device, to_device
-from apsq.errors import check_choice, check_int, require
+from apsq.errors import APSQError, check_choice, check_int, require
 
 VISION_MODELS = ("segformer-b0", "efficientvit-b1")
 VARIANTS: tuple[tuple[str, str, int], ...] = (
@@ -156,8 +156,19 @@ def plot_vision_errors(results: list[dict[str, Any]], path: str | Path) -> Path:
 
 def run_vision(models: list[str], image_size: int, seed: int, json_out: Path | None, png_out: Path | None,
                progress: bool = True, device: str | torch.device | None = "auto") -> list[dict[str, Any]]:
-    """Run :func:`vision_output_error` for ``models`` on ``device``, writing JSON / PNG if asked."""
+    """Run :func:`vision_output_error` for ``models`` on ``device``, writing JSON / PNG if asked.
+
+    Raises:
+        APSQError: no model, an unknown one, ``image_size`` < 32 or a bad ``device``, before any model runs.
+    """
     from rich.progress import Progress
+
+    if not models:
+        raise APSQError(f"models: name at least one of {', '.join(VISION_MODELS)}")
+    for m in models:
+        check_choice("models", m, VISION_MODELS)
+    check_int("image_size", image_size, lo=32)
+    resolve_device(device, "device")
 
     results = []
     with Progress(disable=not progress, transient=True) as bar:
