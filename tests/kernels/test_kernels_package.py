@@ -353,3 +353,24 @@ def test_a_forced_c_backend_that_does_not_build_fails_quantize_before_it_changes
     with pytest.raises(APSQError, match="APSQ_KERNELS=c but the C kernels did not build: no C compiler"):
         apsq.quantize_(model, apsq.APSQConfig())
     assert not list(quant_layers(model)) and not hasattr(model, "apsq_report")
+
+
+def test_forced_triton_on_cpu_tensors_without_the_interpreter_says_it_runs_the_reference(monkeypatch):
+    """``APSQ_KERNELS=triton`` on CPU tensors without ``TRITON_INTERPRET=1`` ran the reference loop without a
+    word (trial-vis); now one RuntimeWarning per process says so, and the values are the reference's."""
+    triton_psum = pytest.importorskip("apsq.kernels.triton_psum")
+    if not triton_psum.available():
+        pytest.skip("Triton is not installed")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if triton_psum.interpreting():
+        pytest.skip("the interpreter is on in this process")
+    monkeypatch.setattr(triton_psum, "_WARNED_DEVICES", set())
+    monkeypatch.setenv("APSQ_KERNELS", "triton")
+    x, w, s = _case(4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y = linear_psum(x, w, s, 16, mode="apsq", gs=2)
+        linear_psum(x, w, s, 16, mode="apsq", gs=2)
+    msgs = [str(c.message) for c in caught if issubclass(c.category, RuntimeWarning)]
+    assert len(msgs) == 1 and "TRITON_INTERPRET=1" in msgs[0] and "reference loop" in msgs[0], msgs
+    assert torch.equal(y, psum_accumulate(linear_partials(x, w, 16), s, mode="apsq", gs=2))

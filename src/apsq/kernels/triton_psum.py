@@ -47,6 +47,7 @@ variable may be set after this module is imported. Importing this module never n
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -664,6 +665,21 @@ class _GemmPsum(torch.autograd.Function):
         return gx, gw, gsc, None, None, None, None
 
 
+_WARNED_DEVICES: set[str] = set()
+
+
+def _warn_not_runnable_once(device: torch.device) -> None:
+    """One RuntimeWarning per process and device type: the Triton kernels were asked for (``APSQ_KERNELS=triton``
+    routes every product here) on tensors Triton cannot run, so the caller's fallback (the reference loop)
+    runs instead; before, that happened without a word."""
+    if device.type in _WARNED_DEVICES:
+        return
+    _WARNED_DEVICES.add(device.type)
+    warnings.warn(f"apsq: the Triton kernels cannot run {device.type} tensors without TRITON_INTERPRET=1 "
+                  "(Triton's interpreter: slow, for tests); the reference loop runs instead (same values). "
+                  "APSQ_KERNELS=auto uses the C kernels on the CPU", RuntimeWarning, stacklevel=4)
+
+
 def gemm_psum(x3: torch.Tensor, w3: torch.Tensor, scales: torch.Tensor | None, tile: int, plan: _PlanLike,
               x_step: torch.Tensor | None, w_step: torch.Tensor | None) -> torch.Tensor | None:
     """PSUM-accumulated ``x3 [B, M, K] @ w3 [B, N, K]^T`` -> ``[B, M, N]`` in Triton, or None where the
@@ -703,6 +719,7 @@ def gemm_psum(x3: torch.Tensor, w3: torch.Tensor, scales: torch.Tensor | None, t
     if x3.device != w3.device:
         raise APSQError(f"x3 is on {x3.device} but w3 on {w3.device}; they must be on one device")
     if x3.device.type != "cuda" and not interpreting():  # Triton cannot run these: the caller's fallback
+        _warn_not_runnable_once(x3.device)
         return None
     if x3.numel() == 0 or w3.numel() == 0:
         return None
