@@ -189,3 +189,24 @@ def test_glue_study_config_refused_with_the_key(tmp_path):
 
     c = task_configs(s)
     assert c["stsb"].model.num_labels == 1 and c["mnli"].model.num_labels == 3 and c["qqp"].finetune.steps == 34111
+
+
+def test_one_glue_file_without_eval_path_is_refused_before_training(tmp_path):
+    """data.path alone used to serve GLUE's training rows and its reported validation split alike (the score
+    was on the rows it trained on); it is refused before anything is written, naming data.eval_path, and
+    data.eval_split: train still scores the training rows when asked for."""
+    from apsq.train.config import parse_config
+    from apsq.train.loop import train
+    from apsq.train.tasks import build_task
+
+    tr, _ = write_glue(tmp_path / "data", "rte", n_train=8, n_val=4)
+    cfg = _cfg("rte", tr, tr, 2)
+    cfg["data"] = {"name": "glue-rte", "path": str(tr)}
+    with pytest.raises(APSQError, match="without data.eval_path.*data.eval_split: train"):
+        train(parse_config(cfg), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoint.safetensors").exists()
+    cfg["data"]["eval_split"] = "train"
+    from apsq.train.models import load_tokenizer
+
+    task = build_task(parse_config(cfg), load_tokenizer(parse_config(cfg)))
+    assert len(task.eval) == 8

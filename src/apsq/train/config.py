@@ -110,9 +110,10 @@ class DataConfig(_Strict):
     glue: JSON lines; ade20k: a folder with ``train.jsonl`` / ``validation.jsonl`` or one JSON-lines
     file of training images with ``eval_path``, :func:`apsq.data.hub.load_ade20k`)."""
     eval_path: str | None = None
-    """The evaluation split's local file (glue, ade20k: JSON lines). Default: glue, ``path`` serves both
-    splits; ade20k, a folder's ``validation.jsonl`` (one training file without ``eval_path`` is refused: its
-    test split would be the training images)."""
+    """The evaluation split's local file (glue, ade20k: JSON lines). Needed beside a ``path`` file: glue
+    refuses ``path`` without it (the reported validation score would be on the training rows; ``eval_split:
+    train`` asks for that on purpose); ade20k takes a folder's ``validation.jsonl`` (one training file
+    without ``eval_path`` is refused: its test split would be the training images)."""
     train_limit: int | None = Field(None, ge=1)
     """Use only N training examples (a fixed-seed random subset)."""
     eval_limit: int | None = Field(None, ge=1)

@@ -99,6 +99,11 @@ def _build(cfg: TrainConfig, split: str, tokenizer=None, eval_only: bool = False
         from apsq.data.hub import load_glue
 
         glue = task = d.name[len("glue-"):]
+        if d.path is not None and d.eval_path is None and split != "heldout" and d.eval_split != "train":
+            raise APSQError(f"data.path {d.path!r} without data.eval_path: the one file would serve {d.name}'s training "
+                            "rows and its reported validation split alike (a score on the rows it trained on). Give the "
+                            "validation rows as data.eval_path (JSON lines), or set data.eval_split: train to score the "
+                            "training rows on purpose")
         # GLUE's test labels are hidden: its validation split is the evaluation set; with
         # data.validation_from_train the validation bucket of train is held out ("heldout": chosen on)
         train, heldout = load_glue(task, "train", data_files=d.path), []
