@@ -115,7 +115,8 @@ def run_cmd(
 class _Progress:
     """One line per batch on stderr: inputs done, seconds since the run started and an estimate of the
     rest (long runs: the RTL, or 1,041 sentences on a loaded machine). On ``amaranth`` (Python's RTL
-    simulator, 3-8 k lane-steps/s, ~2,000x slower than Verilator: docs/rae.md) a line says so first."""
+    simulator, 3-8 k lane-steps/s, ~2,000x slower than Verilator: docs/rae.md; a MiniLM sentence is ~10 M
+    lane-steps, results/deploy/gs2_verilator.json) a line says so first."""
 
     def __init__(self, backend: str) -> None:
         import sys
@@ -124,7 +125,8 @@ class _Progress:
         self.t0 = time.perf_counter()
         if backend == "amaranth":
             print("--backend amaranth: Python's RTL simulator, ~2,000x slower than --backend verilator (a MiniLM "
-                  "sentence takes minutes); --limit N runs fewer inputs", file=sys.stderr, flush=True)
+                  "sentence, ~10 M lane-steps, takes 20-60 min); --limit N runs fewer inputs", file=sys.stderr,
+                  flush=True)
 
     def __call__(self, done: int, total: int) -> None:
         import sys

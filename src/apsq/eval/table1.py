@@ -211,6 +211,12 @@ def row_energy(row: Row, gs: int) -> dict[str, Any]:
     return out
 
 
+SELECTED_ON = {"validation": "validation data", "train split": "the tasks' training splits",
+               "held-out train rows": "rows held out of the training split"}
+"""A result's ``gs_selected_on`` in words (``gs_chosen``): the sweeps and studies' validation split, the
+zero-shot tasks' training splits, GLUE's rows held out of its training split."""
+
+
 def _full_measured_on(row: Row, res: dict[str, Any]) -> str:
     """"the paper's model and data", unless the full run's JSON (a gs sweep records its ``model`` and
     ``dataset``) says it was run on another model or data set: then that, so a sweep of the offline
@@ -244,9 +250,8 @@ def collect_row(row: Row, root: str | Path = ".", energy: bool = True) -> dict[s
         out["error"] = "no APSQ variant in the result"
         return out
     sel = notes.get("selected_gs")
-    chosen = int(sel) if isinstance(sel, (int, str)) and str(sel).isdigit() and int(sel) in gs else best_gs(gs)
-    assert chosen is not None  # gs is not empty
-    best = chosen
+    best = int(sel) if isinstance(sel, (int, str)) and str(sel).isdigit() and int(sel) in gs else best_gs(gs)
+    assert best is not None  # gs is not empty
     on = SELECTED_ON.get(notes.get("gs_selected_on") or "validation", notes.get("gs_selected_on"))
     out.update(best_gs=best, gs_chosen=f"on {on}" if sel is not None else
                "best on the evaluated split (no validation selection in this result)",
@@ -284,12 +289,6 @@ def table1(rows: list[Row], root: str | Path = ".", energy: bool = True) -> dict
             "energy_note": "energy: the reduction of total energy vs INT32 PSUMs of the paper's model (built-in "
                            "workload, fixed IS / WS loop orders) at the row's best gs, whatever run gave the accuracy",
             "paper_source": "docs/apsq-method.md section 6 (the seed paper's Table I)"}
-
-
-SELECTED_ON = {"validation": "validation data", "train split": "the tasks' training splits",
-               "held-out train rows": "rows held out of the training split"}
-"""A result's ``gs_selected_on`` in words (``gs_chosen``): the sweeps and studies' validation split, the
-zero-shot tasks' training splits, GLUE's rows held out of its training split."""
 
 
 def _chosen(r: dict[str, Any]) -> str:
