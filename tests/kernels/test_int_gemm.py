@@ -325,6 +325,49 @@ def test_zero_gradient_tiles_past_64_tiles_bit_identical(mode, gs, per_channel):
 
 
 @pytest.mark.parametrize("mode,gs", [("psq", 1), ("apsq", 2)])
+def test_zero_gradient_bits_only_where_written_across_chunks(variant, monkeypatch, mode, gs):
+    """The first backward pass writes an output block's zero-gradient bits only from its first nonzero
+    64-tile word on and flags the blocks it wrote; the correction reads only flagged blocks. Chunks of one
+    block of rows reuse one scratch, so a block whose zero tiles all lie in the third word (rows of group 1
+    below) follows one that wrote bits in every word (group 0): stale bits would correct the wrong tiles.
+    Column blocks past the first never saturate (small weights). Exact sums: the reference's bits."""
+    monkeypatch.setattr(_cgemm, "ZB_BYTES", 1)  # one block of rows per chunk
+    mr = _cgemm.MR(_cgemm.library())
+    gen = torch.Generator().manual_seed(33)
+    tile, k, n_out, groups = 4, 600, 40, 4
+    m = groups * mr
+    sx, sw = torch.tensor(2.0**-2, dtype=torch.float64), torch.tensor(2.0**-5, dtype=torch.float64)
+    big = torch.randint(-100, 101, (m, k), generator=gen).double()
+    small = torch.randint(-1, 2, (m, k), generator=gen).double()
+    group = torch.arange(m) // mr
+    late = torch.arange(k) >= 512  # tiles 128..149: the third word
+    use_big = (group == 0).reshape(-1, 1) | ((group == 1).reshape(-1, 1) & late)
+    x = torch.where(use_big, big, small) * sx
+    cw = torch.randint(-127, 128, (n_out, k), generator=gen).double()
+    cw[16:] = cw[16:].clamp(-1, 1)  # columns 16+: no tile saturates
+    w = cw * sw
+    n = k // tile
+    scales = torch.full((n,), 8.0 * float(sx * sw), dtype=torch.float64)  # small tiles stay in range
+    sign = torch.randint(0, 2, (m, n_out), generator=gen).double() * 2 - 1
+    g = sign * torch.randint(1, 64, (m, n_out), generator=gen).double() / 16  # nonzero: zero tiles are the kernel's
+    ref = _run(lambda a, b, s: psum_accumulate(linear_partials(a, b, tile), s, mode=mode, gs=gs, bits=8),
+               x, w, scales, g)
+    got = _run(lambda a, b, s: linear_psum(a, b, s, tile, mode=mode, gs=gs, bits=8, x_step=sx, w_step=sw.expand(n_out)),
+               x, w, scales, g)
+    for a, b in zip(got, ref):
+        assert torch.equal(a, b)
+    # the premise: group 0 has zero-gradient tiles in the first word; group 1 in the third, and for psq
+    # (tiles quantized on their own) in the third only (apsq: a saturated late closing step zeroes the
+    # earlier groups too, every word)
+    p = linear_partials(x, w, tile).clone().requires_grad_()
+    psum_accumulate(p, scales, mode=mode, gs=gs, bits=8).backward(g)
+    zero = p.grad == 0
+    rows1 = group == 1
+    assert bool(zero[:64, group == 0].any()) and bool(zero[128:, rows1].any())
+    assert mode == "apsq" or not bool(zero[:128, rows1].any())
+
+
+@pytest.mark.parametrize("mode,gs", [("psq", 1), ("apsq", 2)])
 def test_batched_gradients_bit_identical_when_every_sum_is_exact(variant, mode, gs):
     gen = torch.Generator().manual_seed(12)
     sa, sb = torch.tensor(2.0**-3, dtype=torch.float64), torch.tensor(2.0**-5, dtype=torch.float64)

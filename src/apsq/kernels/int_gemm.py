@@ -155,7 +155,7 @@ def _codes16(v: torch.Tensor, step: torch.Tensor, tile: int, te: int) -> tuple[t
     ``[-32767, 32767]``. One pass in C."""
     v = v.contiguous()
     rows, k = v.shape
-    steps = step.reshape(-1).tolist()
+    steps = step.detach().to(device="cpu", dtype=torch.float64).reshape(-1)  # a tensor: no Python floats
     if not reciprocals_exact(steps, v.dtype):
         return None
     _, inv = step_arrays(steps)
@@ -183,7 +183,7 @@ def int_operands(x2: torch.Tensor, w: torch.Tensor, tile: int, x_step: torch.Ten
     n_out = w.shape[0] // batch
     if sx.numel() != 1 or sw.numel() not in (1, n_out):
         return None
-    if not (powers_of_two(sx.tolist()) and powers_of_two(sw.tolist())):
+    if not (powers_of_two(sx) and powers_of_two(sw)):
         return None
     te = tile + (tile % 2)
     sw = sw.expand(n_out)

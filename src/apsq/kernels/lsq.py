@@ -49,8 +49,9 @@ def available() -> bool:
     return _LIB.get() is not None
 
 
-def _steps(step: torch.Tensor) -> list[float]:
-    return step.detach().reshape(-1).to(torch.float64).tolist()
+def _steps(step: torch.Tensor) -> torch.Tensor:
+    """The steps as a flat float64 CPU tensor (thousands of per-channel steps: no Python floats)."""
+    return step.detach().reshape(-1).to(device="cpu", dtype=torch.float64).contiguous()
 
 
 def applicable(x: torch.Tensor, step: torch.Tensor, channel_axis: int | None) -> bool:

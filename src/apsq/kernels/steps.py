@@ -40,8 +40,11 @@ def reciprocals_exact(steps: Sequence[float] | torch.Tensor, dtype: torch.dtype)
     return bool((s > 0).all() and torch.isfinite(back).all() and (back == inv).all() and (inv * s == 1).all())
 
 
-def powers_of_two(steps: Sequence[float]) -> bool:
-    """True when every value is finite, positive and exactly ``2^e`` for an integer ``e``."""
+def powers_of_two(steps: Sequence[float] | torch.Tensor) -> bool:
+    """True when every value is finite, positive and exactly ``2^e`` for an integer ``e`` (a tensor, e.g.
+    thousands of per-row weight steps, in one vectorised pass)."""
+    if isinstance(steps, torch.Tensor):
+        return bool(is_power_of_two(steps).all())
     for v in steps:
         v = float(v)
         if not (math.isfinite(v) and v > 0 and math.frexp(v)[0] == 0.5):

@@ -71,7 +71,15 @@ static void pack_pairs(const int16_t *src, long R, long Kp, long r0, int width, 
         long row = r0 + r;
         if (row < R) {
             const int16_t *s = src + row * Kp;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            for (long kk = 0; kk < kp2; kk++) { /* a pair's int32 is its two int16 in memory order (pair16) */
+                int32_t v;
+                memcpy(&v, s + 2 * kk, sizeof v);
+                dst[kk * width + r] = v;
+            }
+#else
             for (long kk = 0; kk < kp2; kk++) dst[kk * width + r] = pair16(s[2 * kk], s[2 * kk + 1]);
+#endif
         } else {
             for (long kk = 0; kk < kp2; kk++) dst[kk * width + r] = 0;
         }
@@ -215,34 +223,45 @@ static inline void v_fwd_closing(const int32_t *c, const __m256 *un, const __m25
     }
 }
 
-/* ca[2h + p] += gd * d over the half's columns [8h + 4p, 8h + 4p + 4) */
-static inline void v_grad(const double *gd, int v, __m256 d, __m256d *ca) {
-    const int h = v & 1;
-    ca[2 * h] = FMAD(_mm256_loadu_pd(gd + 8 * v), _mm256_cvtps_pd(_mm256_castps256_ps128(d)), ca[2 * h]);
-    ca[2 * h + 1] = FMAD(_mm256_loadu_pd(gd + 8 * v + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(d, 1)), ca[2 * h + 1]);
+/* a[0] += gd * d over the half's columns [8h, 8h + 4), a[1] over [8h + 4, 8h + 8) (v = 2 * row + h) */
+static inline void v_grad(const double *gd, int v, __m256 d, __m256d *a0, __m256d *a1) {
+    *a0 = FMAD(_mm256_loadu_pd(gd + 8 * v), _mm256_cvtps_pd(_mm256_castps256_ps128(d)), *a0);
+    *a1 = FMAD(_mm256_loadu_pd(gd + 8 * v + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(d, 1)), *a1);
+}
+
+/* backward, a pending tile (or any psq tile) i, the outputs [8v, 8v + 8) of half h: pend (first: starts it),
+ * the products g * (c - m u) into a0, a1 (v_grad); returns the lanes whose requantization saturated */
+static inline __m256 v_bwd_pending8(const int32_t *c, int v, __m256 un, __m256 is, __m256 s, float *pend, int first,
+                                    const double *gd, __m256d *a0, __m256d *a1, __m256 fqn, __m256 fqp) {
+    const __m256 u = _mm256_mul_ps(v_tile(c, v, un), is);
+    const __m256 x = _mm256_floor_ps(_mm256_add_ps(u, _mm256_set1_ps(0.5f)));
+    const __m256 cc = _mm256_min_ps(_mm256_max_ps(x, fqn), fqp);
+    const __m256 nm = _mm256_cmp_ps(cc, x, _CMP_NEQ_UQ); /* not m: x < qn or x > qp */
+    v_grad(gd, v, _mm256_sub_ps(cc, _mm256_andnot_ps(nm, u)), a0, a1); /* c - m u */
+    __m256 q = _mm256_mul_ps(cc, s);
+    if (!first) q = _mm256_add_ps(_mm256_loadu_ps(pend + 8 * v), q);
+    _mm256_storeu_ps(pend + 8 * v, q);
+    return nm;
 }
 
 /* backward, a pending tile (or any psq tile) i: pend (first: starts it), bit i % 64 of zw where the tile's
- * requantization saturated, ca = the products g * (c - m u) (gd: g reaching the tile, double) */
+ * requantization saturated, ca = the products g * (c - m u) (gd: g reaching the tile, double), summed per
+ * column quarter of the block in four register accumulators (rows in order) */
 static inline void v_bwd_pending(const int32_t *c, const __m256 *un, const __m256 *is, const __m256 *s, float *pend,
                                  int first, const double *gd, uint64_t *zw, long i, __m256d *ca, __m256 fqn,
                                  __m256 fqp) {
     const __m256 half = _mm256_set1_ps(0.5f);
     const uint64_t bit = (uint64_t)1 << (i % 64);
     __m256 sat = _mm256_setzero_ps();
-    for (int k = 0; k < 4; k++) ca[k] = _mm256_setzero_pd();
-    for (int v = 0; v < NV; v++) {
-        const int h = v & 1;
-        const __m256 u = _mm256_mul_ps(v_tile(c, v, un[h]), is[h]);
-        const __m256 x = _mm256_floor_ps(_mm256_add_ps(u, half));
-        const __m256 cc = _mm256_min_ps(_mm256_max_ps(x, fqn), fqp);
-        const __m256 nm = _mm256_cmp_ps(cc, x, _CMP_NEQ_UQ); /* not m: x < qn or x > qp */
-        sat = _mm256_or_ps(sat, nm);
-        v_grad(gd, v, _mm256_sub_ps(cc, _mm256_andnot_ps(nm, u)), ca); /* c - m u */
-        __m256 q = _mm256_mul_ps(cc, s[h]);
-        if (!first) q = _mm256_add_ps(_mm256_loadu_ps(pend + 8 * v), q);
-        _mm256_storeu_ps(pend + 8 * v, q);
+    __m256d a0 = _mm256_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
+    for (int v = 0; v < NV; v += 2) {
+        sat = _mm256_or_ps(sat, v_bwd_pending8(c, v, un[0], is[0], s[0], pend, first, gd, &a0, &a1, fqn, fqp));
+        sat = _mm256_or_ps(sat, v_bwd_pending8(c, v + 1, un[1], is[1], s[1], pend, first, gd, &a2, &a3, fqn, fqp));
     }
+    ca[0] = a0;
+    ca[1] = a1;
+    ca[2] = a2;
+    ca[3] = a3;
     if (_mm256_movemask_ps(sat)) /* some output's tile saturated (rare unless the steps are too small): its bits */
         for (int v = 0; v < NV; v++) {
             const int h = v & 1;
@@ -252,25 +271,35 @@ static inline void v_bwd_pending(const int32_t *c, const __m256 *un, const __m25
         }
 }
 
-/* backward, the closing tile of a group: u = ((c un + pend) + acc) is (as v_fwd_closing), acc = c s, ca the
- * products (gd: g reaching A_h) */
+/* backward, the closing tile of a group, outputs [8v, 8v + 8) of half h: u = ((c un + pend) + acc) is (as
+ * v_fwd_closing), acc = c s, the products into a0, a1 (gd: g reaching A_h) */
+static inline void v_bwd_closing8(const int32_t *c, int v, __m256 un, __m256 is, __m256 s, const float *pend,
+                                  float *acc, int hp, int ha, const double *gd, __m256d *a0, __m256d *a1, __m256 fqn,
+                                  __m256 fqp) {
+    __m256 val = v_tile(c, v, un);
+    if (hp) val = _mm256_add_ps(val, _mm256_loadu_ps(pend + 8 * v));
+    if (ha) val = _mm256_add_ps(val, _mm256_loadu_ps(acc + 8 * v));
+    const __m256 u = _mm256_mul_ps(val, is);
+    const __m256 x = _mm256_floor_ps(_mm256_add_ps(u, _mm256_set1_ps(0.5f)));
+    const __m256 cc = _mm256_min_ps(_mm256_max_ps(x, fqn), fqp);
+    const __m256 nm = _mm256_cmp_ps(cc, x, _CMP_NEQ_UQ);
+    v_grad(gd, v, _mm256_sub_ps(cc, _mm256_andnot_ps(nm, u)), a0, a1);
+    _mm256_storeu_ps(acc + 8 * v, _mm256_mul_ps(cc, s));
+}
+
+/* backward, the closing tile of a group: every output of the block (v_bwd_closing8), ca as v_bwd_pending */
 static inline void v_bwd_closing(const int32_t *c, const __m256 *un, const __m256 *is, const __m256 *s,
                                  const float *pend, float *acc, int hp, int ha, const double *gd, __m256d *ca,
                                  __m256 fqn, __m256 fqp) {
-    const __m256 half = _mm256_set1_ps(0.5f);
-    for (int k = 0; k < 4; k++) ca[k] = _mm256_setzero_pd();
-    for (int v = 0; v < NV; v++) {
-        const int h = v & 1;
-        __m256 val = v_tile(c, v, un[h]);
-        if (hp) val = _mm256_add_ps(val, _mm256_loadu_ps(pend + 8 * v));
-        if (ha) val = _mm256_add_ps(val, _mm256_loadu_ps(acc + 8 * v));
-        const __m256 u = _mm256_mul_ps(val, is[h]);
-        const __m256 x = _mm256_floor_ps(_mm256_add_ps(u, half));
-        const __m256 cc = _mm256_min_ps(_mm256_max_ps(x, fqn), fqp);
-        const __m256 nm = _mm256_cmp_ps(cc, x, _CMP_NEQ_UQ);
-        v_grad(gd, v, _mm256_sub_ps(cc, _mm256_andnot_ps(nm, u)), ca);
-        _mm256_storeu_ps(acc + 8 * v, _mm256_mul_ps(cc, s[h]));
+    __m256d a0 = _mm256_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
+    for (int v = 0; v < NV; v += 2) {
+        v_bwd_closing8(c, v, un[0], is[0], s[0], pend, acc, hp, ha, gd, &a0, &a1, fqn, fqp);
+        v_bwd_closing8(c, v + 1, un[1], is[1], s[1], pend, acc, hp, ha, gd, &a2, &a3, fqn, fqp);
     }
+    ca[0] = a0;
+    ca[1] = a1;
+    ca[2] = a2;
+    ca[3] = a3;
 }
 
 /* the tile's step-gradient sums: per tensor *slot += all of ca; per channel col[j] += column j's */
@@ -324,14 +353,20 @@ static inline int bad_at(const void *lb, int lb8, long e) {
     return lb8 ? ((const uint8_t *)lb)[e] : ((const int16_t *)lb)[e];
 }
 
-/* Stores word w of the zero-gradient tile bits of an MR x NR output block (rows x cols in range) at
- * zb[e][w], e = e0 + r * N + j: the pending tiles that saturated (zw, one bit per tile of the word) and,
- * for apsq, every tile of the groups before last_bad (bad[e]: tiles below min(bad * gs, n)). Returns the OR of
- * the words stored (0: no output of the block has a zero-gradient tile in this word). */
-static inline uint64_t store_zero_bits(uint64_t *zb, const uint64_t *zw, const int16_t *bad, long w, long Wz, long n,
-                                   int gs, long e0, long N, int rows, int cols) {
+/* Word w of the zero-gradient tile bits of an MR x NR output block (rows x cols in range), for zb[e][w],
+ * e = e0 + r * N + j: the pending tiles that saturated (zw, one bit per tile of the word) and, for apsq,
+ * every tile of the groups before last_bad (bad[e]: tiles below min(bad * gs, n)). The words are stored
+ * only from the block's first nonzero word on (*written set then, the words before it stored as zeros):
+ * a block whose bits are all zero writes nothing (the caller flags the blocks with *written). badany: some
+ * bad[e] is nonzero. Returns the OR of the block's words w. */
+static inline uint64_t store_zero_bits(uint64_t *zb, const uint64_t *zw, const int16_t *bad, int badany, long w,
+                                       long Wz, long n, int gs, long e0, long N, int rows, int cols, int *written) {
     const long lo = w * 64;
-    uint64_t any = 0;
+    uint64_t any = 0, word[MT];
+    if (!*written && !badany) { /* the common case: no tile saturated, nothing to store */
+        for (int e = 0; e < MT; e++) any |= zw[e];
+        if (!any) return 0;
+    }
     for (int r = 0; r < rows; r++)
         for (int j = 0; j < cols; j++) {
             const int e = r * NR + j;
@@ -339,8 +374,17 @@ static inline uint64_t store_zero_bits(uint64_t *zb, const uint64_t *zw, const i
             uint64_t bits = zw[e];
             if (nb >= lo + 64) bits = ~(uint64_t)0;
             else if (nb > lo) bits |= ((uint64_t)1 << (nb - lo)) - 1;
-            zb[(e0 + r * N + j) * Wz + w] = bits;
+            word[e] = bits;
             any |= bits;
         }
+    if (!*written) {
+        if (!any) return 0;
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < cols; j++)
+                for (long w0 = 0; w0 < w; w0++) zb[(e0 + r * N + j) * Wz + w0] = 0;
+        *written = 1;
+    }
+    for (int r = 0; r < rows; r++)
+        for (int j = 0; j < cols; j++) zb[(e0 + r * N + j) * Wz + w] = word[r * NR + j];
     return any;
 }

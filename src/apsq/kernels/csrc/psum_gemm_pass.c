@@ -77,7 +77,15 @@ static int SUF(pack_pairs_f)(const T *src, long R, long n, long t, long te, cons
             }
             for (long k = t; k < te; k++) d[k] = 0;
         }
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        for (long kk = 0; kk < kp2; kk++) { /* a pair's int32 is its two int16 in memory order (pair16) */
+            int32_t v;
+            memcpy(&v, codes + 2 * kk, sizeof v);
+            dst[kk * width + r] = v;
+        }
+#else
         for (long kk = 0; kk < kp2; kk++) dst[kk * width + r] = pair16(codes[2 * kk], codes[2 * kk + 1]);
+#endif
     }
     free(codes);
     return bad;
@@ -114,49 +122,59 @@ static int SUF(pack_operands_f)(const T *xf, const T *wf, long B, long M, long N
 }
 
 /* The correction of one chunk of the backward (gemm_bwd): rows [m_lo, m_hi) of product bi, their
- * zero-gradient tile bits in zb [m_hi - m_lo][N][Wz] (bit i % 64 of word i / 64: tile i). For each output
- * (m, o) with a bit set and each such tile i this subtracts g[m, o] * W[o, tile i] from gx[m, tile i] and
- * g[m, o] * x[m, tile i] from gw[o, tile i]. xf [B*M][n*t], wf [B*N][n*t] are the float operands and
- * gx, gw the gradients (same layout; either may be NULL). Rows of gx are updated by one thread each,
- * in o order; rows of gw by one thread each, in m order (chunks in m order too): the result does not
- * depend on the thread count or the chunk size. Returns the number of outputs with a bit set. */
+ * zero-gradient tile bits in zb [m_hi - m_lo][N][Wz] (bit i % 64 of word i / 64: tile i), valid only in the
+ * output blocks flagged in zf [row block of the chunk][nct] (MR rows x NR columns; the kernel skips writing
+ * the others). For each output (m, o) with a bit set and each such tile i this subtracts g[m, o] * W[o, tile i]
+ * from gx[m, tile i] and g[m, o] * x[m, tile i] from gw[o, tile i]. xf [B*M][n*t], wf [B*N][n*t] are the float
+ * operands and gx, gw the gradients (same layout; either may be NULL). Rows of gx are updated by one thread
+ * each, in o order; rows of gw by one thread each (a column block per job), in m order (chunks in m order
+ * too): the result does not depend on the thread count or the chunk size. Returns the number of outputs
+ * with a bit set. */
 static long SUF(correct_rows)(long bi, long M, long N, long n, long t, long m_lo, long m_hi, const T *g,
-                              const uint64_t *zb, const T *xf, const T *wf, T *gx, T *gw, int nthreads) {
-    const long Kt = n * t, W = (n + 63) / 64, e_lo = (bi * M + m_lo) * N;
+                              const uint64_t *zb, const uint8_t *zf, const T *xf, const T *wf, T *gx, T *gw,
+                              int nthreads) {
+    const long Kt = n * t, W = (n + 63) / 64, e_lo = (bi * M + m_lo) * N, nct = (N + NR - 1) / NR;
     long flagged = 0;
 #pragma omp parallel for num_threads(nthreads) schedule(static) reduction(+ : flagged)
     for (long m = m_lo; m < m_hi; m++) {
         const uint64_t *zr = zb + (m - m_lo) * N * W;
-        for (long o = 0; o < N; o++) {
-            uint64_t any = 0;
-            for (long w = 0; w < W; w++) any |= zr[o * W + w];
-            if (!any) continue;
-            flagged++;
-            if (!gx) continue;
-            const T ge = g[e_lo + (m - m_lo) * N + o];
-            const uint64_t *bits = zr + o * W;
-            for (long i = 0; i < n; i++) {
-                if (!((bits[i / 64] >> (i % 64)) & 1)) continue;
-                T *dst = gx + (bi * M + m) * Kt + i * t;
-                const T *src = wf + (bi * N + o) * Kt + i * t;
-                for (long k = 0; k < t; k++) dst[k] = dst[k] - ge * src[k];
+        const uint8_t *fr = zf + (m - m_lo) / MR * nct;
+        for (long ct = 0; ct < nct; ct++) {
+            if (!fr[ct]) continue;
+            for (long o = ct * NR; o < lmin(N, (ct + 1) * NR); o++) {
+                uint64_t any = 0;
+                for (long w = 0; w < W; w++) any |= zr[o * W + w];
+                if (!any) continue;
+                flagged++;
+                if (!gx) continue;
+                const T ge = g[e_lo + (m - m_lo) * N + o];
+                const uint64_t *bits = zr + o * W;
+                for (long i = 0; i < n; i++) {
+                    if (!((bits[i / 64] >> (i % 64)) & 1)) continue;
+                    T *dst = gx + (bi * M + m) * Kt + i * t;
+                    const T *src = wf + (bi * N + o) * Kt + i * t;
+                    for (long k = 0; k < t; k++) dst[k] = dst[k] - ge * src[k];
+                }
             }
         }
     }
     if (gw && flagged) {
-#pragma omp parallel for num_threads(nthreads) schedule(static, 8)
-        for (long o = 0; o < N; o++) {
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+        for (long ct = 0; ct < nct; ct++) {
             for (long m = m_lo; m < m_hi; m++) {
-                const uint64_t *bits = zb + ((m - m_lo) * N + o) * W;
-                uint64_t any = 0;
-                for (long w = 0; w < W; w++) any |= bits[w];
-                if (!any) continue;
-                const T ge = g[e_lo + (m - m_lo) * N + o];
-                for (long i = 0; i < n; i++) {
-                    if (!((bits[i / 64] >> (i % 64)) & 1)) continue;
-                    T *dst = gw + (bi * N + o) * Kt + i * t;
-                    const T *src = xf + (bi * M + m) * Kt + i * t;
-                    for (long k = 0; k < t; k++) dst[k] = dst[k] - ge * src[k];
+                if (!zf[(m - m_lo) / MR * nct + ct]) continue;
+                for (long o = ct * NR; o < lmin(N, (ct + 1) * NR); o++) {
+                    const uint64_t *bits = zb + ((m - m_lo) * N + o) * W;
+                    uint64_t any = 0;
+                    for (long w = 0; w < W; w++) any |= bits[w];
+                    if (!any) continue;
+                    const T ge = g[e_lo + (m - m_lo) * N + o];
+                    for (long i = 0; i < n; i++) {
+                        if (!((bits[i / 64] >> (i % 64)) & 1)) continue;
+                        T *dst = gw + (bi * N + o) * Kt + i * t;
+                        const T *src = xf + (bi * M + m) * Kt + i * t;
+                        for (long k = 0; k < t; k++) dst[k] = dst[k] - ge * src[k];
+                    }
                 }
             }
         }
@@ -292,14 +310,18 @@ static long PASS(gemm_bwd)(const T *xf, const T *wf, const double *ix, const dou
     long flagged = 0;
     /* [njobs][n][CS ? NR : 1]: each job's step-gradient sums (per channel, per column) */
     double *part = (double *)calloc((size_t)njobs * n * sw, sizeof(double));
+    /* [cbt][nct]: the chunk's blocks whose zero-gradient bits were written (store_zero_bits) */
+    uint8_t *zf = (uint8_t *)malloc((size_t)cbt * nct);
     T *sdt = NULL, *sit = NULL; /* per-channel steps as T */
-    if (!part || (CS && !SUF(steps_t)(sd, si, n * N, &sdt, &sit))) {
+    if (!part || !zf || (CS && !SUF(steps_t)(sd, si, n * N, &sdt, &sit))) {
         free(part);
+        free(zf);
         return -1;
     }
     const int packed = SUF(pack_operands_f)(xf, wf, B, M, N, n, t, te, ix, iw, iw_rows, &ap, &bp, nthreads);
     if (packed != 1) {
         free(part);
+        free(zf);
         free(sdt);
         free(sit);
         return packed ? -2 : -1;
@@ -327,15 +349,27 @@ static long PASS(gemm_bwd)(const T *xf, const T *wf, const double *ix, const dou
             uint64_t *zrow = zb + (m0 - m_lo) * N * Wz; /* the chunk's bits of row m0 */
             const T fqn = (T)qn, fqp = (T)qp, half = (T)0.5, zero = (T)0;
             for (int j = 0; j < NR; j++) un[j] = o0 + j < N ? unit[o0 + j] : (T)0;
-            int bbany = 0;
-            for (int r = 0; r < MR; r++)
-                for (int j = 0; j < NR; j++) {
-                    const int e = r * NR + j, in = r < rows && j < cols;
-                    const long ge = base + (m0 + r) * N + o0 + j;
-                    gt[e] = in ? g[ge] : zero;
-                    bb[e] = (int16_t)(in && apsq ? bad_at(lb, lb8, ge) : 0);
-                    bbany |= bb[e];
+            int bbany = 0, written = 0; /* written: this block's zero-gradient bits were stored */
+            if (rows == MR && cols == NR) { /* a whole block: row copies the compiler vectorises */
+                for (int r = 0; r < MR; r++) {
+                    const long ge = base + (m0 + r) * N + o0;
+                    memcpy(gt + r * NR, g + ge, NR * sizeof(T));
+                    if (apsq && lb8)
+                        for (int j = 0; j < NR; j++) bb[r * NR + j] = ((const uint8_t *)lb)[ge + j];
+                    else if (apsq)
+                        memcpy(bb + r * NR, (const int16_t *)lb + ge, NR * sizeof(int16_t));
                 }
+                if (!apsq) memset(bb, 0, sizeof bb);
+            } else {
+                for (int r = 0; r < MR; r++)
+                    for (int j = 0; j < NR; j++) {
+                        const int e = r * NR + j, in = r < rows && j < cols;
+                        const long ge = base + (m0 + r) * N + o0 + j;
+                        gt[e] = in ? g[ge] : zero;
+                        bb[e] = (int16_t)(in && apsq ? bad_at(lb, lb8, ge) : 0);
+                    }
+            }
+            for (int e = 0; e < MT; e++) bbany |= bb[e];
 #if APSQ_SIMD == 2 && T_F32
             const __m256 vun[2] = {_mm256_loadu_ps(un), _mm256_loadu_ps(un + 8)};
             const __m256 vqn = _mm256_set1_ps(fqn), vqp = _mm256_set1_ps(fqp);
@@ -369,7 +403,7 @@ static long PASS(gemm_bwd)(const T *xf, const T *wf, const double *ix, const dou
                 else v_bwd_closing(c, vun, vis, vs, pend, acc, l > g0, h > 0, gap, ca, vqn, vqp);
                 if (CS) v_cols(ca, slot + i * NR);
                 else slot[i] += v_sum4(ca);
-                if (i % 64 == 63 || i == n - 1) zany |= store_zero_bits(zrow, zw, bb, i / 64, Wz, n, gs, o0, N, rows, cols);
+                if (i % 64 == 63 || i == n - 1) zany |= store_zero_bits(zrow, zw, bb, bbany, i / 64, Wz, n, gs, o0, N, rows, cols, &written);
                 if (i >= l) {
                     g0 = l + 1;
                     h++;
@@ -398,7 +432,7 @@ static long PASS(gemm_bwd)(const T *xf, const T *wf, const double *ix, const dou
                         }
                     if (CS) col_sums(tb, slot + i * NR);
                     else slot[i] += block_sum(tb);
-                    if (i % 64 == 63 || i == n - 1) zany |= store_zero_bits(zrow, zw, bb, i / 64, Wz, n, gs, o0, N, rows, cols);
+                    if (i % 64 == 63 || i == n - 1) zany |= store_zero_bits(zrow, zw, bb, bbany, i / 64, Wz, n, gs, o0, N, rows, cols, &written);
                     continue;
                 }
                 const int hp = l > g0, ha = h > 0;
@@ -414,13 +448,14 @@ static long PASS(gemm_bwd)(const T *xf, const T *wf, const double *ix, const dou
                     }
                 if (CS) col_sums(tb, slot + i * NR);
                 else slot[i] += block_sum(tb);
-                if (i % 64 == 63 || i == n - 1) zany |= store_zero_bits(zrow, zw, bb, i / 64, Wz, n, gs, o0, N, rows, cols);
+                if (i % 64 == 63 || i == n - 1) zany |= store_zero_bits(zrow, zw, bb, bbany, i / 64, Wz, n, gs, o0, N, rows, cols, &written);
                 g0 = l + 1;
                 h++;
             }
+            zf[(rt - rt0) * nct + ct] = (uint8_t)written;
           }
         }
-        if (zany) flagged += SUF(correct_rows)(bi, M, N, n, t, m_lo, m_hi, g, zb, xf, wf, gx, gw, nthreads);
+        if (zany) flagged += SUF(correct_rows)(bi, M, N, n, t, m_lo, m_hi, g, zb, zf, xf, wf, gx, gw, nthreads);
       }
     /* gsc = the job slots added in job order (per channel: per column) */
     if (CS) { /* per column block, its slots in (bi, rc) order; rows of gsc contiguous */
@@ -439,6 +474,7 @@ static long PASS(gemm_bwd)(const T *xf, const T *wf, const double *ix, const dou
             for (long i = 0; i < n; i++) gsc[i] += part[job * n + i];
     }
     free(part);
+    free(zf);
     free(ap);
     free(bp);
     free(sdt);
