@@ -93,6 +93,8 @@ def test_rows_on_this_repository_and_the_command(tmp_path):
     assert dry.exit_code == 0 and all(row.full_command in " ".join(dry.output.split()) for row in ROWS)
     bad = CliRunner().invoke(app, ["paper", "table1", "--rows", "bert"])
     assert bad.exit_code == 2 and "unknown rows ['bert']" in bad.output
+    empty = CliRunner().invoke(app, ["paper", "table1", "--rows", ",,", "--dry-run"])  # was: every row
+    assert empty.exit_code == 2 and "--rows: no row named" in empty.output
 
 
 def test_segmentation_study_format_uses_its_validation_choice(tmp_path):

@@ -36,6 +36,22 @@ def test_cli_rejects_unknown_model():
     assert res.exit_code == 1 and "segformer-b0" in res.output
 
 
+@pytest.mark.parametrize("args,match", [(["--models", "alexnet"], "--models must be one of"),
+                                        (["--models", ","], "--models: name at least one"),
+                                        (["--image-size", "16"], "--image-size must be")])
+def test_cli_errors_name_the_options_as_spelled(args, match, monkeypatch):
+    """The command's errors name ``--models`` / ``--image-size``, not the API's ``models`` / ``image_size``
+    (trial-vis), before any model runs."""
+    from typer.testing import CliRunner
+
+    import apsq.eval.vision as vision
+    from apsq.cli import app
+
+    monkeypatch.setattr(vision, "vision_output_error", lambda *a, **k: pytest.fail("a model ran"))
+    res = CliRunner().invoke(app, ["eval", "vision", *args])
+    assert res.exit_code == 1 and match in " ".join(res.output.split())
+
+
 def test_run_vision_checks_every_model_before_running_any(tmp_path, monkeypatch):
     """``apsq eval vision --models segformer-b0,segformr`` ran Segformer (minutes at 512 px) and only then
     failed on the typo (trial-vis)."""

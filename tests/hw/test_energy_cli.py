@@ -192,6 +192,15 @@ def test_trace_a_quantized_model_on_the_meta_device(app, tmp_path):
     assert json.loads(r.output)["gs"] == 2
     r = _run(app, "--trace", f"{f}:make", "-d", "ws", "--other-gs")
     assert r.exit_code == 2 and "give one of them" in " ".join(r.output.split())
+    # the same with a --gs-config: refused without --other-gs, priced with it (gs 4, layer 2 at gs 1)
+    cfg = tmp_path / "other.yaml"
+    cfg.write_text("gs: 4\noverrides:\n  '2': {gs: 1}\n")
+    r = _run(app, "--trace", f"{f}:make", "-d", "ws", "--gs-config", str(cfg), "--json")
+    assert r.exit_code == 2 and "--other-gs" in " ".join(r.output.split())
+    r = _run(app, "--trace", f"{f}:make", "-d", "ws", "--gs-config", str(cfg), "--other-gs", "--json")
+    assert r.exit_code == 0, r.output
+    got = {ly["name"]: ly["gs"] for ly in json.loads(r.output)["layers"]["apsq"]}
+    assert got["0"] == 4 and got["2"] == 1
 
 def test_text_report_names_the_baseline_width_and_beta(app):
     """``--baseline-bits 24 --psum-bits 12``: the tables said "INT32 baseline" whatever the baseline width;

@@ -145,9 +145,12 @@ def test_cli_schedules_and_errors(app):
     assert r.exit_code == 0 and "under both schedules" in r.output and "M>N>K" in r.output
     for args, needle in (
         (["--gs", "9"], "exceeds the PSUM buffer's 4 banks"),
-        (["--schedule", "best"], "schedule must be one of"),
+        (["--schedule", "best"], "--schedule must be one of"),
+        (["--spill", "never"], "--spill must be one of"),
+        (["--mode", "lsq"], "--mode must be one of"),
+        (["-d", "rs"], "--dataflow must be one of"),
         (["--dram", "ddr9"], "dram preset must be one of"),
-        (["--engine", "timeloop"], "engine must be one of"),
+        (["--engine", "timeloop"], "--engine must be one of"),
         (["--baseline-bits", "0"], "'--baseline-bits'"),
         (["--accelerator", "tpu"], "does not exist"),
     ):

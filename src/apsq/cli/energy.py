@@ -211,13 +211,13 @@ def _check_options(dataflow: str, mode: str, engine: str, schedule: str, spill: 
     from apsq.hw.dataflow.common import SPILL_RULES
     from apsq.hw.mapper import SCHEDULES
 
-    check_choice("dataflow", dataflow, tuple(DATAFLOWS))
-    check_choice("mode", mode, ("apsq", "psq"))
-    check_choice("engine", engine, ("apsq", "zigzag"))
-    check_choice("schedule", schedule, SCHEDULES)
-    check_choice("spill", spill, SPILL_RULES)
+    check_choice("--dataflow", dataflow, tuple(DATAFLOWS))  # the options as the command spells them
+    check_choice("--mode", mode, ("apsq", "psq"))
+    check_choice("--engine", engine, ("apsq", "zigzag"))
+    check_choice("--schedule", schedule, SCHEDULES)
+    check_choice("--spill", spill, SPILL_RULES)
     if gs is not None:
-        check_int("gs", gs, lo=1)
+        check_int("--gs", gs, lo=1)
     if baseline_bits is not None:
         check_int("--baseline-bits", baseline_bits, lo=1, hi=64)
 

@@ -249,11 +249,17 @@ def vision(
     png_out: Path = typer.Option(None, "--png", dir_okay=False, help="Plot the relative errors here."),
 ) -> None:
     """Output error vs full precision per PSUM variant of random-init Segformer-B0 / EfficientViT-B1 on real photos."""
-    from apsq.eval.vision import run_vision
+    from apsq.errors import check_choice, check_int
+    from apsq.eval.vision import VISION_MODELS, run_vision
 
-    try:
-        results = run_vision([m for m in models.split(",") if m], image_size, seed, json_out, png_out,
-                             device=device)
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    try:  # the options as this command spells them, before any model is built
+        if not names:
+            raise APSQError(f"--models: name at least one of {', '.join(VISION_MODELS)} (got {models!r})")
+        for m in names:
+            check_choice("--models", m, VISION_MODELS)
+        check_int("--image-size", image_size, lo=32)
+        results = run_vision(names, image_size, seed, json_out, png_out, device=device)
     except APSQError as exc:
         fail(exc, code=1)
     for res in results:

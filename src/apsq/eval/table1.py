@@ -264,10 +264,13 @@ def collect_row(row: Row, root: str | Path = ".", energy: bool = True) -> dict[s
 
 
 def select_rows(rows: list[str] | None) -> list[Row]:
-    """The rows named (keys, comma list already split; None or empty: all)."""
-    if not rows:
+    """The rows named (keys, comma list already split; None: all). An empty list (``--rows ","``) is an
+    error, not "all"."""
+    if rows is None:
         return list(ROWS)
     keys = {r.key: r for r in ROWS}
+    if not rows:
+        raise APSQError(f"--rows: no row named; allowed: {', '.join(keys)} (leave --rows out for all)")
     bad = [r for r in rows if r not in keys]
     if bad:
         raise APSQError(f"--rows: unknown rows {bad}; allowed: {', '.join(keys)}")
