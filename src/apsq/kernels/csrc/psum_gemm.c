@@ -64,6 +64,19 @@ static inline int32_t pair16(int16_t lo, int16_t hi) {
     return (int32_t)((uint32_t)(uint16_t)lo | ((uint32_t)(uint16_t)hi << 16));
 }
 
+/* Row r of a packed block: the kp2 pairs of the int16 row s into dst [kp2][width] (column r). */
+static inline void store_pairs(const int16_t *s, long kp2, int width, int r, int32_t *dst) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    for (long kk = 0; kk < kp2; kk++) { /* a pair's int32 is its two int16 in memory order (pair16) */
+        int32_t v;
+        memcpy(&v, s + 2 * kk, sizeof v);
+        dst[kk * width + r] = v;
+    }
+#else
+    for (long kk = 0; kk < kp2; kk++) dst[kk * width + r] = pair16(s[2 * kk], s[2 * kk + 1]);
+#endif
+}
+
 /* Rows [r0, r0 + width) of the int16 [R][Kp] matrix as int32 pairs [Kp / 2][width] (zero past R). */
 static void pack_pairs(const int16_t *src, long R, long Kp, long r0, int width, int32_t *dst) {
     long kp2 = Kp / 2;
@@ -71,15 +84,7 @@ static void pack_pairs(const int16_t *src, long R, long Kp, long r0, int width, 
         long row = r0 + r;
         if (row < R) {
             const int16_t *s = src + row * Kp;
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-            for (long kk = 0; kk < kp2; kk++) { /* a pair's int32 is its two int16 in memory order (pair16) */
-                int32_t v;
-                memcpy(&v, s + 2 * kk, sizeof v);
-                dst[kk * width + r] = v;
-            }
-#else
-            for (long kk = 0; kk < kp2; kk++) dst[kk * width + r] = pair16(s[2 * kk], s[2 * kk + 1]);
-#endif
+            store_pairs(s, kp2, width, r, dst);
         } else {
             for (long kk = 0; kk < kp2; kk++) dst[kk * width + r] = 0;
         }

@@ -77,15 +77,7 @@ static int SUF(pack_pairs_f)(const T *src, long R, long n, long t, long te, cons
             }
             for (long k = t; k < te; k++) d[k] = 0;
         }
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-        for (long kk = 0; kk < kp2; kk++) { /* a pair's int32 is its two int16 in memory order (pair16) */
-            int32_t v;
-            memcpy(&v, codes + 2 * kk, sizeof v);
-            dst[kk * width + r] = v;
-        }
-#else
-        for (long kk = 0; kk < kp2; kk++) dst[kk * width + r] = pair16(codes[2 * kk], codes[2 * kk + 1]);
-#endif
+        store_pairs(codes, kp2, width, r, dst);
     }
     free(codes);
     return bad;
