@@ -166,13 +166,20 @@ class APSQConfig(LayerQuantConfig):
         base.update(changes)
         return LayerQuantConfig(**base)
 
-    def for_module(self, name: str) -> LayerQuantConfig:
-        """The settings of module ``name`` (dotted path), overrides applied in order."""
-        if any(fnmatch.fnmatchcase(name, p) for p in self.exclude):
+    def for_module(self, name: str, *aliases: str) -> LayerQuantConfig:
+        """The settings of module ``name`` (dotted path), overrides applied in order. ``aliases``: other
+        names of the same layer (an attention matmul is ``<attn>.qk_matmul`` to ``quantize_`` and
+        ``<attn>.apsq_qk`` as a module); a pattern applies when it matches any of them."""
+        names = (name, *aliases)
+
+        def hit(pattern: str) -> bool:
+            return any(fnmatch.fnmatchcase(n, pattern) for n in names)
+
+        if any(hit(p) for p in self.exclude):
             return self._layer({"enabled": False})
         changes: dict[str, Any] = {}
         for pattern, values in self.overrides.items():
-            if fnmatch.fnmatchcase(name, pattern):
+            if hit(pattern):
                 changes.update(values)
         return self._layer(changes)
 

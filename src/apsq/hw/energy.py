@@ -25,7 +25,7 @@ from apsq.hw.dataflow import LEVELS, OPERANDS, AccessCounts, psum_plan, shapes_o
 from apsq.hw.dataflow.common import BOUNDS, ceil_div, check_streamed_buffer
 from apsq.hw.energy_spec import EnergySpec, GsSpec, check_gs_banks, resolve_tile
 from apsq.hw.mapper import Schedule, map_layers
-from apsq.hw.workloads.base import Workload, config_name
+from apsq.hw.workloads.base import Workload, layer_config
 
 __all__ = ["EnergyReport", "Comparison", "EnergySpec", "evaluate", "compare", "energy_per_bit", "resolve_tile",
            "check_gs_banks"]
@@ -185,7 +185,7 @@ def _price(workload: Workload, spec: EnergySpec) -> EnergyReport:
         check_gs_banks(np.where(fp, 1, gs_arr), acc, names, error=spec.gs_above_banks == "error")
     granularity: str | np.ndarray = spec.psum_granularity or "tensor"
     if spec.psum_granularity is None and isinstance(spec.gs, APSQConfig):  # per layer, overrides applied
-        granularity = np.array([spec.gs.for_module(config_name(n)).psum_granularity == "channel" for n in names])
+        granularity = np.array([layer_config(spec.gs, n).psum_granularity == "channel" for n in names])
     g = shapes_of(workload, acc)
     plan = psum_plan(ceil_div(g.k, spec.rows), mode, gs_arr, spec.psum_bits,
                      acc.acc_bits if bb is None else (np.asarray(bb) if isinstance(bb, tuple) else bb), fp)

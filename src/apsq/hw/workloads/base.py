@@ -8,6 +8,7 @@ activations, W: the second operand — weights for Linear/Conv2d, an activation 
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -19,7 +20,7 @@ import numpy as np
 from apsq.config import APSQConfig
 from apsq.errors import APSQError, check_int
 
-__all__ = ["Layer", "Workload", "LAYER_KINDS", "MAX_DIM", "config_name"]
+__all__ = ["Layer", "Workload", "LAYER_KINDS", "MAX_DIM", "config_name", "config_names", "layer_config"]
 
 LAYER_KINDS = ("linear", "conv2d", "conv1d", "matmul")
 MAX_DIM = 1 << 31
@@ -74,6 +75,40 @@ def config_name(layer_name: str) -> str:
     return name
 
 
+def config_names(layer_name: str) -> tuple[str, ...]:
+    """Every name an APSQConfig pattern may use for a traced layer: :func:`config_name`, and for an
+    attention matmul also the name ``quantize_`` reports and matches (``encoder.0.attn.qk_matmul``)."""
+    name = config_name(layer_name)
+    for full, quant in ((".apsq_qk", ".qk_matmul"), (".apsq_av", ".av_matmul")):
+        if name.endswith(full):
+            return name, name[: -len(full)] + quant
+    return (name,)
+
+
+def layer_config(config: APSQConfig, layer_name: str) -> Any:
+    """``config``'s settings for traced layer ``layer_name`` (a pattern may use any of its
+    :func:`config_names`; the same file means the same layers to ``quantize_`` and the energy model)."""
+    return config.for_module(*config_names(layer_name))
+
+
+def check_config_patterns(config: APSQConfig, layers: Sequence[Layer], workload: str) -> None:
+    """:class:`APSQError` naming every ``overrides`` pattern of ``config`` that matches no layer of the
+    workload (a typo would silently price the default gs), with the closest layer names, as
+    ``quantize_`` refuses it."""
+    names = [n for ly in layers for n in config_names(ly.name)]
+    bad = []
+    for pattern in config.overrides:
+        if any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            continue
+        close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.6)
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        bad.append(f"overrides pattern {pattern!r}{hint}")
+    if bad:
+        example = ", ".join(repr(n) for n in dict.fromkeys(names[:4])) or "none"
+        raise APSQError(f"gs: {'; '.join(bad)} matches no layer of workload {workload!r} (fnmatch patterns on "
+                        f"module names, e.g. {example}); fix or remove it")
+
+
 @dataclass(frozen=True)
 class Workload:
     """A model's GEMM layers, in execution order, with the options it was built with."""
@@ -117,7 +152,8 @@ class Workload:
         ``gs`` is one int for every layer, a sequence with one value per layer, a mapping of
         layer-name patterns (fnmatch; later patterns win) to group sizes, with ``default`` elsewhere, or
         an :class:`apsq.APSQConfig` (each layer's ``for_module(name).gs``, overrides applied; traced
-        attention matmuls ``*.qk`` / ``*.av`` are looked up as ``*.apsq_qk`` / ``*.apsq_av``).
+        attention matmuls ``*.qk`` / ``*.av`` match patterns on ``*.qk_matmul`` / ``*.av_matmul``, the names
+        ``quantize_`` uses, or ``*.apsq_qk`` / ``*.apsq_av``; an override matching no layer is an error).
 
         **Precedence with a traced quantized model** (layers with their own ``gs``, :attr:`own_gs`):
         ``gs=None`` prices the model's own group sizes (``default`` where a layer has none); an
@@ -145,7 +181,8 @@ class Workload:
 
     def _gs_array(self, gs: int | Mapping[str, int] | Sequence[int] | APSQConfig, default: int = 1) -> np.ndarray:
         if isinstance(gs, APSQConfig):
-            return np.array([gs.for_module(config_name(ly.name)).gs for ly in self.layers], dtype=np.int64)
+            check_config_patterns(gs, self.layers, self.name)
+            return np.array([layer_config(gs, ly.name).gs for ly in self.layers], dtype=np.int64)
         if isinstance(gs, Mapping):
             check_int("gs", default, lo=1)
             out = np.full(len(self.layers), default, dtype=np.int64)
