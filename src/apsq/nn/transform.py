@@ -8,7 +8,7 @@ import fnmatch
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import torch
@@ -21,6 +21,7 @@ from apsq.device import module_device, module_dtype, to_device
 from apsq.errors import APSQError, check_int
 from apsq.nn.attention import SUPPORTED_ATTENTION, attach_attention_matmuls, is_supported_attention
 from apsq.nn.config import APSQConfig, LayerQuantConfig
+from apsq.nn.float_reductions import FloatReduction, watch_float_reductions
 from apsq.nn.layers import (
     DEFAULT_CALIB_ROWS,
     QUANT_LAYER_TYPES,
@@ -538,9 +539,12 @@ def calibrate(
         for m in layers:
             m.start_calibration(max_rows)
         seen = 0
-        for batch in batches:
-            forward(model, to_device(batch, device, dtype))
-            seen += 1
+        report = getattr(model, "apsq_report", None)
+        skipped = [s.name for s in report.skipped] if isinstance(report, QuantizeReport) else []
+        with watch_float_reductions(model, layers, skipped) as watch:
+            for batch in batches:
+                forward(model, to_device(batch, device, dtype))
+                seen += 1
         if seen == 0:
             raise APSQError("calibrate: batches was empty; give at least one batch")
         check_same_calibration(layers)  # under torch.distributed: every rank saw the same data
@@ -554,12 +558,36 @@ def calibrate(
         for m in called:
             with full_parameters(m):  # FSDP2 / DTensor shards: gathered, steps written back into the shards
                 m.finish_calibration()
+        _report_float_reductions(model, watch.reductions())
     finally:
         for m in layers:
             m.stop_calibration()
         reshard(model)  # FSDP2 keeps the root unsharded after a forward: give back the sharded parameters
         model.train(was_training)
     return model
+
+
+def _report_float_reductions(model: nn.Module, found: list[FloatReduction]) -> None:
+    """Add the reductions calibration saw outside every quantized layer to ``model.apsq_report.skipped``
+    (each name once) and warn once naming them (:mod:`apsq.nn.float_reductions`)."""
+    report = getattr(model, "apsq_report", None)
+    if not found or not isinstance(report, QuantizeReport):
+        return
+    known = {s.name for s in report.skipped}
+    new = [SkippedLayer(f.name, f.module_type or type(model).__name__,
+                        f"torch {f.op} in this module's forward ({f.calls} call(s) in calibration) runs in full "
+                        "precision: apsq swaps nn.Linear / nn.Conv1d / nn.Conv2d / GPT-2 Conv1D and hooks the "
+                        f"attention of {', '.join(SUPPORTED_ATTENTION)}; rewrite it with nn.Linear (or one of those "
+                        "attention classes) to quantize it, else it stays in full precision (the energy model "
+                        "prices it at the INT32 baseline)")
+           for f in found if f.name not in known]
+    if not new:
+        return
+    model.apsq_report = replace(report, skipped=report.skipped + tuple(new))  # type: ignore[assignment]  # a plain attribute, as quantize_ sets it
+    names = ", ".join(f"{s.name} ({s.type})" for s in new[:6]) + (f" and {len(new) - 6} more" if len(new) > 6 else "")
+    warnings.warn(f"calibrate: {len(new)} reduction(s) ran in full precision outside every quantized layer: {names}; "
+                  "their PSUMs are not quantized (why and what to do: model.apsq_report.skipped)",
+                  UserWarning, stacklevel=4)  # the caller of calibrate (under torch.no_grad's wrapper)
 
 
 @contextmanager

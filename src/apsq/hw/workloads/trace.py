@@ -26,18 +26,11 @@ from torch.overrides import TorchFunctionMode
 
 from apsq.errors import APSQError
 from apsq.hw.workloads.base import Layer, Workload
+from apsq.nn.float_reductions import MATMULS
 
 __all__ = ["trace", "trace_factory"]
 
-_MATMULS = {
-    torch.matmul,
-    torch.Tensor.matmul,
-    torch.Tensor.__matmul__,
-    torch.bmm,
-    torch.Tensor.bmm,
-    torch.mm,
-    torch.Tensor.mm,
-}
+_MATMULS = MATMULS
 _ADDMMS = {torch.addmm, torch.baddbmm, torch.Tensor.addmm, torch.Tensor.baddbmm}
 
 
