@@ -153,8 +153,9 @@ def test_quantized_model_traces_like_the_float_one():
     apsq.quantize_(m, apsq.APSQConfig(gs=2, tile=8))
     assert type(m[2]).__name__ == "QuantLinear"
     after = trace(m, x)  # the per-tile matmuls inside QuantLinear are not separate layers
-    assert [dataclasses.replace(ly, gs=None) for ly in after.layers] == list(before.layers)
+    assert [dataclasses.replace(ly, gs=None, tile=None) for ly in after.layers] == list(before.layers)
     assert [ly.gs for ly in after.layers] == [2, 2] and after.own_gs == {"0": 2, "2": 2}  # the model's own gs
+    assert after.own_tiles == {"0": 8, "2": 8}  # and its own PSUM tile
     assert [(ly.m, ly.k, ly.n) for ly in after.layers] == [(128, 27, 8), (16, 64, 70)]
 
 

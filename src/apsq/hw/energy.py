@@ -23,7 +23,7 @@ from apsq.hw.accelerator import Accelerator
 from apsq.hw.cost import LayerEnergy, energy_per_bit, layer_energy
 from apsq.hw.dataflow import LEVELS, OPERANDS, AccessCounts, psum_plan, shapes_of
 from apsq.hw.dataflow.common import BOUNDS, ceil_div, check_streamed_buffer
-from apsq.hw.energy_spec import EnergySpec, GsSpec, check_gs_banks, resolve_tile
+from apsq.hw.energy_spec import EnergySpec, GsSpec, check_gs_banks, check_traced_tiles, resolve_tile
 from apsq.hw.mapper import Schedule, map_layers
 from apsq.hw.workloads.base import Workload, layer_config
 
@@ -181,6 +181,7 @@ def _price(workload: Workload, spec: EnergySpec) -> EnergyReport:
     check_streamed_buffer(acc, dataflow)
     names = [ly.name for ly in workload.layers]
     gs_arr = workload.gs_array(spec.gs)
+    check_traced_tiles(workload.own_tiles, acc, spec.override_tile, spec.tile_mismatch)
     if mode == "apsq":
         check_gs_banks(np.where(fp, 1, gs_arr), acc, names, error=spec.gs_above_banks == "error")
     granularity: str | np.ndarray = spec.psum_granularity or "tensor"

@@ -81,6 +81,29 @@ def resolve_tile(gs: Any, acc: Accelerator, tile: int | None = None, override_ti
     return rows
 
 
+def check_traced_tiles(tiles: dict[str, int], acc: Accelerator, override_tile: bool = False,
+                       on_mismatch: str = "warn") -> None:
+    """A traced quantized model's own PSUM tiles (:attr:`apsq.hw.workloads.Workload.own_tiles`) checked
+    against the array's rows, by the rule of :func:`resolve_tile`: a tile other than ``rows`` warns
+    (``"warn"``) or is an :class:`APSQError` (``"error"``, the CLI) naming the layer, unless
+    ``override_tile``; the array's rows are then priced."""
+    rows = acc.pe_array.rows
+    bad = {n: t for n, t in tiles.items() if t != rows}
+    if not bad or override_tile:
+        return
+    name, tile = next(iter(bad.items()))
+    where = f"layer {name!r}" + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
+    if on_mismatch == "warn":
+        warnings.warn(f"the traced quantized model's PSUM tile {tile} ({where}) differs from pe_array.rows = {rows} "
+                      f"of {acc.name!r}: pricing {rows}-deep tiles (pass override_tile=True to say this is on purpose)",
+                      UserWarning, stacklevel=4)
+        return
+    raise APSQError(
+        f"the traced quantized model's PSUM tile {tile} ({where}) does not match the accelerator's reduction depth "
+        f"pe_array.rows = {rows} ({acc.name!r}); quantize with tile={rows}, use an accelerator with rows={tile}, "
+        f"or pass override_tile=True (--override-tile) to price {rows}-deep tiles anyway")
+
+
 def check_gs_banks(gs_arr: np.ndarray, acc: Accelerator, names: Sequence[str], error: bool = False) -> None:
     """gs above the PSUM buffer's banks (the RAE's, 4 by default) warns, or raises when ``error``.
 

@@ -49,6 +49,10 @@ class Layer:
     PSUM width in every mode, never dropped (:func:`apsq.hw.workloads.trace`)."""
     gs: int | None = None
     """The traced quantized module's own APSQ group size (None: not a quantized module)."""
+    tile: int | None = None
+    """The traced quantized module's own PSUM tile (K elements per step; None: not a quantized module).
+    The energy model steps K by the array's rows: a different tile warns or is refused
+    (:func:`apsq.hw.energy_spec.check_traced_tiles`)."""
 
     def __post_init__(self) -> None:
         if self.kind not in LAYER_KINDS:
@@ -59,6 +63,8 @@ class Layer:
                 raise APSQError(f"layer {self.name!r}: {f} must be an integer in 1 .. 2**31, got {v!r}")
         if self.gs is not None:
             check_int(f"layer {self.name!r}: gs", self.gs, lo=1)
+        if self.tile is not None:
+            check_int(f"layer {self.name!r}: tile", self.tile, lo=1)
 
     @property
     def macs(self) -> int:
@@ -175,9 +181,15 @@ class Workload:
                     "to price others")
         return out
 
+    @property
+    def own_tiles(self) -> dict[str, int]:
+        """The PSUM tiles the traced quantized model itself uses, by layer name (empty if none)."""
+        return {ly.name: int(ly.tile) for ly in self.layers if ly.tile is not None and not ly.full_precision}
+
     def without_own_gs(self) -> Workload:
-        """This workload without the traced model's own group sizes (any ``gs`` may then be priced)."""
-        return Workload(self.name, tuple(replace(ly, gs=None) for ly in self.layers), dict(self.options))
+        """This workload without the traced model's own group sizes and tiles (any ``gs`` may then be
+        priced, on the array's rows)."""
+        return Workload(self.name, tuple(replace(ly, gs=None, tile=None) for ly in self.layers), dict(self.options))
 
     def _gs_array(self, gs: int | Mapping[str, int] | Sequence[int] | APSQConfig, default: int = 1) -> np.ndarray:
         if isinstance(gs, APSQConfig):

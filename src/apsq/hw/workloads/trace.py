@@ -88,8 +88,9 @@ class _GemmRecorder(TorchFunctionMode):
         qcfg = self.current_qcfg
         full = self.quantized_model and (qcfg is None or getattr(qcfg, "mode", "none") == "none")
         gs = None if qcfg is None or full else int(qcfg.gs)
+        tile = None if gs is None else int(qcfg.tile)
         self.layers.append(Layer(self._name(suffix), kind, int(m), int(k), int(n), int(count), w_is_weight,
-                                 full_precision=full, gs=gs))
+                                 full_precision=full, gs=gs, tile=tile))
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
