@@ -79,7 +79,8 @@ def quantized_causal_lm(model_path: str, config: apsq.APSQConfig | None, calibra
     ``add_bos``: see :func:`prepend_bos`.
 
     Raises:
-        APSQError: the model cannot be loaded; ``config`` given for a checkpoint that is already
+        APSQError: the model cannot be loaded; its tokenizer has neither a BOS nor an EOS token (lm-eval's
+            prefix token); ``config`` given for a checkpoint that is already
             quantized (its trained steps would be overwritten: pass ``config=None``).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -89,6 +90,14 @@ def quantized_causal_lm(model_path: str, config: apsq.APSQConfig | None, calibra
     dev = resolve_device(device, "device")
     try:
         tok = AutoTokenizer.from_pretrained(model_path)
+    except OSError as exc:
+        raise APSQError(f"could not load a causal LM from {model_path!r} ({exc})") from exc
+    if getattr(tok, "bos_token_id", None) is None and getattr(tok, "eos_token_id", None) is None:
+        raise APSQError(
+            f"the tokenizer of {model_path!r} has neither a bos_token nor an eos_token; lm-eval scores every "
+            "continuation after one of them (its prefix token). Give it one and save it again: "
+            "tok.add_special_tokens({'eos_token': ...}); tok.save_pretrained(folder)")
+    try:
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
     except OSError as exc:
         raise APSQError(f"could not load a causal LM from {model_path!r} ({exc})") from exc
