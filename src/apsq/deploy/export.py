@@ -183,9 +183,6 @@ def _layer(index: int, name: str, layer: QuantLayer, engine: EngineSpec) -> tupl
     if q.mode != "apsq":
         raise APSQError(f"layer {name}: mode {q.mode!r}; the RAE runs mode 'apsq' only (exclude the layer, or "
                         "train it with mode: apsq)")
-    if layer.needs_init():
-        raise APSQError(f"layer {name}: its quantization steps are not calibrated (apsq.calibrate or train it "
-                        "first); export never calibrates")
     if q.gs > NUM_BANKS:
         raise APSQError(f"layer {name}: gs={q.gs} needs {q.gs} PSUM banks, the RAE has {NUM_BANKS} (gs 1..4)")
     if q.psum_bits != engine.bits:
@@ -306,6 +303,10 @@ def export(
     except APSQError as exc:
         raise APSQError(f"the RAE instance: {exc} (lanes / depth / frac_bits / shift_bits / tile_bits of the "
                         "engine; apsq deploy export --lanes / --depth / --frac-bits / --shift-bits)") from None
+    for name, layer in layers.items():  # before the traced forward: it would initialise the steps lazily
+        if layer.needs_init():
+            raise APSQError(f"layer {name}: its quantization steps are not calibrated (apsq.calibrate or train it "
+                            "first); export never calibrates")
     host_ops: list[HostOp] = []
     order = list(layers)
     if example is not None:
