@@ -76,3 +76,4 @@ def test_plain_layers_and_hooked_attention_report_nothing_new():
         apsq.calibrate(llama, [torch.randint(0, 50, (2, 6))])
     assert not [m for m in w if "outside every quantized layer" in str(m.message)]
     assert len(llama.apsq_report.skipped) == n_before
+

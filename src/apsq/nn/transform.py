@@ -488,6 +488,21 @@ def _default_forward(model: nn.Module, batch: Any) -> Any:
     return model(batch)
 
 
+def _calibration_forward(model: nn.Module, forward: Callable[[nn.Module, Any], Any], batch: Any) -> Any:
+    """``forward(model, batch)``; the default forward's ``model(*batch)`` on a tuple the model does not take
+    (a DataLoader's ``(inputs, labels)`` pairs) is an :class:`APSQError` saying how to pass it."""
+    try:
+        return forward(model, batch)
+    except TypeError as exc:
+        if forward is not _default_forward or not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise
+        raise APSQError(
+            f"calibrate: model(*batch) failed on a batch of {len(batch)} items ({exc}); a DataLoader of (inputs, "
+            "labels) pairs? pass forward=lambda model, batch: model(batch[0]) (or batches of inputs only); the "
+            "default forward calls model(**batch) on a mapping, model(*batch) on a tuple / list, model(batch) "
+            "otherwise. No step was changed") from exc
+
+
 def _nothing_quantized(model: nn.Module) -> APSQError:
     report = getattr(model, "apsq_report", None)
     if isinstance(report, QuantizeReport):
@@ -543,7 +558,7 @@ def calibrate(
         skipped = [s.name for s in report.skipped] if isinstance(report, QuantizeReport) else []
         with watch_float_reductions(model, layers, skipped) as watch:
             for batch in batches:
-                forward(model, to_device(batch, device, dtype))
+                _calibration_forward(model, forward, to_device(batch, device, dtype))
                 seen += 1
         if seen == 0:
             raise APSQError("calibrate: batches was empty; give at least one batch")
