@@ -209,7 +209,7 @@ def zero_shot_cmd(
 def lm_eval_cmd(
     model: str = typer.Option(..., "--model", help="Hugging Face causal LM folder or hub id."),
     tasks: str = typer.Option(..., "--tasks", help="Comma-separated lm-eval tasks, e.g. piqa,hellaswag."),
-    mode: str = typer.Option("apsq", help="PSUM mode: none, psq, apsq; 'fp' leaves the model unquantized."),
+    mode: str = typer.Option("apsq", help="PSUM mode: none, psq, apsq (quantized and calibrated here); 'fp': the model as loaded (full precision, or a QAT checkpoint's own trained quantization)."),
     gs: int = typer.Option(2, min=1, help="APSQ group size."),
     tile: int = typer.Option(32, min=1, help="PE-array reduction depth."),
     limit: int = typer.Option(None, min=1, help="Examples per task (for a quick look)."),

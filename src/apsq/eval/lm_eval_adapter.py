@@ -107,9 +107,10 @@ def quantized_causal_lm(model_path: str, config: apsq.APSQConfig | None, calibra
     if config is not None:
         if is_quantized(model):
             raise APSQError(f"{model_path!r} is already APSQ-quantized (a trained checkpoint); evaluate it as loaded "
-                            "(mode 'fp' / config None) instead of quantizing and calibrating it again")
+                            "(apsq eval lm-eval --mode fp; config None) instead of quantizing and calibrating it again")
         apsq.quantize_(model, with_head_excluded(config))
-        apsq.calibrate(model, _calibration_batches(tok, model, CalibrationSet() if calibration is None else calibration))
+        batches = _calibration_batches(tok, model, CalibrationSet() if calibration is None else calibration)
+        apsq.calibrate(model, tqdm(batches, desc="calibrate", unit="window", leave=False))  # minutes on a large model
     model.eval()
     return model, tok
 

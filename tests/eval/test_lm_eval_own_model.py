@@ -37,3 +37,26 @@ def test_a_tokenizer_without_bos_or_eos_is_refused_naming_the_folder(tmp_path):
 def test_an_eos_token_is_enough(tmp_path):
     model, tok = quantized_causal_lm(_save(tmp_path / "gpt", eos=True), None, device="cpu")
     assert tok.eos_token == "[SEP]" and not model.training
+
+
+def test_mode_fp_is_described_as_the_model_as_loaded(tmp_path):
+    """A QAT checkpoint under ``--mode apsq`` is refused and told to use ``--mode fp``, whose help said
+    "'fp' leaves the model unquantized" (it evaluates the checkpoint's own trained quantization)."""
+    from typer.testing import CliRunner
+
+    import apsq
+    import apsq.integrations.transformers  # noqa: F401
+    from apsq.cli import app
+    from transformers import AutoModelForCausalLM
+
+    path = _save(tmp_path / "gpt", eos=True)
+    m = AutoModelForCausalLM.from_pretrained(path)
+    apsq.quantize_(m, apsq.APSQConfig(gs=2, tile=4))
+    apsq.calibrate(m, [torch.randint(0, 7, (2, 5))])
+    m.save_pretrained(path)
+    with pytest.raises(APSQError, match=r"already APSQ-quantized .*--mode fp"):
+        quantized_causal_lm(path, apsq.APSQConfig(gs=2, tile=4), device="cpu")
+    model, _ = quantized_causal_lm(path, None, device="cpu")
+    assert next(iter(model.state_dict())) and any("log2_scale" in k for k in model.state_dict())
+    out = " ".join(CliRunner().invoke(app, ["eval", "lm-eval", "--help"]).output.replace("│", " ").split())
+    assert "the model as loaded" in out and "leaves the model unquantized" not in out
