@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,9 @@ GS_RANGE = (1, 2, 3, 4)
 def _import_factory(spec: str) -> Callable[..., Any]:
     """The object ``spec`` = ``module:attr`` or ``path/file.py:attr`` names (a model factory).
 
-    A module name is imported with the current directory first on ``sys.path`` (only for that import).
+    A module name is imported with the current directory first on ``sys.path``, a file with its own folder
+    there (as ``python path/file.py`` runs it: its sibling modules import), only for that import. An
+    error while importing is an :class:`APSQError` naming the module or file.
     """
     if ":" not in spec:
         raise APSQError(f"--trace must be 'module:factory' or 'path/file.py:factory', got {spec!r}")
@@ -56,25 +59,39 @@ def _import_factory(spec: str) -> Callable[..., Any]:
         if s is None or s.loader is None:
             raise APSQError(f"--trace: {mod_name!r} cannot be imported as a Python module")
         module = importlib.util.module_from_spec(s)
-        s.loader.exec_module(module)
+        with _on_path(str(path.resolve().parent)):
+            _run_import(lambda: s.loader.exec_module(module), f"file {mod_name!r}")  # type: ignore[union-attr]  # checked above
     else:
         # `apsq energy --trace mymodel:make` run beside mymodel.py: the current directory is on the path for
         # this import (as for `python -m`), so no PYTHONPATH=. is needed
-        cwd = str(Path.cwd())
-        added = cwd not in sys.path
-        if added:
-            sys.path.insert(0, cwd)
-        try:
-            module = importlib.import_module(mod_name)
-        except ImportError as exc:
-            raise APSQError(f"--trace: cannot import module {mod_name!r} (searched the current directory and "
-                            f"sys.path): {exc}") from None
-        finally:
-            if added:
-                sys.path.remove(cwd)
+        with _on_path(str(Path.cwd())):
+            module = _run_import(lambda: importlib.import_module(mod_name), f"module {mod_name!r}")
     if not hasattr(module, attr):
         raise APSQError(f"--trace: module {mod_name!r} has no attribute {attr!r}")
     return getattr(module, attr)
+
+
+@contextmanager
+def _on_path(folder: str) -> Iterator[None]:
+    """``folder`` first on ``sys.path`` inside the block (left as it was when it was there already)."""
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        if added:
+            sys.path.remove(folder)
+
+
+def _run_import(load: Callable[[], Any], what: str) -> Any:
+    try:
+        return load()
+    except ImportError as exc:
+        raise APSQError(f"--trace: cannot import {what} (searched its folder / the current directory and "
+                        f"sys.path): {exc}") from None
+    except Exception as exc:  # the user's module failed while it was imported
+        raise APSQError(f"--trace: importing {what} failed: {type(exc).__name__}: {exc}") from exc
 
 
 def load_workload(model: str | None, trace: str | None, workload_file: str | Path | None = None,

@@ -440,7 +440,7 @@ def _check_settings_before_load(module: nn.Module, state_dict: Mapping[str, Any]
                 errors.append((layer.layer_name or name, str(err)))
     if errors:
         others = [n for n, _ in errors[1:]]
-        more = (f" Other layers that differ: {', '.join(others[:8])}{' ...' if len(others) > 8 else ''}."
+        more = (f". Other layers that differ: {', '.join(others[:8])}{' ...' if len(others) > 8 else ''}."
                 if others else "")
         raise APSQError(errors[0][1].replace("nothing was loaded into this layer", "nothing was loaded") + more)
 
