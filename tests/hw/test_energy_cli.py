@@ -240,3 +240,13 @@ def test_gs_and_gs_config_together_are_refused(app, tmp_path):
     cfg.write_text("gs: 2\ntile: 32\n")
     r = _run(app, "--model", "bert-base", "--seq-len", "16", "--gs", "3", "--gs-config", str(cfg))
     assert r.exit_code == 2 and "--gs 3 and --gs-config" in r.output and "give one of them" in " ".join(r.output.split())
+
+
+def test_os_report_does_not_repeat_os_beside_itself(app):
+    """``apsq energy -d os`` titled its table "OS under both schedules, OS beside" with an OS column equal to
+    its own baseline column."""
+    r = _run(app, "-m", "bert-base", "--seq-len", "16", "-d", "os")
+    assert r.exit_code == 0, r.output
+    assert "OS under both schedules (energy" in r.output and "OS beside" not in r.output
+    r = _run(app, "-m", "bert-base", "--seq-len", "16", "-d", "ws")
+    assert "WS under both schedules, OS beside" in r.output

@@ -58,3 +58,4 @@ def test_cli_gs_config_typo_exits_2(tmp_path):
     cfg.write_text("gs: 2\noverrides:\n  'c9': {gs: 4}\n")
     r = CliRunner().invoke(app, ["energy", "-m", "bert-base", "--seq-len", "16", "--gs-config", str(cfg)])
     assert r.exit_code == 2 and "'c9'" in r.output and "matches no layer" in " ".join(r.output.split())
+

@@ -88,14 +88,16 @@ def _layer_table(cmp: Comparison, w: Workload) -> Table:
 
 def _schedules_table(summ: dict[str, Any], dataflow: str, mode: str, baseline_bits: int) -> Table:
     base = f"INT{baseline_bits}"
-    t = table(f"{dataflow.upper()} under both schedules, OS beside (energy µJ; saved = 1 - {mode} / {base})",
-              "schedule", f"{base} baseline", mode, "total saved", "PSUM saved", "on-chip saved", "spills b/a", "OS",
-              left=("schedule",))
+    os_beside = dataflow != "os"  # under -d os the OS column would repeat the baseline column
+    t = table(f"{dataflow.upper()} under both schedules{', OS beside' if os_beside else ''} "
+              f"(energy µJ; saved = 1 - {mode} / {base})",
+              "schedule", f"{base} baseline", mode, "total saved", "PSUM saved", "on-chip saved", "spills b/a",
+              *(("OS",) if os_beside else ()), left=("schedule",))
     for sched, r in summ.items():
         t.add_row(sched, f"{r['baseline_pj'] / 1e6:,.3f}", f"{r['apsq_pj'] / 1e6:,.3f}", f"{100 * r['reduction']:.2f} %",
                   f"{100 * r['psum_reduction']:.2f} %", f"{100 * r['on_chip_reduction']:.2f} %",
                   f"{'yes' if r['baseline_spills'] else 'no'}/{'yes' if r['apsq_spills'] else 'no'}",
-                  f"{r['os_pj'] / 1e6:,.3f}")
+                  *((f"{r['os_pj'] / 1e6:,.3f}",) if os_beside else ()))
     return t
 
 
