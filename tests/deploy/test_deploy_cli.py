@@ -158,3 +158,20 @@ def test_progress_lines_estimate_the_rest_and_warn_on_amaranth(capsys):
     assert re.fullmatch(r"8/8 inputs, \d+ s", lines[2])
     _Progress("golden")(1, 2)
     assert capsys.readouterr().err.startswith("1/2 inputs")
+
+
+def test_a_checkpoint_of_ones_own_model_points_to_the_python_api(tmp_path):
+    """A researcher with their own (non-``apsq train``) model saved its state dict and passed it to
+    ``apsq deploy export``: the error was "corrupt or not a safetensors file ... delete it or point --output
+    elsewhere", with no word of the Python export their model needs."""
+    import torch
+    from safetensors.torch import save_file
+
+    torch.save({"w": torch.zeros(2)}, tmp_path / "mine.pt")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "mine.safetensors"))
+    for f in ("mine.pt", "mine.safetensors"):
+        res = runner.invoke(app, ["deploy", "export", str(tmp_path / f), "-o", str(tmp_path / "p")])
+        out = " ".join(res.output.split())
+        assert res.exit_code == 2 and "is not an apsq train run" in out
+        assert "apsq.deploy.export(model, example_batch)" in out and "docs/deploy.md" in out
+        assert not (tmp_path / "p").exists()

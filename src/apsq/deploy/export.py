@@ -359,6 +359,12 @@ def build_host(train_config: Mapping[str, Any] | TrainConfig) -> nn.Module:
     return model.eval()
 
 
+OWN_MODEL_HINT = ("A model of your own (not an apsq train run): apsq.deploy.export(model, example_batch), "
+                  "apsq.deploy.save(program, folder), then apsq.deploy.run(program, inputs, backend=..., model=model) "
+                  "in Python (docs/deploy.md)")
+"""What a command that takes ``apsq train`` runs tells the owner of another model."""
+
+
 def load_trained(path: str | Path) -> tuple[nn.Module, TrainConfig, Path]:
     """``(model, train config, checkpoint file)`` of an ``apsq train`` run folder or its checkpoint.
 
@@ -371,7 +377,10 @@ def load_trained(path: str | Path) -> tuple[nn.Module, TrainConfig, Path]:
     p = Path(path)
     ckpt = p / CKPT if p.is_dir() else p
     run = ckpt.parent
-    tensors, meta = read_tensors(ckpt)
+    try:
+        tensors, meta = read_tensors(ckpt)
+    except APSQError as exc:
+        raise APSQError(f"{path} is not an apsq train run: {exc}. {OWN_MODEL_HINT}") from None
     if meta.get("stage") != "qat":
         raise APSQError(f"{ckpt}: stage {meta.get('stage')!r}; export needs a QAT checkpoint (stage 'qat') of an "
                         "apsq train run with an apsq: section")
