@@ -112,10 +112,11 @@ def profile_gs(
         with torch.no_grad(), track_stats(m) as st:
             for b in calib_batches:
                 call_model(m, to_device(b, device, dtype))
-        by_name = {s.name: s for s in st}
-        stats[g] = {n: {"rel_error": by_name[n].rel_error, "saturation_rate": by_name[n].saturation_rate,
-                        "n_tiles": by_name[n].n_tiles, "k": by_name[n].k} for n in layers}
         mods = dict(quant_layers(m))
+        by_name = {s.name: s for s in st}  # by layer_name: an attention matmul's is <attn>.qk_matmul, not its module path
+        found = {n: by_name[mods[n].layer_name or n] for n in layers}
+        stats[g] = {n: {"rel_error": s.rel_error, "saturation_rate": s.saturation_rate, "n_tiles": s.n_tiles,
+                        "k": s.k} for n, s in found.items()}
         for n in layers:
             psum_state.setdefault(n, {})[g] = mods[n].psum.log2_scales.detach().clone()
         uniform[g] = metrics_of(logits_on(m, eval_batches), fp_logits, labels)

@@ -13,6 +13,7 @@ from apsq.hw.dataflow import DATAFLOWS
 from apsq.hw.energy import evaluate
 from apsq.hw.workloads.base import Workload
 from apsq.nn.config import APSQConfig
+from apsq.nn.transform import quant_layers
 from apsq.tune.energy_table import energy_table
 from apsq.tune.profile import profile_gs
 from apsq.tune.search import (
@@ -77,7 +78,9 @@ def tune_gs(
         paths["measured"] = measured_search(prof, table, progress)
     allp = uni + [p for ps in paths.values() for p in ps]
     best = choose(allp, budget_pj)
-    cfg = choice_config(base, best.choice)
+    # overrides by the names quantize_ matches (an attention matmul module <attn>.apsq_qk is <attn>.qk_matmul)
+    config_names = {n: m.layer_name or n for n, m in quant_layers(prof.model)}
+    cfg = choice_config(base, {config_names.get(n, n): g for n, g in best.choice.items()})
     check = evaluate(workload, dataflow, "apsq", cfg, base.psum_bits, accelerator, override_tile=True).total_pj
     if abs(check - best.energy_pj) > 1e-6 * check:
         raise APSQError(f"internal: energy table ({best.energy_pj}) and energy model ({check}) disagree")

@@ -38,6 +38,12 @@ def _prod(xs: Any) -> int:
     return int(math.prod(int(x) for x in xs))
 
 
+def is_attention(mod: nn.Module) -> bool:
+    """A Hugging Face style attention module (class name ending in ``Attention``; not
+    ``nn.MultiheadAttention``, whose projections run inside one fused call)."""
+    return type(mod).__name__.endswith("Attention") and not isinstance(mod, nn.MultiheadAttention)
+
+
 def _is_gemm_module(mod: nn.Module) -> bool:
     return isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d)) or type(mod).__name__ == "QuantMatmul"
 
@@ -51,6 +57,7 @@ class _GemmRecorder(TorchFunctionMode):
         self.inside_gemm_module = 0
         self.quantized_model = False  # set by trace() for a model apsq.quantize_ has seen
         self.current_qcfg: Any = None  # the quantization config of the GEMM module being recorded
+        self.attention_calls: list[list[int]] = []  # per open module call: [is *Attention, its matmuls so far]
 
     def record_module(self, mod: nn.Module, args: tuple, out: Any) -> None:
         """One layer for a GEMM module, from its weight and its input / output shapes."""
@@ -92,6 +99,17 @@ class _GemmRecorder(TorchFunctionMode):
         self.layers.append(Layer(self._name(suffix), kind, int(m), int(k), int(n), int(count), w_is_weight,
                                  full_precision=full, gs=gs, tile=tile))
 
+    def _attention_suffix(self, func: Any, k: int) -> str:
+        """``.qk`` / ``.av`` for the first / second matmul of one call of an eager ``*Attention`` module (the
+        names its SDPA twin gets, and what an APSQConfig's ``<attn>.qk_matmul`` / ``.av_matmul`` patterns
+        match: :func:`apsq.hw.workloads.base.config_names`); ``""`` otherwise. Products with K = 1 (rotary
+        tables) are not counted."""
+        if func in _ADDMMS or not self.attention_calls or not self.attention_calls[-1][0] or k == 1:
+            return ""
+        frame = self.attention_calls[-1]
+        frame[1] += 1
+        return {1: ".qk", 2: ".av"}.get(frame[1], "")
+
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
@@ -121,7 +139,8 @@ class _GemmRecorder(TorchFunctionMode):
                 self._add("matmul", m, a.shape[-1], n, max(1, out.numel() // max(1, m * n)), False)
                 return
             count = _prod(out.shape[:-2]) if out.dim() > 2 else 1
-            self._add("matmul", a.shape[-2], a.shape[-1], b.shape[-1], count, isinstance(b, nn.Parameter))
+            self._add("matmul", a.shape[-2], a.shape[-1], b.shape[-1], count, isinstance(b, nn.Parameter),
+                      self._attention_suffix(func, a.shape[-1]))
         elif func is F.scaled_dot_product_attention:
             q, k, v = (
                 args[0],
@@ -157,6 +176,7 @@ def trace(
 
     def pre(mod: nn.Module, _inp: Any) -> None:
         stack.append(names.get(id(mod), type(mod).__name__))
+        recorder.attention_calls.append([is_attention(mod), 0])
         if _is_gemm_module(mod):
             recorder.inside_gemm_module += 1
 
@@ -167,6 +187,8 @@ def trace(
                 recorder.record_module(mod, inp, out)
         if stack:
             stack.pop()
+        if recorder.attention_calls:
+            recorder.attention_calls.pop()
 
     for mod in model.modules():
         handles.append(mod.register_forward_pre_hook(pre))
