@@ -141,8 +141,31 @@ def require(module: str, *, extra: str, what: str) -> Any:
                         f"{missing}); install it with: pip install 'apsq[{extra}]'") from exc
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping.
+
+    PyYAML keeps the last value of a repeated key without a word, so a pasted or mistyped line
+    (``cols: 16`` ... ``cols: 8``) silently changed what a config file meant."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader's own error below names it
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found the key {key!r} twice (first {first}); give each key once", key_node.start_mark)
+            seen[key] = f"on line {key_node.start_mark.line + 1}"
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path, what: str) -> Any:
-    """Parse the YAML file ``path``; a missing file or bad YAML raises :class:`APSQError` naming ``what``."""
+    """Parse the YAML file ``path``; a missing file, bad YAML or a key given twice in one mapping raises
+    :class:`APSQError` naming ``what`` (and the key and its lines)."""
     p = Path(path)
     if not p.is_file():
         raise APSQError(f"{what} {str(p)!r} does not exist" + (" (it is a folder)" if p.is_dir() else ""))
@@ -156,7 +179,7 @@ def read_yaml(path: str | Path, what: str) -> Any:
         raise APSQError(f"{what} {str(p)!r} is not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 1]!r}); "
                         "save it as UTF-8 YAML") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise APSQError(f"{what} {str(p)!r} is not valid YAML: {exc}") from None
 

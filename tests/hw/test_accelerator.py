@@ -68,6 +68,31 @@ def test_missing_file(tmp_path):
         load_accelerator(tmp_path / "nope.yaml")
 
 
+@pytest.mark.parametrize("where", ["pe_array", "top", "workload"])
+def test_a_key_given_twice_is_refused_naming_it(tmp_path, where):
+    # PyYAML keeps the last of two equal keys: a pasted `cols: 8` under `cols: 16` was priced as an
+    # 8-column array without a word. Every config file goes through errors.read_yaml.
+    text = (CONFIGS / "accel_28nm_int8.yaml").read_text()
+    if where == "pe_array":
+        text = text.replace("  cols: 32\n", "  cols: 32\n  cols: 8\n")
+        key = "cols"
+    elif where == "top":
+        text = text.replace("clock_mhz: 500", "clock_mhz: 500\nclock_mhz: 400")
+        key = "clock_mhz"
+    else:
+        from apsq.hw.workloads import load_workload_file
+
+        p = _write(tmp_path, "layers:\n  - {name: fc, m: 4, k: 64, n: 8, m: 16}\n")
+        with pytest.raises(APSQError, match=r"key 'm' twice") as exc:
+            load_workload_file(p)
+        assert str(p) in str(exc.value)
+        return
+    p = _write(tmp_path, text)
+    with pytest.raises(APSQError, match=f"key '{key}' twice") as exc:
+        load_accelerator(p)
+    assert str(p) in str(exc.value) and "line" in str(exc.value)
+
+
 def test_not_a_mapping(tmp_path):
     with pytest.raises(APSQError, match="must be a mapping"):
         load_accelerator(_write(tmp_path, "- 1\n- 2\n"))
