@@ -194,3 +194,22 @@ def test_zigzag_missing_is_a_clear_error(app, monkeypatch, tmp_path):
     p.write_text("layers: [{name: a, m: 64, k: 128, n: 64}]\n")
     r = _run(app, "--workload", str(p), "-d", "ws", "--engine", "zigzag")
     assert r.exit_code == 2 and "pip install 'apsq[baselines]'" in " ".join(r.output.split())
+
+
+def test_breakdown_plot_prices_what_the_table_prices(tmp_path):
+    # `apsq energy --baseline-bits 24 --spill all-or-nothing --plot f.png` drew an INT32 baseline under the
+    # fractional rule (the plot dropped every option), labelled "INT32", beside a table that said INT24
+    from apsq.hw.energy_plots import plot_breakdown
+
+    w = Workload("b", (Layer("q", "linear", 64, 768, 768), Layer("up", "linear", 64, 768, 3072)))
+    opts = {"baseline_bits": 24, "spill": "all-or-nothing"}
+    bars = plot_breakdown(w, "is", 6, None, str(tmp_path / "b.png"), **opts)
+    assert bars[0][0] == "INT24\nbaseline"
+    assert bars[0][1] == pytest.approx(compare(w, "is", 1, 6, **opts).baseline.total_pj)
+    for g, (label, pj) in zip((1, 2, 3, 4), bars[1:]):
+        assert label.endswith(f"gs={g}") and pj == pytest.approx(compare(w, "is", g, 6, **opts).apsq.total_pj)
+    # a PSUM buffer of 2 banks cannot run gs 3 or 4: those bars are left out
+    d = default_accelerator().model_dump()
+    d["buffers"]["psum"]["banks"] = 2
+    bars = plot_breakdown(w, "is", 8, Accelerator.from_dict(d), str(tmp_path / "c.png"))
+    assert [b[0] for b in bars] == ["INT32\nbaseline", "APSQ\ngs=1", "APSQ\ngs=2"]

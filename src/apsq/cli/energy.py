@@ -274,7 +274,7 @@ def _run_apsq(w: Workload, dataflow: str, gs_spec: Any, psum_bits: int, acc: Acc
     cmp = compare(w, dataflow, gs_spec, psum_bits, acc, mode=mode, schedule=schedule, **options)
     summ = schedules_summary(w, dataflow, gs_spec, psum_bits, acc, mode, **options)
     if plot is not None:
-        plot_breakdown(w, dataflow, psum_bits, acc, str(plot), mode=mode, schedule=schedule)
+        plot_breakdown(w, dataflow, psum_bits, acc, str(plot), mode=mode, schedule=schedule, **options)
     if plot_layers_png is not None:
         plot_layers(cmp, str(plot_layers_png))
     return cmp, summ

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from apsq.hw.accelerator import Accelerator
-from apsq.hw.energy import Comparison, evaluate
+from apsq.hw.accelerator import Accelerator, default_accelerator
+from apsq.hw.energy import Comparison, compare
 from apsq.hw.energy_runs import GS_RANGE
 from apsq.hw.workloads import Workload
 
@@ -23,17 +23,27 @@ def plot_breakdown(
     gs_values: tuple[int, ...] = GS_RANGE,
     mode: str = "apsq",
     schedule: str = "untiled",
-) -> None:
-    """Stacked bars (the look of the paper's Figure 1): baseline and APSQ per gs, split by operand/level."""
+    **options: Any,
+) -> list[tuple[str, float]]:
+    """Stacked bars (the look of the paper's Figure 1): baseline and APSQ per gs, split by operand/level.
+
+    ``options`` are :func:`apsq.hw.energy.compare`'s (``baseline_bits``, ``spill``, ``psum_granularity``,
+    ...), so the bars price what the command's table prices; gs values above the PSUM buffer's banks are
+    left out (the machine cannot run them). Returns the bars drawn: (label, total energy in pJ).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     workload = workload.without_own_gs()  # a sweep over gs: a traced model's own gs is one of the bars
-    reports = [evaluate(workload, dataflow, "none", 1, psum_bits, acc, schedule=schedule)]
-    reports += [evaluate(workload, dataflow, mode, g, psum_bits, acc, schedule=schedule) for g in gs_values]
-    labels = ["INT32\nbaseline"] + [f"{mode.upper()}\ngs={g}" for g in gs_values]
+    banks = (acc or default_accelerator()).buffers.psum.banks
+    gs_values = tuple(g for g in gs_values if g <= banks) or (1,)
+    cmps = [compare(workload, dataflow, g, psum_bits, acc, mode=mode, schedule=schedule, **options)
+            for g in gs_values]
+    reports = [cmps[0].baseline] + [c.apsq for c in cmps]
+    base_bits = int(reports[0].summary()["psum_bits"])
+    labels = [f"INT{base_bits}\nbaseline"] + [f"{mode.upper()}\ngs={g}" for g in gs_values]
     parts = [
         ("MAC + RAE logic", None, None),
         ("input", 0, None),
@@ -59,11 +69,12 @@ def plot_breakdown(
     for i, r in enumerate(reports[1:], start=1):
         ax.text(i, bottom[i], f"-{100 * (1 - r.total_pj / base):.1f}%", ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("energy (µJ)")
-    ax.set_title(f"{workload.name}, {dataflow.upper()} ({schedule}), PSUM {psum_bits} b vs INT32")
+    ax.set_title(f"{workload.name}, {dataflow.upper()} ({schedule}), PSUM {psum_bits} b vs INT{base_bits}")
     ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
+    return [(label, r.total_pj) for label, r in zip(labels, reports)]
 
 
 def plot_sweep(result: dict[str, Any], out: str) -> None:
@@ -111,8 +122,9 @@ def plot_layers(cmp: Comparison, out: str) -> None:
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(max(7.0, 0.12 * L + 3), 6.2), sharex=True,
                                   gridspec_kw={"height_ratios": [3, 1]})
     w = 0.42
-    ax.bar(x - w / 2, b_tot - b_dram, w, color="#4c72b0", label="INT32: on-chip")
-    ax.bar(x - w / 2, b_dram, w, bottom=b_tot - b_dram, color="#c44e52", label="INT32: DRAM")
+    base = f"INT{b.summary()['psum_bits']}"
+    ax.bar(x - w / 2, b_tot - b_dram, w, color="#4c72b0", label=f"{base}: on-chip")
+    ax.bar(x - w / 2, b_dram, w, bottom=b_tot - b_dram, color="#c44e52", label=f"{base}: DRAM")
     ax.bar(x + w / 2, a_tot - a_dram, w, color="#55a868", label=f"{a.mode} {a.psum_bits} b: on-chip")
     ax.bar(x + w / 2, a_dram, w, bottom=a_tot - a_dram, color="#dd8452", label=f"{a.mode} {a.psum_bits} b: DRAM")
     ax.set_ylabel("energy (µJ)")
