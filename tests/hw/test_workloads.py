@@ -191,3 +191,44 @@ def test_gs_from_an_apsq_config():
     assert gs["bert.encoder.layer.3.intermediate.dense"] == 4
     assert gs["bert.encoder.layer.3.attention.self.qk"] == 3
     assert gs["bert.encoder.layer.3.output.dense"] == 2
+
+
+def _macs(w):
+    return sum(l.m * l.k * l.n * l.count for l in w.layers)
+
+
+@pytest.mark.parametrize(
+    ("kw", "cross", "batched", "train"),
+    [({}, False, True, True), ({}, False, True, False), ({"batch_first": True}, True, True, False),
+     ({"kdim": 12, "vdim": 20}, True, True, True), ({"add_bias_kv": True, "add_zero_attn": True}, False, False, True)],
+)
+def test_multihead_attention_gemms_are_traced(kw, cross, batched, train):
+    # nn.MultiheadAttention runs its GEMMs inside F.multi_head_attention_forward: the trace saw the call from
+    # outside and dropped the projections, QKᵀ and AV without a word (on a conv + MHA model of one's own,
+    # most of the MACs). Now expanded like SDPA; the count is the hand-written attention's.
+    torch.manual_seed(0)
+    e, h, b, lq, s = 16, 4, 2, 5, 7
+    mha = nn.MultiheadAttention(e, h, **kw).train(train)
+    first = kw.get("batch_first", False)
+    shape = (lambda n: (b, n, e) if first else (n, b, e)) if batched else (lambda n: (n, e))
+    q = torch.randn(shape(lq))
+    k = torch.randn(shape(s)[:-1] + (kw.get("kdim", e),)) if cross else q
+    v = torch.randn(shape(s)[:-1] + (kw.get("vdim", e),)) if cross else q
+    w = trace(mha, q, k, v)
+    nb = b if batched else 1
+    sk = (s if cross else lq) + int(kw.get("add_bias_kv", False)) + int(kw.get("add_zero_attn", False))
+    proj = lq * nb * e * e + 2 * (s if cross else lq) * nb * e * e
+    if "kdim" in kw:
+        proj = lq * nb * e * e + s * nb * (kw["kdim"] + kw["vdim"]) * e
+    expect = proj + 2 * nb * h * lq * (e // h) * sk + lq * nb * e * e
+    assert _macs(w) == expect
+    proj = ["in_proj"] if not cross else ["q_proj", "k_proj", "v_proj"]
+    assert [l.name for l in w.layers] == [f"model.{n}" for n in proj + ["qk", "av", "out_proj"]]
+
+
+def test_transformer_encoder_layer_counts_its_attention():
+    layer = nn.TransformerEncoderLayer(32, 4, dim_feedforward=64, batch_first=True).eval()
+    w = trace(layer, torch.zeros(2, 10, 32))
+    assert [l.name for l in w.layers] == ["self_attn.in_proj", "self_attn.qk", "self_attn.av",
+                                          "self_attn.out_proj", "linear1", "linear2"]
+    assert _macs(w) == 20 * 32 * 96 + 2 * 8 * 10 * 8 * 10 + 20 * 32 * 32 + 2 * 20 * 32 * 64

@@ -7,9 +7,11 @@ whatever they compute inside (a quantized layer's per-tile matmuls are not separ
 them a :class:`~torch.overrides.TorchFunctionMode` records each GEMM-shaped call (``F.linear``,
 ``F.conv1d/2d``, ``matmul``/``@``, ``bmm``, ``mm``, ``addmm``, ``baddbmm``) and expands
 ``F.scaled_dot_product_attention`` into its two matmuls, ``QKᵀ`` (suffix ``.qk``) and ``AV``
-(suffix ``.av``). Attention is counted in full (no causal-mask savings): the array computes every
-score, masking happens afterwards. Not seen: GEMMs inside a single fused call other than SDPA
-(e.g. ``F.multi_head_attention_forward``).
+(suffix ``.av``), and ``F.multi_head_attention_forward`` (``nn.MultiheadAttention``) into its input
+projections (``.in_proj``, or ``.q_proj`` / ``.kv_proj`` / ``.k_proj`` / ``.v_proj``), ``.qk``, ``.av`` and
+``.out_proj`` (until this session those GEMMs, run inside one call the mode sees from outside, were dropped
+without a word). Attention is counted in full (no causal-mask savings): the array computes every score,
+masking happens afterwards. Not seen: GEMMs inside other single fused calls.
 """
 
 from __future__ import annotations
@@ -141,6 +143,8 @@ class _GemmRecorder(TorchFunctionMode):
             count = _prod(out.shape[:-2]) if out.dim() > 2 else 1
             self._add("matmul", a.shape[-2], a.shape[-1], b.shape[-1], count, isinstance(b, nn.Parameter),
                       self._attention_suffix(func, a.shape[-1]))
+        elif func is F.multi_head_attention_forward:
+            self._record_mha(args, kwargs)
         elif func is F.scaled_dot_product_attention:
             q, k, v = (
                 args[0],
@@ -150,6 +154,37 @@ class _GemmRecorder(TorchFunctionMode):
             count = _prod(q.shape[:-2])
             self._add("matmul", q.shape[-2], q.shape[-1], k.shape[-2], count, False, ".qk")
             self._add("matmul", q.shape[-2], k.shape[-2], v.shape[-1], count, False, ".av")
+
+
+    def _record_mha(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        """The GEMMs of one ``F.multi_head_attention_forward`` call (torch's argument order): the input
+        projections as :func:`F.linear` would run them (one packed ``E -> 3E`` product for self-attention),
+        ``QKᵀ`` and ``AV`` per batch and head (``S`` grows by one for ``bias_k`` and for ``add_zero_attn``),
+        and the output projection."""
+        names = ("query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias",
+                 "bias_k", "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight")
+        a = dict(zip(names, args)) | kwargs
+        q, k, v, heads = a["query"], a["key"], a["value"], int(a["num_heads"])
+        e = int(q.shape[-1])
+        batch = int(q.shape[1]) if q.dim() == 3 else 1
+        lq, s = int(q.shape[0]), int(k.shape[0])
+        if a.get("use_separate_proj_weight"):
+            self._add("linear", lq * batch, e, e, 1, True, ".q_proj")
+            self._add("linear", s * batch, int(k.shape[-1]), e, 1, True, ".k_proj")
+            self._add("linear", s * batch, int(v.shape[-1]), e, 1, True, ".v_proj")
+        elif k is v and q is k:
+            self._add("linear", lq * batch, e, 3 * e, 1, True, ".in_proj")
+        elif k is v:
+            self._add("linear", lq * batch, e, e, 1, True, ".q_proj")
+            self._add("linear", s * batch, e, 2 * e, 1, True, ".kv_proj")
+        else:
+            for suffix, t in ((".q_proj", q), (".k_proj", k), (".v_proj", v)):
+                self._add("linear", int(t.shape[0]) * batch, e, e, 1, True, suffix)
+        s += int(a.get("bias_k") is not None) + int(bool(a.get("add_zero_attn")))
+        d = e // heads
+        self._add("matmul", lq, d, s, batch * heads, False, ".qk")
+        self._add("matmul", lq, s, d, batch * heads, False, ".av")
+        self._add("linear", lq * batch, e, int(a["out_proj_weight"].shape[0]), 1, True, ".out_proj")
 
 
 def trace(
