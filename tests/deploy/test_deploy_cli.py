@@ -175,3 +175,39 @@ def test_a_checkpoint_of_ones_own_model_points_to_the_python_api(tmp_path):
         assert res.exit_code == 2 and "is not an apsq train run" in out
         assert "apsq.deploy.export(model, example_batch)" in out and "docs/deploy.md" in out
         assert not (tmp_path / "p").exists()
+
+
+def test_energy_on_an_accelerator_of_ones_own(trained_run, tmp_path):
+    # `apsq deploy run --energy` priced the engine's counts on the default accelerator only: a designer's
+    # own PSUM buffer / RAE energies could not be used from the command line.
+    import yaml
+
+    from apsq.hw.accelerator import load_accelerator
+
+    prog = tmp_path / "prog"
+    assert runner.invoke(app, ["deploy", "export", str(trained_run), "-o", str(prog)]).exit_code == 0
+    d = load_accelerator("default").model_dump()
+    d["name"] = "my-accel"
+    d["buffers"]["psum"]["read_pj_per_bit"] = d["buffers"]["psum"]["write_pj_per_bit"] = 1.0
+    d["rae"] = {"shift_pj": 0.5, "add_pj": 0.5, "exponent_bits": 8}
+    mine = tmp_path / "my.yaml"
+    mine.write_text(yaml.safe_dump(d))
+    out = {}
+    for name, acc in (("default", None), ("mine", str(mine))):
+        js = tmp_path / f"{name}.json"
+        args = ["deploy", "run", str(prog), "--limit", "2", "--batch-size", "2", "--energy", "--json", str(js)]
+        res = runner.invoke(app, args + (["--accelerator", acc] if acc else []))
+        assert res.exit_code == 0, res.output
+        out[name] = json.loads(js.read_text())["energy"]
+    assert out["mine"]["accelerator"].startswith("my-accel") and out["mine"]["all_counts_equal"]
+    a, b = out["default"]["total"], out["mine"]["total"]
+    assert b["counted_psum_pj"] == pytest.approx(a["counted_psum_pj"] / 0.1375)  # 1.0 pJ/bit instead of 0.1375
+    assert b["counted_rae_pj"] == pytest.approx(a["counted_rae_pj"] * 1.0 / 0.1244)
+    # a bad file is refused naming it and its field, and --accelerator without --energy is refused, before running
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(mine.read_text().replace("clock_mhz", "clock_mhzz"))
+    for extra, needle in ((["--energy", "--accelerator", str(bad)], "clock_mhzz"),
+                          (["--accelerator", str(mine)], "add --energy")):
+        res = runner.invoke(app, ["deploy", "run", str(prog), "--limit", "1"] + extra)
+        assert res.exit_code == 2 and res.output.strip().startswith("error:") and needle in res.output, res.output
+    assert "bad.yaml" in runner.invoke(app, ["deploy", "run", str(prog), "--energy", "--accelerator", str(bad)]).output

@@ -79,6 +79,8 @@ def run_cmd(
                                       "batches only (default: all); the logits of every batch are compared."),
     energy: bool = typer.Option(False, "--energy", help="Print the counted PSUM / RAE activity, priced, beside the "
                                 "energy model's terms for the same layers (WS, untiled)."),
+    accelerator: str = typer.Option(None, "--accelerator", help="with --energy: accelerator YAML or a built-in "
+                                    "(apsq energy's) whose per-access energies price the counts; default: default"),
 ) -> None:
     """Whole-model inference with every quantized matmul's PSUMs on BACKEND, exactly verified."""
     import torch
@@ -88,11 +90,19 @@ def run_cmd(
 
     torch.set_num_threads(1)
     try:
+        acc = None
+        if accelerator is not None:  # checked before the model is built or anything runs
+            from apsq.hw.accelerator import load_accelerator
+
+            if not energy:
+                raise APSQError("--accelerator prices the engine's counted activity: add --energy (without it "
+                                "nothing is priced)")
+            acc = load_accelerator(accelerator)
         prog = load(program)
         if backend not in ("golden", "amaranth", "verilator"):
             raise APSQError(f"--backend must be golden, amaranth or verilator, got {backend!r}")
         res = run_batches(prog, input_, backend, limit=limit, batch_size=batch_size, verify=verify,
-                          mismatch_dir=mismatch_dir, energy=energy,
+                          mismatch_dir=mismatch_dir, energy=energy, accelerator=acc,
                           layer_batches=layer_batches, progress=_Progress(backend))
     except DeployMismatch as exc:
         fail(exc, code=1)

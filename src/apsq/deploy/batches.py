@@ -102,13 +102,15 @@ def _batch_len(batch: Mapping[str, torch.Tensor]) -> int:
 
 def run_batches(program: Program, source: str, backend: str = "golden", *, limit: int | None = None,
                 batch_size: int = 32, verify: bool = True, mismatch_dir: str | Path = "deploy-mismatch",
-                energy: bool = False, layer_batches: int | None = None, progress: Any = None) -> dict[str, Any]:
+                energy: bool = False, layer_batches: int | None = None, progress: Any = None,
+                accelerator: Any = None) -> dict[str, Any]:
     """Run ``source`` through ``program`` on ``backend``; a JSON-ready summary (see the module docstring).
 
     ``layer_batches``: with ``verify``, check every layer stage by stage on the first ``layer_batches``
     batches only (``None``: all); later batches compare the final logits with the PyTorch model's.
     ``energy``: also the counted PSUM / RAE activity beside the energy model's for the same GEMMs
-    (:func:`apsq.deploy.activity.energy_side_by_side`, under ``"energy"``).
+    (:func:`apsq.deploy.activity.energy_side_by_side`, under ``"energy"``), priced on ``accelerator`` (an
+    :class:`apsq.hw.accelerator.Accelerator`; ``None``: the default).
 
     Raises :class:`apsq.deploy.DeployMismatch` at the first difference (with its ``.npz``)."""
     model = host_model(program)
@@ -182,6 +184,6 @@ def run_batches(program: Program, source: str, backend: str = "golden", *, limit
                     "gs": sorted({lay.gs for lay in m.layers}),
                     "psum_granularity": sorted({lay.psum_granularity for lay in m.layers})},
         "per_layer": [layers[i] for i in sorted(layers)],
-        "energy": energy_side_by_side(used) if energy and used else None,
+        "energy": energy_side_by_side(used, accelerator=accelerator) if energy and used else None,
         "machine": {**describe(), "torch_threads": torch.get_num_threads()},
     }
