@@ -203,3 +203,19 @@ def test_psum_port_carries_the_per_cycle_psum_traffic():
     # IS/WS: every column reads and writes one acc_bits running sum per cycle
     acc = default_accelerator()
     assert acc.buffers.psum.bits_per_cycle >= 2 * acc.pe_array.cols * acc.acc_bits
+
+
+def test_own_accelerator_section_of_the_docs():
+    # docs/energy-model.md §2 "Your own accelerator": technology_nm is a label (it scales nothing), and the
+    # 22 nm numbers it quotes are the first-order rules' values
+    from apsq.hw.energy import compare
+    from apsq.hw.workloads import Layer, Workload
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "energy-model.md").read_text()
+    assert "`technology_nm` is a label" in doc
+    quoted = f"{mac_pj(22):.4f} pJ MAC, {mac_pj(22) / 16:.4f} pJ/bit register, {sram_pj_per_bit(16, 22):.3f} pJ/bit"
+    assert quoted in doc
+    d = _default_dict()
+    d["technology_nm"] = 7
+    w = Workload("w", (Layer("a", "linear", 64, 256, 64),))
+    assert compare(w, "ws", 2, accelerator=Accelerator.from_dict(d)).apsq.total_pj == compare(w, "ws", 2).apsq.total_pj
