@@ -219,3 +219,22 @@ def test_own_accelerator_section_of_the_docs():
     d["technology_nm"] = 7
     w = Workload("w", (Layer("a", "linear", 64, 256, 64),))
     assert compare(w, "ws", 2, accelerator=Accelerator.from_dict(d)).apsq.total_pj == compare(w, "ws", 2).apsq.total_pj
+
+
+@pytest.mark.parametrize(("shared", "psum_pj", "needle"), [
+    (["input", "psum"], 0.09, "buffers.psum.read_pj_per_bit = 0.09"),
+    (["input", "input"], 0.1375, "each once"),
+    (["psum"], 0.1375, "at least two"),
+])
+def test_shared_sram_is_one_memory(tmp_path, shared, psum_pj, needle):
+    # shared_sram [input, psum] with different energies: the ZigZag conversion built the one memory from the
+    # input buffer's energies (the PSUM buffer's silently replaced) while this model kept both
+    d = _default_dict()
+    d["shared_sram"] = shared
+    d["buffers"]["psum"]["read_pj_per_bit"] = psum_pj
+    with pytest.raises(APSQError, match="shared_sram") as exc:
+        load_accelerator(_write(tmp_path, d))
+    assert needle in str(exc.value)
+    d["buffers"]["psum"]["read_pj_per_bit"] = 0.1375
+    d["shared_sram"] = ["input", "psum", "output"]
+    assert load_accelerator(_write(tmp_path, d)).shared_sram == ("input", "psum", "output")

@@ -214,7 +214,25 @@ class Accelerator(_Strict):
                 f"acc_bits ({self.acc_bits}) must be >= act_bits + weight_bits "
                 f"({self.act_bits + self.weight_bits}) to hold one product"
             )
+        self._check_shared_sram()
         return self
+
+    def _check_shared_sram(self) -> None:
+        """The buffers of ``shared_sram`` are one physical SRAM: named once each, at least two, and (those
+        with a capacity) at one read and one write energy. The ZigZag conversion builds the one memory from
+        the first buffer's energies, so differing ones were silently replaced there while this model kept them."""
+        names = self.shared_sram
+        if names is None:
+            return
+        if len(set(names)) != len(names) or len(names) < 2:
+            raise ValueError(f"shared_sram names the buffers that are one SRAM: at least two, each once; got {list(names)}")
+        live = [b for b in names if getattr(self.buffers, b).capacity_kib > 0]
+        for attr in ("read_pj_per_bit", "write_pj_per_bit"):
+            vals = {b: getattr(getattr(self.buffers, b), attr) for b in live}
+            if len(set(vals.values())) > 1:
+                shown = ", ".join(f"buffers.{b}.{attr} = {v}" for b, v in vals.items())
+                raise ValueError(f"shared_sram {list(names)} is one SRAM, but its buffers have different energies "
+                                 f"({shown}): give them one {attr}, or drop shared_sram")
 
     @property
     def dram_bits_per_cycle(self) -> float:
