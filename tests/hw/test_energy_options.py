@@ -234,3 +234,26 @@ def test_stored_psums_no_wider_than_the_accumulator(args, needle):
 def test_cli_refuses_a_baseline_wider_than_the_accumulator(app):
     r = _run(app, "-m", "bert-base", "--seq-len", "16", "-d", "ws", "--baseline-bits", "40")
     assert r.exit_code != 0 and "acc_bits = 32" in r.output and "--baseline-bits" in r.output
+
+
+def test_sweep_prices_only_the_gs_the_psum_banks_allow(app, tmp_path):
+    # `apsq energy sweep --accelerator two_banks.yaml` priced gs = 3 and 4 (two warnings, columns the
+    # machine cannot run) where `apsq energy` refuses them; now the columns stop at the banks
+    from apsq.hw.energy_runs import run_sweep
+
+    d = default_accelerator().model_dump()
+    d["buffers"]["psum"]["banks"] = 2
+    acc = Accelerator.from_dict(d)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = run_sweep("bert-base", "ws", (16, 32), acc=acc, progress=False)
+    assert list(res["first_spill"]) == ["baseline", "gs=1", "gs=2"]
+    assert {r["config"] for r in res["rows"]} == {"baseline", "gs=1", "gs=2"}
+    f = tmp_path / "two.yaml"
+    import yaml
+
+    f.write_text(yaml.safe_dump(d))
+    png = tmp_path / "s.png"
+    r = _run(app, "sweep", "-m", "bert-base", "--values", "16,32", "--accelerator", str(f), "--plot", str(png))
+    assert r.exit_code == 0, r.output
+    assert "gs=2" in r.output and "gs=3" not in r.output and png.is_file()

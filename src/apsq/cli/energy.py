@@ -366,9 +366,7 @@ def energy_sweep(
 
 def _print_sweep(res: dict[str, Any], model: str, dataflow: str, option: str, vals: tuple[int, ...],
                  plot: Path | None) -> None:
-    from apsq.hw.energy_runs import GS_RANGE
-
-    cfgs = ["baseline"] + [f"gs={g}" for g in GS_RANGE]
+    cfgs = list(res["first_spill"])  # baseline, then the gs values the accelerator's PSUM banks allow
     t = table(f"{literal(model)} {dataflow.upper()}: total energy (µJ); * = PSUMs spill to DRAM", option, *cfgs)
     for v in vals:
         cells = []

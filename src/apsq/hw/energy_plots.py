@@ -86,7 +86,7 @@ def plot_sweep(result: dict[str, Any], out: str) -> None:
 
     opt = result["option"]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for c in ["baseline"] + [f"gs={g}" for g in GS_RANGE]:
+    for c in result["first_spill"]:  # the configs, in column order
         pts = [r for r in result["rows"] if r["config"] == c]
         xs, ys = [p[opt] for p in pts], [p["total_pj"] / 1e6 for p in pts]
         (line,) = ax.plot(xs, ys, marker="o", ms=3, label=c, ls="--" if c == "baseline" else "-")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from apsq.errors import APSQError, check_choice, check_int
-from apsq.hw.accelerator import Accelerator
+from apsq.hw.accelerator import Accelerator, default_accelerator
 from apsq.hw.dataflow import DATAFLOWS
 from apsq.hw.energy import compare, evaluate
 from apsq.hw.engine_zigzag import evaluate_zigzag
@@ -144,7 +144,9 @@ def run_sweep(
     schedule: str = "untiled",
     console: Any = None,
 ) -> dict[str, Any]:
-    """Energy vs the model's size option, for the baseline and gs = 1..4; first spilling size per config.
+    """Energy vs the model's size option, for the baseline and gs = 1..4 (those at most the PSUM buffer's
+    banks: an accelerator with 2 banks gets gs 1 and 2, as ``apsq energy`` refuses more); first spilling size
+    per config (``first_spill``, in column order).
 
     With ``progress`` a rich progress bar is drawn on ``console`` (a :class:`rich.console.Console`; the
     CLI passes its stderr console so that piped stdout holds the results only)."""
@@ -152,7 +154,9 @@ def run_sweep(
     check_choice("dataflow", dataflow, tuple(DATAFLOWS))
     option = sweep_option(model, phase)
     extra = {"phase": phase} if model == "llama2-7b" and phase else {}
-    configs = ["baseline"] + [f"gs={g}" for g in GS_RANGE]
+    banks = (acc or default_accelerator()).buffers.psum.banks
+    gs_values = tuple(g for g in GS_RANGE if g <= banks) or (1,)  # gs above the PSUM banks: not this machine's
+    configs = ["baseline"] + [f"gs={g}" for g in gs_values]
     rows: list[dict[str, Any]] = []
     from rich.progress import track
 
@@ -160,7 +164,7 @@ def run_sweep(
     for v in it:
         w = builtin_workload(model, **{option: check_int(option, v, lo=1)}, **extra)
         reps = [evaluate(w, dataflow, "none", 1, psum_bits, acc, schedule=schedule)]
-        reps += [evaluate(w, dataflow, mode, g, psum_bits, acc, schedule=schedule) for g in GS_RANGE]
+        reps += [evaluate(w, dataflow, mode, g, psum_bits, acc, schedule=schedule) for g in gs_values]
         for c, r in zip(configs, reps):
             rows.append({option: v, "config": c, "total_pj": r.total_pj, "psum_pj": r.psum_pj, "spills": r.psum_spills})
     first_spill = {}
