@@ -281,3 +281,32 @@ def test_ci_fails_instead_of_skipping(monkeypatch):
     monkeypatch.setenv("CI", "false")
     with pytest.raises(pytest.skip.Exception):
         require_extra("apsq_no_such_module_xyz")
+
+
+def test_zigzag_report_validates_first_and_shows_progress(monkeypatch):
+    # `apsq energy --engine zigzag --psum-bits 20` on a 16-bit accumulator ran ZigZag over every layer shape
+    # (18 s on Segformer-B0) before the point was refused, and the run printed nothing while it worked
+    import io
+
+    from rich.console import Console
+
+    import apsq.hw.engine_zigzag as ez
+    from apsq.errors import APSQError
+    from apsq.hw.energy_runs import zigzag_report
+
+    w = Workload("t", (Layer("a", "linear", 16, 64, 32), Layer("b", "linear", 16, 64, 32), Layer("c", "linear", 8, 96, 32)))
+    d = default_accelerator().model_dump()
+    d["acc_bits"] = 16
+    calls = []
+    real = ez.zigzag_layer
+    monkeypatch.setattr(ez, "zigzag_layer", lambda *a, **k: calls.append(a[0].name) or real(*a, **k))
+    with pytest.raises(APSQError, match="psum_bits = 20 is wider than the accumulator"):
+        zigzag_report(w, "ws", 20, Accelerator.from_dict(d), None, "zigzag")
+    assert calls == []  # refused before ZigZag ran
+    buf = io.StringIO()
+    res = zigzag_report(w, "ws", 8, default_accelerator(), None, "zigzag", progress=True,
+                        console=Console(file=buf, force_terminal=False, width=100))
+    assert calls == ["a", "a", "c", "c"]  # one run per distinct shape (baseline and quantized), in order
+    assert "zigzag t (2 layer shapes)" in buf.getvalue()
+    assert [r["name"] for r in res["layers"]] == ["a", "b", "c"]
+    assert res["layers"][0]["reduction"] == res["layers"][1]["reduction"]

@@ -187,7 +187,7 @@ def energy_main(
                                 "sizes: give one of them")
             w = w.without_own_gs()
         if engine == "zigzag":
-            res = _run_zigzag(w, dataflow, psum_bits, acc, baseline_bits, spill)
+            res = _run_zigzag(w, dataflow, psum_bits, acc, baseline_bits, spill, progress=not as_json)
         else:
             options = {"baseline_bits": baseline_bits, "spill": spill, "psum_granularity": psum_granularity,
                        "override_tile": override_tile, "gs_above_banks": "error",
@@ -254,13 +254,14 @@ def _gs_spec(gs: int | None, gs_config: Path | None, w: Workload) -> Any:
 
 
 def _run_zigzag(w: Workload, dataflow: str, psum_bits: int, acc: Accelerator, baseline_bits: int | None,
-                spill: str) -> dict[str, Any]:
+                spill: str, progress: bool = True) -> dict[str, Any]:
     """``--engine zigzag``: ZigZag's total-energy saving beside this model's (stored PSUMs only: IS / WS)."""
     from apsq.hw.energy_runs import zigzag_report
 
     if dataflow == "os":
         raise APSQError("--engine zigzag compares stored PSUMs; use --dataflow is or ws")
-    return zigzag_report(w, dataflow, psum_bits, acc, baseline_bits, spill)
+    return zigzag_report(w, dataflow, psum_bits, acc, baseline_bits, spill, progress=progress,
+                         console=console(stderr=True))
 
 
 def _run_apsq(w: Workload, dataflow: str, gs_spec: Any, psum_bits: int, acc: Accelerator, mode: str, schedule: str,

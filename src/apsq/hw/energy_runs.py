@@ -204,11 +204,13 @@ def schedules_summary(w: Workload, dataflow: str, gs_spec: Any, psum_bits: int, 
 
 
 def zigzag_report(w: Workload, dataflow: str, psum_bits: int, acc: Accelerator, baseline_bits: int | None,
-                  spill: str) -> dict[str, Any]:
-    """ZigZag's result beside ours (same fixed orders, untiled), per layer and in total."""
-    z = evaluate_zigzag(w, dataflow, psum_bits, acc, baseline_bits)
+                  spill: str, progress: bool = False, console: Any = None) -> dict[str, Any]:
+    """ZigZag's result beside ours (same fixed orders, untiled), per layer and in total. Ours first: it is
+    cheap and validates the point (a bad ``psum_bits`` fails before ZigZag runs); ``progress``: a bar over
+    ZigZag's layer shapes on ``console``."""
     ours = compare(w, dataflow, None, psum_bits, acc, mode="apsq", baseline_bits=baseline_bits, spill=spill,
                    gs_above_banks="warn")
+    z = evaluate_zigzag(w, dataflow, psum_bits, acc, baseline_bits, progress=progress, console=console)
     out = z.to_json()
     out["accelerator"] = acc.name
     out["apsq_model"] = {"spill": spill, "schedule": "untiled", "gs": 1, "reduction": ours.reduction,
