@@ -213,6 +213,9 @@ def test_breakdown_plot_prices_what_the_table_prices(tmp_path):
     d["buffers"]["psum"]["banks"] = 2
     bars = plot_breakdown(w, "is", 8, Accelerator.from_dict(d), str(tmp_path / "c.png"))
     assert [b[0] for b in bars] == ["INT32\nbaseline", "APSQ\ngs=1", "APSQ\ngs=2"]
+    # PSQ has no gs: one bar (it drew four equal ones labelled gs = 1..4)
+    bars = plot_breakdown(w, "is", 8, None, str(tmp_path / "d.png"), mode="psq")
+    assert [b[0] for b in bars] == ["INT32\nbaseline", "PSQ"]
 
 
 @pytest.mark.parametrize(("args", "needle"), [({"psum_bits": 20}, "psum_bits = 20"),

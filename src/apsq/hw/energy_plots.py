@@ -29,7 +29,8 @@ def plot_breakdown(
 
     ``options`` are :func:`apsq.hw.energy.compare`'s (``baseline_bits``, ``spill``, ``psum_granularity``,
     ...), so the bars price what the command's table prices; gs values above the PSUM buffer's banks are
-    left out (the machine cannot run them). Returns the bars drawn: (label, total energy in pJ).
+    left out (the machine cannot run them); ``psq`` (no groups) is one bar. Returns the bars drawn: (label,
+    total energy in pJ).
     """
     import matplotlib
 
@@ -39,11 +40,14 @@ def plot_breakdown(
     workload = workload.without_own_gs()  # a sweep over gs: a traced model's own gs is one of the bars
     banks = (acc or default_accelerator()).buffers.psum.banks
     gs_values = tuple(g for g in gs_values if g <= banks) or (1,)
+    if mode == "psq":  # PSQ has no groups: one bar, not four equal ones labelled gs = 1..4
+        gs_values = (1,)
     cmps = [compare(workload, dataflow, g, psum_bits, acc, mode=mode, schedule=schedule, **options)
             for g in gs_values]
     reports = [cmps[0].baseline] + [c.apsq for c in cmps]
     base_bits = int(reports[0].summary()["psum_bits"])
-    labels = [f"INT{base_bits}\nbaseline"] + [f"{mode.upper()}\ngs={g}" for g in gs_values]
+    labels = [f"INT{base_bits}\nbaseline"] + [mode.upper() if mode == "psq" else f"{mode.upper()}\ngs={g}"
+                                               for g in gs_values]
     parts = [
         ("MAC + RAE logic", None, None),
         ("input", 0, None),
