@@ -41,6 +41,7 @@ def test_simulate_command_rejects_bad_gs():
     res = runner.invoke(app, ["rae", "simulate", "--gs", "5"])
     assert res.exit_code == 2
     assert "gs must be in [1, 4]" in res.output
+    assert "4 PSUM banks" in " ".join(res.output.split())  # why 4: the engine's banks (trial-accel)
 
 
 def test_area_command_names_every_banks_choice(tmp_path):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from apsq.errors import APSQError, check_int
-from apsq.hw.rae.engine import NUM_BANKS, PIPELINE_LATENCY, RAEParams
+from apsq.hw.rae.engine import NUM_BANKS, PIPELINE_LATENCY, RAEParams, check_gs
 from apsq.psum.accumulate import closing_steps
 
 __all__ = [
@@ -158,7 +158,7 @@ def validate_layer(partials: object, exponents: object, gs: int, params: RAEPara
     exponents within the shifter range ``[params.exp_min, params.exp_max]``, tile sums within
     ``tile_bits`` signed bits.
     """
-    check_int("gs", gs, lo=1, hi=NUM_BANKS)
+    check_gs(gs)
     t = _as_int_array("partials", partials)
     if t.ndim != 2 or t.shape[0] < 1 or t.shape[1] < 1:
         raise APSQError(f"partials must be [n, L] with n >= 1 steps and L >= 1 lanes, got shape {t.shape}")
@@ -388,7 +388,7 @@ def layer_activity(steps: int, columns: int, gs: int, params: RAEParams) -> Acti
     """
     check_int("steps", steps, lo=1)
     check_int("columns", columns, lo=1)
-    check_int("gs", gs, lo=1, hi=NUM_BANKS)
+    check_gs(gs)
     act = Activity()
     closing = closing_steps(steps, gs)
     for _, m in _column_passes(columns, gs, params):

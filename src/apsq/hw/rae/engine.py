@@ -40,11 +40,22 @@ from amaranth.lib.wiring import In, Out
 from apsq.config import RAE_BANKS, rae_exponent_range
 from apsq.errors import APSQError, check_bits, check_int
 
-__all__ = ["RAEParams", "RAE", "NUM_BANKS", "PIPELINE_LATENCY"]
+__all__ = ["RAEParams", "RAE", "NUM_BANKS", "PIPELINE_LATENCY", "check_gs"]
 
 NUM_BANKS = RAE_BANKS
 """SRAM banks: ``gs - 1`` pending codes plus the running ``A`` -> ``gs <= 4`` (:data:`apsq.config.RAE_BANKS`,
 where every gs limit is stated)."""
+
+
+def check_gs(gs: object) -> int:
+    """``gs`` as the engine runs it: an integer in ``[1, NUM_BANKS]``. A group keeps its ``gs - 1`` pending
+    codes and its running sum in the PSUM banks, so the limit is the bank count; the error says so."""
+    try:
+        return check_int("gs", gs, lo=1, hi=NUM_BANKS)
+    except APSQError as exc:
+        raise APSQError(f"{exc}: the RAE keeps a group's gs - 1 pending codes and its running sum in its "
+                        f"{NUM_BANKS} PSUM banks, so gs is at most {NUM_BANKS}") from None
+
 
 PIPELINE_LATENCY = 3
 """Cycles from an accepted input beat to its output code: bank read, adder stage 1, adder stage 2 +
@@ -123,7 +134,7 @@ class RAEParams:
         A group needs ``gs`` banks (``gs - 1`` pending codes + ``A``), so the four banks form
         ``floor(4 / gs)`` independent sets — the PSUM storage per output is ``gs`` codes.
         """
-        check_int("gs", gs, lo=1, hi=NUM_BANKS)
+        check_gs(gs)
         return (NUM_BANKS // gs) * self.depth
 
     @property
