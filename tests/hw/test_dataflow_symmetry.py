@@ -100,6 +100,19 @@ def test_streamed_operand_without_buffer_warns():
         evaluate(w, "os", "none", 1, 8, ws)
 
 
+def test_streamed_operand_warning_once_per_comparison():
+    """``compare`` prices two columns; under Python's default filter the warning came once per column (two
+    call sites) and read "not a IS machine" (trial-accel). Once, and "an IS machine"."""
+    from apsq.hw.energy import compare
+
+    ws = load_accelerator("zigzag-tpu-like")
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("default")
+        compare(_wl(128, 768, 768), "is", 2, 8, ws)
+    msgs = [str(x.message) for x in got if "no weight buffer" in str(x.message)]
+    assert len(msgs) == 1 and "It is not an IS machine" in msgs[0]
+
+
 def test_operand_without_buffer_goes_from_dram_to_the_registers():
     # zigzag-tpu-like-is has no input SRAM: the stationary inputs are read from DRAM once per load and
     # never touch an SRAM; IS on the WS machine re-reads all weights from DRAM per input tile

@@ -71,11 +71,14 @@ def check_streamed_buffer(acc, dataflow: str) -> None:  # noqa: ANN001
     op = STREAMED_OPERAND.get(dataflow)
     if op is None or getattr(acc.buffers, op).capacity_kib > 0:
         return
+    name = dataflow.upper()
+    article = "an" if name in ("IS", "OS") else "a"
+    # stacklevel 2: one location (this function's caller), so a comparison pricing both columns warns once
     warnings.warn(
-        f"accelerator {acc.name!r} has no {op} buffer (buffers.{op}.capacity_kib = 0) but {dataflow.upper()} streams "
-        f"the {op}s: every stationary tile re-reads them from DRAM. It is not a {dataflow.upper()} machine; use one "
+        f"accelerator {acc.name!r} has no {op} buffer (buffers.{op}.capacity_kib = 0) but {name} streams "
+        f"the {op}s: every stationary tile re-reads them from DRAM. It is not {article} {name} machine; use one "
         f"that buffers the {op}s (e.g. 'zigzag-tpu-like-is' for IS on ZigZag's tpu_like)",
-        UserWarning, stacklevel=3)
+        UserWarning, stacklevel=2)
 
 
 @dataclass(frozen=True)
