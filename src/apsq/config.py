@@ -116,6 +116,23 @@ class LayerQuantConfig:
             check_bool(name, getattr(self, name))
 
 
+def unmatched_patterns(fields: list[tuple[str, str]], names: list[str],
+                       hint: Callable[[str], str | None] | None = None) -> list[str]:
+    """Each ``(field, pattern)`` (``("overrides", "encoder.*.fc1")``) that matches none of ``names`` (fnmatch),
+    as ``"<field> pattern '<pattern>' (<hint>)"``: ``hint(pattern)`` when it gives one, else the closest names.
+    One rule for ``quantize_`` (the model's layers) and the energy model (a workload's layers)."""
+    bad = []
+    for field_name, pattern in fields:
+        if any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            continue
+        extra = hint(pattern) if hint is not None else None
+        if extra is None:
+            close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.6)
+            extra = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        bad.append(f"{field_name} pattern {pattern!r}{extra}")
+    return bad
+
+
 @_named_settings_only
 @dataclass(frozen=True)
 class APSQConfig(LayerQuantConfig):

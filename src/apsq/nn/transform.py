@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import difflib
-import fnmatch
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -20,6 +18,7 @@ from torch import nn
 from apsq.device import module_device, module_dtype, to_device
 from apsq.errors import APSQError, check_int
 from apsq.nn.attention import SUPPORTED_ATTENTION, attach_attention_matmuls, is_supported_attention
+from apsq.config import unmatched_patterns
 from apsq.nn.config import APSQConfig, LayerQuantConfig
 from apsq.nn.float_reductions import FloatReduction, watch_float_reductions
 from apsq.nn.layers import (
@@ -358,19 +357,14 @@ def _check_patterns(model: nn.Module, config: APSQConfig, uses: list[_Use]) -> N
         if is_supported_attention(module):
             layers.extend((f"{name}.qk_matmul", f"{name}.av_matmul"))
     modules = {n: type(m).__name__ for n, m in model.named_modules() if n}
-    bad = []
-    for field_name, pattern in fields:
-        if any(fnmatch.fnmatchcase(n, pattern) for n in layers):
-            continue
-        hint = ""
-        if pattern in modules:
-            hint = (f" ({pattern!r} is a {modules[pattern]} without a reduction of its own; "
-                    f"{pattern + '.*'!r} covers the layers inside it)")
-        else:
-            close = difflib.get_close_matches(pattern, layers, n=3, cutoff=0.6)
-            if close:
-                hint = f" (did you mean {', '.join(repr(c) for c in close)}?)"
-        bad.append(f"{field_name} pattern {pattern!r}{hint}")
+
+    def container(pattern: str) -> str | None:
+        if pattern not in modules:
+            return None
+        return (f" ({pattern!r} is a {modules[pattern]} without a reduction of its own; "
+                f"{pattern + '.*'!r} covers the layers inside it)")
+
+    bad = unmatched_patterns(fields, layers, container)
     if bad:
         example = ", ".join(repr(n) for n in layers[:4]) or "none"
         raise APSQError(

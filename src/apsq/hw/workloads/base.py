@@ -8,7 +8,6 @@ activations, W: the second operand — weights for Linear/Conv2d, an activation 
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -17,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from apsq.config import APSQConfig
+from apsq.config import APSQConfig, unmatched_patterns
 from apsq.errors import APSQError, check_int
 
 __all__ = ["Layer", "Workload", "LAYER_KINDS", "MAX_DIM", "config_name", "config_names", "layer_config"]
@@ -102,13 +101,7 @@ def check_config_patterns(config: APSQConfig, layers: Sequence[Layer], workload:
     workload (a typo would silently price the default gs), with the closest layer names, as
     ``quantize_`` refuses it."""
     names = [n for ly in layers for n in config_names(ly.name)]
-    bad = []
-    for pattern in config.overrides:
-        if any(fnmatch.fnmatchcase(n, pattern) for n in names):
-            continue
-        close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.6)
-        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-        bad.append(f"overrides pattern {pattern!r}{hint}")
+    bad = unmatched_patterns([("overrides", p) for p in config.overrides], names)
     if bad:
         example = ", ".join(repr(n) for n in dict.fromkeys(names[:4])) or "none"
         raise APSQError(f"gs: {'; '.join(bad)} matches no layer of workload {workload!r} (fnmatch patterns on "
