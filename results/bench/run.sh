@@ -7,10 +7,15 @@ cd "$(dirname "$0")/../.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 if [ -x .venv/bin/apsq ]; then export PATH="$PWD/.venv/bin:$PATH"; fi
 
-# bench_layer.json (issue 26 A, time): with the integer kernel of 5f3d4f0 (before its AVX2 requantization,
-# vectorised packing and per-channel step conversion) as *_baseline variants in the same run (the LSQ kernel's
-# AVX2 backward is in both); the JSON's "run" entry holds the command and the load.
-python benchmarks/bench_layer.py --baseline 5f3d4f0 --reps 5 --threads 1 --ablation --minilm --minilm-reps 3 --json > results/bench/bench_layer.json
+# bench_layer.json (issue 26 A, time): with the integer kernel of 184a63c (before the 2026-12-08 backward
+# pass: flagged zero-tile blocks, register step-gradient sums, vectorised step checks) as *_baseline variants
+# in the same run; the JSON's "run" entry holds the command and the load.
+python benchmarks/bench_layer.py --baseline 184a63c --reps 5 --threads 1 --ablation --minilm --minilm-reps 3 --json > results/bench/bench_layer.json
+# bench_layer_184a63c.json: the whole of 184a63c (its Python included), right after, from a worktree of it:
+#   git worktree add /tmp/apsq-184a63c 184a63c && (cd /tmp/apsq-184a63c && PYTHONPATH=src \
+#     python benchmarks/bench_layer.py --reps 5 --threads 1 --minilm --minilm-reps 3 --json) > results/bench/bench_layer_184a63c.json
+# port_probe.json: this core's peak MAC rates for vpmaddwd, fp32 FMA and the two mixed (docs/performance.md).
+python benchmarks/port_probe.py --json results/bench/port_probe.json
 python benchmarks/bench_layer.py --reps 5 --threads 2 --json > results/bench/bench_layer_2threads.json
 # bench_correction.json: the correction pass reading the first pass's zero-tile bits, against the kernel of
 # f63c65f (it recomputed the tile dot products), in one run; 1 thread, two trainings on the other core.
