@@ -275,7 +275,7 @@ def bench_minilm(reps: int, batch: int, seq: int, device: torch.device, gs: int 
         apsq.calibrate(m, [inputs])
         models[name] = m
     from apsq.train.config import ScheduleConfig
-    from apsq.train.loop import make_optimizer
+    from apsq.train.optim import make_optimizer
 
     # the library's QAT optimizer (step sizes in their own group, as apsq train runs them)
     opts = {k: make_optimizer(m, ScheduleConfig(lr=1e-5)) for k, m in models.items()}

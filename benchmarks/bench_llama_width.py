@@ -5,7 +5,7 @@ matmuls (QK^T, AV) quantized; every Linear of the decoder layers quantized (APSQ
 W8A8, 8-bit PSUMs), embeddings and ``lm_head`` in full precision (vocabulary cut to ``--vocab``).
 Per rank: build (seeded, identical on every rank), ``quantize_``, ``fully_shard`` (each decoder layer,
 then the root), ``calibrate`` after sharding (the sharding-aware path of :mod:`apsq.nn.sharding`), and
-``--steps`` QAT steps of the library's optimizer rule (:func:`apsq.train.loop.make_optimizer`), each
+``--steps`` QAT steps of the library's optimizer rule (:func:`apsq.train.make_optimizer`), each
 rank on its own rows of the global batch.
 
 Memory per rank: peak resident set size (``ru_maxrss``, the whole process: Python, torch, the
@@ -82,7 +82,7 @@ def _worker(rank: int, args: argparse.Namespace, store: str, out: str) -> None:
     try:
         import apsq
         from apsq.train.config import ScheduleConfig
-        from apsq.train.loop import clip_grad_norms_, make_optimizer
+        from apsq.train.optim import clip_grad_norms_, make_optimizer
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 

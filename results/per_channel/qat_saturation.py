@@ -29,7 +29,7 @@ import apsq
 from apsq.kernels import int_gemm
 from apsq.train.checkpoint import read_tensors, load_model_state
 from apsq.train.config import load_config
-from apsq.train.loop import split_batch, global_batch
+from apsq.train.batches import global_batch, split_batch
 from apsq.train.models import build_model, load_tokenizer
 from apsq.train.tasks import build_task
 

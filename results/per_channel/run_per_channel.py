@@ -30,7 +30,7 @@ import apsq
 from apsq.machine import cpu_label
 from apsq.train.checkpoint import load_model_state, read_tensors
 from apsq.train.config import parse_config
-from apsq.train.loop import global_batch
+from apsq.train.batches import global_batch
 from apsq.train.models import build_model, load_tokenizer
 from apsq.train.tasks import build_task
 

@@ -13,7 +13,8 @@ import torch
 import apsq
 from apsq.train.checkpoint import load_model_state, read_tensors
 from apsq.train.config import load_config, parse_config
-from apsq.train.loop import split_batch, evaluate, global_batch
+from apsq.train.batches import global_batch, split_batch
+from apsq.train.evaluation import evaluate
 from apsq.train.models import build_model, load_tokenizer
 from apsq.train.tasks import build_task
 

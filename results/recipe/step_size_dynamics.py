@@ -3,7 +3,7 @@
 Runs the same QAT + KD steps of all-MiniLM-L6-v2 (APSQ gs=2, INT8 PSUMs) on the movie-review
 sentences twice from one calibrated state: with the old optimizer rule (AdamW eps 1e-8 for every
 group, one clip of the global gradient norm at 1.0 shared by weights and step sizes) and with the
-library's rule (:func:`apsq.train.loop.param_groups` + :func:`clip_grad_norms_`). Records per step
+library's rule (:func:`apsq.train.param_groups` + :func:`clip_grad_norms_`). Records per step
 the gradient norms of the weights and of the ``log2`` step sizes, the clip factor, the typical
 step-size gradient against Adam's eps, and how far the ``log2`` steps moved.
 
@@ -21,15 +21,9 @@ import torch
 
 import apsq
 from apsq.train.config import parse_config
-from apsq.train.loop import (
-    split_batch,
-    clip_grad_norms_,
-    distill_loss,
-    global_batch,
-    is_step_size,
-    make_optimizer,
-    param_groups,
-)
+from apsq.train.batches import global_batch, split_batch
+from apsq.train.losses import distill_loss
+from apsq.train.optim import clip_grad_norms_, is_step_size, make_optimizer, param_groups
 from apsq.train.models import build_model, load_tokenizer
 from apsq.train.tasks import build_task
 

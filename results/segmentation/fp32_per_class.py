@@ -23,7 +23,8 @@ def main() -> None:
     from apsq.data.segmentation import DIGIT_SCENES_CLASSES, IGNORE_INDEX
     from apsq.train.checkpoint import load_model_state, read_tensors
     from apsq.train.config import parse_config
-    from apsq.train.loop import logits_of, split_batch
+    from apsq.train.batches import split_batch
+    from apsq.train.losses import logits_of
     from apsq.train.models import build_model
     from apsq.train.segmentation import area_counts, resize_logits, segmentation_metrics
     from apsq.train.tasks import build_task

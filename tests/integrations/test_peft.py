@@ -15,7 +15,7 @@ from apsq.integrations import peft as apsq_peft
 from apsq.nn import QuantLinear
 from apsq.quant.search import best_pow2_exponent
 from apsq.train.config import ScheduleConfig
-from apsq.train.loop import make_optimizer
+from apsq.train.optim import make_optimizer
 
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")

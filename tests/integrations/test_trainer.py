@@ -13,7 +13,9 @@ import apsq
 from apsq.errors import APSQError
 from apsq.integrations.transformers import APSQTrainer, StepSizeWarning
 from apsq.train.config import DistillConfig, ScheduleConfig, TrainConfig
-from apsq.train.loop import global_batch, make_optimizer, run_steps
+from apsq.train.batches import global_batch
+from apsq.train.loop import run_steps
+from apsq.train.optim import make_optimizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -176,8 +178,8 @@ def test_distilling_a_classifier_needs_labels(tmp_path):
 
 def test_the_optimizer_rule_is_public():
     import apsq.train as t
-    from apsq.train import loop
+    from apsq.train import optim
 
     for name in ("make_optimizer", "param_groups", "lr_factor", "clip_grad_norms_"):
-        assert name in t.__all__ and getattr(t, name) is getattr(loop, name)
+        assert name in t.__all__ and getattr(t, name) is getattr(optim, name)
     assert "ScheduleConfig" in t.__all__ and t.ScheduleConfig is ScheduleConfig

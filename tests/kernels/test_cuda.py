@@ -186,8 +186,9 @@ def test_setup_variants_and_a2q_follow_a_float64_model(digits_setup_files):
 
 
 def test_train_loop_sends_every_batch_to_the_accelerators_device(tmp_path, monkeypatch):
-    """`apsq train`'s loop: a spy on to_device sees every batch go to the run's device."""
-    from apsq.train import loop
+    """`apsq train`'s loop: a spy on to_device sees every batch go to the run's device (batches moved by
+    split_batch, teacher inputs by the loop itself)."""
+    from apsq.train import batches, loop
     from apsq.train.config import parse_config
 
     seen = []
@@ -198,6 +199,7 @@ def test_train_loop_sends_every_batch_to_the_accelerators_device(tmp_path, monke
         return real(batch, device, dtype)
 
     monkeypatch.setattr(loop, "to_device", spy)
+    monkeypatch.setattr(batches, "to_device", spy)
     res = loop.train(parse_config(_digits_cfg()), tmp_path / "run", progress=False)
     dev = module_device(res["model"])
     assert len(seen) >= 6 and set(seen) == {dev}

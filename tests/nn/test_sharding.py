@@ -62,7 +62,7 @@ def _steps(model: nn.Module) -> dict[str, torch.Tensor]:
 def _qat(model: nn.Module, rank: int = 0, world: int = 1) -> list[float]:
     """``STEPS`` steps of the library's optimizer rule; rank r takes rows r::world of each global batch."""
     from apsq.train.config import ScheduleConfig
-    from apsq.train.loop import clip_grad_norms_, make_optimizer
+    from apsq.train.optim import clip_grad_norms_, make_optimizer
 
     opt = make_optimizer(model, ScheduleConfig(lr=1e-3, scale_lr=0.2, steps=STEPS))
     losses = []
@@ -101,7 +101,7 @@ def _bf16_mlp() -> tuple[nn.Module, torch.Tensor]:
 def _bf16_qat(m: nn.Module, x: torch.Tensor, rank: int = 0, world: int = 1) -> list[float]:
     """3 steps on the mean of per-rank half-batch losses (one process: both halves, averaged)."""
     from apsq.train.config import ScheduleConfig
-    from apsq.train.loop import make_optimizer
+    from apsq.train.optim import make_optimizer
 
     apsq.calibrate(m, [x])
     opt = make_optimizer(m, ScheduleConfig(lr=1e-3, scale_lr=0.2))

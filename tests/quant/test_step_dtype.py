@@ -22,7 +22,7 @@ from apsq.device import module_dtype
 from apsq.nn.psum_quantizer import PSUMQuantizer
 from apsq.quant.lsq import LSQQuantizer
 from apsq.train.config import ScheduleConfig
-from apsq.train.loop import is_step_size, make_optimizer
+from apsq.train.optim import is_step_size, make_optimizer
 
 CASTS = {
     "bf16": lambda m: m.to(torch.bfloat16),

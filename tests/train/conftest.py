@@ -6,9 +6,7 @@ import random
 from pathlib import Path
 
 import pytest
-
-WORDS_POS = "good great moving funny brilliant charming smart warm lovely superb".split()
-WORDS_NEG = "bad dull boring awful flat tedious messy weak stale clumsy".split()
+from standin_words import WORDS_NEG, WORDS_POS
 
 
 def write_standin(path: Path, n: int = 240, seed: int = 0) -> Path:

@@ -12,7 +12,7 @@ from apsq.train.config import parse_config
 from apsq.train.loop import train
 from apsq.train.models import build_model, load_tokenizer
 
-from conftest import WORDS_NEG, WORDS_POS
+from standin_words import WORDS_NEG, WORDS_POS
 
 
 def _save_decoder(folder, eos: bool = True):

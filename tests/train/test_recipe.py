@@ -11,16 +11,8 @@ from torch import nn
 
 import apsq
 from apsq.train.config import QATConfig, parse_config
-from apsq.train.loop import (
-    STEP_SIZE_EPS,
-    cached_fp32_accuracy,
-    clip_grad_norms_,
-    eval_key,
-    lr_factor,
-    make_optimizer,
-    param_groups,
-    train,
-)
+from apsq.train.loop import cached_fp32_accuracy, eval_key, train
+from apsq.train.optim import STEP_SIZE_EPS, clip_grad_norms_, lr_factor, make_optimizer, param_groups
 
 
 def _quantized_layer(seed: int = 0) -> tuple[nn.Module, torch.Tensor]:

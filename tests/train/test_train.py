@@ -13,7 +13,10 @@ import yaml
 
 from apsq.errors import APSQError
 from apsq.train.config import parse_config
-from apsq.train.loop import distill_loss, global_batch, lr_factor, param_groups, train
+from apsq.train.batches import global_batch
+from apsq.train.loop import train
+from apsq.train.losses import distill_loss
+from apsq.train.optim import lr_factor, param_groups
 
 
 class Crash(RuntimeError):

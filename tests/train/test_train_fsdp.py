@@ -93,7 +93,7 @@ def test_fsdp2_train_resumes_bit_identically_and_loads_into_one_process(tmp_path
     import apsq
     from apsq.train.checkpoint import load_model_state
     from apsq.train.config import TrainConfig
-    from apsq.train.loop import evaluate
+    from apsq.train.evaluation import evaluate
     from apsq.train.models import build_model, load_tokenizer
     from apsq.train.tasks import build_task
 

@@ -104,12 +104,13 @@ def qat_kd(model: nn.Module, teacher: nn.Module, setup: Setup, steps: int,
            progress: Callable[[str], None] | None = None) -> nn.Module:
     """``steps`` steps of KD (+CE) from ``teacher`` with the setup config's ``qat``/``distill`` settings,
     through the library's one training loop (:func:`apsq.train.loop.run_steps`) and optimizer rule
-    (:func:`apsq.train.loop.make_optimizer`); quantizer parameters (brevitas names them with
+    (:func:`apsq.train.make_optimizer`); quantizer parameters (brevitas names them with
     ``quant``, ours ``log2_scale``) get the step-size group (``qat.scale_lr``).
 
     Runs on ``model``'s device (the teacher is moved there); each batch reaches the student and the
     teacher in their own floating dtypes (:func:`apsq.device.to_device`). Returns ``model`` in eval mode."""
-    from apsq.train.loop import is_step_size, make_optimizer, run_steps
+    from apsq.train.loop import run_steps
+    from apsq.train.optim import is_step_size, make_optimizer
 
     cfg = setup.cfg
     sched = cfg.qat.model_copy(update={"steps": steps})
@@ -144,7 +145,7 @@ def build_variant(setup: Setup, spec: dict[str, Any]) -> nn.Module:
         a2q_calibrate(m, setup.calib)
     elif spec["kind"] == "apsq":
         apsq.quantize_(m, APSQSection.model_validate(spec["apsq"]).to_apsq_config())
-        from apsq.train.loop import freeze_unused_psum_scales
+        from apsq.train.optim import freeze_unused_psum_scales
 
         freeze_unused_psum_scales(m)
         apsq.calibrate(m, setup.calib)

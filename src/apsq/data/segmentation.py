@@ -120,7 +120,7 @@ class SegmentationBatches:
     (int64, :data:`IGNORE_INDEX` where ignored). Training (``train=True``): random-scale crops of
     ``pipeline.crop`` (H = H' = crop). Evaluation: the keep-ratio resized image and the original labels;
     when the images of ``idx`` differ in size, ``variable_size`` is True and the caller must take one row
-    per batch (:func:`apsq.train.loop.evaluate` does).
+    per batch (:func:`apsq.train.evaluate` does).
 
     Raises:
         APSQError: no rows, or a row whose image is not HxWx3 uint8-like or whose annotation is not HxW.

@@ -146,11 +146,11 @@ def _batches(seqs: Sequence[list[int]], batch: int, steps: int, seed: int):
 def _train(model: nn.Module, seqs, s: LLMSettings, pad: int, steps: int, teacher: nn.Module | None = None,
            desc: str = "train", progress: bool = True) -> None:
     from apsq.train.config import ScheduleConfig
-    from apsq.train.loop import clip_grad_norms_, lr_factor, make_optimizer
+    from apsq.train.optim import clip_grad_norms_, lr_factor, make_optimizer
 
     sched = ScheduleConfig(steps=steps, batch_size=s.batch_size, lr=s.lr if teacher is None else s.qat_lr,
                            scale_lr=s.scale_lr, weight_decay=0.0, warmup=0.1)
-    opt = make_optimizer(model, sched)  # the library's one rule (apsq.train.loop.param_groups)
+    opt = make_optimizer(model, sched)  # the library's one rule (apsq.train.param_groups)
     device = module_device(model)
     model.train()
     for step, seq in enumerate(tqdm(_batches(seqs, s.batch_size, steps, s.seed + 1), total=steps, desc=desc,

@@ -34,7 +34,7 @@ class Setup:
     def __init__(self, cfg: TrainConfig, fp32: str | Path | None, eval_limit: int | None = None,
                  calib_batches: int | None = None, device: str | torch.device | None = "auto") -> None:
         from apsq.train.checkpoint import load_model_state, read_tensors
-        from apsq.train.loop import global_batch
+        from apsq.train.batches import global_batch
         from apsq.train.models import build_model, load_tokenizer
 
         self.cfg = cfg

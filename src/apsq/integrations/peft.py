@@ -3,7 +3,7 @@
 * **QLoRA-style training** (a frozen quantized base, float adapters): ``apsq.quantize_`` + ``calibrate``,
   ``model.requires_grad_(False)``, then ``peft.get_peft_model(model, LoraConfig(...))``. PEFT wraps the
   quantized Linear layers (``QuantLinear`` is an ``nn.Linear``); their steps stay fixed and the adapters
-  train in full precision (``apsq.train.loop.make_optimizer`` puts them in its weight groups).
+  train in full precision (``apsq.train.make_optimizer`` puts them in its weight groups).
 * **LoRA first, then** ``quantize_``: the adapters (every module in a PEFT layer's ``lora_A`` / ``lora_B``
   / ... containers) are never quantized; ``model.apsq_report.skipped`` lists each container as left alone
   by design. (Before issue 22 they were quantized from their zero initialisation and output exactly 0.)

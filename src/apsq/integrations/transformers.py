@@ -43,7 +43,8 @@ from apsq.nn import APSQConfig, calibrate, quant_layers, quantize_
 from apsq.nn.transform import QUANT_METHOD
 from apsq.train.config import DistillConfig, ScheduleConfig, TrainConfig
 from apsq.nn.optim_check import StepSizeWarning
-from apsq.train.loop import clip_grad_norms_, distill_loss, logits_of, lr_factor
+from apsq.train.losses import distill_loss, logits_of
+from apsq.train.optim import clip_grad_norms_, lr_factor
 
 __all__ = ["APSQHfConfig", "APSQHfQuantizer", "APSQTrainer", "StepSizeWarning", "QUANT_METHOD"]
 
@@ -147,19 +148,19 @@ class APSQTrainer(Trainer):
     """``transformers.Trainer`` with apsq's QAT recipe -- the same optimizer, schedule, clipping and
     losses as ``apsq train`` (:func:`apsq.train.loop.run_steps`), so the step sizes learn.
 
-    * Optimizer: :func:`apsq.train.loop.make_optimizer` (the library's one rule, ``param_groups``):
+    * Optimizer: :func:`apsq.train.make_optimizer` (the library's one rule, ``param_groups``):
       weights at ``args.learning_rate`` with ``args.weight_decay``; biases and norms without decay; the
       ``log2`` step sizes in their own group at ``scale_lr`` (default 0.2), ``eps`` 1e-20, no decay.
-    * Schedule: :func:`apsq.train.loop.lr_factor` (linear warm-up over ``args.warmup_steps`` -- a count,
+    * Schedule: :func:`apsq.train.lr_factor` (linear warm-up over ``args.warmup_steps`` -- a count,
       or a fraction when < 1 -- then linear decay to 0), per group.
-    * Clipping: weights and step sizes clipped apart (:func:`apsq.train.loop.clip_grad_norms_`, each at
+    * Clipping: weights and step sizes clipped apart (:func:`apsq.train.clip_grad_norms_`, each at
       norm 1) right before every optimizer step; Trainer's own global clipping (``max_grad_norm``) is
       turned off, since it would scale the step sizes' small gradients by the weights' norm.
     * Calibration: before the first step, if any step is not initialised (a freshly quantized model),
       :func:`apsq.calibrate` on the first ``calibration_batches`` training batches (labels dropped).
       A model whose steps are initialised (loaded from a checkpoint, calibrated, resumed) is never
       re-calibrated.
-    * Distillation (``teacher``, optional): the loss of :func:`apsq.train.loop.distill_loss` with
+    * Distillation (``teacher``, optional): the loss of :func:`apsq.train.distill_loss` with
       ``distill`` (:class:`apsq.train.config.DistillConfig`) against the frozen teacher. Classifier
       logits ``[B, C]`` use it as ``apsq train`` does; token logits ``[B, S, V]`` (causal LMs) use its KD
       term over the real tokens (``attention_mask``) plus ``ce_weight`` times the model's own loss.
@@ -221,7 +222,7 @@ class APSQTrainer(Trainer):
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         if self.optimizer is None:
-            from apsq.train.loop import make_optimizer
+            from apsq.train.optim import make_optimizer
 
             opt_model = self._model() if model is None else model
             opt = make_optimizer(opt_model, self.schedule(max(1, self.args.max_steps)))

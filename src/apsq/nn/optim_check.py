@@ -7,7 +7,7 @@ them, and a group shared with the weights gives them the weights' learning rate.
 (issue 22). :func:`watch` tags a quantized model's step-size parameters on each training-mode call;
 a global optimizer step pre-hook then warns once per optimizer (:class:`StepSizeWarning`) whose groups
 hold tagged step sizes together with other parameters or with ``eps >= 1e-12``. apsq's own rule
-(``apsq.train.loop.param_groups``: one group of step sizes, ``eps = 1e-20``) never warns.
+(``apsq.train.param_groups``: one group of step sizes, ``eps = 1e-20``) never warns.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def _check(opt: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, 
                 f"{type(opt).__name__}: apsq's quantizer step sizes (log2_scale / log2_scales) {why}; they will "
                 "barely move (a plain HF Trainer moved 0 of 111 MiniLM step sizes by half an exponent in 30 steps: "
                 "results/trainer_step_sizes). Use "
-                "apsq.train.loop.make_optimizer(model, schedule) or apsq.integrations.transformers.APSQTrainer",
+                "apsq.train.make_optimizer(model, schedule) or apsq.integrations.transformers.APSQTrainer",
                 StepSizeWarning, stacklevel=3)
             return
 

@@ -21,20 +21,23 @@ _LAZY = {
     "TrainConfig": "apsq.train.config",
     "ScheduleConfig": "apsq.train.config",
     "DistillConfig": "apsq.train.config",
-    "make_optimizer": "apsq.train.loop",
-    "param_groups": "apsq.train.loop",
-    "lr_factor": "apsq.train.loop",
-    "clip_grad_norms_": "apsq.train.loop",
-    "distill_loss": "apsq.train.loop",
+    "make_optimizer": "apsq.train.optim",
+    "param_groups": "apsq.train.optim",
+    "lr_factor": "apsq.train.optim",
+    "clip_grad_norms_": "apsq.train.optim",
+    "distill_loss": "apsq.train.losses",
     "load_config": "apsq.train.config",
     "parse_config": "apsq.train.config",
-    "evaluate": "apsq.train.loop",
+    "evaluate": "apsq.train.evaluation",
     "train": "apsq.train.loop",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from apsq.train.config import DistillConfig, ScheduleConfig, TrainConfig, load_config, parse_config
-    from apsq.train.loop import clip_grad_norms_, distill_loss, evaluate, lr_factor, make_optimizer, param_groups, train
+    from apsq.train.evaluation import evaluate
+    from apsq.train.loop import train
+    from apsq.train.losses import distill_loss
+    from apsq.train.optim import clip_grad_norms_, lr_factor, make_optimizer, param_groups
 
 
 def __getattr__(name: str) -> Any:

@@ -155,7 +155,7 @@ class QATConfig(ScheduleConfig):
     """QAT schedule. Defaults: the recipe of ``docs/training-recipe.md`` — weights at ``lr = 3e-5``, the
     ``log2`` step sizes at ``scale_lr = 0.2`` (an exponent changes only after its ``log2`` parameter
     moved by 0.5, and Adam moves it by at most ``scale_lr`` per step), no weight decay on step sizes,
-    clipped apart from the weights (:func:`apsq.train.loop.param_groups`)."""
+    clipped apart from the weights (:func:`apsq.train.param_groups`)."""
 
     lr: float = Field(3e-5, gt=0, le=100)
     scale_lr: float = Field(0.2, gt=0, le=100)

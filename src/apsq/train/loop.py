@@ -13,10 +13,14 @@ Run layout in ``output``:
   :mod:`apsq.integrations.transformers` imported) or ``apsq eval`` load it quantized, bit for bit.
 
 Determinism: the global batch of step ``t`` is a fixed slice of seeded permutations of the training
-set, and the RNG is reseeded from ``(seed, stage, t, rank)`` before every step, so a resumed run
-repeats exactly the steps an uninterrupted one would take (same batches, same dropout masks).
-With ``P`` processes every process takes ``batch_size / P`` rows of the global batch and
-gradients are averaged by DDP.
+set, and the RNG is reseeded from ``(seed, stage, t, rank)`` before every step
+(:mod:`apsq.train.batches`), so a resumed run repeats exactly the steps an uninterrupted one would take
+(same batches, same dropout masks). With ``P`` processes every process takes ``batch_size / P`` rows of
+the global batch and gradients are averaged by DDP.
+
+The pieces it runs live beside it: the optimizer rule (:mod:`apsq.train.optim`), the losses
+(:mod:`apsq.train.losses`), evaluation (:mod:`apsq.train.evaluation`); this module holds the one step
+loop (:func:`run_steps`) and the run around it (:func:`train`: stages, checkpoints, metrics, export).
 """
 
 from __future__ import annotations
@@ -32,13 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from apsq.data.fileio import FolderLock, atomic_write_with, remove_orphan_temps
 from apsq.device import module_device, module_dtype, to_device
 from apsq.errors import APSQError
+from apsq.train.batches import global_batch, split_batch, step_seed
 from apsq.train.checkpoint import (
     atomic_save_tensors,
     atomic_write_text,
@@ -48,139 +52,21 @@ from apsq.train.checkpoint import (
     read_tensors,
 )
 from apsq.train.config import ScheduleConfig, TrainConfig
+from apsq.train.evaluation import evaluate, evaluate_glue, evaluate_segmentation
+from apsq.train.losses import distill_loss, logits_of, task_loss
+from apsq.train.optim import clip_grad_norms_, freeze_unused_psum_scales, lr_factor, make_optimizer
+from apsq.train.segmentation import SegMetrics
 from apsq.train.sharded import fsdp_requested, full_state, full_value, shard
-from apsq.train.segmentation import (
-    SegMetrics,
-    area_counts,
-    pixel_cross_entropy,
-    pixel_distillation,
-    resize_logits,
-    segmentation_metrics,
-)
 from apsq.train.tasks import BatchSource, Task, build_task
 
 STAGES = ("finetune", "qat")
-SCALE_PARAM_NAMES = ("log2_scale", "log2_scales")
 CKPT, FP32, METRICS, RESULT = "checkpoint.safetensors", "fp32.safetensors", "metrics.jsonl", "result.json"
 HF_EXPORT = "hf"
 
 StepHook = Callable[[str, int], None]
 
 
-# --- small pure helpers ------------------------------------------------------------------------
-def step_seed(seed: int, stage: str, step: int, rank: int = 0) -> int:
-    """The RNG seed of one step (a hash, so nearby steps are unrelated)."""
-    h = hashlib.sha256(f"{seed}:{stage}:{step}:{rank}".encode()).hexdigest()
-    return int(h[:15], 16)
-
-
-def global_batch(n: int, batch: int, step: int, seed: int, stage: str) -> list[int]:
-    """Row indices of global batch ``step``: consecutive slices of seeded permutations (one per epoch)."""
-    out: list[int] = []
-    pos = step * batch
-    while len(out) < batch:
-        epoch, off = divmod(pos, n)
-        g = torch.Generator().manual_seed(step_seed(seed, stage, -1 - epoch))
-        perm = torch.randperm(n, generator=g)
-        take = min(batch - len(out), n - off)
-        out.extend(perm[off: off + take].tolist())
-        pos += take
-    return out
-
-
-def lr_factor(step: int, sched: ScheduleConfig) -> float:
-    """Linear warm-up over ``warmup * steps`` steps, then linear decay to 0."""
-    warm = int(sched.warmup * sched.steps)
-    if step < warm:
-        return (step + 1) / warm
-    return max(0.0, (sched.steps - step) / max(1, sched.steps - warm))
-
-
-STEP_SIZE_EPS = 1e-20
-"""Adam's ``eps`` for the step-size group. A ``log2`` step's gradient is LSQ's (scaled by
-``1/sqrt(numel * qp)``, Esser et al. 2020, Eq. 4) times ``s * ln 2``: 1e-9..1e-6 on MiniLM, at or
-below AdamW's default ``eps = 1e-8``, which would then shrink its update instead of normalising it."""
-
-MAX_GRAD_NORM = 1.0
-"""Gradient-norm limit of each clip group: the weights (with biases and norms) together, the step
-sizes on their own."""
-
-
-def is_step_size(name: str) -> bool:
-    """Whether parameter ``name`` is a quantizer's ``log2`` step size (``log2_scale`` / ``log2_scales``)."""
-    return name.rsplit(".", 1)[-1] in SCALE_PARAM_NAMES
-
-
-def param_groups(model: nn.Module, sched: ScheduleConfig,
-                 step_size: Callable[[str], bool] = is_step_size) -> list[dict[str, Any]]:
-    """AdamW parameter groups, the one rule every trainer in apsq uses.
-
-    ``step_size(name)`` says which parameters are quantizer step sizes (default :func:`is_step_size`;
-    other quantizer libraries name theirs differently).
-
-    * ``weights``: matrices, ``lr``, ``weight_decay``;
-    * ``no_decay``: biases and norms, ``lr``, no decay;
-    * ``step_sizes``: the quantizers' ``log2`` step sizes, ``scale_lr``, no decay, ``eps`` =
-      :data:`STEP_SIZE_EPS` (their gradients are far smaller than AdamW's default 1e-8).
-
-    Each group carries ``base_lr`` (the schedule multiplies it), ``max_grad_norm`` and ``clip_group``:
-    :func:`clip_grad_norms_` clips the weights (both weight groups together) and the step sizes
-    separately, so the weights' large gradient norm never scales the step sizes' gradients down.
-    ``lr`` is set to ``base_lr``. Groups without parameters are left out.
-    """
-    decay, no_decay, scales = [], [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if step_size(name):
-            scales.append(p)
-        elif p.dim() < 2 or "LayerNorm" in name or "norm" in name.lower():
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    groups = [
-        {"params": decay, "weight_decay": sched.weight_decay, "base_lr": sched.lr, "name": "weights",
-         "max_grad_norm": MAX_GRAD_NORM, "clip_group": "weights"},
-        {"params": no_decay, "weight_decay": 0.0, "base_lr": sched.lr, "name": "no_decay",
-         "max_grad_norm": MAX_GRAD_NORM, "clip_group": "weights"},
-        {"params": scales, "weight_decay": 0.0, "base_lr": sched.scale_lr, "name": "step_sizes",
-         "eps": STEP_SIZE_EPS, "max_grad_norm": MAX_GRAD_NORM, "clip_group": "step_sizes"},
-    ]
-    return [{**g, "lr": g["base_lr"]} for g in groups if g["params"]]
-
-
-def make_optimizer(model: nn.Module, sched: ScheduleConfig,
-                   step_size: Callable[[str], bool] = is_step_size) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` (``lr`` per group; the schedule scales ``base_lr``)."""
-    return torch.optim.AdamW(param_groups(model, sched, step_size), lr=sched.lr)
-
-
-def clip_grad_norms_(groups: list[dict[str, Any]], clip: Callable[..., Any] | None = None) -> dict[str, float]:
-    """Clip the gradients of each ``clip_group`` (groups sharing the name are clipped together) to
-    its ``max_grad_norm``; groups without ``max_grad_norm`` are not clipped. Returns the total norms
-    before clipping by clip group. ``clip(params, max_norm)`` defaults to
-    :func:`torch.nn.utils.clip_grad_norm_` (pass ``accelerator.clip_grad_norm_`` under DDP)."""
-    clip = clip or torch.nn.utils.clip_grad_norm_
-    members: dict[str, tuple[float, list[torch.Tensor]]] = {}
-    for i, g in enumerate(groups):
-        if g.get("max_grad_norm") is None:
-            continue
-        key = str(g.get("clip_group", g.get("name", i)))
-        _, params = members.setdefault(key, (float(g["max_grad_norm"]), []))
-        params.extend(g["params"])
-    return {key: float(clip(params, limit)) for key, (limit, params) in members.items()}
-
-
-def freeze_unused_psum_scales(model: nn.Module) -> None:
-    """PSUM step sizes of ``mode: none`` layers take no part in the forward pass: freeze them (DDP
-    requires every trainable parameter to get a gradient)."""
-    from apsq.nn.psum_quantizer import PSUMQuantizer
-
-    for m in model.modules():
-        if isinstance(m, PSUMQuantizer) and m.mode == "none":
-            m.log2_scales.requires_grad_(False)
-
-
+# --- run helpers ------------------------------------------------------------------------------
 def eval_key(cfg: TrainConfig) -> str:
     """Hash of what an FP32 model's accuracy depends on besides its weights: the model settings and
     the evaluation data (not the training subset, schedule or seed)."""
@@ -208,150 +94,6 @@ def check_init(cfg: TrainConfig) -> None:
             f"run the full-precision config (`apsq: null`) first with `--output {folder}`")
     raise APSQError(f"finetune.init: checkpoint {init} does not exist; it is the fp32.safetensors of a "
                     f"full-precision run: {hint}. Nothing was written.")
-
-
-def logits_of(out: Any) -> torch.Tensor:
-    """The logits of a model output (a tensor or an object with ``.logits``), in float32 when they are
-    bf16 / fp16 (mixed precision or a half-precision model): losses are computed in float32."""
-    x = out if isinstance(out, torch.Tensor) else out.logits
-    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
-
-
-def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy for class labels (int; per labelled pixel for segmentation labels ``[B, H, W]``,
-    :func:`apsq.train.segmentation.pixel_cross_entropy`); mean-squared error of the single output for
-    real-valued labels (a regression such as GLUE STS-B: float labels, ``logits [B, 1]``)."""
-    if labels.is_floating_point():
-        return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
-    if labels.dim() == 3:
-        return pixel_cross_entropy(logits, labels)
-    return F.cross_entropy(logits, labels)
-
-
-def distill_loss(student: Any, teacher: Any, labels: torch.Tensor, cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    """``kd * T^2 KL(p_t || p_s) + ce * CE(s, y) + hidden * mean_l MSE(h_s^l, h_t^l)`` (Hinton et al. 2015).
-
-    A regression (float ``labels``): ``kd`` is the mean-squared error between the student's and the
-    teacher's outputs (no temperature) and ``ce`` the mean-squared error with the labels (:func:`task_loss`).
-    Segmentation logits ``[B, C, h, w]``: the KL per logit pixel (:func:`apsq.train.segmentation.pixel_distillation`)."""
-    d = cfg.distill
-    s, t = logits_of(student), logits_of(teacher).detach()
-    temp = d.temperature
-    if labels.is_floating_point():
-        kd = F.mse_loss(s, t)
-    elif s.dim() == 4:
-        kd = pixel_distillation(s, t, temp)
-    else:
-        kd = F.kl_div(F.log_softmax(s / temp, -1), F.log_softmax(t / temp, -1), log_target=True,
-                      reduction="batchmean") * temp * temp
-    parts = {"kd": kd}
-    total = d.kd_weight * kd
-    if d.ce_weight > 0:
-        parts["ce"] = task_loss(s, labels)
-        total = total + d.ce_weight * parts["ce"]
-    if d.hidden_weight > 0:
-        hs, ht = student.hidden_states, teacher.hidden_states
-        parts["hidden"] = torch.stack([F.mse_loss(a, b.detach()) for a, b in zip(hs, ht)]).mean()
-        total = total + d.hidden_weight * parts["hidden"]
-    parts["loss"] = total
-    return parts
-
-
-def split_batch(batch: dict[str, torch.Tensor], device: torch.device | str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """``(model inputs, labels)`` of a batch, moved to ``device`` (:func:`apsq.device.to_device`)."""
-    moved = to_device(dict(batch), device)
-    labels = moved.pop("labels")
-    return moved, labels
-
-
-@torch.no_grad()
-def lockstep_batches(n: int, world: int, batch_size: int) -> int:
-    """Batches every rank runs when ``n`` rows are dealt round-robin over ``world`` ranks: the same
-    number on each (a sharded FSDP2 model's forward is a collective; a rank short of rows repeats a
-    row, uncounted)."""
-    return -(-(-(-n // world)) // batch_size)
-
-
-def evaluate(model: nn.Module, data: BatchSource, batch_size: int = 64, rank: int = 0, world: int = 1,
-             device: torch.device | str = "cpu", reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-             desc: str = "eval", progress: bool = True, lockstep: bool = False) -> float:
-    """Accuracy (fraction) of ``model`` on ``data``; rows are sharded over ``world`` processes
-    (``lockstep``: :func:`lockstep_batches` forwards on every rank)."""
-    was = model.training
-    model.eval()
-    mine = list(range(rank, len(data), world))
-    lengths = getattr(data, "lengths", None)
-    if lengths is not None:  # similar lengths batched together: less padding, same accuracy
-        lens = lengths()
-        mine.sort(key=lambda i: lens[i])
-    counts = torch.zeros(2, dtype=torch.float64, device=device)
-    n_batches = lockstep_batches(len(data), world, batch_size) if lockstep else -(-len(mine) // batch_size)
-    for b in tqdm(range(n_batches), desc=desc, disable=not progress, leave=False):
-        rows = mine[b * batch_size: (b + 1) * batch_size]
-        inputs, labels = split_batch(data.batch(rows or [0]), torch.device(device))
-        pred = logits_of(model(**inputs)).argmax(-1)
-        if rows:
-            counts[0] += (pred == labels).sum()
-            counts[1] += labels.numel()
-    if reduce is not None:
-        counts = reduce(counts)
-    model.train(was)
-    return float(counts[0] / counts[1])
-
-
-@torch.no_grad()
-def evaluate_glue(model: nn.Module, data: BatchSource, task: str, batch_size: int = 64, rank: int = 0, world: int = 1,
-                  device: torch.device | str = "cpu", gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                  desc: str = "eval", progress: bool = True, lockstep: bool = False) -> dict[str, float]:
-    """GLUE's official metrics of ``task`` (:func:`apsq.train.glue.glue_metrics`, with ``score``) of
-    ``model`` on ``data``: predicted classes (argmax) or, for STS-B, the single output. Rows are sharded
-    over ``world`` processes and the predictions collected with ``gather`` (accelerate's; stacks the
-    ranks' equal-sized tensors); ``lockstep`` as in :func:`evaluate`."""
-    from apsq.train.glue import glue_metrics
-
-    was = model.training
-    model.eval()
-    mine = list(range(rank, len(data), world))
-    per = -(-len(data) // world)
-    rows = torch.full((per, 3), -1.0, dtype=torch.float64, device=device)  # row, prediction, label
-    n_batches = lockstep_batches(len(data), world, batch_size) if lockstep else -(-len(mine) // batch_size)
-    for b in tqdm(range(n_batches), desc=desc, disable=not progress, leave=False):
-        i, take = b * batch_size, mine[b * batch_size: (b + 1) * batch_size]
-        inputs, labels = split_batch(data.batch(take or [0]), torch.device(device))
-        out = logits_of(model(**inputs))
-        if not take:
-            continue
-        pred = out.squeeze(-1) if labels.is_floating_point() else out.argmax(-1)
-        rows[i: i + len(take)] = torch.stack([torch.as_tensor(take, dtype=torch.float64, device=device),
-                                              pred.double(), labels.double()], -1)
-    allr = (gather(rows) if gather is not None else rows).cpu().reshape(-1, 3)
-    allr = allr[allr[:, 0] >= 0]
-    allr = allr[allr[:, 0].argsort()]
-    model.train(was)
-    return glue_metrics(task, allr[:, 1].numpy(), allr[:, 2].numpy())
-
-
-@torch.no_grad()
-def evaluate_segmentation(model: nn.Module, data: BatchSource, num_classes: int, batch_size: int = 64, rank: int = 0,
-                          world: int = 1, device: torch.device | str = "cpu",
-                          reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, desc: str = "eval",
-                          progress: bool = True) -> SegMetrics:
-    """mIoU and pixel accuracy (:func:`apsq.train.segmentation.segmentation_metrics`) of ``model`` on
-    ``data``: logits resized to each row's labels, areas summed over the whole set (and over the
-    ``world`` processes by ``reduce``). Rows of different sizes (``data.variable_size``) go one per batch."""
-    was = model.training
-    model.eval()
-    mine = list(range(rank, len(data), world))
-    step = 1 if getattr(data, "variable_size", False) else batch_size
-    counts = torch.zeros(4, num_classes, dtype=torch.float64, device=device)
-    for i in tqdm(range(0, len(mine), step), desc=desc, disable=not progress, leave=False):
-        inputs, labels = split_batch(data.batch(mine[i: i + step]), torch.device(device))
-        pred = resize_logits(logits_of(model(**inputs)), labels).argmax(1)
-        counts += area_counts(pred, labels, num_classes).to(counts.device)
-    if reduce is not None:
-        counts = reduce(counts)
-    model.train(was)
-    return segmentation_metrics(counts.cpu())
 
 
 def run_steps(model: nn.Module, opt: torch.optim.Optimizer, data: BatchSource, sched: ScheduleConfig,
