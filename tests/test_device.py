@@ -90,16 +90,16 @@ def test_module_device_and_dtype():
 
 
 def test_calibrate_sends_batches_through_to_device(monkeypatch):
-    from apsq.nn import transform
+    from apsq.nn import calibration
 
     seen = []
-    real = transform.to_device
+    real = calibration.to_device
 
     def spy(batch, device, dtype=None):
         seen.append((torch.device(device), dtype))
         return real(batch, device, dtype)
 
-    monkeypatch.setattr(transform, "to_device", spy)
+    monkeypatch.setattr(calibration, "to_device", spy)
     m = nn.Sequential(nn.Linear(8, 4)).double()
     apsq.quantize_(m)
     apsq.calibrate(m, [torch.randn(5, 8), {"input": torch.randn(3, 8)}], forward=lambda mod, b: mod(

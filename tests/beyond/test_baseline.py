@@ -14,7 +14,8 @@ from apsq.hw.energy import evaluate
 from apsq.hw.workloads import builtin_workload
 from apsq.hw.workloads.base import Layer, Workload
 from apsq.nn.config import APSQConfig
-from apsq.nn.transform import calibrate, quantize_
+from apsq.nn.calibration import calibrate
+from apsq.nn.transform import quantize_
 
 
 def _wl() -> Workload:

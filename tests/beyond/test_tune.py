@@ -16,7 +16,8 @@ from apsq.hw.accelerator import Accelerator, default_accelerator
 from apsq.hw.energy import evaluate
 from apsq.hw.workloads.base import Layer, Workload
 from apsq.nn.config import APSQConfig
-from apsq.nn.transform import calibrate, quantize_
+from apsq.nn.calibration import calibrate
+from apsq.nn.transform import quantize_
 from apsq.tune.energy_table import energy_table
 from apsq.eval.metrics import Metrics
 from apsq.tune.profile import profile_gs

@@ -17,7 +17,8 @@ from apsq.errors import APSQError
 from apsq.eval.metrics import Metrics, logits_on, metrics_of
 from apsq.eval.setup import Setup
 from apsq.nn.config import APSQConfig
-from apsq.nn.transform import calibrate, quantize_
+from apsq.nn.calibration import calibrate
+from apsq.nn.transform import quantize_
 from apsq.train.config import APSQSection
 
 

@@ -1,5 +1,6 @@
 """Quantized layers and the model transform."""
 
+from apsq.nn.calibration import calibrate
 from apsq.nn.config import APSQConfig, LayerQuantConfig
 from apsq.nn.layers import QuantConv1d, QuantConv2d, QuantLinear, QuantMatmul, QuantTransposedLinear
 from apsq.nn.psum_quantizer import PSUMQuantizer
@@ -7,7 +8,6 @@ from apsq.nn.stats import LayerStats
 from apsq.nn.transform import (
     QuantizeReport,
     SkippedLayer,
-    calibrate,
     print_layer_stats,
     quant_layers,
     quantize_,

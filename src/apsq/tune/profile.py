@@ -22,7 +22,8 @@ from apsq.device import module_device, module_dtype, to_device
 from apsq.errors import APSQError, check_int
 from apsq.eval.metrics import Batch, Metrics, call_model, logits_on, metrics_of
 from apsq.nn.config import APSQConfig
-from apsq.nn.transform import calibrate, quant_layers, quantize_, track_stats
+from apsq.nn.calibration import calibrate
+from apsq.nn.transform import quant_layers, quantize_, track_stats
 
 
 @dataclass
