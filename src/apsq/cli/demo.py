@@ -86,7 +86,7 @@ def _qat_table(res: dict, console: Console) -> None:
         console.print(f"{which} is {_pp(gap)} below FP32 on the test split (within 1.5 pp) after {steps} QAT steps.")
     else:
         console.print(f"{which} is {_pp(gap)} below FP32 on the test split: this demo's budget ({steps} QAT steps per "
-                      f"variant) does not close the gap; the full recipe (200 steps x 32, three seeds, "
+                      f"variant) does not close the gap; the full recipe (200 steps x 32, five seeds, "
                       f"results/sentiment_minilm/sentiment_minilm.json) is: {res.get('full_recipe', '')}")
 
 
