@@ -1,8 +1,9 @@
-"""Moving batches to a model's device: the one helper every command uses.
+"""Moving batches to a model's device and calling the model on them: the one pair of helpers every command uses.
 
 A batch may be a tensor, a mapping (``{"input_ids": ..., "labels": ...}``), a list / tuple of
 batches, or anything else (returned as it is). Tensors move with ``non_blocking`` where the target
 is CUDA; floating tensors optionally take the model's floating dtype (bf16 / fp16 models).
+:func:`call_model` passes a batch of any of those forms to the model.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["module_device", "module_dtype", "resolve_device", "to_device"]
+__all__ = ["call_model", "module_device", "module_dtype", "resolve_device", "to_device"]
 
 
 def module_device(module: nn.Module) -> torch.device:
@@ -90,3 +91,13 @@ def resolve_device(name: str | torch.device | None = "auto", parameter: str = "d
     elif dev.type != "cpu":
         raise APSQError(f"{parameter} must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {name!r}")
     return dev
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """``model(**inputs)`` for a mapping, ``model(*inputs)`` for a tuple / list, else ``model(inputs)``: the
+    model's output as it returns it (a tensor, or a Hugging Face output object)."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)

@@ -36,6 +36,7 @@ from apsq.deploy.program import (
     Program,
     closing_flags,
 )
+from apsq.device import call_model
 from apsq.errors import APSQError
 from apsq.nn.layers import QuantConv1d, QuantConv2d, QuantLayer, QuantLinear, QuantMatmul
 from apsq.nn.transform import quant_layers
@@ -43,7 +44,7 @@ from apsq.nn.transform import quant_layers
 if TYPE_CHECKING:
     from apsq.train.config import TrainConfig
 
-__all__ = ["export", "trace_host", "load_trained", "forward", "NUM_BANKS"]
+__all__ = ["export", "trace_host", "load_trained", "NUM_BANKS"]
 
 NUM_BANKS = RAE_BANKS
 """The RAE's PSUM SRAM banks (:data:`apsq.config.RAE_BANKS`, the one constant): ``gs <= 4``."""
@@ -112,15 +113,6 @@ class _Recorder(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def forward(model: nn.Module, inputs: Any) -> Any:
-    """``model(**inputs)`` for a mapping, ``model(*inputs)`` for a tuple / list, else ``model(inputs)``."""
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
-
-
 @torch.no_grad()
 def trace_host(model: nn.Module, example: Any) -> tuple[list[str], list[HostOp]]:
     """Run ``model`` once on ``example``: the quantized layers' names in execution order (first call)
@@ -139,7 +131,7 @@ def trace_host(model: nn.Module, example: Any) -> tuple[list[str], list[HostOp]]
         model.eval()
         try:
             with rec:
-                forward(model, example)
+                call_model(model, example)
         finally:
             model.train(was)
     return rec.order, rec.ops

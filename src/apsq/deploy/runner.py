@@ -36,8 +36,9 @@ import torch
 from torch import nn
 
 from apsq.deploy.activity import LayerActivity, engine_activity
-from apsq.deploy.export import build_host, forward
+from apsq.deploy.export import build_host
 from apsq.deploy.program import EngineLayer, Program
+from apsq.device import call_model
 from apsq.errors import APSQError, check_choice
 from apsq.integer import integer_forward
 from apsq.integer.psum import IntPSUM, psum_accumulate_int
@@ -335,11 +336,11 @@ def run(
     t0 = time.perf_counter()
     try:
         with torch.no_grad(), _patched(model, engines):
-            out = forward(model, inputs)
+            out = call_model(model, inputs)
         rep = RunReport(backend, out, layers=reports, wall_s=time.perf_counter() - t0)
         if verify:
             with torch.no_grad():
-                rep.reference = forward(model, inputs)
+                rep.reference = call_model(model, inputs)
             rep.outputs_equal = bool(torch.equal(outputs_of(out), outputs_of(rep.reference)))
             if not rep.outputs_equal:
                 diff = (outputs_of(out).double() - outputs_of(rep.reference).double()).abs().max()

@@ -8,7 +8,7 @@ and logits come back to the CPU in float32, so results compare across devices an
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from apsq.device import call_model as device_call
 from apsq.device import module_device, module_dtype, to_device
 
 __all__ = ["Batch", "Metrics", "call_model", "logits_on", "metrics_of"]
@@ -24,13 +25,8 @@ Batch = tuple[Any, torch.Tensor]  # (model inputs: dict / tuple / tensor, labels
 
 
 def call_model(model: nn.Module, inputs: Any) -> torch.Tensor:
-    """``model(**inputs)`` / ``model(*inputs)`` / ``model(inputs)``; the logits of a HF output."""
-    if isinstance(inputs, Mapping):
-        out = model(**inputs)
-    elif isinstance(inputs, (tuple, list)):
-        out = model(*inputs)
-    else:
-        out = model(inputs)
+    """The logits of :func:`apsq.device.call_model` (a Hugging Face output's ``.logits``)."""
+    out = device_call(model, inputs)
     return out if isinstance(out, torch.Tensor) else out.logits
 
 

@@ -9,14 +9,14 @@ and PSUM steps from them; it also reports the reductions that ran outside every 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from apsq.device import module_device, module_dtype, to_device
+from apsq.device import call_model, module_device, module_dtype, to_device
 from apsq.errors import APSQError, check_int
 from apsq.nn.attention import SUPPORTED_ATTENTION
 from apsq.nn.float_reductions import FloatReduction, watch_float_reductions
@@ -27,21 +27,13 @@ from apsq.nn.transform import QuantizeReport, SkippedLayer, quant_layers
 __all__ = ["calibrate"]
 
 
-def _default_forward(model: nn.Module, batch: Any) -> Any:
-    if isinstance(batch, Mapping):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    return model(batch)
-
-
 def _calibration_forward(model: nn.Module, forward: Callable[[nn.Module, Any], Any], batch: Any) -> Any:
     """``forward(model, batch)``; the default forward's ``model(*batch)`` on a tuple the model does not take
     (a DataLoader's ``(inputs, labels)`` pairs) is an :class:`APSQError` saying how to pass it."""
     try:
         return forward(model, batch)
     except TypeError as exc:
-        if forward is not _default_forward or not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        if forward is not call_model or not isinstance(batch, (tuple, list)) or len(batch) < 2:
             raise
         raise APSQError(
             f"calibrate: model(*batch) failed on a batch of {len(batch)} items ({exc}); a DataLoader of (inputs, "
@@ -67,7 +59,7 @@ def _nothing_quantized(model: nn.Module) -> APSQError:
 def calibrate(
     model: nn.Module,
     batches: Iterable[Any],
-    forward: Callable[[nn.Module, Any], Any] = _default_forward,
+    forward: Callable[[nn.Module, Any], Any] = call_model,
     max_rows: int = DEFAULT_CALIB_ROWS,
 ) -> nn.Module:
     """Initialise every step size from a few batches.
