@@ -46,7 +46,9 @@ def _point(w, df, gs, acc, schedule):  # noqa: ANN001, ANN202
             "total_ratio": c.baseline.total_pj / c.apsq.total_pj,
             "on_chip_ratio": c.baseline.on_chip_pj / c.apsq.on_chip_pj,
             "psum_share_baseline": c.psum_share_baseline, "baseline_pj": c.baseline.total_pj,
-            "apsq_pj": c.apsq.total_pj, "baseline_spills": c.baseline.psum_spills, "apsq_spills": c.apsq.psum_spills}
+            "apsq_pj": c.apsq.total_pj, "baseline_spills": c.baseline.psum_spills, "apsq_spills": c.apsq.psum_spills,
+            "baseline_weight_dram_share":
+                c.baseline.breakdown()["by_operand_level"]["weight"]["dram"] / c.baseline.total_pj}
 
 
 def main() -> None:

@@ -34,3 +34,13 @@ def test_llama_ratios_are_quoted():
     assert f"{dec['total_ratio']:.3f}×" in DOC and f"{dec['psum_ratio']:.1f}×" in DOC
     pre = _row("llama2-7b", "ws", "untiled", phase="prefill", seq_len=2048)
     assert f"{pre['psum_ratio']:.0f}×" in DOC and f"{pre['total_ratio']:.2f}×" in DOC
+
+
+def test_llama_decode_weight_share_is_quoted():
+    """The decode row's "weights from DRAM are N % of the energy" is the JSON's share (it said 90 %, unmeasured;
+    the model gives 97.5-97.7 %)."""
+    shares = [r["gs"]["1"]["baseline_weight_dram_share"] for r in RES["settings"]
+              if r["model"] == "llama2-7b" and r["options"].get("phase") == "decode"]
+    assert len(shares) == 4 and all(0 < s < 1 for s in shares)
+    assert f"{100 * min(shares):.1f}–{100 * max(shares):.1f} %" in DOC
+    assert f"per token is {100 * sum(shares) / len(shares):.0f} % of the INT32 energy" in DOC
