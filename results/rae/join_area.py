@@ -1,4 +1,4 @@
-"""Join the four ``apsq rae area --json`` reports of ``run.sh`` into ``results/rae/rae_area.json``.
+"""Join the seven ``apsq rae area --json`` reports of ``run.sh`` into ``results/rae/rae_area.json``.
 
 Each ``apsq rae area`` run writes a list of reports; this keeps them in ``run.sh``'s order under
 ``reports`` and records the commands (``--json ...`` elided), the Yosys version, the liberty, the
@@ -20,7 +20,10 @@ from apsq.machine import cpu_label, load_average
 RUNS = (("l4_d16", "--lanes 4 --depth 16 --banks macro"),
         ("l4_d16_lane_exponents", "--lanes 4 --depth 16 --banks macro --lane-exponents"),
         ("l32_d64", "--lanes 32 --depth 64 --banks macro"),
-        ("l32_d64_lane_exponents", "--lanes 32 --depth 64 --banks macro --lane-exponents"))
+        ("l32_d64_lane_exponents", "--lanes 32 --depth 64 --banks macro --lane-exponents"),
+        ("l4_d16_flops", "--lanes 4 --depth 16 --banks flops"),
+        ("l8_d32", "--lanes 8 --depth 32 --banks macro"),
+        ("l16_d64", "--lanes 16 --depth 64 --banks macro"))
 """``(file stem in the runs folder, the options of its apsq rae area command)``, in run.sh's order."""
 
 
