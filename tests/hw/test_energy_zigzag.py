@@ -5,9 +5,10 @@ first: B, C, K), a per-PE 8-bit weight register, a per-PE **32-bit** output regi
 tpu_like.yaml has a 16-bit one that cannot hold an INT32 PSUM), one SRAM for inputs and PSUMs, DRAM.
 All SRAM ports are 32 bits wide so ZigZag's word counts convert to bits exactly.
 Findings (docs/energy-model.md, "Cross-check"): input, weight and output traffic agree exactly; ZigZag
-counts n PSUM reads and n PSUM writes per output at PSUM width where we count n-1 of each (the first
-read of a zero and the last write, which we send to the output path at 8 bits); both scale the PSUM
-traffic exactly by beta (32 -> 8 bits: /4).
+charges n PSUM reads and n PSUM writes per output at PSUM width where we count n-1 of each. Its element
+counts are n-1 reads (no read of a zero sum) and n writes (the final sum is written at PSUM width before
+it leaves at 8 bits, where we send it to the output path); the n-th read is in its word-access count
+only, which is what it prices (checked below). Both scale the PSUM traffic exactly by beta (32 -> 8: /4).
 """
 
 import importlib
@@ -111,9 +112,16 @@ def _zigzag(tmp_path, psum_bits: int) -> dict:
         logging.disable(logging.NOTSET)
     cme = cmes[0][0]
     acc = {str(op): [lv.__jsonrepr__() for lv in lvs] for op, lvs in cme.memory_word_access.items()}
+    layer_cme = cmes[0][1][0][0]  # the layer's own evaluation: element counts before word rounding
+    (o_moves,) = [mv for op, mv in layer_cme.mapping_int.unit_mem_data_movement.items() if str(op) == "O"]
+    elems = o_moves[1].get_attribute("data_elem_move_count").__jsonrepr__()  # the SRAM level
     # levels per operand: O: rf_o, sram, dram; I: sram, dram; W: rf_w, dram. 32-bit words except rf_w (8).
     return {
         "psum_sram_bits": 32 * (acc["O"][1]["rd_out_to_low"] + acc["O"][1]["wr_in_by_low"]),
+        "psum_sram_word_read_bits": 32 * acc["O"][1]["rd_out_to_low"],
+        "psum_sram_word_write_bits": 32 * acc["O"][1]["wr_in_by_low"],
+        "psum_sram_elem_reads": elems["rd_out_to_low"],
+        "psum_sram_elem_writes": elems["wr_in_by_low"],
         "in_sram_read_bits": 32 * acc["I"][0]["rd_out_to_low"],
         "in_dram_read_bits": 32 * acc["I"][1]["rd_out_to_low"],
         "w_dram_read_bits": 32 * acc["W"][1]["rd_out_to_low"],
@@ -158,6 +166,10 @@ def test_ws_gemm_matches_zigzag(tmp_path):
             assert z[key] == o[key], (bits, key, z[key], o[key])
         # ZigZag: n reads + n writes per output at PSUM width; ours: n-1 of each
         assert z["psum_sram_bits"] == pytest.approx(o["psum_sram_bits"] * n / (n - 1)), bits
+        # ... of which the elements moved are n-1 reads (no zero sum is read) and n writes; the n-th read
+        # is in the word-access count alone (docs/energy-model.md §4 said "reads a zero sum first")
+        assert (z["psum_sram_elem_reads"], z["psum_sram_elem_writes"]) == ((n - 1) * M * N, n * M * N), bits
+        assert z["psum_sram_word_read_bits"] == z["psum_sram_word_write_bits"] == n * M * N * bits
     assert zz[32]["psum_sram_bits"] == 4 * zz[8]["psum_sram_bits"]  # beta: 32 -> 8 bits
 
 

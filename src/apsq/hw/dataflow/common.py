@@ -137,9 +137,10 @@ SPILL_RULES = ("fractional", "all-or-nothing", "zigzag")
 - ``all-or-nothing`` (ZigZag's semantics): a working set that does not fit is not kept at that level at
   all, ``f = 1`` (every reuse goes to DRAM), else ``f = 0``;
 - ``zigzag``: all-or-nothing plus ZigZag's count of stored PSUM accesses — ``n`` reads and ``n`` writes
-  per output at the stored width when ``n > 1`` (the first read of a zero sum and the final result's
-  write, which apsq sends to the output buffer at ``act_bits``, are counted at PSUM width), the final
-  result read out at ``act_bits``. For comparisons with ZigZag only.
+  per output at the stored width when ``n > 1``, the final result read out at ``act_bits``. ZigZag's
+  element counts are ``n - 1`` reads and ``n`` writes (the final result's write, which apsq sends to the
+  output buffer at ``act_bits``, is at PSUM width); the ``n``-th read is in its word-access count, which is
+  what it prices. For comparisons with ZigZag only.
 """
 
 
