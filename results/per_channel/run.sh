@@ -8,7 +8,7 @@ if [ -x .venv/bin/apsq ]; then export PATH="$PWD/.venv/bin:$PATH"; fi
 
 # digits_qat.json: QAT end to end on the digits CNN, configs in this folder (digits_cnn_tensor.yaml,
 # digits_cnn_channel.yaml = configs/train_digits_cnn.yaml with psum_granularity tensor / channel);
-# 8.6 s and 10.1 s recorded. apsq train has no tile check. The JSON's summary was collected from the
+# 16.7 s and 17.0 s recorded (2026-12-08, nice 10 beside other jobs). apsq train has no tile check. The JSON's summary was collected from the
 # two runs' outputs (no command recorded for that step).
 OMP_NUM_THREADS=1 apsq train --config results/per_channel/digits_cnn_tensor.yaml --output runs/per_channel/digits_tensor
 OMP_NUM_THREADS=1 apsq train --config results/per_channel/digits_cnn_channel.yaml --output runs/per_channel/digits_channel
