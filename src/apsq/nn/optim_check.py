@@ -34,6 +34,7 @@ class StepSizeWarning(UserWarning):
     """An optimizer that will not learn apsq's step sizes (see :mod:`apsq.nn.optim_check`)."""
 
 
+@torch.compiler.disable  # a Python side effect on the parameters: runs eagerly under torch.compile
 def _tag(model: nn.Module, args: tuple[Any, ...]) -> None:
     if not model.training:
         return

@@ -204,6 +204,7 @@ class QuantLayerBase(nn.Module):
         return 1
 
     # --- the template ---------------------------------------------------------------------------
+    @torch.compiler.disable  # under torch.compile each quantized layer runs eagerly (a graph break around it)
     def _forward(self, inputs: Inputs, names: tuple[str, ...]) -> torch.Tensor:
         if any(t.is_meta for t in inputs):  # shapes only (apsq.hw.workloads.trace on the meta device): no values
             return self._float_forward(inputs)  # to check, calibrate or quantize; the float path gives the shape
