@@ -130,7 +130,7 @@ def test_zigzag_table_title_longer_than_its_columns_stays_whole(tty_120, tmp_pat
     r = CliRunner().invoke(app, ["energy", "--workload", str(wl), "-d", "ws", "--engine", "zigzag", "--per-layer",
                                  "--accelerator", "zigzag-tpu-like"])
     assert r.exit_code == 0, r.output
-    title = ("net WS on zigzag-tpu-like: total energy saved, INT32 -> INT8 PSUMs (ZigZag vs apsq, "
+    title = ("net WS on zigzag-tpu-like: total energy saved, INT32 -> INT8 PSUMs (ZigZag fixed vs apsq untiled, "
              "fractional spill)")
     assert title in [ln.strip() for ln in r.output.splitlines()], r.output
 

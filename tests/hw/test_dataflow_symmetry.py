@@ -139,3 +139,26 @@ def test_zigzag_conversion_links_operands_by_dataflow():
     # the stationary operand's chain ends in a per-PE register (served_dimensions: [])
     mems = to_zigzag_hardware(is_, "is")["memories"]
     assert mems["rf_i2"]["served_dimensions"] == [] and "rf_i1" not in mems  # streamed weights: broadcast
+
+
+def test_zigzag_search_mappings_leave_loops_to_zigzag():
+    """``mapping="temporal"`` keeps the dataflow's unrolling and drops the temporal order, ``"search"`` keeps
+    only the operand links (results/energy_zigzag/mapping_search.json); a mapping name outside MAPPINGS is an
+    APSQError naming the parameter."""
+    from apsq.errors import APSQError
+    from apsq.hw.engine_zigzag import MAPPINGS, operand_links, zigzag_mapping
+
+    acc = load_accelerator("zigzag-tpu-like-is")
+    layer = Layer("q", "linear", 128, 768, 768)
+    assert MAPPINGS == ("fixed", "temporal", "search")
+    for df in ("is", "ws"):
+        (fixed,) = zigzag_mapping(layer, df, acc)
+        assert {"spatial_mapping", "temporal_ordering"} <= set(fixed)
+        (temporal,) = zigzag_mapping(layer, df, acc, mapping="temporal")
+        assert "temporal_ordering" not in temporal
+        assert temporal["spatial_mapping"] == fixed["spatial_mapping"]
+        assert temporal["memory_operand_links"] == fixed["memory_operand_links"] == operand_links(df)
+        (search,) = zigzag_mapping(layer, df, acc, mapping="search")
+        assert search == {"name": "default", "memory_operand_links": operand_links(df)}
+    with pytest.raises(APSQError, match="mapping"):
+        zigzag_mapping(layer, "is", acc, mapping="loma")

@@ -239,6 +239,19 @@ def test_cli_refuses_a_baseline_wider_than_the_accumulator(app):
     assert r.exit_code != 0 and "acc_bits = 32" in r.output and "--baseline-bits" in r.output
 
 
+@pytest.mark.parametrize("mode", ["apsq", "psq"])
+def test_a_baseline_narrower_than_the_stored_psums_is_refused(app, mode):
+    """``--baseline-bits 4 --psum-bits 8`` printed a negative saving; now an error naming both options,
+    before anything is priced. Equal widths stay allowed (the saving is then the RAE's cost)."""
+    w = Workload("b", (Layer("a", "linear", 64, 256, 64),))
+    with pytest.raises(APSQError, match=r"baseline_bits = 4 is narrower than the .* \(psum_bits = 8\)") as e:
+        compare(w, "ws", 1, 8, mode=mode, baseline_bits=4)
+    assert "8..32" in str(e.value) and "--psum-bits" in str(e.value)
+    compare(w, "ws", 1, 8, mode=mode, baseline_bits=8)
+    r = _run(app, "-m", "bert-base", "--seq-len", "16", "-d", "ws", "--baseline-bits", "6", "--psum-bits", "8")
+    assert r.exit_code != 0 and "narrower" in r.output and "--baseline-bits" in r.output
+
+
 def test_sweep_prices_only_the_gs_the_psum_banks_allow(app, tmp_path):
     # `apsq energy sweep --accelerator two_banks.yaml` priced gs = 3 and 4 (two warnings, columns the
     # machine cannot run) where `apsq energy` refuses them; now the columns stop at the banks

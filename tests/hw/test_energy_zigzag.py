@@ -200,12 +200,9 @@ def test_engine_on_two_small_layers():
         assert j["engine"] == "zigzag" and [ly["name"] for ly in j["layers"]] == ["qk", "q"]
 
 
-def test_cli_engine_zigzag(tmp_path):
-    """``apsq energy --engine zigzag --workload FILE``: ZigZag's and apsq's reductions side by side."""
-    import json
-
+def _energy_app():
+    """``apsq energy`` alone on a Typer app (a second command keeps ``energy`` a subcommand)."""
     import typer
-    from typer.testing import CliRunner
 
     from apsq.cli.energy import register
 
@@ -216,6 +213,16 @@ def test_cli_engine_zigzag(tmp_path):
     def _noop() -> None:
         pass
 
+    return app
+
+
+def test_cli_engine_zigzag(tmp_path):
+    """``apsq energy --engine zigzag --workload FILE``: ZigZag's and apsq's reductions side by side."""
+    import json
+
+    from typer.testing import CliRunner
+
+    app = _energy_app()
     p = tmp_path / "w.yaml"
     p.write_text("layers:\n  - {name: qk, m: 128, k: 64, n: 128, count: 12, kind: matmul, w_is_weight: false}\n")
     r = CliRunner().invoke(app, ["energy", "--workload", str(p), "-d", "ws", "--engine", "zigzag",
@@ -322,3 +329,48 @@ def test_zigzag_report_validates_first_and_shows_progress(monkeypatch):
     assert "zigzag t (2 layer shapes)" in buf.getvalue()
     assert [r["name"] for r in res["layers"]] == ["a", "b", "c"]
     assert res["layers"][0]["reduction"] == res["layers"][1]["reduction"]
+
+
+TEMPORAL_Q = 0.12758238454598225  # zigzag-dse 3.9.1, LOMA at lpf_limit 6 (its default); fixed order: 0.0235
+
+
+def test_cli_engine_zigzag_searched_mapping(tmp_path):
+    """``--zigzag-mapping temporal``: ZigZag searches the loop order (LOMA) and is compared with this model's
+    mapper (tiled); a name outside MAPPINGS, or the option without ``--engine zigzag``, is refused."""
+    import json
+
+    from typer.testing import CliRunner
+
+    app = _energy_app()
+    p = tmp_path / "w.yaml"
+    p.write_text("layers:\n  - {name: q, m: 128, k: 768, n: 768}\n")  # BERT-Base's query at 128 tokens
+    base = ["energy", "--workload", str(p), "-d", "ws", "--accelerator", "default"]
+    r = CliRunner().invoke(app, [*base, "--engine", "zigzag", "--zigzag-mapping", "temporal", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["zigzag_mapping"] == "temporal" and out["apsq_model"]["schedule"] == "tiled"
+    assert out["reduction"] == pytest.approx(TEMPORAL_Q, rel=1e-6)
+    assert out["apsq_model"]["reduction"] == pytest.approx(0.0439, abs=1e-3)  # our mapper, 4.4 %
+    r = CliRunner().invoke(app, [*base, "--engine", "zigzag", "--json"])
+    assert json.loads(r.output)["reduction"] == pytest.approx(0.02346564266078488, rel=1e-6)  # the fixed order
+    r = CliRunner().invoke(app, [*base, "--engine", "zigzag", "--zigzag-mapping", "loma"])
+    assert r.exit_code == 2 and "--zigzag-mapping" in r.output and "temporal" in r.output
+    r = CliRunner().invoke(app, [*base, "--zigzag-mapping", "search"])
+    assert r.exit_code == 2 and "--engine zigzag only" in " ".join(r.output.split())
+
+
+def test_accumulator_register_holds_one_psum_whatever_its_width():
+    """ZigZag sizes a memory in bits: a 32-bit accumulator at ``O`` = 8 bits held four partial sums, and a
+    searched mapping kept four outputs per PE in it (BERT-Base FFN on apsq-28nm-int8: INT8 0.927 G pJ,
+    0.981 with one PSUM). Capacity is now one ``O`` word; each access still costs one ``acc_bits`` word."""
+    from apsq.errors import APSQError
+    from apsq.hw.accelerator import load_accelerator
+    from apsq.hw.engine_zigzag import to_zigzag_hardware
+
+    acc = load_accelerator("default")
+    for o_bits in (None, 8, 16, 32):
+        reg = to_zigzag_hardware(acc, "ws", o_bits)["memories"]["rf_o"]
+        assert reg["size"] == (o_bits or acc.acc_bits)
+        assert all(p["bandwidth_min"] == p["bandwidth_max"] == acc.acc_bits for p in reg["ports"])
+    with pytest.raises(APSQError, match="o_bits"):
+        to_zigzag_hardware(acc, "ws", 40)

@@ -104,7 +104,8 @@ def _schedules_table(summ: dict[str, Any], dataflow: str, mode: str, baseline_bi
 def _zigzag_table(res: dict[str, Any], w: Workload, dataflow: str, acc_name: str, psum_bits: int,
                   spill: str) -> Table:
     t = table(f"{literal(w.name)} {dataflow.upper()} on {literal(acc_name)}: total energy saved, "
-              f"INT{res['baseline_bits']} -> INT{psum_bits} PSUMs (ZigZag vs apsq, {spill} spill)",
+              f"INT{res['baseline_bits']} -> INT{psum_bits} PSUMs (ZigZag {res['zigzag_mapping']} vs "
+              f"apsq {res['apsq_model']['schedule']}, {spill} spill)",
               "layer", "ZigZag", "apsq", "diff (pp)", left=("layer",))
     for row in res["layers"]:
         t.add_row(literal(row["name"]), f"{100 * row['reduction']:.2f} %",
@@ -151,6 +152,11 @@ def energy_main(
         False, "--override-tile", help="price the array's rows even if the --gs-config tile differs"
     ),
     engine: str = typer.Option("apsq", "--engine", help="apsq (this model) | zigzag (zigzag-dse, optional)"),
+    zigzag_mapping: str = typer.Option(
+        "fixed", "--zigzag-mapping",
+        help="with --engine zigzag: fixed (both engines on the untiled orders) | temporal (ZigZag searches the "
+        "loop order at the dataflow's unrolling) | search (the unrolling too); searched mappings are compared "
+        "with this model's mapper (tiled)"),
     seq_len: int | None = typer.Option(None, "--seq-len", min=1, help="bert-base / llama2-7b prefill tokens"),
     image_size: int | None = typer.Option(None, "--image-size", min=1, help="segformer-b0 / efficientvit-b1 input size"),
     phase: str | None = typer.Option(None, "--phase", help="llama2-7b: prefill | decode"),
@@ -168,7 +174,7 @@ def energy_main(
     from apsq.hw.energy_runs import load_workload
 
     try:
-        _check_options(dataflow, mode, engine, schedule, spill, gs, baseline_bits)
+        _check_options(dataflow, mode, engine, schedule, spill, gs, baseline_bits, zigzag_mapping)
         if gs is not None and gs_config is not None:
             raise APSQError(f"--gs {gs} and --gs-config {str(gs_config)!r} both given: the config sets every "
                             "layer's gs (its gs and overrides); give one of them")
@@ -187,7 +193,8 @@ def energy_main(
                                 "sizes: give one of them")
             w = w.without_own_gs()
         if engine == "zigzag":
-            res = _run_zigzag(w, dataflow, psum_bits, acc, baseline_bits, spill, progress=not as_json)
+            res = _run_zigzag(w, dataflow, psum_bits, acc, baseline_bits, spill, zigzag_mapping,
+                              progress=not as_json)
         else:
             options = {"baseline_bits": baseline_bits, "spill": spill, "psum_granularity": psum_granularity,
                        "override_tile": override_tile, "gs_above_banks": "error",
@@ -206,11 +213,12 @@ def energy_main(
 
 
 def _check_options(dataflow: str, mode: str, engine: str, schedule: str, spill: str, gs: int | None,
-                   baseline_bits: int | None) -> None:
+                   baseline_bits: int | None, zigzag_mapping: str = "fixed") -> None:
     """The choices and ranges of ``apsq energy``'s options (:class:`APSQError` naming the first bad one)."""
     from apsq.errors import check_choice, check_int
     from apsq.hw.dataflow import DATAFLOWS
     from apsq.hw.dataflow.common import SPILL_RULES
+    from apsq.hw.engine_zigzag import MAPPINGS
     from apsq.hw.mapper import SCHEDULES
 
     check_choice("--dataflow", dataflow, tuple(DATAFLOWS))  # the options as the command spells them
@@ -218,6 +226,9 @@ def _check_options(dataflow: str, mode: str, engine: str, schedule: str, spill: 
     check_choice("--engine", engine, ("apsq", "zigzag"))
     check_choice("--schedule", schedule, SCHEDULES)
     check_choice("--spill", spill, SPILL_RULES)
+    check_choice("--zigzag-mapping", zigzag_mapping, MAPPINGS)
+    if engine != "zigzag" and zigzag_mapping != "fixed":
+        raise APSQError(f"--zigzag-mapping {zigzag_mapping} applies to --engine zigzag only (--engine {engine})")
     if gs is not None:
         check_int("--gs", gs, lo=1)
     if baseline_bits is not None:
@@ -254,14 +265,14 @@ def _gs_spec(gs: int | None, gs_config: Path | None, w: Workload) -> Any:
 
 
 def _run_zigzag(w: Workload, dataflow: str, psum_bits: int, acc: Accelerator, baseline_bits: int | None,
-                spill: str, progress: bool = True) -> dict[str, Any]:
+                spill: str, mapping: str, progress: bool = True) -> dict[str, Any]:
     """``--engine zigzag``: ZigZag's total-energy saving beside this model's (stored PSUMs only: IS / WS)."""
     from apsq.hw.energy_runs import zigzag_report
 
     if dataflow == "os":
         raise APSQError("--engine zigzag compares stored PSUMs; use --dataflow is or ws")
     return zigzag_report(w, dataflow, psum_bits, acc, baseline_bits, spill, progress=progress,
-                         console=console(stderr=True))
+                         console=console(stderr=True), mapping=mapping)
 
 
 def _run_apsq(w: Workload, dataflow: str, gs_spec: Any, psum_bits: int, acc: Accelerator, mode: str, schedule: str,
@@ -289,8 +300,9 @@ def _print_zigzag(res: dict[str, Any], w: Workload, dataflow: str, acc_name: str
     con = console()
     if per_layer:
         con.print(_zigzag_table(res, w, dataflow, acc_name, psum_bits, spill))
-    con.print(f"ZigZag: {100 * res['reduction']:.2f} % of total energy saved; apsq model: "
-              f"{100 * res['apsq_model']['reduction']:.2f} % ({res['difference_pp']:+.2f} pp)")
+    con.print(f"ZigZag ({res['zigzag_mapping']} mapping): {100 * res['reduction']:.2f} % of total energy saved; "
+              f"apsq model ({res['apsq_model']['schedule']}): {100 * res['apsq_model']['reduction']:.2f} % "
+              f"({res['difference_pp']:+.2f} pp)")
 
 
 def _print_json(cmp: Comparison, acc_name: str, summ: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from apsq.errors import APSQError, check_choice, check_int
 from apsq.hw.accelerator import Accelerator, default_accelerator
 from apsq.hw.dataflow import DATAFLOWS
 from apsq.hw.energy import compare, evaluate
-from apsq.hw.engine_zigzag import evaluate_zigzag
+from apsq.hw.engine_zigzag import MAPPINGS, evaluate_zigzag
 from apsq.hw.mapper import SCHEDULES
 from apsq.hw.workloads import (
     BUILTIN_WORKLOADS,
@@ -204,16 +204,22 @@ def schedules_summary(w: Workload, dataflow: str, gs_spec: Any, psum_bits: int, 
 
 
 def zigzag_report(w: Workload, dataflow: str, psum_bits: int, acc: Accelerator, baseline_bits: int | None,
-                  spill: str, progress: bool = False, console: Any = None) -> dict[str, Any]:
-    """ZigZag's result beside ours (same fixed orders, untiled), per layer and in total. Ours first: it is
-    cheap and validates the point (a bad ``psum_bits`` fails before ZigZag runs); ``progress``: a bar over
-    ZigZag's layer shapes on ``console``."""
+                  spill: str, progress: bool = False, console: Any = None, mapping: str = "fixed") -> dict[str, Any]:
+    """ZigZag's result beside ours, per layer and in total. ``mapping`` (:data:`~apsq.hw.engine_zigzag.MAPPINGS`):
+    ``fixed`` = both engines on the same fixed untiled orders; ``temporal`` / ``search`` = ZigZag's searched
+    mappings beside our mapper (``schedule="tiled"``), each searching per PSUM width. Ours first: it is cheap
+    and validates the point (a bad ``psum_bits`` or ``mapping`` fails before ZigZag runs); ``progress``: a bar
+    over ZigZag's layer shapes on ``console``."""
+    check_choice("mapping", mapping, MAPPINGS)
+    schedule = "untiled" if mapping == "fixed" else "tiled"
     ours = compare(w, dataflow, None, psum_bits, acc, mode="apsq", baseline_bits=baseline_bits, spill=spill,
-                   gs_above_banks="warn")
-    z = evaluate_zigzag(w, dataflow, psum_bits, acc, baseline_bits, progress=progress, console=console)
+                   gs_above_banks="warn", schedule=schedule)
+    z = evaluate_zigzag(w, dataflow, psum_bits, acc, baseline_bits, progress=progress, console=console,
+                        mapping=mapping)
     out = z.to_json()
     out["accelerator"] = acc.name
-    out["apsq_model"] = {"spill": spill, "schedule": "untiled", "gs": 1, "reduction": ours.reduction,
+    out["zigzag_mapping"] = mapping
+    out["apsq_model"] = {"spill": spill, "schedule": schedule, "gs": 1, "reduction": ours.reduction,
                          "baseline_pj": ours.baseline.total_pj, "apsq_pj": ours.apsq.total_pj}
     for row, r in zip(out["layers"], ours.layer_reduction):
         row["apsq_model_reduction"] = float(r)

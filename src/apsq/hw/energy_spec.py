@@ -151,7 +151,9 @@ def _check_gs(gs: Any) -> GsSpec:
 def _check_not_wider_than_accumulator(mode: str, psum_bits: int, baseline_bits: Any, acc: Accelerator) -> None:
     """Stored PSUMs are the accumulator's sums, requantized (psq / apsq) or stored whole (the baseline): a
     stored width above ``acc_bits`` stores bits the accumulator never had. Until this session
-    ``--psum-bits 20`` on a 16-bit accumulator was priced as a 25 % larger PSUM term without a word."""
+    ``--psum-bits 20`` on a 16-bit accumulator was priced as a 25 % larger PSUM term without a word. Beside
+    psq / apsq, a baseline narrower than ``psum_bits`` is refused too (until 2026-12-08 ``--baseline-bits 4
+    --psum-bits 8`` printed a negative saving as if it were a comparison)."""
     if mode != "none" and psum_bits > acc.acc_bits:
         raise APSQError(f"psum_bits = {psum_bits} is wider than the accumulator of accelerator {acc.name!r} "
                         f"(acc_bits = {acc.acc_bits}): a stored PSUM code holds at most the accumulator's bits; "
@@ -162,6 +164,12 @@ def _check_not_wider_than_accumulator(mode: str, psum_bits: int, baseline_bits: 
             where = "" if isinstance(baseline_bits, int) else f"[{i}]"
             raise APSQError(f"baseline_bits{where} = {b} is wider than the accumulator of accelerator {acc.name!r} "
                             f"(acc_bits = {acc.acc_bits}); give baseline_bits (--baseline-bits) in 1..{acc.acc_bits}")
+        if mode != "none" and b < psum_bits:  # compare(): the baseline column, or a model's full-precision layers
+            where = "" if isinstance(baseline_bits, int) else f"[{i}]"
+            raise APSQError(f"baseline_bits{where} = {b} is narrower than the {mode} PSUMs it is compared with "
+                            f"(psum_bits = {psum_bits}): the full-precision baseline would store fewer bits than "
+                            f"the quantized one; give baseline_bits (--baseline-bits) in {psum_bits}..{acc.acc_bits} "
+                            f"or a smaller psum_bits (--psum-bits)")
 
 
 @dataclass(frozen=True)

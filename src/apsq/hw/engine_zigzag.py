@@ -57,6 +57,7 @@ __all__ = [
     "to_zigzag_hardware",
     "memory_operands",
     "operand_links",
+    "MAPPINGS",
     "zigzag_mapping",
     "zigzag_layer",
     "evaluate_zigzag",
@@ -130,7 +131,7 @@ def memory_operands(dataflow: str) -> dict[str, str]:
     return {stationary: "I2", streamed: "I1", "psum": "O"}
 
 
-def to_zigzag_hardware(acc: Accelerator, dataflow: str) -> dict[str, Any]:
+def to_zigzag_hardware(acc: Accelerator, dataflow: str, o_bits: int | None = None) -> dict[str, Any]:
     """ZigZag accelerator description (the YAML as a dict) for ``acc`` under ``dataflow``.
 
     Memory operands by role (:func:`memory_operands`): the stationary operand's chain is ``I2``, the
@@ -138,8 +139,11 @@ def to_zigzag_hardware(acc: Accelerator, dataflow: str) -> dict[str, Any]:
     each, costing our per-operand register energy × width; the stationary operand always has one, the
     streamed operand only where its register energy is non-zero (a broadcast operand has none). The
     output register is ``acc_bits`` wide and its cost is per ``acc_bits`` word, so a run at a narrower
-    ``O`` precision still pays the INT32 register (see the module docstring). Raises
-    :class:`APSQError` for an unknown dataflow.
+    ``O`` precision still pays the INT32 register (see the module docstring); it holds **one** PSUM: its
+    capacity is ``o_bits`` (the run's ``O`` width; default ``acc_bits``). Until 2026-12-08 it was
+    ``acc_bits`` whatever ``O`` was, so at ``O`` = 8 bits ZigZag could keep four partial sums in one
+    accumulator and a searched mapping used that (``results/energy_zigzag/mapping_search.json``); the
+    accumulator holds one INT32 sum. Raises :class:`APSQError` for an unknown dataflow.
     """
     op_of = memory_operands(dataflow)
     stationary = next(b for b, o in op_of.items() if o == "I2")
@@ -155,6 +159,7 @@ def to_zigzag_hardware(acc: Accelerator, dataflow: str) -> dict[str, Any]:
     # the accumulator register is acc_bits wide whatever O is: min bandwidth = max = acc_bits, so one
     # access of any narrower O still costs one acc_bits word
     reg_o = _memory(acc.acc_bits, o_reg, o_reg, acc.acc_bits, ["O"], [])
+    reg_o["size"] = int(acc.acc_bits if o_bits is None else check_bits("o_bits", o_bits, lo=1, hi=acc.acc_bits))
     for p in reg_o["ports"]:
         p["bandwidth_min"] = acc.acc_bits
     reg_o["ports"] = [
@@ -208,7 +213,15 @@ def operand_links(dataflow: str) -> dict[str, str]:
     return {"O": "O", "W": mo["weight"], "I": mo["input"]}
 
 
-def zigzag_mapping(layer: Layer, dataflow: str, acc: Accelerator) -> list[dict[str, Any]]:
+MAPPINGS = ("fixed", "temporal", "search")
+"""``mapping=``: ``fixed`` = apsq's untiled IS / WS / OS order and unrolling (the agreement study);
+``temporal`` = the dataflow's spatial unrolling with the temporal order searched by ZigZag (LOMA, for
+energy); ``search`` = spatial unrolling and temporal order both searched by ZigZag, so the dataflow sets
+only the operand links (ZigZag may choose another dataflow's unrolling, and a different one per PSUM
+width). ``results/energy_zigzag/mapping_search.json`` compares the three."""
+
+
+def zigzag_mapping(layer: Layer, dataflow: str, acc: Accelerator, mapping: str = "fixed") -> list[dict[str, Any]]:
     """The fixed loop order of ``apsq.hw.dataflow.<dataflow>`` as a ZigZag mapping (innermost first).
 
     ZigZag dims: ``B`` = M (rows of X), ``C`` = K (reduction), ``K`` = N (output features).
@@ -216,7 +229,12 @@ def zigzag_mapping(layer: Layer, dataflow: str, acc: Accelerator) -> list[dict[s
     IS: spatial M→D2, K→D1; temporal ``K`` (N, inner), ``C``, ``B``.
     OS: spatial M→D1, N→D2; temporal ``C`` (inner), ``K``, ``B``.
     Operand links by dataflow (:func:`operand_links`): the stationary operand on the per-PE register chain.
+    ``mapping="temporal"`` leaves out the temporal order, ``"search"`` the spatial mapping too: ZigZag
+    searches what is left out (:data:`MAPPINGS`). Raises ``APSQError`` for a ``mapping`` outside it.
     """
+    check_choice("mapping", mapping, MAPPINGS)
+    if mapping == "search":
+        return [{"name": "default", "memory_operand_links": operand_links(dataflow)}]
     R, C = acc.pe_array.rows, acc.pe_array.cols
     m, k, n = layer.m, layer.k, layer.n
 
@@ -234,12 +252,11 @@ def zigzag_mapping(layer: Layer, dataflow: str, acc: Accelerator) -> list[dict[s
         sp = {"D1": [f"B, {su(m, R)}"], "D2": [f"K, {su(n, C)}"]}
         order = [["C", k], ["K", math.ceil(n / su(n, C))], ["B", math.ceil(m / su(m, R))]]
     order = [o for o in order if o[1] > 1] or [order[0]]
-    return [{
-        "name": "default",
-        "spatial_mapping": sp,
-        "temporal_ordering": order,
-        "memory_operand_links": operand_links(dataflow),
-    }]
+    fixed: dict[str, Any] = {"name": "default", "spatial_mapping": sp, "temporal_ordering": order,
+                             "memory_operand_links": operand_links(dataflow)}
+    if mapping == "temporal":
+        del fixed["temporal_ordering"]
+    return [fixed]
 
 
 def _padded(layer: Layer, dataflow: str, acc: Accelerator) -> tuple[int, int, int]:
@@ -279,15 +296,17 @@ def _quiet() -> Iterator[None]:
         logging.disable(logging.NOTSET)
 
 
-def zigzag_layer(layer: Layer, dataflow: str, acc: Accelerator, o_bits: int, workdir: Path) -> ZigZagLayer:
-    """Run ZigZag on one layer with ``O`` = ``o_bits`` (stored PSUM width) and ``O_final`` = ``act_bits``."""
+def zigzag_layer(layer: Layer, dataflow: str, acc: Accelerator, o_bits: int, workdir: Path,
+                 mapping: str = "fixed") -> ZigZagLayer:
+    """Run ZigZag on one layer with ``O`` = ``o_bits`` (stored PSUM width) and ``O_final`` = ``act_bits``,
+    on apsq's fixed order or on the order / unrolling ZigZag searches (``mapping``, :data:`MAPPINGS`)."""
     api = require_zigzag()
     check_bits("o_bits", o_bits, lo=1, hi=64)
-    hw = workdir / f"hw_{dataflow}.yaml"
+    hw = workdir / f"hw_{dataflow}_o{o_bits}.yaml"
     if not hw.exists():
-        hw.write_text(yaml.safe_dump(to_zigzag_hardware(acc, dataflow), sort_keys=False))
-    mp = workdir / f"map_{dataflow}_{layer.m}_{layer.k}_{layer.n}.yaml"
-    mp.write_text(yaml.safe_dump(zigzag_mapping(layer, dataflow, acc), sort_keys=False))
+        hw.write_text(yaml.safe_dump(to_zigzag_hardware(acc, dataflow, o_bits), sort_keys=False))
+    mp = workdir / f"map_{mapping}_{dataflow}_{layer.m}_{layer.k}_{layer.n}.yaml"
+    mp.write_text(yaml.safe_dump(zigzag_mapping(layer, dataflow, acc, mapping), sort_keys=False))
     m, k, n = _padded(layer, dataflow, acc)
     wl = [{
         "id": 0,
@@ -370,8 +389,12 @@ def evaluate_zigzag(
     baseline_bits: int | None = None,
     progress: bool = False,
     console: Any = None,
+    mapping: str = "fixed",
 ) -> ZigZagResult:
     """ZigZag energy of every layer of ``workload`` at ``O`` = baseline and ``O`` = ``psum_bits``.
+
+    ``mapping``: ``fixed`` (apsq's untiled order, the default), ``temporal`` or ``search`` (ZigZag's own
+    search, run separately for the baseline and the quantized ``O`` width; :data:`MAPPINGS`).
 
     Layers with the same shape are run once (ZigZag takes ~0.1–0.5 s per run; Segformer-B0 at 512², 20 s
     on a loaded 2-core machine). ``progress``: a rich progress bar over the distinct shapes on ``console``
@@ -383,6 +406,7 @@ def evaluate_zigzag(
     check_choice("dataflow", dataflow, ZZ_DATAFLOWS)
     check_streamed_buffer(acc, dataflow)
     check_bits("psum_bits", psum_bits, lo=1, hi=64)
+    check_choice("mapping", mapping, MAPPINGS)
     bb = acc.acc_bits if baseline_bits is None else check_bits("baseline_bits", baseline_bits, lo=1, hi=64)
     cache: dict[tuple[int, int, int, int], tuple[ZigZagLayer, ZigZagLayer]] = {}
     base, quant = [], []
@@ -395,8 +419,8 @@ def evaluate_zigzag(
     with tempfile.TemporaryDirectory(prefix="apsq-zigzag-") as tmp:
         for key, ly in shapes:
             cache[key] = (
-                zigzag_layer(ly, dataflow, acc, bb, Path(tmp)),
-                zigzag_layer(ly, dataflow, acc, psum_bits, Path(tmp)),
+                zigzag_layer(ly, dataflow, acc, bb, Path(tmp), mapping),
+                zigzag_layer(ly, dataflow, acc, psum_bits, Path(tmp), mapping),
             )
         for ly in workload.layers:
             b, q = cache[(ly.m, ly.k, ly.n, ly.count)]
