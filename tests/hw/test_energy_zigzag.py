@@ -350,7 +350,8 @@ def test_cli_engine_zigzag_searched_mapping(tmp_path):
     out = json.loads(r.output)
     assert out["zigzag_mapping"] == "temporal" and out["apsq_model"]["schedule"] == "tiled"
     assert out["reduction"] == pytest.approx(TEMPORAL_Q, rel=1e-6)
-    assert out["apsq_model"]["reduction"] == pytest.approx(0.0439, abs=1e-3)  # our mapper, 4.4 %
+    # our mapper: 13.6 % with the grouped order (ZigZag's searched 12.8 %); 4.4 % before it had that order
+    assert out["apsq_model"]["reduction"] == pytest.approx(0.1359, abs=1e-3)
     r = CliRunner().invoke(app, [*base, "--engine", "zigzag", "--json"])
     assert json.loads(r.output)["reduction"] == pytest.approx(0.02346564266078488, rel=1e-6)  # the fixed order
     r = CliRunner().invoke(app, [*base, "--engine", "zigzag", "--zigzag-mapping", "loma"])

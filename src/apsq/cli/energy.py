@@ -69,11 +69,16 @@ def _report_table(cmp: Comparison) -> Table:
     return t
 
 
+def _mapping(m: dict[str, Any]) -> str:
+    """``N>K>M x1 g512``: order, streamed tiles, stationary elements whose PSUMs are live together."""
+    return f"{m.get('order', '')} x{m.get('tiles', 1)}" + (f" g{m['group']}" if m.get("group", 1) > 1 else "")
+
+
 def _layer_table(cmp: Comparison, w: Workload) -> Table:
     sched = cmp.baseline.schedule.kind if cmp.baseline.schedule is not None else "untiled"
     t = table(f"per layer ({sched} schedule)", "layer", "M", "K", "N", "count", "baseline µJ", "apsq µJ",
-              "PSUM KiB b/a", "spill b/a", "mapping b / a (order, tiles)",
-              left=("layer", "mapping b / a (order, tiles)"))
+              "PSUM KiB b/a", "spill b/a", "mapping b / a (order, tiles, live group)",
+              left=("layer", "mapping b / a (order, tiles, live group)"))
     for ly, b, a in zip(w.layers, cmp.baseline.per_layer(), cmp.apsq.per_layer()):
         mb, ma = b.get("mapping", {}), a.get("mapping", {})
         t.add_row(
@@ -81,7 +86,7 @@ def _layer_table(cmp: Comparison, w: Workload) -> Table:
             f"{b['total_pj'] / 1e6:,.3f}", f"{a['total_pj'] / 1e6:,.3f}",
             f"{b['psum_footprint_kib']:.1f}/{a['psum_footprint_kib']:.1f}",
             f"{b['psum_spill']:.2f}/{a['psum_spill']:.2f}",
-            f"{mb.get('order', '')} x{mb.get('tiles', 1)} / {ma.get('order', '')} x{ma.get('tiles', 1)}",
+            f"{_mapping(mb)} / {_mapping(ma)}",
         )
     return t
 

@@ -1,13 +1,19 @@
 """The mapper: per layer and dataflow, the loop order and tiling that minimise energy.
 
 For IS and WS the search space is every legal tile-level loop order of the dataflow
-(:data:`~apsq.hw.dataflow.tiling.ORDERS`: stationary tile outer, or streamed tile outer) times a tile
-count ``p`` of the streamed dimension (M in WS, N in IS): all powers of two up to the dimension, plus
-the smallest ``p`` whose live PSUM set fits the PSUM buffer. For OS: its two loop orders. Every
-candidate is costed by the full energy model (:func:`apsq.hw.cost.layer_energy`: memory traffic,
-MACs, RAE logic, exponents) and the cheapest is kept per layer — an exhaustive search of a small space
-(about 2 x 16 candidates per layer, evaluated as one vectorised batch). Ties go to the untiled
-schedule, then to fewer tiles.
+(:data:`~apsq.hw.dataflow.tiling.ORDERS`: stationary tile outer, streamed tile outer, or groups of
+stationary tiles under the reduction) times a tile count: ``p`` tiles of the streamed dimension (M in
+WS, N in IS) for the first two, ``q`` groups of stationary column blocks for the third — all powers of
+two up to the dimension, plus the smallest count whose live PSUM set fits the PSUM buffer. For OS: its
+two loop orders. Every candidate is costed by the full energy model (:func:`apsq.hw.cost.layer_energy`:
+memory traffic, MACs, RAE logic, exponents) and the cheapest is kept per layer — an exhaustive search of
+a small space (about 3 x 16 candidates per layer, evaluated as one vectorised batch). Ties go to the
+untiled schedule, then to fewer tiles.
+
+The third order exists since 2026-12-08: ZigZag's own mapping search found BERT-Base schedules on
+``apsq-28nm-int8`` in which INT8 PSUMs let a large output tile stay in the PSUM buffer while the
+reduction is split, so the weights leave DRAM once; the first two orders keep the live PSUM set at the
+array's width and cannot use the capacity narrow PSUMs free (``results/energy_zigzag/README.md``).
 
 ``schedule="untiled"`` is the first order with ``p = 1`` for every layer (the fixed loop orders of
 ``weight_stationary`` / ``input_stationary`` / ``output_stationary``).
@@ -30,9 +36,11 @@ from apsq.hw.dataflow.common import (
     ceil_div,
 )
 from apsq.hw.dataflow.tiling import (
+    GROUPED_ORDER,
     ORDERS,
     UNTILED_ORDER,
     os_terms,
+    stationary_blocks,
     stationary_terms,
     stream_extent,
 )
@@ -51,9 +59,12 @@ class Schedule:
     order: tuple[str, ...]
     tiles: np.ndarray  # [L] tiles of the streamed dimension (1 = untiled; OS: 1)
     tile: np.ndarray  # [L] streamed elements per tile
+    group: np.ndarray  # [L] stationary elements whose PSUMs are live together (the array's width, or
+    #                    G·C under GROUPED_ORDER; OS: 1)
 
     def per_layer(self, i: int) -> dict[str, Any]:
-        return {"order": self.order[i], "tiles": int(self.tiles[i]), "tile": int(self.tile[i])}
+        return {"order": self.order[i], "tiles": int(self.tiles[i]), "tile": int(self.tile[i]),
+                "group": int(self.group[i])}
 
 
 def _rep(plan: PsumPlan, t: int) -> PsumPlan:
@@ -80,6 +91,17 @@ def _candidates(g: GemmShapes, acc, dataflow: str, plan: PsumPlan) -> np.ndarray
     return np.vstack([pow2, fit[None, :]]).astype(np.int64)
 
 
+def _groups(g: GemmShapes, acc, dataflow: str, plan: PsumPlan, tiles: np.ndarray) -> np.ndarray:  # noqa: ANN001
+    """Under :data:`~apsq.hw.dataflow.tiling.GROUPED_ORDER`, ``q`` per candidate: the fewest groups (the
+    largest group of stationary blocks) whose live PSUM set ``T x G·C`` fits the PSUM buffer; at least one
+    block per group. Larger groups only save streamed-operand reads, so the largest that fits is best."""
+    n_s = stationary_blocks(g, acc, dataflow)
+    tile = ceil_div(stream_extent(g, dataflow), tiles)
+    per_block = tile * acc.pe_array.cols * np.maximum(plan.slots, 1) * np.asarray(plan.bits)
+    fit = np.maximum(1, np.floor(acc.buffers.psum.capacity_bits / np.maximum(per_block, 1)))
+    return ceil_div(n_s, np.minimum(fit, n_s)).astype(np.int64)
+
+
 def map_layers(g: GemmShapes, acc, dataflow: str, plan: PsumPlan, names: list[str], label: str,  # noqa: ANN001
                schedule: str = "untiled", spill: str = "fractional", mode: str = "none",
                psum_granularity: str | np.ndarray = "tensor",
@@ -98,8 +120,10 @@ def map_layers(g: GemmShapes, acc, dataflow: str, plan: PsumPlan, names: list[st
             t = stationary_terms(g, acc, dataflow, 1, None, spill)
         counts = assemble(label, g, t, plan, acc, names, spill)
         ones = np.ones(L, dtype=np.int64)
-        tile = ones if dataflow == "os" else stream_extent(g, dataflow)
-        return counts, Schedule(dataflow, schedule, (UNTILED_ORDER[dataflow],) * L, ones, tile)
+        tile = ones if dataflow == "os" else stream_extent(g, dataflow).astype(np.int64)
+        group = ones if dataflow == "os" else np.minimum(g.n if dataflow == "ws" else g.m,
+                                                        acc.pe_array.cols).astype(np.int64)
+        return counts, Schedule(dataflow, schedule, (UNTILED_ORDER[dataflow],) * L, ones, tile, group)
     orders = ORDERS[dataflow]
     if dataflow == "os":
         P = np.ones((1, L), dtype=np.int64)
@@ -109,12 +133,13 @@ def map_layers(g: GemmShapes, acc, dataflow: str, plan: PsumPlan, names: list[st
     n_rows = T * len(orders)
     G = _rep_shapes(g, n_rows)
     parts = []
+    gT = _rep_shapes(g, T)
+    groups = None if dataflow == "os" else _groups(gT, acc, dataflow, _rep(plan, T), P.reshape(-1))
     for order in orders:
-        tiles = P.reshape(-1)
         if dataflow == "os":
-            parts.append(os_terms(_rep_shapes(g, T), acc, order, spill))
+            parts.append(os_terms(gT, acc, order, spill))
         else:
-            parts.append(stationary_terms(_rep_shapes(g, T), acc, dataflow, tiles, order, spill))
+            parts.append(stationary_terms(gT, acc, dataflow, P.reshape(-1), order, spill, groups))
     t = _concat_terms(parts)
     counts = assemble(label, G, t, _rep(plan, n_rows), acc, list(names) * n_rows, spill)
     gran = psum_granularity if isinstance(psum_granularity, str) else np.tile(psum_granularity, n_rows)
@@ -124,11 +149,20 @@ def map_layers(g: GemmShapes, acc, dataflow: str, plan: PsumPlan, names: list[st
     best = np.argmin(e * (1 + 1e-12 * np.arange(n_rows)[:, None]), axis=0)
     idx = best * L + np.arange(L)
     chosen = counts.take(idx)
-    tiles_all = np.tile(P, (len(orders), 1)).reshape(-1)
-    tiles = tiles_all[idx]
+    tiles = np.tile(P, (len(orders), 1)).reshape(-1)[idx]
     layer_orders = tuple(orders[int(b) // T] for b in best)
-    tile = np.ones(L, dtype=np.int64) if dataflow == "os" else ceil_div(stream_extent(g, dataflow), tiles)
-    return chosen, Schedule(dataflow, schedule, layer_orders, tiles, tile)
+    if dataflow == "os":
+        ones = np.ones(L, dtype=np.int64)
+        return chosen, Schedule(dataflow, schedule, layer_orders, tiles, ones, ones)
+    s_dim = g.n if dataflow == "ws" else g.m
+    lanes = np.minimum(s_dim, acc.pe_array.cols)
+    assert groups is not None  # IS / WS
+    n_s = stationary_blocks(g, acc, dataflow)
+    q = groups.reshape(T, L)[best % T, np.arange(L)]
+    grouped = np.array([o == GROUPED_ORDER[dataflow] for o in layer_orders])
+    group = np.where(grouped, np.minimum(ceil_div(n_s, q) * acc.pe_array.cols, s_dim), lanes).astype(np.int64)
+    tile = ceil_div(stream_extent(g, dataflow), tiles).astype(np.int64)
+    return chosen, Schedule(dataflow, schedule, layer_orders, tiles, tile, group)
 
 
 def _concat_terms(parts: list) -> Any:

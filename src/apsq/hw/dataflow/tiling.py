@@ -12,12 +12,23 @@ M/N)::
     "N>M>K":  for n_t: for m_o in p tiles: for k_t: load W[n_t, k_t]; for m in tile: PSUM[m, n_t] += ...
     "M>N>K":  for m_o in p tiles: for n_t: for k_t: load W[n_t, k_t]; for m in tile: ...
 
+    "N>K>M":  for m_o in p tiles: for n_g in q groups of G stationary blocks: for k_t:
+                  for n_t in n_g: load W[n_t, k_t]; for m in tile: PSUM[m, n_t] += ...
+
 ``p = 1`` with the first order is the untiled schedule of ``weight_stationary`` / ``input_stationary``.
 In the first order the stationary operand's column block (``min(C, N)·K``) is reused across the ``p``
 tiles and the streamed operand is re-read per stationary tile (footprint all of X); in the second the
 streamed tile (``T·K``) is reused across the stationary tiles and the whole stationary operand is
 re-read per tile (footprint all of W). Reuse that does not fit its buffer is re-fetched from DRAM by
 :func:`~apsq.hw.dataflow.common.refetch_fraction`.
+
+The third order (:data:`GROUPED_ORDER`, since 2026-12-08, after ZigZag's own mapping search found it:
+``results/energy_zigzag/README.md``) is the second with the reduction moved outside a **group** of ``G``
+stationary column blocks: the live PSUM set grows to ``T x G·C`` outputs, and in exchange the streamed
+tile is read once per group (``q = ceil(n_s / G)`` times) instead of once per stationary block. With
+``G = 1`` it is the second order, count for count. Narrow stored PSUMs are what make a large group fit
+the PSUM buffer: this is where the capacity APSQ frees turns into reuse. ``groups`` gives ``q`` per layer
+(the mapper takes the largest group whose live set fits).
 
 OS (the whole reduction inside each PE, no stored PSUMs) has the two orders ``M>N>K`` (rows of X
 outer: the R x K block of X is reused across N) and ``N>M>K`` (the C x K block of W reused across M).
@@ -40,10 +51,14 @@ from apsq.hw.dataflow.common import (
     refetch_fraction,
 )
 
-__all__ = ["ORDERS", "UNTILED_ORDER", "stationary_terms", "os_terms", "stream_extent"]
+__all__ = ["ORDERS", "UNTILED_ORDER", "GROUPED_ORDER", "stationary_terms", "os_terms", "stream_extent",
+           "stationary_blocks"]
 
-ORDERS = {"ws": ("N>M>K", "M>N>K"), "is": ("M>N>K", "N>M>K"), "os": ("M>N>K", "N>M>K")}
-"""Legal tile-level loop orders per dataflow (outermost first); the first is the untiled schedule's."""
+ORDERS = {"ws": ("N>M>K", "M>N>K", "N>K>M"), "is": ("M>N>K", "N>M>K", "M>K>N"), "os": ("M>N>K", "N>M>K")}
+"""Legal tile-level loop orders per dataflow (outermost first); the first is the untiled schedule's, the
+third (IS / WS) groups the stationary tiles under the reduction loop (:data:`GROUPED_ORDER`)."""
+GROUPED_ORDER = {"ws": "N>K>M", "is": "M>K>N"}
+"""The order whose tile count is groups of the stationary dimension (see the module docstring)."""
 UNTILED_ORDER = {df: orders[0] for df, orders in ORDERS.items()}
 
 
@@ -52,12 +67,20 @@ def stream_extent(g: GemmShapes, dataflow: str) -> np.ndarray:
     return g.m if dataflow == "ws" else g.n
 
 
+def stationary_blocks(g: GemmShapes, acc, dataflow: str) -> np.ndarray:  # noqa: ANN001
+    """``n_s``: column blocks of the stationary dimension (``ceil(N / cols)`` in WS, ``ceil(M / cols)`` in IS)."""
+    return ceil_div(g.n if dataflow == "ws" else g.m, acc.pe_array.cols)
+
+
 def stationary_terms(g: GemmShapes, acc, dataflow: str, tiles: np.ndarray | int = 1,  # noqa: ANN001
-                     order: str | None = None, spill: str = "fractional") -> DataflowTerms:
+                     order: str | None = None, spill: str = "fractional",
+                     groups: np.ndarray | int | None = None) -> DataflowTerms:
     """Terms of IS or WS with the streamed dimension cut into ``tiles`` tiles (arrays over layers).
 
-    ``order``: one of ``ORDERS[dataflow]`` (default: the untiled order). Counts are elements per GEMM
-    instance (``assemble`` multiplies by ``count``).
+    ``order``: one of ``ORDERS[dataflow]`` (default: the untiled order). ``groups``: under
+    :data:`GROUPED_ORDER`, ``q`` groups of stationary column blocks per layer (default ``n_s``: one block
+    each, the second order's counts); ignored by the other orders. Counts are elements per GEMM instance
+    (``assemble`` multiplies by ``count``).
     """
     R, C = acc.pe_array.rows, acc.pe_array.cols
     order = order or UNTILED_ORDER[dataflow]
@@ -83,12 +106,20 @@ def stationary_terms(g: GemmShapes, acc, dataflow: str, tiles: np.ndarray | int 
     else:  # streamed tile outer: the T x K streamed tile is reused across the stationary tiles
         s_dram = s_el * (1 + (p - 1) * refetch_fraction(s_el * s_bits, s_cap, spill))
         t_dram = t_el * (1 + (n_s - 1) * refetch_fraction(tile * g.k * t_bits, t_cap, spill))
+    live_cols = lanes
+    if order == GROUPED_ORDER[dataflow]:  # G blocks share each reduction step: the T x K tile is read
+        q = n_s if groups is None else np.broadcast_to(np.asarray(groups, dtype=np.int64), g.m.shape)
+        per_group = ceil_div(n_s, np.clip(q, 1, n_s))  # once per group (q' = ceil(n_s / G) groups), its
+        q = ceil_div(n_s, per_group)  # T x R slice of one step once per block of the group
+        t_dram = t_el * (1 + (q - 1) * refetch_fraction(tile * g.k * t_bits, t_cap, spill)) \
+            + t_el * q * (per_group - 1) * refetch_fraction(tile * np.minimum(g.k, R) * t_bits, t_cap, spill)
+        live_cols = np.minimum(per_group * C, s_dim)
     t_sram = (t_el * n_s).astype(np.float64)  # the streamed operand passes once per stationary tile
     cycles = (n_s * n_k * (t_dim + p * (R + C - 2))).astype(np.float64)
     # per-channel PSUM exponents (one per tile step and output channel): WS loads the C exponents of a
     # weight tile with it (p times per position); IS needs each streamed channel's per stationary tile
     exp_reads = (n_k * g.n * (p if dataflow == "ws" else n_s)).astype(np.float64)
-    common = dict(psum_live_outputs=tile * lanes, psum_lanes=lanes, compute_cycles=cycles,
+    common = dict(psum_live_outputs=tile * live_cols, psum_lanes=lanes, compute_cycles=cycles,
                   exponent_reads=exp_reads)
     # The two roles are charged alike whichever operand plays them (IS = WS with X and W swapped):
     # the stationary operand is loaded into the PE registers (one SRAM read, one register write and one
