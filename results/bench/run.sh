@@ -11,6 +11,9 @@ if [ -x .venv/bin/apsq ]; then export PATH="$PWD/.venv/bin:$PATH"; fi
 # pass: flagged zero-tile blocks, register step-gradient sums, vectorised step checks) as *_baseline variants
 # in the same run; the JSON's "run" entry holds the command and the load.
 python benchmarks/bench_layer.py --baseline 184a63c --reps 5 --threads 1 --ablation --minilm --minilm-reps 3 --json > results/bench/bench_layer.json
+# bench_layer_avx512.json (issue 26 A on an AVX-512 VNNI core, 2026-12-08 05:00 UTC, load 1.3 / 1.0): the same
+# command on the machine this session ran on (AMD EPYC with avx512_vnni); bench_layer.json is the AVX2-only core.
+#   python benchmarks/bench_layer.py --baseline 184a63c --reps 5 --threads 1 --ablation --minilm --minilm-reps 3 --json > results/bench/bench_layer_avx512.json
 # bench_layer_184a63c.json: the whole of 184a63c (its Python included), right after, from a worktree of it:
 #   git worktree add /tmp/apsq-184a63c 184a63c && (cd /tmp/apsq-184a63c && PYTHONPATH=src \
 #     python benchmarks/bench_layer.py --reps 5 --threads 1 --minilm --minilm-reps 3 --json) > results/bench/bench_layer_184a63c.json
