@@ -250,3 +250,19 @@ def test_os_report_does_not_repeat_os_beside_itself(app):
     assert "OS under both schedules (energy" in r.output and "OS beside" not in r.output
     r = _run(app, "-m", "bert-base", "--seq-len", "16", "-d", "ws")
     assert "WS under both schedules, OS beside" in r.output
+
+
+def test_per_layer_mapping_shows_the_live_width_and_the_sweep_says_none(app, tmp_path):
+    """``N>K>M x1 w512``: under the grouped order the per-layer table prints the live PSUM width (512 output
+    columns of BERT-Base's FFN up-projection at INT8; 128 at INT32); a sweep with nothing spilling says
+    ``none``, not Python's ``None``."""
+    p = tmp_path / "ffn.yaml"
+    p.write_text("layers:\n  - {name: up, m: 128, k: 768, n: 3072}\n")
+    r = CliRunner(env={"COLUMNS": "240"}).invoke(
+        app, ["energy", "--workload", str(p), "-d", "ws", "--gs", "1", "--schedule", "tiled", "--per-layer"])
+    assert r.exit_code == 0, r.output
+    assert "N>K>M x1 w128 / N>K>M x1 w512" in r.output
+    r = CliRunner().invoke(app, ["energy", "sweep", "-m", "bert-base", "-d", "ws", "--values", "64", "--schedule",
+                                 "tiled"])
+    assert r.exit_code == 0, r.output
+    assert "baseline: none" in r.output and "None" not in r.output

@@ -354,6 +354,11 @@ def test_cli_engine_zigzag_searched_mapping(tmp_path):
     assert out["apsq_model"]["reduction"] == pytest.approx(0.1359, abs=1e-3)
     r = CliRunner().invoke(app, [*base, "--engine", "zigzag", "--json"])
     assert json.loads(r.output)["reduction"] == pytest.approx(0.02346564266078488, rel=1e-6)  # the fixed order
+    r = CliRunner().invoke(app, [*base, "--engine", "zigzag", "--zigzag-mapping", "temporal", "--schedule", "tiled",
+                                 "--json"])  # our side is tiled under a searched mapping: accepted
+    assert r.exit_code == 0 and json.loads(r.output)["reduction"] == pytest.approx(TEMPORAL_Q, rel=1e-6)
+    r = CliRunner().invoke(app, [*base, "--engine", "zigzag", "--schedule", "tiled"])  # fixed mapping: refused
+    assert r.exit_code == 2 and "--schedule tiled would be ignored" in " ".join(r.output.split())
     r = CliRunner().invoke(app, [*base, "--engine", "zigzag", "--zigzag-mapping", "loma"])
     assert r.exit_code == 2 and "--zigzag-mapping" in r.output and "temporal" in r.output
     r = CliRunner().invoke(app, [*base, "--zigzag-mapping", "search"])

@@ -70,15 +70,17 @@ def _report_table(cmp: Comparison) -> Table:
 
 
 def _mapping(m: dict[str, Any]) -> str:
-    """``N>K>M x1 g512``: order, streamed tiles, stationary elements whose PSUMs are live together."""
-    return f"{m.get('order', '')} x{m.get('tiles', 1)}" + (f" g{m['group']}" if m.get("group", 1) > 1 else "")
+    """``N>K>M x1 w512``: order, tiles of the streamed dimension, and the width of the live PSUM set (the
+    stationary elements, output columns in WS / tokens in IS, whose sums stay in the PSUM buffer together;
+    ``docs/energy-model.md`` §5). Not gs."""
+    return f"{m.get('order', '')} x{m.get('tiles', 1)}" + (f" w{m['group']}" if m.get("group", 1) > 1 else "")
 
 
 def _layer_table(cmp: Comparison, w: Workload) -> Table:
     sched = cmp.baseline.schedule.kind if cmp.baseline.schedule is not None else "untiled"
     t = table(f"per layer ({sched} schedule)", "layer", "M", "K", "N", "count", "baseline µJ", "apsq µJ",
-              "PSUM KiB b/a", "spill b/a", "mapping b / a (order, tiles, live group)",
-              left=("layer", "mapping b / a (order, tiles, live group)"))
+              "PSUM KiB b/a", "spill share b/a", "mapping b / a (order, xTILES, wLIVE WIDTH)",
+              left=("layer", "mapping b / a (order, xTILES, wLIVE WIDTH)"))
     for ly, b, a in zip(w.layers, cmp.baseline.per_layer(), cmp.apsq.per_layer()):
         mb, ma = b.get("mapping", {}), a.get("mapping", {})
         t.add_row(
@@ -185,7 +187,9 @@ def energy_main(
                             "layer's gs (its gs and overrides); give one of them")
         if engine == "zigzag":
             _refuse_unused_by_zigzag({"--gs": gs is not None, "--gs-config": gs_config is not None,
-                                      "--schedule tiled": schedule != "untiled", "--mode psq": mode != "apsq",
+                                      # a searched mapping is compared with the tiled schedule anyway
+                                      "--schedule tiled": schedule != "untiled" and zigzag_mapping == "fixed",
+                                      "--mode psq": mode != "apsq",
                                       "--psum-granularity": psum_granularity is not None,
                                       "--override-tile": override_tile, "--plot": plot is not None,
                                       "--plot-layers": plot_layers_png is not None})
@@ -245,8 +249,9 @@ def _refuse_unused_by_zigzag(given: dict[str, bool]) -> None:
     unused = [flag for flag, is_given in given.items() if is_given]
     if unused:
         raise APSQError("--engine zigzag compares ZigZag and this model on one setting: PSUMs stored at --psum-bits "
-                        "without grouping (gs 1), the fixed untiled IS / WS orders, mode apsq, per-tensor steps, no "
-                        f"plots; {', '.join(unused)} would be ignored: drop it, or price it with --engine apsq")
+                        "without grouping (gs 1), mode apsq, per-tensor steps, no plots, and the fixed untiled IS / WS "
+                        "orders (--zigzag-mapping fixed; with temporal or search, this model's side is tiled); "
+                        f"{', '.join(unused)} would be ignored: drop it, or price it with --engine apsq")
 
 
 def _load_accelerator(accelerator: str | None, dram: str | None) -> Accelerator:
@@ -394,7 +399,8 @@ def _print_sweep(res: dict[str, Any], model: str, dataflow: str, option: str, va
         t.add_row(str(v), *cells)
     con = console()
     con.print(t)
-    con.print("first size that spills: " + ", ".join(f"{c}: {s}" for c, s in res["first_spill"].items()))
+    con.print("first size that spills: " + ", ".join(f"{c}: {'none' if s is None else s}"
+                                                     for c, s in res["first_spill"].items()))
     if plot is not None:
         con.print(f"wrote {literal(plot)}")
 
