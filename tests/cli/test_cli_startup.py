@@ -166,4 +166,5 @@ def test_sweep_progress_goes_to_stderr() -> None:
     r = CliRunner().invoke(app, ["energy", "sweep", "-m", "bert-base", "--values", "32"])
     assert r.exit_code == 0, r.output
     assert "sweep bert-base seq_len" not in r.stdout and "sweep bert-base seq_len" in r.stderr
-    assert r.stdout.splitlines()[0].strip() == "bert-base WS: total energy (µJ); * = PSUMs spill to DRAM"
+    assert r.stdout.splitlines()[0].strip() == ("bert-base WS: total energy (µJ) and saved vs the baseline; * = "
+                                                "PSUMs spill to DRAM")

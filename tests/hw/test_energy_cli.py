@@ -266,3 +266,4 @@ def test_per_layer_mapping_shows_the_live_width_and_the_sweep_says_none(app, tmp
                                  "tiled"])
     assert r.exit_code == 0, r.output
     assert "baseline: none" in r.output and "None" not in r.output
+    assert r.output.count(" %)") == 4  # one value: the saving beside each of gs = 1..4 (the banks allow 4)

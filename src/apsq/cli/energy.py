@@ -390,12 +390,15 @@ def energy_sweep(
 def _print_sweep(res: dict[str, Any], model: str, dataflow: str, option: str, vals: tuple[int, ...],
                  plot: Path | None) -> None:
     cfgs = list(res["first_spill"])  # baseline, then the gs values the accelerator's PSUM banks allow
-    t = table(f"{literal(model)} {dataflow.upper()}: total energy (µJ); * = PSUMs spill to DRAM", option, *cfgs)
+    t = table(f"{literal(model)} {dataflow.upper()}: total energy (µJ) and saved vs the baseline; * = PSUMs spill "
+              "to DRAM", option, *cfgs)
     for v in vals:
         cells = []
+        base = next(r for r in res["rows"] if r[option] == v and r["config"] == cfgs[0])["total_pj"]
         for c in cfgs:
             r = next(r for r in res["rows"] if r[option] == v and r["config"] == c)
-            cells.append(f"{r['total_pj'] / 1e6:,.1f}{'*' if r['spills'] else ''}")
+            saved = "" if c == cfgs[0] else f" ({100 * (1 - r['total_pj'] / base):.1f} %)"
+            cells.append(f"{r['total_pj'] / 1e6:,.1f}{'*' if r['spills'] else ''}{saved}")
         t.add_row(str(v), *cells)
     con = console()
     con.print(t)
