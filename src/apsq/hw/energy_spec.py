@@ -148,7 +148,7 @@ def _check_gs(gs: Any) -> GsSpec:
                     f"got {type(gs).__name__}")
 
 
-def _check_not_wider_than_accumulator(mode: str, psum_bits: int, baseline_bits: Any, acc: Accelerator) -> None:
+def _check_widths(mode: str, psum_bits: int, baseline_bits: Any, acc: Accelerator) -> None:
     """Stored PSUMs are the accumulator's sums, requantized (psq / apsq) or stored whole (the baseline): a
     stored width above ``acc_bits`` stores bits the accumulator never had. Until this session
     ``--psum-bits 20`` on a 16-bit accumulator was priced as a 25 % larger PSUM term without a word. Beside
@@ -160,12 +160,11 @@ def _check_not_wider_than_accumulator(mode: str, psum_bits: int, baseline_bits: 
                         f"give psum_bits (--psum-bits) in 1..{acc.acc_bits}")
     widths = () if baseline_bits is None else (baseline_bits,) if isinstance(baseline_bits, int) else baseline_bits
     for i, b in enumerate(widths):
+        where = "" if isinstance(baseline_bits, int) else f"[{i}]"
         if b > acc.acc_bits:
-            where = "" if isinstance(baseline_bits, int) else f"[{i}]"
             raise APSQError(f"baseline_bits{where} = {b} is wider than the accumulator of accelerator {acc.name!r} "
                             f"(acc_bits = {acc.acc_bits}); give baseline_bits (--baseline-bits) in 1..{acc.acc_bits}")
         if mode != "none" and b < psum_bits:  # compare(): the baseline column, or a model's full-precision layers
-            where = "" if isinstance(baseline_bits, int) else f"[{i}]"
             raise APSQError(f"baseline_bits{where} = {b} is narrower than the {mode} PSUMs it is compared with "
                             f"(psum_bits = {psum_bits}): the full-precision baseline would store fewer bits than "
                             f"the quantized one; give baseline_bits (--baseline-bits) in {psum_bits}..{acc.acc_bits} "
@@ -229,7 +228,7 @@ class EnergySpec:
                                                   for i, v in enumerate(bb)))
             else:
                 raise APSQError(f"baseline_bits must be an int or one int per layer, got {type(bb).__name__}")
-        _check_not_wider_than_accumulator(self.mode, self.psum_bits, self.baseline_bits, acc)
+        _check_widths(self.mode, self.psum_bits, self.baseline_bits, acc)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("spill", self.spill, SPILL_RULES)
         if self.psum_granularity is not None:

@@ -2,10 +2,10 @@
 
 For IS and WS the search space is every legal tile-level loop order of the dataflow
 (:data:`~apsq.hw.dataflow.tiling.ORDERS`: stationary tile outer, streamed tile outer, or groups of
-stationary tiles under the reduction) times a tile count: ``p`` tiles of the streamed dimension (M in
-WS, N in IS) for the first two, ``q`` groups of stationary column blocks for the third — all powers of
-two up to the dimension, plus the smallest count whose live PSUM set fits the PSUM buffer. For OS: its
-two loop orders. Every candidate is costed by the full energy model (:func:`apsq.hw.cost.layer_energy`:
+stationary tiles under the reduction) times a tile count ``p`` of the streamed dimension (M in WS, N in
+IS): all powers of two up to the dimension, plus the smallest ``p`` whose live PSUM set fits the PSUM
+buffer; under the third order each ``p`` takes the largest group of stationary blocks that fits
+(:func:`_groups`). For OS: its two loop orders. Every candidate is costed by the full energy model (:func:`apsq.hw.cost.layer_energy`:
 memory traffic, MACs, RAE logic, exponents) and the cheapest is kept per layer — an exhaustive search of
 a small space (about 3 x 16 candidates per layer, evaluated as one vectorised batch). Ties go to the
 untiled schedule, then to fewer tiles.
@@ -39,6 +39,7 @@ from apsq.hw.dataflow.tiling import (
     GROUPED_ORDER,
     ORDERS,
     UNTILED_ORDER,
+    live_width,
     os_terms,
     stationary_blocks,
     stationary_terms,
@@ -121,8 +122,7 @@ def map_layers(g: GemmShapes, acc, dataflow: str, plan: PsumPlan, names: list[st
         counts = assemble(label, g, t, plan, acc, names, spill)
         ones = np.ones(L, dtype=np.int64)
         tile = ones if dataflow == "os" else stream_extent(g, dataflow).astype(np.int64)
-        group = ones if dataflow == "os" else np.minimum(g.n if dataflow == "ws" else g.m,
-                                                        acc.pe_array.cols).astype(np.int64)
+        group = ones if dataflow == "os" else live_width(g, acc, dataflow)
         return counts, Schedule(dataflow, schedule, (UNTILED_ORDER[dataflow],) * L, ones, tile, group)
     orders = ORDERS[dataflow]
     if dataflow == "os":
@@ -154,13 +154,10 @@ def map_layers(g: GemmShapes, acc, dataflow: str, plan: PsumPlan, names: list[st
     if dataflow == "os":
         ones = np.ones(L, dtype=np.int64)
         return chosen, Schedule(dataflow, schedule, layer_orders, tiles, ones, ones)
-    s_dim = g.n if dataflow == "ws" else g.m
-    lanes = np.minimum(s_dim, acc.pe_array.cols)
     assert groups is not None  # IS / WS
-    n_s = stationary_blocks(g, acc, dataflow)
-    q = groups.reshape(T, L)[best % T, np.arange(L)]
     grouped = np.array([o == GROUPED_ORDER[dataflow] for o in layer_orders])
-    group = np.where(grouped, np.minimum(ceil_div(n_s, q) * acc.pe_array.cols, s_dim), lanes).astype(np.int64)
+    q = np.where(grouped, groups.reshape(T, L)[best % T, np.arange(L)], stationary_blocks(g, acc, dataflow))
+    group = live_width(g, acc, dataflow, q)
     tile = ceil_div(stream_extent(g, dataflow), tiles).astype(np.int64)
     return chosen, Schedule(dataflow, schedule, layer_orders, tiles, tile, group)
 

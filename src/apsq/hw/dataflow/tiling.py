@@ -52,7 +52,7 @@ from apsq.hw.dataflow.common import (
 )
 
 __all__ = ["ORDERS", "UNTILED_ORDER", "GROUPED_ORDER", "stationary_terms", "os_terms", "stream_extent",
-           "stationary_blocks"]
+           "stationary_blocks", "live_width"]
 
 ORDERS = {"ws": ("N>M>K", "M>N>K", "N>K>M"), "is": ("M>N>K", "N>M>K", "M>K>N"), "os": ("M>N>K", "N>M>K")}
 """Legal tile-level loop orders per dataflow (outermost first); the first is the untiled schedule's, the
@@ -70,6 +70,14 @@ def stream_extent(g: GemmShapes, dataflow: str) -> np.ndarray:
 def stationary_blocks(g: GemmShapes, acc, dataflow: str) -> np.ndarray:  # noqa: ANN001
     """``n_s``: column blocks of the stationary dimension (``ceil(N / cols)`` in WS, ``ceil(M / cols)`` in IS)."""
     return ceil_div(g.n if dataflow == "ws" else g.m, acc.pe_array.cols)
+
+
+def live_width(g: GemmShapes, acc, dataflow: str, groups: np.ndarray | int | None = None) -> np.ndarray:  # noqa: ANN001
+    """[L] stationary elements whose PSUMs are live together: ``min(G·C, dim)`` with ``G = ceil(n_s / q)``
+    blocks per group for ``groups`` = ``q``; the default ``q = n_s`` gives the array's width ``min(C, dim)``."""
+    n_s = stationary_blocks(g, acc, dataflow)
+    q = n_s if groups is None else np.clip(np.broadcast_to(np.asarray(groups, dtype=np.int64), n_s.shape), 1, n_s)
+    return np.minimum(ceil_div(n_s, q) * acc.pe_array.cols, g.n if dataflow == "ws" else g.m).astype(np.int64)
 
 
 def stationary_terms(g: GemmShapes, acc, dataflow: str, tiles: np.ndarray | int = 1,  # noqa: ANN001
@@ -113,7 +121,7 @@ def stationary_terms(g: GemmShapes, acc, dataflow: str, tiles: np.ndarray | int 
         q = ceil_div(n_s, per_group)  # T x R slice of one step once per block of the group
         t_dram = t_el * (1 + (q - 1) * refetch_fraction(tile * g.k * t_bits, t_cap, spill)) \
             + t_el * q * (per_group - 1) * refetch_fraction(tile * np.minimum(g.k, R) * t_bits, t_cap, spill)
-        live_cols = np.minimum(per_group * C, s_dim)
+        live_cols = live_width(g, acc, dataflow, q)
     t_sram = (t_el * n_s).astype(np.float64)  # the streamed operand passes once per stationary tile
     cycles = (n_s * n_k * (t_dim + p * (R + C - 2))).astype(np.float64)
     # per-channel PSUM exponents (one per tile step and output channel): WS loads the C exponents of a

@@ -155,7 +155,6 @@ class _GemmRecorder(TorchFunctionMode):
             self._add("matmul", q.shape[-2], q.shape[-1], k.shape[-2], count, False, ".qk")
             self._add("matmul", q.shape[-2], k.shape[-2], v.shape[-1], count, False, ".av")
 
-
     def _record_mha(self, args: tuple, kwargs: dict[str, Any]) -> None:
         """The GEMMs of one ``F.multi_head_attention_forward`` call (torch's argument order): the input
         projections as :func:`F.linear` would run them (one packed ``E -> 3E`` product for self-attention),
