@@ -24,6 +24,8 @@ python benchmarks/bench_layer.py --reps 5 --threads 2 --json > results/bench/ben
 # f63c65f (it recomputed the tile dot products), in one run; 1 thread, two trainings on the other core.
 python benchmarks/bench_layer.py --baseline f63c65f --reps 5 --threads 1 --json > results/bench/bench_correction.json
 python benchmarks/bench_energy.py --json results/bench/energy_bench.json
+# compile.json: torch.compile of an APSQ MiniLM vs eager (docs/known-limits.md); ~80 s
+python benchmarks/bench_compile.py --json results/bench/compile.json
 # rae_bench.json records its options (not --json), commit and load; needs verilator (each build 20-65 s, docs/rae.md).
 OMP_NUM_THREADS=1 python benchmarks/bench_rae.py --lanes 4,8,32 --steps 64 --repeat 40 --gs 2 --depth 16 --amaranth-steps 16 --json results/bench/rae_bench.json
 # rae_minilm_bench.json: the 36 run_layers calls of one MiniLM sentence (T = 32) on the Verilator backend,
